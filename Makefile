@@ -1,0 +1,28 @@
+# One-command set-up, demo and tests. `make test` is what CI runs.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU build of torch unless a GPU is visible (a bare `torch` would pull several GB of CUDA wheels).
+TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+EXTRAS ?= dev
+
+.PHONY: setup demo test bench clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/metriclearn train --out runs/demo
+
+test: setup
+	$(PY) -m pytest -q -n 2 --doctest-modules metriclearn tests
+
+bench: setup
+	$(PY) benchmarks/bench_losses.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,140 @@
+"""Input validation shared by every public entry point.
+
+Each check raises ``ValueError`` (bad value) or ``TypeError`` (bad type) with a message that names the
+argument and the value it saw, so the CLI can print it as one line.
+
+Example
+-------
+>>> import numpy as np
+>>> check_matrix(np.zeros((3, 2), dtype=np.float32), "queries").shape
+(3, 2)
+>>> check_positive_int(0, "k")
+Traceback (most recent call last):
+    ...
+ValueError: k must be a positive integer, got 0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def describe(value: Any, limit: int = 60) -> str:
+    """A short ``repr`` of ``value`` for error messages (arrays show shape and dtype, not data)."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_choice(value: Any, choices: Collection[Any], name: str) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` listing them."""
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}; got {describe(value)}")
+    return value
+
+
+def check_positive_int(value: Any, name: str, allow_zero: bool = False) -> int:
+    """Return ``value`` as ``int`` if it is an integer > 0 (or >= 0 with ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {describe(value)}")
+    low = 0 if allow_zero else 1
+    if value < low:
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{name} must be {kind} integer, got {value}")
+    return int(value)
+
+
+def check_positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
+    """Return ``value`` as ``float`` if it is a finite number > 0 (or >= 0 with ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {describe(value)}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = "a finite non-negative" if allow_zero else "a finite positive"
+        raise ValueError(f"{name} must be {kind} number, got {value}")
+    return value
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """Return ``value`` as ``float`` if it lies in [0, 1]."""
+    value = check_positive_float(value, name, allow_zero=True)
+    if value > 1:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return value
+
+
+def check_matrix(
+    x: Any,
+    name: str,
+    dim: int | None = None,
+    allow_empty: bool = False,
+    dtype: Any = np.float32,
+) -> np.ndarray:
+    """Validate a 2-D finite numeric array and return it as a C-contiguous ``dtype`` array.
+
+    Raises ``ValueError`` for the wrong number of dimensions, a width other than ``dim``, no rows
+    (unless ``allow_empty``) and NaN/inf values; ``TypeError`` for non-numeric data.
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n, d), got {arr.ndim}-D with shape {arr.shape}")
+    if arr.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {arr.shape[1]}, expected {dim}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise ValueError(f"{name} contains NaN or inf values in {bad} of {arr.shape[0]} rows")
+    return arr
+
+
+def check_labels(y: Any, name: str, n: int | None = None) -> np.ndarray:
+    """Validate a 1-D label vector of length ``n`` (if given) and return it as a numpy array.
+
+    Labels may be integers or strings; floats are accepted only when they are whole numbers.
+    """
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got {arr.ndim}-D with shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} entries but there are {n} samples")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
+            raise ValueError(f"{name} must hold integer or string labels, got non-integer floats")
+        arr = arr.astype(np.int64)
+    return arr
+
+
+def check_embeddings_tensor(embeddings: Any, name: str = "embeddings") -> torch.Tensor:
+    """Validate a (B, D) floating-point tensor (losses' boundary check; finiteness is not scanned)."""
+    if not isinstance(embeddings, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(embeddings).__name__}")
+    if embeddings.dim() != 2:
+        raise ValueError(f"{name} must have shape (B, D), got {tuple(embeddings.shape)}")
+    if not embeddings.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {embeddings.dtype}")
+    return embeddings
+
+
+def check_labels_tensor(labels: Any, batch_size: int, name: str = "labels") -> torch.Tensor:
+    """Validate a (B,) integer label tensor that matches a batch of ``batch_size`` rows."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dim() != 1 or labels.shape[0] != batch_size:
+        raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
+    return labels

@@ -1,0 +1,101 @@
+"""Atomic file writes: every file metriclearn writes goes to a temporary sibling, then is renamed.
+
+A crash or a full disk in the middle of a write leaves the previous file intact, never a torn one.
+
+Example
+-------
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> write_json(d / "m.json", {"a": 1})
+>>> (d / "m.json").read_text()
+'{\\n  "a": 1\\n}\\n'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed over ``path``.
+
+    Use this for libraries that want a file name (``torch.save``, ``faiss.write_index``, matplotlib).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        _fsync(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """``open`` for writing that only replaces ``path`` once the block finishes without error."""
+    if not mode.startswith("w"):
+        raise ValueError(f"mode must be a write mode ('w' or 'wb'), got {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (numpy scalars and arrays are converted)."""
+    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Atomically write one array in ``.npy`` format."""
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, array)
+
+
+def save_with(path: str | os.PathLike[str], writer: Callable[[str], None]) -> None:
+    """Atomically write ``path`` with a function that takes a file name, e.g. ``torch.save``."""
+    with atomic_path(path) as tmp:
+        writer(str(tmp))
+
+
+def sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: str | os.PathLike[str]) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")

@@ -1,0 +1,38 @@
+"""tqdm progress bars that stay quiet when output is not a terminal or the user asked for quiet.
+
+Example
+-------
+>>> set_quiet(True)
+>>> sum(progress(range(3), desc="adding"))
+3
+>>> set_quiet(False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+_QUIET = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Turn every metriclearn progress bar off (``True``) or back to automatic (``False``)."""
+    global _QUIET
+    _QUIET = bool(quiet)
+
+
+def is_quiet() -> bool:
+    """Whether progress bars are forced off."""
+    return _QUIET
+
+
+def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
+    """``tqdm(iterable, **kwargs)``, off with :func:`set_quiet` and (``disable=None``) when not a TTY."""
+    kwargs.setdefault("disable", True if _QUIET else None)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("leave", False)
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,1 @@
+"""metriclearn.classify (see DESIGN.md)."""

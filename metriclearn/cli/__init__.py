@@ -1,0 +1,73 @@
+"""The ``metriclearn`` command line: one click group, one module per command group.
+
+Every command exits 0 on success, 2 on usage errors (click's own) and 1 on any other failure, which
+is printed as one line ``Error: ...``; ``metriclearn --debug COMMAND`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from metriclearn import __version__
+from metriclearn._progress import set_quiet
+
+
+class CommandFailed(click.ClickException):
+    """A failure that is not a usage error: printed as one line, exit code 1."""
+
+    exit_code = 1
+
+
+def format_error(exc: BaseException) -> str:
+    """One line describing ``exc``: OSErrors name the file, others give their message."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        reason = exc.strerror or type(exc).__name__
+        return f"{exc.filename}: {reason}"
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())  # one line, whatever the message held
+
+
+class MetricLearnGroup(click.Group):
+    """A click group that turns any non-click exception into one clean line (unless ``--debug``)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            raise CommandFailed(format_error(exc)) from exc
+
+
+@click.group(cls=MetricLearnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="metriclearn")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def cli(debug: bool, quiet: bool) -> None:
+    """metriclearn: learn embeddings where same-class points are neighbours, then use them."""
+    set_quiet(quiet)
+
+
+# (module, attribute) of every command; each module owns one command group of DESIGN.md.
+_COMMANDS = (
+    ("train", "train"),
+    ("train", "embed"),
+    ("train", "evaluate"),
+    ("index", "index"),
+    ("classify", "classify"),
+    ("classify", "second_opinion"),
+    ("report", "report"),
+)
+for _module, _attr in _COMMANDS:
+    cli.add_command(getattr(importlib.import_module(f"metriclearn.cli.{_module}"), _attr))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``metriclearn = metriclearn.cli:main``)."""
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="metriclearn")

@@ -1,0 +1,1 @@
+"""metriclearn.indexes (see DESIGN.md)."""

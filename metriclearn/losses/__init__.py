@@ -1,0 +1,1 @@
+"""metriclearn.losses (see DESIGN.md)."""

@@ -1,0 +1,87 @@
+"""The template every metriclearn loss follows: validate → compute → reduce.
+
+A subclass implements :meth:`MetricLoss.compute`, which returns one loss value per anchor and a mask
+of the anchors that count (e.g. those with at least one positive). :meth:`MetricLoss.reduce` averages
+over the anchors that count; when none does (a batch of singletons, say) the loss is a zero that is
+still connected to the graph, so ``backward()`` works and gives zero gradients instead of NaN.
+
+Half-precision input (float16 / bfloat16) is computed in float32: the exponentials and log-sum-exps
+of these losses lose too much in 8 or 11 bits of mantissa, and CPU kernels for them are slow anyway.
+
+Example
+-------
+>>> import torch
+>>> class MeanNorm(MetricLoss):
+...     def compute(self, embeddings, labels):
+...         return embeddings.norm(dim=1), torch.ones_like(labels, dtype=torch.bool)
+>>> MeanNorm()(torch.tensor([[3.0, 4.0], [0.0, 1.0]]), torch.tensor([0, 1]))
+tensor(3.)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+from metriclearn._checks import check_choice, check_embeddings_tensor, check_labels_tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class MetricLoss(nn.Module, ABC):
+    """Base class: ``loss(embeddings (B, D), labels (B,)) -> scalar``.
+
+    Parameters
+    ----------
+    reduction:
+        ``"mean"`` (default) averages over anchors that count, ``"sum"`` adds them, ``"none"`` returns
+        the (B,) per-anchor values with zeros where an anchor does not count.
+    num_classes:
+        When set, labels must lie in ``[0, num_classes)``; otherwise they must be non-negative.
+    """
+
+    def __init__(self, reduction: str = "mean", num_classes: int | None = None) -> None:
+        super().__init__()
+        self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
+        self.num_classes = num_classes
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        embeddings, labels = self.validate(embeddings, labels)
+        per_anchor, counts = self.compute(embeddings, labels)  # (B,), (B,) bool
+        return self.reduce(per_anchor, counts)
+
+    def validate(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Check shapes, dtypes, devices and the label range; upcast half precision to float32."""
+        embeddings = check_embeddings_tensor(embeddings)
+        labels = check_labels_tensor(labels, embeddings.shape[0])
+        if labels.device != embeddings.device:
+            raise ValueError(f"labels are on {labels.device} but embeddings are on {embeddings.device}")
+        if embeddings.shape[0] == 0:
+            raise ValueError("embeddings is an empty batch (B=0)")
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            embeddings = embeddings.float()
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0:
+            raise ValueError(f"labels must be non-negative class indices, got {low}")
+        if self.num_classes is not None and high >= self.num_classes:
+            raise ValueError(f"labels must be < num_classes={self.num_classes}, got {high}")
+        return embeddings, labels.long()
+
+    @abstractmethod
+    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(per_anchor_loss (B,), counts (B,) bool)``."""
+
+    def reduce(self, per_anchor: Tensor, counts: Tensor) -> Tensor:
+        """Average (or add) the per-anchor losses over the anchors that count."""
+        values = per_anchor.where(counts, per_anchor.new_zeros(()))  # (B,) zeros where not counted
+        if self.reduction == "none":
+            return values
+        total = values.sum()
+        if self.reduction == "sum":
+            return total
+        return total / counts.sum().clamp(min=1)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"

@@ -1,0 +1,1 @@
+"""metriclearn.reports (see DESIGN.md)."""

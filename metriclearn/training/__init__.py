@@ -1,0 +1,1 @@
+"""metriclearn.training (see DESIGN.md)."""

@@ -1,0 +1,86 @@
+"""Tests for the shared validation helpers and atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metriclearn import _checks, _io
+
+
+def test_check_matrix_accepts_and_converts() -> None:
+    out = _checks.check_matrix(np.arange(6, dtype=np.int64).reshape(3, 2), "x")
+    assert out.dtype == np.float32 and out.flags.c_contiguous and out.shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (np.zeros(3), ValueError, r"x must be a 2-D array \(n, d\), got 1-D"),
+        (np.zeros((2, 2, 2)), ValueError, "got 3-D"),
+        (np.zeros((0, 4)), ValueError, "x is empty"),
+        (np.array([[1.0, np.nan]]), ValueError, "NaN or inf values in 1 of 1 rows"),
+        (np.array([["a", "b"]]), TypeError, "x must be a numeric array"),
+    ],
+)
+def test_check_matrix_rejects(value: np.ndarray, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        _checks.check_matrix(value, "x")
+
+
+def test_check_matrix_dimension_mismatch_names_both() -> None:
+    with pytest.raises(ValueError, match="queries has dimension 3, expected 4"):
+        _checks.check_matrix(np.zeros((2, 3)), "queries", dim=4)
+
+
+def test_check_labels() -> None:
+    assert _checks.check_labels([1.0, 2.0], "y").dtype == np.int64
+    with pytest.raises(ValueError, match="y has 2 entries but there are 3 samples"):
+        _checks.check_labels([1, 2], "y", n=3)
+    with pytest.raises(ValueError, match="non-integer floats"):
+        _checks.check_labels([1.5], "y")
+
+
+def test_scalar_checks() -> None:
+    assert _checks.check_positive_int(np.int64(3), "k") == 3
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        _checks.check_positive_int(0, "k")
+    with pytest.raises(TypeError, match="k must be an integer, got True"):
+        _checks.check_positive_int(True, "k")
+    with pytest.raises(ValueError, match="lam must lie in"):
+        _checks.check_fraction(1.5, "lam")
+    with pytest.raises(ValueError, match="metric must be one of 'l2', 'cosine'; got 'x'"):
+        _checks.check_choice("x", ("l2", "cosine"), "metric")
+
+
+def test_tensor_checks() -> None:
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        _checks.check_labels_tensor(torch.zeros(3, dtype=torch.long), 2)
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        _checks.check_labels_tensor(torch.zeros(2), 2)
+    with pytest.raises(TypeError, match="floating-point"):
+        _checks.check_embeddings_tensor(torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    _io.write_json(target, {"a": np.float32(1.5), "b": np.arange(2)})
+    assert json.loads(target.read_text()) == {"a": 1.5, "b": [0, 1]}
+    with pytest.raises(RuntimeError), _io.atomic_open(target) as fh:
+        fh.write("partial")
+        raise RuntimeError("boom")
+    assert json.loads(target.read_text())["a"] == 1.5  # old content survives the failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_save_npy_and_checksum(tmp_path: Path) -> None:
+    path = tmp_path / "e.npy"
+    _io.save_npy(path, np.eye(3, dtype=np.float32))
+    np.testing.assert_array_equal(np.load(path), np.eye(3))
+    first = _io.sha256(path)
+    _io.save_npy(path, np.zeros((3, 3), dtype=np.float32))
+    assert _io.sha256(path) != first and len(first) == 64
