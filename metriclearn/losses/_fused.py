@@ -26,9 +26,10 @@ multiplies: with ``A = diag(g) G``,
 ``∂L/∂x = alpha (A_bb + A_bbᵀ) x + alpha diag(g) G_br refs - 2c colsum(A_bb) ⊙ x``,
 where ``bb`` is the batch block and ``br`` the reference block. Gradients never reach ``refs``.
 
-Cost: one (B, N) GEMM forward and one backward (the batch block is symmetrised by a tiled
-transpose instead of a second GEMM), one fused softmax and four streaming passes; the (B, N)
-matrix is allocated once for the softmax and reused for the gradient.
+Cost: one (B, N) GEMM forward and one backward (the batch block is symmetrised by a transpose
+into a padded buffer instead of a second GEMM), one fused softmax and five streaming passes over
+two (B, N) buffers: the logits' memory is reused for the positive mask, and the softmax's for the
+gradient, which the backward reads as is.
 """
 
 from __future__ import annotations
@@ -38,9 +39,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
-_TILE = 256  # transpose tile: a 256×256 float32 block pair stays in L2
-
 
 def pairwise_logits(x: Tensor, z: Tensor, inv_t: float, sqeuclidean: bool) -> Tensor:
     """Logits ``s_ij`` of every row of ``x`` against every row of ``z`` (see the module docstring).
@@ -56,24 +54,23 @@ def pairwise_logits(x: Tensor, z: Tensor, inv_t: float, sqeuclidean: bool) -> Te
     return torch.mm(x, z.T).mul_(inv_t)  # (B, N)
 
 
-def add_transpose(a: Tensor) -> Tensor:
-    """Return ``a + aᵀ`` for a square matrix, in tiles so both operands stay in cache.
+def scaled_symmetric(g_bb: Tensor, row_scale: Tensor) -> tuple[Tensor, Tensor]:
+    """``A = diag(row_scale) g_bb`` and ``A + Aᵀ`` for a square block, without a second GEMM.
 
-    A plain ``a + a.T`` walks one operand column-wise and is ~10× slower than a GEMM of the same
-    size at B=2048; tiles of 256 make it a small fraction of one.
+    ``A`` is written into a buffer whose rows are padded by 16 elements: reading ``Aᵀ`` walks
+    columns, and with a power-of-two row length (B = 512, 1024, 2048) every element of a column
+    falls into the same cache set, which makes a plain ``a + a.T`` several times slower than the
+    GEMM it is meant to save. Padded, it costs a few streaming passes.
 
-    >>> add_transpose(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
-    tensor([[2., 5.],
-            [5., 8.]])
+    >>> a, sym = scaled_symmetric(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([1.0, 10.0]))
+    >>> sym
+    tensor([[ 2., 32.],
+            [32., 80.]])
     """
-    n = a.shape[0]
-    if n <= _TILE:
-        return a + a.T.contiguous()
-    out = torch.empty_like(a)  # (B, B)
-    for i in range(0, n, _TILE):
-        for j in range(0, n, _TILE):
-            torch.add(a[i : i + _TILE, j : j + _TILE], a[j : j + _TILE, i : i + _TILE].T, out=out[i : i + _TILE, j : j + _TILE])
-    return out
+    n = g_bb.shape[0]
+    a = g_bb.new_empty((n, n + 16))[:, :n]  # (B, B) view with padded row stride
+    torch.mul(g_bb, row_scale.unsqueeze(1), out=a)
+    return a, a + a.T  # (B, B), (B, B)
 
 
 def _exact_rows(logits: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,6 +80,22 @@ def _exact_rows(logits: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
     lse_pos = torch.logsumexp(pos_logits, 1, keepdim=True)  # (R, 1)
     grad = torch.exp(logits - lse_all).sub_(torch.exp(pos_logits - lse_pos))  # (R, N)
     return (lse_all - lse_pos).squeeze(1), grad
+
+
+def _masked_logits(
+    x: Tensor, z: Tensor, rows: Tensor | None, exclude: Tensor | None, inv_t: float, sqeuclidean: bool
+) -> Tensor:
+    """Logits of the anchors ``x[rows]`` (all when None) with -inf on their own column and excluded slots."""
+    b = x.shape[0]
+    anchors = x if rows is None else x[rows]  # (R, D)
+    logits = pairwise_logits(anchors, z, inv_t, sqeuclidean)  # (R, N)
+    if rows is None:
+        logits[:, :b].diagonal().fill_(-math.inf)  # an anchor is not its own neighbour
+    else:
+        logits[torch.arange(rows.shape[0], device=x.device), rows] = -math.inf
+    if exclude is not None:
+        logits[:, b:].masked_fill_(exclude if rows is None else exclude[rows], -math.inf)
+    return logits
 
 
 class NeighborhoodSoftmaxFunction(torch.autograd.Function):
@@ -107,16 +120,13 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         inv_t: float,
         sqeuclidean: bool,
     ) -> Tensor:
-        b = x.shape[0]
         z = torch.cat([x, refs]) if refs.shape[0] else x  # (N, D)
-        logits = pairwise_logits(x, z, inv_t, sqeuclidean)  # (B, N)
-        logits[:, :b].diagonal().fill_(-math.inf)  # an anchor is not its own neighbour
-        if exclude is not None:
-            logits[:, b:].masked_fill_(exclude, -math.inf)
-        grad = torch.softmax(logits, 1)  # (B, N) W, becomes G below
         z_labels = torch.cat([labels, ref_labels]) if refs.shape[0] else labels  # (N,)
-        pos = labels[:, None] == z_labels[None, :]  # (B, N) bool, built once
-        pos_w = grad * pos  # (B, N) W on positives
+        logits = _masked_logits(x, z, None, exclude, inv_t, sqeuclidean)  # (B, N)
+        grad = torch.softmax(logits, 1)  # (B, N) W, becomes G below
+        # The positive mask is written as 0/1 floats into the logits' memory (no bool→float copy,
+        # no third (B, N) buffer) and then multiplied by W in place.
+        pos_w = torch.eq(labels[:, None], z_labels[None, :], out=logits).mul_(grad)  # (B, N) W on positives
         p = pos_w.sum(1)  # (B,)
         grad.sub_(pos_w)  # (B, N) W on negatives
         n = grad.sum(1)  # (B,)
@@ -124,12 +134,13 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         ratio = n / p.clamp_min(tiny)  # (B,)
         grad.addcmul_(pos_w, ratio.neg().unsqueeze(1))  # (B, N) G = W - [pos] W / p
         loss = torch.log1p(ratio)  # (B,)
-        del pos_w
+        del logits, pos_w
 
-        weak = counted & (p < math.sqrt(tiny))  # positives underflow: redo in the log domain
+        weak = counted & (p < math.sqrt(tiny))  # positives underflow: redo those rows in the log domain
         if bool(weak.any()):
             rows = weak.nonzero().squeeze(1)  # (R,)
-            loss[rows], grad[rows] = _exact_rows(logits[rows], pos[rows])
+            pos = labels[rows, None] == z_labels[None, :]  # (R, N)
+            loss[rows], grad[rows] = _exact_rows(_masked_logits(x, z, rows, exclude, inv_t, sqeuclidean), pos)
         if not bool(counted.all()):
             loss.masked_fill_(~counted, 0.0)
             grad[~counted] = 0.0  # rows without a positive take no part (and may hold NaN)
@@ -149,8 +160,8 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         x, z, grad = ctx.saved_tensors
         b = x.shape[0]
         refs = z[b:]  # (M, D)
-        scaled = grad[:, :b] * upstream.unsqueeze(1)  # (B, B) A_bb = diag(g) G_bb
-        gx = torch.mm(add_transpose(scaled), x)  # (B, D)
+        scaled, symmetric = scaled_symmetric(grad[:, :b], upstream)  # (B, B) A_bb = diag(g) G_bb, A_bb + A_bbᵀ
+        gx = torch.mm(symmetric, x)  # (B, D)
         if refs.shape[0]:
             to_refs = torch.mm(grad[:, b:], refs)  # (B, D) G_br refs
             gx.addcmul_(to_refs, upstream.unsqueeze(1))

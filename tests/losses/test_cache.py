@@ -219,3 +219,21 @@ def test_repr_names_the_settings() -> None:
     assert repr(CacheLoss(8, size=64, warmup_steps=3)) == (
         "CacheLoss(dim=8, size=64, temperature=0.1, distance='cosine', warmup_steps=3, reduction='mean')"
     )
+
+
+def test_underflowing_positives_with_excluded_slots_stay_exact() -> None:
+    """Tiny temperature: the positives' mass underflows float32 and the log-domain path must keep the exclusions."""
+    loss = CacheLoss(2, size=8, temperature=0.01, distance="sqeuclidean", reduction="none")
+    old = torch.tensor([[0.0, 0.0], [0.1, 0.0], [9.0, 0.0], [9.1, 0.0]])
+    labels = torch.tensor([0, 1, 1, 0])
+    loss(old, labels, ids=torch.arange(4))
+    x = (old + 0.05).requires_grad_(True)
+    value = loss(x, labels, ids=torch.arange(4))
+    x64 = x.detach().double().requires_grad_(True)
+    exclude = torch.eye(4, dtype=torch.bool)  # slot m holds sample m
+    ref = loop_loss(x64, labels, 0.01, "sqeuclidean", refs=old.double(), ref_labels=labels, exclude=exclude,
+                    reduction="none")
+    assert value.min().item() > 1000  # every anchor's positives are ~8000 nats away
+    torch.testing.assert_close(value.double(), ref.detach(), rtol=1e-6, atol=1e-3)
+    # float32 logits of ~1e4 carry ~1e-3 absolute error, so the gradient is good to ~1e-3 relative
+    torch.testing.assert_close(_grad(value.sum(), x).double(), _grad(ref.sum(), x64), rtol=1e-3, atol=1e-2)
