@@ -101,9 +101,10 @@ def _masked_logits(
 class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     """Per-anchor loss ``-log p_i`` (zero where ``counted`` is False); see the module docstring.
 
-    ``apply(x, refs, labels, ref_labels, counted, exclude, inv_t, sqeuclidean)``:
-    x (B, D) scored rows and first B columns, refs (M, D) detached extra columns, labels (B,),
-    ref_labels (M,), counted (B,) bool anchors that have a positive, exclude (B, M) bool or None
+    ``apply(x, refs, codes, counted, exclude, inv_t, sqeuclidean)``:
+    x (B, D) scored rows and first B columns, refs (M, D) detached extra columns, codes (N,) float
+    label codes of ``[x; refs]`` (:func:`label_codes`), counted (B,) bool anchors that have a
+    positive, exclude (B, M) bool or None
     (reference slots that are not an anchor's neighbour), inv_t = 1/T, sqeuclidean flag.
     Double backward is not supported: a backward with ``create_graph=True`` raises ``RuntimeError``.
     """
@@ -113,20 +114,19 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         ctx: Any,
         x: Tensor,
         refs: Tensor,
-        labels: Tensor,
-        ref_labels: Tensor,
+        codes: Tensor,
         counted: Tensor,
         exclude: Tensor | None,
         inv_t: float,
         sqeuclidean: bool,
     ) -> Tensor:
         z = torch.cat([x, refs]) if refs.shape[0] else x  # (N, D)
-        z_labels = torch.cat([labels, ref_labels]) if refs.shape[0] else labels  # (N,)
         logits = _masked_logits(x, z, None, exclude, inv_t, sqeuclidean)  # (B, N)
         grad = torch.softmax(logits, 1)  # (B, N) W, becomes G below
         # The positive mask is written as 0/1 floats into the logits' memory (no bool→float copy,
         # no third (B, N) buffer) and then multiplied by W in place.
-        pos_w = torch.eq(labels[:, None], z_labels[None, :], out=logits).mul_(grad)  # (B, N) W on positives
+        b = x.shape[0]
+        pos_w = torch.eq(codes[:b, None], codes[None, :], out=logits).mul_(grad)  # (B, N) W on positives
         p = pos_w.sum(1)  # (B,)
         grad.sub_(pos_w)  # (B, N) W on negatives
         n = grad.sum(1)  # (B,)
@@ -139,7 +139,7 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         weak = counted & (p < math.sqrt(tiny))  # positives underflow: redo those rows in the log domain
         if bool(weak.any()):
             rows = weak.nonzero().squeeze(1)  # (R,)
-            pos = labels[rows, None] == z_labels[None, :]  # (R, N)
+            pos = codes[rows, None] == codes[None, :]  # (R, N)
             loss[rows], grad[rows] = _exact_rows(_masked_logits(x, z, rows, exclude, inv_t, sqeuclidean), pos)
         if not bool(counted.all()):
             loss.masked_fill_(~counted, 0.0)
@@ -168,18 +168,24 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         gx.mul_(ctx.alpha)
         if ctx.col_coef:
             gx.addcmul_(scaled.sum(0).unsqueeze(1), x, value=-ctx.col_coef)
-        return gx, None, None, None, None, None, None, None
+        return gx, None, None, None, None, None, None
 
 
-def positive_counts(labels: Tensor, ref_labels: Tensor | None = None) -> Tensor:
-    """(B,) int64: how many *other* batch members and references share each anchor's label.
+def label_codes(labels: Tensor, ref_labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Compact float codes of ``[labels; ref_labels]`` and each anchor's number of positives.
 
-    Computed from label counts (O(B + M) after a sort), never from a (B, N) mask.
+    Returns ``(codes (N,), positives (B,))``: equal labels get equal codes ``0..U-1`` stored as
+    ``dtype`` (comparing floats into a float mask is ~3× faster than comparing int64 into a bool
+    one, and exact below 2**24 distinct labels; more fall back to float64), and ``positives[i]``
+    counts the *other* batch members and references with anchor i's label — from label counts,
+    O(N log N), not from a (B, N) mask.
 
-    >>> positive_counts(torch.tensor([0, 1, 0, 2]), torch.tensor([2, 0]))
-    tensor([2, 0, 2, 1])
+    >>> codes, positives = label_codes(torch.tensor([40, 7, 40, 9]), torch.tensor([9, 40]), torch.float32)
+    >>> codes, positives
+    (tensor([2., 0., 2., 1., 1., 2.]), tensor([2, 0, 2, 1]))
     """
     b = labels.shape[0]
-    everything = labels if ref_labels is None else torch.cat([labels, ref_labels])  # (N,)
+    everything = torch.cat([labels, ref_labels])  # (N,)
     _, inverse, counts = torch.unique(everything, return_inverse=True, return_counts=True)
-    return counts[inverse[:b]] - 1
+    exact = dtype if counts.shape[0] < 2**24 or dtype == torch.float64 else torch.float64
+    return inverse.to(exact), counts[inverse[:b]] - 1

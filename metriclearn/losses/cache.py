@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metriclearn._checks import check_choice, check_labels_tensor, check_positive_float, check_positive_int
-from metriclearn.losses._fused import NeighborhoodSoftmaxFunction, positive_counts
+from metriclearn.losses._fused import NeighborhoodSoftmaxFunction, label_codes
 from metriclearn.losses.base import MetricLoss
 from metriclearn.losses.neighborhood import DISTANCES
 
@@ -161,7 +161,7 @@ class CacheLoss(MetricLoss):
         filled = int(self.filled) if int(self.step) >= self.warmup_steps else 0
         refs = self.cache_embeddings[:filled].to(x.dtype)  # (M, D)
         ref_labels = self.cache_labels[:filled]  # (M,)
-        counts = positive_counts(labels, ref_labels)  # (B,)
+        codes, counts = label_codes(labels, ref_labels, x.dtype)  # (B + M,), (B,)
         exclude = None
         if ids is not None and filled:
             exclude = ids[:, None] == self.cache_ids[:filled][None, :]  # (B, M) the anchors' own copies
@@ -173,7 +173,7 @@ class CacheLoss(MetricLoss):
                 exclude = None
         counted = counts > 0  # (B,)
         per_anchor = NeighborhoodSoftmaxFunction.apply(
-            x, refs, labels, ref_labels, counted, exclude, 1.0 / self.temperature, self.distance == "sqeuclidean"
+            x, refs, codes, counted, exclude, 1.0 / self.temperature, self.distance == "sqeuclidean"
         )  # (B,)
         return per_anchor, counted
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metriclearn._checks import check_choice, check_positive_float
-from metriclearn.losses._fused import NeighborhoodSoftmaxFunction, positive_counts
+from metriclearn.losses._fused import NeighborhoodSoftmaxFunction, label_codes
 from metriclearn.losses.base import MetricLoss
 
 DISTANCES = ("sqeuclidean", "cosine")
@@ -68,11 +68,12 @@ class NeighborhoodSoftmaxLoss(MetricLoss):
         self.distance = check_choice(distance, DISTANCES, "distance")
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        counted = positive_counts(labels) > 0  # (B,)
         x = F.normalize(embeddings, dim=1) if self.distance == "cosine" else embeddings  # (B, D)
+        codes, positives = label_codes(labels, labels[:0], x.dtype)  # (B,), (B,)
+        counted = positives > 0  # (B,)
         refs = x.new_empty((0, x.shape[1]))  # no extra columns
         per_anchor = NeighborhoodSoftmaxFunction.apply(
-            x, refs, labels, labels[:0], counted, None, 1.0 / self.temperature, self.distance == "sqeuclidean"
+            x, refs, codes, counted, None, 1.0 / self.temperature, self.distance == "sqeuclidean"
         )  # (B,)
         return per_anchor, counted
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metriclearn.losses import NeighborhoodSoftmaxLoss
-from metriclearn.losses._fused import positive_counts, scaled_symmetric
+from metriclearn.losses._fused import label_codes, scaled_symmetric
 
 from ._neighborhood_reference import dense_loss, loop_loss, nca_loss
 
@@ -87,9 +87,18 @@ def test_scaled_symmetric(n: int) -> None:
     torch.testing.assert_close(symmetric, scaled + scaled.T, rtol=0, atol=0)
 
 
-def test_positive_counts_excludes_self_and_counts_references() -> None:
-    counts = positive_counts(torch.tensor([4, 7, 4, 9]), torch.tensor([7, 7, 1]))
-    assert counts.tolist() == [1, 2, 1, 0]
+def test_label_codes_count_positives_excluding_self() -> None:
+    codes, positives = label_codes(torch.tensor([4, 7, 4, 9]), torch.tensor([7, 7, 1]), torch.float32)
+    assert positives.tolist() == [1, 2, 1, 0]
+    assert codes.dtype == torch.float32 and codes.tolist() == [1.0, 2.0, 1.0, 3.0, 2.0, 2.0, 0.0]
+
+
+def test_huge_label_values_are_compared_exactly() -> None:
+    """Labels above 2**24 would collide as float32; the compact codes keep them apart."""
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([2**40, 2**40 + 1, 2**40, 2**40 + 1])
+    value = NeighborhoodSoftmaxLoss()(x, labels)
+    torch.testing.assert_close(value, loop_loss(x, labels), rtol=1e-12, atol=1e-12)
 
 
 def test_single_anchor_is_a_connected_zero() -> None:
