@@ -51,7 +51,7 @@ def pairwise_logits(x: Tensor, z: Tensor, inv_t: float, sqeuclidean: bool) -> Te
     if sqeuclidean:
         bias = z.pow(2).sum(1).mul_(-inv_t).unsqueeze(0)  # (1, N)
         return torch.addmm(bias, x, z.T, alpha=2.0 * inv_t)  # (B, N)
-    return torch.mm(x, z.T).mul_(inv_t)  # (B, N)
+    return torch.mm(x * inv_t, z.T)  # (B, N)
 
 
 def scaled_symmetric(g_bb: Tensor, row_scale: Tensor) -> tuple[Tensor, Tensor]:
