@@ -155,6 +155,8 @@ def encode_labels(labels: Any, classes: Sequence | None = None) -> tuple[np.ndar
 
 # --------------------------------------------------------------------------------------------- readers
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not zipfile.is_zipfile(path):  # np.load would otherwise try (and refuse) to unpickle it
+        raise ValueError(f"{path} is not a readable .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("X", "y") if k not in npz.files]
@@ -212,7 +214,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         X = np.char.strip(cells[:, feature_cols]).astype(np.float64)
     except ValueError:
         for col in feature_cols:  # find the column to blame
-            column = np.char.strip(cells[:, col])
+            column = np.char.strip(cells[:, col]).tolist()
             for line, value in enumerate(column, start=2):
                 try:
                     float(value)
@@ -374,6 +376,9 @@ def _load_npy(path: str | Path, what: str) -> np.ndarray:
         raise ValueError(f"{what} file {str(p)!r} does not exist")
     if p.suffix.lower() != ".npy":
         raise ValueError(f"{what} file {str(p)!r} must be a .npy file, got extension {p.suffix!r}")
+    with open(p, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # np.load would otherwise try (and refuse) to unpickle it
+            raise ValueError(f"{what} file {str(p)!r} is not a readable .npy file (no NumPy header)")
     try:
         return np.load(p, allow_pickle=False)
     except ValueError as err:
