@@ -87,7 +87,7 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
         order = np.argsort(codes, kind="stable")
         sizes = np.bincount(codes)
         if len(sizes) < 2:
-            raise ValueError(f"labels hold a single class ({labels[0]!r}); need at least 2")
+            raise ValueError(f"labels hold a single class ({labels[0].item()!r}); need at least 2")
         self._by_class = np.split(order, np.cumsum(sizes)[:-1])  # C arrays of sample indices
         self._sizes = sizes
         self._digest = hashlib.sha1(np.ascontiguousarray(codes, dtype=np.int64).tobytes()).hexdigest()
