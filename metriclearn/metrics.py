@@ -21,9 +21,12 @@ does): they can neither be retrieved correctly nor measure anything about the em
 left a ``ValueError`` says so.
 
 Distances: ``metric="l2"`` ranks by Euclidean distance on the raw vectors (as ``AccuracyCalculator``'s
-default), ``"cosine"`` by cosine similarity of the L2-normalised vectors. They are computed for a block of
-query rows at a time (a (block, N_ref) matrix, at most ~16M entries, at most 1024 rows) followed by a
-deterministic top-k of the nearest max(R, k) references, so 100k points never need an N×N matrix.
+default), ``"cosine"`` by cosine similarity of the L2-normalised vectors. The nearest max(R, k) references
+of a block of query rows at a time (at most 1024 rows, fewer for a big reference set: ~16M
+(query, reference) pairs per block) come from faiss's exhaustive search, which tiles the distance
+computation itself, so 100k points never need an N×N matrix. Ties are made deterministic: equal distances
+are ordered by reference index, and when a tie straddles the last place kept, the row is recomputed exactly
+with torch and the lowest indices are kept.
 
 Separation metrics use scikit-learn: silhouette (on a stratified subsample of at most
 ``silhouette_sample`` points, since it costs O(N²)), Davies-Bouldin, Calinski-Harabasz (all points), and
@@ -61,7 +64,7 @@ __all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "retrieval_metrics", "separation
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r", "knn_accuracy")
 SEPARATION_KEYS = ("silhouette", "davies_bouldin", "calinski_harabasz", "nmi", "ami")
-BLOCK_ELEMENTS = 1 << 24  # distance entries per block (64 MiB of float32)
+BLOCK_ELEMENTS = 1 << 24  # (query, reference) pairs per block
 MAX_BLOCK_ROWS = 1024
 
 
@@ -144,21 +147,17 @@ def retrieval_metrics(
     block_size = check_positive_int(block_size, "block_size")
 
     qt, rt = _prepare(q, r, metric)
-    r_sq = (rt * rt).sum(1) if metric == "l2" else None  # (Nr,)
     r_codes_t = torch.from_numpy(r_codes)
     totals = np.zeros(len(RETRIEVAL_KEYS))
     rows = np.flatnonzero(valid)
     starts = range(0, len(rows), block_size)
     with torch.no_grad():
         for start in progress(starts, desc="retrieval metrics", total=len(starts)):
-            block = torch.from_numpy(rows[start : start + block_size])
-            d = _distances(qt[block], rt, r_sq)  # (b, Nr)
-            if exclude_self:
-                d[torch.arange(len(block)), block] = float("inf")
-            r_block = torch.from_numpy(relevant[block.numpy()])  # (b,)
-            nearest = _smallest_k(d, max(k, int(r_block.max())))  # (b, kk)
+            block = rows[start : start + block_size]
+            r_block = torch.from_numpy(relevant[block])  # (b,)
+            nearest = _nearest(qt, rt, block, max(k, int(r_block.max())), metric, exclude_self)  # (b, kk)
             labels = r_codes_t[nearest]  # (b, kk)
-            totals += _block_sums(labels, torch.from_numpy(q_codes[block.numpy()]), r_block, k)
+            totals += _block_sums(labels, torch.from_numpy(q_codes[block]), r_block, k)
     means = totals / len(rows)
     return {key: float(v) for key, v in zip(RETRIEVAL_KEYS, means)}
 
@@ -192,27 +191,52 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x / scale, dim=1)  # (N, D)
 
 
-def _distances(q: torch.Tensor, r: torch.Tensor, r_sq: torch.Tensor | None) -> torch.Tensor:
-    """A ranking score per (query, reference): smaller = nearer. ||r||² − 2 q·r (l2) or −cos (cosine)."""
-    if r_sq is None:
-        return -(q @ r.T)  # (b, Nr)
-    return torch.addmm(r_sq.unsqueeze(0), q, r.T, alpha=-2.0)  # (b, Nr); ||q||² is constant per row
+def _nearest(q: torch.Tensor, r: torch.Tensor, rows: np.ndarray, k: int, metric: str, exclude_self: bool) -> torch.Tensor:
+    """Indices (b, k) of the k nearest references of query ``rows``, ordered by (distance, index).
 
-
-def _smallest_k(d: torch.Tensor, k: int) -> torch.Tensor:
-    """Column indices of the k smallest entries of each row, ordered by (value, index)."""
-    extra = int(k < d.shape[1])  # one more to see whether a tie straddles the k-th place
-    values, idx = torch.topk(d, k + extra, dim=1, largest=False, sorted=True)  # (b, k + extra)
-    if extra:
-        straddle = values[:, k - 1] == values[:, k]  # (b,)
-        values, idx = values[:, :k], idx[:, :k]
+    faiss's exhaustive search (BLAS in tiles plus a heap, no (b, N) matrix kept) finds k + 1 candidates
+    (+1 for self). The candidate set is exact unless a tie straddles place k; such rows are recomputed
+    with :func:`_smallest_k_ties`, which keeps the lowest indices among the tied.
+    """
+    b, available = len(rows), len(r) - int(exclude_self)
+    probe = min(k + 1, available) + int(exclude_self)
+    dist, idx = _knn(q[rows].numpy(), r.numpy(), probe, metric)  # (b, probe), (b, probe)
+    if metric == "cosine":
+        dist = -dist  # similarity -> smaller is nearer
+    if exclude_self:
+        is_self = idx == rows[:, None]  # (b, probe)
+        is_self[~is_self.any(1), -1] = True  # self lies beyond the probe: drop the farthest instead
+        dist, idx = dist[~is_self].reshape(b, -1), idx[~is_self].reshape(b, -1)
+    dist, idx = torch.from_numpy(dist), torch.from_numpy(idx)
+    if idx.shape[1] > k:
+        straddle = dist[:, k - 1] == dist[:, k]  # (b,)
+        dist, idx = dist[:, :k].contiguous(), idx[:, :k].contiguous()
         if bool(straddle.any()):
-            rows = straddle.nonzero()[:, 0]
-            idx[rows] = _smallest_k_ties(d[rows], k)
-            values[rows] = d[rows].gather(1, idx[rows])
+            tied = straddle.nonzero()[:, 0]
+            d = _distances(q[rows[tied.numpy()]], r, metric)  # (t, N)
+            if exclude_self:
+                d[torch.arange(len(tied)), torch.from_numpy(rows[tied.numpy()])] = float("inf")
+            idx[tied] = _smallest_k_ties(d, k)
+            dist[tied] = d.gather(1, idx[tied])
     by_index = idx.argsort(dim=1)  # (b, k): equal values end up in index order after a stable sort
-    idx, values = idx.gather(1, by_index), values.gather(1, by_index)
-    return idx.gather(1, values.sort(dim=1, stable=True).indices)
+    idx, dist = idx.gather(1, by_index), dist.gather(1, by_index)
+    return idx.gather(1, dist.sort(dim=1, stable=True).indices)
+
+
+def _knn(q: np.ndarray, r: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """faiss brute-force kNN: squared L2 distances (ascending) or inner products (descending)."""
+    import faiss
+
+    kind = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    return faiss.knn(q, r, k, metric=kind)
+
+
+def _distances(q: torch.Tensor, r: torch.Tensor, metric: str) -> torch.Tensor:
+    """Squared L2 distances or negated cosine similarities (smaller = nearer), as faiss computes them."""
+    if metric == "cosine":
+        return -(q @ r.T)  # (b, N)
+    sq = (r * r).sum(1)  # (N,)
+    return torch.addmm(sq.unsqueeze(0) + (q * q).sum(1, keepdim=True), q, r.T, alpha=-2.0).clamp_min_(0)  # (b, N)
 
 
 def _smallest_k_ties(d: torch.Tensor, k: int) -> torch.Tensor:

@@ -156,6 +156,20 @@ def test_blocks_and_ties_match_a_naive_loop(block_size: int | None) -> None:
     )
 
 
+def test_tie_order_does_not_depend_on_the_knn_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a kNN backend that returns tied candidates highest index first (faiss happens to keep the lowest):
+    # the index-order rule must still hold, via the straddle re-computation
+    def reversed_ties(q: np.ndarray, r: np.ndarray, k: int, metric: str) -> tuple:
+        d = ((q[:, None, :].astype(np.float64) - r[None]) ** 2).sum(2)  # (b, N)
+        order = np.lexsort((-np.arange(len(r))[None].repeat(len(q), 0), d), axis=1)[:, :k]
+        return np.take_along_axis(d, order, 1).astype(np.float32), order
+
+    monkeypatch.setattr(metrics, "_knn", reversed_ties)
+    rng = np.random.default_rng(9)
+    x, y = rng.integers(0, 3, size=(60, 2)).astype(np.float32), rng.integers(0, 3, 60)
+    assert retrieval_metrics(x, y, k=3) == pytest.approx(naive(x, y, x, y, 3, True))
+
+
 def test_blockwise_equals_unblocked_on_random_data() -> None:
     rng = np.random.default_rng(4)
     x, y = clustered(rng, 200, 5, 8, spread=0.8)
@@ -164,21 +178,30 @@ def test_blockwise_equals_unblocked_on_random_data() -> None:
         assert retrieval_metrics(x, y, block_size=block_size) == pytest.approx(whole, abs=1e-12)
 
 
-def test_distance_blocks_stay_within_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    shapes = []
-    real = metrics._distances
+def test_blocks_stay_within_the_pair_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = metrics._knn
 
-    def spy(q: torch.Tensor, r: torch.Tensor, r_sq: torch.Tensor | None) -> torch.Tensor:
-        d = real(q, r, r_sq)
-        shapes.append(tuple(d.shape))
-        return d
+    def spy(q: np.ndarray, r: np.ndarray, k: int, metric: str) -> tuple:
+        calls.append((len(q), len(r)))
+        return real(q, r, k, metric)
 
     monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 1000)
-    monkeypatch.setattr(metrics, "_distances", spy)
+    monkeypatch.setattr(metrics, "_knn", spy)
     x, y = clustered(np.random.default_rng(5), 300, 3, 4, spread=1.0)
     retrieval_metrics(x, y)
-    assert shapes and all(rows * cols <= 1000 for rows, cols in shapes)
-    assert sum(rows for rows, _ in shapes) == 300
+    assert calls and all(rows * cols <= 1000 for rows, cols in calls)
+    assert sum(rows for rows, _ in calls) == 300
+
+
+def test_all_tied_points_rank_by_index_without_self() -> None:
+    # four copies of one point, labels 0, 0, 1, 1: every distance is 0, so each query ranks the others in
+    # index order. With k = 1 (R = 1 for everyone):
+    #   q0: 1(0) 2 3 -> P@1 1, RP 1, MAP 1, 1-NN ok      q1: 0(0) 2 3 -> 1, 1, 1, ok
+    #   q2: 0(0) 1 3 -> 0, 0, 0, wrong                    q3: 0(0) 1 2 -> 0, 0, 0, wrong
+    # (faiss may return three tied copies without self; the tie straddling place 1 forces the exact path)
+    x = np.ones((4, 3), dtype=np.float32)
+    assert retrieval_metrics(x, [0, 0, 1, 1], k=1) == {key: 0.5 for key in metrics.RETRIEVAL_KEYS}
 
 
 def test_huge_values_do_not_overflow() -> None:
