@@ -22,11 +22,11 @@ left a ``ValueError`` says so.
 
 Distances: ``metric="l2"`` ranks by Euclidean distance on the raw vectors (as ``AccuracyCalculator``'s
 default), ``"cosine"`` by cosine similarity of the L2-normalised vectors. The nearest max(R, k) references
-of a block of query rows at a time (at most 1024 rows, fewer for a big reference set: ~16M
-(query, reference) pairs per block) come from faiss's exhaustive search, which tiles the distance
-computation itself, so 100k points never need an N×N matrix. Ties are made deterministic: equal distances
-are ordered by reference index, and when a tie straddles the last place kept, the row is recomputed exactly
-with torch and the lowest indices are kept.
+of a block of query rows at a time (at most 4096 rows, fewer when R is large, so a block's neighbour table
+stays under ~16M entries) come from faiss's exhaustive search, which tiles the distance computation itself,
+so 100k points never need an N×N matrix. Ties are made deterministic: equal distances are ordered by
+reference index, and when a tie straddles the last place kept, the row is recomputed exactly with torch
+(at most ~16M distances at a time) and the lowest indices among the tied are kept.
 
 Separation metrics use scikit-learn: silhouette (on a stratified subsample of at most
 ``silhouette_sample`` points, since it costs O(N²)), Davies-Bouldin, Calinski-Harabasz (all points), and
@@ -64,8 +64,8 @@ __all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "retrieval_metrics", "separation
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r", "knn_accuracy")
 SEPARATION_KEYS = ("silhouette", "davies_bouldin", "calinski_harabasz", "nmi", "ami")
-BLOCK_ELEMENTS = 1 << 24  # (query, reference) pairs per block
-MAX_BLOCK_ROWS = 1024
+BLOCK_ELEMENTS = 1 << 24  # entries of a neighbour table or of an exact distance block held at once
+MAX_BLOCK_ROWS = 4096  # faiss's own query tile; smaller calls are markedly slower
 
 
 # --------------------------------------------------------------------------------------------- retrieval
@@ -99,7 +99,7 @@ def retrieval_metrics(
         ``ref_includes_query`` in ``AccuracyCalculator``). Default: true when ``reference`` is ``None`` or
         holds the same embeddings and labels as ``query``.
     block_size : int, optional
-        Query rows per distance block (default: up to 1024, fewer for a large reference set).
+        Query rows per block (default: up to 4096, fewer when classes are large; see the module docstring).
 
     Returns
     -------
@@ -143,7 +143,8 @@ def retrieval_metrics(
     available = len(r) - int(exclude_self)
     k = min(k, available)
     if block_size is None:
-        block_size = max(1, min(MAX_BLOCK_ROWS, BLOCK_ELEMENTS // len(r)))
+        probe = min(max(k, int(relevant.max())) + 1, available) + int(exclude_self)  # neighbours per query
+        block_size = max(1, min(MAX_BLOCK_ROWS, BLOCK_ELEMENTS // probe))
     block_size = check_positive_int(block_size, "block_size")
 
     qt, rt = _prepare(q, r, metric)
@@ -211,13 +212,15 @@ def _nearest(q: torch.Tensor, r: torch.Tensor, rows: np.ndarray, k: int, metric:
     if idx.shape[1] > k:
         straddle = dist[:, k - 1] == dist[:, k]  # (b,)
         dist, idx = dist[:, :k].contiguous(), idx[:, :k].contiguous()
-        if bool(straddle.any()):
-            tied = straddle.nonzero()[:, 0]
-            d = _distances(q[rows[tied.numpy()]], r, metric)  # (t, N)
+        tied = straddle.nonzero()[:, 0]
+        chunk = max(1, BLOCK_ELEMENTS // len(r))
+        for part in tied.split(chunk):  # exact re-computation, a bounded (rows, N) block at a time
+            query_rows = torch.from_numpy(rows[part.numpy()])
+            d = _distances(q[query_rows], r, metric)  # (t, N)
             if exclude_self:
-                d[torch.arange(len(tied)), torch.from_numpy(rows[tied.numpy()])] = float("inf")
-            idx[tied] = _smallest_k_ties(d, k)
-            dist[tied] = d.gather(1, idx[tied])
+                d[torch.arange(len(part)), query_rows] = float("inf")
+            idx[part] = _smallest_k_ties(d, k)
+            dist[part] = d.gather(1, idx[part])
     by_index = idx.argsort(dim=1)  # (b, k): equal values end up in index order after a stable sort
     idx, dist = idx.gather(1, by_index), dist.gather(1, by_index)
     return idx.gather(1, dist.sort(dim=1, stable=True).indices)

@@ -178,20 +178,28 @@ def test_blockwise_equals_unblocked_on_random_data() -> None:
         assert retrieval_metrics(x, y, block_size=block_size) == pytest.approx(whole, abs=1e-12)
 
 
-def test_blocks_stay_within_the_pair_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    real = metrics._knn
+def test_blocks_stay_within_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    knn_calls, exact_calls = [], []
+    real_knn, real_distances = metrics._knn, metrics._distances
 
-    def spy(q: np.ndarray, r: np.ndarray, k: int, metric: str) -> tuple:
-        calls.append((len(q), len(r)))
-        return real(q, r, k, metric)
+    def spy_knn(q: np.ndarray, r: np.ndarray, k: int, metric: str) -> tuple:
+        knn_calls.append((len(q), k))
+        return real_knn(q, r, k, metric)
+
+    def spy_distances(q: torch.Tensor, r: torch.Tensor, metric: str) -> torch.Tensor:
+        exact_calls.append((len(q), len(r)))
+        return real_distances(q, r, metric)
 
     monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 1000)
-    monkeypatch.setattr(metrics, "_knn", spy)
+    monkeypatch.setattr(metrics, "_knn", spy_knn)
+    monkeypatch.setattr(metrics, "_distances", spy_distances)
     x, y = clustered(np.random.default_rng(5), 300, 3, 4, spread=1.0)
     retrieval_metrics(x, y)
-    assert calls and all(rows * cols <= 1000 for rows, cols in calls)
-    assert sum(rows for rows, _ in calls) == 300
+    assert knn_calls and all(rows * k <= 1000 for rows, k in knn_calls)  # (rows, neighbours) tables
+    assert sum(rows for rows, _ in knn_calls) == 300
+    x_ties = np.round(x)  # many exact ties: the exact path runs, in bounded (rows, N) blocks
+    retrieval_metrics(x_ties, y)
+    assert exact_calls and all(rows * n <= 1000 for rows, n in exact_calls)
 
 
 def test_all_tied_points_rank_by_index_without_self() -> None:
