@@ -56,7 +56,7 @@ SUFFIXES = (".npz", ".csv", ".jsonl")
 DIGITS = "digits"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
 class LabeledData:
     """Features (or texts) with int64 label codes into ``classes``.
 

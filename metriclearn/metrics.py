@@ -192,7 +192,9 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x / scale, dim=1)  # (N, D)
 
 
-def _nearest(q: torch.Tensor, r: torch.Tensor, rows: np.ndarray, k: int, metric: str, exclude_self: bool) -> torch.Tensor:
+def _nearest(
+    q: torch.Tensor, r: torch.Tensor, rows: np.ndarray, k: int, metric: str, exclude_self: bool
+) -> torch.Tensor:
     """Indices (b, k) of the k nearest references of query ``rows``, ordered by (distance, index).
 
     faiss's exhaustive search (BLAS in tiles plus a heap, no (b, N) matrix kept) finds k + 1 candidates

@@ -230,13 +230,21 @@ def test_string_labels() -> None:
         ({"query_labels": [0, 1]}, ValueError, r"query_labels has 2 entries but there are 3 samples"),
         ({"reference": col([1, 2])}, ValueError, r"reference was given without reference_labels"),
         ({"reference_labels": [0, 1]}, ValueError, r"reference_labels was given without reference"),
-        ({"reference": np.zeros((2, 2)), "reference_labels": [0, 1]}, ValueError, r"reference has dimension 2, expected 1"),
+        (
+            {"reference": np.zeros((2, 2)), "reference_labels": [0, 1]},
+            ValueError,
+            r"reference has dimension 2, expected 1",
+        ),
         ({"metric": "ip"}, ValueError, r"metric must be one of 'l2', 'cosine'; got 'ip'"),
         ({"k": 0}, ValueError, r"k must be a positive integer, got 0"),
         ({"block_size": 0}, ValueError, r"block_size must be a positive integer, got 0"),
         ({"query_labels": [0, 1, 2]}, ValueError, r"no query has a same-class item in the reference set"),
         ({"reference": col([1]), "reference_labels": ["a"]}, TypeError, r"must both be strings or both integers"),
-        ({"reference": col([1]), "reference_labels": [0], "exclude_self": True}, ValueError, r"start with the 3 queries"),
+        (
+            {"reference": col([1]), "reference_labels": [0], "exclude_self": True},
+            ValueError,
+            r"start with the 3 queries",
+        ),
         ({"query": col([0, np.nan, 1])}, ValueError, r"query contains NaN or inf values in 1 of 3 rows"),
     ],
 )
