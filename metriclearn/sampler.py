@@ -160,10 +160,10 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output; the next batch is the one after the last handed out."""
+        mine = self.state_dict()
         for key in ("seed", "batch_size", "samples_per_class", "num_samples", "labels_sha1"):
-            if key in state and state[key] != getattr(self, key if key != "labels_sha1" else "_digest"):
-                mine = self.state_dict()[key]
-                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has {key}={mine!r}")
+            if key in state and state[key] != mine[key]:
+                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has {key}={mine[key]!r}")
         epoch = check_positive_int(state.get("epoch"), "state['epoch']", allow_zero=True)
         position = check_positive_int(state.get("position"), "state['position']", allow_zero=True)
         if position > len(self):
