@@ -1,1 +1,6 @@
 """metriclearn.losses (see DESIGN.md)."""
+
+from metriclearn.losses.base import MetricLoss
+from metriclearn.losses.soft_nn import SoftNearestNeighborLoss
+
+__all__ = ["MetricLoss", "SoftNearestNeighborLoss"]

@@ -1,0 +1,102 @@
+"""Soft Nearest Neighbor loss (Frosst, Papernot & Hinton, ICML 2019).
+
+For a batch ``x_1..x_B`` with labels ``y`` and temperature ``T``:
+
+    l_i = −log( Σ_{j≠i, y_j=y_i} exp(−||x_i − x_j||² / T)  /  Σ_{k≠i} exp(−||x_i − x_k||² / T) )
+    loss = mean of l_i over the anchors i that have at least one positive (j ≠ i with y_j = y_i)
+
+Reference: N. Frosst, N. Papernot, G. Hinton, "Analyzing and Improving Representations with the Soft
+Nearest Neighbor Loss", ICML 2019, eq. (1).
+
+Example
+-------
+>>> import torch
+>>> x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 1.0]])
+>>> loss = SoftNearestNeighborLoss(temperature=1.0)
+>>> round(loss(x, torch.tensor([0, 0, 1, 1])).item(), 4)  # tight, well-separated classes: small
+0.0005
+>>> round(loss(x, torch.tensor([0, 1, 0, 1])).item(), 4)  # same points, entangled labels: large
+8.0005
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from metriclearn._checks import check_positive_float
+from metriclearn.losses._pairwise import squared_distances
+from metriclearn.losses.base import MetricLoss
+
+
+class SoftNearestNeighborLoss(MetricLoss):
+    """Soft Nearest Neighbor loss: −log of the softmax mass (by −squared distance / T) on same-class points.
+
+    Parameters
+    ----------
+    temperature:
+        ``T > 0`` in ``exp(−||x_i − x_j||² / T)`` (the initial value when ``learn_temperature``).
+    learn_temperature:
+        Make ``T`` a trainable parameter, stored as ``log T`` (so it stays positive). The paper uses
+        the loss mostly as a *regulariser* on hidden layers and picks, at each step, the temperature
+        that minimises it; with this option the optimizer does that jointly with the model.
+    reduction:
+        ``"mean"`` (default), ``"sum"`` or ``"none"``, see :class:`~metriclearn.losses.base.MetricLoss`.
+
+    Notes
+    -----
+    Anchors without a positive (the only member of their class in the batch, or a batch of one) have
+    an undefined ``log 0`` term; they are left out of the mean, as every loss of the package does.
+    When no anchor has a positive the loss is a graph-connected zero.
+
+    The value is the same as :class:`~metriclearn.losses.NeighborhoodSoftmaxLoss` with
+    ``distance="sqeuclidean"`` (i.e. NCA): the two differ in intent and options — this one is the
+    entanglement measure of Frosst et al., usually added as a regulariser with a learned temperature,
+    and is written plainly with autograd rather than with a fused hand-written backward.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(reduction=reduction)
+        temperature = check_positive_float(temperature, "temperature")
+        self.learn_temperature = bool(learn_temperature)
+        self.fixed_temperature = temperature  # used as an exact Python float unless learned
+        if self.learn_temperature:
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+
+    @property
+    def temperature(self) -> Tensor | float:
+        """The current temperature ``T`` (a 0-d trainable tensor when ``learn_temperature``)."""
+        return self.log_temperature.exp() if self.learn_temperature else self.fixed_temperature
+
+    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        batch = embeddings.shape[0]
+        distances = squared_distances(embeddings, embeddings)  # (B, B)
+        if self.learn_temperature:
+            inv_t = (-self.log_temperature).exp().to(embeddings.dtype)
+            logits = distances * -inv_t  # (B, B)
+        else:
+            logits = distances / -self.fixed_temperature  # (B, B)
+        eye = torch.eye(batch, dtype=torch.bool, device=embeddings.device)  # (B, B)
+        same = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye  # (B, B) positives
+        has_pos = same.any(dim=1)  # (B,)
+        # Rows without a positive would be all −inf below (NaN gradients); give them harmless zeros:
+        # they are not counted, and `where` sends them no gradient.
+        usable = has_pos.unsqueeze(1)  # (B, 1)
+        neg_inf = logits.new_tensor(float("-inf"))
+        all_logits = torch.where(usable, logits.masked_fill(eye, neg_inf), 0.0)  # (B, B)
+        pos_logits = torch.where(usable, logits.masked_fill(~same, neg_inf), 0.0)  # (B, B)
+        per_anchor = all_logits.logsumexp(dim=1) - pos_logits.logsumexp(dim=1)  # (B,)
+        return per_anchor, has_pos
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={float(self.temperature):.4g}, "
+            f"learn_temperature={self.learn_temperature}, {super().extra_repr()}"
+        )
