@@ -1,6 +1,11 @@
 """metriclearn.losses (see DESIGN.md)."""
 
 from metriclearn.losses.base import MetricLoss
+from metriclearn.losses.complement import ComplementEntropyLoss
 from metriclearn.losses.soft_nn import SoftNearestNeighborLoss
 
-__all__ = ["MetricLoss", "SoftNearestNeighborLoss"]
+__all__ = [
+    "MetricLoss",
+    "ComplementEntropyLoss",
+    "SoftNearestNeighborLoss",
+]
