@@ -187,7 +187,7 @@ class PrototypeLoss(MetricLoss):
         self, x: Tensor, labels: Tensor, centroids: Tensor, available: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """Softmax cross-entropy over −||x − c_k||² / T, restricted to ``available`` classes."""
-        logits = squared_distances(x, centroids) / -self.temperature  # (B, K)
+        logits = squared_distances(x, centroids, scale=-1.0 / self.temperature)  # (B, K)
         counts = torch.ones_like(labels, dtype=torch.bool)  # (B,)
         if available is not None:
             if not bool(available.any()):  # eval mode before any class was seen
@@ -238,7 +238,7 @@ class PrototypeLoss(MetricLoss):
         if self.repulsion > 0 and int(self.initialized.sum()) >= 2:
             seen = self.initialized.nonzero().flatten()  # (S,)
             pts = moved[seen]  # (S, D)
-            logits = squared_distances(pts, pts) / -self.temperature  # (S, S)
+            logits = squared_distances(pts, pts, scale=-1.0 / self.temperature)  # (S, S)
             logits.fill_diagonal_(float("-inf"))
             weights = logits.softmax(dim=1)  # (S, S)
             push = (pts - weights @ pts) * self.repulsion  # (S, D)

@@ -77,22 +77,22 @@ class SoftNearestNeighborLoss(MetricLoss):
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         batch = embeddings.shape[0]
-        distances = squared_distances(embeddings, embeddings)  # (B, B)
+        eye = torch.eye(batch, dtype=torch.bool, device=embeddings.device)  # (B, B)
+        positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye  # (B, B)
+        has_pos = positives.any(dim=1)  # (B,)
+        if not bool(has_pos.any()):  # B = 1 or all singletons: nothing counts
+            return embeddings.sum(dim=1) * 0.0, has_pos
         if self.learn_temperature:
             inv_t = (-self.log_temperature).exp().to(embeddings.dtype)
-            logits = distances * -inv_t  # (B, B)
+            logits = squared_distances(embeddings, embeddings) * -inv_t  # (B, B)
         else:
-            logits = distances / -self.fixed_temperature  # (B, B)
-        eye = torch.eye(batch, dtype=torch.bool, device=embeddings.device)  # (B, B)
-        same = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye  # (B, B) positives
-        has_pos = same.any(dim=1)  # (B,)
-        # Rows without a positive would be all −inf below (NaN gradients); give them harmless zeros:
-        # they are not counted, and `where` sends them no gradient.
-        usable = has_pos.unsqueeze(1)  # (B, 1)
-        neg_inf = logits.new_tensor(float("-inf"))
-        all_logits = torch.where(usable, logits.masked_fill(eye, neg_inf), 0.0)  # (B, B)
-        pos_logits = torch.where(usable, logits.masked_fill(~same, neg_inf), 0.0)  # (B, B)
-        per_anchor = all_logits.logsumexp(dim=1) - pos_logits.logsumexp(dim=1)  # (B,)
+            logits = squared_distances(embeddings, embeddings, scale=-1.0 / self.fixed_temperature)  # (B, B)
+        # An anchor without positives keeps its own diagonal entry as a stand-in, so that no row is all
+        # −inf (that would give NaN gradients); such anchors do not count and get no gradient.
+        stand_in = positives | (eye & ~has_pos.unsqueeze(1))  # (B, B)
+        all_lse = logits.masked_fill(eye, float("-inf")).logsumexp(dim=1)  # (B,) finite since B ≥ 2
+        pos_lse = logits.masked_fill(~stand_in, float("-inf")).logsumexp(dim=1)  # (B,)
+        per_anchor = all_lse - pos_lse  # (B,)
         return per_anchor, has_pos
 
     def extra_repr(self) -> str:
