@@ -39,9 +39,12 @@ class SoftNearestNeighborLoss(MetricLoss):
     temperature:
         ``T > 0`` in ``exp(−||x_i − x_j||² / T)`` (the initial value when ``learn_temperature``).
     learn_temperature:
-        Make ``T`` a trainable parameter, stored as ``log T`` (so it stays positive). The paper uses
-        the loss mostly as a *regulariser* on hidden layers and picks, at each step, the temperature
-        that minimises it; with this option the optimizer does that jointly with the model.
+        Make ``T`` a trainable parameter, stored as ``log T`` (so it stays positive). The paper picks,
+        at each step, the temperature that *minimises* the loss (so the measured entanglement does
+        not hinge on a hand-set scale); with this option the optimizer does that jointly with the
+        model. Only use it when the loss is minimised: the paper also *maximises* the SNN of hidden
+        layers as a regulariser, and under a negative weight a jointly trained ``T`` would move the
+        wrong way (there, optimise ``log_temperature`` in a separate minimisation step).
     reduction:
         ``"mean"`` (default), ``"sum"`` or ``"none"``, see :class:`~metriclearn.losses.base.MetricLoss`.
 
