@@ -175,12 +175,15 @@ class PrototypeLoss(MetricLoss):
             return self._batch_prototypes(embeddings, labels)
         if self.mode == "learned":
             return self._cross_entropy(embeddings, labels, self.centroids.to(embeddings.dtype), None)
-        if self.training:
-            self._initialise_new(embeddings.detach(), labels)
+        if not self.training:
+            return self._cross_entropy(embeddings, labels, self.centroids.to(embeddings.dtype), self.initialized)
+        with torch.no_grad():
+            means, present = self._class_means(embeddings.detach(), labels)  # (K, D), (K,)
+            means = means.to(self.centroids.dtype)
+            self._initialise_new(means, present)
         centroids = self.centroids.to(embeddings.dtype, copy=True)  # (K, D) snapshot: updated in place below
         result = self._cross_entropy(embeddings, labels, centroids, self.initialized.clone())
-        if self.training:
-            self._ema_step(embeddings.detach(), labels)
+        self._ema_step(means, present)
         return result
 
     def _cross_entropy(
@@ -204,15 +207,14 @@ class PrototypeLoss(MetricLoss):
         onehot = F.one_hot(inverse).to(x.dtype)  # (B, C)
         sizes = onehot.sum(dim=0)  # (C,)
         prototypes = (onehot.T @ x) / sizes.unsqueeze(1)  # (C, D)
-        dist = squared_distances(x, prototypes)  # (B, C)
+        logits = squared_distances(x, prototypes, scale=-1.0 / self.temperature)  # (B, C)
         own = inverse.unsqueeze(1)  # (B, 1)
         counts = torch.ones_like(labels, dtype=torch.bool)  # (B,)
         if self.leave_one_out:
             n = sizes[inverse]  # (B,) size of the anchor's class
             counts = n > 1
             scale = torch.where(counts, n / (n - 1).clamp(min=1), 1.0).square()  # (B,)
-            dist = dist.scatter(1, own, dist.gather(1, own) * scale.unsqueeze(1))  # (B, C)
-        logits = dist / -self.temperature  # (B, C)
+            logits = logits.scatter(1, own, logits.gather(1, own) * scale.unsqueeze(1))  # (B, C)
         return logits.logsumexp(dim=1) - logits.gather(1, own).squeeze(1), counts
 
     # ------------------------------------------------------------------ EMA bookkeeping
@@ -223,17 +225,16 @@ class PrototypeLoss(MetricLoss):
         return sums / sizes.clamp(min=1).unsqueeze(1).to(x.dtype), sizes > 0
 
     @torch.no_grad()
-    def _initialise_new(self, x: Tensor, labels: Tensor) -> None:
-        means, present = self._class_means(x, labels)
+    def _initialise_new(self, means: Tensor, present: Tensor) -> None:
+        """A class seen for the first time starts at its batch mean."""
         fresh = present & ~self.initialized  # (K,)
         if bool(fresh.any()):
-            self.centroids[fresh] = means[fresh].to(self.centroids.dtype)
+            self.centroids[fresh] = means[fresh]
             self.initialized |= fresh
 
     @torch.no_grad()
-    def _ema_step(self, x: Tensor, labels: Tensor) -> None:
-        means, present = self._class_means(x, labels)
-        means = means.to(self.centroids.dtype)
+    def _ema_step(self, means: Tensor, present: Tensor) -> None:
+        """Momentum step toward the batch means, then the repulsion step (classes in the batch only)."""
         moved = torch.where(present.unsqueeze(1), self.centroids * self.momentum + means * (1 - self.momentum), self.centroids)
         if self.repulsion > 0 and int(self.initialized.sum()) >= 2:
             seen = self.initialized.nonzero().flatten()  # (S,)
