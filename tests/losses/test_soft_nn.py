@@ -167,3 +167,10 @@ def test_errors_are_clear() -> None:
         loss(torch.zeros(2, 2, dtype=torch.long), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"empty batch \(B=0\)"):
         loss(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    x, y = batch(b=64, d=16, classes=8, dtype=torch.float32)
+    loss = SoftNearestNeighborLoss(0.5)
+    torch.testing.assert_close(loss(x.cuda(), y.cuda()).cpu(), loss(x, y), rtol=1e-4, atol=1e-5)
