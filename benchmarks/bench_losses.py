@@ -137,7 +137,11 @@ def bench_cache(slots: list[int], repeats: int, b: int = 512) -> list[dict[str, 
         ours = CacheLoss(D, size=size, temperature=1.0, distance="sqeuclidean")  # pml's NCALoss setting
         pml = CrossBatchMemory(NCALoss(), embedding_size=D, memory_size=size)
         with_ids = CacheLoss(D, size=size, temperature=1.0, distance="sqeuclidean")
-        contenders = {"ours": cycling(ours, batches), "pml": cycling(pml, batches), "ids": cycling(with_ids, batches, ids=True)}
+        contenders = {
+            "ours": cycling(ours, batches),
+            "pml": cycling(pml, batches),
+            "ids": cycling(with_ids, batches, ids=True),
+        }
         for _ in range(size // b + 1):  # fill both memories
             for run in contenders.values():
                 run()
@@ -188,7 +192,8 @@ def bench_others(repeats: int, b: int = 512) -> list[dict[str, object]]:
 def print_row(r: dict[str, object]) -> None:
     pml = "" if r["pml_ms"] is None else f"{r['pml_ms']:9.2f}"
     speedup = "" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-    print(f"| {r['case']} | {r['metriclearn_ms']:.2f} | {pml} | {speedup} | {r['floor_ms']:.2f} | {r['floor_fraction']:.2f} |")
+    cells = [r["case"], f"{r['metriclearn_ms']:.2f}", pml, speedup, f"{r['floor_ms']:.2f}", f"{r['floor_fraction']:.2f}"]
+    print("| " + " | ".join(cells) + " |")
 
 
 def environment(threads: int) -> dict[str, object]:

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+
 def pairwise_logits(x: Tensor, z: Tensor, inv_t: float, sqeuclidean: bool) -> Tensor:
     """Logits ``s_ij`` of every row of ``x`` against every row of ``z`` (see the module docstring).
 
@@ -101,11 +102,11 @@ def _masked_logits(
 class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     """Per-anchor loss ``-log p_i`` (zero where ``counted`` is False); see the module docstring.
 
-    ``apply(x, refs, codes, counted, exclude, inv_t, sqeuclidean)``:
-    x (B, D) scored rows and first B columns, refs (M, D) detached extra columns, codes (N,) float
-    label codes of ``[x; refs]`` (:func:`label_codes`), counted (B,) bool anchors that have a
-    positive, exclude (B, M) bool or None
-    (reference slots that are not an anchor's neighbour), inv_t = 1/T, sqeuclidean flag.
+    ``apply(x, refs, codes, counted, exclude, inv_t, sqeuclidean)``: x (B, D) the scored rows and
+    first B columns; refs (M, D) detached extra columns; codes (N,) float label codes of
+    ``[x; refs]`` (:func:`label_codes`); counted (B,) bool, the anchors that have a positive;
+    exclude (B, M) bool or None, reference slots that are not an anchor's neighbour; inv_t = 1/T;
+    sqeuclidean: the distance (else cosine on unit-normalised inputs).
     Double backward is not supported: a backward with ``create_graph=True`` raises ``RuntimeError``.
     """
 

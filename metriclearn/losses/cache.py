@@ -128,7 +128,9 @@ class CacheLoss(MetricLoss):
     def validate(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         embeddings, labels = super().validate(embeddings, labels)
         if embeddings.shape[1] != self.dim:
-            raise ValueError(f"embeddings have dimension {embeddings.shape[1]} but CacheLoss was built with dim={self.dim}")
+            raise ValueError(
+                f"embeddings have dimension {embeddings.shape[1]} but CacheLoss was built with dim={self.dim}"
+            )
         if self.cache_embeddings.device != embeddings.device:
             raise ValueError(
                 f"embeddings are on {embeddings.device} but the CacheLoss buffers are on "

@@ -202,7 +202,7 @@ def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
     ("embeddings", "labels", "error", "match"),
     [
         ([[0.0, 1.0]], torch.tensor([0]), TypeError, "embeddings must be a torch.Tensor, got list"),
-        (torch.zeros(4), torch.zeros(4, dtype=torch.long), ValueError, r"embeddings must have shape \(B, D\), got \(4,\)"),
+        (torch.zeros(4), torch.zeros(4, dtype=torch.long), ValueError, r"must have shape \(B, D\), got \(4,\)"),
         (torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long), TypeError, "floating-point"),
         (torch.zeros(3, 2), torch.zeros(4, dtype=torch.long), ValueError, r"labels must have shape \(3,\), got \(4,\)"),
         (torch.zeros(2, 2), torch.tensor([0.0, 1.0]), TypeError, "labels must be an integer tensor, got torch.float32"),
