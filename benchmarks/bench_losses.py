@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
+import os
 import platform
 import statistics
 import sys
@@ -103,14 +103,14 @@ def measured_rates() -> tuple[float, float]:
     return 2 * 2048 * 2048 * D / t["gemm"], c.numel() / t["exp"]
 
 
-def row(case: str, ours: float, theirs: float | None, floor: float) -> dict[str, object]:
+def row(case: str, ours: float, theirs: float | None, floor: float | None) -> dict[str, object]:
     return {
         "case": case,
         "metriclearn_ms": round(ours * 1e3, 3),
         "pml_ms": None if theirs is None else round(theirs * 1e3, 3),
         "speedup": None if theirs is None else round(theirs / ours, 2),
-        "floor_ms": round(floor * 1e3, 3),
-        "floor_fraction": round(floor / ours, 2),
+        "floor_ms": None if floor is None else round(floor * 1e3, 3),
+        "floor_fraction": None if floor is None else round(floor / ours, 2),
     }
 
 
@@ -183,16 +183,18 @@ def bench_others(repeats: int, b: int = 512) -> list[dict[str, object]]:
         return []
     contenders["NeighborhoodSoftmaxLoss"] = step(NeighborhoodSoftmaxLoss(), x, labels)  # yardstick
     t = interleaved(contenders, repeats)
-    rows = [row(f"{name}, B={b}", t[name], None, floor_seconds(b, b)) for name in contenders]
+    rows = [row(f"{name}, B={b}", t[name], None, None) for name in contenders]
     for r in rows:
         print_row(r)
     return rows
 
 
 def print_row(r: dict[str, object]) -> None:
-    pml = "" if r["pml_ms"] is None else f"{r['pml_ms']:9.2f}"
-    speedup = "" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-    cells = [r["case"], f"{r['metriclearn_ms']:.2f}", pml, speedup, f"{r['floor_ms']:.2f}", f"{r['floor_fraction']:.2f}"]
+    def cell(key: str, fmt: str) -> str:
+        return "" if r[key] is None else format(r[key], fmt)
+
+    cells = [r["case"], cell("metriclearn_ms", ".2f"), cell("pml_ms", ".2f"), cell("speedup", ".2f")]
+    cells += [cell("floor_ms", ".2f"), cell("floor_fraction", ".2f")]
     print("| " + " | ".join(cells) + " |")
 
 
@@ -210,7 +212,7 @@ def environment(threads: int) -> dict[str, object]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "cpu": f"{model}, {torch.get_num_threads()} threads used of {len(__import__('os').sched_getaffinity(0))} cores",
+        "cpu": f"{model}, {torch.get_num_threads()} threads used of {len(os.sched_getaffinity(0))} cores",
         "torch": torch.__version__,
         "pytorch_metric_learning": pytorch_metric_learning.__version__,
         "threads": threads,
@@ -220,7 +222,7 @@ def environment(threads: int) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=len(__import__("os").sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeats", type=int, default=200, help="calls per contender at B=512 (scaled by size)")
     parser.add_argument("--quick", action="store_true", help="B in (512, 2048), 4096 slots, fewer repeats")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"- {key}: {value}")
     gemm, exp = measured_rates()
     print(f"- measured now: SGEMM {gemm / 1e9:.0f} GFLOP/s, exp {exp / 1e9:.2f} Gelem/s (floors use 200 and 3.5)\n")
-    print("| case | metriclearn ms | pml ms | speed-up | floor ms | floor / ours |")
+    print("| case | metriclearn ms | pml ms | speed-up (pml / ours) | floor ms | floor / ours |")
     print("|---|---:|---:|---:|---:|---:|")
     sizes = [512, 2048] if args.quick else [256, 512, 1024, 2048]
     slots = [4096] if args.quick else [1024, 4096, 16384]
