@@ -139,8 +139,9 @@ def test_eval_and_no_grad_score_without_updating() -> None:
     assert int(loss.step) == 2
 
 
-def test_gradcheck_with_cache_and_excluded_slots() -> None:
-    loss = CacheLoss(DIM, size=16, temperature=0.4, reduction="none").double()
+@pytest.mark.parametrize("distance", ["cosine", "sqeuclidean"])
+def test_gradcheck_with_cache_and_excluded_slots(distance: str) -> None:
+    loss = CacheLoss(DIM, size=16, temperature=0.4, distance=distance, reduction="none").double()
     x, labels = _batch()
     loss(x, labels, ids=torch.arange(6))
     loss.eval()  # gradcheck calls the loss many times: keep the cache fixed
