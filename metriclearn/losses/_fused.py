@@ -27,18 +27,40 @@ multiplies: with ``A = diag(g) G``,
 where ``bb`` is the batch block and ``br`` the reference block. Gradients never reach ``refs``.
 
 Cost: one (B, N) GEMM forward and one backward (the batch block is symmetrised by a transpose
-into a padded buffer instead of a second GEMM), one fused softmax and five streaming passes over
-two (B, N) buffers: the logits' memory is reused for the positive mask, and the softmax's for the
-gradient, which the backward reads as is.
+into a padded buffer instead of a second GEMM), one fused softmax and five streaming passes. One
+fresh (B, N) matrix per call: the logits, turned in place into the softmax and then into the
+gradient, which the backward reads as is; the positive mask lives in a reused scratch matrix.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+_scratch = threading.local()
+
+
+def scratch(rows: int, cols: int, like: Tensor) -> Tensor:
+    """A (rows, cols) matrix for temporaries that die inside one forward or one backward call.
+
+    On CPU a fresh multi-megabyte tensor is usually new memory from the OS, and first touching it
+    costs a page fault per 4 KiB (a CacheLoss step at 4096 slots took 4.3k faults with two fresh
+    (B, N) matrices, 0.85k with one); so the largest scratch matrix used so far is kept per thread
+    and dtype and handed out again. Other devices have caching allocators and get a fresh tensor.
+    Never keep the result beyond the call.
+    """
+    if like.device.type != "cpu":
+        return like.new_empty((rows, cols))
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    flat = buffers.get(like.dtype)
+    if flat is None or flat.numel() < rows * cols:
+        flat = buffers[like.dtype] = torch.empty(rows * cols, dtype=like.dtype)
+    return flat[: rows * cols].view(rows, cols)
 
 
 def pairwise_logits(x: Tensor, z: Tensor, inv_t: float, sqeuclidean: bool) -> Tensor:
@@ -69,7 +91,7 @@ def scaled_symmetric(g_bb: Tensor, row_scale: Tensor) -> tuple[Tensor, Tensor]:
             [32., 80.]])
     """
     n = g_bb.shape[0]
-    a = g_bb.new_empty((n, n + 16))[:, :n]  # (B, B) view with padded row stride
+    a = scratch(n, n + 16, g_bb)[:, :n]  # (B, B) view with padded row stride
     torch.mul(g_bb, row_scale.unsqueeze(1), out=a)
     return a, a + a.T  # (B, B), (B, B)
 
@@ -123,11 +145,11 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     ) -> Tensor:
         z = torch.cat([x, refs]) if refs.shape[0] else x  # (N, D)
         logits = _masked_logits(x, z, None, exclude, inv_t, sqeuclidean)  # (B, N)
-        grad = torch.softmax(logits, 1)  # (B, N) W, becomes G below
-        # The positive mask is written as 0/1 floats into the logits' memory (no bool→float copy,
-        # no third (B, N) buffer) and then multiplied by W in place.
-        b = x.shape[0]
-        pos_w = torch.eq(codes[:b, None], codes[None, :], out=logits).mul_(grad)  # (B, N) W on positives
+        grad = torch.softmax(logits, 1, out=logits)  # (B, N) W in place, becomes G below
+        # The positive mask is written as 0/1 floats into a reused scratch matrix (no bool→float
+        # copy, no fresh (B, N) buffer) and then multiplied by W in place.
+        b, n_cols = logits.shape
+        pos_w = torch.eq(codes[:b, None], codes[None, :], out=scratch(b, n_cols, x)).mul_(grad)  # (B, N)
         p = pos_w.sum(1)  # (B,)
         grad.sub_(pos_w)  # (B, N) W on negatives
         n = grad.sum(1)  # (B,)
@@ -135,7 +157,7 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         ratio = n / p.clamp_min(tiny)  # (B,)
         grad.addcmul_(pos_w, ratio.neg().unsqueeze(1))  # (B, N) G = W - [pos] W / p
         loss = torch.log1p(ratio)  # (B,)
-        del logits, pos_w
+        del pos_w
 
         weak = counted & (p < math.sqrt(tiny))  # positives underflow: redo those rows in the log domain
         if bool(weak.any()):
