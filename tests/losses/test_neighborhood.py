@@ -232,3 +232,15 @@ def test_cuda_matches_cpu(distance: str) -> None:
     value_cuda, grad_cuda = _value_and_grad(loss(x_cuda, labels.cuda()), x_cuda)
     torch.testing.assert_close(value_cuda.cpu(), value, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad_cuda.cpu(), grad, rtol=1e-3, atol=1e-5)
+
+
+def test_interleaved_forwards_and_backwards_do_not_share_state() -> None:
+    """Two graphs alive at once (the scratch matrix is reused between calls; the gradient matrix is not)."""
+    loss = NeighborhoodSoftmaxLoss(0.5)
+    x1, x2 = _batch(b=40), _batch(b=70)
+    labels1, labels2 = torch.randint(0, 4, (40,)), torch.randint(0, 4, (70,))
+    first, second = loss(x1, labels1), loss(x2, labels2)
+    (grad2,) = torch.autograd.grad(second, x2)
+    (grad1,) = torch.autograd.grad(first, x1)
+    torch.testing.assert_close(grad1, _value_and_grad(dense_loss(x1, labels1, 0.5), x1)[1], rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(grad2, _value_and_grad(dense_loss(x2, labels2, 0.5), x2)[1], rtol=1e-10, atol=1e-13)
