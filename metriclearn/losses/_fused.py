@@ -114,10 +114,15 @@ def _masked_logits(
     logits = pairwise_logits(anchors, z, inv_t, sqeuclidean)  # (R, N)
     if rows is None:
         logits[:, :b].diagonal().fill_(-math.inf)  # an anchor is not its own neighbour
-    else:
-        logits[torch.arange(rows.shape[0], device=x.device), rows] = -math.inf
+        if exclude is not None:
+            logits[exclude[0], b + exclude[1]] = -math.inf
+        return logits
+    logits[torch.arange(rows.shape[0], device=x.device), rows] = -math.inf
     if exclude is not None:
-        logits[:, b:].masked_fill_(exclude if rows is None else exclude[rows], -math.inf)
+        local = torch.full((b,), -1, dtype=torch.long, device=x.device)  # anchor -> row of `logits`
+        local[rows] = torch.arange(rows.shape[0], device=x.device)
+        keep = local[exclude[0]] >= 0  # (K,)
+        logits[local[exclude[0, keep]], b + exclude[1, keep]] = -math.inf
     return logits
 
 
@@ -127,7 +132,8 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     ``apply(x, refs, codes, counted, exclude, inv_t, sqeuclidean)``: x (B, D) the scored rows and
     first B columns; refs (M, D) detached extra columns; codes (N,) float label codes of
     ``[x; refs]`` (:func:`label_codes`); counted (B,) bool, the anchors that have a positive;
-    exclude (B, M) bool or None, reference slots that are not an anchor's neighbour; inv_t = 1/T;
+    exclude (2, K) long or None, (anchor, slot) pairs of reference slots that are not the anchor's
+    neighbour (a few per anchor, see :func:`matching_slots`); inv_t = 1/T;
     sqeuclidean: the distance (else cosine on unit-normalised inputs).
     Double backward is not supported: a backward with ``create_graph=True`` raises ``RuntimeError``.
     """
@@ -212,3 +218,21 @@ def label_codes(labels: Tensor, ref_labels: Tensor, dtype: torch.dtype) -> tuple
     _, inverse, counts = torch.unique(everything, return_inverse=True, return_counts=True)
     exact = dtype if counts.shape[0] < 2**24 or dtype == torch.float64 else torch.float64
     return inverse.to(exact), counts[inverse[:b]] - 1
+
+
+def matching_slots(ids: Tensor, slot_ids: Tensor) -> Tensor:
+    """(2, K) long: the (anchor, slot) pairs with ``ids[anchor] == slot_ids[slot]``.
+
+    A sort of the slots and two binary searches per anchor, O((B + M) log M) — no (B, M) comparison;
+    each anchor matches only the few slots holding its own earlier copies.
+
+    >>> matching_slots(torch.tensor([7, 3, 9]), torch.tensor([3, 7, 5, 7]))
+    tensor([[0, 0, 1],
+            [1, 3, 0]])
+    """
+    sorted_ids, order = torch.sort(slot_ids, stable=True)  # (M,), (M,)
+    first = torch.searchsorted(sorted_ids, ids)  # (B,)
+    matches = torch.searchsorted(sorted_ids, ids, right=True) - first  # (B,) copies per anchor
+    anchors = torch.repeat_interleave(torch.arange(ids.shape[0], device=ids.device), matches)  # (K,)
+    starts = torch.repeat_interleave(first - (matches.cumsum(0) - matches), matches)  # (K,)
+    return torch.stack([anchors, order[starts + torch.arange(anchors.shape[0], device=ids.device)]])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metriclearn._checks import check_choice, check_labels_tensor, check_positive_float, check_positive_int
-from metriclearn.losses._fused import NeighborhoodSoftmaxFunction, label_codes
+from metriclearn.losses._fused import NeighborhoodSoftmaxFunction, label_codes, matching_slots
 from metriclearn.losses.base import MetricLoss
 from metriclearn.losses.neighborhood import DISTANCES
 
@@ -174,13 +174,11 @@ class CacheLoss(MetricLoss):
         codes, counts = label_codes(labels, ref_labels, x.dtype)  # (B + M,), (B,)
         exclude = None
         if ids is not None and filled:
-            exclude = ids[:, None] == self.cache_ids[:filled][None, :]  # (B, M) the anchors' own copies
-            pairs = exclude.nonzero()  # (K, 2), a few per anchor at most
-            if pairs.shape[0]:
-                same = labels[pairs[:, 0]] == ref_labels[pairs[:, 1]]  # (K,)
-                counts = counts - torch.bincount(pairs[same, 0], minlength=labels.shape[0])
-            else:
-                exclude = None
+            pairs = matching_slots(ids, self.cache_ids[:filled])  # (2, K) the anchors' own earlier copies
+            if pairs.shape[1]:
+                same = labels[pairs[0]] == ref_labels[pairs[1]]  # (K,)
+                counts = counts - torch.bincount(pairs[0, same], minlength=labels.shape[0])
+                exclude = pairs
         counted = counts > 0  # (B,)
         per_anchor = NeighborhoodSoftmaxFunction.apply(
             x, refs, codes, counted, exclude, 1.0 / self.temperature, self.distance == "sqeuclidean"
