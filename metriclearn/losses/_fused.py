@@ -45,21 +45,22 @@ from torch import Tensor
 _scratch = threading.local()
 
 
-def scratch(rows: int, cols: int, like: Tensor) -> Tensor:
+def scratch(rows: int, cols: int, like: Tensor, slot: int = 0) -> Tensor:
     """A (rows, cols) matrix for temporaries that die inside one forward or one backward call.
 
     On CPU a fresh multi-megabyte tensor is usually new memory from the OS, and first touching it
-    costs a page fault per 4 KiB (a CacheLoss step at 4096 slots took 4.3k faults with two fresh
-    (B, N) matrices, 0.85k with one); so the largest scratch matrix used so far is kept per thread
-    and dtype and handed out again. Other devices have caching allocators and get a fresh tensor.
-    Never keep the result beyond the call.
+    costs a page fault per 4 KiB: a NeighborhoodSoftmaxLoss step at B=2048 took 3-4.6k faults and
+    ~20-24 ms with fresh (B, B) temporaries, 0.5k and ~17 ms without. So the largest matrix used
+    so far in each ``slot`` is kept per thread and dtype and handed out again (two slots are in use
+    at once in the backward). Other devices have caching allocators and get a fresh tensor. Never
+    keep the result beyond the call.
     """
     if like.device.type != "cpu":
         return like.new_empty((rows, cols))
     buffers = _scratch.__dict__.setdefault("buffers", {})
-    flat = buffers.get(like.dtype)
+    flat = buffers.get((like.dtype, slot))
     if flat is None or flat.numel() < rows * cols:
-        flat = buffers[like.dtype] = torch.empty(rows * cols, dtype=like.dtype)
+        flat = buffers[(like.dtype, slot)] = torch.empty(rows * cols, dtype=like.dtype)
     return flat[: rows * cols].view(rows, cols)
 
 
@@ -78,7 +79,7 @@ def pairwise_logits(x: Tensor, z: Tensor, inv_t: float, sqeuclidean: bool) -> Te
 
 
 def scaled_symmetric(g_bb: Tensor, row_scale: Tensor) -> tuple[Tensor, Tensor]:
-    """``A = diag(row_scale) g_bb`` and ``A + Aᵀ`` for a square block, without a second GEMM.
+    """``A = diag(row_scale) g_bb`` and ``A + Aᵀ`` (both in scratch memory) without a second GEMM.
 
     ``A`` is written into a buffer whose rows are padded by 16 elements: reading ``Aᵀ`` walks
     columns, and with a power-of-two row length (B = 512, 1024, 2048) every element of a column
@@ -93,7 +94,7 @@ def scaled_symmetric(g_bb: Tensor, row_scale: Tensor) -> tuple[Tensor, Tensor]:
     n = g_bb.shape[0]
     a = scratch(n, n + 16, g_bb)[:, :n]  # (B, B) view with padded row stride
     torch.mul(g_bb, row_scale.unsqueeze(1), out=a)
-    return a, a + a.T  # (B, B), (B, B)
+    return a, torch.add(a, a.T, out=scratch(n, n, g_bb, slot=1))  # (B, B), (B, B)
 
 
 def _exact_rows(logits: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
