@@ -73,7 +73,7 @@ def pairwise_logits(x: Tensor, z: Tensor, inv_t: float, sqeuclidean: bool) -> Te
             [  0.,  25.]])
     """
     if sqeuclidean:
-        bias = z.pow(2).sum(1).mul_(-inv_t).unsqueeze(0)  # (1, N)
+        bias = torch.linalg.vector_norm(z, dim=1).square_().mul_(-inv_t).unsqueeze(0)  # (1, N) one fused pass
         return torch.addmm(bias, x, z.T, alpha=2.0 * inv_t)  # (B, N)
     return torch.mm(x * inv_t, z.T)  # (B, N)
 
@@ -204,18 +204,24 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
 def label_codes(labels: Tensor, ref_labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Compact float codes of ``[labels; ref_labels]`` and each anchor's number of positives.
 
-    Returns ``(codes (N,), positives (B,))``: equal labels get equal codes ``0..U-1`` stored as
-    ``dtype`` (comparing floats into a float mask is ~3× faster than comparing int64 into a bool
-    one, and exact below 2**24 distinct labels; more fall back to float64), and ``positives[i]``
-    counts the *other* batch members and references with anchor i's label — from label counts,
-    O(N log N), not from a (B, N) mask.
+    Returns ``(codes (N,), positives (B,))``: equal labels get equal codes stored as ``dtype``
+    (comparing floats into a float mask is ~3× faster than comparing int64 into a bool one), and
+    ``positives[i]`` counts the *other* batch members and references with anchor i's label — from
+    label counts, not from a (B, N) mask. Small labels (the usual 0..K-1) are their own codes and
+    are counted with ``bincount``; others are renumbered by ``torch.unique``. Codes are exact in
+    float32 below 2**24 and fall back to float64 above.
 
-    >>> codes, positives = label_codes(torch.tensor([40, 7, 40, 9]), torch.tensor([9, 40]), torch.float32)
-    >>> codes, positives
-    (tensor([2., 0., 2., 1., 1., 2.]), tensor([2, 0, 2, 1]))
+    >>> label_codes(torch.tensor([4, 7, 4, 9]), torch.tensor([9, 4]), torch.float32)
+    (tensor([4., 7., 4., 9., 9., 4.]), tensor([2, 0, 2, 1]))
+    >>> label_codes(torch.tensor([10**9, 7, 10**9]), torch.tensor([7]), torch.float32)  # renumbered
+    (tensor([1., 0., 1., 0.]), tensor([1, 1, 1]))
     """
     b = labels.shape[0]
-    everything = torch.cat([labels, ref_labels])  # (N,)
+    everything = torch.cat([labels, ref_labels])  # (N,) non-negative
+    top = int(everything.max())
+    if top < min(2**24, 4 * everything.shape[0] + 1024):
+        counts = torch.bincount(everything, minlength=top + 1)  # (top + 1,)
+        return everything.to(dtype), counts[labels] - 1
     _, inverse, counts = torch.unique(everything, return_inverse=True, return_counts=True)
     exact = dtype if counts.shape[0] < 2**24 or dtype == torch.float64 else torch.float64
     return inverse.to(exact), counts[inverse[:b]] - 1

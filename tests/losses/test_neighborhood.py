@@ -88,9 +88,13 @@ def test_scaled_symmetric(n: int) -> None:
 
 
 def test_label_codes_count_positives_excluding_self() -> None:
-    codes, positives = label_codes(torch.tensor([4, 7, 4, 9]), torch.tensor([7, 7, 1]), torch.float32)
-    assert positives.tolist() == [1, 2, 1, 0]
-    assert codes.dtype == torch.float32 and codes.tolist() == [1.0, 2.0, 1.0, 3.0, 2.0, 2.0, 0.0]
+    for offset in (0, 10**8):  # small labels are counted with bincount, large ones renumbered
+        labels, ref_labels = torch.tensor([4, 7, 4, 9]) + offset, torch.tensor([7, 7, 1]) + offset
+        codes, positives = label_codes(labels, ref_labels, torch.float32)
+        assert positives.tolist() == [1, 2, 1, 0]
+        same = codes[:, None] == codes[None, :]
+        everything = torch.cat([labels, ref_labels])
+        assert codes.dtype == torch.float32 and torch.equal(same, everything[:, None] == everything[None, :])
 
 
 def test_huge_label_values_are_compared_exactly() -> None:
