@@ -2,14 +2,16 @@
 
 Named kinds (anything else is passed to ``faiss.index_factory`` as it is):
 
-========  =================================  ===========================================
-kind      faiss factory string                trains on first add? needs at least
-========  =================================  ===========================================
-flat      ``Flat``                            no (exact)
-ivf       ``IVF{nlist},Flat``                 nlist vectors
-hnsw      ``HNSW{hnsw_m},Flat``               no
-pq        ``IVF{nlist},PQ{pq_m}x{pq_nbits}``  max(nlist, 2**pq_nbits) vectors
-========  =================================  ===========================================
+====  ======================================  =====================================
+kind  faiss factory string                    vectors needed to train (first add)
+====  ======================================  =====================================
+flat  ``Flat``                                none (exact search)
+ivf   ``IVF{nlist},Flat``                     nlist
+hnsw  ``HNSW{hnsw_m},Flat``                   none
+pq    ``IVF{nlist},PQ{pq_m}x{pq_nbits}np``    max(nlist, 2**pq_nbits)
+====  ======================================  =====================================
+
+(``np``: no polysemous training, which is slow and only serves Hamming-filtered search.)
 
 ``nlist=None`` picks ``min(4·√n, n / 39)`` (at least 1) from the n vectors of the first add: about 4·√n
 lists (faiss's guideline), never fewer than 39 training points per list (faiss's warning limit).
@@ -17,7 +19,7 @@ lists (faiss's guideline), never fewer than 39 training points per list (faiss's
 >>> factory_string("ivf", 64, nlist=100)
 'IVF100,Flat'
 >>> factory_string("pq", 64, nlist=10)
-'IVF10,PQ16x8'
+'IVF10,PQ16x8np'
 >>> auto_nlist(100_000), auto_nlist(1797), auto_nlist(10)
 (1265, 46, 1)
 """
@@ -68,7 +70,7 @@ def factory_string(
             raise ValueError(f"kind {kind!r} needs nlist (None means: chosen on the first add)")
         if kind == "ivf":
             return f"IVF{nlist},Flat"
-        return f"IVF{nlist},PQ{pq_m or default_pq_m(dim)}x{pq_nbits}"
+        return f"IVF{nlist},PQ{pq_m or default_pq_m(dim)}x{pq_nbits}np"  # np: no polysemous training (slow, unused)
     if re.match(r"\s*IDMap", kind, flags=re.IGNORECASE):
         raise ValueError(f"kind {kind!r}: ids are managed by EmbeddingIndex, drop the 'IDMap' prefix")
     return kind

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -244,11 +245,17 @@ class EmbeddingIndex:
         meta = _as_metadata(metadata, n)
         if self.metric == "cosine":
             xb = normalize_rows(xb)
-        if self._index is None:  # nlist chosen from the first add
+        fresh = self._index is None
+        if fresh:  # nlist chosen from the first add
             self.nlist = _factory.auto_nlist(n)
             self._index = self._build()
         if not self._index.is_trained:
-            self._train(xb)
+            try:
+                self._train(xb)
+            except ValueError:
+                if fresh:  # leave the index as it was: nlist still to be chosen
+                    self.nlist, self._index = None, None
+                raise
         steps = range(0, n, _ADD_CHUNK)
         for i0 in progress(steps, desc="adding", unit="chunk", **_single(steps)):
             self._index.add_with_ids(xb[i0 : i0 + _ADD_CHUNK], new_ids[i0 : i0 + _ADD_CHUNK])
@@ -292,11 +299,24 @@ class EmbeddingIndex:
     def _train(self, xb: np.ndarray) -> None:
         need = _factory.min_training_points(self.kind, self.nlist, self.pq_nbits)
         if xb.shape[0] < need:
-            why = f"nlist={self.nlist}" + (f", 2**pq_nbits={2**self.pq_nbits} codes" if self.kind == "pq" else "")
+            pq = self.kind == "pq"
+            why = f"nlist={self.nlist}" + (f", 2**pq_nbits={2**self.pq_nbits} codes" if pq else "")
             raise ValueError(
                 f"kind {self.kind!r} needs at least {need} vectors to train ({why}), got {xb.shape[0]}; "
-                "add more vectors in the first call or lower nlist/pq_nbits"
+                f"add more vectors in the first call or lower {'nlist/pq_nbits' if pq else 'nlist'}"
             )
+        ivf = self._ivf()
+        if self.kind == "pq" and ivf is not None:
+            # faiss prints one stderr line per sub-quantizer when codebooks see < 39 points per code;
+            # say it once, as a Python warning, instead
+            pq = faiss.downcast_index(ivf).pq
+            pq.cp.min_points_per_centroid = 1
+            if xb.shape[0] < 39 * 2**self.pq_nbits:
+                warnings.warn(
+                    f"PQ codebooks trained on {xb.shape[0]} vectors; faiss recommends at least "
+                    f"{39 * 2**self.pq_nbits} (39 per code) for pq_nbits={self.pq_nbits}",
+                    stacklevel=3,
+                )
         try:
             self._index.train(xb)
         except RuntimeError as exc:
