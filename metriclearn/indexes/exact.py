@@ -1,8 +1,8 @@
 """Exact k-nearest-neighbour search with blocked BLAS matrix products and ``torch.topk``.
 
-This is the ground truth that approximate indexes (IVF, HNSW, PQ) are measured against, and the
-engine behind :class:`~metriclearn.indexes.EmbeddingIndex`'s flat search for small query batches,
-where faiss falls back to a non-BLAS scan (see ``faiss.cvar.distance_compute_blas_threshold``).
+This is the ground truth that approximate indexes (IVF, HNSW, PQ) are measured against, computed
+independently of faiss (torch's matrix product and selection), in the spirit of faiss's
+``contrib/exhaustive_search.py``.
 
 Scores are computed tile by tile, ``block_size`` entries of the (Q, N) score matrix at a time, and
 each tile's top k is merged into a running top k, so memory stays bounded for any Q and N (the same

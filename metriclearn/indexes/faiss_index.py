@@ -10,9 +10,9 @@ neighbours exist (a small index, or an approximate index that found fewer) the i
 distance +inf (``"l2"``) or −inf (``"cosine"``, ``"ip"``): the Python API pads, it does not raise.
 
 Speed: faiss scans a flat index without BLAS when Q·d < ``faiss.cvar.distance_compute_blas_threshold``
-(128 000 by default), an order of magnitude below the SGEMM rate. For those small query batches a
-flat CPU index is searched with one BLAS matrix product and ``torch.topk`` instead
-(:func:`~metriclearn.indexes.exact.exact_search`) — the same neighbours up to float round-off and ties.
+(128 000 by default), several times below the SGEMM rate. Flat CPU indexes search such small batches
+(Q ≥ 4) through faiss's own BLAS path instead (:mod:`metriclearn.indexes._blas`): same neighbours,
+up to float round-off and ties.
 
 Example
 -------
@@ -44,8 +44,8 @@ import torch
 
 from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
 from metriclearn._progress import progress
-from metriclearn.indexes import _factory, _gpu, _storage
-from metriclearn.indexes.exact import METRICS, _sq_norms, exact_topk, missing_distance, normalize_rows
+from metriclearn.indexes import _blas, _factory, _gpu, _storage
+from metriclearn.indexes.exact import METRICS, missing_distance, normalize_rows
 
 FORMAT = "metriclearn.EmbeddingIndex"
 FORMAT_VERSION = 1
@@ -211,7 +211,6 @@ class EmbeddingIndex:
         """Forget everything derived from the stored vectors (after add / remove / load)."""
         self._gpu_index: faiss.Index | None = None
         self._gpu_unsupported = False
-        self._sq_norms: torch.Tensor | None = None
         self._order: np.ndarray | None = None  # argsort of self._ids, for id -> row lookups
 
     # ------------------------------------------------------------------ adding and removing
@@ -429,23 +428,13 @@ class EmbeddingIndex:
         gpu = self._gpu(k)
         if gpu is not None:
             return gpu.search(xq, k)
-        if self._exact_path(xq.shape[0]):
-            return self._search_exact(xq, k)
+        if self._small_batch_blas(xq.shape[0]):
+            return _blas.blas_search(self._index, xq, k)
         return self._index.search(xq, k)
 
-    def _exact_path(self, nq: int) -> bool:
-        """Whether to search with BLAS + topk: a CPU flat index and a batch faiss would scan without BLAS."""
-        return isinstance(self._inner(), faiss.IndexFlat) and nq * self.dim < faiss.cvar.distance_compute_blas_threshold
-
-    def _search_exact(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        flat, n = self._inner(), self._index.ntotal
-        xb = torch.from_numpy(faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim))  # (N, d)
-        l2 = self.metric == "l2"
-        if l2 and self._sq_norms is None:
-            self._sq_norms = _sq_norms(xb)  # (N,)
-        D, rows = exact_topk(torch.from_numpy(xq), xb, k, l2=l2, reference_sq_norms=self._sq_norms)
-        id_map = faiss.rev_swig_ptr(self._index.id_map.data(), n)  # (N,) faiss row -> id
-        return D, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
+    def _small_batch_blas(self, nq: int) -> bool:
+        """Whether to force faiss's BLAS path: a CPU flat index and a batch faiss would scan."""
+        return isinstance(self._inner(), faiss.IndexFlat) and _blas.use_blas(nq, self.dim)
 
     def _gpu(self, k: int) -> faiss.Index | None:
         """The GPU copy to search with, or ``None`` to search on CPU."""

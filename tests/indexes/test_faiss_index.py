@@ -39,13 +39,14 @@ def q(rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal((30, DIM), dtype=np.float32)
 
 
-@pytest.fixture(params=["exact", "faiss-scan", "faiss-blas"])
-def search_path(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Force each flat search path: our BLAS+topk, faiss's plain scan, faiss's BLAS path."""
+@pytest.fixture(params=["small-batch-blas", "faiss-scan", "faiss-blas"])
+def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each flat search path: BLAS forced for a small batch, faiss's plain scan, faiss's BLAS (threshold 0)."""
     saved = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = {"exact": 1 << 30, "faiss-scan": 1 << 30, "faiss-blas": 0}[
-        request.param
-    ]
+    if request.param == "faiss-scan":
+        monkeypatch.setattr(EmbeddingIndex, "_small_batch_blas", lambda self, nq: False)
+    if request.param == "faiss-blas":
+        faiss.cvar.distance_compute_blas_threshold = 0
     yield request.param
     faiss.cvar.distance_compute_blas_threshold = saved
 
@@ -64,11 +65,8 @@ def _recall(I: np.ndarray, I_ref: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_flat_equals_sklearn_brute_force(x, q, metric: str, search_path: str, monkeypatch) -> None:
-    index = _flat(metric, x)
-    if search_path == "faiss-scan":  # keep faiss's own non-BLAS scan instead of our exact path
-        monkeypatch.setattr(EmbeddingIndex, "_exact_path", lambda self, nq: False)
-    D, I = index.search(q, 8)
+def test_flat_equals_sklearn_brute_force(x, q, metric: str, search_path: str) -> None:
+    D, I = _flat(metric, x).search(q, 8)
     nn = NearestNeighbors(n_neighbors=8, algorithm="brute", metric="euclidean" if metric == "l2" else "cosine")
     dist, ind = nn.fit(x.astype(np.float64)).kneighbors(q.astype(np.float64))
     np.testing.assert_array_equal(I, ind)
@@ -83,15 +81,25 @@ def test_flat_inner_product_equals_full_sort(x, q, search_path: str) -> None:
     np.testing.assert_allclose(D, np.take_along_axis(scores, order, 1), rtol=1e-5, atol=1e-5)
 
 
-def test_exact_path_is_taken_only_below_the_blas_threshold(x) -> None:
+def test_small_batches_force_blas_and_restore_the_threshold(x, q, monkeypatch: pytest.MonkeyPatch) -> None:
     index = _flat("l2", x)
     limit = faiss.cvar.distance_compute_blas_threshold
-    assert index._exact_path(limit // DIM - 1)
-    assert not index._exact_path(limit // DIM)
-    assert not EmbeddingIndex(DIM, kind="hnsw")._exact_path(1)
+    assert index._small_batch_blas(4) and index._small_batch_blas(limit // DIM - 1)
+    assert not index._small_batch_blas(3) and not index._small_batch_blas(limit // DIM)
+    assert not EmbeddingIndex(DIM, kind="hnsw")._small_batch_blas(64)
+    seen, real_search = [], faiss.IndexIDMap.search
+
+    def spy(self: faiss.IndexIDMap, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(faiss.cvar.distance_compute_blas_threshold)
+        return real_search(self, xq, k)
+
+    monkeypatch.setattr(faiss.IndexIDMap, "search", spy)
+    index.search(q, 3)  # 30 queries: faiss would scan
+    index.search(q[:2], 3)  # 2 queries: the scan is faster
+    assert seen == [0, limit] and faiss.cvar.distance_compute_blas_threshold == limit
 
 
-def test_exact_path_maps_rows_to_ids_after_remove(x, q, search_path: str) -> None:
+def test_ids_follow_rows_after_remove(x, q, search_path: str) -> None:
     index = EmbeddingIndex(DIM, metric="l2", device="cpu")
     ids = index.add(x, ids=np.arange(len(x)) * 10 + 5)
     index.remove(ids[::2])
