@@ -4,8 +4,9 @@ Targets (issue 4): at N=100k, d=128, k=10
   - Q=10k: EmbeddingIndex >= 0.95x raw faiss (IndexFlatL2 with its defaults);
   - Q=64:  EmbeddingIndex >= 4x raw faiss with its defaults (faiss scans without BLAS when
            Q*d < faiss.cvar.distance_compute_blas_threshold = 128000; we use one SGEMM + torch.topk).
-Every method is timed in turn inside each repeat (interleaved), so load on a shared machine hits all
-of them alike; the table reports medians, the ratios are taken between medians of the same run.
+raw faiss and EmbeddingIndex are timed in turn inside each repeat (interleaved, order rotated), so load
+on a shared machine hits both alike; scikit-learn is timed after them (3 repeats). Tables report
+medians; ratios are between medians of the same run.
 The neighbours are checked to be the same as raw faiss's before timing.
 
 Usage: python benchmarks/bench_index.py [--n 100000] [--dim 128] [--repeats 7] [--sweep] [--json OUT]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -37,18 +39,15 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def run_case(
-    methods: dict[str, Callable[[], Any]], repeats: int, slow: set[str], flops: float
-) -> dict[str, dict[str, float]]:
-    """Interleaved repeats; ``slow`` methods run in at most 3 of them. Returns median seconds and GFLOP/s."""
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for name, fn in methods.items():  # warm-up (thread pools, page faults)
-        fn()
+def run_case(methods: dict[str, Callable[[], Any]], repeats: int, flops: float) -> dict[str, dict[str, float]]:
+    """Interleaved repeats, the order rotated each time; returns median seconds and GFLOP/s per method."""
+    names = list(methods)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm-up (thread pools, page faults)
+        methods[name]()
     for r in range(repeats):
-        for name, fn in methods.items():
-            if name in slow and r >= 3:
-                continue
-            times[name].append(timed(fn))
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(timed(methods[name]))
     return {
         name: {"median_s": statistics.median(t), "gflops": flops / statistics.median(t) / 1e9, "runs": len(t)}
         for name, t in times.items()
@@ -82,7 +81,8 @@ def main() -> None:
     sk = NearestNeighbors(n_neighbors=K, algorithm="brute").fit(xb)
     print(
         f"N={args.n} d={args.dim} k={K}; threads: faiss {faiss.omp_get_max_threads()}, torch "
-        f"{torch.get_num_threads()}; faiss blas threshold {faiss.cvar.distance_compute_blas_threshold}"
+        f"{torch.get_num_threads()}; faiss blas threshold {faiss.cvar.distance_compute_blas_threshold}; "
+        f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
     )
 
     results: dict[str, Any] = {"n": args.n, "dim": args.dim, "k": K, "cases": {}}
@@ -90,12 +90,14 @@ def main() -> None:
         xq = rng.standard_normal((nq, args.dim), dtype=np.float32)
         reference = raw.search(xq, K)
         check_same(reference, ours.search(xq, K), "EmbeddingIndex")
+        flops = 2.0 * nq * args.n * args.dim
         methods = {
             "raw faiss (defaults)": lambda xq=xq: raw.search(xq, K),
             "EmbeddingIndex": lambda xq=xq: ours.search(xq, K),
-            "scikit-learn brute": lambda xq=xq: sk.kneighbors(xq),
         }
-        case = run_case(methods, args.repeats, slow={"scikit-learn brute"}, flops=2.0 * nq * args.n * args.dim)
+        case = run_case(methods, args.repeats, flops)
+        # scikit-learn afterwards: its BLAS thread pool would otherwise slow down whatever runs next
+        case.update(run_case({"scikit-learn brute": lambda xq=xq: sk.kneighbors(xq)}, 3, flops))
         results["cases"][nq] = case
         base = case["raw faiss (defaults)"]["median_s"]
         print(f"\n### Q={nq}\n\n| method | median | GFLOP/s | vs raw faiss |\n|---|---|---|---|")
@@ -105,8 +107,8 @@ def main() -> None:
     if args.sweep:
         xt = torch.from_numpy(xb)
         norms = torch.einsum("ij,ij->i", xt, xt)
-        print("\n### Sweep (median ms: raw faiss / EmbeddingIndex / BLAS+topk forced)\n")
-        print("| Q | raw faiss | EmbeddingIndex | BLAS+topk | faiss BLAS forced |\n|---|---|---|---|---|")
+        print("\n### Sweep over Q (median ms)\n")
+        print("| Q | raw faiss | EmbeddingIndex | torch exact_topk | raw faiss, BLAS forced |\n|---|---|---|---|---|")
         sweep = {}
         for nq in (1, 8, 64, 256, 999, 1000, 4096):
             xq = rng.standard_normal((nq, args.dim), dtype=np.float32)
@@ -117,11 +119,13 @@ def main() -> None:
                 "topk": lambda qt=qt: exact_topk(qt, xt, K, l2=True, reference_sq_norms=norms),
                 "blas0": lambda xq=xq: _forced_blas(raw, xq),
             }
-            case = run_case(methods, args.repeats, slow=set(), flops=2.0 * nq * args.n * args.dim)
+            case = run_case(methods, args.repeats, 2.0 * nq * args.n * args.dim)
             sweep[nq] = case
             print(f"| {nq} | " + " | ".join(f"{case[m]['median_s'] * 1e3:.2f}" for m in methods) + " |")
         results["sweep"] = sweep
 
+    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
+    results["load_average"] = os.getloadavg()[0]
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)

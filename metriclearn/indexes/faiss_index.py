@@ -9,10 +9,10 @@ Search convention: ``search(q, k) -> (D, I)``. ``I`` holds the ids; ``D`` is the
 neighbours exist (a small index, or an approximate index that found fewer) the id is −1 and the
 distance +inf (``"l2"``) or −inf (``"cosine"``, ``"ip"``): the Python API pads, it does not raise.
 
-Speed: faiss scans a flat index without BLAS when Q·d < ``faiss.cvar.distance_compute_blas_threshold``
-(128 000 by default), several times below the SGEMM rate. Flat CPU indexes search such small batches
-(Q ≥ 4) through faiss's own BLAS path instead (:mod:`metriclearn.indexes._blas`): same neighbours,
-up to float round-off and ties.
+Speed: a flat CPU index is searched by :func:`metriclearn.indexes._blas.flat_search`: one database
+slice per thread, each through faiss's own exhaustive k-NN, with the BLAS path forced on for small
+batches that faiss would otherwise scan without BLAS (Q·d < ``distance_compute_blas_threshold``).
+Same neighbours as ``faiss_index.search``, up to float round-off and ties.
 
 Example
 -------
@@ -212,6 +212,7 @@ class EmbeddingIndex:
         self._gpu_index: faiss.Index | None = None
         self._gpu_unsupported = False
         self._order: np.ndarray | None = None  # argsort of self._ids, for id -> row lookups
+        self._sq_norms: np.ndarray | None = None  # ‖x‖² of the flat index's rows ("l2")
 
     # ------------------------------------------------------------------ adding and removing
     def __len__(self) -> int:
@@ -428,13 +429,17 @@ class EmbeddingIndex:
         gpu = self._gpu(k)
         if gpu is not None:
             return gpu.search(xq, k)
-        if self._small_batch_blas(xq.shape[0]):
-            return _blas.blas_search(self._index, xq, k)
-        return self._index.search(xq, k)
-
-    def _small_batch_blas(self, nq: int) -> bool:
-        """Whether to force faiss's BLAS path: a CPU flat index and a batch faiss would scan."""
-        return isinstance(self._inner(), faiss.IndexFlat) and _blas.use_blas(nq, self.dim)
+        flat = self._inner()
+        if not isinstance(flat, faiss.IndexFlat):
+            return self._index.search(xq, k)
+        n = self._index.ntotal
+        xb = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)  # (N, d) view, no copy
+        l2 = self.metric == "l2"
+        if l2 and self._sq_norms is None:
+            self._sq_norms = np.einsum("ij,ij->i", xb, xb)  # (N,)
+        D, rows = _blas.flat_search(xb, xq, k, l2=l2, xb_sq_norms=self._sq_norms)
+        id_map = faiss.rev_swig_ptr(self._index.id_map.data(), n)  # (N,) faiss row -> id
+        return D, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
 
     def _gpu(self, k: int) -> faiss.Index | None:
         """The GPU copy to search with, or ``None`` to search on CPU."""

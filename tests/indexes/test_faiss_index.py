@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from metriclearn.indexes import EmbeddingIndex, exact_search
+from metriclearn.indexes import EmbeddingIndex, _blas, exact_search
 
 DIM = 16
 NO_GPU = pytest.mark.skipif(
@@ -39,16 +39,15 @@ def q(rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal((30, DIM), dtype=np.float32)
 
 
-@pytest.fixture(params=["small-batch-blas", "faiss-scan", "faiss-blas"])
+@pytest.fixture(params=["one-slice", "three-slices", "faiss-direct"])
 def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Each flat search path: BLAS forced for a small batch, faiss's plain scan, faiss's BLAS (threshold 0)."""
-    saved = faiss.cvar.distance_compute_blas_threshold
-    if request.param == "faiss-scan":
-        monkeypatch.setattr(EmbeddingIndex, "_small_batch_blas", lambda self, nq: False)
-    if request.param == "faiss-blas":
-        faiss.cvar.distance_compute_blas_threshold = 0
+    """Each flat search path: our threaded faiss k-NN on one or three database slices, or index.search."""
+    if request.param == "three-slices":
+        monkeypatch.setattr(_blas, "MIN_SLICE", 150)
+        faiss.omp_set_num_threads(3)  # undone by _one_faiss_thread
+    if request.param == "faiss-direct":
+        monkeypatch.setattr(EmbeddingIndex, "_inner", lambda self, index=None: None)
     yield request.param
-    faiss.cvar.distance_compute_blas_threshold = saved
 
 
 def _flat(metric: str, x: np.ndarray, **kwargs) -> EmbeddingIndex:
@@ -81,22 +80,28 @@ def test_flat_inner_product_equals_full_sort(x, q, search_path: str) -> None:
     np.testing.assert_allclose(D, np.take_along_axis(scores, order, 1), rtol=1e-5, atol=1e-5)
 
 
-def test_small_batches_force_blas_and_restore_the_threshold(x, q, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blas_is_forced_for_small_batches_and_the_threshold_restored(x, q, monkeypatch: pytest.MonkeyPatch) -> None:
     index = _flat("l2", x)
     limit = faiss.cvar.distance_compute_blas_threshold
-    assert index._small_batch_blas(4) and index._small_batch_blas(limit // DIM - 1)
-    assert not index._small_batch_blas(3) and not index._small_batch_blas(limit // DIM)
-    assert not EmbeddingIndex(DIM, kind="hnsw")._small_batch_blas(64)
-    seen, real_search = [], faiss.IndexIDMap.search
+    seen, real_knn = [], faiss.knn_L2sqr
 
-    def spy(self: faiss.IndexIDMap, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def spy(*args: object) -> None:
         seen.append(faiss.cvar.distance_compute_blas_threshold)
-        return real_search(self, xq, k)
+        real_knn(*args)
 
-    monkeypatch.setattr(faiss.IndexIDMap, "search", spy)
-    index.search(q, 3)  # 30 queries: faiss would scan
+    monkeypatch.setattr(faiss, "knn_L2sqr", spy)
+    index.search(q, 3)  # 30 queries: faiss alone would scan without BLAS
     index.search(q[:2], 3)  # 2 queries: the scan is faster
     assert seen == [0, limit] and faiss.cvar.distance_compute_blas_threshold == limit
+
+
+@pytest.mark.parametrize("nq", [1, 2, 5])
+def test_tiny_batches_equal_faiss(x, q, nq: int, search_path: str) -> None:
+    index = _flat("l2", x)
+    D, I = index.search(q[:nq], 4)
+    D_ref, I_ref = index.faiss_index.search(q[:nq], 4)
+    np.testing.assert_array_equal(I, I_ref)
+    np.testing.assert_allclose(D, D_ref, rtol=1e-5, atol=1e-4)
 
 
 def test_ids_follow_rows_after_remove(x, q, search_path: str) -> None:
