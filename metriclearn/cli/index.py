@@ -133,7 +133,10 @@ def _result(idx: Any, D: np.ndarray, I: np.ndarray) -> dict[str, Any]:
     }
     if idx.labels is not None:
         labels = idx.labels_for(I).tolist()
-        result["labels"] = [[lab if i >= 0 else None for lab, i in zip(row, ids)] for row, ids in zip(labels, I)]
+        result["labels"] = [
+            [lab if i >= 0 else None for lab, i in zip(row, ids, strict=True)]
+            for row, ids in zip(labels, I, strict=True)
+        ]
     return result
 
 
@@ -142,12 +145,14 @@ def _table(result: dict[str, Any]) -> str:
     score = "distance" if result["score"] == "squared_l2_distance" else "similarity"
     header = ["query", "rank", "id", score] + (["label"] if "labels" in result else [])
     rows = []
-    for qi, (ids, dists) in enumerate(zip(result["ids"], result["distances"])):
-        for rank, (i, dist) in enumerate(zip(ids, dists), start=1):
+    for qi, (ids, dists) in enumerate(zip(result["ids"], result["distances"], strict=True)):
+        for rank, (i, dist) in enumerate(zip(ids, dists, strict=True), start=1):
             row = [str(qi), str(rank), str(i), "-" if dist is None else f"{dist:.6g}"]
             if "labels" in result:
                 label = result["labels"][qi][rank - 1]
                 row.append("-" if label is None else str(label))
             rows.append(row)
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows])
+    return "\n".join(
+        "  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )

@@ -53,7 +53,7 @@ def flat_search(
     n, nq = xb.shape[0], xq.shape[0]
     slices = max(1, min(faiss.omp_get_max_threads(), n // MIN_SLICE))
     bounds = np.linspace(0, n, slices + 1).astype(int).tolist()
-    parts = zip(bounds[:-1], bounds[1:])
+    parts = zip(bounds[:-1], bounds[1:], strict=True)
     with _blas_forced(nq >= MIN_QUERIES):
         results = list(_workers().map(lambda b: _search_slice(xb, xq, k, l2, xb_sq_norms, *b), parts))
     if len(results) == 1:

@@ -2,7 +2,9 @@
 
 The CPU index stays the source of truth: a GPU copy is made for searching (replicated on every visible
 GPU, or sharded across them with ``shard=True``) and dropped whenever the CPU index changes, so saving
-always writes the CPU index. Searches with k above faiss's GPU limit run on the CPU index.
+always writes the CPU index. Searches with k (or IVF nprobe) above faiss's GPU limit of 2048 run on
+the CPU index, and so does an index type faiss cannot copy to the GPU (with a warning under
+``device="auto"``; an error under ``device="cuda"``).
 
 >>> resolve_device("cpu", "flat")
 'cpu'
@@ -48,17 +50,12 @@ def resolve_device(device: str, kind: str) -> str:
     return "cuda" if gpu_count() > 0 and not cpu_only else "cpu"
 
 
-def to_gpus(cpu_index: faiss.Index, shard: bool = False) -> faiss.Index | None:
+def to_gpus(cpu_index: faiss.Index, shard: bool = False) -> faiss.Index:
     """A copy of ``cpu_index`` on every visible GPU (replicas, or shards with ``shard=True``).
 
-    Returns ``None`` when faiss has no GPU version of this index type (e.g. plain ``PQ``), so the
-    caller keeps searching on CPU.
+    Raises faiss's ``RuntimeError`` when this index type (or these parameters) has no GPU version,
+    e.g. plain ``PQ``; the caller decides whether to fall back to CPU.
     """
     options = faiss.GpuMultipleClonerOptions()
     options.shard = shard
-    try:
-        return faiss.index_cpu_to_all_gpus(cpu_index, co=options)
-    except RuntimeError as exc:
-        if "not implemented" in str(exc).lower():
-            return None
-        raise
+    return faiss.index_cpu_to_all_gpus(cpu_index, co=options)

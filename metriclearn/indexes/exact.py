@@ -92,9 +92,8 @@ def exact_search(
     if metric == "cosine":
         xq, xb = normalize_rows(xq), normalize_rows(xb)
     norms = None if reference_sq_norms is None else torch.as_tensor(reference_sq_norms, dtype=torch.float32)
-    return exact_topk(
-        torch.from_numpy(xq), torch.from_numpy(xb), k, l2=metric == "l2", reference_sq_norms=norms, block_size=block_size
-    )
+    q, x = torch.from_numpy(xq), torch.from_numpy(xb)
+    return exact_topk(q, x, k, l2=metric == "l2", reference_sq_norms=norms, block_size=block_size)
 
 
 def exact_topk(

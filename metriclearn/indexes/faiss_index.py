@@ -103,6 +103,7 @@ class EmbeddingIndex:
         if not isinstance(kind, str) or not kind.strip():
             raise TypeError(f"kind must be one of {_factory.KINDS} or a faiss factory string, got {kind!r}")
         self.kind = kind.strip().lower() if kind.strip().lower() in _factory.KINDS else kind.strip()
+        self._requested_device = device
         self.device = _gpu.resolve_device(device, self.kind)
         self.nlist = None if nlist is None else check_positive_int(nlist, "nlist")
         self._nprobe = None if nprobe is None else check_positive_int(nprobe, "nprobe")
@@ -121,6 +122,7 @@ class EmbeddingIndex:
         self._metadata: list[Any] | None = None
         self._has_labels: bool | None = None  # decided by the first add
         self._next_id = 0
+        self._gpu_unsupported = False  # faiss could not copy this index to the GPU: search on CPU
         self._invalidate()
         if not (_factory.needs_nlist(self.kind) and self.nlist is None):
             self._index = self._build()
@@ -210,7 +212,6 @@ class EmbeddingIndex:
     def _invalidate(self) -> None:
         """Forget everything derived from the stored vectors (after add / remove / load)."""
         self._gpu_index: faiss.Index | None = None
-        self._gpu_unsupported = False
         self._order: np.ndarray | None = None  # argsort of self._ids, for id -> row lookups
         self._sq_norms: np.ndarray | None = None  # ‖x‖² of the flat index's rows ("l2")
 
@@ -278,7 +279,8 @@ class EmbeddingIndex:
         if not self._has_labels and labels is not None:
             raise ValueError("this index was built without labels: add() cannot start adding them")
         if labels is not None and self._labels is not None and labels.dtype.kind != self._labels.dtype.kind:
-            raise TypeError(f"labels must be of the index's label type {_label_type(self._labels)}, got dtype {labels.dtype}")
+            kind = "str" if self._labels.dtype.kind == "U" else "int"
+            raise TypeError(f"labels must be of the index's label type {kind}, got dtype {labels.dtype}")
 
     def _new_ids(self, ids: Any, n: int) -> np.ndarray:
         if ids is None:
@@ -349,7 +351,7 @@ class EmbeddingIndex:
         if self._labels is not None:
             self._labels = self._labels[keep]
         if self._metadata is not None:
-            self._metadata = [m for m, k in zip(self._metadata, keep) if k]
+            self._metadata = [m for m, k in zip(self._metadata, keep, strict=True) if k]
         self._invalidate()
         return removed
 
@@ -366,13 +368,13 @@ class EmbeddingIndex:
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id in the insertion-order table (−1 where the id is not in the index)."""
+        if len(self) == 0:
+            return np.full(ids.shape, -1, dtype=np.int64)
         if self._order is None:
             self._order = np.argsort(self._ids, kind="stable")
         sorted_ids = self._ids[self._order]
-        flat = ids.ravel()
-        j = np.minimum(np.searchsorted(sorted_ids, flat), max(len(self) - 1, 0))
-        found = (sorted_ids[j] == flat) if len(self) else np.zeros(flat.shape, dtype=bool)
-        return np.where(found, self._order[j] if len(self) else -1, -1).reshape(ids.shape)
+        j = np.minimum(np.searchsorted(sorted_ids, ids), len(self) - 1)  # ids.shape
+        return np.where(sorted_ids[j] == ids, self._order[j], -1)
 
     def _rows_for(self, ids: Any) -> np.ndarray:
         arr = _as_ids(ids, "ids", ndim=None)
@@ -391,7 +393,7 @@ class EmbeddingIndex:
             raise ValueError("this index holds no labels (add vectors with labels=...)")
         rows = self._rows_for(ids)
         fill = missing if missing is not None else ("" if self._labels.dtype.kind == "U" else -1)
-        out = self._labels[np.where(rows >= 0, rows, 0)] if len(self) else np.empty(rows.shape, self._labels.dtype)
+        out = self._labels[np.maximum(rows, 0)] if len(self) else np.empty(rows.shape, self._labels.dtype)
         out = out.astype(np.result_type(out.dtype, np.asarray(fill).dtype), copy=False)
         out[rows < 0] = fill
         return out
@@ -443,11 +445,19 @@ class EmbeddingIndex:
 
     def _gpu(self, k: int) -> faiss.Index | None:
         """The GPU copy to search with, or ``None`` to search on CPU."""
-        if self.device != "cuda" or k > _gpu.GPU_MAX_K or self._gpu_unsupported:
+        ivf = self._ivf()
+        too_large = k > _gpu.GPU_MAX_K or (ivf is not None and ivf.nprobe > _gpu.GPU_MAX_K)
+        if self.device != "cuda" or too_large or self._gpu_unsupported:
             return None
         if self._gpu_index is None:
-            self._gpu_index = _gpu.to_gpus(self._index, shard=self.shard)
-            self._gpu_unsupported = self._gpu_index is None
+            try:
+                self._gpu_index = _gpu.to_gpus(self._index, shard=self.shard)
+            except RuntimeError as exc:
+                reason = f"faiss cannot put {self.factory!r} on the GPU: {_factory.faiss_reason(exc)}"
+                if self._requested_device == "cuda":
+                    raise ValueError(f"{reason}; use device='cpu' or 'auto'") from exc
+                warnings.warn(f"{reason}; searching on CPU", stacklevel=4)
+                self._gpu_unsupported = True
         return self._gpu_index
 
     # ------------------------------------------------------------------ persistence
@@ -551,10 +561,6 @@ def _as_labels(labels: Any, n: int) -> np.ndarray:
     if arr.dtype == object and all(isinstance(v, str) for v in arr):
         return arr.astype(str)
     raise TypeError(f"labels must be integers or strings, got dtype {arr.dtype}")
-
-
-def _label_type(labels: np.ndarray) -> str:
-    return "str" if labels.dtype.kind == "U" else "int"
 
 
 def _as_metadata(metadata: Sequence[Any] | None, n: int) -> list[Any] | None:

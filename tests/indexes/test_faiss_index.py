@@ -57,7 +57,7 @@ def _flat(metric: str, x: np.ndarray, **kwargs) -> EmbeddingIndex:
 
 
 def _recall(I: np.ndarray, I_ref: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(I, I_ref)]))
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(I, I_ref, strict=True)]))
 
 
 # ---------------------------------------------------------------- exactness
