@@ -440,11 +440,24 @@ def test_gpu_search_matches_cpu(tmp_path: Path, rng: np.random.Generator, kind: 
     D_cpu, I_cpu = cpu.search(queries, 10)
     D_gpu, I_gpu = gpu.search(queries, 10)
     assert _recall(I_gpu, I_cpu) >= (0.99 if kind != "pq" else 0.8)
-    assert gpu._gpu_index is not None or kind == "pq"
+    assert gpu._gpu_index is not None
     big_k = gpu.search(queries[:2], 2100)[1]  # above the GPU k limit: searched on CPU
     assert big_k.shape == (2, 2100) and (big_k[:, :2000] >= 0).all()
     gpu.save(tmp_path)  # the CPU index is saved; it answers as the GPU copy did
     np.testing.assert_array_equal(EmbeddingIndex.load(tmp_path, device="cpu").search(queries, 10)[1], I_cpu)
+
+
+@NO_GPU
+def test_index_types_without_a_gpu_version(x, q) -> None:
+    auto = EmbeddingIndex(DIM, kind="PQ4np", device="auto")
+    auto.add(x)
+    with pytest.warns(UserWarning, match="faiss cannot put 'PQ4np' on the GPU"):
+        I = auto.search(q, 5)[1]
+    assert (I >= 0).all() and auto._gpu_index is None
+    cuda = EmbeddingIndex(DIM, kind="PQ4np", device="cuda")
+    cuda.add(x)
+    with pytest.raises(ValueError, match="faiss cannot put 'PQ4np' on the GPU"):
+        cuda.search(q, 5)
 
 
 @NO_GPU
