@@ -405,6 +405,33 @@ class EmbeddingIndex:
         pick = np.vectorize(lambda r: None if r < 0 or meta is None else meta[r], otypes=[object])
         return pick(rows).tolist() if rows.size else rows.tolist()
 
+    def vectors(self, ids: Any = None) -> np.ndarray:
+        """The stored vectors (n, dim) of ``ids`` (default: all, in :attr:`ids` order), float32.
+
+        As stored: L2-normalised for ``"cosine"``; PQ/SQ codes and factory pre-transforms (e.g. PCA) give
+        their lossy reconstruction. A kind faiss cannot reconstruct from is a ``ValueError``.
+        """
+        want = self._ids if ids is None else _as_ids(ids, "ids")
+        rows = self._rows(want)
+        if (rows < 0).any():
+            raise ValueError(f"ids not in the index: {want[rows < 0][:5].tolist()}")
+        if want.size == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        try:
+            if isinstance(self._index, faiss.IndexIDMap):  # the wrapped index's rows are positions in id_map
+                id_map = faiss.vector_to_array(self._index.id_map)  # (N,)
+                order = np.argsort(id_map, kind="stable")
+                positions = order[np.searchsorted(id_map[order], want)]  # (n,)
+                out = self._inner().reconstruct_batch(positions)
+            else:  # IVF: ids live in the inverted lists; faiss keeps an id -> entry hash table from now on
+                ivf = self._ivf()
+                if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+                out = self._index.reconstruct_batch(want)
+        except RuntimeError as exc:
+            raise ValueError(f"kind {self.kind!r} cannot give back its vectors ({_factory.faiss_reason(exc)})") from exc
+        return np.ascontiguousarray(out, dtype=np.float32)
+
     # ------------------------------------------------------------------ search
     def search(self, q: Any, k: int, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest stored vectors of each query row: ``(D, I)``, both (Q, k).

@@ -232,6 +232,31 @@ def test_metadata_must_be_json(x) -> None:
     assert len(index) == 0
 
 
+@pytest.mark.parametrize(("kind", "ids"), [("flat", None), ("hnsw", None), ("ivf", None), ("ivf", "sparse")])
+def test_vectors_come_back_by_id(x, kind: str, ids: str | None) -> None:
+    index = EmbeddingIndex(DIM, metric="cosine", kind=kind, nlist=4)
+    index.add(x, ids=np.arange(len(x)) * 10**9 if ids == "sparse" else None)
+    if kind != "hnsw":
+        index.remove(index.ids[:5])
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)  # cosine stores normalised rows
+    kept = unit[len(x) - len(index) :]
+    np.testing.assert_allclose(index.vectors(), kept, rtol=1e-6, atol=1e-6)
+    picked = index.ids[[7, 2, 7]]
+    np.testing.assert_allclose(index.vectors(picked), kept[[7, 2, 7]], rtol=1e-6, atol=1e-6)
+    index.add(x[:2])  # the id -> entry map stays right after more adds
+    np.testing.assert_allclose(index.vectors(index.ids[-2:]), unit[:2], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"ids not in the index: \[-5\]"):
+        index.vectors([-5])
+
+
+def test_pq_vectors_are_a_lossy_reconstruction(rng: np.random.Generator) -> None:
+    xb = rng.standard_normal((700, DIM), dtype=np.float32)  # ≥ 39 per code: no warning
+    index = EmbeddingIndex(DIM, metric="l2", kind="pq", nlist=2, pq_nbits=4)
+    index.add(xb)
+    error = np.linalg.norm(index.vectors() - xb, axis=1) / np.linalg.norm(xb, axis=1)
+    assert 0 < error.mean() < 0.8
+
+
 # ---------------------------------------------------------------- remove, padding, validation
 
 
