@@ -9,7 +9,8 @@ on a shared machine hits both alike; scikit-learn is timed after them (3 repeats
 medians; ratios are between medians of the same run.
 The neighbours are checked to be the same as raw faiss's before timing.
 
-Usage: python benchmarks/bench_index.py [--n 100000] [--dim 128] [--repeats 7] [--sweep] [--json OUT]
+Usage: python benchmarks/bench_index.py [--n 100000] [--dim 128] [--repeats 7] [--sweep] [--threads N]
+                                       [--json OUT]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import threadpoolctl
 import torch
 from sklearn.neighbors import NearestNeighbors
 
@@ -69,8 +71,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, nargs="+", default=[10_000, 64])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--sweep", action="store_true", help="also time Q = 1 .. 4096 (no scikit-learn)")
+    parser.add_argument("--threads", type=int, help="faiss/torch/BLAS threads (default: the libraries' own)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+        threadpoolctl.threadpool_limits(args.threads)  # scikit-learn's BLAS
 
     rng = np.random.default_rng(0)
     xb = rng.standard_normal((args.n, args.dim), dtype=np.float32)
