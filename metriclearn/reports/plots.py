@@ -79,14 +79,19 @@ def draw_classes(
     size: float,
     centroid_size: float = 260.0,
     label_centroids: bool = True,
+    centroids: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Scatter ``points`` by class on ``ax`` and mark each class centroid; return the centroids."""
+    """Scatter ``points`` by class on ``ax`` and mark each class centroid; return the centroids.
+
+    ``centroids`` (num_classes, 2) defaults to the mean of each class's ``points``.
+    """
     for c, name in enumerate(names):
         mask = codes == c
         if mask.any():
             ax.scatter(*points[mask].T, s=size, color=colors[c], alpha=0.75, linewidths=0, label=name,
                        rasterized=True)
-    centroids = class_centroids(points, codes, len(names))
+    if centroids is None:
+        centroids = class_centroids(points, codes, len(names))
     present = ~np.isnan(centroids[:, 0])
     ax.scatter(*centroids[present].T, s=centroid_size, c=colors[present], marker="o", edgecolors="black",
                linewidths=1.2, zorder=3)
