@@ -46,7 +46,7 @@ from sklearn.decomposition import PCA
 
 from metriclearn._checks import check_labels, check_matrix, check_positive_int
 from metriclearn._io import atomic_path
-from metriclearn.reports.plots import class_centroids, class_colors, draw_classes
+from metriclearn.reports.plots import as_codes, class_centroids, class_colors, draw_classes
 from metriclearn.reports.projection import stratified_subsample
 
 MAX_LABELLED_CLASSES = 20  # more centroid labels than this overlap in a small panel
@@ -114,14 +114,7 @@ class CentroidMovie:
         self._centroids.append(centroids)
 
     def _start(self, x: np.ndarray, labels: np.ndarray) -> None:
-        if self.classes is None:
-            values, codes = np.unique(labels, return_inverse=True)
-            self.classes, codes = values.tolist(), codes.astype(np.int64)
-        else:
-            codes = labels.astype(np.int64) if np.issubdtype(labels.dtype, np.integer) else None
-            if codes is None or codes.min() < 0 or codes.max() >= len(self.classes):
-                raise ValueError(f"labels must be int codes in [0, {len(self.classes)}) when classes are given, "
-                                 f"got {labels[:5].tolist()}...")
+        codes, self.classes = as_codes(labels, self.classes)
         self._labels, self._codes = labels.copy(), codes
         self._sample = stratified_subsample(codes, self.sample_size, self.seed)
         self._pca = PCA(n_components=min(2, x.shape[1], len(x)), random_state=self.seed).fit(x)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -63,6 +64,33 @@ def class_centroids(points: np.ndarray, codes: np.ndarray, num_classes: int) -> 
     counts = np.bincount(codes, minlength=num_classes)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts
+
+
+def as_codes(labels: Any, classes: Sequence[Any] | None = None, name: str = "labels") -> tuple[np.ndarray, list]:
+    """``(codes, classes)``: int64 codes into ``classes``.
+
+    Without ``classes`` the distinct labels (ints or strings) become the classes, sorted; with ``classes``
+    the labels must already be int codes into it (what ``embed_from_run`` returns).
+
+    >>> as_codes(np.array(["b", "a", "b"]))
+    (array([1, 0, 1]), ['a', 'b'])
+    >>> as_codes([0, 2], classes=["x", "y"])
+    Traceback (most recent call last):
+        ...
+    ValueError: labels must be int codes in [0, 2) when classes are given, got values 0..2
+    """
+    labels = check_labels(labels, name)
+    if classes is None:
+        values, codes = np.unique(labels, return_inverse=True)
+        return codes.astype(np.int64), values.tolist()
+    classes = list(classes)
+    if len(labels) and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} must be int codes into classes when classes are given, got dtype {labels.dtype}")
+    codes = labels.astype(np.int64)
+    if len(codes) and (codes.min() < 0 or codes.max() >= len(classes)):
+        raise ValueError(f"{name} must be int codes in [0, {len(classes)}) when classes are given, "
+                         f"got values {codes.min()}..{codes.max()}")
+    return codes, classes
 
 
 def marker_size(n: int) -> float:
@@ -116,11 +144,12 @@ def scatter_figure(
     than :data:`MAX_LEGEND_CLASSES` classes it is left out and the centroid labels name the classes.
     """
     points = check_matrix(points, "points", dim=2)
-    codes = check_labels(codes, "codes", n=len(points)).astype(np.int64)
-    num_classes = int(codes.max()) + 1 if classes is None else len(classes)
-    names = [str(c) for c in (range(num_classes) if classes is None else classes)]
-    if codes.min() < 0 or codes.max() >= num_classes:
-        raise ValueError(f"codes must lie in [0, {num_classes}), got values {codes.min()}..{codes.max()}")
+    codes = check_labels(codes, "codes", n=len(points))
+    if classes is None:
+        classes = list(range(int(codes.max()) + 1))
+    codes, classes = as_codes(codes, classes, "codes")
+    names = [str(c) for c in classes]
+    num_classes = len(names)
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     draw_classes(ax, points, codes, names, class_colors(num_classes), marker_size(len(points)))
