@@ -124,10 +124,14 @@ def draw_classes(
     ax.scatter(*centroids[present].T, s=centroid_size, c=colors[present], marker="o", edgecolors="black",
                linewidths=1.2, zorder=3)
     if label_centroids:
-        fontsize = 9 if max((len(n) for n in names), default=1) <= 3 else 7
+        # names of up to 2 characters fit inside the marker; longer ones go just above it
+        inside = max((len(n) for n in names), default=1) <= 2
+        offset = (0.0, 0.0) if inside else (0.0, 0.6 * np.sqrt(centroid_size))
+        fontsize = 0.45 * np.sqrt(centroid_size) if inside else 8
         for c in np.flatnonzero(present):
-            ax.annotate(names[c], centroids[c], xytext=(0, 11), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=fontsize, fontweight="bold", zorder=4, path_effects=_HALO)
+            ax.annotate(names[c], centroids[c], xytext=offset, textcoords="offset points", ha="center",
+                        va="center" if inside else "bottom", fontsize=fontsize, fontweight="bold", zorder=4,
+                        path_effects=_HALO)
     return centroids
 
 
@@ -158,9 +162,9 @@ def scatter_figure(
     ax.set_aspect("equal", adjustable="datalim")
     ax.spines[:].set_color("0.85")
     if title:
-        ax.set_title(title, fontsize=13, loc="left", pad=14 if subtitle else 6)
+        ax.set_title(title, fontsize=13, loc="left", pad=20 if subtitle else 6)
     if subtitle:
-        ax.text(0.0, 1.005, subtitle, transform=ax.transAxes, fontsize=9, color="0.35", va="bottom")
+        ax.text(0.0, 1.01, subtitle, transform=ax.transAxes, fontsize=9, color="0.35", va="bottom")
     if num_classes <= MAX_LEGEND_CLASSES:
         ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=int(np.ceil(num_classes / 15)),
                   markerscale=max(1.0, np.sqrt(30.0 / marker_size(len(points)))), frameon=False, fontsize=9)
