@@ -11,7 +11,7 @@ without paying for scikit-learn and matplotlib at start-up.
 
 >>> from metriclearn.reports import CentroidMovie, write_report
 >>> MIN_POINTS["tsne"], DEFAULT_MAX_POINTS
-(16, 5000)
+(16, 3000)
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import importlib
 from typing import Any
 
 METHODS = ("tsne", "umap")
-# Projection cap: above it a stratified subsample is projected (keeps `--method both` under a minute on 2 cores).
-DEFAULT_MAX_POINTS = 5000
+# Projection cap: above it a stratified subsample is projected; keeps `--method both` under a minute on one
+# core (measurements in metriclearn/reports/projection.py).
+DEFAULT_MAX_POINTS = 3000
 # Fewest points each method accepts: t-SNE with perplexity (n - 1) / 3 >= 5, UMAP with >= 5 neighbours.
 MIN_POINTS = {"tsne": 16, "umap": 6}
 

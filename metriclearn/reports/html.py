@@ -84,11 +84,15 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str,
             yield name, value
 
 
+def _class_attr(css_class: str) -> str:
+    return f' class="{css_class}"' if css_class else ""
+
+
 def _table(rows: Sequence[Sequence[tuple[str, str]]], header: Sequence[str]) -> str:
     """An HTML table; each cell is ``(text, css_class)``; text is escaped here."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f'<td class="{cls}">{html.escape(text)}</td>' for text, cls in row) + "</tr>"
+        "<tr>" + "".join(f"<td{_class_attr(cls)}>{html.escape(text)}</td>" for text, cls in row) + "</tr>"
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
