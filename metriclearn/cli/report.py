@@ -82,7 +82,7 @@ def _from_files(embeddings: Path, labels: Path) -> tuple[Any, Any, None, None, s
     """Embeddings and labels from .npy files, with errors that name the file."""
     from metriclearn.data import load_labels, load_matrix
 
-    x = load_matrix(embeddings, name=str(embeddings))
+    x = load_matrix(embeddings, name="embeddings")
     y = load_labels(labels, n=len(x))
     return x, y, None, None, embeddings.name
 

@@ -85,7 +85,7 @@ def compute_metrics(
     rows = stratified_subsample(codes, max_points, seed)
     x, codes = x[rows], codes[rows]
     metrics = {
-        "separation": separation_metrics(x, codes),
+        "separation": separation_metrics(x, codes, seed=seed),
         "retrieval": retrieval_metrics(x, codes, metric=metric),
     }
     return {group: {k: float(v) for k, v in values.items()} for group, values in metrics.items()}, len(rows)
