@@ -51,11 +51,18 @@ def report(
     _check_sources(embeddings, labels, model, data_source)
     if embeddings is not None and labels is not None:
         x, y, classes, config, source = _from_files(embeddings, labels)
+        origin = f"embeddings {str(embeddings)!r} with labels {str(labels)!r}"
     else:
         assert model is not None and data_source is not None
         x, y, classes, config, source = _from_run(model, data_source)
+        origin = f"run {str(model)!r} on {data_source!r}"
     from metriclearn.reports import write_report
+    from metriclearn.reports.report import check_report_inputs
 
+    try:  # too few points, a single class: say which files before any slow work
+        check_report_inputs(x, y, method, max_points, classes)
+    except ValueError as err:
+        raise ValueError(f"{origin}: {err}") from err
     metrics = write_report(x, y, out, method=method, classes=classes, config=config, max_points=max_points,
                            seed=seed, metric=metric, source=source)
     names = [f"{m}.png" for m in (METHODS if method == "both" else (method,))] + ["report.html", "metrics.json"]

@@ -96,11 +96,12 @@ def test_bad_input_is_one_line_exit_1(files, tmp_path) -> None:
     nan = x.copy()
     nan[0, 0] = np.inf
     cases = [
-        (e, save(tmp_path / "short.npy", np.load(y)[:100]), "100"),
-        (e, save(tmp_path / "one.npy", np.zeros(120, dtype=int)), "single class"),
-        (save(tmp_path / "nan.npy", nan), y, "NaN or inf"),
+        (e, save(tmp_path / "short.npy", np.load(y)[:100]), "short.npy' has 100 entries but there are 120 samples"),
+        (e, save(tmp_path / "one.npy", np.zeros(120, dtype=int)),
+         "one.npy': labels hold a single class (0): a report needs at least 2 classes"),
+        (save(tmp_path / "nan.npy", nan), y, "nan.npy' contains NaN or inf values in 1 of 120 rows"),
         (save(tmp_path / "few.npy", x[:10]), save(tmp_path / "few_y.npy", np.arange(10) % 2),
-         "tsne needs at least 16 points to project, got 10"),
+         "few_y.npy': tsne needs at least 16 points to project, got 10"),
     ]
     for emb, lab, message in cases:
         result = run("report", "--embeddings", emb, "--labels", lab, "--out", tmp_path / "r")
