@@ -150,7 +150,7 @@ class CentroidMovie:
         for c in range(len(names)):
             ax.plot(trails[:, c, 0], trails[:, c, 1], color=colors[c], linewidth=1.5, alpha=0.9, zorder=2)
         draw_classes(ax, self._points[frame], self._codes[self._sample], names, colors,
-                     size=6.0 if small else 10.0, centroid_size=70.0 if small else 140.0,
+                     size=6.0 if small else 10.0, centroid_size=70.0 if small else 200.0,
                      label_centroids=len(names) <= (10 if small else MAX_LABELLED_CLASSES),
                      centroids=self._centroids[frame])
         xlim, ylim = self.limits()

@@ -124,10 +124,10 @@ def draw_classes(
     ax.scatter(*centroids[present].T, s=centroid_size, c=colors[present], marker="o", edgecolors="black",
                linewidths=1.2, zorder=3)
     if label_centroids:
-        # names of up to 2 characters fit inside the marker; longer ones go just above it
-        inside = max((len(n) for n in names), default=1) <= 2
+        # names of up to 2 characters fit inside a big marker; longer ones go just above it
+        inside = max((len(n) for n in names), default=1) <= 2 and centroid_size >= 150
         offset = (0.0, 0.0) if inside else (0.0, 0.6 * np.sqrt(centroid_size))
-        fontsize = 0.45 * np.sqrt(centroid_size) if inside else 8
+        fontsize = max(6.5, 0.45 * np.sqrt(centroid_size)) if inside else (8 if centroid_size >= 150 else 7)
         for c in np.flatnonzero(present):
             ax.annotate(names[c], centroids[c], xytext=offset, textcoords="offset points", ha="center",
                         va="center" if inside else "bottom", fontsize=fontsize, fontweight="bold", zorder=4,
