@@ -58,7 +58,8 @@ def test_class_centroids_skip_absent_classes() -> None:
 def test_as_codes_and_scatter_errors(rng: np.random.Generator) -> None:
     codes, classes = as_codes(np.array([7, 3, 7]))
     assert codes.tolist() == [1, 0, 1] and classes == [3, 7]
-    with pytest.raises(ValueError, match=r"labels must be int codes in \[0, 2\) when classes are given, got values -1\.\.0"):
+    message = r"labels must be int codes in \[0, 2\) when classes are given, got values -1\.\.0"
+    with pytest.raises(ValueError, match=message):
         as_codes([-1, 0], ["a", "b"])
     with pytest.raises(ValueError, match="must be int codes into classes when classes are given, got dtype <U1"):
         as_codes(["a"], ["a"])
