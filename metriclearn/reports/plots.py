@@ -121,8 +121,10 @@ def draw_classes(
     if centroids is None:
         centroids = class_centroids(points, codes, len(names))
     present = ~np.isnan(centroids[:, 0])
-    ax.scatter(*centroids[present].T, s=centroid_size, c=colors[present], marker="o", edgecolors="black",
-               linewidths=1.2, zorder=3)
+    faces = colors[present].copy()
+    faces[:, 3] = 0.7  # see-through, so a compact cluster under its centroid stays visible
+    ax.scatter(*centroids[present].T, s=centroid_size, c=faces, marker="o", edgecolors="black", linewidths=1.2,
+               zorder=3)
     if label_centroids:
         # names of up to 2 characters fit inside a big marker; longer ones go just above it
         inside = max((len(n) for n in names), default=1) <= 2 and centroid_size >= 150
