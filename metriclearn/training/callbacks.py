@@ -102,7 +102,14 @@ def _read_csv(path: Path) -> list[Logs]:
     if not path.exists():
         return []
     with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+        return [{k: _number(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+
+
+def _number(text: str) -> float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 class TensorBoardLogger(Callback):
@@ -238,7 +245,7 @@ class HealthMonitor(Callback):
     A NaN/inf loss itself stops training in the trainer with a ``FloatingPointError``.
     """
 
-    def __init__(self, every: int = 10, tolerance: float = 0.5, max_grad_norm: float = 1e3) -> None:
+    def __init__(self, every: int = 10, tolerance: float = 1.0, max_grad_norm: float = 1e3) -> None:
         self.every, self.tolerance, self.max_grad_norm = every, tolerance, max_grad_norm
         self.initial: dict[str, tuple[float, float | None]] = {}
         self._handles: list[Any] = []

@@ -320,7 +320,7 @@ class Trainer:
             if not math.isfinite(value):
                 raise FloatingPointError(
                     f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step + 1} "
-                    f"(terms: {', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())}); "
+                    f"(terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
                     f"try a lower --lr, gradient clipping, or check the data for extreme values"
                 )
             if self.global_step == 0:
