@@ -19,6 +19,7 @@ from metriclearn.training.callbacks import (
 from metriclearn.training.config import TrainConfig, parse_loss_term
 from metriclearn.training.objectives import Objective, build_loss, build_objective, expected_initial_loss, pcgrad
 from metriclearn.training.run import embed_from_run, evaluate_embeddings, load_run, train_run
+from metriclearn.training import distributed
 from metriclearn.training.trainer import Trainer, resolve_device, seed_everything
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "build_loss",
+    "distributed",
     "build_objective",
     "embed_from_run",
     "evaluate_embeddings",
