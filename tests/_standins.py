@@ -69,6 +69,8 @@ def train_val_split(data, val_fraction=0.2, seed=0):
 
 
 class ClassBalancedSampler:
+    """Stand-in: every sample once per epoch, groups of M of one class packed into full batches."""
+
     def __init__(self, labels, batch_size, samples_per_class=4, seed=0):
         self.labels = np.asarray(labels)
         self.batch_size, self.m, self.seed, self.epoch = batch_size, samples_per_class, seed, 0
@@ -77,19 +79,18 @@ class ClassBalancedSampler:
         self.epoch = epoch
 
     def __len__(self):
-        return len(self.labels) // self.batch_size
+        return -(-len(self.labels) // self.batch_size)
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
-        k = self.batch_size // self.m
-        classes = np.unique(self.labels)
-        for _ in range(len(self)):
-            chosen = rng.choice(classes, size=min(k, len(classes)), replace=False)
-            batch = []
-            for c in chosen:
-                pool = np.flatnonzero(self.labels == c)
-                batch += rng.choice(pool, size=self.m, replace=len(pool) < self.m).tolist()
-            yield batch
+        groups = []
+        for c in np.unique(self.labels):
+            idx = rng.permutation(np.flatnonzero(self.labels == c))
+            groups += [idx[i : i + self.m] for i in range(0, len(idx), self.m)]
+        flat = np.concatenate([groups[i] for i in rng.permutation(len(groups))])
+        for start in range(0, len(flat), self.batch_size):
+            yield flat[start : start + self.batch_size].tolist()
+        self.epoch += 1
 
     def state_dict(self):
         return {"seed": self.seed, "epoch": self.epoch}

@@ -50,6 +50,13 @@ COMBINES = ("sum", "alternate", "pcgrad")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+# Tuned defaults (BENCHMARKS.md, MNIST-5000 + digits): cosine neighbourhood softmax at T = 0.2 on
+# L2-normalised embeddings. SNN works on squared distances, 2(1 - cos) on unit vectors, so T = 0.4 matches.
+DEFAULT_LOSS_OPTIONS: dict[str, dict[str, Any]] = {
+    "neighborhood": {"temperature": 0.2, "distance": "cosine"},
+    "snn": {"temperature": 0.4},
+    "cache": {"temperature": 0.2},
+}
 MONITORS = ("map_at_r", "precision_at_1", "r_precision", "knn_accuracy", "loss")
 
 
@@ -68,7 +75,8 @@ class TrainConfig:
         How several terms are combined: ``"sum"`` (weighted sum, one step per batch), ``"alternate"``
         (one optimiser step per term on the same batch, in order: the COT recipe) or ``"pcgrad"``.
     loss_options:
-        Per-loss keyword arguments, e.g. ``{"neighborhood": {"temperature": 0.05}}``.
+        Per-loss keyword arguments, e.g. ``{"neighborhood": {"temperature": 0.1}}``; merged over
+        ``DEFAULT_LOSS_OPTIONS`` (the tuned temperatures), so the resolved config shows every value used.
     encoder, embedding_dim, normalize:
         Passed to :func:`metriclearn.encoders.build_encoder`.
     samples_per_class:
@@ -87,15 +95,13 @@ class TrainConfig:
     data: str = "digits"
     loss: list[str] = field(default_factory=lambda: ["neighborhood"])
     combine: str = "sum"
-    loss_options: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"neighborhood": {"temperature": 0.05, "distance": "cosine"}}
-    )
+    loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     encoder: str = "mlp"
     embedding_dim: int = 64
     normalize: bool = True
     epochs: int = 20
     batch_size: int = 128
-    samples_per_class: int = 8
+    samples_per_class: int = 4
     lr: float = 3e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
@@ -132,15 +138,20 @@ class TrainConfig:
             check_choice(name, LOSS_NAMES, "loss_options key")
             if not isinstance(options, dict):
                 raise TypeError(f"loss_options.{name} must be a table, got {options!r}")
+        self.loss_options = {
+            name: {**DEFAULT_LOSS_OPTIONS.get(name, {}), **self.loss_options.get(name, {})}
+            for name in [*DEFAULT_LOSS_OPTIONS, *(k for k in self.loss_options if k not in DEFAULT_LOSS_OPTIONS)]
+        }
         if not isinstance(self.encoder, str) or not self.encoder:
             raise ValueError(f"encoder must be a spec such as 'mlp' or 'cnn', got {self.encoder!r}")
         check_positive_int(self.embedding_dim, "embedding_dim")
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.samples_per_class, "samples_per_class")
-        if self.samples_per_class > self.batch_size:
+        if self.batch_size % self.samples_per_class or self.batch_size < 2 * self.samples_per_class:
             raise ValueError(
-                f"samples_per_class ({self.samples_per_class}) must not exceed batch_size ({self.batch_size})"
+                f"batch_size ({self.batch_size}) must be a multiple of samples_per_class ({self.samples_per_class}) "
+                f"holding at least 2 classes"
             )
         self.lr = check_positive_float(self.lr, "lr")
         self.weight_decay = check_positive_float(self.weight_decay, "weight_decay", allow_zero=True)

@@ -274,12 +274,13 @@ class Trainer:
         self.objective.train()
         start = time.perf_counter()
         sums: dict[str, float] = {}
-        count = 0
+        count = seen = 0
         bar = progress(self.sampler, desc=f"epoch {epoch + 1}/{epochs}", total=len(self.sampler), unit="batch")
         for batch, indices in enumerate(bar):
             idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
             logs = self._train_step(_take(X, idx), y[idx])
             self.global_step += 1
+            seen += len(indices)
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + value
             count += 1
@@ -290,7 +291,7 @@ class Trainer:
         epoch_logs: Logs = {k: v / count for k, v in sums.items() if k not in ("lr",)}
         epoch_logs["lr"] = self.optimizer.param_groups[0]["lr"]
         epoch_logs["seconds"] = seconds
-        epoch_logs["samples_per_s"] = count * self.batch_size / max(seconds, 1e-9)
+        epoch_logs["samples_per_s"] = seen / max(seconds, 1e-9)
         metrics = self.validate(*val) if val is not None else {}
         for cb in self.callbacks:
             cb.on_validation_end(self, metrics)

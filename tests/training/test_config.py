@@ -28,7 +28,7 @@ def test_bad_toml_and_bad_values(tmp_path) -> None:
         TrainConfig(epochs=0)
     with pytest.raises(TypeError, match="lr must be a number"):
         TrainConfig(lr="fast")
-    with pytest.raises(ValueError, match="samples_per_class \\(200\\) must not exceed batch_size"):
+    with pytest.raises(ValueError, match="batch_size \\(128\\) must be a multiple of samples_per_class \\(200\\)"):
         TrainConfig(samples_per_class=200)
     with pytest.raises(ValueError, match="loss_options key must be one of"):
         TrainConfig(loss_options={"nca": {}})

@@ -102,13 +102,16 @@ def test_fit_and_embed_api_with_tuple_data() -> None:
     history = trainer.fit((X, y), (X, y), epochs=2)
     assert len(history) == 2 and history[1]["loss"] < history[0]["loss"]
     assert "val_map_at_r" in history[0] and "lr" in history[0]
+    model.train()
     emb = trainer.embed(X)
     assert emb.dtype == np.float32 and emb.shape == (len(X), 4)
-    assert model.training is False or True  # embed restores the previous mode
+    assert model.training  # embed ran in eval mode and restored the previous mode
     with pytest.raises(TypeError, match="train must be a LabeledData"):
         trainer.fit(X, epochs=1)
-    with pytest.raises(ValueError, match="too few for one batch"):
-        Trainer(model, objective, batch_size=512, device="cpu", verbose=False).fit((X, y), epochs=1)
+    with pytest.raises(ValueError, match="train has 48 samples but 3 labels"):
+        trainer.fit((X, y[:3]), epochs=1)
+    with pytest.raises(ValueError, match="train features contain NaN"):
+        trainer.fit((np.full_like(X, np.nan), y), epochs=1)
 
 
 def test_nan_loss_stops_with_clear_error() -> None:

