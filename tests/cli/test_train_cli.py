@@ -127,3 +127,28 @@ def test_overfit_batch_reports_pass(tmp_path) -> None:
     result = _invoke("train", "--overfit-batch", "--encoder", "mlp:32", "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
     assert "overfit-batch: PASS" in result.output
+
+
+def test_report_flag_calls_reports_each_epoch_and_at_the_end(tmp_path, monkeypatch) -> None:
+    import metriclearn.reports as reports
+
+    calls: dict[str, list] = {"add": [], "save": [], "write_report": []}
+
+    class FakeMovie:
+        def add(self, epoch, embeddings, labels):
+            calls["add"].append((epoch, embeddings.shape, len(labels)))
+
+        def save(self, out_dir):
+            calls["save"].append(out_dir)
+
+    def fake_write_report(embeddings, labels, out_dir, method="both", classes=None, config=None):
+        calls["write_report"].append((embeddings.shape, out_dir, classes, config["epochs"]))
+        return {}
+
+    monkeypatch.setattr(reports, "CentroidMovie", FakeMovie, raising=False)
+    monkeypatch.setattr(reports, "write_report", fake_write_report, raising=False)
+    result = _invoke("train", *FAST, "--report", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert [c[0] for c in calls["add"]] == [1, 2] and calls["add"][0][1] == (360, 8)
+    assert calls["save"] == [tmp_path / "r" / "report"]
+    assert calls["write_report"] == [((360, 8), tmp_path / "r" / "report", list(range(10)), 2)]

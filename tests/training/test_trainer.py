@@ -223,3 +223,15 @@ def test_overfit_batch_drives_loss_down() -> None:
     trainer = Trainer(model, objective, lr=1e-2, batch_size=16, device="cpu", verbose=False)
     losses = trainer.overfit_batch((X, y), steps=100)
     assert len(losses) == 100 and losses[-1] < 0.1 * losses[0]
+
+
+def test_tensorboard_logger_writes_events(tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    from metriclearn.training import TensorBoardLogger
+
+    X, y = _blobs()
+    logger = TensorBoardLogger(tmp_path / "tb")
+    trainer = Trainer(nn.Linear(6, 3), Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())}),
+                      batch_size=16, device="cpu", verbose=False, callbacks=[logger])
+    trainer.fit((X, y), epochs=1)
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
