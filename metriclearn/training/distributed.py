@@ -3,10 +3,11 @@
 Batch losses (neighbourhood softmax, SNN, cache) compare every sample with every other one, so with
 several processes each rank embeds its shard of the global batch and the loss is computed on the
 embeddings of all ranks, gathered *with* gradients (:func:`all_gather_with_grad`). Every rank then
-holds the same global loss L, but its backward pass only reaches its own embeddings; DDP averages the
-model gradients over ranks, so the trainer multiplies the loss by the world size to get ∂L/∂θ, and
-divides the gradients of the objective's own parameters (heads, centroids — computed in full on every
-rank) back by it (:func:`sync_objective_grads`).
+holds the same global loss L. The gather's backward sums the gradients all ranks computed for each
+slice, so rank r receives W · ∂L/∂e_r (W = world size); DDP then averages the model gradients over the
+ranks: (1/W) Σ_r W · ∂L/∂e_r · ∂e_r/∂θ = ∂L/∂θ, the single-process gradient of the global batch. The
+objective's own parameters (heads, centroids) see the whole gathered batch on every rank, so their
+gradients are already the full, identical ones.
 
 Run with ``torchrun --nproc_per_node=N -m metriclearn.cli train ...``; only rank 0 writes files.
 
@@ -114,13 +115,31 @@ def shard_batches(batch_sampler: Any) -> Any:
     return batch_sampler if world_size() == 1 else ShardedBatchSampler(batch_sampler)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward all-reduces (sums) the gradient and returns this rank's slice."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)  # (W * b, ...)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]  # (b, ...)
+
+
 def all_gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` (b, ...) from every rank along dim 0; gradients flow back to each rank's part."""
+    """Concatenate ``x`` (b, ...) from every rank along dim 0 (equal b on every rank).
+
+    Gradients flow back to each rank's slice, summed over the ranks' losses.
+    """
     if world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)  # (world_size * b, ...)
+    return _GatherWithGrad.apply(x)
 
 
 def all_gather_tensor(x: Tensor) -> Tensor:
@@ -147,13 +166,3 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module | None:
 
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
-
-
-def sync_objective_grads(parameters: Iterable[nn.Parameter]) -> None:
-    """Undo the world-size loss scale on parameters every rank computed in full (objective heads/centroids)."""
-    n = world_size()
-    if n == 1:
-        return
-    for p in parameters:
-        if p.grad is not None:
-            p.grad.div_(n)

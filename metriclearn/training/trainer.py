@@ -327,9 +327,7 @@ class Trainer:
             if self.global_step == 0:
                 self._record_initial(losses, labels)
             scale: Any = self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0
-            scale = scale * self.world_size  # DDP averages gradients; the gathered loss is global
             self.objective.backward(losses, params, scale=scale)
-            dist_utils.sync_objective_grads(self.objective.parameters())
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             max_norm = self.grad_clip if self.grad_clip > 0 else math.inf

@@ -58,3 +58,53 @@ def test_trainer_runs_inside_a_process_group(gloo) -> None:
     assert trainer.is_main_process
     history = trainer.fit((X, y), epochs=1)
     assert len(history) == 1
+
+
+def _train_linear(X: np.ndarray, y: np.ndarray) -> dict[str, torch.Tensor]:
+    from metriclearn.training import build_objective
+
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4)
+    objective = build_objective([("neighborhood", 1.0)], 4, 4,
+                                loss_options={"neighborhood": {"temperature": 0.5, "distance": "cosine"}})
+    # plain SGD: Adam would blow float round-off in near-zero gradients up to full-size steps
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    trainer = Trainer(model, objective, optimizer, batch_size=16, samples_per_class=4, scheduler="none",
+                      device="cpu", verbose=False)
+    trainer.fit((X, y), epochs=2)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _worker(rank: int, world: int, port: int, X: np.ndarray, y: np.ndarray, out: str) -> None:
+    import os
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import _standins
+
+    _standins.install()
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.init_from_env(backend="gloo")
+    try:
+        weights = _train_linear(X, y)
+        if rank == 0:
+            torch.save(weights, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_match_one_process(tmp_path) -> None:
+    """2 gloo ranks, each embedding half of every class-balanced batch, reach the single-process weights."""
+    import torch.multiprocessing as mp
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 16)
+    X = (rng.normal(size=(4, 6))[y] + rng.normal(size=(64, 6))).astype(np.float32)
+    port = 31000 + int(rng.integers(0, 2000))
+    mp.spawn(_worker, args=(2, port, X, y, str(tmp_path / "w.pt")), nprocs=2, join=True)
+    two = torch.load(tmp_path / "w.pt", weights_only=True)
+    one = _train_linear(X, y)
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key
