@@ -34,6 +34,7 @@ from metriclearn.training.callbacks import (
     ModelCheckpoint,
     TensorBoardLogger,
 )
+from metriclearn.training import distributed
 from metriclearn.training.config import TrainConfig
 from metriclearn.training.objectives import build_objective
 from metriclearn.training.trainer import Trainer, embed_array, resolve_device, seed_everything
@@ -93,6 +94,7 @@ def train_run(
         raise FileNotFoundError(2, "No such file or directory (nothing to resume)", str(checkpoint_path(out)))
     if not resume and (checkpoint_path(out).exists() or (out / "model.pt").exists()):
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    distributed.init_from_env()  # a no-op unless started by torchrun
     seed_everything(config.seed)
     data = load_data(config.data)
     if config.val_fraction > 0:

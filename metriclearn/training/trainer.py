@@ -112,6 +112,8 @@ class Trainer:
         if not isinstance(objective, Objective):
             raise TypeError(f"objective must be a metriclearn.training.Objective, got {type(objective).__name__}")
         self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None and dist_utils.is_distributed():
+            self.device = dist_utils.local_device()  # cuda:LOCAL_RANK under torchrun
         self.model = model.to(self.device)
         self.objective = objective.to(self.device)
         self.lr = check_positive_float(lr, "lr")
