@@ -100,7 +100,7 @@ class ClassBalancedSampler:
 
 
 # ---------------------------------------------------------------- metriclearn.metrics
-def retrieval_metrics(query, query_labels, reference=None, reference_labels=None, metric="l2"):
+def retrieval_metrics(query, query_labels, reference=None, reference_labels=None, metric="l2", k=5):
     q = np.asarray(query, dtype=np.float64)
     same = reference is None
     r = q if same else np.asarray(reference, dtype=np.float64)
@@ -111,6 +111,7 @@ def retrieval_metrics(query, query_labels, reference=None, reference_labels=None
         np.fill_diagonal(d, np.inf)
     order = np.argsort(d, axis=1, kind="stable")
     hits = rl[order] == ql[:, None]
+    knn = [np.bincount(rl[order[i, :k]]).argmax() == ql[i] for i in range(len(q))]
     p1, rp, mapr = [], [], []
     for i in range(len(q)):
         R = int((rl == ql[i]).sum()) - (1 if same else 0)
@@ -121,7 +122,7 @@ def retrieval_metrics(query, query_labels, reference=None, reference_labels=None
         rp.append(h.mean())
         mapr.append((np.cumsum(h) / np.arange(1, R + 1) * h).sum() / R)
     return {"precision_at_1": float(np.mean(p1)), "r_precision": float(np.mean(rp)),
-            "map_at_r": float(np.mean(mapr)), "knn_accuracy": float(np.mean(p1))}
+            "map_at_r": float(np.mean(mapr)), "knn_accuracy": float(np.mean(knn))}
 
 
 def separation_metrics(x, labels):

@@ -240,23 +240,14 @@ def evaluate_embeddings(
 
     ``retrieval`` is leave-one-out within the query set (the protocol of pytorch-metric-learning's
     AccuracyCalculator); with a reference, ``retrieval_vs_reference`` searches the reference set and
-    ``knn_accuracy_k{k}`` is the accuracy of a majority vote over the k nearest reference points.
+    ``knn_accuracy_k{k}`` is the accuracy of a majority vote over the k nearest reference points
+    (``knn_accuracy`` of :func:`metriclearn.metrics.retrieval_metrics`).
     """
     from metriclearn.metrics import retrieval_metrics, separation_metrics
 
-    metrics: dict[str, Any] = {"retrieval": retrieval_metrics(query, query_labels)}
+    metrics: dict[str, Any] = {"retrieval": retrieval_metrics(query, query_labels, k=k)}
     if reference is not None:
-        metrics["retrieval_vs_reference"] = retrieval_metrics(query, query_labels, reference, reference_labels)
-        metrics[f"knn_accuracy_k{k}"] = knn_accuracy(query, query_labels, reference, reference_labels, k)
+        metrics["retrieval_vs_reference"] = retrieval_metrics(query, query_labels, reference, reference_labels, k=k)
+        metrics[f"knn_accuracy_k{k}"] = metrics["retrieval_vs_reference"]["knn_accuracy"]
     metrics["separation"] = separation_metrics(query, query_labels)
     return metrics
-
-
-def knn_accuracy(query: np.ndarray, query_labels: np.ndarray, reference: np.ndarray, reference_labels: Any,
-                 k: int = 5) -> float:
-    """Accuracy of a uniform k-nearest-neighbour vote (L2) of ``reference`` on ``query``."""
-    from sklearn.neighbors import KNeighborsClassifier
-
-    clf = KNeighborsClassifier(n_neighbors=min(k, len(reference)), algorithm="brute")
-    clf.fit(reference, np.asarray(reference_labels))
-    return float((clf.predict(query) == np.asarray(query_labels)).mean())
