@@ -18,12 +18,7 @@ import numpy as np
 from metriclearn._progress import is_quiet, set_quiet
 from metriclearn.training.config import COMBINES, DEVICES, SCHEDULERS, TrainConfig, parse_loss_term
 
-# flag name (python identifier) -> config key, for every flag that maps onto TrainConfig
-_CONFIG_FLAGS = (
-    "data", "loss", "combine", "encoder", "embedding_dim", "epochs", "batch_size", "samples_per_class", "lr",
-    "weight_decay", "scheduler", "grad_clip", "patience", "seed", "device", "val_fraction", "report",
-)
-_RESUME_OVERRIDABLE = ("device",)
+_RESUME_OVERRIDABLE = ("device", "threads")
 
 
 def _pending(name: str) -> click.Command:
@@ -63,6 +58,7 @@ def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 @click.option("--patience", type=int, help="Early stopping patience in epochs (0: off).")
 @click.option("--seed", type=int, help="Random seed (runs are deterministic on CPU).")
 @click.option("--device", type=click.Choice(DEVICES), help="auto (CUDA when available), cpu or cuda.")
+@click.option("--threads", type=int, help="CPU threads for torch (0: torch's default).")
 @click.option("--val-fraction", type=float, help="Held-out share for validation metrics (default 0.2).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these settings.")
 @click.option("--resume", is_flag=True, help="Continue the killed run in --out exactly where it stopped.")

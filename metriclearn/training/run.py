@@ -95,6 +95,8 @@ def train_run(
     if not resume and (checkpoint_path(out).exists() or (out / "model.pt").exists()):
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     distributed.init_from_env()  # a no-op unless started by torchrun
+    if config.threads:
+        torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     data = load_data(config.data)
     if config.val_fraction > 0:
