@@ -70,7 +70,7 @@ class Trainer:
         The loss terms and how they combine; its parameters (heads, learned centroids) are optimised too.
     optimizer:
         An optimiser over ``model`` and ``objective`` parameters, or ``None`` for AdamW(lr,
-        weight_decay) with no decay on biases and normalisation weights.
+        weight_decay) with no decay on biases and normalisation weights (the fused kernel where available).
     scheduler:
         ``"onecycle"`` (max LR = ``lr``) or ``"cosine"`` stepped every batch, ``"plateau"`` stepped
         every epoch on the monitored metric, ``"none"``, or ``factory(optimizer, total_steps)``.
@@ -142,6 +142,7 @@ class Trainer:
         self.num_classes = 0
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self._ddp: nn.Module | None = None
+        self._params: list[nn.Parameter] = []
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -157,7 +158,11 @@ class Trainer:
         decay = [p for p in self.parameters() if p.dim() > 1]
         no_decay = [p for p in self.parameters() if p.dim() <= 1]
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        groups = [g for g in groups if g["params"]]
+        try:  # the fused kernel (CPU and CUDA) is several times faster than the per-tensor loop
+            return torch.optim.AdamW(groups, lr=self.lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            return torch.optim.AdamW(groups, lr=self.lr)
 
     def _make_scheduler(self, total_steps: int) -> Any:
         spec = self.scheduler_spec
@@ -220,6 +225,7 @@ class Trainer:
         else:
             self._prepare(X, y, X_dev, y_dev)
         self._ddp = dist_utils.wrap_model(self.model, self.device)
+        self._params = self.parameters()
         self.should_stop = False
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -310,7 +316,7 @@ class Trainer:
     def _train_step(self, x: Any, y: Tensor) -> Logs:
         """The optimiser step(s) of one batch (one per group of terms)."""
         logs: Logs = {}
-        params = self.parameters()
+        params = self._params or self.parameters()
         model = self._ddp or self.model
         for group in self.objective.groups():
             self.optimizer.zero_grad(set_to_none=True)
