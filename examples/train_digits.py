@@ -33,10 +33,10 @@ def main(epochs: int = 20) -> dict:
     model = build_encoder("mlp", input_shape=(64,), embedding_dim=32)
     objective = build_objective(
         [("neighborhood", 1.0)], embedding_dim=32, num_classes=data.num_classes,
-        loss_options={"neighborhood": {"temperature": 0.2, "distance": "cosine"}},
+        loss_options={"neighborhood": {"temperature": 0.15, "distance": "cosine"}},
     )
     best = PrintBest()
-    trainer = Trainer(model, objective, lr=3e-3, batch_size=128, samples_per_class=4, device="cpu",
+    trainer = Trainer(model, objective, lr=3e-3, batch_size=128, samples_per_class=8, device="cpu",
                       callbacks=[best], verbose=False)
     trainer.fit(train, val, epochs=epochs)
 

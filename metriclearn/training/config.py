@@ -50,12 +50,12 @@ COMBINES = ("sum", "alternate", "pcgrad")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
-# Tuned defaults (BENCHMARKS.md, MNIST-5000 + digits): cosine neighbourhood softmax at T = 0.2 on
-# L2-normalised embeddings. SNN works on squared distances, 2(1 - cos) on unit vectors, so T = 0.4 matches.
+# Tuned defaults (BENCHMARKS.md, MNIST-5000 + digits): cosine neighbourhood softmax at T = 0.15 on
+# L2-normalised embeddings, M = 8. SNN works on squared distances, 2(1 - cos) on unit vectors: T = 0.3 matches.
 DEFAULT_LOSS_OPTIONS: dict[str, dict[str, Any]] = {
-    "neighborhood": {"temperature": 0.2, "distance": "cosine"},
-    "snn": {"temperature": 0.4},
-    "cache": {"temperature": 0.2},
+    "neighborhood": {"temperature": 0.15, "distance": "cosine"},
+    "snn": {"temperature": 0.3},
+    "cache": {"temperature": 0.15},
 }
 MONITORS = ("map_at_r", "precision_at_1", "r_precision", "knn_accuracy", "loss")
 
@@ -104,7 +104,7 @@ class TrainConfig:
     normalize: bool = True
     epochs: int = 20
     batch_size: int = 128
-    samples_per_class: int = 4
+    samples_per_class: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
