@@ -114,7 +114,7 @@ def train_run(
     if TensorBoardLogger.available():
         all_callbacks.append(TensorBoardLogger(out / "tensorboard"))
     if config.report and val is not None:
-        all_callbacks.append(_movie_callback(out / "report", val))
+        all_callbacks.append(_MovieSnapshots(out / "report", val, config.seed))
     all_callbacks.append(ModelCheckpoint(out / "checkpoints", monitor=monitor, mode=mode))
     trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
     if trainer.is_main_process and not resume:
@@ -142,21 +142,21 @@ def train_run(
 class _MovieSnapshots(Callback):
     """Adds the held-out embeddings to a ``CentroidMovie`` every epoch; saves it at the end."""
 
-    def __init__(self, out_dir: Path, val: Any) -> None:
+    def __init__(self, out_dir: Path, val: Any, seed: int) -> None:
         from metriclearn.reports import CentroidMovie
 
-        self.out_dir, self.val, self.movie = out_dir, val, CentroidMovie()
+        self.out_dir, self.val = out_dir, val
+        self.movie = CentroidMovie(classes=list(val.classes), seed=seed)
+        self.snapshots = 0
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        self.movie.add(epoch + 1, trainer.embed(self.val), self.val.y)
+        if trainer.is_main_process:
+            self.movie.add(epoch + 1, trainer.embed(self.val), self.val.y)
+            self.snapshots += 1
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if trainer.is_main_process:
+        if trainer.is_main_process and self.snapshots:
             self.movie.save(self.out_dir)
-
-
-def _movie_callback(out_dir: Path, val: Any) -> Callback:
-    return _MovieSnapshots(out_dir, val)
 
 
 def save_model(path: str | os.PathLike[str], model: nn.Module, config: TrainConfig, input_shape: Sequence[int]) -> None:

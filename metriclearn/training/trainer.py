@@ -29,6 +29,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -232,10 +233,22 @@ class Trainer:
         try:
             while self.epoch < epochs and not self.should_stop:
                 self._run_epoch(X_dev, y_dev, val_xy, epochs)
-        finally:
-            for cb in self.callbacks:
-                cb.on_fit_end(self)
+        except BaseException:
+            self._end_callbacks(failed=True)  # close writers, remove hooks; never mask the original error
+            raise
+        self._end_callbacks(failed=False)
         return self.history
+
+    def _end_callbacks(self, failed: bool) -> None:
+        for cb in self.callbacks:
+            if not failed:
+                cb.on_fit_end(self)
+                continue
+            try:
+                cb.on_fit_end(self)
+            except Exception as exc:  # noqa: BLE001 - reported, the training error takes precedence
+                warnings.warn(f"{type(cb).__name__}.on_fit_end failed after a training error: {exc}",
+                              RuntimeWarning, stacklevel=3)
 
     def overfit_batch(self, train: Any, steps: int = 200) -> list[float]:
         """Train on ONE class-balanced batch of ``train`` for ``steps`` steps; return the loss per step.

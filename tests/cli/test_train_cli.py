@@ -135,6 +135,9 @@ def test_report_flag_calls_reports_each_epoch_and_at_the_end(tmp_path, monkeypat
     calls: dict[str, list] = {"add": [], "save": [], "write_report": []}
 
     class FakeMovie:
+        def __init__(self, classes=None, seed=0):
+            assert classes == list(range(10))
+
         def add(self, epoch, embeddings, labels):
             calls["add"].append((epoch, embeddings.shape, len(labels)))
 

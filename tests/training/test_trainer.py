@@ -235,3 +235,17 @@ def test_tensorboard_logger_writes_events(tmp_path) -> None:
                       batch_size=16, device="cpu", verbose=False, callbacks=[logger])
     trainer.fit((X, y), epochs=1)
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
+def test_failing_on_fit_end_does_not_mask_the_training_error() -> None:
+    X, y = _blobs()
+
+    def broken(trainer: Trainer) -> None:
+        raise RuntimeError("cannot save")
+
+    objective = Objective({"bad": lambda_loss(lambda e, t: e.sum() * float("inf"))})
+    trainer = Trainer(nn.Linear(6, 3), objective, batch_size=16, device="cpu", verbose=False,
+                      callbacks=[LambdaCallback(on_fit_end=broken)])
+    with pytest.warns(RuntimeWarning, match="on_fit_end failed after a training error: cannot save"):
+        with pytest.raises(FloatingPointError, match="loss is inf"):
+            trainer.fit((X, y), epochs=1)
