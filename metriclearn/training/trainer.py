@@ -211,13 +211,7 @@ class Trainer:
         val_xy = _unpack(val, "val") if val is not None else None
         base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)
         self.sampler = dist_utils.shard_batches(base_sampler)
-        batches = len(self.sampler)
-        if batches == 0:
-            raise ValueError(
-                f"train has {len(y)} samples: too few for one batch of {self.batch_size} "
-                f"(lower --batch-size or --samples-per-class)"
-            )
-        self.scheduler = self._make_scheduler(epochs * batches)
+        self.scheduler = self._make_scheduler(epochs * len(self.sampler))
         X_dev = _to_device(X, self.device)
         y_dev = torch.as_tensor(y, dtype=torch.long, device=self.device)
         if resume_from is not None:
@@ -482,6 +476,8 @@ def _unpack(data: Any, name: str) -> tuple[Any, np.ndarray]:
     else:
         raise TypeError(f"{name} must be a LabeledData or an (X, y) pair, got {type(data).__name__}")
     y = np.asarray(y)
+    if len(y) == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{name} labels must be a 1-D integer array, got {y.dtype} with shape {y.shape}")
     if len(X) != len(y):

@@ -108,6 +108,8 @@ def test_fit_and_embed_api_with_tuple_data() -> None:
     assert model.training  # embed ran in eval mode and restored the previous mode
     with pytest.raises(TypeError, match="train must be a LabeledData"):
         trainer.fit(X, epochs=1)
+    with pytest.raises(ValueError, match="train is empty"):
+        trainer.fit((X[:0], y[:0]), epochs=1)
     with pytest.raises(ValueError, match="train has 48 samples but 3 labels"):
         trainer.fit((X, y[:3]), epochs=1)
     with pytest.raises(ValueError, match="train features contain NaN"):
