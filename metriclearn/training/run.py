@@ -99,10 +99,10 @@ def train_run(
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     data = load_data(config.data)
+    train, val = data, None
     if config.val_fraction > 0:
         train, val = train_val_split(data, val_fraction=config.val_fraction, seed=config.seed)
-    else:
-        train, val = data, None
+        val = val if len(val) > 0 else None  # too small a fraction to hold anything out
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     model = build_model(config, input_shape)
     monitor = "loss" if val is None or config.monitor == "loss" else f"val_{config.monitor}"
@@ -127,14 +127,15 @@ def train_run(
         return {}
     save_model(out / "model.pt", model, config, input_shape)
     held_out = val if val is not None else train
-    metrics = evaluate_embeddings(trainer.embed(held_out), held_out.y, trainer.embed(train), train.y)
+    held_out_emb = trainer.embed(held_out)
+    metrics = evaluate_embeddings(held_out_emb, held_out.y, trainer.embed(train), train.y)
     metrics.update(split="val" if val is not None else "train", n_train=len(train), n_eval=len(held_out),
                    epochs=trainer.epoch, train_seconds=seconds)
     write_json(out / "metrics.json", metrics)
     if config.report:
         from metriclearn.reports import write_report
 
-        write_report(trainer.embed(held_out), held_out.y, out / "report", classes=list(data.classes),
+        write_report(held_out_emb, held_out.y, out / "report", classes=list(data.classes),
                      config=config.to_dict())
     return metrics
 

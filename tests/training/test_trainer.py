@@ -251,3 +251,10 @@ def test_failing_on_fit_end_does_not_mask_the_training_error() -> None:
     with pytest.warns(RuntimeWarning, match="on_fit_end failed after a training error: cannot save"):
         with pytest.raises(FloatingPointError, match="loss is inf"):
             trainer.fit((X, y), epochs=1)
+
+
+def test_without_validation_split_metrics_use_the_training_data(tmp_path) -> None:
+    metrics = train_run(TrainConfig(**{**SMALL, "epochs": 1, "val_fraction": 0.0}), tmp_path / "r", verbose=False)
+    assert metrics["split"] == "train" and metrics["n_eval"] == 1797
+    rows = list(csv.DictReader(open(tmp_path / "r" / "log.csv")))
+    assert len(rows) == 1 and not any(k.startswith("val_") for k in rows[0])
