@@ -58,6 +58,7 @@ def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 @click.option("--patience", type=int, help="Early stopping patience in epochs (0: off).")
 @click.option("--seed", type=int, help="Random seed (runs are deterministic on CPU).")
 @click.option("--device", type=click.Choice(DEVICES), help="auto (CUDA when available), cpu or cuda.")
+@click.option("--checkpoint-every", type=int, help="Also checkpoint every N batches (0: each epoch end).")
 @click.option("--threads", type=int, help="CPU threads for torch (0: torch's default).")
 @click.option("--val-fraction", type=float, help="Held-out share for validation metrics (default 0.2).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these settings.")

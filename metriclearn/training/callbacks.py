@@ -193,14 +193,23 @@ def _improved(value: float, best: float | None, mode: str, min_delta: float) -> 
 class ModelCheckpoint(Callback):
     """After every epoch write ``last.pt`` (the full training state), and ``best.pt`` when ``monitor`` improves.
 
+    With ``every_n_steps`` > 0, ``last.pt`` is also written every that many batches, so a killed run
+    loses at most that many steps (resume continues with the next batch of the epoch).
     Both are written atomically (temporary file + rename) and load with ``torch.load(weights_only=True)``.
     Runs after the other callbacks of the epoch, so their state (early stopping ...) is in the file.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], monitor: str = "val_map_at_r", mode: str = "max") -> None:
+    def __init__(self, directory: str | os.PathLike[str], monitor: str = "val_map_at_r", mode: str = "max",
+                 every_n_steps: int = 0) -> None:
         self.directory = Path(directory)
         self.monitor, self.mode = monitor, mode
+        self.every_n_steps = every_n_steps
         self.best: float | None = None
+
+    def on_batch_end(self, trainer: Trainer, batch: int, logs: Logs) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.is_main_process:
+            state = trainer.state_dict()
+            save_with(self.last_path, lambda f: torch.save(state, f))
 
     @property
     def last_path(self) -> Path:

@@ -88,6 +88,8 @@ class TrainConfig:
         Maximum global gradient norm; 0 turns clipping off.
     patience:
         Early stopping after this many epochs without improvement of ``monitor``; 0 turns it off.
+    checkpoint_every:
+        Also checkpoint every this many batches (0: at the end of each epoch only).
     threads:
         CPU threads for torch (0: torch's default). Small models train fastest on 1 thread, above all on
         a busy machine where spinning OpenMP threads fight over cores.
@@ -116,6 +118,7 @@ class TrainConfig:
     threads: int = 0
     val_fraction: float = 0.2
     patience: int = 0
+    checkpoint_every: int = 0
     monitor: str = "map_at_r"
     report: bool = False
 
@@ -167,6 +170,7 @@ class TrainConfig:
         check_positive_int(self.seed, "seed", allow_zero=True)
         check_positive_int(self.patience, "patience", allow_zero=True)
         check_positive_int(self.threads, "threads", allow_zero=True)
+        check_positive_int(self.checkpoint_every, "checkpoint_every", allow_zero=True)
         self.val_fraction = check_fraction(self.val_fraction, "val_fraction")
         if self.val_fraction >= 1:
             raise ValueError(f"val_fraction must be below 1, got {self.val_fraction}")

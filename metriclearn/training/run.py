@@ -115,7 +115,8 @@ def train_run(
         all_callbacks.append(TensorBoardLogger(out / "tensorboard"))
     if config.report and val is not None:
         all_callbacks.append(_MovieSnapshots(out / "report", val, config.seed))
-    all_callbacks.append(ModelCheckpoint(out / "checkpoints", monitor=monitor, mode=mode))
+    all_callbacks.append(ModelCheckpoint(out / "checkpoints", monitor=monitor, mode=mode,
+                                         every_n_steps=config.checkpoint_every))
     trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
     if trainer.is_main_process and not resume:
         config.save(out / "config.toml")

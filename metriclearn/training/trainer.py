@@ -144,6 +144,8 @@ class Trainer:
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self._ddp: nn.Module | None = None
         self._params: list[nn.Parameter] = []
+        # running sums of the current epoch (checkpointed, so a mid-epoch resume logs the whole epoch)
+        self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0}
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -199,6 +201,8 @@ class Trainer:
         resume_from: str | Path | dict[str, Any] | None = None,
     ) -> list[Logs]:
         """Train for ``epochs`` epochs (in total, counting those of a resumed checkpoint).
+
+        A checkpoint taken mid-epoch (``ModelCheckpoint(every_n_steps=...)``) resumes at the next batch.
 
         ``train``/``val`` are :class:`~metriclearn.data.LabeledData` or ``(X, y)`` pairs. Returns the
         history: one dict of epoch logs per epoch (train loss, per-term losses, lr, ``val_*`` metrics).
@@ -282,31 +286,35 @@ class Trainer:
 
     def _run_epoch(self, X: Any, y: Tensor, val: tuple[Any, np.ndarray] | None, epochs: int) -> None:
         epoch = self.epoch
-        self.sampler.set_epoch(epoch)
+        progress_ = self._progress
+        if progress_["count"] == 0:  # a fresh epoch (else: resumed from a checkpoint taken mid-epoch)
+            progress_.update(sums={}, seen=0, seconds=0.0)
+        self.sampler.set_epoch(epoch)  # keeps a restored mid-epoch position
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch)
         self.model.train()
         self.objective.train()
-        start = time.perf_counter()
-        sums: dict[str, float] = {}
-        count = seen = 0
-        bar = progress(self.sampler, desc=f"epoch {epoch + 1}/{epochs}", total=len(self.sampler), unit="batch")
-        for batch, indices in enumerate(bar):
+        start = time.perf_counter() - progress_["seconds"]
+        bar = progress(self.sampler, desc=f"epoch {epoch + 1}/{epochs}", total=len(self.sampler),
+                       initial=progress_["count"], unit="batch")
+        for batch, indices in enumerate(bar, start=progress_["count"]):
             idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
             logs = self._train_step(_take(X, idx), y[idx])
             self.global_step += 1
-            seen += len(indices)
             for key, value in logs.items():
-                sums[key] = sums.get(key, 0.0) + value
-            count += 1
+                progress_["sums"][key] = progress_["sums"].get(key, 0.0) + value
+            progress_["count"] += 1
+            progress_["seen"] += len(indices)
+            progress_["seconds"] = time.perf_counter() - start
             bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
             for cb in self.callbacks:
                 cb.on_batch_end(self, batch, logs)
-        seconds = time.perf_counter() - start
-        epoch_logs: Logs = {k: v / count for k, v in sums.items() if k not in ("lr",)}
+        count, seconds = progress_["count"], progress_["seconds"]
+        epoch_logs: Logs = {k: v / count for k, v in progress_["sums"].items() if k != "lr"}
         epoch_logs["lr"] = self.optimizer.param_groups[0]["lr"]
         epoch_logs["seconds"] = seconds
-        epoch_logs["samples_per_s"] = seen / max(seconds, 1e-9)
+        epoch_logs["samples_per_s"] = progress_["seen"] / max(seconds, 1e-9)
+        progress_["count"] = 0
         metrics = self.validate(*val) if val is not None else {}
         for cb in self.callbacks:
             cb.on_validation_end(self, metrics)
@@ -398,6 +406,7 @@ class Trainer:
             "rng": rng_state(),
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "epoch_progress": {**self._progress, "sums": dict(self._progress["sums"])},
             "history": [dict(row) for row in self.history],
             "initial_losses": {k: list(v) for k, v in self.initial_losses.items()},
             "callbacks": {_cb_key(i, cb): cb.state_dict() for i, cb in enumerate(self.callbacks)},
@@ -418,6 +427,7 @@ class Trainer:
         if state["sampler"] is not None and hasattr(self.sampler, "load_state_dict"):
             self.sampler.load_state_dict(state["sampler"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self._progress = {**state["epoch_progress"], "sums": dict(state["epoch_progress"]["sums"])}
         self.history = [dict(row) for row in state["history"]]
         self.initial_losses = {k: (v[0], v[1]) for k, v in state["initial_losses"].items()}
         for i, cb in enumerate(self.callbacks):

@@ -74,6 +74,22 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, losses) -> None:
     assert ckpt["epoch"] == 3 and "bank" in "".join(ckpt["objective"]) or ckpt["objective"]
 
 
+def test_resume_mid_epoch_from_step_checkpoint(tmp_path) -> None:
+    cfg = TrainConfig(**{**SMALL, "checkpoint_every": 5}, loss=["neighborhood", "cache:0.5"],
+                      loss_options={"cache": {"size": 64}})
+    train_run(cfg, tmp_path / "straight", verbose=False)
+    with pytest.raises(_Kill):  # 34 batches per epoch: killed at step 42, the last checkpoint is step 40
+        train_run(cfg, tmp_path / "killed", callbacks=[_kill_at(epoch=1, batch=7)], verbose=False)
+    state = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["global_step"] == 40 and state["epoch"] == 1 and state["epoch_progress"]["count"] == 6
+    train_run(cfg, tmp_path / "killed", resume=True, verbose=False)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight = list(csv.DictReader(open(tmp_path / "straight" / "log.csv")))
+    resumed = list(csv.DictReader(open(tmp_path / "killed" / "log.csv")))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # epoch 2 logged whole
+
+
 def test_run_directory_contents_and_load_run(tmp_path) -> None:
     metrics = train_run(TrainConfig(**SMALL), tmp_path / "run", verbose=False)
     for name in ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "checkpoints/best.pt"):
