@@ -317,9 +317,9 @@ class HealthMonitor(Callback):
             if observed > (1 + self.tolerance) * expected:
                 self._warn(trainer, message + " — far above chance for an untrained model: check the labels, "
                            "the input scale, the initialisation and the temperature")
-            elif observed < (1 - self.tolerance) * expected:
-                trainer.log(message + " (below chance: the untrained encoder already groups classes, or a low "
-                            "temperature sharpens random distances)")
+            elif observed < expected:
+                trainer.log(message + " (below chance, fine: the untrained encoder already groups some classes, "
+                            "or a low temperature sharpens random distances)")
             else:
                 trainer.log(message + " (ok)")
 

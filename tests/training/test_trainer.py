@@ -274,3 +274,17 @@ def test_without_validation_split_metrics_use_the_training_data(tmp_path) -> Non
     assert metrics["split"] == "train" and metrics["n_eval"] == 1797
     rows = list(csv.DictReader(open(tmp_path / "r" / "log.csv")))
     assert len(rows) == 1 and not any(k.startswith("val_") for k in rows[0])
+
+
+def test_health_monitor_measures_dead_relu_share() -> None:
+    X, y = _blobs()
+    hidden = nn.Linear(6, 8)
+    with torch.no_grad():
+        hidden.bias[:6] = -1e4  # 6 of 8 units can never fire
+        hidden.bias[6:] = 1e4  # 2 always fire
+    model = nn.Sequential(hidden, nn.ReLU(), nn.Linear(8, 4))
+    monitor = HealthMonitor(every=1)
+    objective = Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())})
+    trainer = Trainer(model, objective, lr=1e-6, batch_size=16, device="cpu", verbose=False, callbacks=[monitor])
+    history = trainer.fit((X, y), epochs=1)
+    assert history[0]["dead_relu"] == pytest.approx(6 / 8)
