@@ -16,9 +16,17 @@ import click
 import numpy as np
 
 from metriclearn._progress import is_quiet, set_quiet
-from metriclearn.training.config import COMBINES, DEVICES, SCHEDULERS, TrainConfig, parse_loss_term
+from metriclearn.training.config import (
+    COMBINES,
+    DEVICES,
+    MONITORS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TrainConfig,
+    parse_loss_term,
+)
 
-_RESUME_OVERRIDABLE = ("device", "threads")
+_RESUME_OVERRIDABLE = ("device", "threads", "amp")
 
 
 def _pending(name: str) -> click.Command:
@@ -48,16 +56,20 @@ def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 @click.option("--combine", type=click.Choice(COMBINES), help="How several losses combine (default: sum).")
 @click.option("--encoder", metavar="mlp|cnn|sentence[:PATH]", help="Encoder spec, e.g. 'mlp:512,256' (default mlp).")
 @click.option("--embedding-dim", type=int, help="Embedding size (default 64).")
+@click.option("--normalize/--no-normalize", default=None, help="L2-normalise the embeddings (default on).")
 @click.option("--epochs", type=int, help="Training epochs.")
 @click.option("--batch-size", type=int, help="Batch size (class-balanced).")
 @click.option("--samples-per-class", type=int, help="Samples of each class in a batch (M).")
 @click.option("--lr", type=float, help="(Peak) learning rate.")
 @click.option("--weight-decay", type=float, help="AdamW weight decay.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimiser (default adamw).")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), help="Learning-rate schedule.")
 @click.option("--grad-clip", type=float, help="Max gradient norm (0: off).")
 @click.option("--patience", type=int, help="Early stopping patience in epochs (0: off).")
+@click.option("--monitor", type=click.Choice(MONITORS), help="Validation metric for early stopping, best.pt, plateau.")
 @click.option("--seed", type=int, help="Random seed (runs are deterministic on CPU).")
 @click.option("--device", type=click.Choice(DEVICES), help="auto (CUDA when available), cpu or cuda.")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (default on).")
 @click.option("--checkpoint-every", type=int, help="Also checkpoint every N batches (0: each epoch end).")
 @click.option("--threads", type=int, help="CPU threads for torch (0: torch's default).")
 @click.option("--val-fraction", type=float, help="Held-out share for validation metrics (default 0.2).")

@@ -155,3 +155,11 @@ def test_report_flag_calls_reports_each_epoch_and_at_the_end(tmp_path, monkeypat
     assert [c[0] for c in calls["add"]] == [1, 2] and calls["add"][0][1] == (360, 8)
     assert calls["save"] == [tmp_path / "r" / "report"]
     assert calls["write_report"] == [((360, 8), tmp_path / "r" / "report", list(range(10)), 2)]
+
+
+def test_every_config_key_has_a_flag() -> None:
+    from metriclearn.cli.train import train
+    from metriclearn.training import TrainConfig
+
+    flags = {p.name for p in train.params}
+    assert set(TrainConfig.keys()) - {"loss_options"} <= flags  # loss knobs live in [loss_options.NAME]
