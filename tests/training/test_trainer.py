@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import types
 import warnings
 
@@ -288,3 +289,31 @@ def test_health_monitor_measures_dead_relu_share() -> None:
     trainer = Trainer(model, objective, lr=1e-6, batch_size=16, device="cpu", verbose=False, callbacks=[monitor])
     history = trainer.fit((X, y), epochs=1)
     assert history[0]["dead_relu"] == pytest.approx(6 / 8)
+
+
+def test_tensorboard_logger_calls_with_a_stand_in_writer(monkeypatch) -> None:
+    calls: list[tuple] = []
+
+    class Writer:
+        def __init__(self, log_dir, purge_step=None):
+            calls.append(("init", log_dir, purge_step))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    from metriclearn.training import TensorBoardLogger
+
+    X, y = _blobs()
+    trainer = Trainer(nn.Linear(6, 3), Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())}),
+                      batch_size=16, device="cpu", verbose=False, callbacks=[TensorBoardLogger("tb")])
+    trainer.fit((X, y), (X, y), epochs=2)
+    assert calls[0] == ("init", "tb", None) and calls[-1] == ("close",)
+    assert ("batch/loss", 1) in calls and ("epoch/val_map_at_r", 2) in calls
+    assert sum(1 for c in calls if c[0] == "batch/loss") == trainer.global_step
