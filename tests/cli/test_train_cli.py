@@ -163,3 +163,14 @@ def test_every_config_key_has_a_flag() -> None:
 
     flags = {p.name for p in train.params}
     assert set(TrainConfig.keys()) - {"loss_options"} <= flags  # loss knobs live in [loss_options.NAME]
+
+
+def test_report_with_the_real_centroid_movie(tmp_path, monkeypatch) -> None:
+    import metriclearn.reports as reports
+
+    seen = {}
+    monkeypatch.setattr(reports, "write_report", lambda emb, labels, out_dir, **kw: seen.setdefault("dir", out_dir))
+    result = _invoke("train", *FAST, "--report", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "report" / "centroids.gif").stat().st_size > 0
+    assert seen["dir"] == tmp_path / "r" / "report"
