@@ -317,3 +317,16 @@ def test_tensorboard_logger_calls_with_a_stand_in_writer(monkeypatch) -> None:
     assert calls[0] == ("init", "tb", None) and calls[-1] == ("close",)
     assert ("batch/loss", 1) in calls and ("epoch/val_map_at_r", 2) in calls
     assert sum(1 for c in calls if c[0] == "batch/loss") == trainer.global_step
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "none"])
+def test_per_batch_schedules(scheduler: str) -> None:
+    X, y = _blobs()
+    trainer = Trainer(nn.Linear(6, 3), Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())}), lr=0.1,
+                      scheduler=scheduler, batch_size=16, device="cpu", verbose=False)
+    history = trainer.fit((X, y), epochs=3)
+    lrs = [row["lr"] for row in history]
+    if scheduler == "none":
+        assert lrs == [0.1, 0.1, 0.1]
+    else:  # both anneal towards ~0 at the last batch, and the schedule is stepped once per batch
+        assert lrs[-1] < 1e-3 and trainer.scheduler.last_epoch == trainer.global_step == 3 * len(trainer.sampler)
