@@ -145,7 +145,7 @@ class Trainer:
         self._ddp: nn.Module | None = None
         self._params: list[nn.Parameter] = []
         # running sums of the current epoch (checkpointed, so a mid-epoch resume logs the whole epoch)
-        self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0}
+        self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0, "lr": 0.0}
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -306,12 +306,13 @@ class Trainer:
             progress_["count"] += 1
             progress_["seen"] += len(indices)
             progress_["seconds"] = time.perf_counter() - start
+            progress_["lr"] = logs["lr"]
             bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
             for cb in self.callbacks:
                 cb.on_batch_end(self, batch, logs)
         count, seconds = progress_["count"], progress_["seconds"]
         epoch_logs: Logs = {k: v / count for k, v in progress_["sums"].items() if k != "lr"}
-        epoch_logs["lr"] = self.optimizer.param_groups[0]["lr"]
+        epoch_logs["lr"] = progress_["lr"]  # of the epoch's last step
         epoch_logs["seconds"] = seconds
         epoch_logs["samples_per_s"] = progress_["seen"] / max(seconds, 1e-9)
         progress_["count"] = 0
@@ -330,7 +331,7 @@ class Trainer:
 
     def _train_step(self, x: Any, y: Tensor) -> Logs:
         """The optimiser step(s) of one batch (one per group of terms)."""
-        logs: Logs = {}
+        logs: Logs = {"lr": self.optimizer.param_groups[0]["lr"]}  # the rate this batch's step(s) use
         params = self._params or self.parameters()
         model = self._ddp or self.model
         for group in self.objective.groups():
@@ -365,7 +366,6 @@ class Trainer:
             logs["grad_norm"] = float(grad_norm)
         if self.scheduler is not None and not self._per_epoch_scheduler:
             self.scheduler.step()
-        logs["lr"] = self.optimizer.param_groups[0]["lr"]
         return logs
 
     def _record_initial(self, losses: dict[str, Tensor], labels: Tensor) -> None:

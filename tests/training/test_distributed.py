@@ -12,12 +12,20 @@ from metriclearn.training import Objective, Trainer, distributed
 from metriclearn.training.objectives import lambda_loss
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture
 def gloo(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(29500 + np.random.default_rng().integers(0, 2000)))
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     assert distributed.init_from_env(backend="gloo")
     yield
     dist.destroy_process_group()
@@ -102,7 +110,7 @@ def test_two_processes_match_one_process(tmp_path) -> None:
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), 16)
     X = (rng.normal(size=(4, 6))[y] + rng.normal(size=(64, 6))).astype(np.float32)
-    port = 31000 + int(rng.integers(0, 2000))
+    port = _free_port()
     mp.spawn(_worker, args=(2, port, X, y, str(tmp_path / "w.pt")), nprocs=2, join=True)
     two = torch.load(tmp_path / "w.pt", weights_only=True)
     one = _train_linear(X, y)

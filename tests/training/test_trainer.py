@@ -328,5 +328,10 @@ def test_per_batch_schedules(scheduler: str) -> None:
     lrs = [row["lr"] for row in history]
     if scheduler == "none":
         assert lrs == [0.1, 0.1, 0.1]
-    else:  # both anneal towards ~0 at the last batch, and the schedule is stepped once per batch
-        assert lrs[-1] < 1e-3 and trainer.scheduler.last_epoch == trainer.global_step == 3 * len(trainer.sampler)
+        return
+    steps = 3 * len(trainer.sampler)
+    assert trainer.scheduler.last_epoch == trainer.global_step == steps  # stepped once per batch
+    if scheduler == "cosine":  # the last step uses lr/2 · (1 + cos(π (N-1)/N))
+        assert lrs[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * (steps - 1) / steps)))
+    else:  # OneCycle ends at max_lr / div_factor / final_div_factor
+        assert lrs[-1] == pytest.approx(0.1 / 25 / 1e4) and max(lrs) <= 0.1
