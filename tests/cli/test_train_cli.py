@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +10,6 @@ import torch
 from click.testing import CliRunner
 
 from metriclearn.cli import cli
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import _standins  # noqa: E402  (stand-ins for modules not landed yet; no-ops once they are)
-
-_standins.install()
 
 FAST = ["--epochs", "2", "--batch-size", "40", "--encoder", "mlp:32", "--embedding-dim", "8", "--device", "cpu",
         "--quiet"]

@@ -85,13 +85,7 @@ def _train_linear(X: np.ndarray, y: np.ndarray) -> dict[str, torch.Tensor]:
 
 def _worker(rank: int, world: int, port: int, X: np.ndarray, y: np.ndarray, out: str) -> None:
     import os
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import _standins
-
-    _standins.install()
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     distributed.init_from_env(backend="gloo")
