@@ -151,6 +151,15 @@ def all_gather_tensor(x: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+def all_reduce_mean(x: Tensor) -> Tensor:
+    """The mean of ``x`` over the processes (``x`` itself in a single process)."""
+    if world_size() == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x / world_size()
+
+
 def gather_batch(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """The global batch: embeddings (with gradients) and labels of every rank."""
     if world_size() == 1:

@@ -336,22 +336,28 @@ class Trainer:
         model = self._ddp or self.model
         for group in self.objective.groups():
             self.optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
-                embeddings = model(x)  # (b, D)
-            embeddings, labels = dist_utils.gather_batch(embeddings, y)  # (B, D), (B,)
-            losses = self.objective.term_losses(embeddings, labels, group)
-            total = self.objective.total(losses)
-            value = float(total.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step + 1} "
-                    f"(terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
-                    f"try a lower --lr, gradient clipping, or check the data for extreme values"
-                )
-            if self.global_step == 0:
-                self._record_initial(losses, labels)
-            scale: Any = self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0
-            self.objective.backward(losses, params, scale=scale)
+            surgery = self.objective.uses_surgery(group)
+            # PCGrad takes per-task gradients with autograd.grad, which DDP's hooks never see: skip DDP's
+            # sync and average each task gradient over the processes ourselves
+            no_sync = self._ddp.no_sync() if self._ddp is not None and surgery else contextlib.nullcontext()
+            with no_sync:
+                with self._autocast():
+                    embeddings = model(x)  # (b, D)
+                embeddings, labels = dist_utils.gather_batch(embeddings, y)  # (B, D), (B,)
+                losses = self.objective.term_losses(embeddings, labels, group)
+                total = self.objective.total(losses)
+                value = float(total.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step + 1} "
+                        f"(terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
+                        f"try a lower --lr, gradient clipping, or check the data for extreme values"
+                    )
+                if self.global_step == 0:
+                    self._record_initial(losses, labels)
+                scale: Any = self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0
+                reduce = dist_utils.all_reduce_mean if surgery and self._ddp is not None else None
+                self.objective.backward(losses, params, scale=scale, reduce=reduce)
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             max_norm = self.grad_clip if self.grad_clip > 0 else math.inf

@@ -68,19 +68,21 @@ def test_trainer_runs_inside_a_process_group(gloo) -> None:
     assert len(history) == 1
 
 
-def _train_linear(X: np.ndarray, y: np.ndarray) -> dict[str, torch.Tensor]:
+def _train_linear(X: np.ndarray, y: np.ndarray, combine: str) -> dict[str, torch.Tensor]:
     from metriclearn.training import build_objective
 
     torch.manual_seed(0)
     model = nn.Linear(6, 4)
-    objective = build_objective([("neighborhood", 1.0)], 4, 4,
+    terms = [("neighborhood", 1.0)] if combine == "sum" else [("neighborhood", 1.0), ("softmax", 0.5)]
+    objective = build_objective(terms, 4, 4, combine=combine,
                                 loss_options={"neighborhood": {"temperature": 0.5, "distance": "cosine"}})
     # plain SGD: Adam would blow float round-off in near-zero gradients up to full-size steps
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    optimizer = torch.optim.SGD([*model.parameters(), *objective.parameters()], lr=0.5)
     trainer = Trainer(model, objective, optimizer, batch_size=16, samples_per_class=4, scheduler="none",
                       device="cpu", verbose=False)
     trainer.fit((X, y), epochs=2)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()} | {
+        f"objective.{k}": v.detach().clone() for k, v in objective.state_dict().items()}
 
 
 def _worker(rank: int, world: int, port: int, X: np.ndarray, y: np.ndarray, out: str) -> None:
@@ -90,7 +92,7 @@ def _worker(rank: int, world: int, port: int, X: np.ndarray, y: np.ndarray, out:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     distributed.init_from_env(backend="gloo")
     try:
-        weights = _train_linear(X, y)
+        weights = {combine: _train_linear(X, y, combine) for combine in ("sum", "pcgrad")}
         if rank == 0:
             torch.save(weights, out)
     finally:
@@ -99,6 +101,7 @@ def _worker(rank: int, world: int, port: int, X: np.ndarray, y: np.ndarray, out:
 
 def test_two_processes_match_one_process(tmp_path) -> None:
     """2 gloo ranks, each embedding half of every class-balanced batch, reach the single-process weights."""
+    # (sum: DDP's gradient averaging; pcgrad: autograd.grad outside DDP, task gradients averaged by hand)
     import torch.multiprocessing as mp
 
     rng = np.random.default_rng(0)
@@ -107,6 +110,7 @@ def test_two_processes_match_one_process(tmp_path) -> None:
     port = _free_port()
     mp.spawn(_worker, args=(2, port, X, y, str(tmp_path / "w.pt")), nprocs=2, join=True)
     two = torch.load(tmp_path / "w.pt", weights_only=True)
-    one = _train_linear(X, y)
-    for key in one:
-        assert torch.allclose(one[key], two[key], atol=1e-5), key
+    for combine in ("sum", "pcgrad"):  # pcgrad: per-task gradients averaged over ranks before the surgery
+        one = _train_linear(X, y, combine)
+        for key in one:
+            assert torch.allclose(one[key], two[combine][key], atol=1e-5), (combine, key)
