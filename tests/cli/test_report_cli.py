@@ -109,3 +109,20 @@ def test_bad_input_is_one_line_exit_1(files, tmp_path) -> None:
         assert result.output.startswith("Error: ") and result.output.count("\n") == 1
         assert message in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_train_report_and_report_from_the_run_end_to_end(tmp_path) -> None:
+    fast = ["--epochs", "2", "--batch-size", "40", "--encoder", "mlp:32", "--embedding-dim", "8", "--device", "cpu"]
+    trained = run("--quiet", "train", *fast, "--report", "--out", tmp_path / "run")
+    assert trained.exit_code == 0, trained.output
+    report_dir = tmp_path / "run" / "report"
+    assert Image.open(report_dir / "centroids.gif").n_frames == 2  # one frame per epoch
+    assert Image.open(report_dir / "centroids.png").format == "PNG"
+    assert json.loads((report_dir / "metrics.json").read_text())["data"]["n_points"] == 360  # the val split
+    result = run("report", "--model", tmp_path / "run", "--data", "digits", "--method", "tsne", "--max-points", 300,
+                 "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["data"]["n_points"] == 1797 and metrics["data"]["dim"] == 8 and metrics["data"]["tsne_points"] == 300
+    assert metrics["data"]["source"] == "run on digits"
+    assert "encoder" in (tmp_path / "r" / "report.html").read_text()  # the run's configuration
