@@ -88,6 +88,12 @@ def test_embed_and_evaluate(tmp_path) -> None:
     metrics = json.loads(result.output)
     assert 0 < metrics["retrieval"]["map_at_r"] <= 1 and "knn_accuracy_k5" in metrics
     assert json.loads((run_dir / "evaluate.json").read_text()) == metrics
+    np.savez(tmp_path / "odd.npz", X=np.zeros((3, 64), np.float32), y=np.array([1, 42, 2]))
+    np.savez(tmp_path / "wide.npz", X=np.zeros((3, 30), np.float32), y=np.array([1, 2, 2]))
+    bad = _invoke("evaluate", "--model", str(run_dir), "--data", str(tmp_path / "odd.npz"))
+    assert bad.exit_code == 1 and "not in the 10 known classes: 42" in bad.output
+    bad = _invoke("embed", "--model", str(run_dir), "--data", str(tmp_path / "wide.npz"), "--out", "x.npy")
+    assert bad.exit_code == 1 and "samples have shape (30,) but the model" in bad.output
 
 
 @pytest.mark.parametrize(
