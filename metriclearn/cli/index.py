@@ -13,7 +13,7 @@ from typing import Any
 import click
 import numpy as np
 
-from metriclearn._checks import check_labels, check_matrix, check_positive_int
+from metriclearn._checks import check_positive_int
 from metriclearn._io import write_text
 from metriclearn.indexes._factory import KINDS
 from metriclearn.indexes._gpu import DEVICES
@@ -58,7 +58,9 @@ def build(
     if embeddings is not None and data is not None:
         raise click.UsageError("--data goes with --model; with --embeddings give --labels FILE.npy")
     if embeddings is not None:
-        x = load_matrix(embeddings)
+        from metriclearn.data import load_labels, load_matrix
+
+        x = load_matrix(embeddings, name="embeddings")
         y = None if labels is None else load_labels(labels, n=x.shape[0])
     else:
         from metriclearn.training import embed_from_run  # lands with the trainer
@@ -80,13 +82,14 @@ def build(
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def query(index_dir: Path, queries: Path, k: int, as_json: bool, out: Path | None, device: str) -> None:
     """Print the k nearest neighbours of every row of --queries (a table, or JSON with --json)."""
+    from metriclearn.data import load_matrix
     from metriclearn.indexes import EmbeddingIndex
 
     k = check_positive_int(k, "k")
     idx = EmbeddingIndex.load(index_dir, device=device)
     if k > len(idx):
         raise ValueError(f"k={k} is larger than the index {index_dir} ({len(idx)} vectors)")
-    q = load_matrix(queries)
+    q = load_matrix(queries, name="queries")
     if q.shape[1] != idx.dim:
         raise ValueError(f"{queries} has dimension {q.shape[1]} but the index {index_dir} has dimension {idx.dim}")
     D, I = idx.search(q, k)
@@ -99,27 +102,6 @@ def query(index_dir: Path, queries: Path, k: int, as_json: bool, out: Path | Non
         click.echo(f"wrote {I.shape[0]} x {k} neighbours -> {out}")
     else:
         click.echo(_table(result))
-
-
-def load_matrix(path: Path) -> np.ndarray:
-    """A 2-D finite float32 matrix from a ``.npy`` file; errors name the file."""
-    return check_matrix(_load_npy(path), str(path))
-
-
-def load_labels(path: Path, n: int) -> np.ndarray:
-    """A 1-D label vector of length ``n`` from a ``.npy`` file; errors name the file."""
-    return check_labels(_load_npy(path), str(path), n=n)
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # pickled object arrays, not an .npy file at all
-        raise ValueError(f"{path}: not a plain .npy array ({exc})") from exc
-    if not isinstance(arr, np.ndarray):
-        arr.close()
-        raise ValueError(f"{path}: expected a .npy array, got an .npz archive")
-    return arr
 
 
 def _result(idx: Any, D: np.ndarray, I: np.ndarray) -> dict[str, Any]:

@@ -121,11 +121,12 @@ def test_build_errors_exit_1(files: Path) -> None:
     out = files / "idx"
     cases = {
         ("--embeddings", files / "emb.npy", "--labels", files / "short.npy"):
-            f"{files / 'short.npy'} has 5 entries but there are 40 samples",
+            f"labels file '{files / 'short.npy'}' has 5 entries but there are 40 samples",
         ("--embeddings", files / "cube.npy"):
-            f"{files / 'cube.npy'} must be a 2-D array (n, d), got 3-D with shape (2, 3, 4)",
-        ("--embeddings", files / "nan.npy"): f"{files / 'nan.npy'} contains NaN or inf values in 2 of 2 rows",
-        ("--embeddings", files / "missing.npy"): f"{files / 'missing.npy'}: No such file or directory",
+            f"embeddings file '{files / 'cube.npy'}' must be a 2-D array (n, d), got 3-D with shape (2, 3, 4)",
+        ("--embeddings", files / "nan.npy"):
+            f"embeddings file '{files / 'nan.npy'}' contains NaN or inf values in 2 of 2 rows",
+        ("--embeddings", files / "missing.npy"): f"embeddings file '{files / 'missing.npy'}' does not exist",
         ("--embeddings", files / "emb.npy", "--kind", "ivf", "--nlist", 64):
             "kind 'ivf' needs at least 64 vectors to train (nlist=64), got 40; "
             "add more vectors in the first call or lower nlist",
@@ -150,7 +151,7 @@ def test_query_errors_exit_1(files: Path) -> None:
         query(idx, files / "q4.npy", 1), f"{files / 'q4.npy'} has dimension 4 but the index {idx} has dimension 6"
     )
     cube = files / "cube.npy"
-    _one_line_error(query(idx, cube, 1), f"{cube} must be a 2-D array (n, d), got 3-D with shape (2, 3, 6)")
+    _one_line_error(query(idx, cube, 1), f"queries file '{cube}' must be a 2-D array (n, d), got 3-D with shape (2, 3, 6)")
     _one_line_error(query(files / "nope", files / "q.npy", 1), f"{files / 'nope'}: index directory does not exist")
     (idx / "index.faiss").write_bytes((idx / "index.faiss").read_bytes()[:-8])
     _one_line_error(
@@ -160,3 +161,20 @@ def test_query_errors_exit_1(files: Path) -> None:
     (idx / "index.json").unlink()
     result = query(idx, files / "q.npy", 1)
     assert result.exit_code == 1 and "index.json is missing" in result.output
+
+
+def test_build_from_a_trained_run_end_to_end(tmp_path: Path) -> None:
+    run_dir, idx = tmp_path / "run", tmp_path / "idx"
+    train = ["train", "--epochs", "1", "--batch-size", "64", "--encoder", "mlp:16", "--embedding-dim", "8",
+             "--device", "cpu", "--quiet", "--out", run_dir]  # fmt: skip
+    assert run(*train).exit_code == 0
+    result = run("index", "build", "--model", run_dir, "--data", "digits", "--kind", "hnsw", "--out", idx)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"indexed 1797 vectors of dimension 8 (HNSW32,Flat, cosine) -> {idx}"
+    from sklearn.datasets import load_digits
+
+    index = EmbeddingIndex.load(idx)
+    np.testing.assert_array_equal(index.labels, load_digits().target)  # digits' classes are 0..9
+    np.save(tmp_path / "q.npy", index.vectors(index.ids[:5]))
+    data = json.loads(run("index", "query", "--index", idx, "--queries", tmp_path / "q.npy", "-k", 1, "--json").output)
+    assert [row[0] for row in data["ids"]] == [0, 1, 2, 3, 4]  # each stored vector finds itself
