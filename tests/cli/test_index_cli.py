@@ -151,7 +151,8 @@ def test_query_errors_exit_1(files: Path) -> None:
         query(idx, files / "q4.npy", 1), f"{files / 'q4.npy'} has dimension 4 but the index {idx} has dimension 6"
     )
     cube = files / "cube.npy"
-    _one_line_error(query(idx, cube, 1), f"queries file '{cube}' must be a 2-D array (n, d), got 3-D with shape (2, 3, 6)")
+    expected = f"queries file '{cube}' must be a 2-D array (n, d), got 3-D with shape (2, 3, 6)"
+    _one_line_error(query(idx, cube, 1), expected)
     _one_line_error(query(files / "nope", files / "q.npy", 1), f"{files / 'nope'}: index directory does not exist")
     (idx / "index.faiss").write_bytes((idx / "index.faiss").read_bytes()[:-8])
     _one_line_error(
