@@ -1,4 +1,4 @@
-"""Exact search of a flat CPU index: database slices searched in parallel threads, BLAS for small batches.
+"""Exact search of a flat CPU index: faiss k-NN in worker threads, with BLAS for small batches too.
 
 faiss searches a flat index with SGEMM + a k-heap only when Q·d reaches the global
 ``faiss.cvar.distance_compute_blas_threshold`` (128 000 by default, i.e. Q ≥ 1000 at d = 128); below
@@ -6,10 +6,12 @@ it scans vector by vector, ≈ 5× slower per query at Q = 64, N = 100k, d = 128
 threads meet at a barrier after every 1024-row database block, which costs little on an idle
 machine but stalls whenever another process holds a core.
 
-:func:`flat_search` therefore splits the database into one contiguous slice per thread; each worker
-thread (OpenMP limited to 1 thread in it) runs faiss's own ``knn_L2sqr`` / ``knn_inner_product`` on
-its slice, with the BLAS path forced on for batches of ``MIN_QUERIES`` or more; the per-slice top-k
-lists are merged. Same neighbours as ``index.search`` up to float round-off and ties; no barrier.
+:func:`flat_search` therefore runs faiss's own ``knn_L2sqr`` / ``knn_inner_product`` in worker threads
+(OpenMP limited to 1 thread in each), with the BLAS path forced on for batches of ``MIN_QUERIES`` or
+more. A large batch is cut into blocks of queries, one task each; a small one is run against slices
+of the vectors, one task each, and the per-slice top-k lists are merged. There are a few tasks per
+thread, so a thread slowed down by another process simply takes fewer. Same neighbours as
+``index.search`` up to float round-off and ties; no OpenMP barrier anywhere.
 
 The BLAS threshold is process-global: while any such search runs it is 0 (a counter restores the
 previous value when the last one leaves), so another thread's faiss call made meanwhile may take
@@ -33,7 +35,9 @@ import faiss
 import numpy as np
 
 MIN_QUERIES = 4  # below this the plain scan is faster than SGEMM set-up
-MIN_SLICE = 16384  # database rows per worker at least (smaller slices are not worth a thread)
+TASKS_PER_THREAD = 4  # more tasks than threads: a thread slowed by another process takes fewer
+MIN_QUERY_CHUNK = 64  # split the queries (not the vectors) once every task gets this many
+MIN_SLICE = 8192  # vectors per slice at least (smaller ones are not worth a task)
 
 _lock = threading.Lock()
 _users = 0
@@ -51,20 +55,27 @@ def flat_search(
     else inner products, descending. Missing neighbours (k > N): id −1, distance ±3.4e38 (faiss's).
     """
     n, nq = xb.shape[0], xq.shape[0]
-    slices = max(1, min(faiss.omp_get_max_threads(), n // MIN_SLICE))
-    bounds = np.linspace(0, n, slices + 1).astype(int).tolist()
-    parts = zip(bounds[:-1], bounds[1:], strict=True)
+    threads = faiss.omp_get_max_threads()
+    tasks = TASKS_PER_THREAD * threads if threads > 1 else 1
     with _blas_forced(nq >= MIN_QUERIES):
-        results = list(_workers().map(lambda b: _search_slice(xb, xq, k, l2, xb_sq_norms, *b), parts))
+        if nq >= tasks * MIN_QUERY_CHUNK:  # many queries: each task takes a block of them, no merge
+            chunks = np.array_split(np.arange(nq), tasks)
+            results = _workers().map(lambda c: _knn(xb, xq[c[0] : c[-1] + 1], k, l2, xb_sq_norms, 0, n), chunks)
+            D, I = zip(*results, strict=True)
+            return np.concatenate(D), np.concatenate(I)
+        slices = max(1, min(tasks, n // MIN_SLICE))  # few queries: each task takes a slice of the vectors
+        bounds = np.linspace(0, n, slices + 1).astype(int).tolist()
+        parts = zip(bounds[:-1], bounds[1:], strict=True)
+        results = list(_workers().map(lambda b: _knn(xb, xq, k, l2, xb_sq_norms, *b), parts))
     if len(results) == 1:
         return results[0]
     D = np.concatenate([r[0] for r in results], axis=1)  # (Q, slices·k)
     I = np.concatenate([r[1] for r in results], axis=1)
-    order = np.argsort(D if l2 else -D, axis=1, kind="stable")[:, :k]  # (Q, k)
+    order = np.argsort(D if l2 else -D, axis=1, kind="stable")[:, :k]  # (Q, k): merge the slices' top k
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
 
-def _search_slice(
+def _knn(
     xb: np.ndarray, xq: np.ndarray, k: int, l2: bool, norms: np.ndarray | None, j0: int, j1: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """faiss's exhaustive k-NN of ``xq`` against rows j0:j1 of ``xb``, in the calling worker thread."""

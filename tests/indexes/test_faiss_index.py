@@ -39,12 +39,14 @@ def q(rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal((30, DIM), dtype=np.float32)
 
 
-@pytest.fixture(params=["one-slice", "three-slices", "faiss-direct"])
+@pytest.fixture(params=["one-task", "vector-slices", "query-blocks", "faiss-direct"])
 def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Each flat search path: our threaded faiss k-NN on one or three database slices, or index.search."""
-    if request.param == "three-slices":
-        monkeypatch.setattr(_blas, "MIN_SLICE", 150)
+    """Each flat search path: our threaded faiss k-NN as one task, over slices of the vectors (merged)
+    or over blocks of queries; or plain ``index.search``."""
+    if request.param in ("vector-slices", "query-blocks"):
         faiss.omp_set_num_threads(3)  # undone by _one_faiss_thread
+        monkeypatch.setattr(_blas, "MIN_SLICE", 150)  # 600 vectors: 4 slices
+        monkeypatch.setattr(_blas, "MIN_QUERY_CHUNK", 1000 if request.param == "vector-slices" else 2)
     if request.param == "faiss-direct":
         monkeypatch.setattr(EmbeddingIndex, "_inner", lambda self, index=None: None)
     yield request.param
@@ -93,6 +95,30 @@ def test_blas_is_forced_for_small_batches_and_the_threshold_restored(x, q, monke
     index.search(q, 3)  # 30 queries: faiss alone would scan without BLAS
     index.search(q[:2], 3)  # 2 queries: the scan is faster
     assert seen == [0, limit] and faiss.cvar.distance_compute_blas_threshold == limit
+
+
+def test_flat_search_splits_queries_or_vectors(x, q, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_blas, "MIN_SLICE", 100)
+    monkeypatch.setattr(_blas, "MIN_QUERY_CHUNK", 3)
+    calls, real_knn = [], _blas._knn
+
+    def spy(xb, xq, k, l2, norms, j0, j1):
+        calls.append((len(xq), j0, j1))
+        return real_knn(xb, xq, k, l2, norms, j0, j1)
+
+    monkeypatch.setattr(_blas, "_knn", spy)
+    cases = {  # 30 ≥ 8 tasks · 3 queries: 8 blocks of queries; 5 queries: 600 // 100 slices of x
+        30: [(3, 0, 600)] * 2 + [(4, 0, 600)] * 6,
+        5: [(5, i * 100, i * 100 + 100) for i in range(6)],
+    }
+    for nq, expected in cases.items():
+        D_ref, I_ref = exact_search(q[:nq], x, 5)  # (torch shares faiss's OpenMP: set threads after it)
+        faiss.omp_set_num_threads(2)  # 8 tasks; undone by _one_faiss_thread
+        calls.clear()
+        D, I = _blas.flat_search(x, q[:nq], 5, l2=True)
+        assert sorted(calls) == sorted(expected)
+        np.testing.assert_array_equal(I, I_ref)
+        np.testing.assert_allclose(D, D_ref, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("nq", [1, 2, 5])
