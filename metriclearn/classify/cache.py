@@ -365,7 +365,7 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
         codes = np.clip(codes, 0, len(self.classes_) - 1)
         unknown = self.classes_[codes] != y
         if unknown.any():
-            raise ValueError(f"y_val holds labels the cache has never seen, e.g. {y[unknown][0]!r}")
+            raise ValueError(f"y_val holds labels the cache has never seen, e.g. {y[unknown][0].tolist()!r}")
         return codes.astype(np.int64)
 
 
