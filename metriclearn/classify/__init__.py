@@ -7,5 +7,6 @@ Both are scikit-learn estimators (``fit`` / ``predict`` / ``predict_proba`` / ``
 from __future__ import annotations
 
 from metriclearn.classify.cache import CacheClassifier, cache_probabilities, topk_cache_probabilities
+from metriclearn.classify.knn import KNNClassifier
 
-__all__ = ["CacheClassifier", "cache_probabilities", "topk_cache_probabilities"]
+__all__ = ["CacheClassifier", "KNNClassifier", "cache_probabilities", "topk_cache_probabilities"]

@@ -56,3 +56,46 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for but no CUDA GPU is available")
     return resolved
+
+
+def index_labels(index: Any) -> np.ndarray:
+    """The labels an :class:`~metriclearn.indexes.EmbeddingIndex` carries, aligned with ``index.ids``."""
+    labels = index.labels
+    if labels is None:
+        raise ValueError(
+            "the index carries no labels; build it with labels (metriclearn index build --labels FILE.npy)"
+        )
+    if len(labels) == 0:
+        raise ValueError("the index is empty")
+    return labels
+
+
+def index_vectors(index: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Read the stored vectors back from an EmbeddingIndex: ``(vectors (n, d) float32, ids (n,))``.
+
+    Flat, HNSW and IVF indexes give the vectors as added (normalised for ``metric="cosine"``); PQ-coded
+    ones give their lossy reconstruction. Raises ``ValueError`` for an index that cannot reconstruct.
+    """
+    import faiss
+
+    outer = index.faiss_index
+    if outer is None or outer.ntotal == 0:
+        raise ValueError("the index is empty")
+    outer = faiss.downcast_index(outer)
+    if hasattr(outer, "id_map"):  # IndexIDMap: rows of the wrapped index, ids beside them
+        ids = faiss.vector_to_array(outer.id_map).astype(np.int64)
+        inner = faiss.downcast_index(outer.index)
+    else:
+        ids, inner = np.asarray(index.ids, dtype=np.int64), outer
+    ivf = faiss.try_extract_index_ivf(inner)
+    try:
+        if ivf is not None:
+            ivf.make_direct_map()
+        vectors = inner.reconstruct_n(0, inner.ntotal)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"cannot read the vectors back from an index of kind {index.kind!r} ({reason}); "
+            "use top-k mode (--k N) instead"
+        ) from exc
+    return np.ascontiguousarray(vectors, dtype=np.float32), ids

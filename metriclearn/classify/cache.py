@@ -50,7 +50,14 @@ from metriclearn._checks import (
     check_positive_int,
 )
 from metriclearn._progress import progress
-from metriclearn.classify._base import encode_targets, fit_data, query_data, resolve_device
+from metriclearn.classify._base import (
+    encode_targets,
+    fit_data,
+    index_labels,
+    index_vectors,
+    query_data,
+    resolve_device,
+)
 
 _LOG2E = 1.0 / math.log(2.0)
 
@@ -224,6 +231,27 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
         if self.top_k is not None:
             self.index_ = self._build_index(self.keys_)
         return self
+
+    @classmethod
+    def from_index(cls, index: Any, **params: Any) -> CacheClassifier:
+        """A fitted cache whose keys and labels are the vectors of a labelled EmbeddingIndex.
+
+        The vectors are read back from the index (normalised again, so any metric works; a PQ index gives
+        its lossy reconstruction) and passed to :meth:`fit` with ``params`` (``theta``, ``lam``, ``top_k``,
+        ...; ``kind`` defaults to the index's kind).
+
+        Example
+        -------
+        >>> from metriclearn.indexes import EmbeddingIndex
+        >>> index = EmbeddingIndex(2, metric="cosine", device="cpu")
+        >>> _ = index.add(np.array([[1.0, 0], [0.9, 0.1], [0, 1]]), labels=["x", "x", "y"])
+        >>> CacheClassifier.from_index(index, theta=10.0).predict(np.array([[0.1, 1.0]])).tolist()
+        ['y']
+        """
+        labels = index_labels(index)
+        vectors, ids = index_vectors(index)
+        params.setdefault("kind", index.kind)
+        return cls(**params).fit(vectors, index.labels_for(ids) if len(ids) else labels)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``p_cache(y|x)`` for each row of ``X``: (n, K) float64, columns in ``classes_`` order."""

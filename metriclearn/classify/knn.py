@@ -21,7 +21,7 @@ Example
 >>> knn = KNNClassifier(n_neighbors=2, weights="uniform", device="cpu").fit(X, ["a", "a", "b", "b"])
 >>> knn.predict(np.array([[0.2, 0.3], [5.1, 5.4]])).tolist()
 ['a', 'b']
->>> knn.predict_proba(np.array([[2.4, 2.5]])).tolist()
+>>> knn.predict_proba(np.array([[2.5, 3.0]])).tolist()  # equidistant from (0, 1) and (5, 5)
 [[0.5, 0.5]]
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from metriclearn._checks import check_choice, check_positive_int
-from metriclearn.classify._base import encode_targets, fit_data, query_data, resolve_device
+from metriclearn.classify._base import encode_targets, fit_data, index_labels, query_data
 
 WEIGHTS = ("distance", "uniform")
 METRICS = ("l2", "cosine")
@@ -116,12 +116,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> KNNClassifier:
         """Index the rows of ``X`` (ids ``0..n-1``) with their labels ``y``; returns ``self``."""
-        check_positive_int(self.n_neighbors, "n_neighbors")
-        check_choice(self.weights, WEIGHTS, "weights")
-        check_choice(self.metric, METRICS, "metric")
-        if not isinstance(self.kind, str) or not self.kind:
-            raise ValueError(f"kind must be an index kind such as 'flat', got {self.kind!r}")
-        resolve_device(self.device)
+        self._check_params()
         X, y = fit_data(self, X, y)
         self.classes_, self.fit_codes_ = encode_targets(y)
         self.fit_X_ = X
@@ -131,31 +126,73 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         self.index_.add(X, labels=self.fit_codes_, ids=np.arange(len(X), dtype=np.int64))
         return self
 
+    @classmethod
+    def from_index(cls, index: Any, n_neighbors: int = 10, weights: str = "distance") -> KNNClassifier:
+        """A fitted classifier over an existing, labelled EmbeddingIndex (e.g. ``EmbeddingIndex.load(dir)``).
+
+        The index's ``metric`` (``"l2"`` or ``"cosine"``), ``kind`` and ``device`` become the parameters.
+        Neighbour distances are the index's own (float32, ``sqrt`` of its squared L2 or ``1 − similarity``):
+        there are no stored training vectors to recompute them from, so an exact match may come out at a
+        distance of ~1e-7 instead of 0. ``kneighbors`` returns the index's ids.
+
+        Example
+        -------
+        >>> from metriclearn.indexes import EmbeddingIndex
+        >>> index = EmbeddingIndex(2, metric="l2", device="cpu")
+        >>> _ = index.add(np.array([[0.0, 0], [0, 1], [5, 5]]), labels=[7, 7, 9], ids=[10, 11, 12])
+        >>> knn = KNNClassifier.from_index(index, n_neighbors=1)
+        >>> knn.predict(np.array([[4.0, 4.0]])).tolist(), knn.kneighbors(np.array([[4.0, 4.0]]))[1].tolist()
+        ([9], [[12]])
+        """
+        if index.metric not in METRICS:
+            raise ValueError(f"a kNN classifier needs an index with metric 'l2' or 'cosine', got {index.metric!r}")
+        knn = cls(n_neighbors=n_neighbors, weights=weights, metric=index.metric, kind=index.kind, device=index.device)
+        knn._check_params()
+        knn.classes_, id_codes = encode_targets(index_labels(index))
+        order = np.argsort(index.ids)
+        knn.index_ids_, knn.index_codes_ = index.ids[order], id_codes[order]  # sorted ids -> class code
+        knn.index_, knn.fit_X_, knn.n_features_in_ = index, None, index.dim
+        return knn
+
+    def _check_params(self) -> None:
+        check_positive_int(self.n_neighbors, "n_neighbors")
+        check_choice(self.weights, WEIGHTS, "weights")
+        check_choice(self.metric, METRICS, "metric")
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError(f"kind must be an index kind such as 'flat', got {self.kind!r}")
+
     def kneighbors(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """The ``n_neighbors`` nearest training rows of each query, nearest first.
 
         Returns
         -------
-        distances : (n, k) float64 exact distances (Euclidean or ``1 − cos``); ``inf`` where none was found.
-        indices : (n, k) int64 training-row positions; ``-1`` where none was found.
+        distances : (n, k) float64 distances (Euclidean or ``1 − cos``); ``inf`` where none was found.
+        indices : (n, k) int64 training-row positions (index ids after :meth:`from_index`); ``-1`` if none.
         """
         X = query_data(self, X)
         k = self.n_neighbors
-        if k > len(self.fit_X_):
-            raise ValueError(
-                f"n_neighbors={k} is larger than the number of training samples ({len(self.fit_X_)})"
-            )
-        _, ids = self.index_.search(X, k)  # (n, k)
+        if k > len(self.index_):
+            raise ValueError(f"n_neighbors={k} is larger than the number of indexed samples ({len(self.index_)})")
+        D, ids = self.index_.search(X, k)  # (n, k)
         ids = np.asarray(ids, dtype=np.int64)
-        distances = exact_distances(X, self.fit_X_, ids, self.metric)  # (n, k)
+        if self.fit_X_ is not None:
+            distances = exact_distances(X, self.fit_X_, ids, self.metric)  # (n, k)
+        elif self.metric == "l2":
+            distances = np.sqrt(np.maximum(D.astype(np.float64), 0.0))  # squared L2 -> L2; inf stays inf
+        else:
+            distances = np.where(ids >= 0, np.clip(1.0 - D.astype(np.float64), 0.0, 2.0), np.inf)
         order = np.argsort(distances, axis=1, kind="stable")
         return np.take_along_axis(distances, order, 1), np.take_along_axis(ids, order, 1)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Weighted neighbour vote per class: (n, K) float64, columns in ``classes_`` order."""
         distances, ids = self.kneighbors(X)
-        codes = self.fit_codes_[np.clip(ids, 0, None)]  # (n, k); missing neighbours have weight 0
-        return vote(codes, neighbor_weights(distances, self.weights), len(self.classes_))
+        if self.fit_X_ is not None:
+            codes = self.fit_codes_[np.clip(ids, 0, None)]  # (n, k) ids are training rows
+        else:
+            pos = np.clip(np.searchsorted(self.index_ids_, ids), 0, len(self.index_ids_) - 1)
+            codes = self.index_codes_[pos]  # (n, k)
+        return vote(codes, neighbor_weights(distances, self.weights), len(self.classes_))  # missing: weight 0
 
     def predict(self, X: Any) -> np.ndarray:
         """The class with the largest vote (the first in ``classes_`` on a tie, like scikit-learn)."""
