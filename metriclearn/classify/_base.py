@@ -82,16 +82,16 @@ def index_vectors(index: Any) -> tuple[np.ndarray, np.ndarray]:
     if outer is None or outer.ntotal == 0:
         raise ValueError("the index is empty")
     outer = faiss.downcast_index(outer)
-    if hasattr(outer, "id_map"):  # IndexIDMap: rows of the wrapped index, ids beside them
-        ids = faiss.vector_to_array(outer.id_map).astype(np.int64)
-        inner = faiss.downcast_index(outer.index)
-    else:
-        ids, inner = np.asarray(index.ids, dtype=np.int64), outer
-    ivf = faiss.try_extract_index_ivf(inner)
     try:
-        if ivf is not None:
-            ivf.make_direct_map()
-        vectors = inner.reconstruct_n(0, inner.ntotal)
+        if hasattr(outer, "id_map"):  # IndexIDMap: the wrapped index's rows, their ids beside them
+            ids = faiss.vector_to_array(outer.id_map).astype(np.int64)
+            vectors = faiss.downcast_index(outer.index).reconstruct_n(0, outer.ntotal)
+        else:  # IVF kinds keep the ids in their lists: look them up through a hash-table direct map
+            ids = np.asarray(index.ids, dtype=np.int64)
+            ivf = faiss.try_extract_index_ivf(outer)
+            if ivf is not None:
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+            vectors = outer.reconstruct_batch(ids)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ValueError(

@@ -238,3 +238,42 @@ def test_tune_rejects_unknown_labels_and_empty_grids(opinion_data) -> None:
         cache.tune(Xt[:3], proba[:3], [1, 2])
     with pytest.raises(ValueError, match=r"thetas must be a non-empty sequence of numbers, got \[\]"):
         cache.tune(Xt[:3], proba[:3], yt[:3], thetas=[])
+
+
+# ---------------------------------------------------------------------- top-k mode and index-backed caches
+def test_top_k_over_every_key_equals_exact(digits) -> None:
+    X, y, Xt, _ = digits
+    exact = CacheClassifier(theta=40.0, device="cpu").fit(X, y)
+    top = CacheClassifier(theta=40.0, top_k=len(X), device="cpu").fit(X, y)
+    np.testing.assert_allclose(top.predict_proba(Xt[:40]), exact.predict_proba(Xt[:40]), atol=1e-5)
+
+
+def test_top_k_is_the_formula_over_the_nearest_keys(digits) -> None:
+    X, y, Xt, _ = digits
+    cache = CacheClassifier(theta=40.0, top_k=5, device="cpu").fit(X, y)
+    q = Xt[:20] / np.linalg.norm(Xt[:20], axis=1, keepdims=True)
+    cos = q.astype(np.float64) @ cache.keys_.T.astype(np.float64)  # (20, N)
+    nearest = np.argsort(-cos, axis=1)[:, :5]
+    for row, idx in enumerate(nearest):
+        want = naive_cache(Xt[row : row + 1], X[idx], y[idx], 10, 40.0)
+        np.testing.assert_allclose(cache.predict_proba(Xt[row : row + 1]), want, atol=1e-5)
+    with pytest.raises(ValueError, match=r"top_k=1001 is larger than the cache \(1000 keys\)"):
+        cache.set_params(top_k=1001).predict(Xt[:1])
+
+
+def test_from_index_reads_keys_back(digits) -> None:
+    from metriclearn.indexes import EmbeddingIndex
+
+    X, y, Xt, _ = digits
+    names = np.array(list("abcdefghij"))[y]
+    for metric, kind in (("l2", "flat"), ("cosine", "hnsw"), ("ip", "ivf")):
+        index = EmbeddingIndex(X.shape[1], metric=metric, kind=kind, device="cpu")
+        index.add(X, labels=names, ids=np.arange(len(X))[::-1] * 3)
+        cache = CacheClassifier.from_index(index, theta=30.0, device="cpu")
+        assert cache.kind == kind and cache.classes_.tolist() == list("abcdefghij")
+        want = CacheClassifier(theta=30.0, device="cpu").fit(X, names).predict_proba(Xt[:30])
+        np.testing.assert_allclose(cache.predict_proba(Xt[:30]), want, atol=1e-5)
+    unlabelled = EmbeddingIndex(X.shape[1], device="cpu")
+    unlabelled.add(X)
+    with pytest.raises(ValueError, match="the index carries no labels"):
+        CacheClassifier.from_index(unlabelled)
