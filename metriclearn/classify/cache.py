@@ -362,10 +362,12 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
         ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(queries.device)
         keys = torch.from_numpy(self.keys_).to(queries.device)
         codes = torch.from_numpy(self.key_codes_).to(queries.device)
-        safe = ids.clamp(min=0)  # (n, k)
-        # Exact cosines of the neighbours found (the index may be approximate or lossy, e.g. PQ).
-        sims = torch.einsum("nd,nkd->nk", queries, keys[safe])  # (n, k)
-        labels = codes[safe].masked_fill(ids < 0, -1)  # (n, k)
+        sims = torch.empty(ids.shape, device=queries.device)  # (n, k)
+        for q0 in range(0, len(ids), self.query_block):  # bounded memory: a (b, k, d) gather per block
+            rows = ids[q0 : q0 + self.query_block].clamp(min=0)  # (b, k)
+            # Exact cosines of the neighbours found (the index may be approximate or lossy, e.g. PQ).
+            sims[q0 : q0 + self.query_block] = torch.einsum("bd,bkd->bk", queries[q0 : q0 + len(rows)], keys[rows])
+        labels = codes[ids.clamp(min=0)].masked_fill(ids < 0, -1)  # (n, k)
         return topk_cache_probabilities(sims, labels, len(self.classes_), theta)
 
     def _check_opinion_inputs(

@@ -244,7 +244,7 @@ def test_tune_rejects_unknown_labels_and_empty_grids(opinion_data) -> None:
 def test_top_k_over_every_key_equals_exact(digits) -> None:
     X, y, Xt, _ = digits
     exact = CacheClassifier(theta=40.0, device="cpu").fit(X, y)
-    top = CacheClassifier(theta=40.0, top_k=len(X), device="cpu").fit(X, y)
+    top = CacheClassifier(theta=40.0, top_k=len(X), device="cpu", query_block=16).fit(X, y)  # 3 blocks
     np.testing.assert_allclose(top.predict_proba(Xt[:40]), exact.predict_proba(Xt[:40]), atol=1e-5)
 
 
