@@ -6,7 +6,7 @@ plus exp and per-class sums. Target: ≥ 0.7× the SGEMM rate of ``torch.mm`` on
 so the minimum is the least disturbed run), with the median ratio as a second view.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_cache_classifier.py [--queries 10000 --keys 100000
---dim 128 --classes 10 --repeats 3 --sweep --json out.json]``
+--dim 128 --classes 10 --repeats 3 --threads N --sweep --json out.json]``
 """
 
 from __future__ import annotations
@@ -49,12 +49,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--query-block", type=int, default=512)
     parser.add_argument("--key-block", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core allowed)")
     parser.add_argument("--sweep", action="store_true", help="also time other block sizes (one run each)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
     set_quiet(True)
-    threads = len(os.sched_getaffinity(0))
+    threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     q = F.normalize(torch.randn(args.queries, args.dim, generator=gen), dim=1)  # (Q, d)
