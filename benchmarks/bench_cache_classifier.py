@@ -6,7 +6,7 @@ plus exp and per-class sums. Target: ≥ 0.7× the SGEMM rate of ``torch.mm`` on
 so the minimum is the least disturbed run), with the median ratio as a second view.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_cache_classifier.py [--queries 10000 --keys 100000
---dim 128 --classes 10 --repeats 3 --threads N --sweep --json out.json]``
+--dim 128 --classes 10 --repeats 3 --threads N --inline --sweep --json out.json]``
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--query-block", type=int, default=512)
     parser.add_argument("--key-block", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core allowed)")
+    parser.add_argument("--inline", action="store_true", help="also time workers=1 (torch intra-op threads)")
     parser.add_argument("--sweep", action="store_true", help="also time other block sizes (one run each)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -97,6 +98,12 @@ def main() -> None:
         f"(median of pairs {result['ratio_median']:.2f}); max |p - p_float64| = "
         f"{result['max_abs_error_vs_float64']:.1e}"
     )
+    if args.inline:
+        inline = [timed(lambda: cache_probabilities(q, k, y, args.classes, args.theta, workers=1))
+                  for _ in range(args.repeats)]
+        result["cache_inline_gflops"] = flops / min(inline) / 1e9
+        print(f"  workers=1 (one thread of blocks, torch intra-op parallel ops): "
+              f"{result['cache_inline_gflops']:.0f} GFLOP/s -> ratio {min(gemm_times) / min(inline):.2f}")
     if args.sweep:
         result["sweep"] = []
         for qb, kb in [(256, 2048), (512, 1024), (512, 4096), (1024, 1024), (1024, 2048), (2048, 512)]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,7 @@ def cache_probabilities(
     theta: float,
     query_block: int = 512,
     key_block: int = 2048,
+    workers: int | None = None,
 ) -> torch.Tensor:
     """Exact cache probabilities ``p(y|x) ∝ Σ_i exp(θ·q·k_i)·1[y_i = y]`` over every key, in bounded memory.
 
@@ -84,7 +86,11 @@ def cache_probabilities(
     key_labels : (N,) int64 tensor of class codes in ``[0, num_classes)``.
     num_classes : number of classes K.
     theta : inverse temperature θ > 0.
-    query_block, key_block : block sizes; the working set is one (key_block, query_block) float32 matrix.
+    query_block, key_block : block sizes; a worker's working set is one (key_block, query_block) float32 matrix.
+    workers : CPU threads that share out the query blocks, each running single-threaded torch ops
+        (default ``torch.get_num_threads()``). ``1`` runs inline with torch's own intra-op threads. Whole
+        blocks per thread avoid an OpenMP barrier per small op, which on a loaded machine costs more than
+        the arithmetic. CUDA tensors always run inline.
 
     Returns
     -------
@@ -102,37 +108,59 @@ def cache_probabilities(
     -------
     >>> q = F.normalize(torch.randn(5, 8), dim=1); k = F.normalize(torch.randn(300, 8), dim=1)
     >>> y = torch.randint(0, 3, (300,))
-    >>> p = cache_probabilities(q, k, y, 3, theta=30.0, key_block=64)
+    >>> p = cache_probabilities(q, k, y, 3, theta=30.0, query_block=2, key_block=64)
     >>> naive = torch.softmax(30.0 * q.double() @ k.double().T, 1) @ F.one_hot(y, 3).double()
     >>> bool(torch.allclose(p, naive, atol=1e-5))
     True
     """
-    num_queries, dim = queries.shape
-    num_keys = keys.shape[0]
-    device = queries.device
-    out = torch.empty(num_queries, num_classes, dtype=torch.float64, device=device)
-    if num_queries == 0:
-        return out
-    buffer = torch.empty(min(key_block, num_keys) * min(query_block, num_queries), device=device)
-    starts = range(0, num_queries, query_block)
-    for q0 in progress(starts, desc="cache classifier", total=len(starts)):
-        scaled = queries[q0 : q0 + query_block] * (theta * _LOG2E)  # (b, d): base-2 logits come out of the GEMM
-        b = scaled.shape[0]
-        running_max = torch.full((b,), -math.inf, device=device)  # (b,)
-        acc = torch.zeros(num_classes, b, dtype=torch.float64, device=device)  # (K, b)
-        block_acc = torch.empty(num_classes, b, device=device)  # (K, b)
-        for k0 in range(0, num_keys, key_block):
-            key_rows = keys[k0 : k0 + key_block]  # (n_b, d)
-            s = buffer[: key_rows.shape[0] * b].view(key_rows.shape[0], b)  # (n_b, b)
-            torch.mm(key_rows, scaled.T, out=s)
-            new_max = torch.maximum(running_max, s.amax(dim=0))  # (b,)
-            acc.mul_(torch.exp2(running_max - new_max).double())  # rescale earlier blocks (0 on the first)
-            s.sub_(new_max).exp2_()  # (n_b, b), every entry in (0, 1]
-            block_acc.zero_().index_add_(0, key_labels[k0 : k0 + key_block], s)  # (K, b)
-            acc.add_(block_acc)
-            running_max = new_max
-        out[q0 : q0 + b] = (acc / acc.sum(dim=0)).T  # (b, K)
+    out = torch.empty(queries.shape[0], num_classes, dtype=torch.float64, device=queries.device)
+    starts = range(0, queries.shape[0], query_block)
+    workers = torch.get_num_threads() if workers is None else workers
+    workers = 1 if queries.is_cuda else max(1, min(workers, len(starts)))
+
+    def run(q0: int) -> None:
+        q = queries[q0 : q0 + query_block]  # (b, d)
+        out[q0 : q0 + len(q)] = _cache_block(q, keys, key_labels, num_classes, theta, key_block)
+
+    with progress(desc="cache classifier", total=len(starts), unit="block") as bar:
+        if workers == 1:
+            for q0 in starts:
+                run(q0)
+                bar.update()
+        else:
+            caller_threads = torch.get_num_threads()
+            try:
+                with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                    for _ in pool.map(run, starts):
+                        bar.update()
+            finally:
+                # torch's thread count is per thread, but new threads start from the last value set anywhere.
+                torch.set_num_threads(caller_threads)
     return out
+
+
+def _cache_block(
+    queries: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor, num_classes: int, theta: float, key_block: int
+) -> torch.Tensor:
+    """:func:`cache_probabilities` for one block of queries (b, d) against every key: (b, K) float64."""
+    device = queries.device
+    scaled = queries * (theta * _LOG2E)  # (b, d): base-2 logits come out of the GEMM
+    b = scaled.shape[0]
+    buffer = torch.empty(min(key_block, keys.shape[0]) * b, device=device)
+    running_max = torch.full((b,), -math.inf, device=device)  # (b,)
+    acc = torch.zeros(num_classes, b, dtype=torch.float64, device=device)  # (K, b)
+    block_acc = torch.empty(num_classes, b, device=device)  # (K, b)
+    for k0 in range(0, keys.shape[0], key_block):
+        key_rows = keys[k0 : k0 + key_block]  # (n_b, d)
+        s = buffer[: key_rows.shape[0] * b].view(key_rows.shape[0], b)  # (n_b, b)
+        torch.mm(key_rows, scaled.T, out=s)
+        new_max = torch.maximum(running_max, s.amax(dim=0))  # (b,)
+        acc.mul_(torch.exp2(running_max - new_max).double())  # rescale earlier blocks (0 on the first)
+        s.sub_(new_max).exp2_()  # (n_b, b), every entry in (0, 1]
+        block_acc.zero_().index_add_(0, key_labels[k0 : k0 + key_block], s)  # (K, b)
+        acc.add_(block_acc)
+        running_max = new_max
+    return (acc / acc.sum(dim=0)).T  # (b, K)
 
 
 def topk_cache_probabilities(

@@ -64,6 +64,17 @@ def test_blocked_cache_matches_naive_formula(rng: np.random.Generator, theta: fl
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-12)
 
 
+def test_worker_threads_give_the_same_result_and_keep_the_thread_count(rng: np.random.Generator) -> None:
+    q = F.normalize(torch.from_numpy(rng.normal(size=(50, 8)).astype(np.float32)), dim=1)
+    k = F.normalize(torch.from_numpy(rng.normal(size=(300, 8)).astype(np.float32)), dim=1)
+    y = torch.from_numpy(rng.integers(0, 5, 300))
+    before = torch.get_num_threads()
+    inline = cache_probabilities(q, k, y, 5, 40.0, query_block=8, key_block=64, workers=1)
+    threaded = cache_probabilities(q, k, y, 5, 40.0, query_block=8, key_block=64, workers=3)  # 7 blocks, 3 threads
+    np.testing.assert_allclose(threaded.numpy(), inline.numpy(), atol=1e-6)
+    assert torch.get_num_threads() == before
+
+
 def test_running_max_keeps_far_queries_finite() -> None:
     """A block of dissimilar keys first, then a near-duplicate: θ·Δcos = 900·2 would overflow a fixed shift."""
     keys = torch.tensor([[-1.0, 0.0], [-1.0, 0.001], [1.0, 0.0]])
