@@ -61,6 +61,8 @@ from metriclearn.classify._base import (
 )
 
 _LOG2E = 1.0 / math.log(2.0)
+_SHIFT_SLACK = 32.0  # a query's shift only moves when a block's max exceeds it by 2^32 (sums stay < 2^60)
+_FOLD_BLOCKS = 8  # key blocks summed in float32 before they are added to the float64 accumulator
 
 #: Orhan (2018) searched θ in [10, 90] and λ in [0.1, 0.9]; these are the default tuning grids.
 THETA_GRID: tuple[float, ...] = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
@@ -99,10 +101,11 @@ def cache_probabilities(
 
     Notes
     -----
-    Per query block, for each key block: ``s = k_b @ (θ·log2(e)·q_b)ᵀ`` (one GEMM, (n_b, b)), the running
-    maximum ``m`` is raised to the block maximum (the accumulators are rescaled by ``2^(m_old − m_new)``),
-    ``s ← 2^(s − m)`` in place, and ``acc.index_add_(0, y_b, s)`` adds each key's row to its class.
-    Block sums are float32 (at most ``key_block`` terms), the running sums float64.
+    Per query block, for each key block: ``s = k_b @ (θ·log2(e)·q_b)ᵀ`` (one GEMM, (n_b, b)), then
+    ``s ← 2^(s − m)`` in place and ``acc.index_add_(0, y_b, s)`` adds each key's row to its class. The
+    per-query shift ``m`` is the first block's maximum and moves up (rescaling the sums by ``2^(m_old − m_new)``,
+    a log-sum-exp) only when a later block's maximum exceeds it by more than 32, so terms stay ≤ 2^32 and
+    the rescaling is rare. Sums run in float32 over 8 key blocks at a time, then in float64.
 
     Example
     -------
@@ -147,19 +150,27 @@ def _cache_block(
     scaled = queries * (theta * _LOG2E)  # (b, d): base-2 logits come out of the GEMM
     b = scaled.shape[0]
     buffer = torch.empty(min(key_block, keys.shape[0]) * b, device=device)
-    running_max = torch.full((b,), -math.inf, device=device)  # (b,)
+    shift = torch.full((b,), -math.inf, device=device)  # (b,) per-query exponent shift, ≤ max seen
     acc = torch.zeros(num_classes, b, dtype=torch.float64, device=device)  # (K, b)
-    block_acc = torch.empty(num_classes, b, device=device)  # (K, b)
-    for k0 in range(0, keys.shape[0], key_block):
+    partial = torch.zeros(num_classes, b, device=device)  # (K, b) float32 sums of the last few key blocks
+    for i, k0 in enumerate(range(0, keys.shape[0], key_block)):
         key_rows = keys[k0 : k0 + key_block]  # (n_b, d)
         s = buffer[: key_rows.shape[0] * b].view(key_rows.shape[0], b)  # (n_b, b)
         torch.mm(key_rows, scaled.T, out=s)
-        new_max = torch.maximum(running_max, s.amax(dim=0))  # (b,)
-        acc.mul_(torch.exp2(running_max - new_max).double())  # rescale earlier blocks (0 on the first)
-        s.sub_(new_max).exp2_()  # (n_b, b), every entry in (0, 1]
-        block_acc.zero_().index_add_(0, key_labels[k0 : k0 + key_block], s)  # (K, b)
-        acc.add_(block_acc)
-        running_max = new_max
+        block_max = s.amax(dim=0)  # (b,)
+        stale = block_max > shift + _SHIFT_SLACK  # (b,) first block, or terms that could overflow float32
+        if bool(stale.any()):
+            new_shift = torch.where(stale, block_max, shift)
+            scale = torch.exp2(shift - new_shift)  # (b,) 0 for the first block, 1 where unchanged
+            acc.mul_(scale.double())
+            partial.mul_(scale)
+            shift = new_shift
+        s.sub_(shift).exp2_()  # (n_b, b), every entry in (0, 2^_SHIFT_SLACK]
+        partial.index_add_(0, key_labels[k0 : k0 + key_block], s)  # (K, b)
+        if (i + 1) % _FOLD_BLOCKS == 0:
+            acc.add_(partial)
+            partial.zero_()
+    acc.add_(partial)
     return (acc / acc.sum(dim=0)).T  # (b, K)
 
 
