@@ -2,8 +2,9 @@
 
 The exact cache model must compute every query-key similarity, i.e. one (Q×d)·(d×N) GEMM = 2·Q·N·d FLOPs,
 plus exp and per-class sums. Target: ≥ 0.7× the SGEMM rate of ``torch.mm`` on the same shapes
-(Q=10k, N=100k, d=128). GEMM and cache runs alternate; the ratio is reported as the median over back-to-back (GEMM, cache) pairs
-(each pair sees about the same load on a shared machine) and as best time / best time.
+(Q=10k, N=100k, d=128). GEMM and cache runs alternate; the ratio is reported as the median over
+back-to-back (GEMM, cache) pairs (each pair sees about the same load on a shared machine) and as best
+time / best time.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_cache_classifier.py [--queries 10000 --keys 100000
 --dim 128 --classes 10 --repeats 3 --threads N --inline --sweep --json out.json]``
