@@ -287,10 +287,10 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
         >>> CacheClassifier.from_index(index, theta=10.0).predict(np.array([[0.1, 1.0]])).tolist()
         ['y']
         """
-        labels = index_labels(index)
+        index_labels(index)  # a clear error for an index without labels
         vectors, ids = index_vectors(index)
         params.setdefault("kind", index.kind)
-        return cls(**params).fit(vectors, index.labels_for(ids) if len(ids) else labels)
+        return cls(**params).fit(vectors, index.labels_for(ids))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``p_cache(y|x)`` for each row of ``X``: (n, K) float64, columns in ``classes_`` order."""
