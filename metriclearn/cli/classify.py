@@ -48,7 +48,10 @@ _INDEX_HELP = "Index directory built with labels (metriclearn index build ... --
     "--weights", type=click.Choice(["distance", "uniform"]), default=None, help="knn: vote weights (default distance)."
 )
 @click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Predictions: .npy labels, or .csv / .json with probabilities."
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Predictions: .npy labels, or .csv / .json with probabilities.",
 )
 def classify(
     index_dir: Path, queries: Path, method: str, k: int | None, theta: float | None, weights: str | None, out: Path
