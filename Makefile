@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
+	rm -rf runs/demo
 	$(VENV)/bin/metriclearn train --out runs/demo
 
 test: setup

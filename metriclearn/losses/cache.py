@@ -1,0 +1,200 @@
+"""Cache loss: the neighbourhood softmax over the batch plus a memory of past batches (XBM-style)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from metriclearn._checks import check_choice, check_labels_tensor, check_positive_float, check_positive_int
+from metriclearn.losses._fused import NeighborhoodSoftmaxFunction, label_codes
+from metriclearn.losses.base import MetricLoss
+from metriclearn.losses.neighborhood import DISTANCES
+
+
+class CacheLoss(MetricLoss):
+    r"""Neighbourhood softmax of each anchor over the current batch AND a cache of earlier embeddings.
+
+    The cache is a circular buffer of ``size`` detached embeddings with their labels (and, when
+    given, sample ids). With the batch :math:`x_1..x_B` and the cached :math:`c_1..c_M`, anchor
+    :math:`i` is scored against :math:`\mathcal{N}_i = \{x_j : j \ne i\} \cup \{c_m : m \notin E_i\}`:
+
+    .. math::
+
+        \ell_i = -\log \frac{\sum_{z \in \mathcal{N}_i,\; y(z) = y_i} \exp(-d(x_i, z) / T)}
+                           {\sum_{z \in \mathcal{N}_i} \exp(-d(x_i, z) / T)},
+
+    averaged over the anchors with at least one positive in :math:`\mathcal{N}_i` — the form of
+    :class:`~metriclearn.losses.NeighborhoodSoftmaxLoss`, to which it reduces while the cache is
+    empty or warming up. Gradients flow only through the batch; the cache is a constant.
+
+    An anchor is never its own neighbour:
+
+    * in the batch, its own row is excluded (the diagonal);
+    * through the cache, because the batch is written to the cache only *after* it has been scored,
+      so the copy an anchor enqueues is first seen by the next batch; and
+    * when the same sample comes back later (next epoch, while its old copy is still cached), pass
+      ``ids`` (e.g. dataset indices): every cache slot holding the anchor's id is excluded
+      (:math:`E_i`). Without ids a returning sample may meet its stale copy, as in pml's
+      ``CrossBatchMemory``, which in addition scores each anchor against its *current* copy.
+
+    The cache is updated — the batch written over the oldest slots and the step counter advanced —
+    only in training mode with gradients enabled; under ``.eval()`` or ``torch.no_grad()`` (e.g. a
+    validation loss) the batch is scored against the cache without changing it. For the first
+    ``warmup_steps`` updating steps the cache is filled but not scored against (early embeddings
+    drift fast and would be stale neighbours). The embeddings, labels, ids, write pointer, fill count
+    and step counter are registered buffers, so ``state_dict()`` / ``load_state_dict()`` resume a
+    run exactly. Under ``distance="cosine"`` the cache holds the unit-normalised embeddings.
+
+    Parameters
+    ----------
+    dim:
+        Embedding dimension D.
+    size:
+        Number of cache slots; the oldest are overwritten. A batch larger than ``size`` writes its
+        last ``size`` rows.
+    temperature:
+        T > 0. The default 0.1 suits the cosine distance of unit vectors: with thousands of
+        neighbours a temperature of 1 leaves the softmax almost flat.
+    warmup_steps:
+        Updating steps before the cache is scored against.
+    distance:
+        ``"cosine"`` (default) or ``"sqeuclidean"``.
+    reduction:
+        ``"mean"``, ``"sum"`` or ``"none"``.
+
+    References
+    ----------
+    X. Wang, H. Zhang, W. Huang, M. R. Scott. "Cross-Batch Memory for Embedding Learning". CVPR 2020.
+    J. Goldberger et al. "Neighbourhood Components Analysis". NeurIPS 2004 (the per-anchor form).
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = CacheLoss(dim=2, size=4)
+    >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], requires_grad=True)
+    >>> first = loss(x, torch.tensor([0, 0, 1]))  # empty cache: anchor 2 has no positive yet
+    >>> int(loss.filled), int(loss.pointer), int(loss.step)
+    (3, 3, 1)
+    >>> second = loss(x, torch.tensor([0, 0, 1]))  # now x_2 meets the cached copy of x_2's batch
+    >>> second.backward(); int(loss.filled), int(loss.pointer)
+    (4, 2)
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        size: int = 4096,
+        temperature: float = 0.1,
+        warmup_steps: int = 0,
+        distance: str = "cosine",
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(reduction=reduction)
+        self.dim = check_positive_int(dim, "dim")
+        self.size = check_positive_int(size, "size")
+        self.temperature = check_positive_float(temperature, "temperature")
+        self.warmup_steps = check_positive_int(warmup_steps, "warmup_steps", allow_zero=True)
+        self.distance = check_choice(distance, DISTANCES, "distance")
+        self.register_buffer("cache_embeddings", torch.zeros(self.size, self.dim))
+        self.register_buffer("cache_labels", torch.full((self.size,), -1, dtype=torch.long))
+        self.register_buffer("cache_ids", torch.full((self.size,), -1, dtype=torch.long))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def forward(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> Tensor:
+        """Loss of the batch against itself and the cache; then (training) enqueue the batch.
+
+        ``ids`` (B,) non-negative sample ids: cache slots holding an anchor's id are not its
+        neighbours.
+        """
+        embeddings, labels = self.validate(embeddings, labels)
+        ids = self._check_ids(ids, labels)
+        updating = self.training and torch.is_grad_enabled()
+        if updating and not bool(torch.isfinite(embeddings).all()):
+            raise ValueError("embeddings contain NaN or inf values; CacheLoss will not write them into its cache")
+        x = self._prepare(embeddings)  # (B, D)
+        per_anchor, counts = self._score(x, labels, ids)
+        loss = self.reduce(per_anchor, counts)
+        if updating:
+            self._enqueue(x.detach(), labels, ids)
+        return loss
+
+    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-anchor losses against the batch and the cache, without changing the cache."""
+        return self._score(self._prepare(embeddings), labels, None)
+
+    def validate(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        embeddings, labels = super().validate(embeddings, labels)
+        if embeddings.shape[1] != self.dim:
+            raise ValueError(
+                f"embeddings have dimension {embeddings.shape[1]} but CacheLoss was built with dim={self.dim}"
+            )
+        if self.cache_embeddings.device != embeddings.device:
+            raise ValueError(
+                f"embeddings are on {embeddings.device} but the CacheLoss buffers are on "
+                f"{self.cache_embeddings.device}; move the loss with .to(device)"
+            )
+        return embeddings, labels
+
+    def reset(self) -> None:
+        """Empty the cache and restart the step counter."""
+        self.cache_embeddings.zero_()
+        self.cache_labels.fill_(-1)
+        self.cache_ids.fill_(-1)
+        for counter in (self.pointer, self.filled, self.step):
+            counter.zero_()
+
+    def _prepare(self, embeddings: Tensor) -> Tensor:
+        return F.normalize(embeddings, dim=1) if self.distance == "cosine" else embeddings
+
+    def _check_ids(self, ids: Tensor | None, labels: Tensor) -> Tensor | None:
+        if ids is None:
+            return None
+        ids = check_labels_tensor(ids, labels.shape[0], name="ids")
+        if ids.device != labels.device:
+            raise ValueError(f"ids are on {ids.device} but labels are on {labels.device}")
+        if bool((ids < 0).any()):
+            raise ValueError(f"ids must be non-negative sample ids, got {int(ids.min())}")
+        return ids.long()
+
+    def _score(self, x: Tensor, labels: Tensor, ids: Tensor | None) -> tuple[Tensor, Tensor]:
+        filled = int(self.filled) if int(self.step) >= self.warmup_steps else 0
+        refs = self.cache_embeddings[:filled].to(x.dtype)  # (M, D)
+        ref_labels = self.cache_labels[:filled]  # (M,)
+        codes, counts = label_codes(labels, ref_labels, x.dtype)  # (B + M,), (B,)
+        exclude = None
+        if ids is not None and filled:
+            exclude = ids[:, None] == self.cache_ids[:filled][None, :]  # (B, M) the anchors' own copies
+            pairs = exclude.nonzero()  # (K, 2), a few per anchor at most
+            if pairs.shape[0]:
+                same = labels[pairs[:, 0]] == ref_labels[pairs[:, 1]]  # (K,)
+                counts = counts - torch.bincount(pairs[same, 0], minlength=labels.shape[0])
+            else:
+                exclude = None
+        counted = counts > 0  # (B,)
+        per_anchor = NeighborhoodSoftmaxFunction.apply(
+            x, refs, codes, counted, exclude, 1.0 / self.temperature, self.distance == "sqeuclidean"
+        )  # (B,)
+        return per_anchor, counted
+
+    @torch.no_grad()
+    def _enqueue(self, x: Tensor, labels: Tensor, ids: Tensor | None) -> None:
+        k = min(x.shape[0], self.size)
+        x, labels = x[-k:], labels[-k:]  # (k, D), (k,)
+        ids = labels.new_full((k,), -1) if ids is None else ids[-k:]  # (k,)
+        start = int(self.pointer)
+        head = min(k, self.size - start)  # rows before the wrap-around
+        for buffer, values in ((self.cache_embeddings, x), (self.cache_labels, labels), (self.cache_ids, ids)):
+            buffer[start : start + head] = values[:head]
+            buffer[: k - head] = values[head:]
+        self.pointer.fill_((start + k) % self.size)
+        self.filled.fill_(min(int(self.filled) + k, self.size))
+        self.step.add_(1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, size={self.size}, temperature={self.temperature}, distance={self.distance!r}, "
+            f"warmup_steps={self.warmup_steps}, {super().extra_repr()}"
+        )
