@@ -69,33 +69,3 @@ def index_labels(index: Any) -> np.ndarray:
         raise ValueError("the index is empty")
     return labels
 
-
-def index_vectors(index: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Read the stored vectors back from an EmbeddingIndex: ``(vectors (n, d) float32, ids (n,))``.
-
-    Flat, HNSW and IVF indexes give the vectors as added (normalised for ``metric="cosine"``); PQ-coded
-    ones give their lossy reconstruction. Raises ``ValueError`` for an index that cannot reconstruct.
-    """
-    import faiss
-
-    outer = index.faiss_index
-    if outer is None or outer.ntotal == 0:
-        raise ValueError("the index is empty")
-    outer = faiss.downcast_index(outer)
-    try:
-        if hasattr(outer, "id_map"):  # IndexIDMap: the wrapped index's rows, their ids beside them
-            ids = faiss.vector_to_array(outer.id_map).astype(np.int64)
-            vectors = faiss.downcast_index(outer.index).reconstruct_n(0, outer.ntotal)
-        else:  # IVF kinds keep the ids in their lists: look them up through a hash-table direct map
-            ids = np.asarray(index.ids, dtype=np.int64)
-            ivf = faiss.try_extract_index_ivf(outer)
-            if ivf is not None:
-                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-            vectors = outer.reconstruct_batch(ids)
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
-            f"cannot read the vectors back from an index of kind {index.kind!r} ({reason}); "
-            "use top-k mode (--k N) instead"
-        ) from exc
-    return np.ascontiguousarray(vectors, dtype=np.float32), ids

@@ -55,7 +55,6 @@ from metriclearn.classify._base import (
     encode_targets,
     fit_data,
     index_labels,
-    index_vectors,
     query_data,
     resolve_device,
 )
@@ -287,10 +286,9 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
         >>> CacheClassifier.from_index(index, theta=10.0).predict(np.array([[0.1, 1.0]])).tolist()
         ['y']
         """
-        index_labels(index)  # a clear error for an index without labels
-        vectors, ids = index_vectors(index)
+        labels = index_labels(index)  # aligned with index.ids, like index.vectors()
         params.setdefault("kind", index.kind)
-        return cls(**params).fit(vectors, index.labels_for(ids))
+        return cls(**params).fit(index.vectors(), labels)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``p_cache(y|x)`` for each row of ``X``: (n, K) float64, columns in ``classes_`` order."""
