@@ -29,6 +29,13 @@ DEFAULT_THETA = 50.0
 DEFAULT_LAM = 0.5
 
 _INDEX_HELP = "Index directory built with labels (metriclearn index build ... --labels FILE.npy)."
+_device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the index searches and the cache model runs.",
+)
 
 
 @click.command("classify")
@@ -53,8 +60,16 @@ _INDEX_HELP = "Index directory built with labels (metriclearn index build ... --
     type=click.Path(path_type=Path),
     help="Predictions: .npy labels, or .csv / .json with probabilities.",
 )
+@_device_option
 def classify(
-    index_dir: Path, queries: Path, method: str, k: int | None, theta: float | None, weights: str | None, out: Path
+    index_dir: Path,
+    queries: Path,
+    method: str,
+    k: int | None,
+    theta: float | None,
+    weights: str | None,
+    out: Path,
+    device: str,
 ) -> None:
     """Classify query embeddings with the labelled vectors of an index: kNN vote or Orhan's cache model."""
     _check_output(out, OUTPUT_FORMATS)
@@ -64,7 +79,7 @@ def classify(
         raise click.UsageError("--weights applies to --method knn only")
     from metriclearn.classify import CacheClassifier, KNNClassifier
 
-    index = _load_index(index_dir)
+    index = _load_index(index_dir, device)
     q = _load_features(queries, "queries", index.dim)
     if method == "knn":
         k = _check_k(k, index, index_dir) if k is not None else min(DEFAULT_K, len(index))
@@ -72,7 +87,7 @@ def classify(
     else:
         top_k = _check_k(k, index, index_dir) if k is not None else None
         theta = DEFAULT_THETA if theta is None else theta
-        model = CacheClassifier.from_index(index, theta=theta, top_k=top_k)
+        model = CacheClassifier.from_index(index, theta=theta, top_k=top_k, device=device)
     proba = model.predict_proba(q)
     predictions = model.classes_[np.argmax(proba, axis=1)]
     _write_predictions(out, method, model.classes_, predictions, proba)
@@ -94,6 +109,7 @@ def classify(
     help="Choose θ and λ on held-out data (not the index's own vectors) instead of --theta/--lam.",
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Blended probabilities (n, K) .npy.")
+@_device_option
 def second_opinion(
     index_dir: Path,
     features: Path,
@@ -102,6 +118,7 @@ def second_opinion(
     lam: float | None,
     tune: tuple[Path, Path, Path] | None,
     out: Path,
+    device: str,
 ) -> None:
     """Blend a model's probabilities with the cache's: (1 − λ)·p_model + λ·p_cache (Orhan 2018).
 
@@ -113,12 +130,11 @@ def second_opinion(
     from metriclearn.classify import CacheClassifier
     from metriclearn.data import load_labels
 
-    index = _load_index(index_dir)
+    index = _load_index(index_dir, device)
     x = _load_features(features, "features", index.dim)
     p = _load_probabilities(probs, "probs", len(x))
-    cache = CacheClassifier.from_index(
-        index, theta=DEFAULT_THETA if theta is None else theta, lam=DEFAULT_LAM if lam is None else lam
-    )
+    theta = DEFAULT_THETA if theta is None else theta
+    cache = CacheClassifier.from_index(index, theta=theta, lam=DEFAULT_LAM if lam is None else lam, device=device)
     if tune:
         x_val = _load_features(tune[0], "validation features", index.dim)
         p_val = _load_probabilities(tune[1], "validation probabilities", len(x_val))
@@ -140,11 +156,11 @@ def _check_output(out: Path, formats: tuple[str, ...]) -> None:
         )
 
 
-def _load_index(index_dir: Path) -> Any:
+def _load_index(index_dir: Path, device: str) -> Any:
     from metriclearn.classify._base import index_labels
     from metriclearn.indexes import EmbeddingIndex
 
-    index = EmbeddingIndex.load(index_dir)
+    index = EmbeddingIndex.load(index_dir, device=device)
     try:
         index_labels(index)
     except ValueError as exc:

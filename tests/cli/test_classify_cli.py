@@ -230,3 +230,18 @@ def test_second_opinion_row_count_and_label_mismatch(files, model_outputs, tmp_p
                  model_outputs["probs"], "--tune", files["queries"], model_outputs["probs"], short_labels,
                  "--out", tmp_path / "b.npy")
     assert_one_line_error(result, 1, "has 5 entries but there are 90 samples")
+
+
+def test_end_to_end_with_index_build(data, tmp_path: Path) -> None:
+    """The user's path: `metriclearn index build --embeddings --labels`, then `classify` on that directory."""
+    np.save(tmp_path / "emb.npy", data["X"])
+    np.save(tmp_path / "labels.npy", data["y"])
+    np.save(tmp_path / "queries.npy", data["Q"])
+    built = run("index", "build", "--embeddings", tmp_path / "emb.npy", "--labels", tmp_path / "labels.npy",
+                "--metric", "l2", "--device", "cpu", "--out", tmp_path / "idx")
+    assert built.exit_code == 0, built.output
+    result = run("classify", "--index", tmp_path / "idx", "--queries", tmp_path / "queries.npy", "--method", "knn",
+                 "--k", "5", "--weights", "uniform", "--device", "cpu", "--out", tmp_path / "pred.npy")
+    assert result.exit_code == 0, result.output
+    ref = KNeighborsClassifier(5, algorithm="brute").fit(data["X"], data["y"])
+    np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"), ref.predict(data["Q"]))
