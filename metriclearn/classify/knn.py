@@ -96,7 +96,8 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
     ----------
     classes_ : (K,) sorted distinct training labels; probability columns follow it.
     index_ : the fitted EmbeddingIndex (ids ``0..n-1`` are the training rows, labels attached).
-    fit_X_ : (n, d) float32 training vectors (used to recompute the neighbours' distances exactly).
+    fit_X_ : (n, d) float32 training vectors (to recompute the neighbours' distances exactly); None after
+        :meth:`from_index`, which uses the index's own distances.
     fit_codes_ : (n,) int64 position of each training label in ``classes_``.
     """
 
