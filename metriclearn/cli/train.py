@@ -105,10 +105,20 @@ def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: boo
     if overfit_batch:
         _overfit(config, verbose)
         return
-    run_dir = Path(out) if out else Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out) if out else _new_run_dir(Path("runs"))
     metrics = train_run(config, run_dir, resume=resume, verbose=verbose)
     click.echo(f"run: {run_dir}")
     click.echo(_format_metrics(metrics))
+
+
+def _new_run_dir(root: Path) -> Path:
+    """``root/<YYYYmmdd-HHMMSS>``, with a ``-2``, ``-3`` ... suffix when that name is taken."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, n = root / stamp, 1
+    while candidate.exists():
+        n += 1
+        candidate = root / f"{stamp}-{n}"
+    return candidate
 
 
 def _build_config(config_file: str | None, given: dict[str, Any]) -> TrainConfig:

@@ -30,7 +30,6 @@ _LAZY = {
     "CentroidMovie": "movie",
     "Projection": "projection",
     "project": "projection",
-    "stratified_subsample": "projection",
     "write_report": "report",
 }
 

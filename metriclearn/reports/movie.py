@@ -47,7 +47,7 @@ from sklearn.decomposition import PCA
 from metriclearn._checks import check_labels, check_matrix, check_positive_int
 from metriclearn._io import atomic_path
 from metriclearn.reports.plots import as_codes, class_centroids, class_colors, draw_classes
-from metriclearn.reports.projection import stratified_subsample
+from metriclearn.data import stratified_subsample
 
 MAX_LABELLED_CLASSES = 20  # more centroid labels than this overlap in a small panel
 

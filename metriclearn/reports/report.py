@@ -44,7 +44,8 @@ from metriclearn.metrics import retrieval_metrics, separation_metrics
 from metriclearn.reports.html import render_html
 from metriclearn.reports.plots import as_codes, png_bytes, scatter_figure
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS, MIN_POINTS
-from metriclearn.reports.projection import check_enough_points, project, stratified_subsample
+from metriclearn.data import stratified_subsample
+from metriclearn.reports.projection import check_enough_points, project
 
 METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 METRIC_MAX_POINTS = 20000  # silhouette is O(N²): beyond this, metrics use a stratified subsample

@@ -7,7 +7,10 @@ holds the same global loss L. The gather's backward sums the gradients all ranks
 slice, so rank r receives W · ∂L/∂e_r (W = world size); DDP then averages the model gradients over the
 ranks: (1/W) Σ_r W · ∂L/∂e_r · ∂e_r/∂θ = ∂L/∂θ, the single-process gradient of the global batch. The
 objective's own parameters (heads, centroids) see the whole gathered batch on every rank, so their
-gradients are already the full, identical ones.
+gradients are already the full, identical ones. PCGrad takes per-task gradients with
+``torch.autograd.grad``, which DDP's hooks never see, so the trainer runs those steps under
+``no_sync()`` and averages each task gradient over the ranks (:func:`all_reduce_mean`) before the
+projections, which need the global task gradients.
 
 Run with ``torchrun --nproc_per_node=N -m metriclearn.cli train ...``; only rank 0 writes files.
 
@@ -149,6 +152,15 @@ def all_gather_tensor(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def all_reduce_mean(x: Tensor) -> Tensor:
+    """The mean of ``x`` over the processes (``x`` itself in a single process)."""
+    if world_size() == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x / world_size()
 
 
 def gather_batch(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -104,6 +104,10 @@ class Objective(nn.Module):
             return [[name] for name in self.terms]
         return [self.names]
 
+    def uses_surgery(self, names: Sequence[str]) -> bool:
+        """Whether a step on these terms needs per-task gradients (PCGrad with at least two terms)."""
+        return self.combine == "pcgrad" and len(names) >= 2
+
     def term_losses(self, embeddings: Tensor, labels: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
         """Unweighted loss of each term in ``names`` (default: all)."""
         return {name: self.terms[name](embeddings, labels) for name in (names or self.names)}
@@ -122,12 +126,15 @@ class Objective(nn.Module):
         params: Sequence[Tensor],
         scale: float | Tensor = 1.0,
         generator: torch.Generator | None = None,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         """Accumulate the step's gradient into ``p.grad`` for ``params``.
 
-        ``scale`` multiplies every loss first (AMP's loss scale); PCGrad is invariant to it.
+        ``scale`` multiplies every loss first (AMP's loss scale); PCGrad is invariant to it. ``reduce``
+        is applied to each flat task gradient before the surgery (the trainer averages them over
+        processes, as DDP would: the projections need the global task gradients).
         """
-        if self.combine != "pcgrad" or len(losses) < 2:
+        if not self.uses_surgery(list(losses)):
             (self.total(losses) * scale).backward()
             return
         flat = []
@@ -135,7 +142,8 @@ class Objective(nn.Module):
             grads = torch.autograd.grad(
                 self.weights[name] * value * scale, params, retain_graph=True, allow_unused=True
             )
-            flat.append(torch.cat([_flat(g, p) for g, p in zip(grads, params)]))
+            vector = torch.cat([_flat(g, p) for g, p in zip(grads, params)])  # (P,)
+            flat.append(reduce(vector) if reduce is not None else vector)
         combined = pcgrad(flat, generator=generator)
         offset = 0
         for p in params:

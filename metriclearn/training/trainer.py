@@ -145,7 +145,7 @@ class Trainer:
         self._ddp: nn.Module | None = None
         self._params: list[nn.Parameter] = []
         # running sums of the current epoch (checkpointed, so a mid-epoch resume logs the whole epoch)
-        self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0}
+        self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0, "lr": 0.0}
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -306,12 +306,13 @@ class Trainer:
             progress_["count"] += 1
             progress_["seen"] += len(indices)
             progress_["seconds"] = time.perf_counter() - start
+            progress_["lr"] = logs["lr"]
             bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
             for cb in self.callbacks:
                 cb.on_batch_end(self, batch, logs)
         count, seconds = progress_["count"], progress_["seconds"]
         epoch_logs: Logs = {k: v / count for k, v in progress_["sums"].items() if k != "lr"}
-        epoch_logs["lr"] = self.optimizer.param_groups[0]["lr"]
+        epoch_logs["lr"] = progress_["lr"]  # of the epoch's last step
         epoch_logs["seconds"] = seconds
         epoch_logs["samples_per_s"] = progress_["seen"] / max(seconds, 1e-9)
         progress_["count"] = 0
@@ -330,27 +331,33 @@ class Trainer:
 
     def _train_step(self, x: Any, y: Tensor) -> Logs:
         """The optimiser step(s) of one batch (one per group of terms)."""
-        logs: Logs = {}
+        logs: Logs = {"lr": self.optimizer.param_groups[0]["lr"]}  # the rate this batch's step(s) use
         params = self._params or self.parameters()
         model = self._ddp or self.model
         for group in self.objective.groups():
             self.optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
-                embeddings = model(x)  # (b, D)
-            embeddings, labels = dist_utils.gather_batch(embeddings, y)  # (B, D), (B,)
-            losses = self.objective.term_losses(embeddings, labels, group)
-            total = self.objective.total(losses)
-            value = float(total.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step + 1} "
-                    f"(terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
-                    f"try a lower --lr, gradient clipping, or check the data for extreme values"
-                )
-            if self.global_step == 0:
-                self._record_initial(losses, labels)
-            scale: Any = self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0
-            self.objective.backward(losses, params, scale=scale)
+            surgery = self.objective.uses_surgery(group)
+            # PCGrad takes per-task gradients with autograd.grad, which DDP's hooks never see: skip DDP's
+            # sync and average each task gradient over the processes ourselves
+            no_sync = self._ddp.no_sync() if self._ddp is not None and surgery else contextlib.nullcontext()
+            with no_sync:
+                with self._autocast():
+                    embeddings = model(x)  # (b, D)
+                embeddings, labels = dist_utils.gather_batch(embeddings, y)  # (B, D), (B,)
+                losses = self.objective.term_losses(embeddings, labels, group)
+                total = self.objective.total(losses)
+                value = float(total.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step + 1} "
+                        f"(terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
+                        f"try a lower --lr, gradient clipping, or check the data for extreme values"
+                    )
+                if self.global_step == 0:
+                    self._record_initial(losses, labels)
+                scale: Any = self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0
+                reduce = dist_utils.all_reduce_mean if surgery and self._ddp is not None else None
+                self.objective.backward(losses, params, scale=scale, reduce=reduce)
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
@@ -365,7 +372,6 @@ class Trainer:
             logs["grad_norm"] = float(grad_norm)
         if self.scheduler is not None and not self._per_epoch_scheduler:
             self.scheduler.step()
-        logs["lr"] = self.optimizer.param_groups[0]["lr"]
         return logs
 
     def _record_initial(self, losses: dict[str, Tensor], labels: Tensor) -> None:

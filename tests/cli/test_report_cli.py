@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -11,6 +12,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from metriclearn.cli import cli
+
+
+def image(path: object) -> Image.Image:
+    """Open an image from its bytes, leaving no file handle open."""
+    return Image.open(io.BytesIO(Path(path).read_bytes()))
 
 
 @pytest.fixture
@@ -33,7 +39,7 @@ def test_report_from_embeddings_writes_every_file(files, tmp_path) -> None:
                  "--max-points", 90, "--seed", 3)
     assert result.exit_code == 0, result.output
     assert "wrote tsne.png, report.html, metrics.json" in result.output and "precision_at_1" in result.output
-    assert Image.open(tmp_path / "r" / "tsne.png").format == "PNG"
+    assert image(tmp_path / "r" / "tsne.png").format == "PNG"
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["data"]["classes"] == ["ant", "bee", "cat"] and metrics["data"]["tsne_points"] == 90
     assert metrics["data"]["seed"] == 3 and metrics["data"]["source"] == "E.npy"
@@ -109,3 +115,20 @@ def test_bad_input_is_one_line_exit_1(files, tmp_path) -> None:
         assert result.output.startswith("Error: ") and result.output.count("\n") == 1
         assert message in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_train_report_and_report_from_the_run_end_to_end(tmp_path) -> None:
+    fast = ["--epochs", "2", "--batch-size", "40", "--encoder", "mlp:32", "--embedding-dim", "8", "--device", "cpu"]
+    trained = run("--quiet", "train", *fast, "--report", "--out", tmp_path / "run")
+    assert trained.exit_code == 0, trained.output
+    report_dir = tmp_path / "run" / "report"
+    assert image(report_dir / "centroids.gif").n_frames == 2  # one frame per epoch
+    assert image(report_dir / "centroids.png").format == "PNG"
+    assert json.loads((report_dir / "metrics.json").read_text())["data"]["n_points"] == 360  # the val split
+    result = run("report", "--model", tmp_path / "run", "--data", "digits", "--method", "tsne", "--max-points", 300,
+                 "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["data"]["n_points"] == 1797 and metrics["data"]["dim"] == 8 and metrics["data"]["tsne_points"] == 300
+    assert metrics["data"]["source"] == "run on digits"
+    assert "encoder" in (tmp_path / "r" / "report.html").read_text()  # the run's configuration

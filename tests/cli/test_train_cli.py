@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +10,6 @@ import torch
 from click.testing import CliRunner
 
 from metriclearn.cli import cli
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import _standins  # noqa: E402  (stand-ins for modules not landed yet; no-ops once they are)
-
-_standins.install()
 
 FAST = ["--epochs", "2", "--batch-size", "40", "--encoder", "mlp:32", "--embedding-dim", "8", "--device", "cpu",
         "--quiet"]
@@ -95,6 +88,12 @@ def test_embed_and_evaluate(tmp_path) -> None:
     metrics = json.loads(result.output)
     assert 0 < metrics["retrieval"]["map_at_r"] <= 1 and "knn_accuracy_k5" in metrics
     assert json.loads((run_dir / "evaluate.json").read_text()) == metrics
+    np.savez(tmp_path / "odd.npz", X=np.zeros((3, 64), np.float32), y=np.array([1, 42, 2]))
+    np.savez(tmp_path / "wide.npz", X=np.zeros((3, 30), np.float32), y=np.array([1, 2, 2]))
+    bad = _invoke("evaluate", "--model", str(run_dir), "--data", str(tmp_path / "odd.npz"))
+    assert bad.exit_code == 1 and "not in the 10 known classes: 42" in bad.output
+    bad = _invoke("embed", "--model", str(run_dir), "--data", str(tmp_path / "wide.npz"), "--out", "x.npy")
+    assert bad.exit_code == 1 and "samples have shape (30,) but the model" in bad.output
 
 
 @pytest.mark.parametrize(
@@ -163,3 +162,14 @@ def test_every_config_key_has_a_flag() -> None:
 
     flags = {p.name for p in train.params}
     assert set(TrainConfig.keys()) - {"loss_options"} <= flags  # loss knobs live in [loss_options.NAME]
+
+
+def test_report_with_the_real_centroid_movie(tmp_path, monkeypatch) -> None:
+    import metriclearn.reports as reports
+
+    seen = {}
+    monkeypatch.setattr(reports, "write_report", lambda emb, labels, out_dir, **kw: seen.setdefault("dir", out_dir))
+    result = _invoke("train", *FAST, "--report", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "report" / "centroids.gif").stat().st_size > 0
+    assert seen["dir"] == tmp_path / "r" / "report"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from metriclearn.reports.movie import CentroidMovie
+
+
+def image(path: object) -> Image.Image:
+    """Open an image from its bytes, leaving no file handle open."""
+    return Image.open(io.BytesIO(Path(path).read_bytes()))
 
 
 def snapshots(num: int, n: int = 90, dim: int = 6, seed: int = 0):
@@ -23,10 +31,10 @@ def test_gif_has_one_frame_per_snapshot_and_strip_is_capped(tmp_path) -> None:
         movie.add(epoch, x, y)
     paths = movie.save(tmp_path)
     assert paths == {"gif": tmp_path / "centroids.gif", "png": tmp_path / "centroids.png"}
-    gif = Image.open(paths["gif"])
+    gif = image(paths["gif"])
     assert gif.format == "GIF" and gif.n_frames == 6 and gif.size == (400, 400)
     assert gif.info["duration"] == 500 and gif.info["loop"] == 0
-    strip = Image.open(paths["png"])
+    strip = image(paths["png"])
     assert strip.format == "PNG" and strip.size == (4 * 270, 270 + 27)  # 4 panels of 3 in x 3 in at 90 dpi
     assert movie.panel_frames() == [0, 2, 3, 5]
     assert len(movie) == 6 and movie.epochs == list(range(6))
@@ -40,8 +48,8 @@ def test_strip_wraps_to_two_rows_and_keeps_first_and_last(tmp_path) -> None:
     assert movie.panel_frames() == [0, 3, 5, 8, 11, 14, 16, 19]
     assert movie.classes == [0, 1, 2]
     movie.save(tmp_path, name="run")
-    assert Image.open(tmp_path / "run.png").size == (4 * 270, 2 * 270 + 27)
-    assert Image.open(tmp_path / "run.gif").n_frames == 20
+    assert image(tmp_path / "run.png").size == (4 * 270, 2 * 270 + 27)
+    assert image(tmp_path / "run.gif").n_frames == 20
 
 
 def test_pca_is_fitted_once_on_the_first_snapshot() -> None:
@@ -74,7 +82,7 @@ def test_one_dimensional_embeddings_are_padded(tmp_path) -> None:
     movie.add(0, y[:, None].astype(float), y)
     movie.add(1, 2 * y[:, None].astype(float), y)
     assert movie._points[1].shape == (20, 2) and np.all(movie._points[1][:, 1] == 0)
-    assert Image.open(movie.save(tmp_path)["gif"]).n_frames == 2
+    assert image(movie.save(tmp_path)["gif"]).n_frames == 2
 
 
 def test_errors(tmp_path) -> None:

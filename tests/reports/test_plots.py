@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,11 @@ from metriclearn.reports.plots import (
     save_png,
     scatter_figure,
 )
+
+
+def image(path: object) -> Image.Image:
+    """Open an image from its bytes, leaving no file handle open."""
+    return Image.open(io.BytesIO(Path(path).read_bytes()))
 
 
 def test_scatter_legend_names_classes_and_marks_centroids(rng: np.random.Generator) -> None:
@@ -36,10 +42,10 @@ def test_scatter_legend_names_classes_and_marks_centroids(rng: np.random.Generat
 def test_png_decodes_with_the_figure_size(tmp_path, rng: np.random.Generator) -> None:
     fig = scatter_figure(rng.normal(size=(50, 2)), np.arange(50) % 5)
     save_png(fig, tmp_path / "p.png")
-    image = Image.open(tmp_path / "p.png")
-    assert image.format == "PNG"
-    assert image.size == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
-    assert Image.open(io.BytesIO(png_bytes(fig))).size == image.size
+    picture = image(tmp_path / "p.png")
+    assert picture.format == "PNG"
+    assert picture.size == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
+    assert Image.open(io.BytesIO(png_bytes(fig))).size == picture.size
 
 
 def test_many_classes_drop_the_legend_but_keep_distinct_colours(rng: np.random.Generator) -> None:

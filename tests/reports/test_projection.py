@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metriclearn.reports.projection import project, reduce_dim, stratified_subsample
+from metriclearn.data import stratified_subsample
+from metriclearn.reports.projection import project, reduce_dim
 
 
 def blobs(n_per_class: int, num_classes: int, dim: int, spread: float = 8.0, seed: int = 0) -> tuple:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from metriclearn.reports.plots import DPI, FIGSIZE
 SEPARATION_KEYS = {"silhouette", "davies_bouldin", "calinski_harabasz", "nmi", "ami"}
 RETRIEVAL_KEYS = {"precision_at_1", "r_precision", "map_at_r", "knn_accuracy"}
 FAST = {"tsne_iter": 300, "umap_epochs": 30}
+
+
+def image(path: object) -> Image.Image:
+    """Open an image from its bytes, leaving no file handle open."""
+    return Image.open(io.BytesIO(Path(path).read_bytes()))
 
 
 def blobs(spread: float, n: int = 200, num_classes: int = 4, dim: int = 8, seed: int = 0):
@@ -39,9 +45,9 @@ def test_writes_two_pngs_html_and_json(report) -> None:
     out, _ = report
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.html", "tsne.png", "umap.png"]
     for name in ("tsne.png", "umap.png"):
-        image = Image.open(out / name)
-        assert image.format == "PNG" and image.size == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
-        image.load()  # decodes the whole file
+        picture = image(out / name)
+        assert picture.format == "PNG" and picture.size == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
+        picture.load()  # decodes the whole file
 
 
 def test_metrics_json_has_every_key(report) -> None:

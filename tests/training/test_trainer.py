@@ -317,3 +317,21 @@ def test_tensorboard_logger_calls_with_a_stand_in_writer(monkeypatch) -> None:
     assert calls[0] == ("init", "tb", None) and calls[-1] == ("close",)
     assert ("batch/loss", 1) in calls and ("epoch/val_map_at_r", 2) in calls
     assert sum(1 for c in calls if c[0] == "batch/loss") == trainer.global_step
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "none"])
+def test_per_batch_schedules(scheduler: str) -> None:
+    X, y = _blobs()
+    trainer = Trainer(nn.Linear(6, 3), Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())}), lr=0.1,
+                      scheduler=scheduler, batch_size=16, device="cpu", verbose=False)
+    history = trainer.fit((X, y), epochs=3)
+    lrs = [row["lr"] for row in history]
+    if scheduler == "none":
+        assert lrs == [0.1, 0.1, 0.1]
+        return
+    steps = 3 * len(trainer.sampler)
+    assert trainer.scheduler.last_epoch == trainer.global_step == steps  # stepped once per batch
+    if scheduler == "cosine":  # the last step uses lr/2 · (1 + cos(π (N-1)/N))
+        assert lrs[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * (steps - 1) / steps)))
+    else:  # OneCycle ends at max_lr / div_factor / final_div_factor
+        assert lrs[-1] == pytest.approx(0.1 / 25 / 1e4) and max(lrs) <= 0.1
