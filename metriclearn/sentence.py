@@ -108,7 +108,9 @@ def _folder_layout(path: Path) -> tuple[Path, bool, int | None]:
 
 def check_texts(texts: Any) -> list[str]:
     """A non-empty list of str (a bare string or a tensor is a ``TypeError``)."""
-    if isinstance(texts, (str, bytes, Tensor)) or not isinstance(texts, Sequence) and not hasattr(texts, "__array__"):
+    if isinstance(texts, str):
+        raise TypeError(f"SentenceEncoder input must be a list of str, got one str {describe(texts)}: wrap it in a list")
+    if isinstance(texts, (bytes, Tensor)) or not isinstance(texts, Sequence) and not hasattr(texts, "__array__"):
         raise TypeError(f"SentenceEncoder input must be a list of str, got {describe(texts)}")
     texts = list(texts)
     bad = next((t for t in texts if not isinstance(t, str)), None)
