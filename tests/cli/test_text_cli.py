@@ -41,10 +41,11 @@ def test_train_sentence_encoder_on_jsonl_then_embed_and_evaluate(tmp_path, topic
     run = tmp_path / "run"
     result = _invoke("train", "--data", str(topics_jsonl), "--encoder", "sentence", "--epochs", "2",
                      "--batch-size", "16", "--samples-per-class", "4", "--embedding-dim", "16", "--device", "cpu",
-                     "--quiet", "--out", str(run))
+                     "--encoder-option", "max_length=32", "--quiet", "--out", str(run))
     assert result.exit_code == 0, result.output
     payload = torch.load(run / "model.pt", weights_only=True)
     assert payload["encoder"] == "sentence" and payload["input_shape"] == []
+    assert payload["encoder_options"] == {"max_length": 32} and "max_length = 32" in (run / "config.toml").read_text()
     assert set(payload["state_dict"]) == {"head.weight", "head.bias"}  # the frozen MiniLM is not copied
     assert json.loads((run / "classes.json").read_text()) == sorted(TOPICS)
     out = tmp_path / "emb.npy"
@@ -79,3 +80,11 @@ def test_missing_model_folder_is_one_line(tmp_path, topics_jsonl) -> None:
                      "--out", str(tmp_path / "run"))
     assert result.exit_code == 1
     assert "nowhere" in result.output and "'text' extra" in result.output and "Traceback" not in result.output
+
+
+def test_unknown_encoder_option_is_one_line(tmp_path, topics_jsonl) -> None:
+    result = _invoke("train", "--data", str(topics_jsonl), "--encoder", "sentence", "--encoder-option", "freze=false",
+                     "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1 and "unknown encoder option(s) ['freze']" in result.output
+    result = _invoke("train", "--encoder-option", "freeze", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2 and "expected KEY=VALUE, got 'freeze'" in result.output
