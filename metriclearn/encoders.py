@@ -326,7 +326,8 @@ def _sentence_encoder(spec: str, path: str, embedding_dim: int, normalize: bool,
         raise ValueError(f"unknown encoder option(s) {unknown} for {spec!r}; known: {', '.join(known)}")
     if ":" in spec and not path.strip():
         raise ValueError(f"encoder spec {spec!r} needs a model folder after ':'; allowed forms: {SPEC_FORMS}")
-    model = SentenceEncoder(path.strip() or None, check_positive_int(embedding_dim, "embedding_dim"), normalize, **options)
+    embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
+    model = SentenceEncoder(path.strip() or None, embedding_dim, normalize, **options)
     model.spec = f"sentence:{model.model_path}" if path.strip() else "sentence"
     model.input_shape = ()
     return model

@@ -95,8 +95,10 @@ def _folder_layout(path: Path) -> tuple[Path, bool, int | None]:
             elif kind.endswith("Normalize"):
                 normalize = True
             elif kind.endswith("Pooling"):
-                pooling = _read_json(path / module["path"] / "config.json") if (path / module["path"] / "config.json").is_file() else {}
-                other = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v and k != "pooling_mode_mean_tokens"]
+                config_file = path / module.get("path", "") / "config.json"
+                pooling = _read_json(config_file) if config_file.is_file() else {}
+                other = [k for k, v in pooling.items()
+                         if k.startswith("pooling_mode") and v is True and k != "pooling_mode_mean_tokens"]
                 if other:
                     raise ValueError(f"model folder {path} pools with {', '.join(other)}; SentenceEncoder uses "
                                      "masked mean pooling only")
@@ -111,7 +113,8 @@ def _folder_layout(path: Path) -> tuple[Path, bool, int | None]:
 def check_texts(texts: Any) -> list[str]:
     """A non-empty list of str (a bare string or a tensor is a ``TypeError``)."""
     if isinstance(texts, str):
-        raise TypeError(f"SentenceEncoder input must be a list of str, got one str {describe(texts)}: wrap it in a list")
+        raise TypeError(f"SentenceEncoder input must be a list of str, got one str {describe(texts)}: "
+                        "wrap it in a list")
     if isinstance(texts, (bytes, Tensor)) or not isinstance(texts, Sequence) and not hasattr(texts, "__array__"):
         raise TypeError(f"SentenceEncoder input must be a list of str, got {describe(texts)}")
     texts = list(texts)

