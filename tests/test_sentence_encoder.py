@@ -110,6 +110,18 @@ def test_cache_skips_the_transformer_on_repeated_texts(minilm) -> None:
         torch.testing.assert_close(cached, direct(TEXTS[::-1]), atol=1e-5, rtol=0)
 
 
+def test_full_cache_still_embeds_every_text(minilm) -> None:
+    small = SentenceEncoder(minilm, embedding_dim=None, cache_size=2).eval()
+    with torch.no_grad():
+        out = small(TEXTS)
+        again = small(TEXTS)
+    assert len(small._cache) == 2
+    reference = SentenceEncoder(minilm, embedding_dim=None, cache_size=0).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(out, reference(TEXTS), atol=1e-5, rtol=0)
+    torch.testing.assert_close(again, out, atol=1e-5, rtol=0)
+
+
 def test_build_encoder_sentence_specs(minilm) -> None:
     default = build_encoder("sentence", (), embedding_dim=16, max_length=32)
     assert default.spec == "sentence" and default.out_features == 16 and default.max_length == 32
