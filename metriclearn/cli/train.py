@@ -29,17 +29,6 @@ from metriclearn.training.config import (
 _RESUME_OVERRIDABLE = ("device", "threads", "amp")
 
 
-def _pending(name: str) -> click.Command:
-    """Placeholder command for a command group not written yet (the other cli modules import it)."""
-
-    @click.command(name=name, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def command(args: tuple[str, ...]) -> None:
-        raise click.ClickException(f"'metriclearn {name}' is not available yet in this version")
-
-    return command
-
-
 def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     for term in value:
         try:
