@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU build of torch unless a GPU is visible (a bare `torch` would pull several GB of CUDA wheels).
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
-EXTRAS ?= dev
+EXTRAS ?= dev,text
 
 .PHONY: setup demo test bench clean
 setup: $(VENV)/.installed

@@ -29,17 +29,6 @@ from metriclearn.training.config import (
 _RESUME_OVERRIDABLE = ("device", "threads", "amp")
 
 
-def _pending(name: str) -> click.Command:
-    """Placeholder command for a command group not written yet (the other cli modules import it)."""
-
-    @click.command(name=name, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def command(args: tuple[str, ...]) -> None:
-        raise click.ClickException(f"'metriclearn {name}' is not available yet in this version")
-
-    return command
-
-
 def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     for term in value:
         try:
@@ -49,12 +38,29 @@ def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, 
     return value
 
 
+def _parse_encoder_options(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, Any] | None:
+    """``KEY=VALUE`` pairs → dict; values are JSON (``false``, ``128``) or else plain strings."""
+    options: dict[str, Any] = {}
+    for item in value:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key.strip()] = text
+    return options or None
+
+
 @click.command("train")
 @click.option("--data", metavar="PATH|digits", help="Training data (.npz/.csv/.jsonl) or 'digits' (default).")
 @click.option("--loss", multiple=True, metavar="NAME[:WEIGHT]", callback=_check_losses,
               help="Loss term; repeat to combine: neighborhood, snn, prototype, cache, softmax, complement.")
 @click.option("--combine", type=click.Choice(COMBINES), help="How several losses combine (default: sum).")
 @click.option("--encoder", metavar="mlp|cnn|sentence[:PATH]", help="Encoder spec, e.g. 'mlp:512,256' (default mlp).")
+@click.option("--encoder-option", "encoder_options", multiple=True, metavar="KEY=VALUE",
+              callback=_parse_encoder_options,
+              help="Encoder keyword argument; repeat for several, e.g. freeze=false or max_length=128 (sentence).")
 @click.option("--embedding-dim", type=int, help="Embedding size (default 64).")
 @click.option("--normalize/--no-normalize", default=None, help="L2-normalise the embeddings (default on).")
 @click.option("--epochs", type=int, help="Training epochs.")

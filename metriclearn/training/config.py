@@ -79,6 +79,9 @@ class TrainConfig:
         ``DEFAULT_LOSS_OPTIONS`` (the tuned temperatures), so the resolved config shows every value used.
     encoder, embedding_dim, normalize:
         Passed to :func:`metriclearn.encoders.build_encoder`.
+    encoder_options:
+        Extra keyword arguments of the encoder (TOML only), e.g. for ``encoder = "sentence"`` the table
+        ``[encoder_options]`` with ``freeze = false`` (fine-tune the transformer) or ``max_length = 128``.
     samples_per_class:
         M of the class-balanced batches (K = batch_size // M classes per batch).
     scheduler:
@@ -102,6 +105,7 @@ class TrainConfig:
     combine: str = "sum"
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     encoder: str = "mlp"
+    encoder_options: dict[str, Any] = field(default_factory=dict)
     embedding_dim: int = 64
     normalize: bool = True
     epochs: int = 20
@@ -151,6 +155,8 @@ class TrainConfig:
         }
         if not isinstance(self.encoder, str) or not self.encoder:
             raise ValueError(f"encoder must be a spec such as 'mlp' or 'cnn', got {self.encoder!r}")
+        if not isinstance(self.encoder_options, dict):
+            raise TypeError(f"encoder_options must be a table, got {self.encoder_options!r}")
         check_positive_int(self.embedding_dim, "embedding_dim")
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")

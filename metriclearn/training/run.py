@@ -4,7 +4,9 @@ A run directory holds::
 
     config.toml        the resolved configuration (re-read by --resume)
     classes.json       label values in code order (code i means classes[i])
-    model.pt           {"format_version", "encoder", "input_shape", "embedding_dim", "normalize", "state_dict"}
+    model.pt           {"format_version", "encoder", "input_shape", "embedding_dim", "normalize",
+                        "encoder_options", "state_dict"}; a frozen sentence transformer is not in
+                        the state_dict (only the head): it is re-read from the model folder the spec names
     metrics.json       held-out retrieval + separation metrics
     log.csv            one row per epoch
     checkpoints/       last.pt and best.pt: full training state for --resume
@@ -52,7 +54,8 @@ def build_model(config: TrainConfig, input_shape: Sequence[int]) -> nn.Module:
     """The encoder of ``config`` for inputs of ``input_shape`` (features per sample)."""
     from metriclearn.encoders import build_encoder
 
-    return build_encoder(config.encoder, tuple(input_shape), config.embedding_dim, normalize=config.normalize)
+    return build_encoder(config.encoder, tuple(input_shape), config.embedding_dim, normalize=config.normalize,
+                         **config.encoder_options)
 
 
 def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callbacks: Sequence[Callback] = (),
@@ -166,10 +169,11 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, config: TrainConf
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format_version": MODEL_FORMAT_VERSION,
-        "encoder": config.encoder,
+        "encoder": getattr(model, "spec", config.encoder),  # a sentence model folder as an absolute path
         "input_shape": [int(s) for s in input_shape],
         "embedding_dim": int(config.embedding_dim),
         "normalize": bool(config.normalize),
+        "encoder_options": dict(config.encoder_options),
         "state_dict": state,
     }
     save_with(path, lambda f: torch.save(payload, f))
@@ -194,7 +198,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]
     if version != MODEL_FORMAT_VERSION:
         raise ValueError(f"{run_dir / 'model.pt'}: format_version {version!r} is not supported")
     model = build_encoder(payload["encoder"], tuple(payload["input_shape"]), payload["embedding_dim"],
-                          normalize=payload["normalize"])
+                          normalize=payload["normalize"], **payload.get("encoder_options", {}))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     with open(run_dir / "config.toml", "rb") as fh:
@@ -225,6 +229,10 @@ def embed_from_run(
     else:
         loaded = load_data(data, classes=classes)
         X, labels, source = loaded.X, loaded.y, loaded.source
+    text_model, text_data = bool(getattr(model, "is_text", False)), not isinstance(X, np.ndarray)
+    if text_model != text_data:
+        raise ValueError(f"{source}: the data holds {'texts' if text_data else 'numeric features'} but the model in "
+                         f"{run_dir} embeds {'texts (.jsonl)' if text_model else 'numeric features'}")
     expected = tuple(model.input_shape)  # type: ignore[arg-type]
     if isinstance(X, np.ndarray) and expected and tuple(X.shape[1:]) != expected:
         raise ValueError(f"{source}: samples have shape {tuple(X.shape[1:])} but the model in {run_dir} expects {expected}")

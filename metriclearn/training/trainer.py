@@ -218,6 +218,7 @@ class Trainer:
         self.scheduler = self._make_scheduler(epochs * len(self.sampler))
         X_dev = _to_device(X, self.device)
         y_dev = torch.as_tensor(y, dtype=torch.long, device=self.device)
+        self._precompute(X, *([val_xy[0]] if val_xy is not None else []))
         if resume_from is not None:
             self.load_state_dict(_load_checkpoint(resume_from), restore_rng=True)
             self.log(f"resumed after epoch {self.epoch} (step {self.global_step})")
@@ -273,6 +274,14 @@ class Trainer:
             losses.append(self._train_step(x_batch, y_batch)["loss"])
             self.global_step += 1
         return losses
+
+    def _precompute(self, *inputs: Any) -> None:
+        """Let a frozen text encoder cache its transformer outputs once (``model.precompute(texts)``)."""
+        precompute = getattr(self.model, "precompute", None)
+        if callable(precompute):
+            for X in inputs:
+                if not isinstance(X, (np.ndarray, Tensor)):
+                    precompute(X)
 
     def _prepare(self, X: Any, y: np.ndarray, X_dev: Any, y_dev: Tensor) -> None:
         """Fresh run: fit the encoder's input standardisation and initialise the objective from real outputs."""
