@@ -5,7 +5,8 @@ Targets (issue 4): at N=100k, d=128, k=10
   - Q=64:  EmbeddingIndex >= 4x raw faiss with its defaults (faiss scans without BLAS when
            Q*d < faiss.cvar.distance_compute_blas_threshold = 128000; we use one SGEMM + torch.topk).
 raw faiss and EmbeddingIndex are timed in turn inside each repeat (interleaved, order rotated), so load
-on a shared machine hits both alike; scikit-learn is timed after them (3 repeats). Tables report
+on a shared machine hits both alike; for Q < 1000 each turn is 5 back-to-back timed calls (a steady
+query loop; see run_case). scikit-learn is timed after them (3 repeats). Tables report
 medians; ratios are between medians of the same run.
 The neighbours are checked to be the same as raw faiss's before timing.
 
@@ -41,15 +42,24 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def run_case(methods: dict[str, Callable[[], Any]], repeats: int, flops: float) -> dict[str, dict[str, float]]:
-    """Interleaved repeats, the order rotated each time; returns median seconds and GFLOP/s per method."""
+def run_case(
+    methods: dict[str, Callable[[], Any]], repeats: int, flops: float, calls: int = 1
+) -> dict[str, dict[str, float]]:
+    """Median seconds and GFLOP/s per method.
+
+    Each repeat runs every method (order rotated) as a block of ``calls`` back-to-back calls, each
+    timed: a steady query loop, as timeit does. Back to back matters for short calls: libgomp's idle
+    threads spin for several ms after a parallel region (raw faiss's, torch's), stealing a core from
+    whatever runs next, which would bias an alternate-every-call schedule against the method run
+    after raw faiss.
+    """
     names = list(methods)
     times: dict[str, list[float]] = {name: [] for name in names}
     for name in names:  # warm-up (thread pools, page faults)
         methods[name]()
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(timed(methods[name]))
+            times[name].extend(timed(methods[name]) for _ in range(calls))
     return {
         name: {"median_s": statistics.median(t), "gflops": flops / statistics.median(t) / 1e9, "runs": len(t)}
         for name, t in times.items()
@@ -102,7 +112,7 @@ def main() -> None:
             "raw faiss (defaults)": lambda xq=xq: raw.search(xq, K),
             "EmbeddingIndex": lambda xq=xq: ours.search(xq, K),
         }
-        case = run_case(methods, args.repeats, flops)
+        case = run_case(methods, args.repeats, flops, calls=5 if nq < 1000 else 1)
         # scikit-learn afterwards: its BLAS thread pool would otherwise slow down whatever runs next
         case.update(run_case({"scikit-learn brute": lambda xq=xq: sk.kneighbors(xq)}, 3, flops))
         results["cases"][nq] = case
@@ -126,7 +136,7 @@ def main() -> None:
                 "topk": lambda qt=qt: exact_topk(qt, xt, K, l2=True, reference_sq_norms=norms),
                 "blas0": lambda xq=xq: _forced_blas(raw, xq),
             }
-            case = run_case(methods, args.repeats, 2.0 * nq * args.n * args.dim)
+            case = run_case(methods, args.repeats, 2.0 * nq * args.n * args.dim, calls=5 if nq < 1000 else 1)
             sweep[nq] = case
             print(f"| {nq} | " + " | ".join(f"{case[m]['median_s'] * 1e3:.2f}" for m in methods) + " |")
         results["sweep"] = sweep
