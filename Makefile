@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU build of torch unless a GPU is visible (a bare `torch` would pull several GB of CUDA wheels).
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
-EXTRAS ?= dev
+EXTRAS ?= dev,text
 
 .PHONY: setup demo test bench clean
 setup: $(VENV)/.installed
@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
+	rm -rf runs/demo
 	$(VENV)/bin/metriclearn train --out runs/demo
 
 test: setup

@@ -1,9 +1,15 @@
 """metriclearn: learn embedding spaces where same-class points are neighbours, then use them.
 
-Sub-packages are imported lazily so ``import metriclearn`` stays fast and a CLI call only pays for
-what it uses: ``metriclearn.losses``, ``metriclearn.training``, ``metriclearn.indexes``,
-``metriclearn.classify``, ``metriclearn.metrics``, ``metriclearn.reports``, ``metriclearn.data``,
-``metriclearn.encoders``.
+The public API is re-exported here and imported lazily, so ``import metriclearn`` stays fast and a
+CLI call only pays for what it uses.
+
+Example
+-------
+>>> import metriclearn
+>>> metriclearn.NeighborhoodSoftmaxLoss(temperature=0.1)
+NeighborhoodSoftmaxLoss(temperature=0.1, distance='sqeuclidean', reduction='mean')
+>>> metriclearn.losses.CacheLoss.__name__
+'CacheLoss'
 """
 
 from __future__ import annotations
@@ -13,21 +19,38 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = (
-    "classify",
-    "data",
-    "encoders",
-    "indexes",
-    "losses",
-    "metrics",
-    "reports",
-    "training",
-)
+_SUBMODULES = ("classify", "data", "encoders", "indexes", "losses", "metrics", "reports", "training")
 
-__all__ = ["__version__", *_SUBMODULES]
+# public name -> the submodule that defines it (DESIGN.md's contract)
+_EXPORTS = {
+    "NeighborhoodSoftmaxLoss": "losses",
+    "SoftNearestNeighborLoss": "losses",
+    "PrototypeLoss": "losses",
+    "CacheLoss": "losses",
+    "ComplementEntropyLoss": "losses",
+    "Trainer": "training",
+    "Objective": "training",
+    "EmbeddingIndex": "indexes",
+    "KNNClassifier": "classify",
+    "CacheClassifier": "classify",
+    "retrieval_metrics": "metrics",
+    "separation_metrics": "metrics",
+    "load_data": "data",
+    "ClassBalancedSampler": "data",
+    "build_encoder": "encoders",
+    "write_report": "reports",
+}
+
+__all__ = ["__version__", *_SUBMODULES, *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"metriclearn.{name}")
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"metriclearn.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'metriclearn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from metriclearn._checks import check_fraction, check_labels, check_matrix, describe
+from metriclearn._checks import check_fraction, check_labels, check_matrix, check_positive_int, describe
 from metriclearn.sampler import ClassBalancedSampler
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "load_data",
     "load_labels",
     "load_matrix",
+    "stratified_subsample",
     "train_val_split",
 ]
 
@@ -425,3 +426,41 @@ def train_val_split(
     train_idx, val_idx = train_test_split(splittable, test_size=n_val, random_state=seed, stratify=stratify)
     train_idx = np.sort(np.concatenate([train_idx, np.flatnonzero(singles)]))
     return data.subset(train_idx), data.subset(np.sort(val_idx))
+
+
+def stratified_subsample(labels: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` rows, each class keeping its share of the rows.
+
+    Class c with n_c of n rows gets ⌊max_points · n_c / n⌋ rows plus one for the classes with the largest
+    remainders (Hamilton's method), and at least one row whenever ``max_points`` >= the number of
+    classes; the rows of each class are drawn uniformly with ``seed``.
+
+    Example
+    -------
+    >>> y = np.array([0] * 90 + [1] * 9 + [2])
+    >>> np.bincount(y[stratified_subsample(y, 10)]).tolist()
+    [8, 1, 1]
+    >>> len(stratified_subsample(y, 500))
+    100
+    """
+    labels = check_labels(labels, "labels")
+    max_points = check_positive_int(max_points, "max_points")
+    n = len(labels)
+    if n <= max_points:
+        return np.arange(n, dtype=np.int64)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    share = max_points * counts / n
+    quota = np.floor(share).astype(np.int64)
+    if max_points >= len(classes):
+        quota = np.maximum(quota, 1)
+    left = max_points - int(quota.sum())
+    if left > 0:  # hand the remaining rows to the largest remainders
+        order = np.argsort(-(share - np.floor(share)), kind="stable")
+        quota[order[:left]] += 1
+    elif left < 0:  # the at-least-one rule overshot: take back from the biggest quotas
+        for c in np.argsort(-quota, kind="stable")[:-left]:
+            quota[c] -= 1
+    quota = np.minimum(quota, counts)
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(inverse == c), size=q, replace=False) for c, q in enumerate(quota)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)

@@ -12,7 +12,10 @@ Spec grammar
 ``"cnn"``            ConvNet with channels (32, 64); the image shape is inferred from the feature count
                      when ``input_shape`` is flat: 64 -> 1×8×8, 784 -> 1×28×28 (a square count)
 ``"cnn:16,32,64"``   ConvNet with the given channels per stage
-``"sentence[:PATH]"``  reserved for a sentence-transformers encoder (the ``text`` extra); not available yet
+``"sentence"``       :class:`~metriclearn.sentence.SentenceEncoder` on the packaged all-MiniLM-L6-v2 (the
+                     ``text`` extra); ``input_shape`` is ignored (inputs are lists of str), ``**options``
+                     go to ``SentenceEncoder`` (``freeze``, ``max_length``, ``chunk_size``, ``cache_size``)
+``"sentence:PATH"``  the same on a local sentence-transformers / Hugging Face model folder
 
 Example
 -------
@@ -38,6 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metriclearn._checks import check_choice, check_matrix, check_positive_float, check_positive_int, describe
+from metriclearn.sentence import SentenceEncoder
+
+__all__ = ["MLP", "ConvNet", "Encoder", "SentenceEncoder", "Standardize", "build_encoder"]
 
 SPEC_FORMS = "'mlp', 'mlp:H1,H2,...', 'cnn', 'cnn:C1,C2,...' or 'sentence[:PATH]'"
 DEFAULT_HIDDEN = (256,)
@@ -264,13 +270,14 @@ def build_encoder(
     input_shape: tuple[int, ...] | int,
     embedding_dim: int = 64,
     normalize: bool = True,
-) -> Encoder:
+    **options: Any,
+) -> nn.Module:
     """Build an :class:`Encoder` from a spec string (see the module docstring for the grammar).
 
     Parameters
     ----------
     spec:
-        ``"mlp"``, ``"mlp:512,256"``, ``"cnn"``, ``"cnn:32,64"`` (``"sentence[:PATH]"`` is reserved).
+        ``"mlp"``, ``"mlp:512,256"``, ``"cnn"``, ``"cnn:32,64"``, ``"sentence"`` or ``"sentence:PATH"``.
     input_shape:
         The shape of one sample without the batch axis, e.g. ``(64,)`` or ``(1, 28, 28)`` (an int is
         taken as ``(n,)``).
@@ -278,22 +285,25 @@ def build_encoder(
         Width of the embedding.
     normalize:
         L2-normalise the embeddings.
+    options:
+        Keyword arguments of :class:`~metriclearn.sentence.SentenceEncoder` (sentence specs only). The
+        returned sentence encoder's ``spec`` names its model folder as an absolute path (``"sentence"``
+        for the packaged model), so a saved run is rebuilt from any working directory.
     """
     if not isinstance(spec, str):
         raise TypeError(f"encoder spec must be a string, got {describe(spec)}")
+    name, _, args = spec.strip().partition(":")
+    if name.lower() == "sentence":
+        return _sentence_encoder(spec, args, embedding_dim, normalize, options)
+    if options:
+        raise ValueError(f"encoder spec {spec!r} takes no encoder options, got {sorted(options)}")
     if isinstance(input_shape, (int, np.integer)):
         input_shape = (int(input_shape),)
     shape = tuple(check_positive_int(s, "input_shape entry") for s in input_shape)
     if not shape:
         raise ValueError("input_shape must have at least one entry, got ()")
     embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
-    name, _, args = spec.strip().partition(":")
     name = name.lower()
-    if name == "sentence":
-        raise NotImplementedError(
-            f"encoder spec {spec!r}: sentence encoders need the 'text' extra "
-            "(pip install 'metriclearn[text]') and are not available in this version yet; use 'mlp' or 'cnn'"
-        )
     if name not in ("mlp", "cnn") or (":" in spec and not args):
         raise ValueError(f"unknown encoder spec {spec!r}; allowed forms: {SPEC_FORMS}")
     num_features = math.prod(shape)
@@ -307,3 +317,17 @@ def build_encoder(
         standardize = Standardize(num_features, scope="global")
         body = ConvNet(_image_shape(shape), embedding_dim, channels, normalize)
     return Encoder(standardize, body, spec, shape, embedding_dim, bool(normalize))
+
+
+def _sentence_encoder(spec: str, path: str, embedding_dim: int, normalize: bool, options: dict[str, Any]) -> nn.Module:
+    known = ("freeze", "max_length", "chunk_size", "cache_size")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown encoder option(s) {unknown} for {spec!r}; known: {', '.join(known)}")
+    if ":" in spec and not path.strip():
+        raise ValueError(f"encoder spec {spec!r} needs a model folder after ':'; allowed forms: {SPEC_FORMS}")
+    embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
+    model = SentenceEncoder(path.strip() or None, embedding_dim, normalize, **options)
+    model.spec = f"sentence:{model.model_path}" if path.strip() else "sentence"
+    model.input_shape = ()
+    return model

@@ -59,6 +59,7 @@ from sklearn.metrics import (
 
 from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
 from metriclearn._progress import progress
+from metriclearn.data import stratified_subsample
 
 __all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "retrieval_metrics", "separation_metrics"]
 
@@ -341,28 +342,3 @@ def separation_metrics(
         "nmi": float(normalized_mutual_info_score(codes, clusters)),
         "ami": float(adjusted_mutual_info_score(codes, clusters)),
     }
-
-
-def stratified_subsample(codes: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of a random subsample of ``size`` points with class shares kept (largest remainder).
-
-    Returns every index when ``size >= len(codes)``.
-
-    Example
-    -------
-    >>> import numpy as np
-    >>> idx = stratified_subsample(np.array([0] * 80 + [1] * 20), 10)
-    >>> len(idx), int((idx >= 80).sum())
-    (10, 2)
-    """
-    n = len(codes)
-    if size >= n:
-        return np.arange(n)
-    counts = np.bincount(codes)
-    quota = counts * size / n
-    take = np.floor(quota).astype(np.int64)
-    extra = np.argsort(-(quota - take), kind="stable")[: size - int(take.sum())]
-    take[extra] += 1
-    rng = np.random.default_rng(seed)
-    chosen = [rng.choice(np.flatnonzero(codes == c), t, replace=False) for c, t in enumerate(take) if t]
-    return np.sort(np.concatenate(chosen))

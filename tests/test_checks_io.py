@@ -84,3 +84,14 @@ def test_save_npy_and_checksum(tmp_path: Path) -> None:
     first = _io.sha256(path)
     _io.save_npy(path, np.zeros((3, 3), dtype=np.float32))
     assert _io.sha256(path) != first and len(first) == 64
+
+
+def test_atomic_files_follow_the_umask(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        _io.write_text(tmp_path / "r.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.txt").stat().st_mode & 0o777 == 0o644

@@ -52,3 +52,14 @@ def test_main_entry_point_exits_zero(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 0
+
+
+def test_package_reexports_the_public_api() -> None:
+    import metriclearn
+    from metriclearn.classify import CacheClassifier
+    from metriclearn.indexes import EmbeddingIndex
+
+    assert metriclearn.EmbeddingIndex is EmbeddingIndex and metriclearn.CacheClassifier is CacheClassifier
+    assert all(getattr(metriclearn, name) is not None for name in metriclearn.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        metriclearn.nope  # noqa: B018

@@ -121,8 +121,7 @@ def test_build_encoder_specs() -> None:
         ("mlp:", ValueError, r"unknown encoder spec 'mlp:'; allowed forms"),
         ("mlp:a,b", ValueError, r"encoder spec 'mlp:a,b' must list positive integers after ':'"),
         ("cnn:0", ValueError, r"encoder spec 'cnn:0' must list positive integers after ':'"),
-        ("sentence", NotImplementedError, r"encoder spec 'sentence': sentence encoders need the 'text' extra"),
-        ("sentence:models/minilm", NotImplementedError, r"not available in this version yet; use 'mlp' or 'cnn'"),
+        ("sentence:models/minilm", ValueError, r"model folder 'models/minilm' does not exist"),
         (3, TypeError, r"encoder spec must be a string, got 3"),
     ],
 )

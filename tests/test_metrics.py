@@ -11,7 +11,8 @@ from pytorch_metric_learning.utils.inference import CustomKNN
 from sklearn.metrics import silhouette_score
 
 from metriclearn import metrics
-from metriclearn.metrics import retrieval_metrics, separation_metrics, stratified_subsample
+from metriclearn.data import stratified_subsample
+from metriclearn.metrics import retrieval_metrics, separation_metrics
 
 PML_KEYS = {"precision_at_1": "precision_at_1", "r_precision": "r_precision", "map_at_r": "mean_average_precision_at_r"}
 

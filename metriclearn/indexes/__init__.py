@@ -1,1 +1,16 @@
-"""metriclearn.indexes (see DESIGN.md)."""
+"""Similarity search over embeddings: :class:`EmbeddingIndex` (faiss) and exact torch ground truth.
+
+>>> import numpy as np
+>>> index = EmbeddingIndex(dim=2, metric="l2")
+>>> index.add(np.eye(2, dtype=np.float32)).tolist()
+[0, 1]
+>>> len(index)
+2
+"""
+
+from __future__ import annotations
+
+from metriclearn.indexes.exact import exact_search
+from metriclearn.indexes.faiss_index import EmbeddingIndex
+
+__all__ = ["EmbeddingIndex", "exact_search"]

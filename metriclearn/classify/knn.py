@@ -1,0 +1,234 @@
+"""k-nearest-neighbour classifier on an :class:`~metriclearn.indexes.EmbeddingIndex`.
+
+The index finds each query's ``k`` nearest training points; their labels vote:
+
+    p(y | x) = Σ_{j ∈ N_k(x)} w_j·1[y_j = y]  /  Σ_{j ∈ N_k(x)} w_j
+
+with ``w_j = 1`` (``weights="uniform"``) or ``w_j = 1 / d(x, x_j)`` (``weights="distance"``), where ``d`` is
+the Euclidean distance (``metric="l2"``) or the cosine distance ``1 − cos`` (``metric="cosine"``) — the
+definitions of scikit-learn's ``KNeighborsClassifier(metric="euclidean"|"cosine")``. As there, a query that
+coincides with training points (``d = 0``) takes its vote from those points only, each with weight 1.
+
+The distances of the ``k`` neighbours found are recomputed in float64 from the stored training vectors
+(Q·k·d work, negligible next to the search), so exact matches are exactly 0 and ``kind="flat"`` gives the
+same neighbours, distances and predictions as ``KNeighborsClassifier(algorithm="brute")`` up to ties in
+distance. Approximate kinds (``ivf``, ``hnsw``, ``pq``) trade exactness of the neighbour set for speed.
+
+Example
+-------
+>>> import numpy as np
+>>> X = np.array([[0.0, 0], [0, 1], [5, 5], [5, 6]])
+>>> knn = KNNClassifier(n_neighbors=2, weights="uniform", device="cpu").fit(X, ["a", "a", "b", "b"])
+>>> knn.predict(np.array([[0.2, 0.3], [5.1, 5.4]])).tolist()
+['a', 'b']
+>>> knn.predict_proba(np.array([[2.5, 3.0]])).tolist()  # equidistant from (0, 1) and (5, 5)
+[[0.5, 0.5]]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from metriclearn._checks import check_choice, check_positive_int
+from metriclearn.classify._base import encode_targets, fit_data, index_labels, query_data
+
+WEIGHTS = ("distance", "uniform")
+METRICS = ("l2", "cosine")
+
+
+def neighbor_weights(distances: np.ndarray, weights: str) -> np.ndarray:
+    """Vote weights for neighbours at ``distances`` (n, k): ones, or ``1/d`` with exact matches winning.
+
+    A row holding a zero distance gives weight 1 to its zero-distance neighbours and 0 to the others
+    (scikit-learn's rule); ``inf`` distances (missing neighbours) get weight 0.
+
+    Example
+    -------
+    >>> neighbor_weights(np.array([[0.5, 2.0], [0.0, 1.0]]), "distance").tolist()
+    [[2.0, 0.5], [1.0, 0.0]]
+    """
+    if weights == "uniform":
+        return np.isfinite(distances).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        inverse = 1.0 / distances  # (n, k); 1/0 = inf marks exact matches, 1/inf = 0 missing ones
+    exact = np.isinf(inverse)
+    rows = exact.any(axis=1)
+    inverse[rows] = exact[rows]
+    return inverse
+
+
+def vote(neighbor_codes: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class probabilities (n, K) from neighbour class codes (n, k) and their weights (n, k).
+
+    Example
+    -------
+    >>> vote(np.array([[0, 1, 1]]), np.array([[2.0, 1.0, 1.0]]), 3).tolist()
+    [[0.5, 0.5, 0.0]]
+    """
+    n = neighbor_codes.shape[0]
+    proba = np.zeros((n, num_classes))
+    np.add.at(proba, (np.repeat(np.arange(n), neighbor_codes.shape[1]), neighbor_codes.ravel()), weights.ravel())
+    total = proba.sum(axis=1, keepdims=True)
+    total[total == 0.0] = 1.0
+    return proba / total
+
+
+class KNNClassifier(ClassifierMixin, BaseEstimator):
+    """k-nearest-neighbour vote over an :class:`~metriclearn.indexes.EmbeddingIndex` (scikit-learn estimator).
+
+    Parameters
+    ----------
+    n_neighbors : int, default=10
+        Neighbours that vote (at most the number of training samples).
+    weights : {"distance", "uniform"}, default="distance"
+        ``"distance"``: weight ``1/d`` (exact matches take the whole vote); ``"uniform"``: equal weights.
+    metric : {"l2", "cosine"}, default="l2"
+        Euclidean distance or cosine distance ``1 − cos`` (the index normalises for ``"cosine"``).
+    kind : str, default="flat"
+        Index kind: ``"flat"`` (exact), ``"ivf"``, ``"hnsw"``, ``"pq"`` or a faiss factory string.
+    device : str, default="auto"
+        Device of the index (``"auto"`` uses a GPU when faiss-gpu and one are available).
+
+    Attributes
+    ----------
+    classes_ : (K,) sorted distinct training labels; probability columns follow it.
+    index_ : the fitted EmbeddingIndex (ids ``0..n-1`` are the training rows, labels attached).
+    fit_X_ : (n, d) float32 training vectors (to recompute the neighbours' distances exactly); None after
+        :meth:`from_index`, which uses the index's own distances.
+    fit_codes_ : (n,) int64 position of each training label in ``classes_``.
+    """
+
+    def __init__(
+        self,
+        n_neighbors: int = 10,
+        weights: str = "distance",
+        metric: str = "l2",
+        kind: str = "flat",
+        device: str = "auto",
+    ) -> None:
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+        self.metric = metric
+        self.kind = kind
+        self.device = device
+
+    def fit(self, X: Any, y: Any) -> KNNClassifier:
+        """Index the rows of ``X`` (ids ``0..n-1``) with their labels ``y``; returns ``self``."""
+        self._check_params()
+        X, y = fit_data(self, X, y)
+        self.classes_, self.fit_codes_ = encode_targets(y)
+        self.fit_X_ = X
+        from metriclearn.indexes import EmbeddingIndex
+
+        self.index_ = EmbeddingIndex(X.shape[1], metric=self.metric, kind=self.kind, device=self.device)
+        self.index_.add(X, labels=self.fit_codes_, ids=np.arange(len(X), dtype=np.int64))
+        return self
+
+    @classmethod
+    def from_index(cls, index: Any, n_neighbors: int = 10, weights: str = "distance") -> KNNClassifier:
+        """A fitted classifier over an existing, labelled EmbeddingIndex (e.g. ``EmbeddingIndex.load(dir)``).
+
+        The index's ``metric`` (``"l2"`` or ``"cosine"``), ``kind`` and ``device`` become the parameters.
+        Neighbour distances are the index's own (float32, ``sqrt`` of its squared L2 or ``1 − similarity``):
+        there are no stored training vectors to recompute them from, so an exact match may come out at a
+        distance of ~1e-7 instead of 0. ``kneighbors`` returns the index's ids.
+
+        Example
+        -------
+        >>> from metriclearn.indexes import EmbeddingIndex
+        >>> index = EmbeddingIndex(2, metric="l2", device="cpu")
+        >>> _ = index.add(np.array([[0.0, 0], [0, 1], [5, 5]]), labels=[7, 7, 9], ids=[10, 11, 12])
+        >>> knn = KNNClassifier.from_index(index, n_neighbors=1)
+        >>> knn.predict(np.array([[4.0, 4.0]])).tolist(), knn.kneighbors(np.array([[4.0, 4.0]]))[1].tolist()
+        ([9], [[12]])
+        """
+        if index.metric not in METRICS:
+            raise ValueError(f"a kNN classifier needs an index with metric 'l2' or 'cosine', got {index.metric!r}")
+        knn = cls(n_neighbors=n_neighbors, weights=weights, metric=index.metric, kind=index.kind, device=index.device)
+        knn._check_params()
+        knn.classes_, id_codes = encode_targets(index_labels(index))
+        order = np.argsort(index.ids)
+        knn.index_ids_, knn.index_codes_ = index.ids[order], id_codes[order]  # sorted ids -> class code
+        knn.index_, knn.fit_X_, knn.n_features_in_ = index, None, index.dim
+        return knn
+
+    def _check_params(self) -> None:
+        check_positive_int(self.n_neighbors, "n_neighbors")
+        check_choice(self.weights, WEIGHTS, "weights")
+        check_choice(self.metric, METRICS, "metric")
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError(f"kind must be an index kind such as 'flat', got {self.kind!r}")
+
+    def kneighbors(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n_neighbors`` nearest training rows of each query, nearest first.
+
+        Returns
+        -------
+        distances : (n, k) float64 distances (Euclidean or ``1 − cos``); ``inf`` where none was found.
+        indices : (n, k) int64 training-row positions (index ids after :meth:`from_index`); ``-1`` if none.
+        """
+        X = query_data(self, X)
+        k = self.n_neighbors
+        if k > len(self.index_):
+            raise ValueError(f"n_neighbors={k} is larger than the number of indexed samples ({len(self.index_)})")
+        D, ids = self.index_.search(X, k)  # (n, k)
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.fit_X_ is not None:
+            distances = exact_distances(X, self.fit_X_, ids, self.metric)  # (n, k)
+        elif self.metric == "l2":
+            distances = np.sqrt(np.maximum(D.astype(np.float64), 0.0))  # squared L2 -> L2; inf stays inf
+        else:
+            distances = np.where(ids >= 0, np.clip(1.0 - D.astype(np.float64), 0.0, 2.0), np.inf)
+        order = np.argsort(distances, axis=1, kind="stable")
+        return np.take_along_axis(distances, order, 1), np.take_along_axis(ids, order, 1)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Weighted neighbour vote per class: (n, K) float64, columns in ``classes_`` order."""
+        distances, ids = self.kneighbors(X)
+        if self.fit_X_ is not None:
+            codes = self.fit_codes_[np.clip(ids, 0, None)]  # (n, k) ids are training rows
+        else:
+            pos = np.clip(np.searchsorted(self.index_ids_, ids), 0, len(self.index_ids_) - 1)
+            codes = self.index_codes_[pos]  # (n, k)
+        return vote(codes, neighbor_weights(distances, self.weights), len(self.classes_))  # missing: weight 0
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class with the largest vote (the first in ``classes_`` on a tie, like scikit-learn)."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+def exact_distances(
+    queries: np.ndarray, points: np.ndarray, ids: np.ndarray, metric: str, block: int = 4096
+) -> np.ndarray:
+    """Float64 distances from each query (n, d) to ``points[ids]`` (ids (n, k), ``-1`` -> ``inf``).
+
+    ``metric="l2"``: ``‖q − p‖``; ``"cosine"``: ``1 − q·p / (‖q‖‖p‖)`` (zero vectors have cosine 0).
+
+    Example
+    -------
+    >>> exact_distances(np.array([[3.0, 4.0]]), np.array([[0.0, 0], [3, 4]]), np.array([[0, 1]]), "l2").tolist()
+    [[5.0, 0.0]]
+    """
+    out = np.full(ids.shape, np.inf)
+    for start in range(0, len(queries), block):
+        q = queries[start : start + block].astype(np.float64)  # (b, d)
+        idx = ids[start : start + block]  # (b, k)
+        p = points[np.clip(idx, 0, None)].astype(np.float64)  # (b, k, d)
+        if metric == "l2":
+            diff = p - q[:, None, :]  # (b, k, d)
+            dist = np.sqrt(np.einsum("bkd,bkd->bk", diff, diff))  # (b, k)
+        else:
+            qn = _unit(q)  # (b, d)
+            pn = _unit(p)  # (b, k, d)
+            dist = np.clip(1.0 - np.einsum("bd,bkd->bk", qn, pn), 0.0, 2.0)  # (b, k)
+        out[start : start + block] = np.where(idx >= 0, dist, np.inf)
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norm == 0.0, 1.0, norm)

@@ -1,0 +1,99 @@
+"""From an index ``kind`` to a faiss factory string, and how many vectors it needs to train.
+
+Named kinds (anything else is passed to ``faiss.index_factory`` as it is):
+
+====  ======================================  =====================================
+kind  faiss factory string                    vectors needed to train (first add)
+====  ======================================  =====================================
+flat  ``Flat``                                none (exact search)
+ivf   ``IVF{nlist},Flat``                     nlist
+hnsw  ``HNSW{hnsw_m},Flat``                   none
+pq    ``IVF{nlist},PQ{pq_m}x{pq_nbits}np``    max(nlist, 2**pq_nbits)
+====  ======================================  =====================================
+
+(``np``: no polysemous training, which is slow and only serves Hamming-filtered search.)
+
+``nlist=None`` picks ``min(4·√n, n / 39)`` (at least 1) from the n vectors of the first add: about 4·√n
+lists (faiss's guideline), never fewer than 39 training points per list (faiss's warning limit).
+
+>>> factory_string("ivf", 64, nlist=100)
+'IVF100,Flat'
+>>> factory_string("pq", 64, nlist=10)
+'IVF10,PQ16x8np'
+>>> auto_nlist(100_000), auto_nlist(1797), auto_nlist(10)
+(1265, 46, 1)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import faiss
+
+KINDS = ("flat", "ivf", "hnsw", "pq")
+METRIC_TYPES = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT}
+
+
+def auto_nlist(n: int) -> int:
+    """Inverted lists for ``n`` training vectors: min(round(4·√n), n // 39), at least 1."""
+    return max(1, min(round(4 * math.sqrt(n)), n // 39))
+
+
+def default_pq_m(dim: int) -> int:
+    """Sub-quantizers for PQ: the largest divisor of ``dim`` that is at most dim / 4 (4-dim sub-vectors)."""
+    target = max(1, dim // 4)
+    return max(m for m in range(1, target + 1) if dim % m == 0)
+
+
+def needs_nlist(kind: str) -> bool:
+    """Whether a named ``kind`` has inverted lists (``ivf``, ``pq``)."""
+    return kind in ("ivf", "pq")
+
+
+def factory_string(
+    kind: str,
+    dim: int,
+    *,
+    nlist: int | None = None,
+    hnsw_m: int = 32,
+    pq_m: int | None = None,
+    pq_nbits: int = 8,
+) -> str:
+    """The faiss factory string for ``kind`` (named kinds need ``nlist`` resolved first)."""
+    if kind == "flat":
+        return "Flat"
+    if kind == "hnsw":
+        return f"HNSW{hnsw_m},Flat"
+    if needs_nlist(kind):
+        if nlist is None:
+            raise ValueError(f"kind {kind!r} needs nlist (None means: chosen on the first add)")
+        if kind == "ivf":
+            return f"IVF{nlist},Flat"
+        return f"IVF{nlist},PQ{pq_m or default_pq_m(dim)}x{pq_nbits}np"  # np: no polysemous training (slow, unused)
+    if re.match(r"\s*IDMap", kind, flags=re.IGNORECASE):
+        raise ValueError(f"kind {kind!r}: ids are managed by EmbeddingIndex, drop the 'IDMap' prefix")
+    return kind
+
+
+def min_training_points(kind: str, nlist: int | None, pq_nbits: int = 8) -> int:
+    """Vectors needed to train a named ``kind`` (0 for kinds that need no training)."""
+    if kind == "ivf":
+        return int(nlist or 1)
+    if kind == "pq":
+        return max(int(nlist or 1), 2**pq_nbits)
+    return 0
+
+
+def build(factory: str, dim: int, metric: str) -> faiss.Index:
+    """``faiss.index_factory`` with faiss's parse errors turned into a ``ValueError`` naming the kind."""
+    try:
+        return faiss.index_factory(dim, factory, METRIC_TYPES[metric])
+    except RuntimeError as exc:
+        raise ValueError(f"kind {factory!r} is not a faiss index factory string: {faiss_reason(exc)}") from exc
+
+
+def faiss_reason(exc: BaseException) -> str:
+    """The useful tail of a faiss C++ exception message (drops the 'Error in <function> at <file>:' part)."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", text).removeprefix("Error: ")

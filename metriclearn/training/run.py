@@ -1,0 +1,265 @@
+"""Run directories: train one from a :class:`TrainConfig`, load it back, embed and evaluate with it.
+
+A run directory holds::
+
+    config.toml        the resolved configuration (re-read by --resume)
+    classes.json       label values in code order (code i means classes[i])
+    model.pt           {"format_version", "encoder", "input_shape", "embedding_dim", "normalize",
+                        "encoder_options", "state_dict"}; a frozen sentence transformer is not in
+                        the state_dict (only the head): it is re-read from the model folder the spec names
+    metrics.json       held-out retrieval + separation metrics
+    log.csv            one row per epoch
+    checkpoints/       last.pt and best.pt: full training state for --resume
+
+Everything loads with ``torch.load(weights_only=True)``; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metriclearn._io import save_with, write_json
+from metriclearn.training.callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    HealthMonitor,
+    ModelCheckpoint,
+    TensorBoardLogger,
+)
+from metriclearn.training import distributed
+from metriclearn.training.config import TrainConfig
+from metriclearn.training.objectives import build_objective
+from metriclearn.training.trainer import Trainer, embed_array, resolve_device, seed_everything
+
+MODEL_FORMAT_VERSION = 1
+RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv")
+
+
+def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
+    """Where the last full training state of a run lives."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def build_model(config: TrainConfig, input_shape: Sequence[int]) -> nn.Module:
+    """The encoder of ``config`` for inputs of ``input_shape`` (features per sample)."""
+    from metriclearn.encoders import build_encoder
+
+    return build_encoder(config.encoder, tuple(input_shape), config.embedding_dim, normalize=config.normalize,
+                         **config.encoder_options)
+
+
+def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callbacks: Sequence[Callback] = (),
+                 verbose: bool = True) -> Trainer:
+    """The :class:`Trainer` (objective, optimiser, schedule) that ``config`` describes."""
+    objective = build_objective(config.terms(), config.embedding_dim, num_classes, config.combine, config.loss_options)
+    optimizer = None
+    if config.optimizer != "adamw":
+        params = [*model.parameters(), *objective.parameters()]
+        optimizer = (
+            torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+            if config.optimizer == "adam"
+            else torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+        )
+    return Trainer(
+        model, objective, optimizer, lr=config.lr, weight_decay=config.weight_decay, scheduler=config.scheduler,
+        batch_size=config.batch_size, samples_per_class=config.samples_per_class, grad_clip=config.grad_clip,
+        amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor, callbacks=callbacks,
+        verbose=verbose,
+    )
+
+
+def train_run(
+    config: TrainConfig,
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Train the run ``config`` describes into ``out`` (or continue it with ``resume``); return metrics.json.
+
+    ``resume`` re-reads ``out/config.toml`` (the caller passes it as ``config``) and continues from
+    ``out/checkpoints/last.pt`` exactly. Extra ``callbacks`` run before the built-in logging/checkpointing.
+    """
+    from metriclearn.data import load_data, train_val_split
+
+    out = Path(out)
+    if resume and not checkpoint_path(out).exists():
+        raise FileNotFoundError(2, "No such file or directory (nothing to resume)", str(checkpoint_path(out)))
+    if not resume and (checkpoint_path(out).exists() or (out / "model.pt").exists()):
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    distributed.init_from_env()  # a no-op unless started by torchrun
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    data = load_data(config.data)
+    train, val = data, None
+    if config.val_fraction > 0:
+        train, val = train_val_split(data, val_fraction=config.val_fraction, seed=config.seed)
+        val = val if len(val) > 0 else None  # too small a fraction to hold anything out
+    input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
+    model = build_model(config, input_shape)
+    monitor = "loss" if val is None or config.monitor == "loss" else f"val_{config.monitor}"
+    mode = "min" if monitor == "loss" else "max"
+    all_callbacks: list[Callback] = [HealthMonitor(), *callbacks]
+    if config.patience > 0:
+        all_callbacks.append(EarlyStopping(monitor, patience=config.patience, mode=mode))
+    all_callbacks.append(CSVLogger(out / "log.csv"))
+    if TensorBoardLogger.available():
+        all_callbacks.append(TensorBoardLogger(out / "tensorboard"))
+    if config.report and val is not None:
+        all_callbacks.append(_MovieSnapshots(out / "report", val, config.seed))
+    all_callbacks.append(ModelCheckpoint(out / "checkpoints", monitor=monitor, mode=mode,
+                                         every_n_steps=config.checkpoint_every))
+    trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
+    if trainer.is_main_process and not resume:
+        config.save(out / "config.toml")
+        write_json(out / "classes.json", list(data.classes))
+    start = time.perf_counter()
+    trainer.fit(train, val, epochs=config.epochs, resume_from=checkpoint_path(out) if resume else None)
+    seconds = time.perf_counter() - start
+    if not trainer.is_main_process:
+        return {}
+    save_model(out / "model.pt", model, config, input_shape)
+    held_out = val if val is not None else train
+    held_out_emb = trainer.embed(held_out)
+    metrics = evaluate_embeddings(held_out_emb, held_out.y, trainer.embed(train), train.y)
+    metrics.update(split="val" if val is not None else "train", n_train=len(train), n_eval=len(held_out),
+                   epochs=trainer.epoch, train_seconds=seconds)
+    write_json(out / "metrics.json", metrics)
+    if config.report:
+        from metriclearn.reports import write_report
+
+        write_report(held_out_emb, held_out.y, out / "report", classes=list(data.classes),
+                     config=config.to_dict())
+    return metrics
+
+
+class _MovieSnapshots(Callback):
+    """Adds the held-out embeddings to a ``CentroidMovie`` every epoch; saves it at the end."""
+
+    def __init__(self, out_dir: Path, val: Any, seed: int) -> None:
+        from metriclearn.reports import CentroidMovie
+
+        self.out_dir, self.val = out_dir, val
+        self.movie = CentroidMovie(classes=list(val.classes), seed=seed)
+        self.snapshots = 0
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if trainer.is_main_process:
+            self.movie.add(epoch + 1, trainer.embed(self.val), self.val.y)
+            self.snapshots += 1
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if trainer.is_main_process and self.snapshots:
+            self.movie.save(self.out_dir)
+
+
+def save_model(path: str | os.PathLike[str], model: nn.Module, config: TrainConfig, input_shape: Sequence[int]) -> None:
+    """Write ``model.pt``: the encoder spec, input shape, embedding size and the weights (CPU tensors)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "encoder": getattr(model, "spec", config.encoder),  # a sentence model folder as an absolute path
+        "input_shape": [int(s) for s in input_shape],
+        "embedding_dim": int(config.embedding_dim),
+        "normalize": bool(config.normalize),
+        "encoder_options": dict(config.encoder_options),
+        "state_dict": state,
+    }
+    save_with(path, lambda f: torch.save(payload, f))
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any], list[Any]]:
+    """``(model in eval mode on CPU, config dict, classes)`` of a trained run directory."""
+    from metriclearn.encoders import build_encoder
+    from metriclearn.training.config import tomllib
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(2, "No such run directory", str(run_dir))
+    for name in ("model.pt", "config.toml", "classes.json"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(2, "No such file or directory (not a trained run directory?)", str(run_dir / name))
+    try:
+        payload = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+        version = payload["format_version"]
+    except Exception as exc:
+        raise ValueError(f"{run_dir / 'model.pt'}: not a readable metriclearn model ({exc})") from exc
+    if version != MODEL_FORMAT_VERSION:
+        raise ValueError(f"{run_dir / 'model.pt'}: format_version {version!r} is not supported")
+    model = build_encoder(payload["encoder"], tuple(payload["input_shape"]), payload["embedding_dim"],
+                          normalize=payload["normalize"], **payload.get("encoder_options", {}))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    with open(run_dir / "config.toml", "rb") as fh:
+        config = tomllib.load(fh)
+    with open(run_dir / "classes.json", encoding="utf-8") as fh:
+        classes = json.load(fh)
+    model.input_shape = tuple(payload["input_shape"])  # type: ignore[assignment]
+    return model, config, classes
+
+
+def embed_from_run(
+    run_dir: str | os.PathLike[str],
+    data: Any,
+    batch_size: int = 1024,
+    device: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """Embed ``data`` (path, ``"digits"`` or LabeledData) with a trained run.
+
+    Returns ``(embeddings float32 (n, D), labels int64 (n,) in the run's class codes, classes)``.
+    Labels the run never saw raise ``ValueError``.
+    """
+    from metriclearn.data import encode_labels, load_data
+
+    model, _, classes = load_run(run_dir)
+    if hasattr(data, "X") and hasattr(data, "y"):
+        labels, _ = encode_labels([data.classes[i] for i in np.asarray(data.y)], classes=classes)
+        X, source = data.X, getattr(data, "source", "data")
+    else:
+        loaded = load_data(data, classes=classes)
+        X, labels, source = loaded.X, loaded.y, loaded.source
+    text_model, text_data = bool(getattr(model, "is_text", False)), not isinstance(X, np.ndarray)
+    if text_model != text_data:
+        raise ValueError(f"{source}: the data holds {'texts' if text_data else 'numeric features'} but the model in "
+                         f"{run_dir} embeds {'texts (.jsonl)' if text_model else 'numeric features'}")
+    expected = tuple(model.input_shape)  # type: ignore[arg-type]
+    if isinstance(X, np.ndarray) and expected and tuple(X.shape[1:]) != expected:
+        raise ValueError(f"{source}: samples have shape {tuple(X.shape[1:])} but the model in {run_dir} expects {expected}")
+    device_ = resolve_device(device)
+    embeddings = embed_array(model.to(device_), X, batch_size, device_)
+    return embeddings, np.asarray(labels, dtype=np.int64), classes
+
+
+def evaluate_embeddings(
+    query: np.ndarray,
+    query_labels: np.ndarray,
+    reference: np.ndarray | None = None,
+    reference_labels: np.ndarray | None = None,
+    k: int = 5,
+) -> dict[str, Any]:
+    """Retrieval and separation metrics of ``query`` (and ``k``-NN accuracy against ``reference``).
+
+    ``retrieval`` is leave-one-out within the query set (the protocol of pytorch-metric-learning's
+    AccuracyCalculator); with a reference, ``retrieval_vs_reference`` searches the reference set and
+    ``knn_accuracy_k{k}`` is the accuracy of a majority vote over the k nearest reference points
+    (``knn_accuracy`` of :func:`metriclearn.metrics.retrieval_metrics`).
+    """
+    from metriclearn.metrics import retrieval_metrics, separation_metrics
+
+    metrics: dict[str, Any] = {"retrieval": retrieval_metrics(query, query_labels, k=k)}
+    if reference is not None:
+        metrics["retrieval_vs_reference"] = retrieval_metrics(query, query_labels, reference, reference_labels, k=k)
+        metrics[f"knn_accuracy_k{k}"] = metrics["retrieval_vs_reference"]["knn_accuracy"]
+    metrics["separation"] = separation_metrics(query, query_labels)
+    return metrics

@@ -1,0 +1,579 @@
+"""The training loop: class-balanced batches, AdamW, per-batch LR schedules, AMP, exact resume.
+
+The loop only moves data and gradients; logging, checkpoints, early stopping, health checks and report
+snapshots are :mod:`~metriclearn.training.callbacks`. :meth:`Trainer.state_dict` holds everything a
+run depends on — model, objective (cache buffers, EMA centroids, head), optimiser, scheduler, AMP
+scaler, sampler, the torch / numpy / python RNG states, epoch, step, history and callback states — so
+``fit(..., resume_from=checkpoint)`` continues a killed run to the same final weights (on CPU) as an
+uninterrupted one. Checkpoints hold only tensors, numbers, strings, lists and dicts and load with
+``torch.load(weights_only=True)``.
+
+Example
+-------
+>>> import numpy as np, torch
+>>> from metriclearn.training.objectives import Objective, lambda_loss
+>>> X = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+>>> y = np.repeat(np.arange(4), 10)
+>>> model = torch.nn.Linear(5, 3)
+>>> objective = Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())})
+>>> trainer = Trainer(model, objective, batch_size=8, samples_per_class=2, device="cpu", verbose=False)
+>>> history = trainer.fit((X, y), epochs=2)
+>>> len(history), trainer.embed(X).shape
+(2, (40, 3))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from metriclearn._checks import check_choice, check_positive_float, check_positive_int
+from metriclearn._progress import progress
+from metriclearn.training import distributed as dist_utils
+from metriclearn.training.callbacks import Callback, Logs
+from metriclearn.training.objectives import Objective, expected_initial_loss
+
+CHECKPOINT_VERSION = 1
+SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without a GPU is a ``ValueError``."""
+    if isinstance(device, torch.device):
+        return device
+    check_choice(str(device).split(":")[0], ("auto", "cpu", "cuda"), "device")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available (use --device cpu or auto)")
+    return torch.device(device)
+
+
+class Trainer:
+    """Train an embedding model with an :class:`~metriclearn.training.objectives.Objective`.
+
+    Parameters
+    ----------
+    model:
+        Maps a batch of inputs to embeddings (B, D).
+    objective:
+        The loss terms and how they combine; its parameters (heads, learned centroids) are optimised too.
+    optimizer:
+        An optimiser over ``model`` and ``objective`` parameters, or ``None`` for AdamW(lr,
+        weight_decay) with no decay on biases and normalisation weights (the fused kernel where available).
+    scheduler:
+        ``"onecycle"`` (max LR = ``lr``) or ``"cosine"`` stepped every batch, ``"plateau"`` stepped
+        every epoch on the monitored metric, ``"none"``, or ``factory(optimizer, total_steps)``.
+    batch_size, samples_per_class:
+        Class-balanced batches of ``batch_size // samples_per_class`` classes × ``samples_per_class``.
+    grad_clip:
+        Maximum global gradient norm (0: no clipping; the norm is still logged).
+    amp:
+        Mixed precision on CUDA (bfloat16 where supported, else float16 with a gradient scaler);
+        ignored on CPU.
+    monitor:
+        Validation metric for ``"plateau"`` and the logs (``map_at_r``, ``precision_at_1`` ...).
+    callbacks:
+        :class:`~metriclearn.training.callbacks.Callback` objects, called in order.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        scheduler: str | SchedulerFactory | None = "onecycle",
+        batch_size: int = 128,
+        samples_per_class: int = 4,
+        grad_clip: float = 0.0,
+        amp: bool = True,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        monitor: str = "map_at_r",
+        callbacks: Sequence[Callback] = (),
+        embed_batch_size: int = 1024,
+        verbose: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(objective, Objective):
+            raise TypeError(f"objective must be a metriclearn.training.Objective, got {type(objective).__name__}")
+        self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None and dist_utils.is_distributed():
+            self.device = dist_utils.local_device()  # cuda:LOCAL_RANK under torchrun
+        self.model = model.to(self.device)
+        self.objective = objective.to(self.device)
+        self.lr = check_positive_float(lr, "lr")
+        self.weight_decay = check_positive_float(weight_decay, "weight_decay", allow_zero=True)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.samples_per_class = check_positive_int(samples_per_class, "samples_per_class")
+        self.grad_clip = check_positive_float(grad_clip, "grad_clip", allow_zero=True)
+        self.embed_batch_size = check_positive_int(embed_batch_size, "embed_batch_size")
+        self.seed = check_positive_int(seed, "seed", allow_zero=True)
+        self.monitor = monitor
+        if isinstance(scheduler, str) or scheduler is None:
+            check_choice(scheduler or "none", ("onecycle", "cosine", "plateau", "none"), "scheduler")
+        self.scheduler_spec = scheduler or "none"
+        self.optimizer = optimizer if optimizer is not None else self._default_optimizer()
+        self.callbacks = list(callbacks)
+        self.verbose = verbose
+        self.amp_dtype = _amp_dtype(self.device) if amp else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scheduler: Any = None
+        self.sampler: Any = None
+        self.epoch = 0  # completed epochs
+        self.global_step = 0  # batches done
+        self.history: list[Logs] = []
+        self.initial_losses: dict[str, tuple[float, float | None]] = {}
+        self.should_stop = False
+        self.num_classes = 0
+        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        self._ddp: nn.Module | None = None
+        self._params: list[nn.Parameter] = []
+        # running sums of the current epoch (checkpointed, so a mid-epoch resume logs the whole epoch)
+        self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0, "lr": 0.0}
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def is_main_process(self) -> bool:
+        """Only rank 0 writes files."""
+        return self.rank == 0
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the model and the objective (in a fixed order)."""
+        return [p for p in [*self.model.parameters(), *self.objective.parameters()] if p.requires_grad]
+
+    def _default_optimizer(self) -> torch.optim.Optimizer:
+        decay = [p for p in self.parameters() if p.dim() > 1]
+        no_decay = [p for p in self.parameters() if p.dim() <= 1]
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        try:  # the fused kernel (CPU and CUDA) is several times faster than the per-tensor loop
+            return torch.optim.AdamW(groups, lr=self.lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            return torch.optim.AdamW(groups, lr=self.lr)
+
+    def _make_scheduler(self, total_steps: int) -> Any:
+        spec = self.scheduler_spec
+        if callable(spec):
+            return spec(self.optimizer, total_steps)
+        if spec == "onecycle":
+            max_lr = [group["lr"] for group in self.optimizer.param_groups]
+            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=max_lr, total_steps=total_steps)
+        if spec == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
+        if spec == "plateau":
+            mode = "min" if self.monitor == "loss" else "max"
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode=mode, factor=0.5, patience=2)
+        return None
+
+    @property
+    def _per_epoch_scheduler(self) -> bool:
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    def log(self, message: str) -> None:
+        """Print one line to stderr (rank 0, when ``verbose``), above any progress bar."""
+        if self.verbose and self.is_main_process:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        train: Any,
+        val: Any = None,
+        epochs: int = 10,
+        resume_from: str | Path | dict[str, Any] | None = None,
+    ) -> list[Logs]:
+        """Train for ``epochs`` epochs (in total, counting those of a resumed checkpoint).
+
+        A checkpoint taken mid-epoch (``ModelCheckpoint(every_n_steps=...)``) resumes at the next batch.
+
+        ``train``/``val`` are :class:`~metriclearn.data.LabeledData` or ``(X, y)`` pairs. Returns the
+        history: one dict of epoch logs per epoch (train loss, per-term losses, lr, ``val_*`` metrics).
+        """
+        from metriclearn.data import ClassBalancedSampler
+
+        epochs = check_positive_int(epochs, "epochs")
+        X, y = _unpack(train, "train")
+        self.num_classes = int(y.max()) + 1
+        val_xy = _unpack(val, "val") if val is not None else None
+        base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)
+        self.sampler = dist_utils.shard_batches(base_sampler)
+        self.scheduler = self._make_scheduler(epochs * len(self.sampler))
+        X_dev = _to_device(X, self.device)
+        y_dev = torch.as_tensor(y, dtype=torch.long, device=self.device)
+        self._precompute(X, *([val_xy[0]] if val_xy is not None else []))
+        if resume_from is not None:
+            self.load_state_dict(_load_checkpoint(resume_from), restore_rng=True)
+            self.log(f"resumed after epoch {self.epoch} (step {self.global_step})")
+        else:
+            self._prepare(X, y, X_dev, y_dev)
+        self._ddp = dist_utils.wrap_model(self.model, self.device)
+        self._params = self.parameters()
+        self.should_stop = False
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        try:
+            while self.epoch < epochs and not self.should_stop:
+                self._run_epoch(X_dev, y_dev, val_xy, epochs)
+        except BaseException:
+            self._end_callbacks(failed=True)  # close writers, remove hooks; never mask the original error
+            raise
+        self._end_callbacks(failed=False)
+        return self.history
+
+    def _end_callbacks(self, failed: bool) -> None:
+        for cb in self.callbacks:
+            if not failed:
+                cb.on_fit_end(self)
+                continue
+            try:
+                cb.on_fit_end(self)
+            except Exception as exc:  # noqa: BLE001 - reported, the training error takes precedence
+                warnings.warn(f"{type(cb).__name__}.on_fit_end failed after a training error: {exc}",
+                              RuntimeWarning, stacklevel=3)
+
+    def overfit_batch(self, train: Any, steps: int = 200) -> list[float]:
+        """Train on ONE class-balanced batch of ``train`` for ``steps`` steps; return the loss per step.
+
+        A sound model/objective drives the loss on a single batch close to zero; if it cannot, something
+        between data, model and loss is broken (the "overfit one batch" check). No scheduler is used.
+        """
+        from metriclearn.data import ClassBalancedSampler
+
+        steps = check_positive_int(steps, "steps")
+        X, y = _unpack(train, "train")
+        self.num_classes = int(y.max()) + 1
+        indices = next(iter(ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)), None)
+        if not indices:
+            raise ValueError(f"train has {len(y)} samples: too few for one batch of {self.batch_size}")
+        X_dev, y_dev = _to_device(X, self.device), torch.as_tensor(y, dtype=torch.long, device=self.device)
+        self._prepare(X, y, X_dev, y_dev)
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
+        x_batch, y_batch = _take(X_dev, idx), y_dev[idx]
+        self.scheduler = None
+        self.model.train()
+        losses = []
+        for _ in progress(range(steps), desc="overfit one batch", unit="step"):
+            losses.append(self._train_step(x_batch, y_batch)["loss"])
+            self.global_step += 1
+        return losses
+
+    def _precompute(self, *inputs: Any) -> None:
+        """Let a frozen text encoder cache its transformer outputs once (``model.precompute(texts)``)."""
+        precompute = getattr(self.model, "precompute", None)
+        if callable(precompute):
+            for X in inputs:
+                if not isinstance(X, (np.ndarray, Tensor)):
+                    precompute(X)
+
+    def _prepare(self, X: Any, y: np.ndarray, X_dev: Any, y_dev: Tensor) -> None:
+        """Fresh run: fit the encoder's input standardisation and initialise the objective from real outputs."""
+        standardize = getattr(self.model, "standardize", None)
+        if standardize is not None and hasattr(standardize, "fit") and isinstance(X, np.ndarray):
+            standardize.fit(X.reshape(len(X), -1) if X.ndim > 2 else X)
+            standardize.to(self.device)
+        if any(callable(getattr(t, "init_centroids", None)) for t in self.objective.terms.values()):
+            embeddings = torch.from_numpy(self.embed(X)).to(self.device)
+            self.objective.prepare(embeddings, y_dev)
+
+    def _run_epoch(self, X: Any, y: Tensor, val: tuple[Any, np.ndarray] | None, epochs: int) -> None:
+        epoch = self.epoch
+        progress_ = self._progress
+        if progress_["count"] == 0:  # a fresh epoch (else: resumed from a checkpoint taken mid-epoch)
+            progress_.update(sums={}, seen=0, seconds=0.0)
+        self.sampler.set_epoch(epoch)  # keeps a restored mid-epoch position
+        for cb in self.callbacks:
+            cb.on_epoch_start(self, epoch)
+        self.model.train()
+        self.objective.train()
+        start = time.perf_counter() - progress_["seconds"]
+        bar = progress(self.sampler, desc=f"epoch {epoch + 1}/{epochs}", total=len(self.sampler),
+                       initial=progress_["count"], unit="batch")
+        for batch, indices in enumerate(bar, start=progress_["count"]):
+            idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
+            logs = self._train_step(_take(X, idx), y[idx])
+            self.global_step += 1
+            for key, value in logs.items():
+                progress_["sums"][key] = progress_["sums"].get(key, 0.0) + value
+            progress_["count"] += 1
+            progress_["seen"] += len(indices)
+            progress_["seconds"] = time.perf_counter() - start
+            progress_["lr"] = logs["lr"]
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+            for cb in self.callbacks:
+                cb.on_batch_end(self, batch, logs)
+        count, seconds = progress_["count"], progress_["seconds"]
+        epoch_logs: Logs = {k: v / count for k, v in progress_["sums"].items() if k != "lr"}
+        epoch_logs["lr"] = progress_["lr"]  # of the epoch's last step
+        epoch_logs["seconds"] = seconds
+        epoch_logs["samples_per_s"] = progress_["seen"] / max(seconds, 1e-9)
+        progress_["count"] = 0
+        metrics = self.validate(*val) if val is not None else {}
+        for cb in self.callbacks:
+            cb.on_validation_end(self, metrics)
+        epoch_logs.update({f"val_{k}": v for k, v in metrics.items()})
+        if self._per_epoch_scheduler:
+            key = "loss" if self.monitor == "loss" or not metrics else f"val_{self.monitor}"
+            self.scheduler.step(epoch_logs[key])
+        self.epoch = epoch + 1
+        self.history.append(epoch_logs)
+        self.log(_format_epoch(epoch + 1, epochs, epoch_logs))
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch, epoch_logs)
+
+    def _train_step(self, x: Any, y: Tensor) -> Logs:
+        """The optimiser step(s) of one batch (one per group of terms)."""
+        logs: Logs = {"lr": self.optimizer.param_groups[0]["lr"]}  # the rate this batch's step(s) use
+        params = self._params or self.parameters()
+        model = self._ddp or self.model
+        for group in self.objective.groups():
+            self.optimizer.zero_grad(set_to_none=True)
+            surgery = self.objective.uses_surgery(group)
+            # PCGrad takes per-task gradients with autograd.grad, which DDP's hooks never see: skip DDP's
+            # sync and average each task gradient over the processes ourselves
+            no_sync = self._ddp.no_sync() if self._ddp is not None and surgery else contextlib.nullcontext()
+            with no_sync:
+                with self._autocast():
+                    embeddings = model(x)  # (b, D)
+                embeddings, labels = dist_utils.gather_batch(embeddings, y)  # (B, D), (B,)
+                losses = self.objective.term_losses(embeddings, labels, group)
+                total = self.objective.total(losses)
+                value = float(total.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step + 1} "
+                        f"(terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
+                        f"try a lower --lr, gradient clipping, or check the data for extreme values"
+                    )
+                if self.global_step == 0:
+                    self._record_initial(losses, labels)
+                scale: Any = self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0
+                reduce = dist_utils.all_reduce_mean if surgery and self._ddp is not None else None
+                self.objective.backward(losses, params, scale=scale, reduce=reduce)
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            logs["loss"] = logs.get("loss", 0.0) + value
+            logs.update({name: float(v.detach()) for name, v in losses.items()})
+            logs["grad_norm"] = float(grad_norm)
+        if self.scheduler is not None and not self._per_epoch_scheduler:
+            self.scheduler.step()
+        return logs
+
+    def _record_initial(self, losses: dict[str, Tensor], labels: Tensor) -> None:
+        counts = torch.bincount(labels)
+        m = int(counts[counts > 0].median())
+        for name, value in losses.items():
+            expected = expected_initial_loss(name, len(labels), m, self.num_classes)
+            self.initial_losses[name] = (float(value.detach()), expected)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------ inference
+    def embed(self, data: Any, batch_size: int | None = None) -> np.ndarray:
+        """Embeddings (n, D) float32 of ``data`` (LabeledData, array, tensor or list of texts), eval mode."""
+        return embed_array(self.model, data, batch_size or self.embed_batch_size, self.device, self.amp_dtype)
+
+    def validate(self, X: Any, y: np.ndarray) -> Logs:
+        """Leave-one-out retrieval metrics of the embeddings of ``(X, y)``."""
+        from metriclearn.metrics import retrieval_metrics
+
+        metrics = retrieval_metrics(self.embed(X), np.asarray(y))
+        return {k: float(v) for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (weights_only-safe)."""
+        return {
+            "format_version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else None,
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "epoch_progress": {**self._progress, "sums": dict(self._progress["sums"])},
+            "history": [dict(row) for row in self.history],
+            "initial_losses": {k: list(v) for k, v in self.initial_losses.items()},
+            "callbacks": {_cb_key(i, cb): cb.state_dict() for i, cb in enumerate(self.callbacks)},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], restore_rng: bool = True) -> None:
+        """Restore :meth:`state_dict` (call after the scheduler and sampler exist, i.e. inside ``fit``)."""
+        version = state.get("format_version")
+        if version != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint format_version {version!r} is not supported (expected {CHECKPOINT_VERSION})")
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if state["sampler"] is not None and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state["sampler"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self._progress = {**state["epoch_progress"], "sums": dict(state["epoch_progress"]["sums"])}
+        self.history = [dict(row) for row in state["history"]]
+        self.initial_losses = {k: (v[0], v[1]) for k, v in state["initial_losses"].items()}
+        for i, cb in enumerate(self.callbacks):
+            saved = state["callbacks"].get(_cb_key(i, cb))
+            if saved is not None:
+                cb.load_state_dict(saved)
+        if restore_rng:
+            set_rng_state(state["rng"])
+
+
+# ---------------------------------------------------------------------------- helpers
+@torch.no_grad()
+def embed_array(
+    model: nn.Module,
+    data: Any,
+    batch_size: int = 1024,
+    device: str | torch.device = "auto",
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Embed ``data`` (LabeledData, array, tensor or texts) with ``model`` in eval mode → (n, D) float32."""
+    device = resolve_device(device)
+    X = data.X if hasattr(data, "X") else data
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    n = len(X)
+    if n == 0:
+        raise ValueError("data to embed is empty (0 samples)")
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        for start in progress(range(0, n, batch_size), desc="embedding", unit="batch"):
+            chunk = _to_device(X[start : start + batch_size], device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                chunks.append(model(chunk).float().cpu())  # (b, D)
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _cb_key(index: int, cb: Callback) -> str:
+    return f"{index}:{type(cb).__name__}"
+
+
+def _unpack(data: Any, name: str) -> tuple[Any, np.ndarray]:
+    if hasattr(data, "X") and hasattr(data, "y"):
+        X, y = data.X, data.y
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        X, y = data
+    else:
+        raise TypeError(f"{name} must be a LabeledData or an (X, y) pair, got {type(data).__name__}")
+    y = np.asarray(y)
+    if len(y) == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} labels must be a 1-D integer array, got {y.dtype} with shape {y.shape}")
+    if len(X) != len(y):
+        raise ValueError(f"{name} has {len(X)} samples but {len(y)} labels")
+    if isinstance(X, np.ndarray):
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if not np.isfinite(X).all():
+            raise ValueError(f"{name} features contain NaN or inf values")
+    return X, y.astype(np.int64)
+
+
+def _to_device(X: Any, device: torch.device) -> Any:
+    if isinstance(X, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+    if isinstance(X, torch.Tensor):
+        return X.to(device)
+    return list(X)  # texts: the encoder tokenises
+
+
+def _take(X: Any, idx: Tensor) -> Any:
+    if isinstance(X, torch.Tensor):
+        return X[idx]
+    return [X[i] for i in idx.tolist()]
+
+
+def _load_checkpoint(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(source, dict):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory (no checkpoint to resume from)", str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise ValueError(f"{path}: not a readable metriclearn checkpoint ({exc})") from exc
+
+
+def _format_epoch(epoch: int, epochs: int, logs: Logs) -> str:
+    parts = [f"epoch {epoch}/{epochs}", f"loss {logs['loss']:.4f}"]
+    parts += [f"{k} {v:.4f}" for k, v in logs.items() if k.startswith("val_")]
+    parts.append(f"{logs['samples_per_s']:.0f} samples/s")
+    return "  ".join(parts)
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and python RNG states as weights_only-safe values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": [version, list(internal), gauss],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,55 @@
+"""TrainConfig: TOML round trip, unknown keys, value checks, loss terms."""
+
+from __future__ import annotations
+
+import pytest
+
+from metriclearn.training import TrainConfig, parse_loss_term
+
+
+def test_toml_round_trip(tmp_path) -> None:
+    cfg = TrainConfig(loss=["neighborhood", "cache:0.5"], epochs=7, loss_options={"cache": {"size": 128}})
+    cfg.save(tmp_path / "c.toml")
+    back = TrainConfig.from_toml(tmp_path / "c.toml")
+    assert back == cfg and back.terms() == [("neighborhood", 1.0), ("cache", 0.5)]
+
+
+def test_unknown_keys_are_named(tmp_path) -> None:
+    (tmp_path / "c.toml").write_text('epochs = 3\nlearning_rate = 0.1\nbatchsize = 3\n')
+    with pytest.raises(ValueError, match=r"c.toml: unknown config keys 'batchsize', 'learning_rate'"):
+        TrainConfig.from_toml(tmp_path / "c.toml")
+
+
+def test_bad_toml_and_bad_values(tmp_path) -> None:
+    (tmp_path / "bad.toml").write_text("epochs = [\n")
+    with pytest.raises(ValueError, match="bad.toml: not valid TOML"):
+        TrainConfig.from_toml(tmp_path / "bad.toml")
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(TypeError, match="lr must be a number"):
+        TrainConfig(lr="fast")
+    with pytest.raises(ValueError, match="batch_size \\(128\\) must be a multiple of samples_per_class \\(200\\)"):
+        TrainConfig(samples_per_class=200)
+    with pytest.raises(ValueError, match="loss_options key must be one of"):
+        TrainConfig(loss_options={"nca": {}})
+    with pytest.raises(ValueError, match="val_fraction must be below 1"):
+        TrainConfig(val_fraction=1.0)
+    with pytest.raises(TypeError, match="amp must be true or false"):
+        TrainConfig(amp="yes")
+
+
+def test_parse_loss_term() -> None:
+    assert parse_loss_term("Softmax:2") == ("softmax", 2.0)
+    with pytest.raises(ValueError, match="loss name must be one of"):
+        parse_loss_term("triplet")
+    with pytest.raises(ValueError, match="must be a number, got 'x'"):
+        parse_loss_term("cache:x")
+    with pytest.raises(ValueError, match="must be a finite positive number"):
+        parse_loss_term("cache:-1")
+
+
+def test_replace_validates() -> None:
+    cfg = TrainConfig().replace(epochs=2, loss=["snn"])
+    assert cfg.epochs == 2 and cfg.loss == ["snn"]
+    with pytest.raises(ValueError, match="unknown config key 'nope'"):
+        cfg.replace(nope=1)

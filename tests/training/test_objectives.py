@@ -1,0 +1,114 @@
+"""Objectives: weighted sums, alternating steps, PCGrad (against a hand-computed example), building by name."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from metriclearn.training import Objective, Trainer, build_objective, expected_initial_loss, pcgrad
+from metriclearn.training.objectives import HeadLoss, build_loss, lambda_loss
+
+
+def test_pcgrad_hand_computed_two_tasks() -> None:
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    # g1·g2 = -1 < 0: g1' = g1 - (-1/2) g2 = (0.5, 0.5); g2' = g2 - (-1/1) g1 = (0, 1); sum = (0.5, 1.5)
+    out = pcgrad([g1, g2])
+    assert torch.allclose(out, torch.tensor([0.5, 1.5]))
+    # each projected gradient no longer conflicts with the other original gradient
+    assert torch.dot(torch.tensor([0.5, 0.5]), g2) == 0 and torch.dot(torch.tensor([0.0, 1.0]), g1) == 0
+
+
+def test_pcgrad_leaves_agreeing_gradients_alone() -> None:
+    grads = [torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.5, 0.0, 1.0])]
+    assert torch.equal(pcgrad(grads), grads[0] + grads[1])
+
+
+def test_pcgrad_three_tasks_order_is_random_but_seeded() -> None:
+    grads = [torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.2]), torch.tensor([0.3, -1.0])]
+    a = pcgrad(grads, generator=torch.Generator().manual_seed(1))
+    b = pcgrad(grads, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="at least one gradient"):
+        pcgrad([])
+
+
+def test_objective_backward_pcgrad_sets_projected_gradients() -> None:
+    w = nn.Parameter(torch.zeros(2))
+    # L1 = w·(1,0) and L2 = w·(-1,1) have the gradients of the hand example
+    obj = Objective({"a": lambda_loss(lambda e, y: e[0] @ torch.tensor([1.0, 0.0])),
+                     "b": lambda_loss(lambda e, y: e[0] @ torch.tensor([-1.0, 1.0]))}, combine="pcgrad")
+    losses = obj.term_losses(w[None], torch.tensor([0]))
+    obj.backward(losses, [w])
+    assert torch.allclose(w.grad, torch.tensor([0.5, 1.5]))
+    w.grad = None
+    Objective(dict(obj.terms), combine="sum").backward(losses, [w])
+    assert torch.allclose(w.grad, torch.tensor([0.0, 1.0]))
+
+
+def test_weighted_sum_and_validation() -> None:
+    obj = Objective({"a": lambda_loss(lambda e, y: e.sum()), "b": lambda_loss(lambda e, y: 2 * e.sum())},
+                    weights={"a": 2.0, "b": 0.25})
+    assert obj(torch.ones(1, 1), torch.tensor([0])).item() == pytest.approx(2.5)
+    assert obj.groups() == [["a", "b"]]
+    with pytest.raises(ValueError, match="unknown terms"):
+        Objective({"a": lambda_loss(lambda e, y: e.sum())}, weights={"z": 1.0})
+    with pytest.raises(ValueError, match="combine must be one of"):
+        Objective({"a": lambda_loss(lambda e, y: e.sum())}, combine="max")
+    with pytest.raises(ValueError, match="at least one loss term"):
+        Objective({})
+
+
+def test_alternate_takes_one_optimizer_step_per_term() -> None:
+    X = np.random.default_rng(0).normal(size=(32, 5)).astype(np.float32)
+    y = np.repeat(np.arange(4), 8)
+    obj = build_objective([("softmax", 1.0), ("complement", 1.0)], 3, 4, combine="alternate")
+    assert obj.groups() == [["softmax"], ["complement"]]
+    assert obj.terms["softmax"].head is obj.terms["complement"].head  # one shared head
+    model = nn.Linear(5, 3)
+    trainer = Trainer(model, obj, batch_size=16, samples_per_class=4, device="cpu", verbose=False, scheduler="none")
+    steps = []
+    trainer.optimizer.register_step_post_hook(lambda opt, args, kwargs: steps.append(1))
+    trainer.fit((X, y), epochs=1)
+    assert len(steps) == 2 * len(trainer.sampler)
+    assert {"softmax", "complement"} <= set(trainer.history[0])
+
+
+def test_build_objective_by_name_and_options() -> None:
+    obj = build_objective([("neighborhood", 1.0), ("cache", 0.5)], 8, 3,
+                          loss_options={"neighborhood": {"temperature": 0.1}, "cache": {"size": 32}})
+    assert obj.names == ["neighborhood", "cache"] and obj.weights == {"neighborhood": 1.0, "cache": 0.5}
+    assert obj.terms["neighborhood"].temperature == 0.1
+    with pytest.raises(ValueError, match=r"loss_options.neighborhood: unknown option\(s\) \['temprature'\]"):
+        build_objective([("neighborhood", 1.0)], 8, 3, loss_options={"neighborhood": {"temprature": 0.1}})
+    with pytest.raises(ValueError, match="set by the trainer"):
+        build_loss("cache", 8, 3, {"dim": 4})
+    with pytest.raises(ValueError, match="given more than once"):
+        build_objective([("snn", 1.0), ("snn", 2.0)], 8, 3)
+    with pytest.raises(ValueError, match="needs at least two losses"):
+        build_objective([("snn", 1.0)], 8, 3, combine="alternate")
+    head = build_loss("softmax", 8, 3)
+    assert isinstance(head, HeadLoss) and head.head.out_features == 3
+
+
+@pytest.mark.parametrize("name", ["neighborhood", "snn", "prototype", "cache", "softmax", "complement"])
+def test_every_named_loss_trains_one_step(name: str) -> None:
+    obj = build_objective([(name, 1.0)], 4, 3)
+    e = torch.randn(12, 4, requires_grad=True)
+    y = torch.arange(3).repeat(4)
+    loss = obj(e, y)
+    loss.backward()
+    assert loss.dim() == 0 and torch.isfinite(loss) and e.grad is not None
+
+
+def test_expected_initial_loss_matches_uniform_softmax() -> None:
+    # all distances equal: p_i = (M-1)/(B-1) exactly, so the NCA-type loss is log((B-1)/(M-1))
+    e = torch.zeros(12, 4)
+    y = torch.arange(3).repeat(4)
+    obj = build_objective([("neighborhood", 1.0)], 4, 3)
+    assert obj(e, y).item() == pytest.approx(expected_initial_loss("neighborhood", 12, 4, 3), rel=1e-5)
+    assert expected_initial_loss("softmax", 12, 4, 3) == pytest.approx(math.log(3))
+    assert expected_initial_loss("complement", 12, 4, 3) is None
