@@ -226,6 +226,7 @@ def environment(threads: int) -> dict[str, object]:
         "pytorch_metric_learning": pytorch_metric_learning.__version__,
         "threads": threads,
         "python": platform.python_version(),
+        "load_average_at_start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
     }
 
 
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [512, 2048] if args.quick else [256, 512, 1024, 2048]
     slots = [4096] if args.quick else [1024, 4096, 16384]
     rows = bench_neighborhood(sizes, repeats) + bench_cache(slots, repeats) + bench_others(repeats)
+    env["load_average_at_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"\n- load average at end: {env['load_average_at_end']} (1, 5, 15 min; {os.cpu_count()} cores)")
     if args.json is not None:
         from metriclearn._io import write_json
 

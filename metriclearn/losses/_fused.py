@@ -27,18 +27,41 @@ multiplies: with ``A = diag(g) G``,
 where ``bb`` is the batch block and ``br`` the reference block. Gradients never reach ``refs``.
 
 Cost: one (B, N) GEMM forward and one backward (the batch block is symmetrised by a transpose
-into a padded buffer instead of a second GEMM), one fused softmax and five streaming passes over
-two (B, N) buffers: the logits' memory is reused for the positive mask, and the softmax's for the
-gradient, which the backward reads as is.
+into a padded buffer instead of a second GEMM), one fused softmax and five streaming passes. One
+fresh (B, N) matrix per call: the logits, turned in place into the softmax and then into the
+gradient, which the backward reads as is; the positive mask lives in a reused scratch matrix.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+_scratch = threading.local()
+
+
+def scratch(rows: int, cols: int, like: Tensor, slot: int = 0) -> Tensor:
+    """A (rows, cols) matrix for temporaries that die inside one forward or one backward call.
+
+    On CPU a fresh multi-megabyte tensor is usually new memory from the OS, and first touching it
+    costs a page fault per 4 KiB: a NeighborhoodSoftmaxLoss step at B=2048 took 3-4.6k faults and
+    ~20-24 ms with fresh (B, B) temporaries, 0.5k and ~17 ms without. So the largest matrix used
+    so far in each ``slot`` is kept per thread and dtype and handed out again (two slots are in use
+    at once in the backward). Other devices have caching allocators and get a fresh tensor. Never
+    keep the result beyond the call.
+    """
+    if like.device.type != "cpu":
+        return like.new_empty((rows, cols))
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    flat = buffers.get((like.dtype, slot))
+    if flat is None or flat.numel() < rows * cols:
+        flat = buffers[(like.dtype, slot)] = torch.empty(rows * cols, dtype=like.dtype)
+    return flat[: rows * cols].view(rows, cols)
 
 
 def pairwise_logits(x: Tensor, z: Tensor, inv_t: float, sqeuclidean: bool) -> Tensor:
@@ -50,13 +73,13 @@ def pairwise_logits(x: Tensor, z: Tensor, inv_t: float, sqeuclidean: bool) -> Te
             [  0.,  25.]])
     """
     if sqeuclidean:
-        bias = z.pow(2).sum(1).mul_(-inv_t).unsqueeze(0)  # (1, N)
+        bias = torch.linalg.vector_norm(z, dim=1).square_().mul_(-inv_t).unsqueeze(0)  # (1, N) one fused pass
         return torch.addmm(bias, x, z.T, alpha=2.0 * inv_t)  # (B, N)
     return torch.mm(x * inv_t, z.T)  # (B, N)
 
 
 def scaled_symmetric(g_bb: Tensor, row_scale: Tensor) -> tuple[Tensor, Tensor]:
-    """``A = diag(row_scale) g_bb`` and ``A + Aᵀ`` for a square block, without a second GEMM.
+    """``A = diag(row_scale) g_bb`` and ``A + Aᵀ`` (both in scratch memory) without a second GEMM.
 
     ``A`` is written into a buffer whose rows are padded by 16 elements: reading ``Aᵀ`` walks
     columns, and with a power-of-two row length (B = 512, 1024, 2048) every element of a column
@@ -69,9 +92,9 @@ def scaled_symmetric(g_bb: Tensor, row_scale: Tensor) -> tuple[Tensor, Tensor]:
             [32., 80.]])
     """
     n = g_bb.shape[0]
-    a = g_bb.new_empty((n, n + 16))[:, :n]  # (B, B) view with padded row stride
+    a = scratch(n, n + 16, g_bb)[:, :n]  # (B, B) view with padded row stride
     torch.mul(g_bb, row_scale.unsqueeze(1), out=a)
-    return a, a + a.T  # (B, B), (B, B)
+    return a, torch.add(a, a.T, out=scratch(n, n, g_bb, slot=1))  # (B, B), (B, B)
 
 
 def _exact_rows(logits: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,10 +115,15 @@ def _masked_logits(
     logits = pairwise_logits(anchors, z, inv_t, sqeuclidean)  # (R, N)
     if rows is None:
         logits[:, :b].diagonal().fill_(-math.inf)  # an anchor is not its own neighbour
-    else:
-        logits[torch.arange(rows.shape[0], device=x.device), rows] = -math.inf
+        if exclude is not None:
+            logits[exclude[0], b + exclude[1]] = -math.inf
+        return logits
+    logits[torch.arange(rows.shape[0], device=x.device), rows] = -math.inf
     if exclude is not None:
-        logits[:, b:].masked_fill_(exclude if rows is None else exclude[rows], -math.inf)
+        local = torch.full((b,), -1, dtype=torch.long, device=x.device)  # anchor -> row of `logits`
+        local[rows] = torch.arange(rows.shape[0], device=x.device)
+        keep = local[exclude[0]] >= 0  # (K,)
+        logits[local[exclude[0, keep]], b + exclude[1, keep]] = -math.inf
     return logits
 
 
@@ -105,7 +133,8 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     ``apply(x, refs, codes, counted, exclude, inv_t, sqeuclidean)``: x (B, D) the scored rows and
     first B columns; refs (M, D) detached extra columns; codes (N,) float label codes of
     ``[x; refs]`` (:func:`label_codes`); counted (B,) bool, the anchors that have a positive;
-    exclude (B, M) bool or None, reference slots that are not an anchor's neighbour; inv_t = 1/T;
+    exclude (2, K) long or None, (anchor, slot) pairs of reference slots that are not the anchor's
+    neighbour (a few per anchor, see :func:`matching_slots`); inv_t = 1/T;
     sqeuclidean: the distance (else cosine on unit-normalised inputs).
     Double backward is not supported: a backward with ``create_graph=True`` raises ``RuntimeError``.
     """
@@ -123,11 +152,11 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     ) -> Tensor:
         z = torch.cat([x, refs]) if refs.shape[0] else x  # (N, D)
         logits = _masked_logits(x, z, None, exclude, inv_t, sqeuclidean)  # (B, N)
-        grad = torch.softmax(logits, 1)  # (B, N) W, becomes G below
-        # The positive mask is written as 0/1 floats into the logits' memory (no bool→float copy,
-        # no third (B, N) buffer) and then multiplied by W in place.
-        b = x.shape[0]
-        pos_w = torch.eq(codes[:b, None], codes[None, :], out=logits).mul_(grad)  # (B, N) W on positives
+        grad = torch.softmax(logits, 1, out=logits)  # (B, N) W in place, becomes G below
+        # The positive mask is written as 0/1 floats into a reused scratch matrix (no bool→float
+        # copy, no fresh (B, N) buffer) and then multiplied by W in place.
+        b, n_cols = logits.shape
+        pos_w = torch.eq(codes[:b, None], codes[None, :], out=scratch(b, n_cols, x)).mul_(grad)  # (B, N)
         p = pos_w.sum(1)  # (B,)
         grad.sub_(pos_w)  # (B, N) W on negatives
         n = grad.sum(1)  # (B,)
@@ -135,7 +164,7 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         ratio = n / p.clamp_min(tiny)  # (B,)
         grad.addcmul_(pos_w, ratio.neg().unsqueeze(1))  # (B, N) G = W - [pos] W / p
         loss = torch.log1p(ratio)  # (B,)
-        del logits, pos_w
+        del pos_w
 
         weak = counted & (p < math.sqrt(tiny))  # positives underflow: redo those rows in the log domain
         if bool(weak.any()):
@@ -175,18 +204,42 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
 def label_codes(labels: Tensor, ref_labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Compact float codes of ``[labels; ref_labels]`` and each anchor's number of positives.
 
-    Returns ``(codes (N,), positives (B,))``: equal labels get equal codes ``0..U-1`` stored as
-    ``dtype`` (comparing floats into a float mask is ~3× faster than comparing int64 into a bool
-    one, and exact below 2**24 distinct labels; more fall back to float64), and ``positives[i]``
-    counts the *other* batch members and references with anchor i's label — from label counts,
-    O(N log N), not from a (B, N) mask.
+    Returns ``(codes (N,), positives (B,))``: equal labels get equal codes stored as ``dtype``
+    (comparing floats into a float mask is ~3× faster than comparing int64 into a bool one), and
+    ``positives[i]`` counts the *other* batch members and references with anchor i's label — from
+    label counts, not from a (B, N) mask. Small labels (the usual 0..K-1) are their own codes and
+    are counted with ``bincount``; others are renumbered by ``torch.unique``. Codes are exact in
+    float32 below 2**24 and fall back to float64 above.
 
-    >>> codes, positives = label_codes(torch.tensor([40, 7, 40, 9]), torch.tensor([9, 40]), torch.float32)
-    >>> codes, positives
-    (tensor([2., 0., 2., 1., 1., 2.]), tensor([2, 0, 2, 1]))
+    >>> label_codes(torch.tensor([4, 7, 4, 9]), torch.tensor([9, 4]), torch.float32)
+    (tensor([4., 7., 4., 9., 9., 4.]), tensor([2, 0, 2, 1]))
+    >>> label_codes(torch.tensor([10**9, 7, 10**9]), torch.tensor([7]), torch.float32)  # renumbered
+    (tensor([1., 0., 1., 0.]), tensor([1, 1, 1]))
     """
     b = labels.shape[0]
-    everything = torch.cat([labels, ref_labels])  # (N,)
+    everything = torch.cat([labels, ref_labels])  # (N,) non-negative
+    top = int(everything.max())
+    if top < min(2**24, 4 * everything.shape[0] + 1024):
+        counts = torch.bincount(everything, minlength=top + 1)  # (top + 1,)
+        return everything.to(dtype), counts[labels] - 1
     _, inverse, counts = torch.unique(everything, return_inverse=True, return_counts=True)
     exact = dtype if counts.shape[0] < 2**24 or dtype == torch.float64 else torch.float64
     return inverse.to(exact), counts[inverse[:b]] - 1
+
+
+def matching_slots(ids: Tensor, slot_ids: Tensor) -> Tensor:
+    """(2, K) long: the (anchor, slot) pairs with ``ids[anchor] == slot_ids[slot]``.
+
+    A sort of the slots and two binary searches per anchor, O((B + M) log M) — no (B, M) comparison;
+    each anchor matches only the few slots holding its own earlier copies.
+
+    >>> matching_slots(torch.tensor([7, 3, 9]), torch.tensor([3, 7, 5, 7]))
+    tensor([[0, 0, 1],
+            [1, 3, 0]])
+    """
+    sorted_ids, order = torch.sort(slot_ids, stable=True)  # (M,), (M,)
+    first = torch.searchsorted(sorted_ids, ids)  # (B,)
+    matches = torch.searchsorted(sorted_ids, ids, right=True) - first  # (B,) copies per anchor
+    anchors = torch.repeat_interleave(torch.arange(ids.shape[0], device=ids.device), matches)  # (K,)
+    starts = torch.repeat_interleave(first - (matches.cumsum(0) - matches), matches)  # (K,)
+    return torch.stack([anchors, order[starts + torch.arange(anchors.shape[0], device=ids.device)]])

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from metriclearn.losses import CacheLoss, NeighborhoodSoftmaxLoss
+from metriclearn.losses._fused import matching_slots
 
 from ._neighborhood_reference import loop_loss
 
@@ -69,6 +70,15 @@ def test_ids_exclude_an_anchors_stale_copies() -> None:
     loss_without_ids = CacheLoss(DIM, size=32, temperature=0.5).double()
     loss_without_ids(x, labels)
     assert not torch.allclose(loss_without_ids(y, labels), value)  # the stale self-match changes the loss
+
+
+def test_matching_slots_equals_brute_force() -> None:
+    ids = torch.randint(0, 30, (50,))
+    slot_ids = torch.cat([torch.randint(0, 30, (200,)), torch.full((20,), -1)])  # repeats, empty slots
+    pairs = matching_slots(ids, slot_ids)
+    expected = (ids[:, None] == slot_ids[None, :]).nonzero().T
+    assert sorted(map(tuple, pairs.T.tolist())) == sorted(map(tuple, expected.T.tolist()))
+    assert matching_slots(torch.tensor([5]), torch.tensor([1, 2])).shape == (2, 0)
 
 
 def test_anchor_whose_only_positive_is_its_own_copy_is_left_out() -> None:

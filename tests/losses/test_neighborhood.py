@@ -88,9 +88,13 @@ def test_scaled_symmetric(n: int) -> None:
 
 
 def test_label_codes_count_positives_excluding_self() -> None:
-    codes, positives = label_codes(torch.tensor([4, 7, 4, 9]), torch.tensor([7, 7, 1]), torch.float32)
-    assert positives.tolist() == [1, 2, 1, 0]
-    assert codes.dtype == torch.float32 and codes.tolist() == [1.0, 2.0, 1.0, 3.0, 2.0, 2.0, 0.0]
+    for offset in (0, 10**8):  # small labels are counted with bincount, large ones renumbered
+        labels, ref_labels = torch.tensor([4, 7, 4, 9]) + offset, torch.tensor([7, 7, 1]) + offset
+        codes, positives = label_codes(labels, ref_labels, torch.float32)
+        assert positives.tolist() == [1, 2, 1, 0]
+        same = codes[:, None] == codes[None, :]
+        everything = torch.cat([labels, ref_labels])
+        assert codes.dtype == torch.float32 and torch.equal(same, everything[:, None] == everything[None, :])
 
 
 def test_huge_label_values_are_compared_exactly() -> None:
@@ -232,3 +236,15 @@ def test_cuda_matches_cpu(distance: str) -> None:
     value_cuda, grad_cuda = _value_and_grad(loss(x_cuda, labels.cuda()), x_cuda)
     torch.testing.assert_close(value_cuda.cpu(), value, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad_cuda.cpu(), grad, rtol=1e-3, atol=1e-5)
+
+
+def test_interleaved_forwards_and_backwards_do_not_share_state() -> None:
+    """Two graphs alive at once (the scratch matrix is reused between calls; the gradient matrix is not)."""
+    loss = NeighborhoodSoftmaxLoss(0.5)
+    x1, x2 = _batch(b=40), _batch(b=70)
+    labels1, labels2 = torch.randint(0, 4, (40,)), torch.randint(0, 4, (70,))
+    first, second = loss(x1, labels1), loss(x2, labels2)
+    (grad2,) = torch.autograd.grad(second, x2)
+    (grad1,) = torch.autograd.grad(first, x1)
+    torch.testing.assert_close(grad1, _value_and_grad(dense_loss(x1, labels1, 0.5), x1)[1], rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(grad2, _value_and_grad(dense_loss(x2, labels2, 0.5), x2)[1], rtol=1e-10, atol=1e-13)
