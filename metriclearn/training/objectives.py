@@ -108,9 +108,19 @@ class Objective(nn.Module):
         """Whether a step on these terms needs per-task gradients (PCGrad with at least two terms)."""
         return self.combine == "pcgrad" and len(names) >= 2
 
-    def term_losses(self, embeddings: Tensor, labels: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
-        """Unweighted loss of each term in ``names`` (default: all)."""
-        return {name: self.terms[name](embeddings, labels) for name in (names or self.names)}
+    def term_losses(
+        self, embeddings: Tensor, labels: Tensor, names: Sequence[str] | None = None, ids: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Unweighted loss of each term in ``names`` (default: all).
+
+        ``ids`` (B,) sample ids go to the terms whose ``forward`` takes an ``ids`` argument (``CacheLoss``).
+        """
+        out = {}
+        for name in names or self.names:
+            term = self.terms[name]
+            takes_ids = ids is not None and "ids" in inspect.signature(term.forward).parameters
+            out[name] = term(embeddings, labels, ids=ids) if takes_ids else term(embeddings, labels)
+        return out
 
     def total(self, losses: Mapping[str, Tensor]) -> Tensor:
         """``Σ w_t · L_t`` over the given term losses."""

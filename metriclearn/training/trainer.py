@@ -271,7 +271,7 @@ class Trainer:
         self.model.train()
         losses = []
         for _ in progress(range(steps), desc="overfit one batch", unit="step"):
-            losses.append(self._train_step(x_batch, y_batch)["loss"])
+            losses.append(self._train_step(x_batch, y_batch, idx)["loss"])
             self.global_step += 1
         return losses
 
@@ -308,7 +308,7 @@ class Trainer:
                        initial=progress_["count"], unit="batch")
         for batch, indices in enumerate(bar, start=progress_["count"]):
             idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-            logs = self._train_step(_take(X, idx), y[idx])
+            logs = self._train_step(_take(X, idx), y[idx], idx)
             self.global_step += 1
             for key, value in logs.items():
                 progress_["sums"][key] = progress_["sums"].get(key, 0.0) + value
@@ -338,8 +338,12 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_end(self, epoch, epoch_logs)
 
-    def _train_step(self, x: Any, y: Tensor) -> Logs:
-        """The optimiser step(s) of one batch (one per group of terms)."""
+    def _train_step(self, x: Any, y: Tensor, ids: Tensor | None = None) -> Logs:
+        """The optimiser step(s) of one batch (one per group of terms).
+
+        ``ids`` are the batch's dataset indices: terms that take them (``CacheLoss``) never match an
+        anchor with a cached copy of the same sample from an earlier step.
+        """
         logs: Logs = {"lr": self.optimizer.param_groups[0]["lr"]}  # the rate this batch's step(s) use
         params = self._params or self.parameters()
         model = self._ddp or self.model
@@ -353,7 +357,8 @@ class Trainer:
                 with self._autocast():
                     embeddings = model(x)  # (b, D)
                 embeddings, labels = dist_utils.gather_batch(embeddings, y)  # (B, D), (B,)
-                losses = self.objective.term_losses(embeddings, labels, group)
+                batch_ids = None if ids is None else dist_utils.all_gather_tensor(ids)  # (B,)
+                losses = self.objective.term_losses(embeddings, labels, group, ids=batch_ids)
                 total = self.objective.total(losses)
                 value = float(total.detach())
                 if not math.isfinite(value):

@@ -112,3 +112,24 @@ def test_expected_initial_loss_matches_uniform_softmax() -> None:
     assert obj(e, y).item() == pytest.approx(expected_initial_loss("neighborhood", 12, 4, 3), rel=1e-5)
     assert expected_initial_loss("softmax", 12, 4, 3) == pytest.approx(math.log(3))
     assert expected_initial_loss("complement", 12, 4, 3) is None
+
+
+def test_trainer_passes_sample_ids_to_the_cache_loss() -> None:
+    """CacheLoss receives dataset indices, so a sample never meets its own stale copy in the cache."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(48, 6)).astype(np.float32)
+    y = np.repeat(np.arange(4), 12)
+    objective = build_objective([("neighborhood", 1.0), ("cache", 0.5)], 4, 4, loss_options={"cache": {"size": 256}})
+    trainer = Trainer(nn.Linear(6, 4), objective, batch_size=16, samples_per_class=4, device="cpu", verbose=False)
+    trainer.fit((X, y), epochs=2)
+    cache = objective.terms["cache"]
+    stored = cache.cache_ids[: int(cache.filled)]
+    assert int(cache.filled) == 96  # two epochs of 48 samples
+    assert sorted(stored.tolist()) == sorted(list(range(48)) * 2)  # the ids are the dataset indices
+    # the ids reach the loss: with them, the loss differs from one that may match stale copies
+    emb = torch.from_numpy(X[:16]) @ torch.eye(6, 4)
+    labels = torch.as_tensor(y[:16])
+    cache.eval()
+    with_ids = objective.term_losses(emb, labels, ["cache"], ids=torch.arange(16))["cache"]
+    without = objective.term_losses(emb, labels, ["cache"])["cache"]
+    assert not torch.allclose(with_ids, without)
