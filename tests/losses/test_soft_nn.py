@@ -174,3 +174,19 @@ def test_cuda_matches_cpu() -> None:
     x, y = batch(b=64, d=16, classes=8, dtype=torch.float32)
     loss = SoftNearestNeighborLoss(0.5)
     torch.testing.assert_close(loss(x.cuda(), y.cuda()).cpu(), loss(x, y), rtol=1e-4, atol=1e-5)
+
+
+def test_learned_temperature_path_equals_fused_fixed_path() -> None:
+    """The autograd path (learned T) and the fused kernel (fixed T) give the same value and gradient."""
+    x = torch.randn(24, 5, dtype=torch.float64)
+    y = torch.randint(0, 4, (24,))
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fixed = SoftNearestNeighborLoss(0.7)(x1, y)
+    learned_loss = SoftNearestNeighborLoss(0.7, learn_temperature=True).double()
+    with torch.no_grad():  # the parameter was made in float32: set log T exactly in float64
+        learned_loss.log_temperature.fill_(math.log(0.7))
+    learned = learned_loss(x2, y)
+    fixed.backward()
+    learned.backward()
+    assert torch.allclose(fixed, learned, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(x1.grad, x2.grad, rtol=1e-10, atol=1e-12)
