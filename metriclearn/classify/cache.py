@@ -50,13 +50,13 @@ from metriclearn._checks import (
     check_positive_float,
     check_positive_int,
 )
+from metriclearn._device import resolve_device
 from metriclearn._progress import progress
 from metriclearn.classify._base import (
     encode_targets,
     fit_data,
     index_labels,
     query_data,
-    resolve_device,
 )
 
 _LOG2E = 1.0 / math.log(2.0)

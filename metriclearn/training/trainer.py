@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from metriclearn._checks import check_choice, check_positive_float, check_positive_int
+from metriclearn._device import resolve_device
 from metriclearn._progress import progress
 from metriclearn.training import distributed as dist_utils
 from metriclearn.training.callbacks import Callback, Logs
@@ -46,18 +47,6 @@ from metriclearn.training.objectives import Objective, expected_initial_loss
 
 CHECKPOINT_VERSION = 1
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without a GPU is a ``ValueError``."""
-    if isinstance(device, torch.device):
-        return device
-    check_choice(str(device).split(":")[0], ("auto", "cpu", "cuda"), "device")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available (use --device cpu or auto)")
-    return torch.device(device)
 
 
 class Trainer:

@@ -153,7 +153,7 @@ def test_clone_pipeline_and_params(digits) -> None:
         ({"lam": 1.5}, r"lam must lie in \[0, 1\], got 1.5"),
         ({"top_k": 0}, "top_k must be a positive integer, got 0"),
         ({"query_block": -1}, "query_block must be a positive integer, got -1"),
-        ({"device": "tpu"}, "device must be 'auto', 'cpu' or 'cuda"),
+        ({"device": "tpu"}, "device must be one of 'auto', 'cpu', 'cuda'; got 'tpu'"),
         ({"kind": ""}, "kind must be an index kind such as 'flat', got ''"),
     ],
 )
