@@ -49,8 +49,7 @@ def scratch(rows: int, cols: int, like: Tensor, slot: int = 0) -> Tensor:
     """A (rows, cols) matrix for temporaries that die inside one forward or one backward call.
 
     On CPU a fresh multi-megabyte tensor is usually new memory from the OS, and first touching it
-    costs a page fault per 4 KiB: a NeighborhoodSoftmaxLoss step at B=2048 took 3-4.6k faults and
-    ~20-24 ms with fresh (B, B) temporaries, 0.5k and ~17 ms without. So the largest matrix used
+    costs a page fault per 4 KiB (thousands per step at B=2048; see BENCHMARKS.md). So the largest matrix used
     so far in each ``slot`` is kept per thread and dtype and handed out again (two slots are in use
     at once in the backward). Other devices have caching allocators and get a fresh tensor. Never
     keep the result beyond the call.

@@ -17,8 +17,7 @@ Three steps, all seeded so a report is reproducible on CPU:
 
 Everything runs on **one thread** (``threadpoolctl.threadpool_limits(1)`` around PCA and t-SNE; UMAP with
 ``n_jobs=1``): Barnes-Hut t-SNE's result depends on the OpenMP thread count, so this makes a seeded picture
-the same on every machine, and on a small shared machine it is also much faster (t-SNE of 160 points:
-0.3 s on one thread against several seconds with OpenMP threads competing for 2 busy cores).
+the same on every machine, and OpenMP threads do not compete for the cores of a small shared machine.
 
 Example
 -------

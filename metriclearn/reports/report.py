@@ -10,8 +10,8 @@ Files written to ``out_dir`` (atomically):
 * ``report.html`` — the pictures (base64 data URIs), the metrics table and the run configuration.
 
 All numeric work runs with one BLAS/OpenMP thread (``threadpoolctl``): results do not depend on the
-machine's thread count, and on a busy 2-core machine it is much faster — the separation metrics of 5000
-MNIST images took 25 s of wall time with OpenMP threads competing for the cores, 2.2 s on one thread.
+machine's thread count, and OpenMP threads no longer compete for the cores of a busy machine
+(measurements: BENCHMARKS.md, "Reports").
 
 Example
 -------
