@@ -46,7 +46,7 @@ from sklearn.decomposition import PCA
 
 from metriclearn._checks import check_labels, check_matrix, check_positive_int
 from metriclearn._io import atomic_path
-from metriclearn.reports.plots import as_codes, class_centroids, class_colors, draw_classes
+from metriclearn.reports.plots import as_codes, class_centroids, class_colors, draw_classes, save_png
 from metriclearn.data import stratified_subsample
 
 MAX_LABELLED_CLASSES = 20  # more centroid labels than this overlap in a small panel
@@ -207,5 +207,4 @@ class CentroidMovie:
         for ax in axes[len(frames):]:
             ax.set_axis_off()
         fig.suptitle("class centroids during training (fixed PCA of the first snapshot)", fontsize=11)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=fig.dpi)
+        save_png(fig, path)

@@ -38,7 +38,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
-from metriclearn._io import atomic_open, write_json, write_text
+from metriclearn._io import write_bytes, write_json, write_text
 from metriclearn._progress import progress
 from metriclearn.metrics import retrieval_metrics, separation_metrics
 from metriclearn.reports.html import render_html
@@ -150,7 +150,7 @@ def write_report(
             proj = project(x, codes, name, max_points, seed, tsne_iter=tsne_iter, umap_epochs=umap_epochs)
             title, subtitle = _titles(name, proj.indices.size, x.shape, len(classes), metrics, source)
             png = png_bytes(scatter_figure(proj.points, codes[proj.indices], classes, title, subtitle))
-            write_bytes_atomic(out / f"{name}.png", png)
+            write_bytes(out / f"{name}.png", png)
             data[f"{name}_points"] = len(proj.indices)
             images.append((f"{title} — {subtitle}", png))
     result = {**metrics, "data": data}
@@ -160,12 +160,6 @@ def write_report(
     page = render_html(f"metriclearn report: {source or 'embeddings'}", images, metrics, config, summary)
     write_text(out / "report.html", page)
     return result
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (the PNG is rendered once, written once and embedded)."""
-    with atomic_open(path, "wb") as fh:
-        fh.write(data)
 
 
 def _titles(

@@ -42,7 +42,6 @@ from metriclearn.training.objectives import build_objective
 from metriclearn.training.trainer import Trainer, embed_array, resolve_device, seed_everything
 
 MODEL_FORMAT_VERSION = 1
-RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv")
 
 
 def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
