@@ -79,6 +79,13 @@ class EmbeddingIndex:
         With several GPUs: split the index across them (True) instead of replicating it (False).
     batch_size : int
         Queries per search step; larger query sets are searched in batches with a progress bar.
+
+    Attributes
+    ----------
+    attrs : dict
+        JSON-serialisable facts about the stored vectors, saved in the checksummed manifest (for example
+        ``"model_fingerprint"``, ``"tuning"``, ``"calibration"``). ``add`` and ``remove`` clear it: what it
+        says described the vectors as they were.
     """
 
     def __init__(
@@ -123,6 +130,7 @@ class EmbeddingIndex:
         self._has_labels: bool | None = None  # decided by the first add
         self._next_id = 0
         self._gpu_unsupported = False  # faiss could not copy this index to the GPU: search on CPU
+        self.attrs: dict[str, Any] = {}
         self._invalidate()
         if not (_factory.needs_nlist(self.kind) and self.nlist is None):
             self._index = self._build()
@@ -269,6 +277,7 @@ class EmbeddingIndex:
         self._has_labels = labels_arr is not None
         self._next_id = max(self._next_id, int(new_ids.max()) + 1)
         self._invalidate()
+        self.attrs = {}
         return new_ids
 
     def _check_labels_consistent(self, labels: np.ndarray | None) -> None:
@@ -353,6 +362,7 @@ class EmbeddingIndex:
         if self._metadata is not None:
             self._metadata = [m for m, k in zip(self._metadata, keep, strict=True) if k]
         self._invalidate()
+        self.attrs = {}
         return removed
 
     # ------------------------------------------------------------------ ids -> labels / metadata
@@ -513,6 +523,7 @@ class EmbeddingIndex:
             "count": len(self),
             "next_id": self._next_id,
             "has_labels": self._has_labels,
+            "attrs": _json_attrs(self.attrs),
             "params": {
                 "nlist": self.nlist,
                 "nprobe": self._nprobe,
@@ -555,6 +566,7 @@ class EmbeddingIndex:
             raise ValueError(f"{damaged}: its files disagree (manifest: {n} vectors of dim {obj.dim}; {wrong})")
         obj._index, obj._ids, obj._labels, obj._metadata = index, ids.astype(np.int64), labels, metadata
         obj._has_labels, obj._next_id = manifest["has_labels"], int(manifest["next_id"])
+        obj.attrs = dict(manifest.get("attrs") or {})
         obj._invalidate()
         obj._apply_search_params()
         return obj
@@ -588,6 +600,15 @@ def _as_labels(labels: Any, n: int) -> np.ndarray:
     if arr.dtype == object and all(isinstance(v, str) for v in arr):
         return arr.astype(str)
     raise TypeError(f"labels must be integers or strings, got dtype {arr.dtype}")
+
+
+def _json_attrs(attrs: Any) -> dict[str, Any]:
+    if not isinstance(attrs, dict):
+        raise TypeError(f"attrs must be a dict of JSON-serialisable values, got {type(attrs).__name__}")
+    try:
+        return json.loads(json.dumps(attrs))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"attrs must be JSON-serialisable: {exc}") from exc
 
 
 def _as_metadata(metadata: Sequence[Any] | None, n: int) -> list[Any] | None:

@@ -515,3 +515,19 @@ def test_index_types_without_a_gpu_version(x, q) -> None:
 def test_cuda_refuses_hnsw() -> None:
     with pytest.raises(ValueError, match="kind 'hnsw' has no faiss GPU implementation"):
         EmbeddingIndex(DIM, kind="hnsw", device="cuda")
+
+
+def test_attrs_round_trip_through_save_and_are_cleared_by_add(tmp_path):
+    rng = np.random.default_rng(0)
+    idx = EmbeddingIndex(8, "cosine", "flat", device="cpu")
+    idx.add(rng.normal(size=(20, 8)).astype(np.float32))
+    idx.attrs["model_fingerprint"] = "abc"
+    idx.attrs["calibration"] = {"alpha": 0.1, "q": [0.5, 0.25]}
+    idx.save(tmp_path / "i")
+    back = EmbeddingIndex.load(tmp_path / "i", device="cpu")
+    assert back.attrs == {"model_fingerprint": "abc", "calibration": {"alpha": 0.1, "q": [0.5, 0.25]}}
+    back.add(rng.normal(size=(3, 8)).astype(np.float32))
+    assert back.attrs == {}
+    back.attrs["bad"] = object()
+    with pytest.raises(TypeError, match="attrs must be JSON-serialisable"):
+        back.save(tmp_path / "j")
