@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from metriclearn._io import write_json
+from metriclearn._atomic import write_json
 from metriclearn._progress import set_quiet
 from metriclearn.classify import cache_probabilities
 

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     env["load_average_at_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"\n- load average at end: {env['load_average_at_end']} (1, 5, 15 min; {os.cpu_count()} cores)")
     if args.json is not None:
-        from metriclearn._io import write_json
+        from metriclearn._atomic import write_json
 
         write_json(args.json, {"environment": env, "measured_rates": {"gemm": gemm, "exp": exp}, "rows": rows})
 

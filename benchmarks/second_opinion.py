@@ -25,7 +25,7 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from metriclearn._io import write_json
+from metriclearn._atomic import write_json
 from metriclearn._progress import set_quiet
 from metriclearn.classify import CacheClassifier
 

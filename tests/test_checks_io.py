@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from metriclearn import _checks, _io
+from metriclearn import _atomic, _checks
 
 
 def test_check_matrix_accepts_and_converts() -> None:
@@ -68,9 +68,9 @@ def test_tensor_checks() -> None:
 
 def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
-    _io.write_json(target, {"a": np.float32(1.5), "b": np.arange(2)})
+    _atomic.write_json(target, {"a": np.float32(1.5), "b": np.arange(2)})
     assert json.loads(target.read_text()) == {"a": 1.5, "b": [0, 1]}
-    with pytest.raises(RuntimeError), _io.atomic_open(target) as fh:
+    with pytest.raises(RuntimeError), _atomic.atomic_open(target) as fh:
         fh.write("partial")
         raise RuntimeError("boom")
     assert json.loads(target.read_text())["a"] == 1.5  # old content survives the failed write
@@ -79,11 +79,11 @@ def test_atomic_write_replaces_only_on_success(tmp_path: Path) -> None:
 
 def test_save_npy_and_checksum(tmp_path: Path) -> None:
     path = tmp_path / "e.npy"
-    _io.save_npy(path, np.eye(3, dtype=np.float32))
+    _atomic.save_npy(path, np.eye(3, dtype=np.float32))
     np.testing.assert_array_equal(np.load(path), np.eye(3))
-    first = _io.sha256(path)
-    _io.save_npy(path, np.zeros((3, 3), dtype=np.float32))
-    assert _io.sha256(path) != first and len(first) == 64
+    first = _atomic.sha256(path)
+    _atomic.save_npy(path, np.zeros((3, 3), dtype=np.float32))
+    assert _atomic.sha256(path) != first and len(first) == 64
 
 
 def test_atomic_files_follow_the_umask(tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_atomic_files_follow_the_umask(tmp_path: Path) -> None:
 
     old = os.umask(0o022)
     try:
-        _io.write_text(tmp_path / "r.txt", "x")
+        _atomic.write_text(tmp_path / "r.txt", "x")
     finally:
         os.umask(old)
     assert (tmp_path / "r.txt").stat().st_mode & 0o777 == 0o644

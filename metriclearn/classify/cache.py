@@ -52,7 +52,7 @@ from metriclearn._checks import (
 )
 from metriclearn._device import resolve_device
 from metriclearn._progress import progress
-from metriclearn.classify._base import (
+from metriclearn.classify._validation import (
     encode_targets,
     fit_data,
     index_labels,

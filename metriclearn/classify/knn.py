@@ -33,7 +33,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from metriclearn._checks import check_choice, check_positive_int
-from metriclearn.classify._base import encode_targets, fit_data, index_labels, query_data
+from metriclearn.classify._validation import encode_targets, fit_data, index_labels, query_data
 
 WEIGHTS = ("distance", "uniform")
 METRICS = ("l2", "cosine")

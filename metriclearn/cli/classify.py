@@ -20,7 +20,7 @@ import click
 import numpy as np
 
 from metriclearn._checks import check_matrix
-from metriclearn._io import atomic_open, save_npy, write_json
+from metriclearn._atomic import atomic_open, save_npy, write_json
 from metriclearn.classify.cache import LAM_GRID, THETA_GRID
 
 OUTPUT_FORMATS = (".npy", ".csv", ".json")
@@ -157,7 +157,7 @@ def _check_output(out: Path, formats: tuple[str, ...]) -> None:
 
 
 def _load_index(index_dir: Path, device: str) -> Any:
-    from metriclearn.classify._base import index_labels
+    from metriclearn.classify._validation import index_labels
     from metriclearn.indexes import EmbeddingIndex
 
     index = EmbeddingIndex.load(index_dir, device=device)

@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 from metriclearn._checks import check_positive_int
-from metriclearn._io import write_text
+from metriclearn._atomic import write_text
 from metriclearn.indexes._factory import KINDS
 from metriclearn.indexes._gpu import DEVICES
 from metriclearn.indexes.exact import METRICS

@@ -175,7 +175,7 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_size: int, device: str) -> None:
     """Embed DATA with a trained run and save the embeddings as .npy."""
-    from metriclearn._io import save_npy
+    from metriclearn._atomic import save_npy
     from metriclearn.training.run import embed_from_run
 
     if not out.endswith(".npy"):
@@ -197,7 +197,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_siz
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, as_json: bool, device: str) -> None:
     """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
-    from metriclearn._io import write_json
+    from metriclearn._atomic import write_json
     from metriclearn.training.run import embed_from_run, evaluate_embeddings
 
     query, query_labels, _ = embed_from_run(model_dir, data, device=device)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from metriclearn._io import atomic_path, sha256, write_json
+from metriclearn._atomic import atomic_path, sha256, write_json
 
 MANIFEST = "index.json"
 

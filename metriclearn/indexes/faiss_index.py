@@ -9,7 +9,7 @@ Search convention: ``search(q, k) -> (D, I)``. ``I`` holds the ids; ``D`` is the
 neighbours exist (a small index, or an approximate index that found fewer) the id is −1 and the
 distance +inf (``"l2"``) or −inf (``"cosine"``, ``"ip"``): the Python API pads, it does not raise.
 
-Speed: a flat CPU index is searched by :func:`metriclearn.indexes._blas.flat_search`: one database
+Speed: a flat CPU index is searched by :func:`metriclearn.indexes._flat_search.flat_search`: one database
 slice per thread, each through faiss's own exhaustive k-NN, with the BLAS path forced on for small
 batches that faiss would otherwise scan without BLAS (Q·d < ``distance_compute_blas_threshold``).
 Same neighbours as ``faiss_index.search``, up to float round-off and ties.
@@ -44,7 +44,7 @@ import torch
 
 from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
 from metriclearn._progress import progress
-from metriclearn.indexes import _blas, _factory, _gpu, _storage
+from metriclearn.indexes import _flat_search, _factory, _gpu, _storage
 from metriclearn.indexes.exact import METRICS, missing_distance, normalize_rows
 
 FORMAT = "metriclearn.EmbeddingIndex"
@@ -476,7 +476,7 @@ class EmbeddingIndex:
         l2 = self.metric == "l2"
         if l2 and self._sq_norms is None:
             self._sq_norms = np.einsum("ij,ij->i", xb, xb)  # (N,)
-        D, rows = _blas.flat_search(xb, xq, k, l2=l2, xb_sq_norms=self._sq_norms)
+        D, rows = _flat_search.flat_search(xb, xq, k, l2=l2, xb_sq_norms=self._sq_norms)
         id_map = faiss.rev_swig_ptr(self._index.id_map.data(), n)  # (N,) faiss row -> id
         return D, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
 

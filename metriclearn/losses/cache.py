@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metriclearn._checks import check_choice, check_labels_tensor, check_positive_float, check_positive_int
-from metriclearn.losses._fused import NeighborhoodSoftmaxFunction, label_codes, matching_slots
+from metriclearn.losses._softmax_kernel import NeighborhoodSoftmaxFunction, label_codes, matching_slots
 from metriclearn.losses.base import MetricLoss
 from metriclearn.losses.neighborhood import DISTANCES
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metriclearn._checks import check_choice, check_positive_float
-from metriclearn.losses._fused import NeighborhoodSoftmaxFunction, label_codes
+from metriclearn.losses._softmax_kernel import NeighborhoodSoftmaxFunction, label_codes
 from metriclearn.losses.base import MetricLoss
 
 DISTANCES = ("sqeuclidean", "cosine")
@@ -31,7 +31,7 @@ class NeighborhoodSoftmaxLoss(MetricLoss):
     A batch where no anchor has a positive (B=1, all labels distinct) gives a zero that is still
     connected to the graph, so ``backward()`` yields zero gradients. A batch of one class gives 0
     (every neighbour is a positive). The computation is one (B, B) GEMM, a fused softmax and a
-    hand-written backward (:mod:`metriclearn.losses._fused`); it is stable at any temperature
+    hand-written backward (:mod:`metriclearn.losses._softmax_kernel`); it is stable at any temperature
     (no ``log(0)``: rows whose positives underflow are redone with log-sum-exps). Half-precision
     input is computed in float32. Double backward is not supported and raises.
 

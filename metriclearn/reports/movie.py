@@ -45,7 +45,7 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
 from metriclearn._checks import check_labels, check_matrix, check_positive_int
-from metriclearn._io import atomic_path
+from metriclearn._atomic import atomic_path
 from metriclearn.reports.plots import as_codes, class_centroids, class_colors, draw_classes, save_png
 from metriclearn.data import stratified_subsample
 

@@ -38,7 +38,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
-from metriclearn._io import write_bytes, write_json, write_text
+from metriclearn._atomic import write_bytes, write_json, write_text
 from metriclearn._progress import progress
 from metriclearn.metrics import retrieval_metrics, separation_metrics
 from metriclearn.reports.html import render_html

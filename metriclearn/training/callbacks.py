@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from metriclearn._io import save_with, write_text
+from metriclearn._atomic import save_with, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from metriclearn.training.trainer import Trainer

@@ -38,7 +38,7 @@ from typing import Any
 import tomli_w
 
 from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int
-from metriclearn._io import write_text
+from metriclearn._atomic import write_text
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metriclearn._io import save_with, write_json
+from metriclearn._atomic import save_with, write_json
 from metriclearn.training.callbacks import (
     Callback,
     CSVLogger,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from metriclearn.indexes import EmbeddingIndex, _blas, exact_search
+from metriclearn.indexes import EmbeddingIndex, _flat_search, exact_search
 
 DIM = 16
 NO_GPU = pytest.mark.skipif(
@@ -45,8 +45,8 @@ def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     or over blocks of queries; or plain ``index.search``."""
     if request.param in ("vector-slices", "query-blocks"):
         faiss.omp_set_num_threads(3)  # undone by _one_faiss_thread
-        monkeypatch.setattr(_blas, "MIN_SLICE", 150)  # 600 vectors: 4 slices
-        monkeypatch.setattr(_blas, "MIN_QUERY_CHUNK", 1000 if request.param == "vector-slices" else 2)
+        monkeypatch.setattr(_flat_search, "MIN_SLICE", 150)  # 600 vectors: 4 slices
+        monkeypatch.setattr(_flat_search, "MIN_QUERY_CHUNK", 1000 if request.param == "vector-slices" else 2)
     if request.param == "faiss-direct":
         monkeypatch.setattr(EmbeddingIndex, "_inner", lambda self, index=None: None)
     yield request.param
@@ -98,15 +98,15 @@ def test_blas_is_forced_for_small_batches_and_the_threshold_restored(x, q, monke
 
 
 def test_flat_search_splits_queries_or_vectors(x, q, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_blas, "MIN_SLICE", 100)
-    monkeypatch.setattr(_blas, "MIN_QUERY_CHUNK", 3)
-    calls, real_knn = [], _blas._knn
+    monkeypatch.setattr(_flat_search, "MIN_SLICE", 100)
+    monkeypatch.setattr(_flat_search, "MIN_QUERY_CHUNK", 3)
+    calls, real_knn = [], _flat_search._knn
 
     def spy(xb, xq, k, l2, norms, j0, j1):
         calls.append((len(xq), j0, j1))
         return real_knn(xb, xq, k, l2, norms, j0, j1)
 
-    monkeypatch.setattr(_blas, "_knn", spy)
+    monkeypatch.setattr(_flat_search, "_knn", spy)
     cases = {  # 30 ≥ 8 tasks · 3 queries: 8 blocks of queries; 5 queries: 600 // 100 slices of x
         30: [(3, 0, 600)] * 2 + [(4, 0, 600)] * 6,
         5: [(5, i * 100, i * 100 + 100) for i in range(6)],
@@ -115,7 +115,7 @@ def test_flat_search_splits_queries_or_vectors(x, q, monkeypatch: pytest.MonkeyP
         D_ref, I_ref = exact_search(q[:nq], x, 5)  # (torch shares faiss's OpenMP: set threads after it)
         faiss.omp_set_num_threads(2)  # 8 tasks; undone by _one_faiss_thread
         calls.clear()
-        D, I = _blas.flat_search(x, q[:nq], 5, l2=True)
+        D, I = _flat_search.flat_search(x, q[:nq], 5, l2=True)
         assert sorted(calls) == sorted(expected)
         np.testing.assert_array_equal(I, I_ref)
         np.testing.assert_allclose(D, D_ref, rtol=1e-5, atol=1e-4)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from metriclearn.losses import CacheLoss, NeighborhoodSoftmaxLoss
-from metriclearn.losses._fused import matching_slots
+from metriclearn.losses._softmax_kernel import matching_slots
 
 from ._neighborhood_reference import loop_loss
 

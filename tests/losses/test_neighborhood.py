@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metriclearn.losses import NeighborhoodSoftmaxLoss
-from metriclearn.losses._fused import label_codes, scaled_symmetric
+from metriclearn.losses._softmax_kernel import label_codes, scaled_symmetric
 
 from ._neighborhood_reference import dense_loss, loop_loss, nca_loss
 

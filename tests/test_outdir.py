@@ -1,0 +1,82 @@
+"""The output-folder rule: new, empty or metriclearn's own folders only; one writer at a time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from metriclearn._outdir import LOCK, MARKER, claim_output_dir, output_kind
+
+
+def test_new_and_empty_folders_are_claimed_and_marked(tmp_path: Path) -> None:
+    with claim_output_dir(tmp_path / "a" / "b", "run") as d:
+        assert d.is_dir()
+    assert output_kind(tmp_path / "a" / "b") == "run"
+    (tmp_path / "empty").mkdir()
+    with claim_output_dir(tmp_path / "empty", "index"):
+        pass
+    assert output_kind(tmp_path / "empty") == "index"
+
+
+def test_foreign_files_are_refused_and_left_untouched(tmp_path: Path) -> None:
+    (tmp_path / "labels.npy").write_bytes(b"user data")
+    with pytest.raises(ValueError, match=r"not empty and was not written by metriclearn \(it holds labels.npy\)"):
+        with claim_output_dir(tmp_path, "index", overwrite=True):
+            pytest.fail("the block must not run")
+    assert (tmp_path / "labels.npy").read_bytes() == b"user data"
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_own_output_needs_overwrite_or_resume(tmp_path: Path) -> None:
+    with claim_output_dir(tmp_path, "run") as d:
+        (d / "model.pt").write_text("w")
+    with pytest.raises(ValueError, match="already holds a metriclearn run; pass --overwrite"):
+        with claim_output_dir(tmp_path, "run"):
+            pass
+    for flags in ({"overwrite": True}, {"resume": True}):
+        with claim_output_dir(tmp_path, "run", **flags):
+            pass
+
+
+def test_other_kind_and_files_are_refused(tmp_path: Path) -> None:
+    with claim_output_dir(tmp_path / "r", "report") as d:
+        (d / "report.html").write_text("x")
+    with pytest.raises(ValueError, match=r"holds a metriclearn report output \(this command writes a index\)"):
+        with claim_output_dir(tmp_path / "r", "index", overwrite=True):
+            pass
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        with claim_output_dir(tmp_path / "f", "run"):
+            pass
+
+
+def test_legacy_outputs_count_as_own(tmp_path: Path) -> None:
+    (tmp_path / "index.json").write_text("{}")
+    with claim_output_dir(tmp_path, "index", overwrite=True, legacy=("index.json",)):
+        pass
+    assert output_kind(tmp_path) == "index"
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    holder = textwrap.dedent(f"""
+        import sys, time
+        from metriclearn._outdir import claim_output_dir
+        with claim_output_dir({str(tmp_path)!r}, "run"):
+            print("locked", flush=True)
+            sys.stdin.readline()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeError, match=rf"being written by another metriclearn process \(pid {proc.pid}\)"):
+            with claim_output_dir(tmp_path, "run", overwrite=True):
+                pass
+    finally:
+        proc.communicate("\n", timeout=30)
+    assert proc.returncode == 0
+    with claim_output_dir(tmp_path, "run", overwrite=True):  # released: the next writer gets in
+        assert (tmp_path / LOCK).exists()
