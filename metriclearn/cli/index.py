@@ -1,6 +1,6 @@
 """``metriclearn index build|query``: build a FAISS index directory from embeddings and search it.
 
-Unlike the Python API (which pads with id −1), the CLI treats k larger than the index as an error.
+Unlike the Python API (which clamps k to the index size), the CLI treats k larger than the index as an error.
 """
 
 from __future__ import annotations
