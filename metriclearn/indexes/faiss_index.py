@@ -317,6 +317,34 @@ class EmbeddingIndex:
             xq = normalize_rows(xq)
         return self._searcher.search(self._index, xq, k, bs, self.factory)
 
+    # ------------------------------------------------------------------ tuning
+    def tune(
+        self,
+        target_recall: float,
+        k: int = 10,
+        queries: Any = None,
+        *,
+        vectors: Any = None,
+        n_queries: int | None = None,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Choose the cheapest parameters that reach ``target_recall`` (recall@k against exact search).
+
+        Measures recall@k on held-out queries — ``queries`` (q, dim), or a random sample of ``n_queries``
+        stored vectors (default min(1000, max(50, n/20))) excluded from the ground-truth set — and sets
+        the cheapest search parameter (``nprobe``, ``ef_search``) reaching the target, after trying a few
+        build parameters (``nlist`` for ivf, ``hnsw_m`` for hnsw) and keeping the fastest; the index is
+        rebuilt when those change. Kinds that store lossy codes (``pq``, factory strings) need
+        ``vectors=`` (the added embeddings, in :attr:`ids` order). A :class:`~metriclearn.indexes.tuning.
+        TuningWarning` says when no setting reaches the target (the most accurate is kept) and when flat
+        search is faster. Returns the record also stored in ``attrs["tuning"]``: ``recall_at_k``,
+        ``qps``, ``flat_qps``, ``speed_vs_flat``, ``params``, ``held_out_queries``, ``reached``,
+        ``flat_faster``, ``tried``. See :mod:`metriclearn.indexes.tuning` for the method.
+        """
+        from metriclearn.indexes.tuning import tune_index
+
+        return tune_index(self, target_recall, k, queries, vectors=vectors, n_queries=n_queries, seed=seed)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to directory ``path`` (created if needed); every file atomically.
