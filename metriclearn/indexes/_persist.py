@@ -99,6 +99,35 @@ def load(cls: type[EmbeddingIndex], path: str | os.PathLike[str], device: str) -
     return obj
 
 
+def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an index directory holds, from its verified manifest (the vectors are not loaded).
+
+    Keys: ``path``, ``format_version``, ``kind``, ``factory``, ``metric``, ``size``, ``dim``, ``shards``
+    (``None`` for a single index), ``labels`` and ``metadata`` (present or not), ``params``, and from
+    ``attrs``: ``tuning`` (measured recall@k and speed, see :meth:`EmbeddingIndex.tune`),
+    ``calibration`` and ``model_fingerprint`` (``None`` when absent), ``attrs`` (every key).
+    """
+    manifest = _storage.read_directory(path, FORMAT, FORMAT_VERSION)
+    attrs = manifest.get("attrs") or {}
+    return {
+        "path": str(path),
+        "format_version": manifest["format_version"],
+        "kind": manifest.get("kind"),
+        "factory": manifest.get("factory"),
+        "metric": manifest.get("metric"),
+        "size": manifest.get("count"),
+        "dim": manifest.get("dim"),
+        "shards": manifest.get("shards"),
+        "labels": LABELS_FILE in manifest["files"],
+        "metadata": METADATA_FILE in manifest["files"],
+        "params": manifest.get("params") or {},
+        "tuning": attrs.get("tuning"),
+        "calibration": attrs.get("calibration"),
+        "model_fingerprint": attrs.get("model_fingerprint"),
+        "attrs": sorted(attrs),
+    }
+
+
 def json_attrs(attrs: Any) -> dict[str, Any]:
     """``attrs`` after a JSON round trip; a ``TypeError`` when it is not a dict of JSON values."""
     if not isinstance(attrs, dict):
