@@ -246,14 +246,29 @@ def _better(new: dict[str, Any], old: dict[str, Any], target: float) -> bool:
 
 def _recall(candidate: EmbeddingIndex, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, k: int, metric: str) -> float:
     """recall@k of ``candidate`` (ids = rows of ``base``) against the exact scores ``gt`` (Q, k)."""
-    _, rows = candidate.search(xq, k)  # (Q, k)
+    return recall_at_k(candidate.search(xq, k)[1], xq, base, gt, metric)
+
+
+def recall_at_k(rows: np.ndarray, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, metric: str) -> float:
+    """recall@k of neighbours ``rows`` (Q, k) (positions in ``base``, −1 for none) given exact scores ``gt`` (Q, k).
+
+    ``gt`` holds each query's exact k best scores (squared L2 ascending, or similarities descending,
+    as :func:`~metriclearn.indexes.exact_search` returns them); a neighbour is a hit when its exact
+    score is within ``EPS`` of the k-th.
+
+    >>> base = np.array([[0.0], [1.0], [2.0], [3.0]], dtype=np.float32); q = np.array([[0.1]], dtype=np.float32)
+    >>> recall_at_k(np.array([[0, 2]]), q, base, np.array([[0.01, 0.81]]), "l2")
+    0.5
+    """
+    k = rows.shape[1]
     found = base[np.maximum(rows, 0)]  # (Q, k, d)
+    kth = gt[:, k - 1 : k]  # (Q, 1)
     if metric == "l2":
         scores = np.einsum("qkd,qkd->qk", found - xq[:, None], found - xq[:, None])
-        hit = scores <= gt[:, -1:] + EPS * np.maximum(1.0, np.abs(gt[:, -1:]))
+        hit = scores <= kth + EPS * np.maximum(1.0, np.abs(kth))
     else:
         scores = np.einsum("qkd,qd->qk", found, xq)
-        hit = scores >= gt[:, -1:] - EPS * np.maximum(1.0, np.abs(gt[:, -1:]))
+        hit = scores >= kth - EPS * np.maximum(1.0, np.abs(kth))
     return float((hit & (rows >= 0)).sum() / (k * xq.shape[0]))
 
 

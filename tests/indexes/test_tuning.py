@@ -158,3 +158,14 @@ def test_bad_arguments_are_named(data, kwargs: dict, error: type, match: str) ->
         index.tune(**kwargs)
     with pytest.raises(ValueError, match="cannot tune an empty index"):
         EmbeddingIndex(DIM, kind="hnsw", device="cpu").tune(0.9)
+
+
+def test_recall_counts_ties_at_the_kth_distance_as_hits() -> None:
+    base = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [5.0, 5.0]], dtype=np.float32)  # rows 1, 2: duplicates
+    q = np.array([[0.9, 0.0]], dtype=np.float32)
+    gt = exact_search(q, base, 2, metric="l2")[0]
+    assert tuning.recall_at_k(np.array([[2, 1]]), q, base, gt, "l2") == 1.0  # either duplicate is right
+    assert tuning.recall_at_k(np.array([[1, 3]]), q, base, gt, "l2") == 0.5
+    assert tuning.recall_at_k(np.array([[1, -1]]), q, base, gt, "l2") == 0.5  # a missing neighbour is a miss
+    sims = exact_search(q, base, 2, metric="ip")[0]
+    assert tuning.recall_at_k(np.array([[3, 1]]), q, base, sims, "ip") == 1.0  # (5,5)·q = 4.5 is the best
