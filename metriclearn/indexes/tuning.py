@@ -11,12 +11,13 @@ k-th distance, e.g. duplicate vectors, count as hits.)
 Held-out queries: unless ``queries`` are given, a random sample of the stored vectors is set aside
 and excluded from the ground-truth set; every candidate index is built on the remaining vectors, so a
 query never finds itself. Speed is queries per second of ``search`` over the whole held-out batch (best
-of three timings, after a warm-up), side by side with a flat (exact) index over the same vectors.
+round of three, after a warm-up).
 
 For each build parameter tried (``ivf``: nlist ∈ {a/2, a, 2a} with a the index's nlist, at most n/39;
 ``hnsw``: M ∈ {16, 32, 48} and the index's own), the search parameter (``nprobe``; HNSW ``efSearch``) grows in
 powers of two until recall@k reaches the target, then a bisection finds the smallest value that does
-(recall grows with it); the fastest build that reaches the target wins. When none does, the most
+(recall grows with it). The builds' chosen settings are then timed side by side (in turn, within each
+of three rounds) with a flat index, and the fastest that reaches the target wins. When none does, the most
 accurate setting is kept and a :class:`TuningWarning` says so; another says when flat search is
 faster than the chosen setting (then ``kind="flat"`` is the better index). ``pq`` codes and factory
 strings keep their build parameters (only nprobe / efSearch are tuned); ``flat`` is exact.
@@ -85,19 +86,26 @@ def tune_index(
         raise ValueError(f"k={k} is larger than the {base.shape[0]} vectors left to search after holding queries out")
     gt_scores = exact_search(xq, base, k, metric="ip" if index.metric == "cosine" else index.metric)[0]  # (Q, k)
     flat = _candidate(index, base, {"kind": "flat"})
-    flat_qps = _qps(flat, xq, k)
     trials: list[dict[str, Any]] = []
     if index.kind == "flat":
-        best = {"build": {}, "search": {}, "recall": _recall(flat, xq, base, gt_scores, k, index.metric), "qps": flat_qps}
+        recall = _recall(flat, xq, base, gt_scores, k, index.metric)
+        best = {"build": {}, "search": {}, "recall": recall, "qps": _qps_many([flat], xq, k)[0]}
+        flat_qps = best["qps"]
         trials.append(best)
     else:
-        best = None
+        finalists = []
         for build in _build_grid(index, base.shape[0]):
-            candidate = _candidate(index, base, build)
-            found = _sweep(candidate, xq, base, gt_scores, k, target, index.metric)
+            found = _sweep(_candidate(index, base, build), xq, base, gt_scores, k, target, index.metric)
             trials.extend(found["tried"])
-            if best is None or _better(found["best"], best, target):
-                best = found["best"]
+            finalists.append(found["best"])
+        reaching = [f for f in finalists if f["recall"] >= target]
+        contenders = reaching or [max(finalists, key=lambda f: f["recall"])]
+        *speeds, flat_qps = _qps_many([c["index"] for c in contenders] + [flat], xq, k)  # side by side
+        for finalist in finalists:
+            del finalist["index"]
+        for contender, qps in zip(contenders, speeds, strict=True):
+            contender["qps"] = qps
+        best = max(contenders, key=lambda c: c["qps"])
         _apply(index, data, best)
     reached = best["recall"] >= target
     notes = []
@@ -204,8 +212,8 @@ def _sweep(
     build = {key: value for key, value in candidate._params().items() if key in ("nlist", "hnsw_m", "pq_m")}
     build = {key: value for key, value in build.items() if value is not None and _matters(candidate.kind, key)}
     if name is None:  # nothing to tune at search time
-        result = {"build": build, "search": {}, "recall": _recall(candidate, xq, base, gt, k, metric)}
-        result["qps"] = _qps(candidate, xq, k)
+        result = {"build": build, "search": {}, "recall": _recall(candidate, xq, base, gt, k, metric), "qps": None}
+        result["index"] = candidate
         return {"best": result, "tried": [result]}
     top = int(ivf.nlist) if ivf is not None else MAX_EF_SEARCH
     low = 1 if ivf is not None else min(k, top)
@@ -227,21 +235,13 @@ def _sweep(
             lo, hi = (lo, mid) if recall_at(mid) >= target else (mid, hi)
         value = hi
     setattr(candidate, name, value)
-    best = {"build": build, "search": {name: value}, "recall": recalls[value], "qps": _qps(candidate, xq, k)}
+    best = {"build": build, "search": {name: value}, "recall": recalls[value], "qps": None, "index": candidate}
     tried = [{"build": build, "search": {name: v}, "recall": r, "qps": None} for v, r in sorted(recalls.items()) if v != value]
-    return {"best": best, "tried": [*tried, best]}
+    return {"best": best, "tried": [*tried, best]}  # best's qps is filled in once the finalists are timed
 
 
 def _matters(kind: str, key: str) -> bool:
     return (key == "hnsw_m" and kind == "hnsw") or (key == "nlist" and kind in ("ivf", "pq")) or (key == "pq_m" and kind == "pq")
-
-
-def _better(new: dict[str, Any], old: dict[str, Any], target: float) -> bool:
-    """Reaching the target first, then speed; among settings that all miss it, recall."""
-    new_ok, old_ok = new["recall"] >= target, old["recall"] >= target
-    if new_ok != old_ok:
-        return new_ok
-    return new["qps"] > old["qps"] if new_ok else new["recall"] > old["recall"]
 
 
 def _recall(candidate: EmbeddingIndex, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, k: int, metric: str) -> float:
@@ -272,15 +272,25 @@ def recall_at_k(rows: np.ndarray, xq: np.ndarray, base: np.ndarray, gt: np.ndarr
     return float((hit & (rows >= 0)).sum() / (k * xq.shape[0]))
 
 
-def _qps(candidate: EmbeddingIndex, xq: np.ndarray, k: int) -> float:
-    """Queries per second of one search of the whole batch: best of a few timings after a warm-up."""
-    candidate.search(xq[: min(len(xq), 32)], k)
-    best = float("inf")
+def _qps_many(candidates: list[EmbeddingIndex], xq: np.ndarray, k: int) -> list[float]:
+    """Queries/s of each candidate, timed in turn within each of a few rounds (best round each), after a warm-up.
+
+    Timing the candidates side by side means a load change on a shared machine hits them alike.
+    """
+    for candidate in candidates:
+        candidate.search(xq[: min(len(xq), 32)], k)
+    best = [0.0] * len(candidates)
     for _ in range(_REPEATS):
-        start = time.perf_counter()
-        candidate.search(xq, k)
-        best = min(best, time.perf_counter() - start)
-    return xq.shape[0] / max(best, 1e-9)
+        for j, candidate in enumerate(candidates):
+            best[j] = max(best[j], _qps(candidate, xq, k))
+    return best
+
+
+def _qps(candidate: EmbeddingIndex, xq: np.ndarray, k: int) -> float:
+    """Queries per second of one search of the whole batch."""
+    start = time.perf_counter()
+    candidate.search(xq, k)
+    return xq.shape[0] / max(time.perf_counter() - start, 1e-9)
 
 
 def _apply(index: EmbeddingIndex, data: np.ndarray, best: dict[str, Any]) -> None:
