@@ -31,9 +31,11 @@ ValueError: index directory ... is damaged: a.txt does not match its checksum (t
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -45,6 +47,7 @@ from metriclearn._outdir import LOCK, MARKER
 from metriclearn.indexes._dirswap import swap_in
 
 MANIFEST = "index.json"
+STAGING_SUFFIX = ".saving"  # .NAME.PID.RANDOM.saving: a save in progress (removed by a later save once PID is gone)
 _OUTDIR_FILES = {MARKER, LOCK}  # metriclearn's output-folder marker and lock (see metriclearn._outdir)
 
 
@@ -67,7 +70,8 @@ def write_directory(
     root = Path(path)
     owned = _check_target(root, format_name, writers)
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".saving", dir=root.parent))
+    _remove_dead_staging(root)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.{os.getpid()}.", suffix=STAGING_SUFFIX, dir=root.parent))
     try:
         files: dict[str, dict[str, Any]] = {}
         for name, writer in writers.items():
@@ -85,6 +89,25 @@ def write_directory(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # holds only what this save wrote
         raise
+
+
+def _remove_dead_staging(root: Path) -> None:
+    """Remove staging folders of earlier saves to ``root`` whose process is gone (killed mid-save)."""
+    pattern = re.compile(rf"^\.{re.escape(root.name)}\.(\d+)\.[^.]+{re.escape(STAGING_SUFFIX)}$")
+    for entry in root.parent.glob(f".{glob.escape(root.name)}.*{STAGING_SUFFIX}"):
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)  # only ever holds files a save wrote
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _check_target(root: Path, format_name: str, writers: Mapping[str, Any]) -> set[str]:

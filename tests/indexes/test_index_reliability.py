@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import json
 import tracemalloc
 from pathlib import Path
@@ -175,3 +176,20 @@ def test_ivf_with_another_nlist_is_refused(tmp_path: Path, x) -> None:
     _resign(tmp_path / "a")
     with pytest.raises(ValueError, match=r"holds a IndexIVFFlat, nlist=5 index but the manifest says kind 'ivf'"):
         EmbeddingIndex.load(tmp_path / "a", device="cpu")
+
+
+def test_a_save_killed_mid_way_leaves_a_staging_folder_that_the_next_save_removes(tmp_path: Path, x) -> None:
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = tmp_path / f".idx.{int(gone.stdout)}.abc123.saving"  # what kill -9 during a save leaves behind
+    dead.mkdir()
+    (dead / "index.faiss").write_bytes(b"partial")
+    live = tmp_path / f".idx.{os.getpid()}.def456.saving"  # a save still running in this process
+    live.mkdir()
+    other = tmp_path / ".other.1.xyz.saving"  # another index's: not ours to judge
+    other.mkdir()
+    _index(x).save(tmp_path / "idx")
+    assert not dead.exists() and live.exists() and other.exists()
+    assert len(EmbeddingIndex.load(tmp_path / "idx", device="cpu")) == 20
