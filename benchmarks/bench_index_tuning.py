@@ -12,8 +12,9 @@ For each kind (ivf, hnsw):
 Targets (issue 14): the tuned point reaches the target on fresh queries (± 0.01) and is at least 0.8× as
 fast as the fastest grid configuration whose fresh recall reaches the target.
 
-Speed: one batch search of all fresh queries, best of 3 timings, the candidate and flat timed in turn
-inside each repeat (so load on the shared machine hits both alike); faiss limited to 1 thread.
+Speed: one batch search of all fresh queries, best of 2 timings per grid point and of 3 for the tuned
+comparisons, the contenders (candidate, flat, and for a tuned point the grid's best) timed in turn inside
+each repeat (so load on the shared machine hits both alike); faiss limited to 1 thread.
 Ratios between configurations come from separate timings of the same run and are as noisy as the machine.
 The three tunings of a kind share their candidate builds (same held-out sample: identical structures),
 so each structure is built once; this saves time and changes nothing the tuner chooses.
@@ -92,7 +93,7 @@ def run_kind(kind: str, x: np.ndarray, xq: np.ndarray, gt: np.ndarray, flat: Emb
                 continue
             setattr(index, search_name, s)
             recall = fresh_recall(index, xq, x, gt)
-            qps, flat_qps = side_by_side([index, flat], xq)
+            qps, flat_qps = side_by_side([index, flat], xq, repeats=2)
             curve.append({build_name: value, search_name: s, "recall": recall, "qps": qps, "flat_qps": flat_qps,
                           "speed_vs_flat": qps / flat_qps, "build_s": build_s})
             print(f"  {kind} {build_name}={value} {search_name}={s}: recall {recall:.4f}, {qps:.0f} q/s "
