@@ -24,9 +24,8 @@ from metriclearn.training.config import (
     SCHEDULERS,
     TrainConfig,
     parse_loss_term,
+    read_toml,
 )
-
-_RESUME_OVERRIDABLE = ("device", "threads", "amp")
 
 
 def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -80,14 +79,20 @@ def _parse_encoder_options(ctx: click.Context, param: click.Parameter, value: tu
 @click.option("--threads", type=int, help="CPU threads for torch (0: torch's default).")
 @click.option("--val-fraction", type=float, help="Held-out share for validation metrics (default 0.2).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these settings.")
-@click.option("--resume", is_flag=True, help="Continue the killed run in --out exactly where it stopped.")
+@click.option("--resume", is_flag=True,
+              help="Continue the killed run in --out exactly where it stopped: re-run the same command plus --resume.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous metriclearn run in --out.")
 @click.option("--report/--no-report", default=None, help="Write tSNE/UMAP plots and a centroid movie.")
 @click.option("--overfit-batch", is_flag=True, help="Only check the model can fit one batch (pass/fail).")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<timestamp>).")
-def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: bool, out: str | None,
-          **flags: Any) -> None:
-    """Train an embedding model and write a run directory (model.pt, config.toml, metrics.json, ...)."""
+def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch: bool, quiet: bool,
+          out: str | None, **flags: Any) -> None:
+    """Train an embedding model and write a run directory (model.pt, config.toml, metrics.json, ...).
+
+    A killed run continues exactly with the same command plus --resume.
+    """
+    from metriclearn.training.resume import resume_config, run_state
     from metriclearn.training.run import train_run
 
     if quiet:
@@ -98,13 +103,16 @@ def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: boo
     if resume:
         if out is None:
             raise click.UsageError("--resume needs --out DIR (the run to continue)")
-        changed = sorted(set(given) - set(_RESUME_OVERRIDABLE)) + (["config"] if config_file else [])
-        if changed:
-            flags_text = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise click.UsageError(f"--resume continues the run as configured in {out}/config.toml; "
-                                   f"drop {flags_text}")
-        config = TrainConfig.from_toml(Path(out) / "config.toml")
-        config = config.replace(**given)
+        if overwrite:
+            raise click.UsageError("--resume and --overwrite exclude each other: continue the run, or replace it")
+        requested = {**(read_toml(config_file) if config_file else {}), **given}
+        try:
+            config = resume_config(out, requested)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        if run_state(out) == "finished":
+            click.echo(f"{out} is already finished (model.pt written); nothing to resume")
+            return
     else:
         config = _build_config(config_file, given)
     verbose = not (quiet or is_quiet())
@@ -112,7 +120,7 @@ def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: boo
         _overfit(config, verbose)
         return
     run_dir = Path(out) if out else _new_run_dir(Path("runs"))
-    metrics = train_run(config, run_dir, resume=resume, verbose=verbose)
+    metrics = train_run(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
     click.echo(f"run: {run_dir}")
     click.echo(_format_metrics(metrics))
 

@@ -153,8 +153,7 @@ class TrainConfig:
             name: {**DEFAULT_LOSS_OPTIONS.get(name, {}), **self.loss_options.get(name, {})}
             for name in [*DEFAULT_LOSS_OPTIONS, *(k for k in self.loss_options if k not in DEFAULT_LOSS_OPTIONS)]
         }
-        if not isinstance(self.encoder, str) or not self.encoder:
-            raise ValueError(f"encoder must be a spec such as 'mlp' or 'cnn', got {self.encoder!r}")
+        check_encoder_spec(self.encoder)
         if not isinstance(self.encoder_options, dict):
             raise TypeError(f"encoder_options must be a table, got {self.encoder_options!r}")
         check_positive_int(self.embedding_dim, "embedding_dim")
@@ -205,12 +204,7 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> TrainConfig:
         """Read a TOML file; syntax errors and unknown keys name the file."""
-        path = Path(path)
-        try:
-            with open(path, "rb") as fh:
-                values = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: not valid TOML ({exc})") from exc
+        values = read_toml(path)
         try:
             return cls.from_dict(values)
         except (ValueError, TypeError) as exc:
@@ -235,6 +229,41 @@ class TrainConfig:
     def terms(self) -> list[tuple[str, float]]:
         """``loss`` parsed into ``(name, weight)`` pairs."""
         return [parse_loss_term(term) for term in self.loss]
+
+
+def check_encoder_spec(spec: Any) -> str:
+    """Check the syntax of an encoder spec (``mlp``, ``mlp:512,256``, ``cnn:32,64``, ``sentence[:PATH]``).
+
+    >>> check_encoder_spec("mlp:32")
+    'mlp:32'
+    >>> check_encoder_spec("bogus")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    ValueError: encoder must be one of 'mlp', ...; got 'bogus'
+    """
+    from metriclearn.encoders import SPEC_FORMS
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"encoder must be one of {SPEC_FORMS}; got {spec!r}")
+    name, sep, args = spec.strip().partition(":")
+    sizes_ok = not sep or all(part.strip().isdigit() and int(part) > 0 for part in args.split(","))
+    if name.lower() == "sentence":
+        sizes_ok = not sep or bool(args.strip())
+    if name.lower() not in ("mlp", "cnn", "sentence") or not sizes_ok:
+        raise ValueError(f"encoder must be one of {SPEC_FORMS}; got {spec!r}")
+    return spec
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The keys a TOML file sets, as written (no defaults filled in); syntax errors name the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 TOML file ({exc})") from exc
 
 
 def parse_loss_term(term: str) -> tuple[str, float]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import sys
 import time
 import warnings
@@ -43,9 +42,11 @@ from metriclearn._device import resolve_device
 from metriclearn._progress import progress
 from metriclearn.training import distributed as dist_utils
 from metriclearn.training.callbacks import Callback, Logs
+from metriclearn.training.embedding import embed_array, to_device
+from metriclearn.training.rng import rng_state, seed_everything, set_rng_state
 from metriclearn.training.objectives import Objective, expected_initial_loss
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: callback states keyed by Callback.state_key, should_stop, metadata
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]
 
 
@@ -129,6 +130,7 @@ class Trainer:
         self.history: list[Logs] = []
         self.initial_losses: dict[str, tuple[float, float | None]] = {}
         self.should_stop = False
+        self.metadata: dict[str, Any] = {}  # saved in every checkpoint as it is (e.g. the run's config)
         self.num_classes = 0
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self._ddp: nn.Module | None = None
@@ -205,17 +207,18 @@ class Trainer:
         base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)
         self.sampler = dist_utils.shard_batches(base_sampler)
         self.scheduler = self._make_scheduler(epochs * len(self.sampler))
-        X_dev = _to_device(X, self.device)
+        X_dev = to_device(X, self.device)
         y_dev = torch.as_tensor(y, dtype=torch.long, device=self.device)
         self._precompute(X, *([val_xy[0]] if val_xy is not None else []))
+        _check_state_keys(self.callbacks)
+        self.should_stop = False
         if resume_from is not None:
-            self.load_state_dict(_load_checkpoint(resume_from), restore_rng=True)
+            self.load_state_dict(load_checkpoint(resume_from), restore_rng=True)
             self.log(f"resumed after epoch {self.epoch} (step {self.global_step})")
         else:
             self._prepare(X, y, X_dev, y_dev)
         self._ddp = dist_utils.wrap_model(self.model, self.device)
         self._params = self.parameters()
-        self.should_stop = False
         for cb in self.callbacks:
             cb.on_fit_start(self)
         try:
@@ -252,7 +255,7 @@ class Trainer:
         indices = next(iter(ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)), None)
         if not indices:
             raise ValueError(f"train has {len(y)} samples: too few for one batch of {self.batch_size}")
-        X_dev, y_dev = _to_device(X, self.device), torch.as_tensor(y, dtype=torch.long, device=self.device)
+        X_dev, y_dev = to_device(X, self.device), torch.as_tensor(y, dtype=torch.long, device=self.device)
         self._prepare(X, y, X_dev, y_dev)
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
         x_batch, y_batch = _take(X_dev, idx), y_dev[idx]
@@ -283,17 +286,24 @@ class Trainer:
             self.objective.prepare(embeddings, y_dev)
 
     def _run_epoch(self, X: Any, y: Tensor, val: tuple[Any, np.ndarray] | None, epochs: int) -> None:
+        # One source of truth for where the run stands: ``self.epoch`` (completed epochs) and
+        # ``self._progress["count"]`` (batches of the current epoch done). The sampler is positioned from
+        # them; a checkpoint taken after the epoch's last batch (count == len) runs no batch again and
+        # goes straight to the end of the epoch.
         epoch = self.epoch
         progress_ = self._progress
         if progress_["count"] == 0:  # a fresh epoch (else: resumed from a checkpoint taken mid-epoch)
             progress_.update(sums={}, seen=0, seconds=0.0)
-        self.sampler.set_epoch(epoch)  # keeps a restored mid-epoch position
+        self.sampler.set_epoch(epoch)
+        if 0 < progress_["count"] < len(self.sampler):
+            self.sampler.load_state_dict({**self.sampler.state_dict(), "epoch": epoch, "position": progress_["count"]})
+        batches = self.sampler if progress_["count"] < len(self.sampler) else ()
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch)
         self.model.train()
         self.objective.train()
         start = time.perf_counter() - progress_["seconds"]
-        bar = progress(self.sampler, desc=f"epoch {epoch + 1}/{epochs}", total=len(self.sampler),
+        bar = progress(batches, desc=f"epoch {epoch + 1}/{epochs}", total=len(self.sampler),
                        initial=progress_["count"], unit="batch")
         for batch, indices in enumerate(bar, start=progress_["count"]):
             idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
@@ -417,15 +427,18 @@ class Trainer:
             "global_step": self.global_step,
             "epoch_progress": {**self._progress, "sums": dict(self._progress["sums"])},
             "history": [dict(row) for row in self.history],
+            "should_stop": bool(self.should_stop),
             "initial_losses": {k: list(v) for k, v in self.initial_losses.items()},
-            "callbacks": {_cb_key(i, cb): cb.state_dict() for i, cb in enumerate(self.callbacks)},
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "metadata": self.metadata,
         }
 
     def load_state_dict(self, state: dict[str, Any], restore_rng: bool = True) -> None:
         """Restore :meth:`state_dict` (call after the scheduler and sampler exist, i.e. inside ``fit``)."""
         version = state.get("format_version")
         if version != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint format_version {version!r} is not supported (expected {CHECKPOINT_VERSION})")
+            raise ValueError(f"checkpoint format_version {version!r} is not supported (expected {CHECKPOINT_VERSION}; "
+                             f"it was written by another metriclearn version)")
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -438,9 +451,11 @@ class Trainer:
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self._progress = {**state["epoch_progress"], "sums": dict(state["epoch_progress"]["sums"])}
         self.history = [dict(row) for row in state["history"]]
+        self.should_stop = bool(state["should_stop"])
         self.initial_losses = {k: (v[0], v[1]) for k, v in state["initial_losses"].items()}
-        for i, cb in enumerate(self.callbacks):
-            saved = state["callbacks"].get(_cb_key(i, cb))
+        self.metadata = dict(state["metadata"])
+        for cb in self.callbacks:  # by name, so adding or reordering callbacks never mixes their states
+            saved = state["callbacks"].get(cb.state_key)
             if saved is not None:
                 cb.load_state_dict(saved)
         if restore_rng:
@@ -448,43 +463,18 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------- helpers
-@torch.no_grad()
-def embed_array(
-    model: nn.Module,
-    data: Any,
-    batch_size: int = 1024,
-    device: str | torch.device = "auto",
-    amp_dtype: torch.dtype | None = None,
-) -> np.ndarray:
-    """Embed ``data`` (LabeledData, array, tensor or texts) with ``model`` in eval mode → (n, D) float32."""
-    device = resolve_device(device)
-    X = data.X if hasattr(data, "X") else data
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    n = len(X)
-    if n == 0:
-        raise ValueError("data to embed is empty (0 samples)")
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        for start in progress(range(0, n, batch_size), desc="embedding", unit="batch"):
-            chunk = _to_device(X[start : start + batch_size], device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                chunks.append(model(chunk).float().cpu())  # (b, D)
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
-
-
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _cb_key(index: int, cb: Callback) -> str:
-    return f"{index}:{type(cb).__name__}"
+def _check_state_keys(callbacks: Sequence[Callback]) -> None:
+    keys = [cb.state_key for cb in callbacks if cb.state_dict()]  # stateless callbacks may share a key
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"callbacks share the state_key {repeated[0]!r}; give each a distinct state_key "
+                         f"so their checkpointed states stay apart")
 
 
 def _unpack(data: Any, name: str) -> tuple[Any, np.ndarray]:
@@ -508,30 +498,26 @@ def _unpack(data: Any, name: str) -> tuple[Any, np.ndarray]:
     return X, y.astype(np.int64)
 
 
-def _to_device(X: Any, device: torch.device) -> Any:
-    if isinstance(X, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
-    if isinstance(X, torch.Tensor):
-        return X.to(device)
-    return list(X)  # texts: the encoder tokenises
-
-
 def _take(X: Any, idx: Tensor) -> Any:
     if isinstance(X, torch.Tensor):
         return X[idx]
     return [X[i] for i in idx.tolist()]
 
 
-def _load_checkpoint(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+def load_checkpoint(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint (a path, or an already loaded dict) as a dict; a damaged file raises ``ValueError`` naming it."""
     if isinstance(source, dict):
         return source
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory (no checkpoint to resume from)", str(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise ValueError(f"{path}: not a readable metriclearn checkpoint ({exc})") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a metriclearn checkpoint (it holds a {type(state).__name__})")
+    return state
 
 
 def _format_epoch(epoch: int, epochs: int, logs: Logs) -> str:
@@ -539,35 +525,3 @@ def _format_epoch(epoch: int, epochs: int, logs: Logs) -> str:
     parts += [f"{k} {v:.4f}" for k, v in logs.items() if k.startswith("val_")]
     parts.append(f"{logs['samples_per_s']:.0f} samples/s")
     return "  ".join(parts)
-
-
-def rng_state() -> dict[str, Any]:
-    """torch (CPU and CUDA), numpy and python RNG states as weights_only-safe values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": [version, list(internal), gauss],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

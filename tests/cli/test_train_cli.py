@@ -51,29 +51,96 @@ def test_same_seed_same_model_on_cpu(tmp_path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_via_cli(tmp_path, monkeypatch) -> None:
+def _kill_in_epoch_2(monkeypatch):
+    """Make the next ``train`` die in its second epoch (as a KeyboardInterrupt), like a killed run."""
     from metriclearn.training import LambdaCallback, run
 
-    out = tmp_path / "r"
     original = run.train_run
 
-    def killed(config, out_dir, resume=False, callbacks=(), verbose=True):
+    def killed(config, out_dir, resume=False, callbacks=(), verbose=True, overwrite=False):
         def stop(trainer, batch, logs):
             if trainer.epoch == 1:
                 raise KeyboardInterrupt
 
-        return original(config, out_dir, resume, [LambdaCallback(on_batch_end=stop)], verbose)
+        return original(config, out_dir, resume, [LambdaCallback(on_batch_end=stop)], verbose, overwrite)
 
     monkeypatch.setattr(run, "train_run", killed)
-    result = _invoke("train", *FAST, "--out", str(out))
+    return lambda: monkeypatch.setattr(run, "train_run", original)
+
+
+def test_resume_with_the_same_command(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "r"
+    (tmp_path / "c.toml").write_text('lr = 0.004\nloss = ["neighborhood", "cache:0.5"]\n')
+    command = ["train", "--config", str(tmp_path / "c.toml"), *FAST, "--seed", "4", "--out", str(out)]
+    restore = _kill_in_epoch_2(monkeypatch)
+    result = _invoke(*command)
     assert result.exit_code != 0 and not (out / "model.pt").exists()
-    monkeypatch.setattr(run, "train_run", original)
-    result = _invoke("train", "--resume", "--out", str(out), "--quiet")
+    restore()
+    result = _invoke(*command, "--resume")  # up-arrow, add --resume
     assert result.exit_code == 0, result.output
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
-    bad = _invoke("train", "--resume", "--out", str(out), "--epochs", "9")
-    assert bad.exit_code == 2 and "drop --epochs" in bad.output
+    straight = tmp_path / "straight"
+    assert _invoke("train", "--config", str(tmp_path / "c.toml"), *FAST, "--seed", "4", "--out", str(straight)).exit_code == 0
+    a = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    finished = _invoke(*command, "--resume")
+    assert finished.exit_code == 0 and "is already finished (model.pt written); nothing to resume" in finished.output
     assert _invoke("train", "--resume").exit_code == 2
+
+
+def test_resume_refuses_changed_flags_and_edited_config_naming_both_values(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "r"
+    restore = _kill_in_epoch_2(monkeypatch)
+    assert _invoke("train", *FAST, "--out", str(out)).exit_code != 0
+    restore()
+    bad = _invoke("train", *FAST, "--epochs", "9", "--lr", "0.5", "--out", str(out), "--resume")
+    assert bad.exit_code == 2, bad.output
+    line = " ".join(bad.output.split())
+    assert "epochs (2 in the run, 9 now); lr (0.003 in the run, 0.5 now)" in line
+    text = (out / "config.toml").read_text()
+    (out / "config.toml").write_text(text.replace("samples_per_class = 8", "samples_per_class = 4"))
+    edited = _invoke("train", "--resume", "--out", str(out))
+    assert edited.exit_code == 2
+    assert "config.toml was edited since the run started: samples_per_class (8 in the run, 4 now)" in \
+        " ".join(edited.output.split())
+    (out / "config.toml").write_text(text)
+    ok = _invoke("train", "--resume", "--out", str(out), "--threads", "1", "--quiet")  # a runtime key may change
+    assert ok.exit_code == 0, ok.output
+
+
+def test_out_folder_with_foreign_files_is_refused_and_overwrite_replaces_a_run(tmp_path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "log.csv").write_text("my own log\n")
+    result = _invoke("train", *FAST, "--out", str(mine))
+    assert result.exit_code == 1 and "is not empty and was not written by metriclearn (it holds log.csv)" in result.output
+    assert (mine / "log.csv").read_text() == "my own log\n"
+    assert {p.name for p in mine.iterdir()} - {".metriclearn.lock"} == {"log.csv"}  # (the lock: _outdir's rule)
+    run = tmp_path / "run"
+    assert _invoke("train", *FAST, "--out", str(run)).exit_code == 0
+    again = _invoke("train", *FAST, "--out", str(run))
+    assert again.exit_code == 1 and "already holds a metriclearn run; pass --resume to continue it or --overwrite" \
+        in again.output
+    (run / "checkpoints" / "stale.pt").write_bytes(b"old")
+    replaced = _invoke("train", *FAST, "--epochs", "1", "--out", str(run), "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+    assert not (run / "checkpoints" / "stale.pt").exists()  # the previous run's files went first
+
+
+def test_tiny_csv_is_refused_before_anything_is_written(tmp_path) -> None:
+    rows = ["f1,f2,label"] + [f"{i},{i % 3},{c}" for i, c in enumerate("aabbccddee")]
+    (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "r"
+    result = _invoke("train", "--data", str(tmp_path / "tiny.csv"), *FAST, "--batch-size", "4",
+                     "--samples-per-class", "2", "--out", str(out))
+    assert result.exit_code == 1
+    assert "the validation split (2 samples) has no class with 2 or more samples" in result.output
+    assert not out.exists() or not any(out.iterdir())
+    fixed = _invoke("train", "--data", str(tmp_path / "tiny.csv"), *FAST, "--batch-size", "4",
+                    "--samples-per-class", "2", "--val-fraction", "0", "--out", str(out))
+    assert fixed.exit_code == 0, fixed.output  # the same --out works once the settings are right
 
 
 def test_embed_and_evaluate(tmp_path) -> None:
@@ -105,6 +172,9 @@ def test_embed_and_evaluate(tmp_path) -> None:
         (["embed", "--model", "nowhere", "--data", "digits", "--out", "x.npy"], 1, "nowhere"),
         (["embed", "--model", "nowhere", "--data", "digits", "--out", "x.txt"], 2, "must end in .npy"),
         (["train", "--device", "tpu"], 2, "tpu"),
+        (["train", "--encoder", "bogus"], 2, "encoder must be one of 'mlp', 'mlp:H1,H2,...'"),
+        (["train", "--encoder", "mlp:0"], 2, "got 'mlp:0'"),
+        (["train", "--resume", "--overwrite", "--out", "r"], 2, "--resume and --overwrite exclude each other"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code(tmp_path, monkeypatch, args, code, message) -> None:

@@ -98,7 +98,7 @@ def test_run_directory_contents_and_load_run(tmp_path) -> None:
     model, config, classes = load_run(tmp_path / "run")
     assert not model.training and config["epochs"] == 3 and classes == list(range(10))
     assert 0 < metrics["retrieval"]["precision_at_1"] <= 1 and metrics["n_eval"] == 450
-    with pytest.raises(ValueError, match="already holds a run"):
+    with pytest.raises(ValueError, match="already holds a metriclearn run; pass --resume to continue it or --overwrite"):
         train_run(TrainConfig(**SMALL), tmp_path / "run", verbose=False)
 
 
