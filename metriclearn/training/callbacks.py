@@ -276,8 +276,10 @@ class HealthMonitor(Callback):
     * logs ``grad_norm`` (global, before clipping), ``weight_norm`` and ``dead_relu`` (share of ReLU
       units that output 0 for every sample of the batch, measured with forward hooks every
       ``every`` batches) into the epoch logs;
-    * compares the first batch's loss of each term with its chance level for an untrained model
-      (:func:`~metriclearn.training.objectives.expected_initial_loss`) and warns when it is more than
+    * compares the first batch's loss of each term (read from the step's logs) with its chance level
+      for an untrained model (the ``chance`` of its row in :data:`~metriclearn.training.objectives.LOSSES`,
+      via :func:`~metriclearn.training.objectives.expected_initial_loss`; kept in ``initial``) and warns
+      when it is more than
       ``tolerance`` (relative) above it — over-confident wrong predictions before any training point to a
       bug in the labels, the input scale or the initialisation. Below chance is fine (a random encoder
       already groups easy classes, and a low temperature sharpens random distances) and only logged;
@@ -341,7 +343,15 @@ class HealthMonitor(Callback):
         self._handles = []
 
     def _check_initial(self, trainer: Trainer, logs: Logs) -> None:
-        for name, (observed, expected) in trainer.initial_losses.items():
+        """Compare each term's loss of the first step (in ``logs``) with its chance level."""
+        from metriclearn.training.objectives import expected_initial_loss
+
+        batch_size = min(trainer.batch_size, trainer.num_samples or trainer.batch_size)
+        for name in trainer.objective.names:
+            if name not in logs:
+                continue
+            observed = float(logs[name])
+            expected = expected_initial_loss(name, batch_size, trainer.samples_per_class, trainer.num_classes)
             self.initial[name] = (observed, expected)
             if expected is None or expected <= 0:
                 continue

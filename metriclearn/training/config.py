@@ -37,32 +37,26 @@ from typing import Any
 
 import tomli_w
 
-from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int
 from metriclearn._atomic import write_text
+from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int
+from metriclearn._device import DEVICES
+from metriclearn.training.objectives import COMBINES, LOSS_NAMES, LOSSES
+from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-LOSS_NAMES = ("neighborhood", "snn", "prototype", "cache", "softmax", "complement")
-COMBINES = ("sum", "alternate", "pcgrad")
-SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
-# Tuned defaults (BENCHMARKS.md, MNIST-5000 + digits): cosine neighbourhood softmax at T = 0.15 on
-# L2-normalised embeddings, M = 8. SNN works on squared distances, 2(1 - cos) on unit vectors: T = 0.3 matches.
-DEFAULT_LOSS_OPTIONS: dict[str, dict[str, Any]] = {
-    "neighborhood": {"temperature": 0.15, "distance": "cosine"},
-    "snn": {"temperature": 0.3},
-    "cache": {"temperature": 0.15},
-}
 MONITORS = ("map_at_r", "precision_at_1", "r_precision", "knn_accuracy", "loss")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; defaults are the tuned ones (see BENCHMARKS.md).
+    """Everything a training run needs; its field defaults are THE defaults (tuned, see BENCHMARKS.md).
+
+    ``Trainer``'s keyword defaults, ``Trainer.fit(epochs=...)`` and the ``metriclearn train --help`` texts
+    read them from here, so a run built in Python with no options equals ``metriclearn train``.
 
     Parameters
     ----------
@@ -76,7 +70,8 @@ class TrainConfig:
         (one optimiser step per term on the same batch, in order: the COT recipe) or ``"pcgrad"``.
     loss_options:
         Per-loss keyword arguments, e.g. ``{"neighborhood": {"temperature": 0.1}}``; merged over
-        ``DEFAULT_LOSS_OPTIONS`` (the tuned temperatures), so the resolved config shows every value used.
+        the tuned options of :data:`~metriclearn.training.objectives.LOSSES` (the tuned temperatures), so
+        the resolved config shows every value used.
     encoder, embedding_dim, normalize:
         Passed to :func:`metriclearn.encoders.build_encoder`.
     encoder_options:
@@ -149,9 +144,10 @@ class TrainConfig:
             check_choice(name, LOSS_NAMES, "loss_options key")
             if not isinstance(options, dict):
                 raise TypeError(f"loss_options.{name} must be a table, got {options!r}")
+        tuned = {name: dict(spec.tuned) for name, spec in LOSSES.items() if spec.tuned}
         self.loss_options = {
-            name: {**DEFAULT_LOSS_OPTIONS.get(name, {}), **self.loss_options.get(name, {})}
-            for name in [*DEFAULT_LOSS_OPTIONS, *(k for k in self.loss_options if k not in DEFAULT_LOSS_OPTIONS)]
+            name: {**tuned.get(name, {}), **self.loss_options.get(name, {})}
+            for name in [*tuned, *(k for k in self.loss_options if k not in tuned)]
         }
         check_encoder_spec(self.encoder)
         if not isinstance(self.encoder_options, dict):

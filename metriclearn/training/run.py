@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +75,46 @@ def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callba
                  verbose: bool = True) -> Trainer:
     """The :class:`Trainer` (objective, optimiser, schedule) that ``config`` describes."""
     objective = build_objective(config.terms(), config.embedding_dim, num_classes, config.combine, config.loss_options)
-    optimizer = None
-    if config.optimizer != "adamw":
-        params = [*model.parameters(), *objective.parameters()]
-        optimizer = (
-            torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-            if config.optimizer == "adam"
-            else torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
-        )
     return Trainer(
-        model, objective, optimizer, lr=config.lr, weight_decay=config.weight_decay, scheduler=config.scheduler,
-        batch_size=config.batch_size, samples_per_class=config.samples_per_class, grad_clip=config.grad_clip,
-        amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor, callbacks=callbacks,
-        verbose=verbose,
+        model, objective, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+        scheduler=config.scheduler, batch_size=config.batch_size, samples_per_class=config.samples_per_class,
+        grad_clip=config.grad_clip, amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor,
+        callbacks=callbacks, verbose=verbose,
     )
+
+
+def overfit_batch_check(config: TrainConfig, steps: int = 200, verbose: bool = True) -> OverfitResult:
+    """The "overfit one batch" sanity check of ``config``: train on one batch for ``steps`` steps.
+
+    A sound model/objective drives the loss of a single batch to at most 10 % of its first value (or, for
+    a loss that starts at 0, below it); if it cannot, something between data, model and loss is broken.
+    """
+    from metriclearn.data import load_data
+
+    seed_everything(config.seed)
+    data = load_data(config.data)
+    input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
+    trainer = make_trainer(config, build_model(config, input_shape), data.num_classes, verbose=verbose)
+    losses = trainer.overfit_batch(data, steps=steps)
+    first, last = losses[0], losses[-1]
+    return OverfitResult(passed=last <= 0.1 * first if first > 0 else last < first, first=first, last=last,
+                         steps=len(losses), batch_size=config.batch_size)
+
+
+@dataclass(frozen=True)
+class OverfitResult:
+    """Outcome of :func:`overfit_batch_check`: the loss at the first and last step, and the verdict."""
+
+    passed: bool
+    first: float
+    last: float
+    steps: int
+    batch_size: int
+
+    def __str__(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"overfit-batch: {verdict}: loss {self.first:.4f} -> {self.last:.4f} after {self.steps} steps on one "
+                f"batch of {self.batch_size}")
 
 
 def train_run(

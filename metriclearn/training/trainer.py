@@ -43,11 +43,14 @@ from metriclearn._progress import progress
 from metriclearn.training import distributed as dist_utils
 from metriclearn.training.callbacks import Callback, Logs
 from metriclearn.training.embedding import embed_array, to_device
-from metriclearn.training.rng import rng_state, seed_everything, set_rng_state
-from metriclearn.training.objectives import Objective, expected_initial_loss
+from metriclearn.training.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (seed_everything: re-export)
+from metriclearn.training.config import TrainConfig
+from metriclearn.training.objectives import Objective
+from metriclearn.training.optim import SCHEDULERS, build_optimizer, build_scheduler
 
 CHECKPOINT_VERSION = 2  # 2: callback states keyed by Callback.state_key, should_stop, metadata
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]
+_DEFAULTS = TrainConfig  # the dataclass's field defaults are the defaults (class attributes)
 
 
 class Trainer:
@@ -60,8 +63,8 @@ class Trainer:
     objective:
         The loss terms and how they combine; its parameters (heads, learned centroids) are optimised too.
     optimizer:
-        An optimiser over ``model`` and ``objective`` parameters, or ``None`` for AdamW(lr,
-        weight_decay) with no decay on biases and normalisation weights (the fused kernel where available).
+        An optimiser over ``model`` and ``objective`` parameters, or a name (``adamw``, ``adam``, ``sgd``:
+        :func:`~metriclearn.training.optim.build_optimizer`, no decay on biases and normalisation weights).
     scheduler:
         ``"onecycle"`` (max LR = ``lr``) or ``"cosine"`` stepped every batch, ``"plateau"`` stepped
         every epoch on the monitored metric, ``"none"``, or ``factory(optimizer, total_steps)``.
@@ -76,24 +79,27 @@ class Trainer:
         Validation metric for ``"plateau"`` and the logs (``map_at_r``, ``precision_at_1`` ...).
     callbacks:
         :class:`~metriclearn.training.callbacks.Callback` objects, called in order.
+
+    Every default is :class:`~metriclearn.training.config.TrainConfig`'s, so ``Trainer(model,
+    build_objective(None, D, K)).fit(train, val)`` trains the run ``metriclearn train`` trains.
     """
 
     def __init__(
         self,
         model: nn.Module,
         objective: Objective,
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: torch.optim.Optimizer | str = _DEFAULTS.optimizer,
         *,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        scheduler: str | SchedulerFactory | None = "onecycle",
-        batch_size: int = 128,
-        samples_per_class: int = 4,
-        grad_clip: float = 0.0,
-        amp: bool = True,
-        device: str | torch.device = "auto",
-        seed: int = 0,
-        monitor: str = "map_at_r",
+        lr: float = _DEFAULTS.lr,
+        weight_decay: float = _DEFAULTS.weight_decay,
+        scheduler: str | SchedulerFactory | None = _DEFAULTS.scheduler,
+        batch_size: int = _DEFAULTS.batch_size,
+        samples_per_class: int = _DEFAULTS.samples_per_class,
+        grad_clip: float = _DEFAULTS.grad_clip,
+        amp: bool = _DEFAULTS.amp,
+        device: str | torch.device = _DEFAULTS.device,
+        seed: int = _DEFAULTS.seed,
+        monitor: str = _DEFAULTS.monitor,
         callbacks: Sequence[Callback] = (),
         embed_batch_size: int = 1024,
         verbose: bool = True,
@@ -116,9 +122,11 @@ class Trainer:
         self.seed = check_positive_int(seed, "seed", allow_zero=True)
         self.monitor = monitor
         if isinstance(scheduler, str) or scheduler is None:
-            check_choice(scheduler or "none", ("onecycle", "cosine", "plateau", "none"), "scheduler")
+            check_choice(scheduler or "none", SCHEDULERS, "scheduler")
         self.scheduler_spec = scheduler or "none"
-        self.optimizer = optimizer if optimizer is not None else self._default_optimizer()
+        if optimizer is None or isinstance(optimizer, str):
+            optimizer = build_optimizer(optimizer or "adamw", self.parameters(), self.lr, self.weight_decay)
+        self.optimizer = optimizer
         self.callbacks = list(callbacks)
         self.verbose = verbose
         self.amp_dtype = _amp_dtype(self.device) if amp else None
@@ -128,10 +136,10 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.global_step = 0  # batches done
         self.history: list[Logs] = []
-        self.initial_losses: dict[str, tuple[float, float | None]] = {}
         self.should_stop = False
         self.metadata: dict[str, Any] = {}  # saved in every checkpoint as it is (e.g. the run's config)
         self.num_classes = 0
+        self.num_samples = 0
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self._ddp: nn.Module | None = None
         self._params: list[nn.Parameter] = []
@@ -148,29 +156,11 @@ class Trainer:
         """Trainable parameters of the model and the objective (in a fixed order)."""
         return [p for p in [*self.model.parameters(), *self.objective.parameters()] if p.requires_grad]
 
-    def _default_optimizer(self) -> torch.optim.Optimizer:
-        decay = [p for p in self.parameters() if p.dim() > 1]
-        no_decay = [p for p in self.parameters() if p.dim() <= 1]
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
-        try:  # the fused kernel (CPU and CUDA) is several times faster than the per-tensor loop
-            return torch.optim.AdamW(groups, lr=self.lr, fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            return torch.optim.AdamW(groups, lr=self.lr)
-
     def _make_scheduler(self, total_steps: int) -> Any:
         spec = self.scheduler_spec
         if callable(spec):
             return spec(self.optimizer, total_steps)
-        if spec == "onecycle":
-            max_lr = [group["lr"] for group in self.optimizer.param_groups]
-            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=max_lr, total_steps=total_steps)
-        if spec == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
-        if spec == "plateau":
-            mode = "min" if self.monitor == "loss" else "max"
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode=mode, factor=0.5, patience=2)
-        return None
+        return build_scheduler(spec, self.optimizer, total_steps, mode="min" if self.monitor == "loss" else "max")
 
     @property
     def _per_epoch_scheduler(self) -> bool:
@@ -188,7 +178,7 @@ class Trainer:
         self,
         train: Any,
         val: Any = None,
-        epochs: int = 10,
+        epochs: int = _DEFAULTS.epochs,
         resume_from: str | Path | dict[str, Any] | None = None,
     ) -> list[Logs]:
         """Train for ``epochs`` epochs (in total, counting those of a resumed checkpoint).
@@ -202,7 +192,7 @@ class Trainer:
 
         epochs = check_positive_int(epochs, "epochs")
         X, y = _unpack(train, "train")
-        self.num_classes = int(y.max()) + 1
+        self.num_classes, self.num_samples = int(y.max()) + 1, len(y)
         val_xy = _unpack(val, "val") if val is not None else None
         base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)
         self.sampler = dist_utils.shard_batches(base_sampler)
@@ -366,8 +356,6 @@ class Trainer:
                         f"(terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
                         f"try a lower --lr, gradient clipping, or check the data for extreme values"
                     )
-                if self.global_step == 0:
-                    self._record_initial(losses, labels)
                 scale: Any = self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0
                 reduce = dist_utils.all_reduce_mean if surgery and self._ddp is not None else None
                 self.objective.backward(losses, params, scale=scale, reduce=reduce)
@@ -386,13 +374,6 @@ class Trainer:
         if self.scheduler is not None and not self._per_epoch_scheduler:
             self.scheduler.step()
         return logs
-
-    def _record_initial(self, losses: dict[str, Tensor], labels: Tensor) -> None:
-        counts = torch.bincount(labels)
-        m = int(counts[counts > 0].median())
-        for name, value in losses.items():
-            expected = expected_initial_loss(name, len(labels), m, self.num_classes)
-            self.initial_losses[name] = (float(value.detach()), expected)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -428,7 +409,6 @@ class Trainer:
             "epoch_progress": {**self._progress, "sums": dict(self._progress["sums"])},
             "history": [dict(row) for row in self.history],
             "should_stop": bool(self.should_stop),
-            "initial_losses": {k: list(v) for k, v in self.initial_losses.items()},
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
             "metadata": self.metadata,
         }
@@ -452,7 +432,6 @@ class Trainer:
         self._progress = {**state["epoch_progress"], "sums": dict(state["epoch_progress"]["sums"])}
         self.history = [dict(row) for row in state["history"]]
         self.should_stop = bool(state["should_stop"])
-        self.initial_losses = {k: (v[0], v[1]) for k, v in state["initial_losses"].items()}
         self.metadata = dict(state["metadata"])
         for cb in self.callbacks:  # by name, so adding or reordering callbacks never mixes their states
             saved = state["callbacks"].get(cb.state_key)

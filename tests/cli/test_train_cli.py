@@ -150,10 +150,21 @@ def test_embed_and_evaluate(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     emb = np.load(tmp_path / "e.npy")
     assert emb.shape == (1797, 8) and emb.dtype == np.float32
+    from sklearn.datasets import load_digits
+
+    from metriclearn.metrics import retrieval_metrics
+    from metriclearn.training import load_run
+
+    model, _, _ = load_run(run_dir)
+    X, y = load_digits(return_X_y=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(emb, model(torch.from_numpy(X.astype(np.float32))).numpy(), rtol=1e-5, atol=1e-6)
     result = _invoke("evaluate", "--model", str(run_dir), "--data", "digits", "--reference", "digits", "--json")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
-    assert 0 < metrics["retrieval"]["map_at_r"] <= 1 and "knn_accuracy_k5" in metrics
+    expected = retrieval_metrics(emb, y)
+    assert metrics["retrieval"] == pytest.approx({k: float(v) for k, v in expected.items()})
+    assert metrics["knn_accuracy_k5"] == pytest.approx(retrieval_metrics(emb, y, emb, y, k=5)["knn_accuracy"])
     assert json.loads((run_dir / "evaluate.json").read_text()) == metrics
     np.savez(tmp_path / "odd.npz", X=np.zeros((3, 64), np.float32), y=np.array([1, 42, 2]))
     np.savez(tmp_path / "wide.npz", X=np.zeros((3, 30), np.float32), y=np.array([1, 2, 2]))

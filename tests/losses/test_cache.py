@@ -92,7 +92,7 @@ def test_anchor_whose_only_positive_is_its_own_copy_is_left_out() -> None:
 
 def test_warmup_fills_but_does_not_score() -> None:
     loss = CacheLoss(DIM, size=32, warmup_steps=2).double()
-    nsl = NeighborhoodSoftmaxLoss(0.1, "cosine")
+    nsl = NeighborhoodSoftmaxLoss(0.15, "cosine")  # the cache default T
     for _ in range(2):
         x, labels = _batch()
         torch.testing.assert_close(loss(x, labels), nsl(x, labels), rtol=1e-13, atol=1e-13)
@@ -228,7 +228,7 @@ def test_bad_inputs(embeddings: torch.Tensor, ids: torch.Tensor | None, error: t
 
 def test_repr_names_the_settings() -> None:
     assert repr(CacheLoss(8, size=64, warmup_steps=3)) == (
-        "CacheLoss(dim=8, size=64, temperature=0.1, distance='cosine', warmup_steps=3, reduction='mean')"
+        "CacheLoss(dim=8, size=64, temperature=0.15, distance='cosine', warmup_steps=3, reduction='mean')"
     )
 
 
