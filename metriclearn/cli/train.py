@@ -25,6 +25,7 @@ from metriclearn.training.config import (
 )
 from metriclearn.training.objectives import COMBINES, LOSS_NAMES
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
+from metriclearn.training.splits import VAL_SPLITS
 from metriclearn._device import DEVICES
 
 
@@ -92,6 +93,8 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @_setting("--checkpoint-every", "Also checkpoint every N batches (0: each epoch end).", type=int)
 @_setting("--threads", "CPU threads for torch (0: torch's default).", type=int)
 @_setting("--val-fraction", "Held-out share for validation metrics.", type=float)
+@_setting("--val-split", "Hold out samples of every class, or whole classes (validation on unseen classes).",
+          type=click.Choice(VAL_SPLITS))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these settings.")
 @click.option("--resume", is_flag=True,
               help="Continue the killed run in --out exactly where it stopped: re-run the same command plus --resume.")
@@ -167,7 +170,10 @@ def _overfit(config: TrainConfig, verbose: bool) -> None:
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:
-    lines = [f"held-out metrics ({metrics.get('split', 'val')}, {metrics.get('n_eval', '?')} samples):"]
+    split = str(metrics.get("split", "val"))
+    if metrics.get("val_classes"):
+        split += f": {len(metrics['val_classes'])} classes unseen in training"
+    lines = [f"held-out metrics ({split}, {metrics.get('n_eval', '?')} samples):"]
     for section in ("retrieval", "retrieval_vs_reference", "separation"):
         if section in metrics:
             values = "  ".join(f"{k} {v:.4f}" for k, v in metrics[section].items() if isinstance(v, (int, float)))

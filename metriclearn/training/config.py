@@ -42,6 +42,7 @@ from metriclearn._checks import check_choice, check_fraction, check_positive_flo
 from metriclearn._device import DEVICES
 from metriclearn.training.objectives import COMBINES, LOSS_NAMES, LOSSES
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
+from metriclearn.training.splits import VAL_SPLITS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,7 +93,11 @@ class TrainConfig:
         CPU threads for torch (0: torch's default). Small models train fastest on 1 thread, above all on
         a busy machine where spinning OpenMP threads fight over cores.
     val_fraction:
-        Share of the data held out (stratified) for validation metrics; 0 trains on everything.
+        Share of the data held out for validation metrics; 0 trains on everything.
+    val_split:
+        ``"samples"``: a stratified share of every class's samples; ``"classes"``: that share of whole
+        classes, never seen in training, so early stopping, ``best.pt`` and the plateau schedule select
+        on new classes (:mod:`metriclearn.training.splits`).
     """
 
     data: str = "digits"
@@ -116,6 +121,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     val_fraction: float = 0.2
+    val_split: str = "samples"
     patience: int = 0
     checkpoint_every: int = 0
     monitor: str = "map_at_r"
@@ -168,6 +174,7 @@ class TrainConfig:
         check_choice(self.scheduler, SCHEDULERS, "scheduler")
         check_choice(self.device, DEVICES, "device")
         check_choice(self.monitor, MONITORS, "monitor")
+        check_choice(self.val_split, VAL_SPLITS, "val_split")
         check_positive_int(self.seed, "seed", allow_zero=True)
         check_positive_int(self.patience, "patience", allow_zero=True)
         check_positive_int(self.threads, "threads", allow_zero=True)

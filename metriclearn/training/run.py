@@ -54,6 +54,7 @@ from metriclearn.training.resume import (
     started_config,
 )
 from metriclearn.training.rng import seed_everything
+from metriclearn.training.splits import split_for_validation
 from metriclearn.training.trainer import Trainer
 from metriclearn._device import resolve_device
 
@@ -189,9 +190,14 @@ def train_run(
             return {}
         held_out = val if val is not None else train
         held_out_emb = trainer.embed(held_out)
-        metrics = evaluate_embeddings(held_out_emb, held_out.y, trainer.embed(train), train.y)
+        unseen = val is not None and config.val_split == "classes"
+        # held-out classes have no same-class item among the training samples: leave-one-out among themselves
+        reference = (None, None) if unseen else (trainer.embed(train), train.y)
+        metrics = evaluate_embeddings(held_out_emb, held_out.y, *reference)
         metrics.update(split="val" if val is not None else "train", n_train=len(train), n_eval=len(held_out),
-                       epochs=trainer.epoch, train_seconds=seconds)
+                       epochs=trainer.epoch, train_seconds=seconds, val_split=config.val_split)
+        if unseen:
+            metrics["val_classes"] = [data.classes[c] for c in np.unique(held_out.y)]
         write_json(out / "metrics.json", metrics)
         if config.report:
             from metriclearn.reports import write_report
@@ -204,12 +210,12 @@ def train_run(
 
 def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
     """``(data, train, val or None)`` of ``config``, checked so that training can finish and be evaluated."""
-    from metriclearn.data import load_data, train_val_split
+    from metriclearn.data import load_data
 
     data = load_data(config.data)
     train, val = data, None
     if config.val_fraction > 0:
-        train, val = train_val_split(data, val_fraction=config.val_fraction, seed=config.seed)
+        train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
         val = val if len(val) > 0 else None  # too small a fraction to hold anything out
     if len(np.unique(train.y)) < 2:
         raise ValueError(f"{config.data}: the training split holds a single class; metric learning needs at least 2")

@@ -143,6 +143,7 @@ class Trainer:
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self._ddp: nn.Module | None = None
         self._params: list[nn.Parameter] = []
+        self._lone_last_batch = False
         # running sums of the current epoch (checkpointed, so a mid-epoch resume logs the whole epoch)
         self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0, "lr": 0.0}
 
@@ -196,7 +197,10 @@ class Trainer:
         val_xy = _unpack(val, "val") if val is not None else None
         base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)
         self.sampler = dist_utils.shard_batches(base_sampler)
-        self.scheduler = self._make_scheduler(epochs * len(self.sampler))
+        # an epoch of n = k·B + 1 samples ends with a batch of one: nothing to compare it with and a
+        # BatchNorm error in training mode, so it is passed over (its sample comes back next epoch)
+        self._lone_last_batch = len(y) % self.batch_size == 1 and len(self.sampler) > 1
+        self.scheduler = self._make_scheduler(epochs * (len(self.sampler) - self._lone_last_batch))
         X_dev = to_device(X, self.device)
         y_dev = torch.as_tensor(y, dtype=torch.long, device=self.device)
         self._precompute(X, *([val_xy[0]] if val_xy is not None else []))
@@ -296,6 +300,9 @@ class Trainer:
         bar = progress(batches, desc=f"epoch {epoch + 1}/{epochs}", total=len(self.sampler),
                        initial=progress_["count"], unit="batch")
         for batch, indices in enumerate(bar, start=progress_["count"]):
+            if self._lone_last_batch and batch == len(self.sampler) - 1:
+                progress_["count"] += 1
+                continue
             idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
             logs = self._train_step(_take(X, idx), y[idx], idx)
             self.global_step += 1

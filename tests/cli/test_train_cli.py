@@ -254,3 +254,78 @@ def test_report_with_the_real_centroid_movie(tmp_path, monkeypatch) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r" / "report" / "centroids.gif").stat().st_size > 0
     assert seen["dir"] == tmp_path / "r" / "report"
+
+
+def _log(run_dir) -> list[dict[str, str]]:
+    import csv
+
+    with open(run_dir / "log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_val_split_classes_selects_on_classes_never_trained_on(tmp_path) -> None:
+    from sklearn.datasets import load_digits
+
+    from metriclearn.metrics import retrieval_metrics
+    from metriclearn.training import load_run
+
+    X, y = load_digits(return_X_y=True)
+    keep = np.concatenate([np.flatnonzero(y == c)[: 30 + 4 * c] for c in range(10)])  # 30..66 per class
+    names = np.array(list("abcdefghij"))[y[keep]]
+    np.savez(tmp_path / "d.npz", X=X[keep].astype(np.float32), y=names)
+    (tmp_path / "c.toml").write_text('val_split = "classes"\nval_fraction = 0.3\n')
+    args = ["train", "--data", str(tmp_path / "d.npz"), "--config", str(tmp_path / "c.toml"), *FAST,
+            "--epochs", "3", "--seed", "7"]
+    result = _invoke(*args, "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    held_out = metrics["val_classes"]
+    assert len(held_out) == 3 and metrics["val_split"] == "classes" and "retrieval_vs_reference" not in metrics
+    assert "(val: 3 classes unseen in training, " in result.output
+    counts = {name: int((names == name).sum()) for name in held_out}
+    assert metrics["n_eval"] == sum(counts.values()) and metrics["n_train"] == len(keep) - metrics["n_eval"]
+    # the validation metric of every epoch is leave-one-out retrieval on the held-out classes only
+    model, _, classes = load_run(tmp_path / "r")
+    rows = np.isin(names, held_out)
+    with torch.no_grad():
+        emb = model(torch.from_numpy(X[keep][rows].astype(np.float32))).numpy()
+    labels = np.searchsorted(classes, names[rows])
+    expected = retrieval_metrics(emb, labels)
+    assert metrics["retrieval"]["map_at_r"] == pytest.approx(float(expected["map_at_r"]))
+    log = _log(tmp_path / "r")
+    assert float(log[-1]["val_map_at_r"]) == pytest.approx(float(expected["map_at_r"]), abs=1e-6)
+    # best.pt holds the epoch with the best val_map_at_r on those unseen classes
+    best = torch.load(tmp_path / "r" / "checkpoints" / "best.pt", weights_only=True)
+    scores = [float(row["val_map_at_r"]) for row in log]
+    assert best["epoch"] == 1 + int(np.argmax(scores))
+    # deterministic with --seed; another seed holds out other classes
+    assert _invoke(*args, "--out", str(tmp_path / "again")).exit_code == 0
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["val_classes"] == held_out
+    assert _invoke(*args[:-1], "11", "--out", str(tmp_path / "other")).exit_code == 0
+    assert json.loads((tmp_path / "other" / "metrics.json").read_text())["val_classes"] != held_out
+
+
+def test_val_split_classes_with_early_stopping_and_the_plateau_schedule(tmp_path) -> None:
+    result = _invoke("train", *FAST, "--epochs", "6", "--val-split", "classes", "--patience", "1",
+                     "--scheduler", "plateau", "--lr", "1e-9", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    log = _log(tmp_path / "r")
+    assert len(log) < 6  # nothing improves at lr 1e-9: stopped on the unseen classes' val_map_at_r
+    assert all(float(row["val_map_at_r"]) > 0 for row in log)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert len(metrics["val_classes"]) == 2 and metrics["epochs"] == len(log)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--val-split", "groups"], 2, "'groups' is not one of 'samples', 'classes'"),
+        (["--val-split", "classes", "--val-fraction", "0.9"], 0, ""),
+    ],
+)
+def test_val_split_flag_values(tmp_path, args, code, message) -> None:
+    result = _invoke("train", *FAST, "--epochs", "1", *args, "--out", str(tmp_path / "r"))
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    if code == 0:  # 0.9 of 10 classes rounds to 9, capped so that two classes remain to train on
+        assert len(json.loads((tmp_path / "r" / "metrics.json").read_text())["val_classes"]) == 8

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from metriclearn.training import Objective, TrainConfig, Trainer, resolve_device
+from metriclearn.training import LambdaCallback, Objective, TrainConfig, Trainer, resolve_device
 from metriclearn.training.objectives import build_objective, lambda_loss
 
 
@@ -141,3 +141,19 @@ def test_every_optimizer_decays_weights_but_not_biases(name: str) -> None:
     assert {id(p) for p in groups[0]["params"]} == {id(model[0].weight), id(model[2].weight)}
     assert len(groups[1]["params"]) == 4  # two biases, the LayerNorm weight and bias
     assert all(g["lr"] == 0.1 for g in groups)
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_a_lone_last_sample_is_passed_over_and_the_schedule_still_ends(blobs, scheduler: str) -> None:
+    X, y = blobs(n_per_class=11, classes=3)  # 33 = 2 · 16 + 1: every epoch ends with a batch of one
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
+    seen = []
+    spy = LambdaCallback(on_batch_end=lambda t, b, logs: seen.append(b))
+    trainer = Trainer(model, build_objective(None, 4, 3), lr=0.1, scheduler=scheduler, batch_size=16,
+                      samples_per_class=4, device="cpu", verbose=False, callbacks=[spy])
+    trainer.fit((X, y), epochs=3)  # BatchNorm would raise on a batch of one in training mode
+    assert len(trainer.sampler) == 3 and seen == [0, 1] * 3 and trainer.global_step == 6
+    assert trainer.scheduler.last_epoch == 6  # the whole schedule, over the steps actually taken
+    last_used = trainer.history[-1]["lr"]  # the rate of the epoch's last step: the schedule's end
+    expected = 0.1 / 25 / 1e4 if scheduler == "onecycle" else 0.05 * (1 + math.cos(math.pi * 5 / 6))
+    assert last_used == pytest.approx(expected)
