@@ -40,7 +40,7 @@ import tomli_w
 from metriclearn._atomic import write_text
 from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int
 from metriclearn._device import DEVICES
-from metriclearn.training.objectives import COMBINES, LOSS_NAMES, LOSSES
+from metriclearn.training.objectives import COMBINES, LOSSES
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
 from metriclearn.training.splits import VAL_SPLITS
 
@@ -147,7 +147,7 @@ class TrainConfig:
         if not isinstance(self.loss_options, dict):
             raise TypeError(f"loss_options must be a table of tables, got {self.loss_options!r}")
         for name, options in self.loss_options.items():
-            check_choice(name, LOSS_NAMES, "loss_options key")
+            check_choice(name, tuple(LOSSES), "loss_options key")
             if not isinstance(options, dict):
                 raise TypeError(f"loss_options.{name} must be a table, got {options!r}")
         tuned = {name: dict(spec.tuned) for name, spec in LOSSES.items() if spec.tuned}
@@ -279,7 +279,7 @@ def parse_loss_term(term: str) -> tuple[str, float]:
     """
     name, sep, weight_text = str(term).partition(":")
     name = name.strip().lower()
-    check_choice(name, LOSS_NAMES, "loss name")
+    check_choice(name, tuple(LOSSES), "loss name")
     if not sep:
         return name, 1.0
     try:

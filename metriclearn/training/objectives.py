@@ -95,7 +95,7 @@ LOSSES: dict[str, LossSpec] = {
     "softmax": LossSpec(nn.CrossEntropyLoss, chance=chance_over_classes, head=True),
     "complement": LossSpec(losses.ComplementEntropyLoss, required=("num_classes",), head=True),
 }
-LOSS_NAMES = tuple(LOSSES)
+LOSS_NAMES = tuple(LOSSES)  # the built-in names (validation reads LOSSES itself)
 
 
 class HeadLoss(nn.Module):
@@ -314,7 +314,7 @@ def build_loss(
     ``options`` are the loss's own keyword arguments (temperature, size, ...); ``head`` is the linear
     classification head the head losses (``softmax``, ``complement``) share (made here when not given).
     """
-    check_choice(name, LOSS_NAMES, "loss name")
+    check_choice(name, tuple(LOSSES), "loss name")  # read at call time: a row added later counts
     spec = LOSSES[name]
     given = {"dim": embedding_dim, "num_classes": num_classes}
     criterion = _construct(spec.cls, name, {k: given[k] for k in spec.required}, {**spec.tuned, **(options or {})})

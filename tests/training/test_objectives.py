@@ -172,3 +172,31 @@ def test_trainer_passes_sample_ids_to_the_cache_loss() -> None:
     with_ids = objective.term_losses(emb, labels, ["cache"], ids=torch.arange(16))["cache"]
     without = objective.term_losses(emb, labels, ["cache"])["cache"]
     assert not torch.allclose(with_ids, without)
+
+
+def test_adding_a_loss_is_one_file_and_one_row_as_docs_losses_md_shows(tmp_path, monkeypatch) -> None:
+    """Run the docs' MarginLoss example, add its one row, and train with it from the CLI."""
+    import json
+    import re
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from metriclearn.cli import cli
+    from metriclearn.training.objectives import LossSpec
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "losses.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    namespace: dict = {}
+    exec(next(b for b in blocks if "class MarginLoss" in b), namespace)  # the "one file"
+    row = next(b for b in blocks if '"margin": LossSpec(' in b)
+    spec = eval(row.split(":", 1)[1].strip().rstrip(","), {"LossSpec": LossSpec,  # the "one row"
+                                                             "losses": type("m", (), namespace)})
+    monkeypatch.setitem(LOSSES, "margin", spec)
+    out = tmp_path / "r"
+    result = CliRunner().invoke(cli, ["train", "--loss", "margin", "--epochs", "1", "--encoder", "mlp:16",
+                                      "--embedding-dim", "8", "--device", "cpu", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert 'margin = 0.3' in (out / "config.toml").read_text()  # the tuned option, resolved in the config
+    assert json.loads((out / "metrics.json").read_text())["retrieval"]["precision_at_1"] > 0.5
+    assert build_loss("margin", 8, 3).margin == 0.3
