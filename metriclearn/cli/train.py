@@ -18,6 +18,7 @@ import click
 from metriclearn._progress import is_quiet, set_quiet
 from metriclearn.cli.evaluate import format_metrics
 from metriclearn.training.config import (
+    DEVICES,
     MONITORS,
     TrainConfig,
     parse_loss_term,
@@ -26,7 +27,7 @@ from metriclearn.training.config import (
 from metriclearn.training.objectives import COMBINES, LOSS_NAMES
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
 from metriclearn.training.splits import VAL_SPLITS
-from metriclearn._device import DEVICES
+
 
 
 def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:

@@ -132,3 +132,18 @@ def test_data_too_small_to_evaluate_is_refused_before_training(tmp_path) -> None
     np.savez(tmp_path / "one.npz", X=rng.normal(size=(6, 3)).astype(np.float32), y=np.zeros(6, np.int64))
     with pytest.raises(ValueError, match="one.npz: needs at least 2 classes, found 1"):
         train_run(config.replace(data=str(tmp_path / "one.npz")), tmp_path / "r", verbose=False)
+
+
+def test_only_rank_0_claims_and_writes_the_run_folder(tmp_path, monkeypatch) -> None:
+    """Under torchrun every rank runs train_run; the others neither lock nor write (rank 0 does both)."""
+    from metriclearn.training import distributed
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / "notes.txt").write_text("rank 0 would refuse this folder")
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    metrics = train_run(TrainConfig(**{**SMALL, "epochs": 1}), out, verbose=False)
+    assert metrics == {} and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    with pytest.raises(ValueError, match="is not empty and was not written by metriclearn"):
+        train_run(TrainConfig(**{**SMALL, "epochs": 1}), out, verbose=False)
