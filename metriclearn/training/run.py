@@ -138,18 +138,7 @@ def train_run(
     out = Path(out)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
-    checkpoint: dict[str, Any] | None = None
-    if resume:
-        state = run_state(out)
-        if state == "finished":
-            raise ValueError(f"{out} is a finished run (model.pt is written); nothing to resume")
-        if state == "new":
-            raise FileNotFoundError(2, "No such file or directory (no run to resume; start it without --resume)",
-                                    str(out / "config.toml"))
-        checkpoint = load_checkpoint(checkpoint_path(out)) if state == "partial" else None
-        changed = differences(started_config(out, checkpoint), config.to_dict(), skip=RUNTIME_KEYS)
-        if changed:
-            raise ValueError(f"resume: the configuration differs from the one {out} started with: {'; '.join(changed)}")
+    checkpoint = _checkpoint_to_resume(out, config) if resume else None
     distributed.init_from_env()  # a no-op unless started by torchrun
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -157,18 +146,7 @@ def train_run(
     data, train, val = _load_splits(config)
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     model = build_model(config, input_shape)
-    monitor = "loss" if val is None or config.monitor == "loss" else f"val_{config.monitor}"
-    mode = "min" if monitor == "loss" else "max"
-    all_callbacks: list[Callback] = [HealthMonitor(), *callbacks]
-    if config.patience > 0:
-        all_callbacks.append(EarlyStopping(monitor, patience=config.patience, mode=mode))
-    all_callbacks.append(CSVLogger(out / "log.csv"))
-    if TensorBoardLogger.available():
-        all_callbacks.append(TensorBoardLogger(out / "tensorboard"))
-    if config.report and val is not None:
-        all_callbacks.append(_MovieSnapshots(out / "report", val, config.seed))
-    all_callbacks.append(ModelCheckpoint(out / "checkpoints", monitor=monitor, mode=mode,
-                                         every_n_steps=config.checkpoint_every))
+    all_callbacks = _run_callbacks(config, out, val, callbacks)
     trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
     trainer.metadata = {"config": config.to_dict()}  # a resumed run gets the copy from its checkpoint back
     claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, legacy=_LEGACY_RUN_FILES,
@@ -206,6 +184,38 @@ def train_run(
                          config=config.to_dict())
         save_model(out / "model.pt", model, config, input_shape)  # last: its presence marks a finished run
     return metrics
+
+
+def _checkpoint_to_resume(out: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint ``config`` continues (``None``: killed before the first one, start over); checked."""
+    state = run_state(out)
+    if state == "finished":
+        raise ValueError(f"{out} is a finished run (model.pt is written); nothing to resume")
+    if state == "new":
+        raise FileNotFoundError(2, "No such file or directory (no run to resume; start it without --resume)",
+                                str(out / "config.toml"))
+    checkpoint = load_checkpoint(checkpoint_path(out)) if state == "partial" else None
+    changed = differences(started_config(out, checkpoint), config.to_dict(), skip=RUNTIME_KEYS)
+    if changed:
+        raise ValueError(f"resume: the configuration differs from the one {out} started with: {'; '.join(changed)}")
+    return checkpoint
+
+
+def _run_callbacks(config: TrainConfig, out: Path, val: Any, extra: Sequence[Callback]) -> list[Callback]:
+    """Health checks, the caller's callbacks, early stopping, logs, report snapshots and checkpoints, in order."""
+    monitor = "loss" if val is None or config.monitor == "loss" else f"val_{config.monitor}"
+    mode = "min" if monitor == "loss" else "max"
+    callbacks: list[Callback] = [HealthMonitor(), *extra]
+    if config.patience > 0:
+        callbacks.append(EarlyStopping(monitor, patience=config.patience, mode=mode))
+    callbacks.append(CSVLogger(out / "log.csv"))
+    if TensorBoardLogger.available():
+        callbacks.append(TensorBoardLogger(out / "tensorboard"))
+    if config.report and val is not None:
+        callbacks.append(_MovieSnapshots(out / "report", val, config.seed))
+    callbacks.append(ModelCheckpoint(out / "checkpoints", monitor=monitor, mode=mode,
+                                     every_n_steps=config.checkpoint_every))
+    return callbacks
 
 
 def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:

@@ -315,8 +315,8 @@ class Trainer:
             bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
             for cb in self.callbacks:
                 cb.on_batch_end(self, batch, logs)
-        count, seconds = progress_["count"], progress_["seconds"]
-        epoch_logs: Logs = {k: v / count for k, v in progress_["sums"].items() if k != "lr"}
+        steps, seconds = max(progress_["count"] - self._lone_last_batch, 1), progress_["seconds"]
+        epoch_logs: Logs = {k: v / steps for k, v in progress_["sums"].items() if k != "lr"}
         epoch_logs["lr"] = progress_["lr"]  # of the epoch's last step
         epoch_logs["seconds"] = seconds
         epoch_logs["samples_per_s"] = progress_["seen"] / max(seconds, 1e-9)

@@ -148,12 +148,15 @@ def test_a_lone_last_sample_is_passed_over_and_the_schedule_still_ends(blobs, sc
     X, y = blobs(n_per_class=11, classes=3)  # 33 = 2 · 16 + 1: every epoch ends with a batch of one
     model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
     seen = []
-    spy = LambdaCallback(on_batch_end=lambda t, b, logs: seen.append(b))
+    losses = []
+    spy = LambdaCallback(on_batch_end=lambda t, b, logs: (seen.append(b), losses.append(logs["loss"])))
     trainer = Trainer(model, build_objective(None, 4, 3), lr=0.1, scheduler=scheduler, batch_size=16,
                       samples_per_class=4, device="cpu", verbose=False, callbacks=[spy])
     trainer.fit((X, y), epochs=3)  # BatchNorm would raise on a batch of one in training mode
     assert len(trainer.sampler) == 3 and seen == [0, 1] * 3 and trainer.global_step == 6
     assert trainer.scheduler.last_epoch == 6  # the whole schedule, over the steps actually taken
+    assert [row["loss"] for row in trainer.history] == pytest.approx(
+        [(losses[i] + losses[i + 1]) / 2 for i in (0, 2, 4)])  # the epoch loss: mean over the 2 trained batches
     last_used = trainer.history[-1]["lr"]  # the rate of the epoch's last step: the schedule's end
     expected = 0.1 / 25 / 1e4 if scheduler == "onecycle" else 0.05 * (1 + math.cos(math.pi * 5 / 6))
     assert last_used == pytest.approx(expected)
