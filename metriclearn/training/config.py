@@ -140,9 +140,9 @@ class TrainConfig:
             self.loss = [self.loss]
         if not isinstance(self.loss, (list, tuple)) or not self.loss:
             raise ValueError(f"loss must be a non-empty list of NAME[:WEIGHT], got {self.loss!r}")
-        self.loss = [str(term) for term in self.loss]
-        for term in self.loss:
-            parse_loss_term(term)
+        # canonical spelling ("Cache:.50" -> "cache:0.5", "snn:1" -> "snn"), so equal settings compare equal
+        self.loss = [name if weight == 1 else f"{name}:{weight!r}"
+                     for name, weight in (parse_loss_term(str(term)) for term in self.loss)]
         check_choice(self.combine, COMBINES, "combine")
         if not isinstance(self.loss_options, dict):
             raise TypeError(f"loss_options must be a table of tables, got {self.loss_options!r}")

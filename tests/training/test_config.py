@@ -63,6 +63,11 @@ def test_parse_loss_term() -> None:
         parse_loss_term("cache:-1")
 
 
+def test_loss_terms_are_spelled_canonically_so_equal_settings_compare_equal() -> None:
+    assert TrainConfig(loss=["Cache:.50", "snn:1", "softmax:2", "prototype:0.123456789"]).loss == [
+        "cache:0.5", "snn", "softmax:2.0", "prototype:0.123456789"]
+
+
 def test_replace_validates() -> None:
     cfg = TrainConfig().replace(epochs=2, loss=["snn"])
     assert cfg.epochs == 2 and cfg.loss == ["snn"]
