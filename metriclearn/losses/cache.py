@@ -121,7 +121,7 @@ class CacheLoss(MetricLoss):
     def update(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None) -> None:
         """In training mode with gradients enabled: write the batch over the oldest slots."""
         if self.training and torch.is_grad_enabled():
-            self._enqueue(self._prepare(embeddings).detach(), labels, ids)
+            self._enqueue(self._prepare(embeddings.detach()), labels, ids)
 
     def validate(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         embeddings, labels = super().validate(embeddings, labels)
