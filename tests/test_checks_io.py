@@ -41,7 +41,7 @@ def test_check_labels() -> None:
     assert _checks.check_labels([1.0, 2.0], "y").dtype == np.int64
     with pytest.raises(ValueError, match="y has 2 entries but there are 3 samples"):
         _checks.check_labels([1, 2], "y", n=3)
-    with pytest.raises(ValueError, match="non-integer floats"):
+    with pytest.raises(ValueError, match=r"y must hold integer or string labels; position 0 holds the float 1\.5"):
         _checks.check_labels([1.5], "y")
 
 
