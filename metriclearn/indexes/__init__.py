@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+from metriclearn.indexes._factory import KINDS
+from metriclearn.indexes._gpu import DEVICES
 from metriclearn.indexes.exact import exact_search
 from metriclearn.indexes.faiss_index import EmbeddingIndex
 
-__all__ = ["EmbeddingIndex", "exact_search"]
+__all__ = ["DEVICES", "KINDS", "EmbeddingIndex", "exact_search"]

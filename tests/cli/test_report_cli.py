@@ -47,26 +47,23 @@ def test_report_from_embeddings_writes_every_file(files, tmp_path) -> None:
     assert "data:image/png;base64," in page and f"{metrics['retrieval']['map_at_r']:.4f}" in page
 
 
-def test_report_from_a_run_uses_embed_from_run_and_shows_its_config(files, tmp_path, monkeypatch) -> None:
+def test_report_from_a_run_loads_it_once_and_shows_its_config(tmp_path, monkeypatch) -> None:
     import metriclearn.training as training
 
-    e, _ = files
+    fast = ["--epochs", "1", "--batch-size", "40", "--encoder", "mlp:16", "--embedding-dim", "4", "--device", "cpu"]
+    assert run("--quiet", "train", *fast, "--out", tmp_path / "run").exit_code == 0
     calls = []
+    real = training.load_run
 
-    def embed_from_run(run_dir, data, batch_size=1024, device="auto"):
-        calls.append((Path(run_dir), data))
-        return np.load(e), np.arange(120) % 3, ["ant", "bee", "cat"]
+    def counting_load_run(run_dir):
+        calls.append(Path(run_dir))
+        return real(run_dir)
 
-    def load_run(run_dir):
-        return None, {"loss": ["neighborhood"], "epochs": 3}, ["ant", "bee", "cat"]
-
-    monkeypatch.setattr(training, "embed_from_run", embed_from_run, raising=False)
-    monkeypatch.setattr(training, "load_run", load_run, raising=False)
-    (tmp_path / "run").mkdir()
-    result = run("report", "--model", tmp_path / "run", "--data", "digits", "--method", "tsne", "--out",
-                 tmp_path / "r")
+    monkeypatch.setattr(training, "load_run", counting_load_run)
+    result = run("report", "--model", tmp_path / "run", "--data", "digits", "--method", "tsne", "--max-points", 200,
+                 "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
-    assert calls == [(tmp_path / "run", "digits")]
+    assert calls == [tmp_path / "run"]  # loaded once (it used to be loaded twice)
     page = (tmp_path / "r" / "report.html").read_text()
     assert "neighborhood" in page and "epochs" in page and "run on digits" in page
 
@@ -74,13 +71,12 @@ def test_report_from_a_run_uses_embed_from_run_and_shows_its_config(files, tmp_p
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "give --embeddings FILE.npy --labels FILE.npy, or --model DIR --data PATH"),
-        (["--embeddings", "{e}"], "--embeddings and --labels go together"),
-        (["--model", "{d}"], "--model and --data go together"),
+        ([], "give --embeddings FILE.npy or --model DIR --data PATH"),
+        (["--labels", "{y}"], "--labels goes with --embeddings"),
+        (["--model", "{d}"], "--model DIR needs --data PATH"),
         (["--embeddings", "{e}", "--labels", "{y}", "--data", "digits"], "not both"),
         (["--embeddings", "{e}", "--labels", "{y}", "--method", "pca"], "'pca' is not one of"),
         (["--embeddings", "{e}", "--labels", "{y}", "--max-points", "0"], "0 is not in the range x>=1"),
-        (["--embeddings", "{d}/missing.npy", "--labels", "{y}"], "does not exist"),
     ],
 )
 def test_usage_errors_exit_2(files, tmp_path, args, message) -> None:
@@ -108,6 +104,7 @@ def test_bad_input_is_one_line_exit_1(files, tmp_path) -> None:
         (save(tmp_path / "nan.npy", nan), y, "nan.npy' contains NaN or inf values in 1 of 120 rows"),
         (save(tmp_path / "few.npy", x[:10]), save(tmp_path / "few_y.npy", np.arange(10) % 2),
          "few_y.npy': tsne needs at least 16 points to project, got 10"),
+        (tmp_path / "missing.npy", y, "embeddings file '" + str(tmp_path / "missing.npy") + "' does not exist"),
     ]
     for emb, lab, message in cases:
         result = run("report", "--embeddings", emb, "--labels", lab, "--out", tmp_path / "r")
