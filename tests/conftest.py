@@ -23,9 +23,11 @@ def _seed() -> None:
 
 
 # --------------------------------------------------------------------------------------------- shared helpers
+# Plain functions, imported by test modules (``from conftest import invoke``): pytest puts tests/ on sys.path.
 def make_blobs(counts: dict, dim: int = 8, seed: int = 0, spread: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian blobs, one per class: ``counts`` maps a label (int or str) to its number of rows (uneven on
-    purpose). Each class's centre is drawn from its own seed, so a class has the same centre in every call."""
+    purpose). A class's centre depends on its label only, so it is the same in every call (train on some
+    classes, evaluate on others that share a few)."""
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for label, n in counts.items():
@@ -36,13 +38,8 @@ def make_blobs(counts: dict, dim: int = 8, seed: int = 0, spread: float = 6.0) -
     return np.concatenate(xs)[order].astype(np.float32), np.array(ys)[order]
 
 
-@pytest.fixture
-def blobs():
-    """:func:`make_blobs`: uneven, seeded Gaussian classes."""
-    return make_blobs
-
-
-def _invoke(*args: object):
+def invoke(*args: object):
+    """Run the real ``metriclearn`` CLI in-process (click's CliRunner); arguments are turned into strings."""
     from click.testing import CliRunner
 
     from metriclearn.cli import cli
@@ -50,13 +47,8 @@ def _invoke(*args: object):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-@pytest.fixture
-def invoke():
-    """``invoke("index", "build", ...)``: run the real ``metriclearn`` CLI in-process (click's CliRunner)."""
-    return _invoke
-
-
-def _assert_one_line_error(result, code: int, *fragments: str) -> None:
+def assert_one_line_error(result, code: int, *fragments: str) -> None:
+    """Exit ``code``; for exit 1 exactly one ``Error:`` line; no traceback; each fragment in the output."""
     assert result.exit_code == code, result.output
     lines = result.output.strip().splitlines()
     if code == 1:
@@ -64,9 +56,3 @@ def _assert_one_line_error(result, code: int, *fragments: str) -> None:
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in result.output, result.output
-
-
-@pytest.fixture
-def one_line_error():
-    """``one_line_error(result, code, *fragments)``: exit ``code``, one ``Error:`` line (exit 1), each fragment in it."""
-    return _assert_one_line_error

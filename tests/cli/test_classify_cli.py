@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sklearn.neighbors import KNeighborsClassifier
 
+from conftest import assert_one_line_error
+from conftest import invoke as run
 from metriclearn.classify import CacheClassifier
-from metriclearn.cli import cli
 from metriclearn.indexes import EmbeddingIndex
 
 
@@ -50,19 +51,6 @@ def files(tmp_path_factory: pytest.TempPathFactory, data) -> dict[str, Path]:
         paths[key] = root / f"{key}.npy"
         np.save(paths[key], array)
     return paths
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    if code == 1:
-        assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
 
 
 @pytest.mark.parametrize("weights", ["distance", "uniform"])

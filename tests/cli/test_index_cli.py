@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from metriclearn.cli import cli
+from conftest import assert_one_line_error
+from conftest import invoke as run
 from metriclearn.indexes import EmbeddingIndex, exact_search
 
 
@@ -19,10 +20,6 @@ def files(tmp_path: Path, rng: np.random.Generator) -> Path:
     np.save(tmp_path / "labels.npy", np.array(["ab"[i % 2] for i in range(40)]))
     np.save(tmp_path / "q.npy", rng.standard_normal((3, 6), dtype=np.float32))
     return tmp_path
-
-
-def run(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def build(files: Path, *extra: object) -> Result:
@@ -95,7 +92,7 @@ def test_query_needs_its_options() -> None:
 
 
 def _one_line_error(result: Result, expected: str) -> None:
-    assert result.exit_code == 1
+    assert_one_line_error(result, 1)
     assert result.output.strip() == f"Error: {expected}"
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from metriclearn.cli import cli
+from conftest import invoke as run
 
 
 def image(path: object) -> Image.Image:
@@ -27,10 +26,6 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
     np.save(tmp_path / "E.npy", x)
     np.save(tmp_path / "Y.npy", np.array(["ant", "bee", "cat"])[y])
     return tmp_path / "E.npy", tmp_path / "Y.npy"
-
-
-def run(*args: object) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_report_from_embeddings_writes_every_file(files, tmp_path) -> None:

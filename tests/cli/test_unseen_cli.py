@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import _invoke as invoke
-from conftest import make_blobs
+from conftest import invoke, make_blobs
 from metriclearn.fingerprint import model_fingerprint
 from metriclearn.indexes import EmbeddingIndex
 from metriclearn.metrics import retrieval_metrics
