@@ -12,6 +12,7 @@ import click
 
 from metriclearn.cli._inputs import quiet_option, read_vectors, vector_options
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
+from metriclearn.training.config import DEVICES
 
 
 @click.command("report")
@@ -27,7 +28,7 @@ from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for subsampling and projections.")
 @click.option("--metric", type=click.Choice(["l2", "cosine"]), default="l2", show_default=True,
               help="Distance for the retrieval metrics.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where --model embeds --data.")
 @quiet_option
 def report(
