@@ -17,7 +17,15 @@ import click
 import numpy as np
 
 from metriclearn._atomic import write_text
-from metriclearn.cli._inputs import check_dim, check_k, check_same_model, check_source, quiet_option, read_vectors, vector_options
+from metriclearn.cli._inputs import (
+    check_dim,
+    check_k,
+    check_same_model,
+    check_source,
+    quiet_option,
+    read_vectors,
+    vector_options,
+)
 from metriclearn.indexes import DEVICES, KINDS
 from metriclearn.indexes.exact import METRICS
 

@@ -107,3 +107,21 @@ def test_a_full_disk_names_the_index_file_not_faiss_temp_file(emb, tmp_path: Pat
 def test_embed_batch_size_zero_is_a_usage_error() -> None:
     assert_one_line_error(invoke("embed", "--model", "m", "--data", "digits", "--out", "e.npy", "--batch-size", 0), 2,
                    "Invalid value for '--batch-size': 0 is not in the range x>=1")
+
+
+def test_label_files_are_never_silently_corrupted(emb, tmp_path: Path) -> None:
+    e, _ = emb
+    np.save(tmp_path / "float.npy", np.arange(48) % 3 + 1.0)  # whole-number floats: converted losslessly
+    assert invoke("index", "build", "--embeddings", e, "--labels", tmp_path / "float.npy", "--out",
+                  tmp_path / "idx").exit_code == 0
+    labels = EmbeddingIndex.load(tmp_path / "idx").labels
+    assert labels.dtype.kind == "i" and labels.tolist() == (np.arange(48) % 3 + 1).tolist()
+    huge = np.arange(48) % 3 + 1.0
+    huge[7] = 1e20  # used to become -9223372036854775808
+    np.save(tmp_path / "huge.npy", huge)
+    assert_one_line_error(invoke("index", "build", "--embeddings", e, "--labels", tmp_path / "huge.npy", "--out",
+                                 tmp_path / "idx2"), 1, "huge.npy' must hold integer or string labels; position 7 "
+                                                        "holds the float 1e+20")
+    np.save(tmp_path / "complex.npy", np.ones((48, 6), np.complex64))
+    assert_one_line_error(invoke("index", "build", "--embeddings", tmp_path / "complex.npy", "--out", tmp_path / "i3"),
+                          1, "complex.npy' must hold real numbers, got complex dtype complex64")

@@ -78,6 +78,12 @@ def test_embed_and_evaluate(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     emb = np.load(tmp_path / "e.npy")
     assert emb.shape == (1797, 8) and emb.dtype == np.float32
+    from metriclearn.data import load_data
+    from metriclearn.training import load_run
+
+    with torch.no_grad():
+        want = load_run(run_dir).model(torch.from_numpy(load_data("digits").X)).numpy()
+    np.testing.assert_allclose(emb, want, rtol=1e-5, atol=1e-6)  # the run's model, applied to every row in order
     result = _invoke("evaluate", "--model", str(run_dir), "--data", "digits", "--reference", "digits", "--json")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
