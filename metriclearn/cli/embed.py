@@ -29,15 +29,17 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_siz
           quiet: bool) -> None:
     """Embed DATA with a trained run and save the embeddings as .npy."""
     from metriclearn._atomic import save_npy
+    from metriclearn.data import load_data
     from metriclearn.training import load_run
 
     for flag, path in (("--out", out), ("--labels-out", labels_out)):
         if path is not None and not path.endswith(".npy"):
             raise click.BadParameter(f"must end in .npy, got {path!r}", param_hint=flag)
     run = load_run(model_dir)
-    embedded = run.embed(data, batch_size=batch_size, device=device)
-    if labels_out and embedded.labels is None:
+    inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append")
+    if labels_out and not inputs.is_labeled:  # say so before the (long) embedding
         raise ValueError(f"{data} has no labels to write to --labels-out {labels_out}")
+    embedded = run.embed(inputs, batch_size=batch_size, device=device)
     save_npy(out, embedded.embeddings)
     n, d = embedded.embeddings.shape
     click.echo(f"wrote {out}: {n} x {d} float32")

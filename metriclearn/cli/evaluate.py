@@ -62,13 +62,14 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
              device: str, quiet: bool) -> None:
     """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
     from metriclearn._atomic import write_json
+    from metriclearn.data import load_data
     from metriclearn.training import evaluate_embeddings, load_run
 
     run = load_run(model_dir)
-    query = run.embed(data, batch_size=batch_size, device=device, require_labels=True)
-    ref = None
-    if reference is not None:
-        ref = run.embed(reference, batch_size=batch_size, device=device, require_labels=True)
+    sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
+    loaded = [load_data(s, classes=run.classes, unseen="append") for s in sources]
+    query, *refs = [run.embed(d, batch_size=batch_size, device=device, require_labels=True) for d in loaded]
+    ref = refs[0] if refs else None
     q_labels = query.label_values()
     metrics = evaluate_embeddings(query.embeddings, q_labels, *(() if ref is None else
                                                                  (ref.embeddings, ref.label_values())))
