@@ -68,6 +68,9 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     run = load_run(model_dir)
     sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
     loaded = [load_data(s, classes=run.classes, unseen="append") for s in sources]
+    if reference is None and not (np.bincount(loaded[0].y) > 1).any():
+        raise ValueError(f"{data}: no class has two or more rows, so leave-one-out retrieval measures nothing; "
+                         "add rows or give --reference PATH")
     query, *refs = [run.embed(d, batch_size=batch_size, device=device, require_labels=True) for d in loaded]
     ref = refs[0] if refs else None
     q_labels = query.label_values()

@@ -124,3 +124,14 @@ def test_train_report_and_report_from_the_run_end_to_end(tmp_path) -> None:
     assert metrics["data"]["n_points"] == 1797 and metrics["data"]["dim"] == 8 and metrics["data"]["tsne_points"] == 300
     assert metrics["data"]["source"] == "run on digits"
     assert "encoder" in (tmp_path / "r" / "report.html").read_text()  # the run's configuration
+
+
+def test_report_without_labels_draws_one_colour_and_measures_nothing(files, tmp_path) -> None:
+    e, _ = files
+    result = run("report", "--embeddings", e, "--method", "tsne", "--out", tmp_path / "r", "--seed", 1)
+    assert result.exit_code == 0, result.output
+    assert "no labels: projections only, no class metrics" in result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert set(metrics) == {"data"} and metrics["data"]["n_points"] == 120 and metrics["data"]["classes"] == []
+    assert image(tmp_path / "r" / "tsne.png").format == "PNG"
+    assert "precision" not in (tmp_path / "r" / "report.html").read_text().lower()

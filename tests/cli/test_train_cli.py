@@ -99,7 +99,7 @@ def test_embed_and_evaluate(tmp_path) -> None:
     np.savez(tmp_path / "odd.npz", X=np.zeros((3, 64), np.float32), y=np.array([1, 42, 2]))
     np.savez(tmp_path / "wide.npz", X=np.zeros((3, 30), np.float32), y=np.array([1, 2, 2]))
     bad = _invoke("evaluate", "--model", str(run_dir), "--data", str(tmp_path / "odd.npz"))  # 42: new, welcome
-    assert bad.exit_code == 1 and "no query has a same-class item" in bad.output  # but one row per class
+    assert bad.exit_code == 1 and "odd.npz: no class has two or more rows" in bad.output  # but one row per class
     bad = _invoke("embed", "--model", str(run_dir), "--data", str(tmp_path / "wide.npz"), "--out", "x.npy")
     assert bad.exit_code == 1 and "samples have shape (30,) but the model" in bad.output
 
