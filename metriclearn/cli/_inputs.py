@@ -10,6 +10,23 @@
 - **k and dimension** (:func:`check_k`, :func:`check_dim`) against an index, with the same words everywhere.
 - **Probabilities** (:func:`load_probabilities`): a ``--probs`` file checked in full, its errors naming the file.
 - **--quiet** (:data:`quiet_option`): one definition for the group and every command.
+
+Example
+-------
+>>> import numpy as np
+>>> from metriclearn.indexes import EmbeddingIndex
+>>> index = EmbeddingIndex(2, metric="l2", device="cpu")
+>>> _ = index.add(np.eye(2, dtype=np.float32))
+>>> check_k(2, index, "idx")
+2
+>>> check_k(3, index, "idx")
+Traceback (most recent call last):
+    ...
+ValueError: k=3 is larger than the index idx (2 vectors)
+>>> check_source(None, None, "new.csv", "--queries")
+Traceback (most recent call last):
+    ...
+click.exceptions.UsageError: --data PATH needs --model DIR (the trained run that embeds it)
 """
 
 from __future__ import annotations

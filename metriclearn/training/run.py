@@ -256,6 +256,12 @@ class RunEmbeddings:
     classes : the run's classes, then (sorted) the classes of the data that the run never saw.
     known : how many of ``classes`` the run was trained on: codes below it are classes seen in training.
     source : where the data came from.
+
+    Example
+    -------
+    >>> e = RunEmbeddings(np.zeros((3, 2), np.float32), np.array([0, 2, 3]), ["a", "b", "c", "d"], 2, "new.csv")
+    >>> e.present_classes(), e.label_values().tolist()
+    ((['a'], ['c', 'd']), ['a', 'c', 'd'])
     """
 
     embeddings: np.ndarray
