@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from metriclearn._progress import is_quiet, set_quiet
+from metriclearn.cli._inputs import quiet_option
 from metriclearn.cli.evaluate import format_metrics
 from metriclearn.training.config import (
     DEVICES,
@@ -102,7 +103,7 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @click.option("--overwrite", is_flag=True, help="Replace a previous metriclearn run in --out.")
 @_setting("--report/--no-report", "Write tSNE/UMAP plots and a centroid movie.")
 @click.option("--overfit-batch", is_flag=True, help="Only check the model can fit one batch (pass/fail).")
-@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@quiet_option
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<timestamp>).")
 def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch: bool, quiet: bool,
           out: str | None, **flags: Any) -> None:

@@ -7,9 +7,12 @@ import sys
 import types
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from conftest import make_blobs
 
 from metriclearn.training import (
     CSVLogger,
@@ -23,8 +26,13 @@ from metriclearn.training import (
 from metriclearn.training.objectives import build_objective, lambda_loss
 
 
-def test_health_monitor_warns_on_exploding_gradients_and_logs_norms(blobs) -> None:
-    X, y = blobs()
+def _blobs() -> tuple[np.ndarray, np.ndarray]:
+    """48 rows of 4 Gaussian classes in 6 dimensions (uneven class order: the rows are shuffled)."""
+    return make_blobs({c: 12 for c in range(4)}, dim=6, spread=3.0)
+
+
+def test_health_monitor_warns_on_exploding_gradients_and_logs_norms() -> None:
+    X, y = _blobs()
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
     objective = Objective({"big": lambda_loss(lambda e, t: 1e6 * e.pow(2).mean())})
     monitor = HealthMonitor(every=1, max_grad_norm=1.0)
@@ -35,8 +43,8 @@ def test_health_monitor_warns_on_exploding_gradients_and_logs_norms(blobs) -> No
     assert 0.0 <= history[0]["dead_relu"] <= 1.0 and history[0]["weight_norm"] > 0
 
 
-def test_health_monitor_first_batch_loss_check(blobs) -> None:
-    X, y = blobs()
+def test_health_monitor_first_batch_loss_check() -> None:
+    X, y = _blobs()
     # an over-confident head: huge logits make the first softmax loss far above log K
     head = nn.Linear(4, 4)
     nn.init.constant_(head.weight, 0.0)
@@ -56,8 +64,8 @@ def test_health_monitor_first_batch_loss_check(blobs) -> None:
     assert expected == pytest.approx(math.log(4)) and observed > 2 * expected
 
 
-def test_health_monitor_quiet_for_sane_start(blobs) -> None:
-    X, y = blobs()
+def test_health_monitor_quiet_for_sane_start() -> None:
+    X, y = _blobs()
     objective = build_objective([("softmax", 1.0), ("neighborhood", 1.0)], 4, 4)
     monitor = HealthMonitor()
     first: dict[str, float] = {}
@@ -74,8 +82,8 @@ def test_health_monitor_quiet_for_sane_start(blobs) -> None:
     assert abs(observed - expected) / expected < 0.5
 
 
-def test_health_monitor_measures_dead_relu_share(blobs) -> None:
-    X, y = blobs()
+def test_health_monitor_measures_dead_relu_share() -> None:
+    X, y = _blobs()
     hidden = nn.Linear(6, 8)
     with torch.no_grad():
         hidden.bias[:6] = -1e4  # 6 of 8 units can never fire
@@ -88,7 +96,7 @@ def test_health_monitor_measures_dead_relu_share(blobs) -> None:
     assert history[0]["dead_relu"] == pytest.approx(6 / 8)
 
 
-def test_early_stopping_counts_and_stops(blobs) -> None:
+def test_early_stopping_counts_and_stops() -> None:
     stop = EarlyStopping("val_map_at_r", patience=2, mode="max")
     trainer = types.SimpleNamespace(should_stop=False, log=lambda msg: None)
     for epoch, value in enumerate([0.5, 0.6, 0.6, 0.59]):
@@ -100,11 +108,11 @@ def test_early_stopping_counts_and_stops(blobs) -> None:
     assert fresh.wait == 2 and fresh.best == 0.6
 
 
-def test_tensorboard_logger_writes_events(blobs, tmp_path) -> None:
+def test_tensorboard_logger_writes_events(tmp_path) -> None:
     pytest.importorskip("tensorboard")
     from metriclearn.training import TensorBoardLogger
 
-    X, y = blobs()
+    X, y = _blobs()
     logger = TensorBoardLogger(tmp_path / "tb")
     trainer = Trainer(nn.Linear(6, 3), Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())}),
                       batch_size=16, device="cpu", verbose=False, callbacks=[logger])
@@ -112,7 +120,7 @@ def test_tensorboard_logger_writes_events(blobs, tmp_path) -> None:
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
 
 
-def test_tensorboard_logger_calls_with_a_stand_in_writer(blobs, monkeypatch) -> None:
+def test_tensorboard_logger_calls_with_a_stand_in_writer(monkeypatch) -> None:
     calls: list[tuple] = []
 
     class Writer:
@@ -131,7 +139,7 @@ def test_tensorboard_logger_calls_with_a_stand_in_writer(blobs, monkeypatch) -> 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
     from metriclearn.training import TensorBoardLogger
 
-    X, y = blobs()
+    X, y = _blobs()
     trainer = Trainer(nn.Linear(6, 3), Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())}),
                       batch_size=16, device="cpu", verbose=False, callbacks=[TensorBoardLogger("tb")])
     trainer.fit((X, y), (X, y), epochs=2)
@@ -140,8 +148,8 @@ def test_tensorboard_logger_calls_with_a_stand_in_writer(blobs, monkeypatch) -> 
     assert sum(1 for c in calls if c[0] == "batch/loss") == trainer.global_step
 
 
-def test_failing_on_fit_end_does_not_mask_the_training_error(blobs) -> None:
-    X, y = blobs()
+def test_failing_on_fit_end_does_not_mask_the_training_error() -> None:
+    X, y = _blobs()
 
     def broken(trainer: Trainer) -> None:
         raise RuntimeError("cannot save")
@@ -157,7 +165,7 @@ def test_failing_on_fit_end_does_not_mask_the_training_error(blobs) -> None:
 
 
 def test_csv_logger_keeps_only_epochs_up_to_the_resumed_one(tmp_path, blobs) -> None:
-    X, y = blobs()
+    X, y = _blobs()
     path = tmp_path / "log.csv"
     path.write_text("epoch,step,loss\n1,3,0.5\n2,6,0.25\n3,9,0.125\n")
     logger = CSVLogger(path)

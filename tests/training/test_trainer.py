@@ -10,12 +10,19 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import make_blobs
+
 from metriclearn.training import LambdaCallback, Objective, TrainConfig, Trainer, resolve_device
 from metriclearn.training.objectives import build_objective, lambda_loss
 
 
-def test_fit_and_embed_api_with_tuple_data(blobs) -> None:
-    X, y = blobs()
+def _blobs() -> tuple[np.ndarray, np.ndarray]:
+    """48 rows of 4 Gaussian classes in 6 dimensions (uneven class order: the rows are shuffled)."""
+    return make_blobs({c: 12 for c in range(4)}, dim=6, spread=3.0)
+
+
+def test_fit_and_embed_api_with_tuple_data() -> None:
+    X, y = _blobs()
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
     objective = Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())})
     trainer = Trainer(model, objective, batch_size=16, samples_per_class=4, device="cpu", verbose=False)
@@ -37,15 +44,15 @@ def test_fit_and_embed_api_with_tuple_data(blobs) -> None:
         trainer.fit((np.full_like(X, np.nan), y), epochs=1)
 
 
-def test_nan_loss_stops_with_clear_error(blobs) -> None:
-    X, y = blobs()
+def test_nan_loss_stops_with_clear_error() -> None:
+    X, y = _blobs()
     objective = Objective({"bad": lambda_loss(lambda e, t: e.sum() * float("nan"))})
     trainer = Trainer(nn.Linear(6, 3), objective, batch_size=16, device="cpu", verbose=False)
     with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, step 1"):
         trainer.fit((X, y), epochs=1)
 
 
-def test_resolve_device(blobs) -> None:
+def test_resolve_device() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(ValueError, match="device must be one of"):
@@ -56,8 +63,8 @@ def test_resolve_device(blobs) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_amp_on_cuda_trains(blobs) -> None:  # pragma: no cover - GPU only
-    X, y = blobs()
+def test_amp_on_cuda_trains() -> None:  # pragma: no cover - GPU only
+    X, y = _blobs()
     objective = Objective({"pull": lambda_loss(lambda e, t: e.float().pow(2).mean())})
     trainer = Trainer(nn.Linear(6, 4), objective, batch_size=16, device="cuda", amp=True, verbose=False)
     assert trainer.amp_dtype in (torch.bfloat16, torch.float16)
@@ -65,8 +72,8 @@ def test_amp_on_cuda_trains(blobs) -> None:  # pragma: no cover - GPU only
     assert math.isfinite(history[-1]["loss"])
 
 
-def test_overfit_batch_drives_loss_down(blobs) -> None:
-    X, y = blobs()
+def test_overfit_batch_drives_loss_down() -> None:
+    X, y = _blobs()
     from metriclearn.training.objectives import build_objective
 
     model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 8))
@@ -77,8 +84,8 @@ def test_overfit_batch_drives_loss_down(blobs) -> None:
 
 
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "none"])
-def test_per_batch_schedules(blobs, scheduler: str) -> None:
-    X, y = blobs()
+def test_per_batch_schedules(scheduler: str) -> None:
+    X, y = _blobs()
     trainer = Trainer(nn.Linear(6, 3), Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())}), lr=0.1,
                       scheduler=scheduler, batch_size=16, device="cpu", verbose=False)
     history = trainer.fit((X, y), epochs=3)
@@ -144,8 +151,8 @@ def test_every_optimizer_decays_weights_but_not_biases(name: str) -> None:
 
 
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
-def test_a_lone_last_sample_is_passed_over_and_the_schedule_still_ends(blobs, scheduler: str) -> None:
-    X, y = blobs(n_per_class=11, classes=3)  # 33 = 2 · 16 + 1: every epoch ends with a batch of one
+def test_a_lone_last_sample_is_passed_over_and_the_schedule_still_ends(scheduler: str) -> None:
+    X, y = make_blobs({c: 11 for c in range(3)}, dim=6, spread=3.0)  # 33 = 2 · 16 + 1: epochs end with one
     model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
     seen = []
     losses = []
