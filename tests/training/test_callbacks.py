@@ -78,8 +78,8 @@ def test_health_monitor_quiet_for_sane_start() -> None:
     # the monitor read each term's first-step loss from the logs, against log K and log((B-1)/(M-1))
     assert monitor.initial["softmax"] == (first["softmax"], pytest.approx(math.log(4)))
     assert monitor.initial["neighborhood"] == (first["neighborhood"], pytest.approx(math.log(15 / 3)))
-    observed, expected = monitor.initial["softmax"]
-    assert abs(observed - expected) / expected < 0.5
+    for observed, expected in monitor.initial.values():  # within the monitor's tolerance: (1 + 1) x chance
+        assert observed <= 2 * expected
 
 
 def test_health_monitor_measures_dead_relu_share() -> None:
@@ -158,14 +158,13 @@ def test_failing_on_fit_end_does_not_mask_the_training_error() -> None:
     trainer = Trainer(nn.Linear(6, 3), objective, batch_size=16, device="cpu", verbose=False,
                       callbacks=[LambdaCallback(on_fit_end=broken)])
     with pytest.warns(RuntimeWarning, match="on_fit_end failed after a training error: cannot save"):
-        with pytest.raises(FloatingPointError, match="loss is inf"):
+        with pytest.raises(FloatingPointError, match="loss is -?inf at epoch 1, step 1"):
             trainer.fit((X, y), epochs=1)
 
 
 
 
-def test_csv_logger_keeps_only_epochs_up_to_the_resumed_one(tmp_path, blobs) -> None:
-    X, y = _blobs()
+def test_csv_logger_keeps_only_epochs_up_to_the_resumed_one(tmp_path) -> None:
     path = tmp_path / "log.csv"
     path.write_text("epoch,step,loss\n1,3,0.5\n2,6,0.25\n3,9,0.125\n")
     logger = CSVLogger(path)

@@ -32,7 +32,7 @@ def _weights(run_dir) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("losses", [["neighborhood", "cache:0.5", "softmax:0.5", "prototype:0.2"]])
-def test_resume_after_kill_gives_identical_weights(blobs, tmp_path, losses) -> None:
+def test_resume_after_kill_gives_identical_weights(tmp_path, losses) -> None:
     cfg = TrainConfig(**SMALL, loss=losses, loss_options={"cache": {"size": 64}})
     straight = train_run(cfg, tmp_path / "straight", verbose=False)
     with pytest.raises(_Kill):
@@ -53,7 +53,7 @@ def test_resume_after_kill_gives_identical_weights(blobs, tmp_path, losses) -> N
     assert int(ckpt["objective"]["terms.cache.filled"]) == 64  # the cache's state travelled with the run
 
 
-def test_resume_mid_epoch_from_step_checkpoint(blobs, tmp_path) -> None:
+def test_resume_mid_epoch_from_step_checkpoint(tmp_path) -> None:
     cfg = TrainConfig(**{**SMALL, "checkpoint_every": 5}, loss=["neighborhood", "cache:0.5"],
                       loss_options={"cache": {"size": 64}})
     train_run(cfg, tmp_path / "straight", verbose=False)
@@ -69,7 +69,7 @@ def test_resume_mid_epoch_from_step_checkpoint(blobs, tmp_path) -> None:
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # epoch 2 logged whole
 
 
-def test_run_directory_contents_and_load_run(blobs, tmp_path) -> None:
+def test_run_directory_contents_and_load_run(tmp_path) -> None:
     metrics = train_run(TrainConfig(**SMALL), tmp_path / "run", verbose=False)
     for name in ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "checkpoints/best.pt"):
         assert (tmp_path / "run" / name).exists(), name
@@ -80,7 +80,7 @@ def test_run_directory_contents_and_load_run(blobs, tmp_path) -> None:
         train_run(TrainConfig(**SMALL), tmp_path / "run", verbose=False)
 
 
-def test_load_run_rejects_missing_and_damaged(blobs, tmp_path) -> None:
+def test_load_run_rejects_missing_and_damaged(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         load_run(tmp_path / "nope")
     train_run(TrainConfig(**{**SMALL, "epochs": 1}), tmp_path / "run", verbose=False)
@@ -89,13 +89,13 @@ def test_load_run_rejects_missing_and_damaged(blobs, tmp_path) -> None:
         load_run(tmp_path / "run")
 
 
-def test_early_stopping_in_a_run_and_plateau_scheduler(blobs, tmp_path) -> None:
+def test_early_stopping_in_a_run_and_plateau_scheduler(tmp_path) -> None:
     cfg = TrainConfig(**{**SMALL, "epochs": 6, "lr": 1e-9, "patience": 1, "scheduler": "plateau", "monitor": "loss"})
     metrics = train_run(cfg, tmp_path / "run", verbose=False)
     assert metrics["epochs"] < 6  # the loss cannot improve with lr=1e-9 for long
 
 
-def test_checkpoints_load_weights_only_and_hold_full_state(blobs, tmp_path) -> None:
+def test_checkpoints_load_weights_only_and_hold_full_state(tmp_path) -> None:
     train_run(TrainConfig(**{**SMALL, "epochs": 1, "loss": ["neighborhood", "cache:0.5"]}), tmp_path / "r",
               verbose=False)
     state = torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)
@@ -104,7 +104,7 @@ def test_checkpoints_load_weights_only_and_hold_full_state(blobs, tmp_path) -> N
     assert any("cache" in k for k in state["objective"])
 
 
-def test_without_validation_split_metrics_use_the_training_data(blobs, tmp_path) -> None:
+def test_without_validation_split_metrics_use_the_training_data(tmp_path) -> None:
     metrics = train_run(TrainConfig(**{**SMALL, "epochs": 1, "val_fraction": 0.0}), tmp_path / "r", verbose=False)
     assert metrics["split"] == "train" and metrics["n_eval"] == 1797
     rows = list(csv.DictReader(open(tmp_path / "r" / "log.csv")))
