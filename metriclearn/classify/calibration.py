@@ -1,0 +1,341 @@
+"""Trustworthy predictions for the neighbour classifiers: calibrated probabilities, conformal sets, "unknown".
+
+:class:`CalibrationMixin` gives :class:`~metriclearn.classify.KNNClassifier` and
+:class:`~metriclearn.classify.CacheClassifier` one implementation of
+
+- ``calibrate(X_cal, y_cal, alpha=0.1, target_precision=None)`` on held-out rows;
+- ``predict_sets(X) -> (n, K) bool``, columns in ``classes_`` order (split conformal, marginal coverage
+  ≥ 1 − α on exchangeable data);
+- ``predict_or_reject(X, unknown_label=-1)``: the prediction, or ``unknown_label`` where the acceptance
+  score is below the threshold that reached ``target_precision`` on calibration rows.
+
+``calibrate`` shuffles the calibration rows (``random_state``) and splits them in two:
+
+1. ``fit_fraction`` of them (default 0.3) *fit* the score functions: the probability calibration by negative
+   log-likelihood over a grid (the cache's θ; for kNN a temperature ``T`` and smoothing ``ε`` on the votes,
+   ``p_y ∝ (v_y + ε)^{1/T}``), and, with ``target_precision``, the acceptance score (below);
+2. the rest, untouched by that fit, set the conformal threshold ``q̂`` (the ⌈(n+1)(1−α)⌉-th smallest score,
+   :mod:`metriclearn.classify.conformal`), the rejection threshold, and the reported ECE before/after,
+   coverage and mean set size. Because the score functions are fixed before these rows are seen, the
+   split-conformal guarantee holds exactly.
+
+Open set. A plain similarity threshold only knows what known classes look like. The acceptance score is a
+logistic regression on four features of a prediction (log of the top probability, the margin to the second,
+the distance to the nearest stored vector, the mean distance to the ``m`` nearest), trained to separate
+correct predictions from wrong ones *and* from "never seen" examples, made by leaving each known class out of
+the index in turn and scoring that class's calibration rows against the rest (they are, to that reduced
+index, exactly an unseen class). Its threshold is the lowest score at which accepted calibration predictions
+reach ``target_precision`` — an empirical estimate, not a guarantee.
+
+Calibrating on the index's own vectors (or exact duplicates) is refused: their nearest neighbour is
+themselves, so their scores are optimistic and the coverage guarantee would not hold.
+
+Example
+-------
+>>> import numpy as np
+>>> from metriclearn.classify import KNNClassifier
+>>> rng = np.random.default_rng(0)
+>>> centres = rng.normal(0, 3, (3, 4))
+>>> y = rng.integers(0, 3, 900)
+>>> X = centres[y] + rng.normal(size=(900, 4))
+>>> knn = KNNClassifier(n_neighbors=10, device="cpu").fit(X[:400], y[:400])
+>>> knn = knn.calibrate(X[400:800], y[400:800], alpha=0.1)
+>>> sets = knn.predict_sets(X[800:])
+>>> sets.shape, bool(0.8 < sets[np.arange(100), y[800:]].mean() <= 1.0)
+((100, 3), True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+from metriclearn._checks import check_choice, check_labels, check_positive_int, describe
+from metriclearn.classify import conformal
+from metriclearn.classify._validation import query_data
+
+CALIBRATION_VERSION = 1
+FEATURES = ("log_top_probability", "margin", "nearest_distance", "mean_distance")
+NEIGHBOURS_FOR_FEATURES = 10  # m: distances to the m nearest stored vectors feed the acceptance score
+DUPLICATE_TOLERANCE = {"l2": 1e-6, "cosine": 1e-9}  # relative L2 distance / cosine distance: float round-off
+
+
+class CalibrationMixin:
+    """``calibrate`` / ``predict_sets`` / ``predict_or_reject`` for a fitted neighbour classifier.
+
+    The classifier provides the hooks: ``_method`` ("knn" or "cache"), ``_classifier_params()``,
+    ``_probability_candidates(X)``, ``_proba_with(X, params)``, ``_apply_probability(params)``,
+    ``_neighbour_distances(X, m)``, ``_reference_size()``, ``_without_class(code)`` and ``_distance_metric``.
+    """
+
+    _method: str
+
+    # ------------------------------------------------------------------ public API
+    def calibrate(
+        self,
+        X_cal: Any,
+        y_cal: Any,
+        alpha: float = 0.1,
+        target_precision: float | None = None,
+        *,
+        score: str = "lac",
+        fit_fraction: float = 0.3,
+        random_state: int = 0,
+    ) -> Any:
+        """Calibrate on held-out rows ``(X_cal, y_cal)`` that neither the model nor the index saw; returns ``self``.
+
+        Parameters
+        ----------
+        X_cal : (n, d) held-out embeddings. y_cal : (n,) their labels, all from ``classes_``.
+        alpha : miscoverage level α ∈ (0, 1): :meth:`predict_sets` covers the true class with probability
+            ≥ 1 − α (marginally, on exchangeable data).
+        target_precision : if given, in (0, 1]: fit the open-set acceptance score and the rejection
+            threshold of :meth:`predict_or_reject`.
+        score : ``"lac"`` (1 − p_y, smallest sets) or ``"aps"`` (mass down to y, adaptive sets).
+        fit_fraction : share of the rows that fit the probability calibration and acceptance score; the
+            rest set the thresholds and measure ECE, coverage and set sizes.
+        random_state : seed of the split.
+
+        Sets ``calibration_``: a JSON-serialisable dict (what ``metriclearn calibrate`` stores in an index
+        directory; :meth:`restore_calibration` reads it back).
+        """
+        check_is_fitted(self)
+        alpha = _check_open_fraction(alpha, "alpha")
+        if target_precision is not None:
+            target_precision = _check_precision(target_precision)
+        check_choice(score, conformal.SCORES, "score")
+        fit_fraction = _check_open_fraction(fit_fraction, "fit_fraction")
+        check_positive_int(random_state, "random_state", allow_zero=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"calibration needs at least 2 classes, the classifier has {len(self.classes_)}")
+        X = _named(lambda: query_data(self, X_cal), "X_cal")
+        codes = self._known_codes(y_cal, len(X))
+        self._refuse_reference_rows(X)
+        self.__dict__.pop("calibration_", None)
+
+        perm = np.random.default_rng(random_state).permutation(len(X))
+        n_fit = min(max(1, round(fit_fraction * len(X))), len(X) - 1)
+        fit_rows, conf_rows = perm[:n_fit], perm[n_fit:]
+        try:
+            rank = conformal.conformal_rank(len(conf_rows), alpha)
+        except ValueError as exc:
+            raise ValueError(
+                f"X_cal has {len(X)} rows; fit_fraction={fit_fraction:g} uses {n_fit} to fit the probabilities "
+                f"and leaves {len(conf_rows)} for the conformal threshold: {exc}"
+            ) from None
+
+        params, nll = _best_by_nll(self._probability_candidates(X[fit_rows]), codes[fit_rows])
+        before = self._proba_with(X[conf_rows], None)  # (n_conf, K) the probabilities as they were
+        after = self._proba_with(X[conf_rows], params)  # (n_conf, K) calibrated
+        scores = conformal.class_scores(after, score)  # (n_conf, K)
+        threshold = conformal.conformal_quantile(scores[np.arange(len(conf_rows)), codes[conf_rows]], alpha)
+        sets = scores <= threshold
+        state: dict[str, Any] = {
+            "version": CALIBRATION_VERSION,
+            "method": self._method,
+            "classifier": self._classifier_params(),
+            "classes": self.classes_.tolist(),
+            "probability": params,
+            "fit_nll": nll,
+            "conformal": {"score": score, "alpha": alpha, "threshold": threshold, "rank": rank,
+                          "n": int(len(conf_rows))},
+            "n_fit": int(n_fit),
+            "n_calibration": int(len(conf_rows)),
+            "random_state": int(random_state),
+            "reliability_before": conformal.reliability(before, codes[conf_rows]),
+            "reliability_after": conformal.reliability(after, codes[conf_rows]),
+            "coverage": float(sets[np.arange(len(conf_rows)), codes[conf_rows]].mean()),
+            "mean_set_size": float(sets.sum(axis=1).mean()),
+            "empty_sets": float((~sets.any(axis=1)).mean()),
+            "rejection": None,
+        }
+        state["ece_before"] = state["reliability_before"]["ece"]
+        state["ece_after"] = state["reliability_after"]["ece"]
+        if target_precision is not None:
+            state["rejection"] = self._fit_rejection(X, codes, fit_rows, conf_rows, params, target_precision)
+        self._apply_probability(params)
+        self.calibration_ = state
+        return self
+
+    def restore_calibration(self, state: dict[str, Any]) -> Any:
+        """Use a calibration saved from ``calibration_`` (e.g. ``index.attrs["calibration"]["knn"]``); returns ``self``.
+
+        Raises ``ValueError`` when it was made for another method, other classes or other parameters.
+        """
+        check_is_fitted(self)
+        if not isinstance(state, dict) or state.get("version") != CALIBRATION_VERSION:
+            raise ValueError(f"calibration must be a dict of version {CALIBRATION_VERSION}, got {describe(state)}")
+        for key, mine in (("method", self._method), ("classes", self.classes_.tolist()),
+                          ("classifier", self._classifier_params())):
+            if state.get(key) != mine:
+                raise ValueError(
+                    f"the calibration was made for {key} {describe(state.get(key))}, this classifier has {describe(mine)}"
+                )
+        self._apply_probability(state["probability"])
+        self.calibration_ = state
+        return self
+
+    def predict_sets(self, X: Any) -> np.ndarray:
+        """Conformal prediction sets: (n, K) bool, column j ↔ ``classes_[j]``; rows may be empty."""
+        state = self._calibration("predict_sets")
+        proba = self.predict_proba(X)  # calibrated
+        return conformal.prediction_sets(proba, state["conformal"]["threshold"], state["conformal"]["score"])
+
+    def acceptance_score(self, X: Any) -> np.ndarray:
+        """The open-set acceptance score in [0, 1] of each row's prediction (higher: more trustworthy)."""
+        rejection = self._rejection("acceptance_score")
+        X = query_data(self, X)
+        return _logistic(rejection, self._features(self, X, self.calibration_["probability"]))
+
+    def predict_or_reject(self, X: Any, unknown_label: Any = -1) -> np.ndarray:
+        """The predicted label, or ``unknown_label`` where the acceptance score is below the calibrated threshold.
+
+        Needs ``calibrate(..., target_precision=P)``. The output dtype holds both the labels and
+        ``unknown_label`` (``object`` when one is a string and the other is not).
+        """
+        rejection = self._rejection("predict_or_reject")
+        X = query_data(self, X)
+        proba = self._proba_with(X, self.calibration_["probability"])
+        keep = _logistic(rejection, self._features(self, X, self.calibration_["probability"], proba))
+        keep = keep >= rejection["threshold"]
+        labels = self.classes_[np.argmax(proba, axis=1)]
+        fill = np.asarray(unknown_label)
+        if fill.ndim != 0:
+            raise TypeError(f"unknown_label must be a single label, got {describe(unknown_label)}")
+        if (fill.dtype.kind in "US") != (labels.dtype.kind in "US"):
+            out = labels.astype(object)
+        else:
+            out = labels.astype(np.result_type(labels.dtype, fill.dtype))
+        out[~keep] = unknown_label
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _calibration(self, caller: str) -> dict[str, Any]:
+        check_is_fitted(self)
+        state = getattr(self, "calibration_", None)
+        if state is None:
+            raise ValueError(f"{caller} needs a calibrated classifier: call calibrate(X_cal, y_cal) first")
+        return state
+
+    def _rejection(self, caller: str) -> dict[str, Any]:
+        rejection = self._calibration(caller)["rejection"]
+        if rejection is None:
+            raise ValueError(
+                f"{caller} needs a rejection threshold: calibrate(X_cal, y_cal, target_precision=P) first"
+            )
+        return rejection
+
+    def _known_codes(self, y: Any, n: int) -> np.ndarray:
+        y = check_labels(y, "y_cal", n=n)
+        codes = np.clip(np.searchsorted(self.classes_, y), 0, len(self.classes_) - 1)
+        unknown = self.classes_[codes] != y
+        if unknown.any():
+            raise ValueError(
+                f"y_cal holds labels the classifier does not know, e.g. {y[unknown][0].tolist()!r}: "
+                "calibration rows must come from the indexed classes"
+            )
+        return codes.astype(np.int64)
+
+    def _refuse_reference_rows(self, X: np.ndarray) -> None:
+        """``ValueError`` if any row of ``X`` is (up to float round-off) a vector the classifier stores."""
+        nearest = self._neighbour_distances(X, 1)[:, 0]  # (n,)
+        metric = self._distance_metric
+        tolerance = DUPLICATE_TOLERANCE[metric]
+        if metric == "l2":
+            tolerance = tolerance * np.maximum(np.linalg.norm(X.astype(np.float64), axis=1), 1e-12)
+        same = np.flatnonzero(nearest <= tolerance)
+        if same.size:
+            more = f" (and {same.size - 1} more)" if same.size > 1 else ""
+            raise ValueError(
+                f"X_cal row {int(same[0])}{more} is a vector of the index (or an exact duplicate of one): scores "
+                "on the index's own vectors are optimistic and break the coverage guarantee; calibrate on "
+                "held-out rows that neither the model nor the index saw"
+            )
+
+    def _features(self, clf: Any, X: np.ndarray, params: dict[str, Any], proba: np.ndarray | None = None) -> np.ndarray:
+        """(n, 4) features of ``clf``'s predictions on ``X`` (see ``FEATURES``)."""
+        proba = clf._proba_with(X, params) if proba is None else proba  # (n, K)
+        top2 = -np.sort(-proba, axis=1)[:, :2]  # (n, ≤2)
+        second = top2[:, 1] if top2.shape[1] > 1 else np.zeros(len(X))
+        m = min(NEIGHBOURS_FOR_FEATURES, clf._reference_size())
+        dist = clf._neighbour_distances(X, m)  # (n, m)
+        dist = np.where(np.isfinite(dist), dist, np.nanmax(np.where(np.isfinite(dist), dist, np.nan)))
+        return np.column_stack([np.log(np.maximum(top2[:, 0], 1e-12)), top2[:, 0] - second, dist[:, 0],
+                                dist.mean(axis=1)])
+
+    def _fit_rejection(
+        self, X: np.ndarray, codes: np.ndarray, fit_rows: np.ndarray, conf_rows: np.ndarray,
+        params: dict[str, Any], target: float,
+    ) -> dict[str, Any]:
+        """The acceptance score (fit rows + their leave-one-class-out twins) and its threshold (other rows)."""
+        from sklearn.linear_model import LogisticRegression
+
+        Xf, cf = X[fit_rows], codes[fit_rows]
+        known = self._features(self, Xf, params)
+        correct = self._proba_with(Xf, params).argmax(axis=1) == cf
+        unseen = [self._features(self._without_class(c), Xf[cf == c], params) for c in np.unique(cf)]
+        features = np.concatenate([known, *unseen])
+        accept = np.concatenate([correct, np.zeros(len(features) - len(known), dtype=bool)])
+        if accept.all() or not accept.any():  # a single outcome: nothing to learn, rank by confidence
+            mean, scale = np.zeros(len(FEATURES)), np.ones(len(FEATURES))
+            coef, intercept = np.array([1.0, 0.0, 0.0, 0.0]), 0.0
+        else:
+            mean, scale = features.mean(axis=0), features.std(axis=0)
+            scale[scale == 0] = 1.0
+            model = LogisticRegression(C=1.0, max_iter=1000).fit((features - mean) / scale, accept)
+            coef, intercept = model.coef_[0], float(model.intercept_[0])
+        rejection = {"target_precision": target, "features": list(FEATURES), "mean": mean.tolist(),
+                     "scale": scale.tolist(), "coef": np.asarray(coef, dtype=float).tolist(), "intercept": intercept,
+                     "n_unseen": int(len(features) - len(known))}
+        Xc, cc = X[conf_rows], codes[conf_rows]
+        proba = self._proba_with(Xc, params)
+        scores = _logistic(rejection, self._features(self, Xc, params, proba))
+        threshold, precision, accepted = conformal.precision_threshold(scores, proba.argmax(axis=1) == cc, target)
+        rejection.update(threshold=threshold, precision=precision, accepted=accepted)
+        return rejection
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _best_by_nll(candidates: Iterator[tuple[dict[str, Any], np.ndarray]], codes: np.ndarray) -> tuple[dict, float]:
+    """The candidate parameters whose probabilities have the lowest mean negative log-likelihood on ``codes``."""
+    best: tuple[dict[str, Any], float] | None = None
+    rows = np.arange(len(codes))
+    for params, proba in candidates:
+        nll = float(-np.mean(np.log(np.clip(proba[rows, codes], 1e-15, 1.0))))
+        if best is None or nll < best[1] - 1e-12:
+            best = (params, nll)
+    assert best is not None
+    return best
+
+
+def _logistic(rejection: dict[str, Any], features: np.ndarray) -> np.ndarray:
+    z = ((features - np.asarray(rejection["mean"])) / np.asarray(rejection["scale"])) @ np.asarray(rejection["coef"])
+    return 1.0 / (1.0 + np.exp(-(z + rejection["intercept"])))
+
+
+def _check_open_fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in (0, 1), got {describe(value)}")
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
+    return float(value)
+
+
+def _check_precision(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"target_precision must be a number in (0, 1], got {describe(value)}")
+    if not 0.0 < float(value) <= 1.0 or math.isnan(float(value)):
+        raise ValueError(f"target_precision must lie in (0, 1], got {value}")
+    return float(value)
+
+
+def _named(validate: Any, name: str) -> np.ndarray:
+    """Run a scikit-learn validation and put the argument's name in front of its message."""
+    try:
+        return validate()
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
