@@ -402,6 +402,10 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         distances = exact_distances(X, self.keys_, np.asarray(ids, dtype=np.int64), "cosine")
         return np.sort(distances, axis=1)
 
+    def _reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stored (normalised) keys (N, d) and their class codes (N,)."""
+        return self.keys_, self.key_codes_
+
     def _without_class(self, code: int) -> CacheClassifier:
         """An uncalibrated cache over the keys of every class but ``code`` (codes as labels)."""
         keep = self.key_codes_ != code

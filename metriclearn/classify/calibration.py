@@ -59,8 +59,10 @@ from metriclearn.classify import conformal
 from metriclearn.classify._validation import query_data
 
 CALIBRATION_VERSION = 1
-FEATURES = ("log_top_probability", "margin", "nearest_distance", "mean_distance")
+FEATURES = ("log_top_probability", "margin", "nearest_distance", "mean_distance", "nearest_distance_by_class",
+            "mean_distance_by_class")
 NEIGHBOURS_FOR_FEATURES = 10  # m: distances to the m nearest stored vectors feed the acceptance score
+SCALE_SAMPLE = 256  # stored vectors per class whose own neighbour distances give the class's distance scale
 DUPLICATE_TOLERANCE = {"l2": 1e-6, "cosine": 1e-9}  # relative L2 distance / cosine distance: float round-off
 
 
@@ -83,6 +85,7 @@ class CalibrationMixin:
         target_precision: float | None = None,
         *,
         score: str = "lac",
+        unseen_share: float = 0.25,
         fit_fraction: float = 0.3,
         random_state: int = 0,
     ) -> Any:
@@ -96,6 +99,9 @@ class CalibrationMixin:
         target_precision : if given, in (0, 1]: fit the open-set acceptance score and the rejection
             threshold of :meth:`predict_or_reject`.
         score : ``"lac"`` (1 − p_y, smallest sets) or ``"aps"`` (mass down to y, adaptive sets).
+        unseen_share : share of inputs from classes the index never saw that the rejection threshold
+            assumes, in [0, 1): ``target_precision`` is reached on calibration rows mixed with their unseen
+            twins in that proportion. 0 gives the classic threshold, which only knows the known classes.
         fit_fraction : share of the rows that fit the probability calibration and acceptance score; the
             rest set the thresholds and measure ECE, coverage and set sizes.
         random_state : seed of the split.
@@ -108,6 +114,7 @@ class CalibrationMixin:
         if target_precision is not None:
             target_precision = _check_precision(target_precision)
         check_choice(score, conformal.SCORES, "score")
+        unseen_share = _check_fraction_below_one(unseen_share, "unseen_share")
         fit_fraction = _check_open_fraction(fit_fraction, "fit_fraction")
         check_positive_int(random_state, "random_state", allow_zero=True)
         if len(self.classes_) < 2:
@@ -156,7 +163,8 @@ class CalibrationMixin:
         state["ece_before"] = state["reliability_before"]["ece"]
         state["ece_after"] = state["reliability_after"]["ece"]
         if target_precision is not None:
-            state["rejection"] = self._fit_rejection(X, codes, fit_rows, conf_rows, params, target_precision)
+            state["rejection"] = self._fit_rejection(X, codes, fit_rows, conf_rows, params, target_precision,
+                                                    unseen_share, random_state)
         self._apply_probability(params)
         self.calibration_ = state
         return self
@@ -189,7 +197,8 @@ class CalibrationMixin:
         """The open-set acceptance score in [0, 1] of each row's prediction (higher: more trustworthy)."""
         rejection = self._rejection("acceptance_score")
         X = query_data(self, X)
-        return _logistic(rejection, self._features(self, X, self.calibration_["probability"]))
+        return _logistic(rejection, self._features(self, X, self.calibration_["probability"],
+                                                   rejection["class_scales"]))
 
     def predict_or_reject(self, X: Any, unknown_label: Any = -1) -> np.ndarray:
         """The predicted label, or ``unknown_label`` where the acceptance score is below the calibrated threshold.
@@ -200,7 +209,8 @@ class CalibrationMixin:
         rejection = self._rejection("predict_or_reject")
         X = query_data(self, X)
         proba = self._proba_with(X, self.calibration_["probability"])
-        keep = _logistic(rejection, self._features(self, X, self.calibration_["probability"], proba))
+        features = self._features(self, X, self.calibration_["probability"], rejection["class_scales"], proba)
+        keep = _logistic(rejection, features)
         keep = keep >= rejection["threshold"]
         labels = self.classes_[np.argmax(proba, axis=1)]
         fill = np.asarray(unknown_label)
@@ -231,6 +241,9 @@ class CalibrationMixin:
 
     def _known_codes(self, y: Any, n: int) -> np.ndarray:
         y = check_labels(y, "y_cal", n=n)
+        if (y.dtype.kind in "US") != (self.classes_.dtype.kind in "US"):
+            kinds = ["string" if a.dtype.kind in "US" else "integer" for a in (y, self.classes_)]
+            raise ValueError(f"y_cal holds {kinds[0]} labels, but the classifier's classes are {kinds[1]}s")
         codes = np.clip(np.searchsorted(self.classes_, y), 0, len(self.classes_) - 1)
         unknown = self.classes_[codes] != y
         if unknown.any():
@@ -256,50 +269,133 @@ class CalibrationMixin:
                 "held-out rows that neither the model nor the index saw"
             )
 
-    def _features(self, clf: Any, X: np.ndarray, params: dict[str, Any], proba: np.ndarray | None = None) -> np.ndarray:
-        """(n, 4) features of ``clf``'s predictions on ``X`` (see ``FEATURES``)."""
-        proba = clf._proba_with(X, params) if proba is None else proba  # (n, K)
+    def _features(
+        self, clf: Any, X: np.ndarray, params: dict[str, Any], scales: Any, proba: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n, 6) features of ``clf``'s predictions on ``X`` (see ``FEATURES``).
+
+        ``scales`` (K, 2): per class of this classifier, the median distance of its stored vectors to their
+        nearest other stored vector, and to their ``m`` nearest; the last two features divide the query's
+        distances by the scales of its predicted class (a tight class makes the same distance more suspect).
+        """
+        proba = clf._proba_with(X, params) if proba is None else proba  # (n, K')
         top2 = -np.sort(-proba, axis=1)[:, :2]  # (n, ≤2)
         second = top2[:, 1] if top2.shape[1] > 1 else np.zeros(len(X))
+        predicted = np.argmax(proba, axis=1)
+        if clf is not self:  # a leave-one-class-out classifier: its labels are this one's class codes
+            predicted = np.asarray(clf.classes_)[predicted]
         m = min(NEIGHBOURS_FOR_FEATURES, clf._reference_size())
         dist = clf._neighbour_distances(X, m)  # (n, m)
         dist = np.where(np.isfinite(dist), dist, np.nanmax(np.where(np.isfinite(dist), dist, np.nan)))
-        return np.column_stack([np.log(np.maximum(top2[:, 0], 1e-12)), top2[:, 0] - second, dist[:, 0],
-                                dist.mean(axis=1)])
+        nearest, mean = dist[:, 0], dist.mean(axis=1)
+        scales = np.asarray(scales, dtype=np.float64)[predicted]  # (n, 2)
+        return np.column_stack([np.log(np.maximum(top2[:, 0], 1e-12)), top2[:, 0] - second, nearest, mean,
+                                nearest / scales[:, 0], mean / scales[:, 1]])
+
+    def _class_scales(self, random_state: int) -> np.ndarray:
+        """(K, 2) per-class distance scales from the stored vectors themselves (see :meth:`_features`)."""
+        vectors, codes = self._reference()
+        rng = np.random.default_rng(random_state)
+        m = min(NEIGHBOURS_FOR_FEATURES, len(codes) - 1)
+        scales = np.ones((len(self.classes_), 2))
+        if m < 1:
+            return scales
+        for c in range(len(self.classes_)):
+            rows = np.flatnonzero(codes == c)
+            rows = rows if len(rows) <= SCALE_SAMPLE else rng.choice(rows, SCALE_SAMPLE, replace=False)
+            dist = self._neighbour_distances(vectors[rows], m + 1)[:, 1:]  # (r, m) the first is the vector itself
+            dist = np.where(np.isfinite(dist), dist, np.nan)
+            scales[c] = np.nanmedian(dist[:, 0]), np.nanmedian(np.nanmean(dist, axis=1))
+        return np.where(np.isfinite(scales) & (scales > 0), scales, 1.0)
 
     def _fit_rejection(
         self, X: np.ndarray, codes: np.ndarray, fit_rows: np.ndarray, conf_rows: np.ndarray,
-        params: dict[str, Any], target: float,
+        params: dict[str, Any], target: float, unseen_share: float, random_state: int,
     ) -> dict[str, Any]:
-        """The acceptance score (fit rows + their leave-one-class-out twins) and its threshold (other rows)."""
+        """The acceptance score (fit rows and their unseen twins) and its threshold (the other rows and theirs).
+
+        A row's *unseen twin* is the same row scored by the classifier without its class: to that reduced
+        index it is an example of a class never seen.
+        """
         from sklearn.linear_model import LogisticRegression
 
+        scales = self._class_scales(random_state)
+        present = np.unique(codes)
+        without = {int(c): self._without_class(int(c)) for c in present}
+
+        rng = np.random.default_rng(random_state)
+
+        def twins(rows: np.ndarray) -> np.ndarray:
+            """Features of the never-seen stand-ins made from ``rows``: their twins, then their mixtures."""
+            parts = [self._features(without[int(c)], X[rows][codes[rows] == c], params, scales)
+                     for c in present if (codes[rows] == c).any()]
+            mixed, pair = between_classes(X[rows], codes[rows], rng)
+            if len(mixed):  # keep the mixtures that still lie between their two classes, not inside a third
+                proba = self._proba_with(mixed, params)
+                between = (pair == proba.argmax(axis=1)[:, None]).any(axis=1)
+                if between.any():
+                    parts.append(self._features(self, mixed[between], params, scales, proba[between]))
+            return np.concatenate(parts)
+
         Xf, cf = X[fit_rows], codes[fit_rows]
-        known = self._features(self, Xf, params)
-        correct = self._proba_with(Xf, params).argmax(axis=1) == cf
-        unseen = [self._features(self._without_class(c), Xf[cf == c], params) for c in np.unique(cf)]
-        features = np.concatenate([known, *unseen])
-        accept = np.concatenate([correct, np.zeros(len(features) - len(known), dtype=bool)])
-        if accept.all() or not accept.any():  # a single outcome: nothing to learn, rank by confidence
+        proba = self._proba_with(Xf, params)
+        known = self._features(self, Xf, params, scales, proba)
+        features = np.concatenate([known, twins(fit_rows)])
+        accept = np.concatenate([proba.argmax(axis=1) == cf, np.zeros(len(features) - len(known), dtype=bool)])
+        if not accept.any():  # every prediction wrong: nothing to learn, rank by confidence
             mean, scale = np.zeros(len(FEATURES)), np.ones(len(FEATURES))
-            coef, intercept = np.array([1.0, 0.0, 0.0, 0.0]), 0.0
+            coef, intercept = np.eye(len(FEATURES))[0], 0.0
         else:
             mean, scale = features.mean(axis=0), features.std(axis=0)
             scale[scale == 0] = 1.0
             model = LogisticRegression(C=1.0, max_iter=1000).fit((features - mean) / scale, accept)
             coef, intercept = model.coef_[0], float(model.intercept_[0])
-        rejection = {"target_precision": target, "features": list(FEATURES), "mean": mean.tolist(),
-                     "scale": scale.tolist(), "coef": np.asarray(coef, dtype=float).tolist(), "intercept": intercept,
-                     "n_unseen": int(len(features) - len(known))}
+        rejection = {"target_precision": target, "unseen_share": unseen_share, "features": list(FEATURES),
+                     "mean": mean.tolist(), "scale": scale.tolist(), "coef": np.asarray(coef, float).tolist(),
+                     "intercept": intercept, "class_scales": scales.tolist()}
+
         Xc, cc = X[conf_rows], codes[conf_rows]
         proba = self._proba_with(Xc, params)
-        scores = _logistic(rejection, self._features(self, Xc, params, proba))
-        threshold, precision, accepted = conformal.precision_threshold(scores, proba.argmax(axis=1) == cc, target)
-        rejection.update(threshold=threshold, precision=precision, accepted=accepted)
+        known = _logistic(rejection, self._features(self, Xc, params, scales, proba))  # (n_c,)
+        unseen = _logistic(rejection, twins(conf_rows))  # (n_c,) an accepted twin is a wrong prediction
+        weight = unseen_share / (1.0 - unseen_share) * len(known) / len(unseen)  # stand-ins weigh that much
+        threshold, precision, _ = conformal.precision_threshold(
+            np.concatenate([known, unseen]),
+            np.concatenate([proba.argmax(axis=1) == cc, np.zeros(len(unseen), dtype=bool)]),
+            target,
+            np.concatenate([np.ones(len(known)), np.full(len(unseen), weight)]),
+        )
+        rejection.update(threshold=threshold, precision=precision, known_kept=float(np.mean(known >= threshold)),
+                         unseen_rejected=float(np.mean(unseen < threshold)))
         return rejection
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def between_classes(X: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One mixture ``λ·x_i + (1 − λ)·x_j`` per row, ``x_j`` a random row of another class, λ ~ U(0.4, 0.6).
+
+    Stand-ins for inputs of classes the *model* never saw, which it tends to embed between the clusters of
+    the classes it knows (the "data placeholders" of Zhou et al., "Learning Placeholders for Open-Set
+    Recognition", CVPR 2021). Returns the mixtures (m, d) and the class codes of their two parents (m, 2);
+    empty when ``codes`` hold a single class.
+
+    >>> mixed, pair = between_classes(np.array([[0.0, 0], [2, 2], [4, 0]]), np.array([0, 1, 1]), np.random.default_rng(0))
+    >>> mixed.shape, pair.tolist()
+    ((3, 2), [[0, 1], [1, 0], [1, 0]])
+    """
+    rows, partners = [], []
+    for i, c in enumerate(codes):
+        others = np.flatnonzero(codes != c)
+        if others.size:
+            rows.append(i)
+            partners.append(others[rng.integers(others.size)])
+    if not rows:
+        return np.empty((0, X.shape[1]), dtype=X.dtype), np.empty((0, 2), dtype=np.int64)
+    lam = rng.uniform(0.4, 0.6, (len(rows), 1))
+    mixed = (lam * X[rows] + (1.0 - lam) * X[partners]).astype(X.dtype)
+    return mixed, np.column_stack([codes[rows], codes[partners]])
+
+
 def _best_by_nll(candidates: Iterator[tuple[dict[str, Any], np.ndarray]], codes: np.ndarray) -> tuple[dict, float]:
     """The candidate parameters whose probabilities have the lowest mean negative log-likelihood on ``codes``."""
     best: tuple[dict[str, Any], float] | None = None
@@ -322,6 +418,14 @@ def _check_open_fraction(value: Any, name: str) -> float:
         raise TypeError(f"{name} must be a number in (0, 1), got {describe(value)}")
     if not 0.0 < float(value) < 1.0:
         raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
+    return float(value)
+
+
+def _check_fraction_below_one(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in [0, 1), got {describe(value)}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
     return float(value)
 
 

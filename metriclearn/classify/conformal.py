@@ -124,11 +124,14 @@ def reliability(proba: np.ndarray, codes: np.ndarray, bins: int = ECE_BINS) -> d
     }
 
 
-def precision_threshold(scores: np.ndarray, correct: np.ndarray, target: float) -> tuple[float, float, float]:
+def precision_threshold(
+    scores: np.ndarray, correct: np.ndarray, target: float, weights: np.ndarray | None = None
+) -> tuple[float, float, float]:
     """The lowest score threshold at which the accepted rows (score ≥ threshold) reach ``target`` precision.
 
-    Returns ``(threshold, precision, accepted share)`` on these rows. Raises ``ValueError`` when no
-    threshold reaches the target.
+    ``weights`` (n,), default 1: each row's weight in the precision ``Σ_accepted w·correct / Σ_accepted w``.
+    Returns ``(threshold, precision, accepted share of the weight)`` on these rows. Raises ``ValueError``
+    when no threshold reaches the target.
 
     Example
     -------
@@ -136,12 +139,13 @@ def precision_threshold(scores: np.ndarray, correct: np.ndarray, target: float) 
     (0.6, 0.75, 0.8)
     """
     scores = np.asarray(scores, dtype=np.float64)
+    weights = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
-    s, ok = scores[order], np.asarray(correct, dtype=np.float64)[order]
+    s, ok, w = scores[order], np.asarray(correct, dtype=np.float64)[order], weights[order]
     last = np.r_[s[1:] != s[:-1], True]  # the last row of each run of equal scores: a threshold can cut there
-    hits = np.cumsum(ok)[last]
-    accepted = np.flatnonzero(last) + 1
-    precision = hits / accepted
+    hits = np.cumsum(ok * w)[last]
+    accepted = np.cumsum(w)[last]
+    precision = hits / np.maximum(accepted, 1e-300)
     reach = np.flatnonzero(precision >= target - 1e-12)
     if reach.size == 0:
         raise ValueError(
@@ -149,4 +153,4 @@ def precision_threshold(scores: np.ndarray, correct: np.ndarray, target: float) 
             f"(best precision {precision.max():.4f}); lower it or improve the model"
         )
     best = reach[-1]  # the largest accepted set that still reaches the target
-    return float(s[last][best]), float(precision[best]), float(accepted[best] / len(scores))
+    return float(s[last][best]), float(precision[best]), float(accepted[best] / w.sum())

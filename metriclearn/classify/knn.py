@@ -39,9 +39,11 @@ from metriclearn.classify.calibration import CalibrationMixin
 
 WEIGHTS = ("distance", "uniform")
 METRICS = ("l2", "cosine")
-#: Grids of the vote calibration ``p_y ∝ (v_y + ε)^{1/T}`` (see :meth:`KNNClassifier.calibrate`).
+#: Grids of the vote calibration ``p_y ∝ (V_y + ε)^{1/T}`` (see :meth:`KNNClassifier.calibrate`); ε is a
+#: share of the median total vote weight of the rows it is fitted on.
 TEMPERATURES: tuple[float, ...] = tuple(float(t) for t in np.geomspace(0.05, 20.0, 49))
-SMOOTHINGS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3)
+RELATIVE_SMOOTHINGS: tuple[float, ...] = tuple(float(r) for r in np.geomspace(1e-4, 1.0, 9))
+MIN_DISTANCE = 1e-12  # unnormalised distance weights: 1 / max(d, MIN_DISTANCE), so exact matches dominate
 
 
 def neighbor_weights(distances: np.ndarray, weights: str) -> np.ndarray:
@@ -65,8 +67,10 @@ def neighbor_weights(distances: np.ndarray, weights: str) -> np.ndarray:
     return inverse
 
 
-def vote(neighbor_codes: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:
+def vote(neighbor_codes: np.ndarray, weights: np.ndarray, num_classes: int, normalize: bool = True) -> np.ndarray:
     """Class probabilities (n, K) from neighbour class codes (n, k) and their weights (n, k).
+
+    ``normalize=False``: the per-class sums of the weights, not divided by their total.
 
     Example
     -------
@@ -76,6 +80,8 @@ def vote(neighbor_codes: np.ndarray, weights: np.ndarray, num_classes: int) -> n
     n = neighbor_codes.shape[0]
     proba = np.zeros((n, num_classes))
     np.add.at(proba, (np.repeat(np.arange(n), neighbor_codes.shape[1]), neighbor_codes.ravel()), weights.ravel())
+    if not normalize:
+        return proba
     total = proba.sum(axis=1, keepdims=True)
     total[total == 0.0] = 1.0
     return proba / total
@@ -226,8 +232,12 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(proba, axis=1)]
 
     # ------------------------------------------------------------------ calibration hooks (CalibrationMixin)
-    def _votes(self, X: np.ndarray) -> np.ndarray:
-        """The raw weighted vote (n, K) of validated queries."""
+    def _votes(self, X: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """The weighted vote (n, K) of validated queries; ``normalize=False``: unnormalised class weights ``V``.
+
+        Unnormalised distance weights are ``1 / max(d, MIN_DISTANCE)``, so ``V`` keeps how close the
+        neighbours are (exact matches still dominate).
+        """
         k = self.n_neighbors
         if k > len(self.index_):
             raise ValueError(f"n_neighbors={k} is larger than the number of indexed samples ({len(self.index_)})")
@@ -237,18 +247,26 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         else:
             pos = np.clip(np.searchsorted(self.index_ids_, ids), 0, len(self.index_ids_) - 1)
             codes = self.index_codes_[pos]  # (n, k)
-        return vote(codes, neighbor_weights(distances, self.weights), len(self.classes_))  # missing: weight 0
+        if normalize:
+            weights = neighbor_weights(distances, self.weights)  # (n, k) missing: weight 0
+        elif self.weights == "uniform":
+            weights = np.isfinite(distances).astype(np.float64)
+        else:
+            weights = np.where(np.isfinite(distances), 1.0 / np.maximum(distances, MIN_DISTANCE), 0.0)
+        return vote(codes, weights, len(self.classes_), normalize=normalize)
 
     def _proba_with(self, X: np.ndarray, params: dict[str, Any] | None) -> np.ndarray:
-        votes = self._votes(X)
-        return votes if params is None else calibrated_votes(votes, params["temperature"], params["smoothing"])
+        if params is None:
+            return self._votes(X)
+        return calibrated_votes(self._votes(X, normalize=False), params["temperature"], params["smoothing"])
 
     def _probability_candidates(self, X: np.ndarray) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
-        votes = self._votes(X)
-        for smoothing in SMOOTHINGS:
+        weights = self._votes(X, normalize=False)  # (n, K)
+        scale = float(np.median(weights.sum(axis=1)))
+        for relative in RELATIVE_SMOOTHINGS:
             for temperature in TEMPERATURES:
-                params = {"temperature": temperature, "smoothing": smoothing}
-                yield params, calibrated_votes(votes, temperature, smoothing)
+                params = {"temperature": temperature, "smoothing": relative * scale}
+                yield params, calibrated_votes(weights, temperature, relative * scale)
 
     def _apply_probability(self, params: dict[str, Any]) -> None:
         """Nothing to set: :meth:`predict_proba` reads ``calibration_``."""
@@ -266,12 +284,15 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
     def _neighbour_distances(self, X: np.ndarray, m: int) -> np.ndarray:
         return self._search(X, m, exact=True)[0]
 
+    def _reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors (N, d) and their class codes (N,)."""
+        if self.fit_X_ is not None:
+            return self.fit_X_, self.fit_codes_
+        return self.index_.vectors(self.index_ids_), self.index_codes_
+
     def _without_class(self, code: int) -> KNNClassifier:
         """An uncalibrated exact kNN over the stored vectors of every class but ``code`` (codes as labels)."""
-        if self.fit_X_ is not None:
-            vectors, codes = self.fit_X_, self.fit_codes_
-        else:
-            vectors, codes = self.index_.vectors(self.index_ids_), self.index_codes_
+        vectors, codes = self._reference()
         keep = codes != code
         k = min(self.n_neighbors, int(keep.sum()))
         other = KNNClassifier(n_neighbors=k, weights=self.weights, metric=self.metric, kind="flat", device="cpu")
@@ -279,10 +300,12 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
 
 
 def calibrated_votes(votes: np.ndarray, temperature: float, smoothing: float) -> np.ndarray:
-    """Temperature-scaled, smoothed votes: ``p_y = (v_y + ε)^{1/T} / Σ_c (v_c + ε)^{1/T}`` (n, K).
+    """Temperature-scaled, smoothed votes: ``p_y = (V_y + ε)^{1/T} / Σ_c (V_c + ε)^{1/T}`` (n, K).
 
-    ``ε > 0`` keeps classes without votes possible (a finite log-likelihood); ``T > 1`` flattens, ``T < 1``
-    sharpens. Monotone in ``v`` row by row, so the predicted class does not change.
+    ``V`` are the unnormalised class weights of the vote (with distance weights ``Σ 1/d_j``, so it is larger
+    when the neighbours are close): the pseudo-count ``ε > 0`` keeps classes without votes possible (a finite
+    log-likelihood) and lowers the confidence of queries whose neighbours are all far away; ``T > 1``
+    flattens, ``T < 1`` sharpens. Monotone in ``V`` row by row, so the predicted class does not change.
 
     Example
     -------
