@@ -329,10 +329,13 @@ class CalibrationMixin:
             """Features of the never-seen stand-ins made from ``rows``: their twins, then their mixtures."""
             parts = [self._features(without[int(c)], X[rows][codes[rows] == c], params, scales)
                      for c in present if (codes[rows] == c).any()]
-            mixed, pair = between_classes(X[rows], codes[rows], rng)
-            if len(mixed):  # keep the mixtures that still lie between their two classes, not inside a third
+            mixed, parents = between_classes(X[rows], codes[rows], rng)
+            if len(mixed):  # keep the mixtures in a gap between their two classes, not inside a class
                 proba = self._proba_with(mixed, params)
+                pair = codes[rows][parents]  # (m, 2)
+                parent_distance = self._neighbour_distances(X[rows], 1)[:, 0][parents].max(axis=1)  # (m,)
                 between = (pair == proba.argmax(axis=1)[:, None]).any(axis=1)
+                between &= self._neighbour_distances(mixed, 1)[:, 0] > parent_distance
                 if between.any():
                     parts.append(self._features(self, mixed[between], params, scales, proba[between]))
             return np.concatenate(parts)
@@ -376,12 +379,15 @@ def between_classes(X: np.ndarray, codes: np.ndarray, rng: np.random.Generator) 
 
     Stand-ins for inputs of classes the *model* never saw, which it tends to embed between the clusters of
     the classes it knows (the "data placeholders" of Zhou et al., "Learning Placeholders for Open-Set
-    Recognition", CVPR 2021). Returns the mixtures (m, d) and the class codes of their two parents (m, 2);
-    empty when ``codes`` hold a single class.
+    Recognition", CVPR 2021). Returns the mixtures (m, d) and the rows of their two parents (m, 2); empty
+    when ``codes`` hold a single class. :meth:`CalibrationMixin.calibrate` keeps only the mixtures that
+    land in a gap: classified as one of their parents' classes, and farther from the stored vectors than
+    both parents (a mixture inside overlapping classes is not a stand-in for anything new).
 
-    >>> mixed, pair = between_classes(np.array([[0.0, 0], [2, 2], [4, 0]]), np.array([0, 1, 1]), np.random.default_rng(0))
-    >>> mixed.shape, pair.tolist()
-    ((3, 2), [[0, 1], [1, 0], [1, 0]])
+    >>> mixed, parents = between_classes(np.array([[0.0, 0], [2, 2], [4, 0]]), np.array([0, 1, 1]),
+    ...                                  np.random.default_rng(0))
+    >>> mixed.shape, parents.tolist()
+    ((3, 2), [[0, 2], [1, 0], [2, 0]])
     """
     rows, partners = [], []
     for i, c in enumerate(codes):
@@ -393,7 +399,7 @@ def between_classes(X: np.ndarray, codes: np.ndarray, rng: np.random.Generator) 
         return np.empty((0, X.shape[1]), dtype=X.dtype), np.empty((0, 2), dtype=np.int64)
     lam = rng.uniform(0.4, 0.6, (len(rows), 1))
     mixed = (lam * X[rows] + (1.0 - lam) * X[partners]).astype(X.dtype)
-    return mixed, np.column_stack([codes[rows], codes[partners]])
+    return mixed, np.column_stack([rows, partners]).astype(np.int64)
 
 
 def _best_by_nll(candidates: Iterator[tuple[dict[str, Any], np.ndarray]], codes: np.ndarray) -> tuple[dict, float]:
