@@ -32,6 +32,8 @@ from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for subsampling and projections.")
 @click.option("--metric", type=click.Choice(["l2", "cosine"]), default="l2", show_default=True,
               help="Distance for the retrieval metrics.")
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
+              help="A calibrated index directory (metriclearn calibrate): adds its reliability diagrams.")
 def report(
     embeddings: Path | None,
     labels: Path | None,
@@ -42,6 +44,7 @@ def report(
     max_points: int,
     seed: int,
     metric: str,
+    index_dir: Path | None,
 ) -> None:
     """Draw t-SNE / UMAP projections and measure how well the classes separate.
 
@@ -63,9 +66,11 @@ def report(
         check_report_inputs(x, y, method, max_points, classes)
     except ValueError as err:
         raise ValueError(f"{origin}: {err}") from err
+    calibration = _calibration(index_dir) if index_dir is not None else None
     metrics = write_report(x, y, out, method=method, classes=classes, config=config, max_points=max_points,
-                           seed=seed, metric=metric, source=source)
+                           seed=seed, metric=metric, source=source, calibration=calibration)
     names = [f"{m}.png" for m in (METHODS if method == "both" else (method,))] + ["report.html", "metrics.json"]
+    names += [f"reliability-{name}.png" for name in calibration or {}]
     click.echo(f"wrote {', '.join(names)} to {out}")
     ret, sep = metrics["retrieval"], metrics["separation"]
     click.echo(" · ".join(f"{k} {v:.4f}" for k, v in (*ret.items(), *sep.items())))
@@ -101,3 +106,15 @@ def _from_run(model: Path, data: str) -> tuple[Any, Any, list, dict, str]:
     x, y, classes = embed_from_run(model, data)
     config = load_run(model)[1]
     return x, y, classes, config, f"{model.name} on {Path(data).name}"
+
+
+def _calibration(index_dir: Path) -> dict[str, Any]:
+    """The calibrations stored in an index directory; an uncalibrated index is an error (why pass it?)."""
+    from metriclearn.indexes import EmbeddingIndex
+
+    calibration = EmbeddingIndex.load(index_dir, device="cpu").attrs.get("calibration")
+    if not calibration:
+        raise ValueError(
+            f"index {str(index_dir)!r} is not calibrated: run `metriclearn calibrate --index {index_dir} ...` first"
+        )
+    return dict(calibration)

@@ -37,8 +37,11 @@ def reliability_figure(before: Mapping[str, Any], after: Mapping[str, Any], titl
         filled = ~np.isnan(accuracy)
         ax.bar(edges[:-1][filled], accuracy[filled], width=width[filled], align="edge", color="#4c72b0",
                edgecolor="white", label="accuracy")
-        ax.bar(edges[:-1][filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width[filled],
-               align="edge", color="#dd8452", alpha=0.45, edgecolor="white", label="gap to confidence")
+        centres = (edges[:-1] + width / 2)[filled]
+        ax.scatter(centres, confidence[filled], marker="_", s=(300 * width[filled] / width.max()) ** 1.2,
+                   linewidths=2.5, color="#dd8452", zorder=3, label="mean top probability")
+        ax.vlines(centres, np.minimum(accuracy, confidence)[filled], np.maximum(accuracy, confidence)[filled],
+                  color="#dd8452", linewidth=1, zorder=3)
         ax.plot([0, 1], [0, 1], "k:", linewidth=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top probability", ylabel="accuracy",
                title=f"{name} calibration · ECE {table['ece']:.4f}")

@@ -206,3 +206,16 @@ def test_calibrate_error_paths(files, index_copy: Path, args: tuple[str, ...], c
 def test_calibrate_refuses_bad_index_directories(files, tmp_path: Path) -> None:
     assert_error(calibrate(files["index_bare"], files, "--method", "knn"), 1, "carries no labels")
     assert_error(calibrate(tmp_path / "nowhere", files, "--method", "knn"), 1, "nowhere")
+
+
+def test_report_shows_the_reliability_diagram_of_a_calibrated_index(files, index_copy: Path, tmp_path: Path) -> None:
+    base = ("report", "--embeddings", files["cal"], "--labels", files["cal_y"], "--method", "tsne",
+            "--max-points", "100")
+    assert_error(run(*base, "--out", tmp_path / "r0", "--index", index_copy), 1, "is not calibrated")
+    assert calibrate(index_copy, files, "--method", "knn").exit_code == 0
+    result = run(*base, "--out", tmp_path / "r", "--index", index_copy)
+    assert result.exit_code == 0, result.output
+    png = (tmp_path / "r" / "reliability-knn.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and "reliability-knn.png" in result.output
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "Reliability diagram, knn" in html and html.count("data:image/png;base64,") == 2
