@@ -65,8 +65,9 @@ def train_embed(Xtr: np.ndarray, ytr: np.ndarray, others: list[np.ndarray], seed
     return [trainer.embed(x) for x in (Xtr, *others)]
 
 
-def coverage_and_size(sets: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    return float(sets[np.arange(len(y)), y].mean()), float(sets.sum(axis=1).mean())
+def coverage_and_size(sets: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Coverage, mean set size and share of empty sets."""
+    return float(sets[np.arange(len(y)), y].mean()), float(sets.sum(axis=1).mean()), float((~sets.any(axis=1)).mean())
 
 
 def mapie_sets(Etr, ytr, Ecal, ycal, Ete, alpha: float) -> np.ndarray:
@@ -81,7 +82,7 @@ def mapie_sets(Etr, ytr, Ecal, ycal, Ete, alpha: float) -> np.ndarray:
 
 def part_a_b(Etr, ytr, Eho, yho, repeats: int, alphas: tuple[float, ...]) -> dict[str, Any]:
     """Coverage / set size over re-splits of the held-out rows, and ECE before/after on the test halves."""
-    rows: dict[str, dict[float, list[tuple[float, float]]]] = {m: {a: [] for a in alphas} for m in ("knn", "cache", "mapie")}
+    rows: dict[str, dict[float, list[tuple[float, float, float]]]] = {m: {a: [] for a in alphas} for m in ("knn", "cache", "mapie")}
     ece: dict[str, list[tuple[float, float]]] = {"knn": [], "cache": []}
     rel: dict[str, Any] = {}
     knn = KNNClassifier(K, weights="distance", device="cpu").fit(Etr, ytr)
@@ -103,8 +104,9 @@ def part_a_b(Etr, ytr, Eho, yho, repeats: int, alphas: tuple[float, ...]) -> dic
             sets = mapie_sets(Etr, ytr, Eho[cal], yho[cal], Eho[test], alpha)
             rows["mapie"][alpha].append(coverage_and_size(sets, yho[test]))
     summary = {
-        name: {str(a): {"coverage": float(np.mean([c for c, _ in v])), "coverage_sd": float(np.std([c for c, _ in v])),
-                        "set_size": float(np.mean([s for _, s in v]))} for a, v in per.items()}
+        name: {str(a): {"coverage": float(np.mean([c for c, _, _ in v])), "coverage_sd": float(np.std([c for c, _, _ in v])),
+                        "set_size": float(np.mean([s for _, s, _ in v])), "empty": float(np.mean([e for _, _, e in v]))}
+               for a, v in per.items()}
         for name, per in rows.items()
     }
     ece_summary = {name: {"before": float(np.mean([b for b, _ in v])), "after": float(np.mean([a for _, a in v]))}
@@ -202,7 +204,8 @@ def main() -> None:
     print(f"(a) coverage / mean set size over {args.repeats} re-splits of 1000 calibration / 1000 test rows")
     for alpha in ALPHAS:
         cells = [f"{n} {result['coverage'][n][str(alpha)]['coverage']:.4f} ± {result['coverage'][n][str(alpha)]['coverage_sd']:.4f}"
-                 f" / {result['coverage'][n][str(alpha)]['set_size']:.3f}" for n in ("knn", "cache", "mapie")]
+                 f" / {result['coverage'][n][str(alpha)]['set_size']:.3f}"
+                 f" ({result['coverage'][n][str(alpha)]['empty']:.1%} empty)" for n in ("knn", "cache", "mapie")]
         print(f"  α={alpha}: " + " | ".join(cells))
     print("(b) ECE before → after (test rows):",
           {n: f"{v['before']:.4f} → {v['after']:.4f}" for n, v in result["ece"].items()})
