@@ -373,6 +373,56 @@ class CalibrationMixin:
         return rejection
 
 
+def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
+    """How a calibrated classifier does on labelled data: ECE, coverage, set size, and rejection if fitted.
+
+    Rows whose label is not among ``clf.classes_`` are *unseen*: they count in ``n_unseen`` and (with a
+    rejection rule) in ``unseen_rejected``; ECE, coverage and set sizes are over the known rows only.
+
+    Returns
+    -------
+    dict with ``n``, ``n_unseen``, ``ece``, ``coverage``, ``mean_set_size``, ``empty_sets`` (known rows), and
+    with a rejection rule ``accepted_precision`` (an accepted unseen row counts as wrong), ``known_kept``,
+    ``unseen_rejected`` (``None`` when there are no such rows).
+
+    Example
+    -------
+    >>> from metriclearn.classify import KNNClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, 700)
+    >>> X = rng.normal(0, 3, (3, 4))[y] + rng.normal(size=(700, 4))
+    >>> knn = KNNClassifier(device="cpu").fit(X[:300], y[:300]).calibrate(X[300:600], y[300:600], alpha=0.2)
+    >>> report = evaluate_calibration(knn, X[600:], y[600:])
+    >>> report["n"], report["n_unseen"], bool(report["coverage"] > 0.7)
+    (100, 0, True)
+    """
+    state = clf._calibration("evaluate_calibration")
+    X = query_data(clf, X)
+    y = check_labels(y, "y", n=len(X))
+    if (y.dtype.kind in "US") != (clf.classes_.dtype.kind in "US"):
+        y = y.astype(str) if clf.classes_.dtype.kind in "US" else y
+    codes = np.clip(np.searchsorted(clf.classes_, y), 0, len(clf.classes_) - 1)
+    known = clf.classes_[codes] == y
+    proba = clf._proba_with(X, state["probability"])  # (n, K)
+    report: dict[str, Any] = {"n": int(len(X)), "n_unseen": int((~known).sum())}
+    if known.any():
+        pk, ck = proba[known], codes[known]
+        sets = conformal.prediction_sets(pk, state["conformal"]["threshold"], state["conformal"]["score"])
+        report.update(ece=conformal.reliability(pk, ck)["ece"], coverage=float(sets[np.arange(len(ck)), ck].mean()),
+                      mean_set_size=float(sets.sum(axis=1).mean()), empty_sets=float((~sets.any(axis=1)).mean()))
+    rejection = state["rejection"]
+    if rejection is not None:
+        features = clf._features(clf, X, state["probability"], rejection["class_scales"], proba)
+        keep = _logistic(rejection, features) >= rejection["threshold"]
+        correct = known & (proba.argmax(axis=1) == codes)
+        report.update(
+            accepted_precision=float(correct[keep].mean()) if keep.any() else None,
+            known_kept=float(keep[known].mean()) if known.any() else None,
+            unseen_rejected=float((~keep[~known]).mean()) if (~known).any() else None,
+        )
+    return report
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 def between_classes(X: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One mixture ``λ·x_i + (1 − λ)·x_j`` per row, ``x_j`` a random row of another class, λ ~ U(0.4, 0.6).

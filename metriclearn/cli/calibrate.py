@@ -12,7 +12,14 @@ from typing import Any
 
 import click
 
-from metriclearn.cli.classify import DEFAULT_K, _device_option, _load_features, _load_index, _model
+from metriclearn.cli.classify import (
+    DEFAULT_K,
+    _calibrated_model,
+    _device_option,
+    _load_features,
+    _load_index,
+    _model,
+)
 
 
 @click.command("calibrate")
@@ -105,3 +112,37 @@ def summary_lines(state: dict[str, Any]) -> list[str]:
             f"stand-ins rejected {rejection['unseen_rejected']:.2%}"
         )
     return lines
+
+
+def calibration_metrics(index_dir: Path, embeddings: Any, labels: Any, device: str) -> dict[str, Any]:
+    """``evaluate --index``: :func:`evaluate_calibration` of every calibration stored in the index."""
+    from metriclearn.classify.calibration import evaluate_calibration
+
+    index = _load_index(index_dir, device)
+    calibrations = index.attrs.get("calibration") or {}
+    if not calibrations:
+        raise ValueError(
+            f"index {str(index_dir)!r} is not calibrated: run `metriclearn calibrate --index {index_dir} ...` first"
+        )
+    if index.dim != embeddings.shape[1]:
+        raise ValueError(f"index {str(index_dir)!r} has dimension {index.dim}, but the model embeds to "
+                         f"{embeddings.shape[1]}: it was built from another model's embeddings")
+    return {method: evaluate_calibration(_calibrated_model(index, index_dir, method, state, device), embeddings,
+                                         labels)
+            for method, state in calibrations.items()}
+
+
+def format_calibration_metrics(metrics: dict[str, Any]) -> str:
+    """The lines ``evaluate --index`` prints for :func:`calibration_metrics`."""
+    lines = []
+    for method, m in metrics.items():
+        head = f"  calibrated {method:<14} "
+        if "coverage" in m:
+            head += (f"ECE {m['ece']:.4f}  coverage {m['coverage']:.4f}  mean set size {m['mean_set_size']:.3f}  "
+                     f"empty {m['empty_sets']:.2%}")
+        lines.append(head + (f"  ({m['n_unseen']} of {m['n']} rows of classes not in the index)" if m["n_unseen"] else ""))
+        if "known_kept" in m:
+            parts = [f"{key.replace('_', ' ')} {m[key]:.4f}" for key in ("accepted_precision", "known_kept",
+                                                                        "unseen_rejected") if m[key] is not None]
+            lines.append(f"  {'rejection':<25} " + "  ".join(parts))
+    return "\n".join(lines)

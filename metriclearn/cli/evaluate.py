@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from metriclearn.training.config import DEVICES
 
@@ -32,17 +33,33 @@ def format_metrics(metrics: dict[str, Any]) -> str:
               "(default DIR/evaluate.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, as_json: bool, device: str) -> None:
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
+              help="A calibrated index of this model's embeddings: also report ECE, coverage and mean set size "
+              "(and the rejection rule's precision) of each calibration it holds.")
+def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, as_json: bool, device: str,
+             index_dir: Path | None = None) -> None:
     """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
     from metriclearn._atomic import write_json
     from metriclearn.training.run import embed_from_run, evaluate_embeddings
 
-    query, query_labels, _ = embed_from_run(model_dir, data, device=device)
+    query, query_labels, classes = embed_from_run(model_dir, data, device=device)
     ref, ref_labels = (None, None)
     if reference is not None:
         ref, ref_labels, _ = embed_from_run(model_dir, reference, device=device)
     metrics = evaluate_embeddings(query, query_labels, ref, ref_labels)
     metrics.update(split=str(data), n_eval=int(len(query_labels)), reference=reference)
+    if index_dir is not None:
+        from metriclearn.cli.calibrate import calibration_metrics
+
+        metrics["calibration"] = calibration_metrics(index_dir, query, np.asarray(classes)[query_labels], device)
     target = Path(out) if out else Path(model_dir) / "evaluate.json"
     write_json(target, metrics)
-    click.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics) + f"\nwrote {target}")
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    click.echo(format_metrics(metrics))
+    if "calibration" in metrics:
+        from metriclearn.cli.calibrate import format_calibration_metrics
+
+        click.echo(format_calibration_metrics(metrics["calibration"]))
+    click.echo(f"wrote {target}")

@@ -219,3 +219,32 @@ def test_report_shows_the_reliability_diagram_of_a_calibrated_index(files, index
     assert png[:4] == b"\x89PNG" and "reliability-knn.png" in result.output
     html = (tmp_path / "r" / "report.html").read_text()
     assert "Reliability diagram, knn" in html and html.count("data:image/png;base64,") == 2
+
+
+def test_evaluate_reports_the_calibration_of_an_index_built_by_the_model(tmp_path: Path) -> None:
+    """train -> index build --model -> embed + calibrate -> evaluate --index, through the real commands."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    for name, rows in {"train": slice(0, 900), "cal": slice(900, 1300), "test": slice(1300, 1797)}.items():
+        np.savez(tmp_path / f"{name}.npz", X=X[rows], y=y[rows])
+        np.save(tmp_path / f"{name}_y.npy", y[rows])
+    run_dir, index = tmp_path / "run", tmp_path / "index"
+    fast = ("--epochs", "2", "--batch-size", "64", "--encoder", "mlp:32", "--embedding-dim", "16", "--device", "cpu")
+    assert run("train", "--data", tmp_path / "train.npz", *fast, "--out", run_dir).exit_code == 0
+    assert run("index", "build", "--model", run_dir, "--data", tmp_path / "train.npz", "--metric", "l2",
+               "--out", index).exit_code == 0
+    evaluate = ("evaluate", "--model", run_dir, "--data", tmp_path / "test.npz", "--index", index)
+    assert_error(run(*evaluate), 1, "is not calibrated")
+    assert run("embed", "--model", run_dir, "--data", tmp_path / "cal.npz", "--out", tmp_path / "cal.npy").exit_code == 0
+    result = run("calibrate", "--index", index, "--features", tmp_path / "cal.npy", "--labels", tmp_path / "cal_y.npy",
+                 "--method", "knn", "--target-precision", "0.9")
+    assert result.exit_code == 0, result.output
+    result = run(*evaluate, "--out", tmp_path / "eval.json")
+    assert result.exit_code == 0, result.output
+    assert "calibrated knn" in result.output and "coverage" in result.output and "rejection" in result.output
+    report = json.loads((tmp_path / "eval.json").read_text())["calibration"]["knn"]
+    assert report["n"] == 497 and report["n_unseen"] == 0
+    assert 0.8 < report["coverage"] <= 1.0 and 0.0 <= report["ece"] < 0.2 and report["unseen_rejected"] is None
+    assert 0.0 < report["known_kept"] <= 1.0 and report["accepted_precision"] > 0.8
