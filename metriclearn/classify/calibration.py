@@ -20,12 +20,19 @@
    split-conformal guarantee holds exactly.
 
 Open set. A plain similarity threshold only knows what known classes look like. The acceptance score is a
-logistic regression on four features of a prediction (log of the top probability, the margin to the second,
-the distance to the nearest stored vector, the mean distance to the ``m`` nearest), trained to separate
-correct predictions from wrong ones *and* from "never seen" examples, made by leaving each known class out of
-the index in turn and scoring that class's calibration rows against the rest (they are, to that reduced
-index, exactly an unseen class). Its threshold is the lowest score at which accepted calibration predictions
-reach ``target_precision`` — an empirical estimate, not a guarantee.
+logistic regression on six features of a prediction (log of the top probability, the margin to the second,
+the distance to the nearest stored vector and the mean distance to the ``m`` nearest, both also divided by
+the predicted class's own typical distances), trained to separate correct predictions from wrong ones *and*
+from stand-ins for classes never seen:
+
+- *twins*: each calibration row scored by the classifier without its class (leave one class out of the
+  index in turn) — to that reduced index, exactly an unseen class;
+- *mixtures* of two calibration rows of different classes that land in a gap between classes — what a class
+  the *model* never saw tends to look like (a trained embedding keeps its known classes apart, so twins alone
+  are far easier to reject than real unseen classes; see BENCHMARKS.md).
+
+Its threshold is the lowest score at which the held-out rows, mixed with their stand-ins in the proportion
+``unseen_share``, reach ``target_precision`` — an empirical estimate, not a guarantee.
 
 Calibrating on the index's own vectors (or exact duplicates) is refused: their nearest neighbour is
 themselves, so their scores are optimistic and the coverage guarantee would not hold.
@@ -99,9 +106,10 @@ class CalibrationMixin:
         target_precision : if given, in (0, 1]: fit the open-set acceptance score and the rejection
             threshold of :meth:`predict_or_reject`.
         score : ``"lac"`` (1 − p_y, smallest sets) or ``"aps"`` (mass down to y, adaptive sets).
-        unseen_share : share of inputs from classes the index never saw that the rejection threshold
-            assumes, in [0, 1): ``target_precision`` is reached on calibration rows mixed with their unseen
-            twins in that proportion. 0 gives the classic threshold, which only knows the known classes.
+        unseen_share : share of inputs from classes never seen that the rejection threshold assumes, in
+            [0, 1): ``target_precision`` is reached on held-out rows mixed with their never-seen stand-ins
+            (see the module notes) in that proportion. 0 gives the classic threshold, which only knows the
+            known classes.
         fit_fraction : share of the rows that fit the probability calibration and acceptance score; the
             rest set the thresholds and measure ECE, coverage and set sizes.
         random_state : seed of the split.
@@ -195,10 +203,9 @@ class CalibrationMixin:
 
     def acceptance_score(self, X: Any) -> np.ndarray:
         """The open-set acceptance score in [0, 1] of each row's prediction (higher: more trustworthy)."""
-        rejection = self._rejection("acceptance_score")
+        self._rejection("acceptance_score")
         X = query_data(self, X)
-        return _logistic(rejection, self._features(self, X, self.calibration_["probability"],
-                                                   rejection["class_scales"]))
+        return self._acceptance(X, self._proba_with(X, self.calibration_["probability"]))
 
     def predict_or_reject(self, X: Any, unknown_label: Any = -1) -> np.ndarray:
         """The predicted label, or ``unknown_label`` where the acceptance score is below the calibrated threshold.
@@ -209,9 +216,7 @@ class CalibrationMixin:
         rejection = self._rejection("predict_or_reject")
         X = query_data(self, X)
         proba = self._proba_with(X, self.calibration_["probability"])
-        features = self._features(self, X, self.calibration_["probability"], rejection["class_scales"], proba)
-        keep = _logistic(rejection, features)
-        keep = keep >= rejection["threshold"]
+        keep = self._acceptance(X, proba) >= rejection["threshold"]
         labels = self.classes_[np.argmax(proba, axis=1)]
         fill = np.asarray(unknown_label)
         if fill.ndim != 0:
@@ -238,6 +243,12 @@ class CalibrationMixin:
                 f"{caller} needs a rejection threshold: calibrate(X_cal, y_cal, target_precision=P) first"
             )
         return rejection
+
+    def _acceptance(self, X: np.ndarray, proba: np.ndarray) -> np.ndarray:
+        """Acceptance scores (n,) of validated rows ``X`` whose calibrated probabilities are ``proba``."""
+        state = self.calibration_
+        features = self._features(self, X, state["probability"], state["rejection"]["class_scales"], proba)
+        return _logistic(state["rejection"], features)
 
     def _known_codes(self, y: Any, n: int) -> np.ndarray:
         y = check_labels(y, "y_cal", n=n)
@@ -412,8 +423,7 @@ def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
                       mean_set_size=float(sets.sum(axis=1).mean()), empty_sets=float((~sets.any(axis=1)).mean()))
     rejection = state["rejection"]
     if rejection is not None:
-        features = clf._features(clf, X, state["probability"], rejection["class_scales"], proba)
-        keep = _logistic(rejection, features) >= rejection["threshold"]
+        keep = clf._acceptance(X, proba) >= rejection["threshold"]
         correct = known & (proba.argmax(axis=1) == codes)
         report.update(
             accepted_precision=float(correct[keep].mean()) if keep.any() else None,

@@ -188,7 +188,10 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         distances : (n, k) float64 distances (Euclidean or ``1 − cos``); ``inf`` where none was found.
         indices : (n, k) int64 training-row positions (index ids after :meth:`from_index`); ``-1`` if none.
         """
-        X = query_data(self, X)
+        return self._neighbors(query_data(self, X))
+
+    def _neighbors(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`kneighbors` of validated queries."""
         k = self.n_neighbors
         if k > len(self.index_):
             raise ValueError(f"n_neighbors={k} is larger than the number of indexed samples ({len(self.index_)})")
@@ -238,10 +241,7 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         Unnormalised distance weights are ``1 / max(d, MIN_DISTANCE)``, so ``V`` keeps how close the
         neighbours are (exact matches still dominate).
         """
-        k = self.n_neighbors
-        if k > len(self.index_):
-            raise ValueError(f"n_neighbors={k} is larger than the number of indexed samples ({len(self.index_)})")
-        distances, ids = self._search(X, k)
+        distances, ids = self._neighbors(X)
         if self.fit_X_ is not None:
             codes = self.fit_codes_[np.clip(ids, 0, None)]  # (n, k) ids are training rows
         else:
