@@ -8,6 +8,7 @@ from sklearn.base import clone
 from sklearn.datasets import load_digits
 
 from metriclearn.classify import CacheClassifier, KNNClassifier
+from metriclearn.classify.calibration import evaluate_calibration
 from metriclearn.classify.conformal import (
     class_scores,
     conformal_quantile,
@@ -265,6 +266,13 @@ def test_open_set_rejects_more_unseen_digits_than_a_similarity_threshold() -> No
     assert (ours[accepted] == y[test][accepted]).mean() > plain_precision
     assert (ours[~unknown] != -1).mean() > 0.6  # knowns are still mostly kept
     assert set(np.unique(ours)) <= {-1, 0, 1, 2, 3, 4, 5}
+    report = evaluate_calibration(knn, X[test], y[test])
+    assert report["n"] == len(test) and report["n_unseen"] == unknown.sum()
+    assert report["unseen_rejected"] == pytest.approx(ours_rejected)
+    assert report["known_kept"] == pytest.approx((ours[~unknown] != -1).mean())
+    assert report["accepted_precision"] == pytest.approx((ours[accepted] == y[test][accepted]).mean())
+    sets = knn.predict_sets(X[test][~unknown])
+    assert report["coverage"] == pytest.approx(sets[np.arange(len(sets)), y[test][~unknown]].mean())
 
 
 def test_predict_or_reject_label_types(train) -> None:
