@@ -18,7 +18,8 @@ on the train rows only; the index holds the train rows only; calibration rows ar
     rejected at equal accepted precision.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_calibration.py [--repeats 20] [--json out.json]
-[--plots docs/]`` (a few minutes on two cores).
+[--plots docs/]`` (about 15 minutes on one thread of a shared two-core machine). The numbers in BENCHMARKS.md
+are ``--repeats 20 --json benchmarks/results_calibration.json --plots docs``.
 """
 
 from __future__ import annotations
