@@ -143,7 +143,12 @@ def part_c(data: dict[str, np.ndarray], seed: int, epochs: int, known: int = 6) 
         # ranking alone: sweep each rule's threshold on the test rows to the same accepted precision
         curve_ours = _rejected_at_precision(knn.acceptance_score(Ete), base_pred, yte, unknown, target)
         curve_base = _rejected_at_precision(-d_test, base_pred, yte, unknown, target)
-        out[str(target)] = {"ours": ours, "top1_similarity": base, "top1_similarity_at_our_precision": matched,
+        from sklearn.metrics import roc_auc_score
+
+        good = (base_pred == yte) & ~unknown
+        auroc = {name: float(roc_auc_score(good[good | unknown], score[good | unknown]))
+                 for name, score in (("ours", knn.acceptance_score(Ete)), ("top1_similarity", -d_test))}
+        out[str(target)] = {"ours": ours, "auroc_correct_known_vs_unknown": auroc, "top1_similarity": base, "top1_similarity_at_our_precision": matched,
                             "calibration": {k: knn.calibration_["rejection"][k] for k in ("known_kept", "unseen_rejected")},
                             "unknown_rejected_at_equal_precision": {"ours": curve_ours, "top1_similarity": curve_base}}
     return out

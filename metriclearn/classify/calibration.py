@@ -26,7 +26,8 @@ the predicted class's own typical distances), trained to separate correct predic
 from stand-ins for classes never seen:
 
 - *twins*: each calibration row scored by the classifier without its class (leave one class out of the
-  index in turn) — to that reduced index, exactly an unseen class;
+  index in turn; at most ``MAX_TWIN_CLASSES`` classes, drawn at random beyond) — to that reduced index,
+  exactly an unseen class;
 - *mixtures* of two calibration rows of different classes that land in a gap between classes — what a class
   the *model* never saw tends to look like (a trained embedding keeps its known classes apart, so twins alone
   are far easier to reject than real unseen classes; see BENCHMARKS.md).
@@ -70,6 +71,7 @@ FEATURES = ("log_top_probability", "margin", "nearest_distance", "mean_distance"
             "mean_distance_by_class")
 NEIGHBOURS_FOR_FEATURES = 10  # m: distances to the m nearest stored vectors feed the acceptance score
 SCALE_SAMPLE = 256  # stored vectors per class whose own neighbour distances give the class's distance scale
+MAX_TWIN_CLASSES = 20  # leave-one-class-out classifiers built at most (a random subset of classes beyond)
 DUPLICATE_TOLERANCE = {"l2": 1e-6, "cosine": 1e-9}  # relative L2 distance / cosine distance: float round-off
 
 
@@ -296,8 +298,9 @@ class CalibrationMixin:
         if clf is not self:  # a leave-one-class-out classifier: its labels are this one's class codes
             predicted = np.asarray(clf.classes_)[predicted]
         m = min(NEIGHBOURS_FOR_FEATURES, clf._reference_size())
-        dist = clf._neighbour_distances(X, m)  # (n, m)
-        dist = np.where(np.isfinite(dist), dist, np.nanmax(np.where(np.isfinite(dist), dist, np.nan)))
+        dist = clf._neighbour_distances(X, m)  # (n, m); inf where an approximate index found fewer than m
+        finite = np.isfinite(dist)
+        dist = np.where(finite, dist, dist[finite].max() if finite.any() else 2.0)
         nearest, mean = dist[:, 0], dist.mean(axis=1)
         scales = np.asarray(scales, dtype=np.float64)[predicted]  # (n, 2)
         return np.column_stack([np.log(np.maximum(top2[:, 0], 1e-12)), top2[:, 0] - second, nearest, mean,
@@ -323,18 +326,19 @@ class CalibrationMixin:
         self, X: np.ndarray, codes: np.ndarray, fit_rows: np.ndarray, conf_rows: np.ndarray,
         params: dict[str, Any], target: float, unseen_share: float, random_state: int,
     ) -> dict[str, Any]:
-        """The acceptance score (fit rows and their unseen twins) and its threshold (the other rows and theirs).
+        """The acceptance score (fit rows and their stand-ins) and its threshold (the other rows and theirs).
 
-        A row's *unseen twin* is the same row scored by the classifier without its class: to that reduced
-        index it is an example of a class never seen.
+        Stand-ins for never-seen classes (see the module notes): a row's *twin* is the same row scored by
+        the classifier without its class; *mixtures* are between-class mixtures of rows that land in a gap.
         """
         from sklearn.linear_model import LogisticRegression
 
         scales = self._class_scales(random_state)
-        present = np.unique(codes)
-        without = {int(c): self._without_class(int(c)) for c in present}
-
         rng = np.random.default_rng(random_state)
+        present = np.unique(codes)
+        if len(present) > MAX_TWIN_CLASSES:  # each twin classifier holds a copy of the index: bound the work
+            present = np.sort(rng.choice(present, MAX_TWIN_CLASSES, replace=False))
+        without = {int(c): self._without_class(int(c)) for c in present}
 
         def twins(rows: np.ndarray) -> np.ndarray:
             """Features of the never-seen stand-ins made from ``rows``: their twins, then their mixtures."""
@@ -349,7 +353,7 @@ class CalibrationMixin:
                 between &= self._neighbour_distances(mixed, 1)[:, 0] > parent_distance
                 if between.any():
                     parts.append(self._features(self, mixed[between], params, scales, proba[between]))
-            return np.concatenate(parts)
+            return np.concatenate(parts) if parts else np.empty((0, len(FEATURES)))
 
         Xf, cf = X[fit_rows], codes[fit_rows]
         proba = self._proba_with(Xf, params)
@@ -372,7 +376,7 @@ class CalibrationMixin:
         proba = self._proba_with(Xc, params)
         known = _logistic(rejection, self._features(self, Xc, params, scales, proba))  # (n_c,)
         unseen = _logistic(rejection, twins(conf_rows))  # (n_c,) an accepted twin is a wrong prediction
-        weight = unseen_share / (1.0 - unseen_share) * len(known) / len(unseen)  # stand-ins weigh that much
+        weight = unseen_share / (1.0 - unseen_share) * len(known) / max(len(unseen), 1)  # stand-ins weigh that much
         threshold, precision, _ = conformal.precision_threshold(
             np.concatenate([known, unseen]),
             np.concatenate([proba.argmax(axis=1) == cc, np.zeros(len(unseen), dtype=bool)]),

@@ -288,3 +288,22 @@ def test_predict_or_reject_label_types(train) -> None:
     assert ((scores >= knn.calibration_["rejection"]["threshold"]) == (named != "unknown")).all()
     with pytest.raises(TypeError, match="unknown_label must be a single label"):
         knn.predict_or_reject(Xc, unknown_label=[-1, -2])
+
+
+def test_twin_classifiers_are_bounded(train, monkeypatch: pytest.MonkeyPatch) -> None:
+    import metriclearn.classify.calibration as calibration
+
+    X, y = train
+    Xc, yc = blobs(300, seed=9)
+    built: list[int] = []
+    original = KNNClassifier._without_class
+
+    def spy(self: KNNClassifier, code: int) -> KNNClassifier:
+        built.append(code)
+        return original(self, code)
+
+    monkeypatch.setattr(KNNClassifier, "_without_class", spy)
+    monkeypatch.setattr(calibration, "MAX_TWIN_CLASSES", 2)
+    knn = KNNClassifier(10, device="cpu").fit(X, y).calibrate(Xc, yc, target_precision=0.9)
+    assert len(built) == 2 and len(set(built)) == 2
+    assert knn.calibration_["rejection"]["precision"] >= 0.9
