@@ -407,10 +407,10 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         return self.keys_, self.key_codes_
 
     def _without_class(self, code: int) -> CacheClassifier:
-        """An uncalibrated cache over the keys of every class but ``code`` (codes as labels)."""
+        """An uncalibrated cache over the keys of every class but ``code`` (codes as labels; flat index)."""
         keep = self.key_codes_ != code
         top_k = None if self.top_k is None else min(self.top_k, int(keep.sum()))
-        other = CacheClassifier(theta=self.theta_, top_k=top_k, kind=self.kind, device=self.device,
+        other = CacheClassifier(theta=self.theta_, top_k=top_k, kind="flat", device=self.device,
                                 query_block=self.query_block, key_block=self.key_block)
         return other.fit(self.keys_[keep], self.key_codes_[keep])
 
