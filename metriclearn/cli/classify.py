@@ -122,8 +122,11 @@ def classify(
         predictions = model.predict_or_reject(q, unknown_label=-1 if numeric else "unknown")
     else:
         predictions = model.classes_[np.argmax(proba, axis=1)]
-    if sets_out is not None:
-        save_npy(sets_out, model.predict_sets(q))
+    if sets_out is not None:  # = model.predict_sets(q), from the probabilities already computed
+        from metriclearn.classify.conformal import prediction_sets
+
+        conformal = model.calibration_["conformal"]
+        save_npy(sets_out, prediction_sets(proba, conformal["threshold"], conformal["score"]))
     _write_predictions(out, method, model.classes_, predictions, proba)
     note = " (calibrated)" if calibration is not None else ""
     click.echo(f"{method}{note}: {len(q)} predictions written to {out}")
