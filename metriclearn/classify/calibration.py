@@ -12,8 +12,8 @@
 ``calibrate`` shuffles the calibration rows (``random_state``) and splits them in two:
 
 1. ``fit_fraction`` of them (default 0.3) *fit* the score functions: the probability calibration by negative
-   log-likelihood over a grid (the cache's θ; for kNN a temperature ``T`` and smoothing ``ε`` on the votes,
-   ``p_y ∝ (v_y + ε)^{1/T}``), and, with ``target_precision``, the acceptance score (below);
+   log-likelihood over a grid (the cache's θ; for kNN a temperature ``T`` and pseudo-count ``ε`` on the
+   unnormalised vote, ``p_y ∝ (V_y + ε)^{1/T}``), and, with ``target_precision``, the acceptance score (below);
 2. the rest, untouched by that fit, set the conformal threshold ``q̂`` (the ⌈(n+1)(1−α)⌉-th smallest score,
    :mod:`metriclearn.classify.conformal`), the rejection threshold, and the reported ECE before/after,
    coverage and mean set size. Because the score functions are fixed before these rows are seen, the
@@ -80,7 +80,8 @@ class CalibrationMixin:
 
     The classifier provides the hooks: ``_method`` ("knn" or "cache"), ``_classifier_params()``,
     ``_probability_candidates(X)``, ``_proba_with(X, params)``, ``_apply_probability(params)``,
-    ``_neighbour_distances(X, m)``, ``_reference_size()``, ``_without_class(code)`` and ``_distance_metric``.
+    ``_neighbour_distances(X, m)``, ``_reference()``, ``_reference_size()``, ``_without_class(code)`` and
+    ``_distance_metric``.
     """
 
     _method: str
