@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from metriclearn.cli._inputs import check_k
 from metriclearn.cli.classify import (
     DEFAULT_K,
     _calibrated_model,
@@ -75,7 +76,7 @@ def calibrate(
     index = _load_index(index_dir, device)
     x = _load_features(features, "features", index.dim)
     y = load_labels(labels, n=len(x))
-    model = _model(index, index_dir, method, k, None, weights, device)
+    model = _model(index, method, check_k(k, index, index_dir) if k is not None else None, None, weights, device)
     try:
         model.calibrate(x, y, alpha=alpha, target_precision=target_precision, score=score,
                         unseen_share=unseen_share,

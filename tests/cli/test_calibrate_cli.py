@@ -176,8 +176,8 @@ def test_classify_errors_on_uncalibrated_or_mismatched_use(files, index_copy: Pa
         (("--target-precision", "1.5"), 1, ("target_precision must lie in (0, 1], got 1.5",)),
         (("--unseen-share", "1"), 1, ("unseen_share must lie in [0, 1), got 1.0",)),
         (("--fit-fraction", "0"), 1, ("fit_fraction must lie strictly between 0 and 1, got 0.0",)),
-        (("--k", "0"), 1, ("--k must be a positive integer, got 0",)),
-        (("--k", "301"), 1, ("--k 301 is larger than the index",)),
+        (("--k", "0"), 1, ("k must be a positive integer, got 0",)),
+        (("--k", "301"), 1, ("k=301 is larger than the index",)),
         (("--features", "missing"), 1, ("missing.npy",)),
         (("--method", "cache", "--weights", "uniform"), 2, ("--weights applies to --method knn only",)),
         (("--seed", "-1"), 2, ("must be a non-negative integer, got -1",)),
@@ -227,9 +227,12 @@ def test_evaluate_reports_the_calibration_of_an_index_built_by_the_model(tmp_pat
 
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
-    for name, rows in {"train": slice(0, 900), "cal": slice(900, 1300), "test": slice(1300, 1797)}.items():
-        np.savez(tmp_path / f"{name}.npz", X=X[rows], y=y[rows])
-        np.save(tmp_path / f"{name}_y.npy", y[rows])
+    known = y < 8  # digits 8 and 9: never seen by the model nor the index, only in the test rows
+    rows = {"train": np.flatnonzero(known[:900]), "cal": 900 + np.flatnonzero(known[900:1300]),
+            "test": np.arange(1300, 1797)}
+    for name, r in rows.items():
+        np.savez(tmp_path / f"{name}.npz", X=X[r], y=y[r])
+        np.save(tmp_path / f"{name}_y.npy", y[r])
     run_dir, index = tmp_path / "run", tmp_path / "index"
     fast = ("--epochs", "2", "--batch-size", "64", "--encoder", "mlp:32", "--embedding-dim", "16", "--device", "cpu")
     assert run("train", "--data", tmp_path / "train.npz", *fast, "--out", run_dir).exit_code == 0
@@ -245,6 +248,7 @@ def test_evaluate_reports_the_calibration_of_an_index_built_by_the_model(tmp_pat
     assert result.exit_code == 0, result.output
     assert "calibrated knn" in result.output and "coverage" in result.output and "rejection" in result.output
     report = json.loads((tmp_path / "eval.json").read_text())["calibration"]["knn"]
-    assert report["n"] == 497 and report["n_unseen"] == 0
-    assert 0.8 < report["coverage"] <= 1.0 and 0.0 <= report["ece"] < 0.2 and report["unseen_rejected"] is None
-    assert 0.0 < report["known_kept"] <= 1.0 and report["accepted_precision"] > 0.8
+    assert report["n"] == 497 and report["n_unseen"] == int((y[1300:] >= 8).sum()) > 0
+    assert 0.8 < report["coverage"] <= 1.0 and 0.0 <= report["ece"] < 0.2
+    assert 0.0 < report["unseen_rejected"] <= 1.0 and 0.0 < report["known_kept"] <= 1.0
+    assert f"({report['n_unseen']} of 497 rows of classes not in the index)" in result.output
