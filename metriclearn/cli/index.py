@@ -1,6 +1,9 @@
 """``metriclearn index build|query``: build a FAISS index directory from embeddings and search it.
 
 Unlike the Python API (which clamps k to the index size), the CLI treats k larger than the index as an error.
+``index build --model DIR`` records the model's fingerprint (``attrs["model_fingerprint"]``), and ``index
+query --model DIR --data PATH`` refuses an index built by another model. ``.npy`` embeddings and queries carry
+no fingerprint, so they are not checked.
 """
 
 from __future__ import annotations
@@ -13,10 +16,17 @@ from typing import Any
 import click
 import numpy as np
 
-from metriclearn._checks import check_positive_int
 from metriclearn._atomic import write_text
-from metriclearn.indexes._factory import KINDS
-from metriclearn.indexes._gpu import DEVICES
+from metriclearn.cli._inputs import (
+    check_dim,
+    check_k,
+    check_same_model,
+    check_source,
+    quiet_option,
+    read_vectors,
+    vector_options,
+)
+from metriclearn.indexes import DEVICES, KINDS
 from metriclearn.indexes.exact import METRICS
 
 
@@ -26,16 +36,15 @@ def index() -> None:
 
 
 @index.command("build")
-@click.option("--embeddings", type=click.Path(dir_okay=False, path_type=Path), help="Embeddings (n, d) .npy.")
-@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Labels (n,) .npy for --embeddings.")
-@click.option("--model", type=click.Path(file_okay=False, path_type=Path), help="Trained run directory to embed with.")
-@click.option("--data", type=str, help="Data to embed with --model: a .npz/.csv/.jsonl path or 'digits'.")
+@vector_options("--embeddings", "Embeddings (n, d) .npy.", labels_flag="--labels")
 @click.option("--kind", default="flat", show_default=True, help=f"{', '.join(KINDS)} or a faiss factory string.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
 @click.option("--nlist", type=int, help="Inverted lists for ivf/pq (default ≈ 4·√n).")
 @click.option("--nprobe", type=int, help="Lists scanned per query for ivf/pq (default max(8, √nlist)).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Index directory: new, empty, or an index this tool wrote (with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace the index already in --out.")
 @click.option(
     "--target-recall",
     type=click.FloatRange(0, 1, min_open=True),
@@ -47,8 +56,9 @@ def index() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Held-out queries (q, d) .npy for --target-recall (default: a sample of the data, left out of the truth).",
 )
+@quiet_option
 def build(
-    embeddings: Path | None,
+    matrix: Path | None,
     labels: Path | None,
     model: Path | None,
     data: str | None,
@@ -58,60 +68,59 @@ def build(
     nprobe: int | None,
     device: str,
     out: Path,
+    overwrite: bool,
+    quiet: bool,
     target_recall: float | None,
     tune_k: int,
     tune_queries: Path | None,
 ) -> None:
-    """Build an index from --embeddings [--labels] or from --model --data; write it to --out."""
+    """Build an index from --embeddings [--labels] or from --model --data; write it to --out.
+
+    With --model, the data's labels (if any) go into the index, whatever their classes, and the index
+    records the model's fingerprint so that queries embedded by another model are refused.
+    """
+    from metriclearn._outdir import claim_output_dir
     from metriclearn.indexes import EmbeddingIndex
 
     if target_recall is None and tune_queries is not None:
         raise click.UsageError("--tune-queries goes with --target-recall R")
 
-    if (embeddings is None) == (model is None):
-        raise click.UsageError("give either --embeddings FILE.npy or --model DIR --data PATH (not both)")
-    if model is not None and (data is None or labels is not None):
-        raise click.UsageError("--model needs --data PATH (labels come from the data; --labels is for --embeddings)")
-    if embeddings is not None and data is not None:
-        raise click.UsageError("--data goes with --model; with --embeddings give --labels FILE.npy")
-    if embeddings is not None:
-        from metriclearn.data import load_labels, load_matrix
-
-        x = load_matrix(embeddings, name="embeddings")
-        y = None if labels is None else load_labels(labels, n=x.shape[0])
-    else:
-        from metriclearn.training import embed_from_run  # lands with the trainer
-
-        x, codes, classes = embed_from_run(model, data)
-        y = np.asarray(classes)[codes]
-    idx = EmbeddingIndex(x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
-    idx.add(x, labels=y)
+    vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
+                           labels_flag="--labels", device=device)
+    idx = EmbeddingIndex(vectors.x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
+    idx.add(vectors.x, labels=vectors.labels)
     if target_recall is not None:
-        _tune(idx, x, target_recall, tune_k, tune_queries)
-    idx.save(out)
+        _tune(idx, vectors.x, target_recall, tune_k, tune_queries)
+    if vectors.fingerprint is not None:
+        idx.attrs["model_fingerprint"] = vectors.fingerprint
+    with claim_output_dir(out, "index", overwrite=overwrite, legacy=("index.json",)):
+        idx.save(out)
     click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}) -> {out}")
 
 
 @index.command("query")
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index directory.")
-@click.option("--queries", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Queries (q, d) .npy.")
+@vector_options("--queries", "Queries (q, d) .npy (carries no model fingerprint: not checked against the index).")
 @click.option("-k", "--k", "k", required=True, type=int, help="Neighbours per query (1 .. index size).")
 @click.option("--json", "as_json", is_flag=True, help="Print ids / distances / labels as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON result here.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def query(index_dir: Path, queries: Path, k: int, as_json: bool, out: Path | None, device: str) -> None:
-    """Print the k nearest neighbours of every row of --queries (a table, or JSON with --json)."""
-    from metriclearn.data import load_matrix
+@quiet_option
+def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | None, k: int, as_json: bool,
+          out: Path | None, device: str, quiet: bool) -> None:
+    """Print the k nearest neighbours of every query (a table, or JSON with --json).
+
+    Queries come from --queries FILE.npy, or --model DIR --data PATH embeds them on the fly; an index built
+    by another model (index build --model) is then refused.
+    """
     from metriclearn.indexes import EmbeddingIndex
 
-    k = check_positive_int(k, "k")
+    check_source(matrix, model, data, "--queries")
     idx = EmbeddingIndex.load(index_dir, device=device)
-    if k > len(idx):
-        raise ValueError(f"k={k} is larger than the index {index_dir} ({len(idx)} vectors)")
-    q = load_matrix(queries, name="queries")
-    if q.shape[1] != idx.dim:
-        raise ValueError(f"{queries} has dimension {q.shape[1]} but the index {index_dir} has dimension {idx.dim}")
-    D, I = idx.search(q, k)
+    k = check_k(k, idx, index_dir)
+    vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", device=device)
+    check_same_model(idx, index_dir, vectors)
+    D, I = idx.search(check_dim(vectors, idx, index_dir), k)
     result = _result(idx, D, I)
     if out is not None:
         write_text(out, json.dumps(result) + "\n")

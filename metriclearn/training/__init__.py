@@ -18,9 +18,19 @@ from metriclearn.training.callbacks import (
 )
 from metriclearn.training.config import TrainConfig, parse_loss_term
 from metriclearn.training.objectives import Objective, build_loss, build_objective, expected_initial_loss, pcgrad
-from metriclearn.training.run import embed_from_run, evaluate_embeddings, load_run, train_run
+from metriclearn.training.run import (
+    RunEmbeddings,
+    TrainedRun,
+    embed_from_run,
+    evaluate_embeddings,
+    load_run,
+    train_run,
+)
 from metriclearn.training import distributed
-from metriclearn.training.trainer import Trainer, resolve_device, seed_everything
+from metriclearn.training.resume import resume_config, run_state
+from metriclearn.training.rng import seed_everything
+from metriclearn.training.trainer import Trainer
+from metriclearn._device import resolve_device
 
 __all__ = [
     "CSVLogger",
@@ -29,9 +39,11 @@ __all__ = [
     "HealthMonitor",
     "LambdaCallback",
     "ModelCheckpoint",
+    "RunEmbeddings",
     "Objective",
     "TensorBoardLogger",
     "TrainConfig",
+    "TrainedRun",
     "Trainer",
     "build_loss",
     "distributed",
@@ -43,6 +55,8 @@ __all__ = [
     "parse_loss_term",
     "pcgrad",
     "resolve_device",
+    "resume_config",
+    "run_state",
     "seed_everything",
     "train_run",
 ]
