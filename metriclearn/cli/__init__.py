@@ -61,7 +61,7 @@ _COMMANDS = (
     ("train", "evaluate"),
     ("index", "index"),
     ("classify", "classify"),
-    ("classify", "second_opinion"),
+    ("second_opinion", "second_opinion"),
     ("report", "report"),
 )
 for _module, _attr in _COMMANDS:
