@@ -209,6 +209,21 @@ class SecondOpinion:
                         "model_accuracy": float(np.mean(probs.argmax(1) == codes))}
         return self
 
+    def score_layers(self, X: Any, y: Any) -> dict[str, dict[str, float]]:
+        """Accuracy of the blend with each layer that :meth:`tune` compared, at that layer's tuned θ and λ, on
+        labelled ``(X, y)`` (one forward pass) — how much the layer choice matters; never used to choose."""
+        self._check_fitted()
+        scores = self.tuning_.get("layers") or {self.layers_key_: {"theta": self.theta_, "lam": self.lam_}}
+        per_layer, probs = self.extractor.extract_layers(X, self._all_layers(list(scores)))
+        codes = align_labels(y, self.classes_, probs.shape[1], "y")
+        out = {}
+        for key, best in scores.items():
+            cache = self._cache_for(self._features[key], best["theta"])
+            blend = (1.0 - best["lam"]) * probs + best["lam"] * self._cache_proba(cache, _join(per_layer, key),
+                                                                                     best["theta"])
+            out[key] = {"theta": best["theta"], "lam": best["lam"], "accuracy": float(np.mean(blend.argmax(1) == codes))}
+        return out
+
     # ------------------------------------------------------------------ predict
     def predict_proba(self, X: Any) -> np.ndarray:
         """Blended probabilities (n, K) float64; columns follow :attr:`classes_`."""
@@ -216,7 +231,8 @@ class SecondOpinion:
 
     def predict(self, X: Any) -> np.ndarray:
         """The blend's most probable class name for each input."""
-        return np.asarray(self.classes_, dtype=object)[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)
+        return np.asarray(self.classes_, dtype=object)[proba.argmax(1)]
 
     def opinions(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(p_model, p_cache, p_blend, features)`` of ``X`` from one forward pass."""
