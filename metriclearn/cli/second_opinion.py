@@ -106,14 +106,14 @@ def _from_features(out: Path, opts: dict[str, Any]) -> None:
 
     index = _load_index(opts["index_dir"], opts["device"])
     x = _load_features(opts["features"], "features", index.dim)
-    p = _load_probabilities(opts["probs"], "probs", len(x))
+    p = _probabilities(opts["probs"], "probs", len(x))
     theta = DEFAULT_THETA if opts["theta"] is None else opts["theta"]
     lam = DEFAULT_LAM if opts["lam"] is None else opts["lam"]
     cache = CacheClassifier.from_index(index, theta=theta, lam=lam, device=opts["device"])
     tune = opts["tune"]
     if tune:
         x_val = _load_features(tune[0], "validation features", index.dim)
-        p_val = _load_probabilities(tune[1], "validation probabilities", len(x_val))
+        p_val = _probabilities(tune[1], "validation probabilities", len(x_val))
         y_val = load_labels(tune[2], n=len(x_val))
         cache.tune(x_val, p_val, y_val, THETA_GRID, LAM_GRID)
         best = cache.tuning_["accuracy"].max()
@@ -122,6 +122,17 @@ def _from_features(out: Path, opts: dict[str, Any]) -> None:
     blended = cache.second_opinion(x, p)
     save_npy(out, blended.astype(np.float32))
     click.echo(f"second opinion (theta={cache.theta_:g}, lam={cache.lam_:g}): {len(x)} rows written to {out}")
+
+
+def _probabilities(path: Path, what: str, n: int) -> np.ndarray:
+    """A probabilities file whose rows are non-negative and sum to 1; the error names the file."""
+    p = _load_probabilities(path, what, n)
+    sums = p.sum(axis=1)
+    bad = np.flatnonzero((p < 0).any(axis=1) | ~np.isclose(sums, 1.0, atol=1e-3))
+    if len(bad):
+        raise ValueError(f"{what} file {str(path)!r}: rows must be non-negative and sum to 1; row {bad[0]} sums to "
+                         f"{sums[bad[0]]:.6g}")
+    return p
 
 
 # ---------------------------------------------------------------------------------------------- model form

@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from metriclearn.cli import cli
+from metriclearn.indexes import EmbeddingIndex
 from metriclearn.pretrained import SecondOpinion
 from metriclearn.pretrained.loading import load_model
 
@@ -158,6 +159,7 @@ def test_torchscript_file_with_array_data(digits_files, tmp_path) -> None:
         ("mixed forms", 2, ["--features does not go with --model"]),
         ("neither form", 2, ["give --index DIR --features F --probs P, or --model MODEL"]),
         ("audit suffix", 2, ["must end in .jsonl"]),
+        ("probabilities not summing to 1", 1, ["probs file", "p.npy': rows must be non-negative and sum to 1; row 0 sums to 2"]),
     ],
 )
 def test_every_error_is_one_line(case, code, fragments, tiny_bert_dir, text_files, digits_files, softmax_run,
@@ -178,7 +180,15 @@ def test_every_error_is_one_line(case, code, fragments, tiny_bert_dir, text_file
         "mixed forms": [*hf, "--features", digits_files["test_x"]],
         "neither form": [],
         "audit suffix": [*hf, "--audit", tmp_path / "audit.txt"],
+        "probabilities not summing to 1": ["--index", "INDEX", "--features", "F", "--probs", "P"],
     }[case]
+    if case == "probabilities not summing to 1":
+        index = EmbeddingIndex(3, device="cpu")
+        index.add(np.eye(3), labels=[0, 1, 2])
+        index.save(tmp_path / "index")
+        np.save(tmp_path / "f.npy", np.eye(3, dtype=np.float32))
+        np.save(tmp_path / "p.npy", np.full((3, 3), 2 / 3, dtype=np.float32))
+        args[1::2] = [tmp_path / "index", tmp_path / "f.npy", tmp_path / "p.npy"]
     if case == "no head":
         result = run("train", "--data", "digits", "--epochs", "1", "--device", "cpu", "--out", tmp_path / "nb")
         assert result.exit_code == 0, result.output
