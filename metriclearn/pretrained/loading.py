@@ -73,6 +73,8 @@ def _load_run(path: Path) -> LoadedModel:
                          f"{len(classes)} classes")
     model = nn.Sequential(OrderedDict(encoder=encoder, head=head)).eval()
     text = bool(getattr(encoder, "is_text", False))
+    if text and hasattr(encoder, "cache_size"):
+        encoder.cache_size = 0  # a cached text skips the transformer, whose blocks are candidate layers
     return LoadedModel(model, "run", list(classes), text=text, input_shape=tuple(getattr(encoder, "input_shape", ())))
 
 
