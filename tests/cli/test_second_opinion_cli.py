@@ -200,3 +200,21 @@ def test_every_error_is_one_line(case, code, fragments, tiny_bert_dir, text_file
         assert result.exit_code == 0, result.output
         args[1], args[3] = _torchscript(tmp_path / "other.pt"), saved
     assert_one_line_error(run("second-opinion", *args, *out), code, *fragments)
+
+
+def test_text_run_directory_with_a_head(tiny_bert_dir, text_files, tmp_path) -> None:
+    run_dir = tmp_path / "text-run"
+    result = run("train", "--data", text_files["cache"], "--encoder", f"sentence:{tiny_bert_dir}", "--loss", "softmax",
+                 "--encoder-option", "max_length=128",  # the tiny model has 128 positions, its tokenizer says 512
+                 "--epochs", "1", "--embedding-dim", "8", "--device", "cpu", "--out", run_dir)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "p.npy"
+    result = run("second-opinion", "--model", run_dir, "--cache", text_files["cache"], "--tune-data", text_files["val"],
+                 "--data", text_files["test"], "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "candidates: head:input" in result.output and "encoder.transformer.encoder.layer.2" in result.output
+    assert np.load(out).shape == (30, 3)
+    classes = json.loads((run_dir / "classes.json").read_text())
+    assert classes == ["computers", "food", "politics"]
+    assert_one_line_error(run("second-opinion", "--model", run_dir, "--cache", text_files["cache"], "--data",
+                              text_files["cache"].with_suffix(".npz"), "--out", out), 1, "reads texts")
