@@ -9,6 +9,8 @@
 """
 
 from metriclearn.pretrained.extractor import FeatureExtractor, candidate_layers, default_layer
+from metriclearn.pretrained.loading import LoadedModel, load_model
 from metriclearn.pretrained.second_opinion import SecondOpinion, align_labels
 
-__all__ = ["FeatureExtractor", "SecondOpinion", "align_labels", "candidate_layers", "default_layer"]
+__all__ = ["FeatureExtractor", "LoadedModel", "SecondOpinion", "align_labels", "candidate_layers", "default_layer",
+           "load_model"]
