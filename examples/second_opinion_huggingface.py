@@ -8,8 +8,7 @@
    the model's own features of the training texts, chooses θ, λ and the layer on val, and prints the accuracy
    of the model and of the second opinion on test.
 
-Run: ``python examples/second_opinion_huggingface.py --out runs/hf [--seed 0] [--per-class N]``.
-"""
+Run: ``python examples/second_opinion_huggingface.py --out runs/hf [--seed 0] [--per-class N]``."""
 
 from __future__ import annotations
 
@@ -91,9 +90,9 @@ def main(argv: list[str] | None = None) -> str:
                "--data", str(args.out / "test.jsonl"), "--audit", str(args.out / "audit.jsonl"),
                "--out", str(args.out / "proba.npy")]
     print("$ metriclearn " + " ".join(command[3:]))
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    print(result.stdout, end="")
-    return result.stdout
+    stdout = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    print(stdout, end="")
+    return stdout
 
 
 if __name__ == "__main__":

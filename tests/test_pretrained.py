@@ -160,9 +160,9 @@ def test_iterables_of_ready_batches_and_a_generator(rng) -> None:
 
 def _scripted(model: nn.Module) -> torch.jit.ScriptModule:
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(model), buffer)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13, but it is what users have
         warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model), buffer)
         return torch.jit.load(io.BytesIO(buffer.getvalue()))
 
 

@@ -141,9 +141,8 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     from metriclearn.pretrained import SecondOpinion
     from metriclearn.pretrained.loading import load_model
 
-    for name in ("audit",):
-        if opts[name] is not None and Path(opts[name]).suffix.lower() != ".jsonl":
-            raise click.BadParameter(f"{str(opts[name])!r} must end in .jsonl", param_hint=f"--{name}")
+    if opts["audit"] is not None and Path(opts["audit"]).suffix.lower() != ".jsonl":
+        raise click.BadParameter(f"{str(opts['audit'])!r} must end in .jsonl", param_hint="--audit")
     loaded = load_model(opts["model_path"])
     device = str(resolve_device(opts["device"]))
     loaded.model.to(device)

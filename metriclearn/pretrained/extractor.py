@@ -49,10 +49,9 @@ from torch import Tensor, nn
 from metriclearn._checks import check_positive_int, describe
 from metriclearn._device import resolve_device
 from metriclearn._progress import progress
-from metriclearn.pretrained._torchscript import is_torchscript, layer_runner, visible_layers
+from metriclearn.pretrained._torchscript import INPUT_SUFFIX, is_torchscript, layer_runner, visible_layers
 from metriclearn.sentence import mean_pool
 
-INPUT_SUFFIX = ":input"
 _LIST_ALL_BELOW = 40  # error messages list every layer name of models with fewer modules than this
 
 
