@@ -45,6 +45,8 @@ def test_features_are_the_masked_mean_of_the_hidden_states(tiny_bert_dir, texts)
     pooled = (out.hidden_states[-1] * mask).sum(1) / mask.sum(1)
     np.testing.assert_allclose(features, F.normalize(pooled, dim=1).numpy(), atol=1e-5)
     np.testing.assert_allclose(probs, torch.softmax(out.logits, 1).numpy(), atol=1e-5)
+    whole, _ = FeatureExtractor(loaded.model, layers="bert.encoder.layer.2", batch_size=3).extract(dict(tokens))
+    np.testing.assert_allclose(whole, features, atol=1e-5)  # a whole tokenizer output, batched by the extractor
     default, _ = FeatureExtractor(loaded.model, tokenizer=loaded.tokenizer).extract(batch)
     np.testing.assert_allclose(default, F.normalize(out_pooler(loaded.model, tokens), dim=1).numpy(), atol=1e-5)
 

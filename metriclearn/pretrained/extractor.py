@@ -273,8 +273,9 @@ class FeatureExtractor:
     def extract(self, inputs: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(features (n, d) float32, probs (n, K) float32)`` of ``inputs``.
 
-        ``inputs``: an array or tensor (n, …) (batched here, with a progress bar), a list of texts, or an
-        iterable of ready batches — tensors or dicts of tensors such as tokenizer outputs.
+        ``inputs``: an array or tensor (n, …) or a dict of (n, …) tensors such as a tokenizer's output (batched
+        here, with a progress bar), a list of texts, or an iterable of ready batches — tensors or dicts of
+        tensors.
         """
         per_layer, probs = self.extract_layers(inputs, self.layers)
         return np.concatenate([per_layer[layer] for layer in self.layers], axis=1), probs
@@ -375,7 +376,12 @@ class FeatureExtractor:
             texts = [inputs[i] for i in order]
             chunks = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
             return self._tokenized(chunks), order, len(chunks)
-        if isinstance(inputs, (str, bytes, Mapping)) or not isinstance(inputs, Iterable):
+        if isinstance(inputs, Mapping):  # e.g. a tokenizer's output for every text: batched here
+            n = _batch_rows(inputs)
+            batches = ({k: v[i : i + self.batch_size] if isinstance(v, Tensor) else v for k, v in inputs.items()}
+                       for i in range(0, n, self.batch_size))
+            return batches, None, -(-n // self.batch_size)
+        if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
             raise TypeError(f"inputs must be an array, a tensor, a list of texts or an iterable of batches, "
                             f"got {describe(inputs)}")
         return inputs, None, len(inputs) if hasattr(inputs, "__len__") else None
