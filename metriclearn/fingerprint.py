@@ -32,9 +32,9 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, value in sorted(model.state_dict().items()):
         digest.update(name.encode("utf-8"))
         if isinstance(value, torch.Tensor):
-            tensor = value.detach().to("cpu").contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
-            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            tensor = value.detach().to("cpu").contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         else:  # extra state objects: their repr is all we can hash
             digest.update(repr(value).encode("utf-8"))
     return digest.hexdigest()

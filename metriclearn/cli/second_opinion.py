@@ -16,6 +16,7 @@ Two forms:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,8 @@ import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy
 from metriclearn.classify.cache import LAM_GRID, THETA_GRID
-from metriclearn.cli.classify import (
-    DEFAULT_LAM,
-    DEFAULT_THETA,
-    _check_output,
-    _device_option,
-    _load_features,
-    _load_index,
-    _load_probabilities,
-)
+from metriclearn.cli._inputs import load_probabilities
+from metriclearn.cli.classify import DEFAULT_LAM, DEFAULT_THETA, _check_output, _device_option, _load_features, _load_index
 
 _MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
 _FEATURES_ONLY = ("index_dir", "features", "probs", "tune")
@@ -106,14 +100,15 @@ def _from_features(out: Path, opts: dict[str, Any]) -> None:
 
     index = _load_index(opts["index_dir"], opts["device"])
     x = _load_features(opts["features"], "features", index.dim)
-    p = _probabilities(opts["probs"], "probs", len(x))
+    num_classes = len(np.unique(index.labels))
+    p = load_probabilities(opts["probs"], "--probs", len(x), num_classes)
     theta = DEFAULT_THETA if opts["theta"] is None else opts["theta"]
     lam = DEFAULT_LAM if opts["lam"] is None else opts["lam"]
     cache = CacheClassifier.from_index(index, theta=theta, lam=lam, device=opts["device"])
     tune = opts["tune"]
     if tune:
         x_val = _load_features(tune[0], "validation features", index.dim)
-        p_val = _probabilities(tune[1], "validation probabilities", len(x_val))
+        p_val = load_probabilities(tune[1], "--tune PROBS_VAL", len(x_val), num_classes)
         y_val = load_labels(tune[2], n=len(x_val))
         cache.tune(x_val, p_val, y_val, THETA_GRID, LAM_GRID)
         best = cache.tuning_["accuracy"].max()
@@ -122,17 +117,6 @@ def _from_features(out: Path, opts: dict[str, Any]) -> None:
     blended = cache.second_opinion(x, p)
     save_npy(out, blended.astype(np.float32))
     click.echo(f"second opinion (theta={cache.theta_:g}, lam={cache.lam_:g}): {len(x)} rows written to {out}")
-
-
-def _probabilities(path: Path, what: str, n: int) -> np.ndarray:
-    """A probabilities file whose rows are non-negative and sum to 1; the error names the file."""
-    p = _load_probabilities(path, what, n)
-    sums = p.sum(axis=1)
-    bad = np.flatnonzero((p < 0).any(axis=1) | ~np.isclose(sums, 1.0, atol=1e-3))
-    if len(bad):
-        raise ValueError(f"{what} file {str(path)!r}: rows must be non-negative and sum to 1; row {bad[0]} sums to "
-                         f"{sums[bad[0]]:.6g}")
-    return p
 
 
 # ---------------------------------------------------------------------------------------------- model form
@@ -198,9 +182,9 @@ def _plain(value: Any) -> Any:
 
 
 def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, list[Any] | None]:
-    """``(inputs, labels or None)`` of a data file for ``loaded``'s kind of input; ``labels="required"``
+    """``(inputs, label values or None)`` of a data file for ``loaded``'s kind of input; ``labels="required"``
     refuses a file without labels."""
-    from metriclearn.data import _load_npy, load_data
+    from metriclearn.data import load_data
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -210,59 +194,17 @@ def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, l
     if not loaded.text and suffix == ".jsonl":
         raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads arrays (.npz, .csv or .npy), "
                          "not texts")
-    if suffix == ".npy" or (suffix == ".jsonl" and path.is_file() and not _has_labels(path)):
-        if labels == "required":
-            raise ValueError(f"{flag} {str(path)!r} holds no labels; the cache and tuning data need them "
-                             "(.npz with X and y, .csv with a label column, .jsonl with a label per line)")
-        if suffix == ".npy":
-            return _check_shape(_load_npy(path, f"{flag} data"), loaded, flag, path), None
-        return _read_texts(path, flag), None
-    data = load_data(path)
-    values = [data.classes[i] for i in data.y]
-    x = data.X if data.is_text else _check_shape(data.X, loaded, flag, path)
-    return x, values
+    data = load_data(path, require_labels=False)
+    if labels == "required" and not data.is_labeled:
+        raise ValueError(f"{flag} {str(path)!r} holds no labels; the cache and tuning data need them "
+                         "(.npz with X and y, .csv with a label column, .jsonl with a label per line)")
+    values = None if not data.is_labeled else data.label_values().tolist()
+    return (data.X if data.is_text else _check_shape(data.X, loaded, flag, path)), values
 
 
 def _check_shape(x: np.ndarray, loaded: Any, flag: str, path: Path) -> np.ndarray:
-    import math
-
-    if x.ndim < 2 or len(x) == 0 or x.dtype.kind not in "fiu":
-        raise ValueError(f"{flag} {str(path)!r}: expected a non-empty numeric (n, ...) array, got shape {x.shape} "
-                         f"and dtype {x.dtype}")
-    if not np.isfinite(x.astype(np.float64, copy=False)).all():
-        raise ValueError(f"{flag} {str(path)!r} holds NaN or inf values")
     width = math.prod(loaded.input_shape) if loaded.input_shape else None
     if width is not None and math.prod(x.shape[1:]) != width:
         raise ValueError(f"{flag} {str(path)!r}: samples have shape {x.shape[1:]} but the model expects "
                          f"{loaded.input_shape}")
-    return x.astype(np.float32)
-
-
-def _has_labels(path: Path) -> bool:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    return True  # let load_data report the bad line
-                return not isinstance(record, dict) or "label" in record
-    return True
-
-
-def _read_texts(path: Path, flag: str) -> list[str]:
-    texts = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{flag} {path}, line {number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{flag} {path}, line {number}: expected an object with a 'text' string")
-            texts.append(record["text"])
-    if not texts:
-        raise ValueError(f"{flag} {path} holds no texts")
-    return texts
+    return x

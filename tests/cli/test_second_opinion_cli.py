@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
+from conftest import assert_one_line_error, invoke
 from sklearn.datasets import load_digits
 from torch import nn
 
-from metriclearn.cli import cli
 from metriclearn.indexes import EmbeddingIndex
 from metriclearn.pretrained import SecondOpinion
 from metriclearn.pretrained.loading import load_model
@@ -24,16 +24,7 @@ FORTUNES = Path(__file__).resolve().parents[2] / "examples" / "data" / "fortunes
 
 
 def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, ["--quiet", *(str(a) for a in args)])
-
-
-def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    if code == 1:
-        assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
+    return invoke("--quiet", *args)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +150,7 @@ def test_torchscript_file_with_array_data(digits_files, tmp_path) -> None:
         ("mixed forms", 2, ["--features does not go with --model"]),
         ("neither form", 2, ["give --index DIR --features F --probs P, or --model MODEL"]),
         ("audit suffix", 2, ["must end in .jsonl"]),
-        ("probabilities not summing to 1", 1, ["probs file", "p.npy': rows must be non-negative and sum to 1; row 0 sums to 2"]),
+        ("probabilities not summing to 1", 1, ["--probs file", "p.npy' rows must be non-negative and sum to 1; row 0 sums to 2"]),
     ],
 )
 def test_every_error_is_one_line(case, code, fragments, tiny_bert_dir, text_files, digits_files, softmax_run,
