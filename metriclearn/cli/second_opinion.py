@@ -44,7 +44,7 @@ _FEATURES_ONLY = ("index_dir", "features", "probs", "tune")
               help="Model form: labelled data for the cache (.jsonl / .npz / .csv), or a directory written by --save.")
 @click.option("--data", type=click.Path(path_type=Path),
               help="Model form: the inputs to classify (.jsonl / .npz / .csv, or .npy without labels).")
-@click.option("--layer", "layers", multiple=True,
+@click.option("--layer", "layers", multiple=True, metavar="NAME",
               help="Model form: layer(s) whose features make the cache (module names; NAME:input for a module's "
                    "input). Default: chosen by --tune-data, else the input of the last nn.Linear.")
 @click.option("--theta", type=float, default=None, help=f"Inverse temperature θ (default {DEFAULT_THETA:g}).")
