@@ -191,11 +191,10 @@ class SecondOpinion:
         rows = np.arange(len(codes))
         scores = {}
         for key in layers:
-            cache = self._cache_for(self._features[key], thetas[0])
             val = _join(per_layer, key)
             best = None
             for theta in thetas:
-                p_cache = self._cache_proba(cache, val, theta)
+                p_cache = self._cache_proba(self._cache_for(self._features[key], theta), val)
                 for lam in lams:
                     blend = (1.0 - lam) * probs + lam * p_cache
                     acc = float(np.mean(blend.argmax(1) == codes))
@@ -219,8 +218,7 @@ class SecondOpinion:
         out = {}
         for key, best in scores.items():
             cache = self._cache_for(self._features[key], best["theta"])
-            blend = (1.0 - best["lam"]) * probs + best["lam"] * self._cache_proba(cache, _join(per_layer, key),
-                                                                                     best["theta"])
+            blend = (1.0 - best["lam"]) * probs + best["lam"] * self._cache_proba(cache, _join(per_layer, key))
             out[key] = {"theta": best["theta"], "lam": best["lam"], "accuracy": float(np.mean(blend.argmax(1) == codes))}
         return out
 
@@ -238,7 +236,7 @@ class SecondOpinion:
         """``(p_model, p_cache, p_blend, features)`` of ``X`` from one forward pass."""
         self._check_fitted()
         features, probs = self.extractor.extract(X)
-        p_cache = self._cache_proba(self.cache_, features, self.theta_)
+        p_cache = self._cache_proba(self.cache_, features)
         return probs.astype(np.float64), p_cache, (1.0 - self.lam_) * probs + self.lam_ * p_cache, features
 
     def audit(self, X: Any, y: Any = None, neighbors: int = AUDIT_NEIGHBORS) -> list[dict[str, Any]]:
@@ -367,9 +365,8 @@ class SecondOpinion:
     def _cache_for(self, features: np.ndarray, theta: float) -> CacheClassifier:
         return CacheClassifier(theta=theta, device=self.device).fit(features, self.codes_)
 
-    def _cache_proba(self, cache: CacheClassifier, features: np.ndarray, theta: float) -> np.ndarray:
-        """p_cache (n, K) at ``theta`` with one column per model class (0 for classes the cache lacks)."""
-        cache.theta_ = theta  # θ only scales the similarities; the fitted keys stay
+    def _cache_proba(self, cache: CacheClassifier, features: np.ndarray) -> np.ndarray:
+        """p_cache (n, K) with one column per model class (0 for classes the cache lacks)."""
         out = np.zeros((len(features), len(self.classes_)))
         out[:, cache.classes_] = cache.predict_proba(features)
         return out
