@@ -150,6 +150,9 @@ def test_torchscript_file_with_array_data(digits_files, tmp_path) -> None:
         ("mixed forms", 2, ["--features does not go with --model"]),
         ("neither form", 2, ["give --index DIR --features F --probs P, or --model MODEL"]),
         ("audit suffix", 2, ["must end in .jsonl"]),
+        ("texts for an array model", 1, ["this torchscript model reads arrays (.npz, .csv or .npy), not texts"]),
+        ("wrong sample shape", 1, ["samples have shape (6,) but the model expects (64,)"]),
+        ("layer with a saved cache", 2, ["--layer does not go with a saved --cache directory"]),
         ("probabilities not summing to 1", 1, ["--probs file", "p.npy' rows must be non-negative and sum to 1; row 0 sums to 2"]),
     ],
 )
@@ -172,7 +175,16 @@ def test_every_error_is_one_line(case, code, fragments, tiny_bert_dir, text_file
         "neither form": [],
         "audit suffix": [*hf, "--audit", tmp_path / "audit.txt"],
         "probabilities not summing to 1": ["--index", "INDEX", "--features", "F", "--probs", "P"],
+        "texts for an array model": ["--model", "TS", "--cache", digits_files["cache"], "--data", text_files["test"]],
+        "wrong sample shape": ["--model", softmax_run, "--cache", digits_files["cache"], "--data", "SMALL"],
+        "layer with a saved cache": ["--model", tiny_bert_dir, "--cache", tmp_path, "--data", text_files["test"],
+                                     "--layer", "classifier:input"],
     }[case]
+    if case == "texts for an array model":
+        args[1] = _torchscript(tmp_path / "ts.pt")
+    if case == "wrong sample shape":
+        np.savez(tmp_path / "small.npz", X=np.ones((4, 6), np.float32), y=np.arange(4))
+        args[5] = tmp_path / "small.npz"
     if case == "probabilities not summing to 1":
         index = EmbeddingIndex(3, device="cpu")
         index.add(np.eye(3), labels=[0, 1, 2])
