@@ -7,7 +7,7 @@ A run directory holds::
     model.pt           {"format_version", "encoder", "input_shape", "embedding_dim", "normalize",
                         "encoder_options", "state_dict"} and, for softmax/complement runs, "head" (the
                         classification head's weights); a frozen sentence transformer is not in the
-                        state_dict (only the head): it is re-read from the model folder the spec names
+                        state_dict (only its projection head): it is re-read from the model folder the spec names
     metrics.json       held-out retrieval + separation metrics
     log.csv            one row per epoch
     checkpoints/       last.pt and best.pt: full training state for --resume
