@@ -46,7 +46,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except Exception as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        renamed = renamed_error(exc, tmp, target)
+        renamed = name_target(exc, tmp, target)
         if renamed is exc:
             raise
         raise renamed from exc
@@ -56,28 +56,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def renamed_error(exc: Exception, written: str | os.PathLike[str], target: str | os.PathLike[str]) -> Exception:
-    """``exc``, raised while writing the temporary file ``written``, as the user should see it: naming ``target``.
+def name_target(exc: Exception, tmp: str, target: Path) -> Exception:
+    """``exc`` as the user should see it: naming ``target``, never the temporary file it was written as.
 
-    An ``OSError`` on ``written`` or on no file (a full disk, a quota: numpy's ``10000 requested and 234
-    written``) keeps its errno and names ``target``; any other error whose message quotes ``written`` (faiss's
-    C++ ``write error`` on a full disk) becomes an ``OSError`` that names ``target``, with the gist of the
-    original message as the reason. Other errors are returned unchanged.
-
-    >>> err = renamed_error(RuntimeError("Error in write_index: Error: 'ret' failed: write error in /d/.x.tmp"),
-    ...                     "/d/.x.tmp", "/d/x")
-    >>> err.filename, err.strerror
-    ('/d/x', 'could not write the file (write error in /d/x)')
+    An ``OSError`` on the temporary file or on no file (a full disk, a quota: numpy's ``10000 requested and 234
+    written``) keeps its errno and names ``target``; any other error whose message quotes the temporary path
+    (faiss's C++ ``write error`` on a full disk) becomes an ``OSError`` that names ``target``, with the gist
+    of the original message as the reason.
     """
-    written, target = str(written), str(target)
-    if isinstance(exc, OSError) and exc.filename in (written, None):
-        return type(exc)(exc.errno or errno.EIO, f"could not write the file ({exc.strerror or exc})", target)
+    if isinstance(exc, OSError) and exc.filename in (tmp, None):
+        return type(exc)(exc.errno or errno.EIO, exc.strerror or f"could not write the file ({exc})", str(target))
     text = str(exc)
-    if written not in text:
+    if tmp not in text:
         return exc
-    reason = text.replace(written, target).strip().splitlines()[-1].strip()
+    reason = text.replace(tmp, str(target)).strip().splitlines()[-1].strip()
     reason = reason.split(" failed: ", 1)[-1]  # faiss: "Error in <function> at <file>: Error: '<check>' failed: ..."
-    return OSError(errno.EIO, f"could not write the file ({reason})", target)
+    return OSError(errno.EIO, f"could not write the file ({reason})", str(target))
 
 
 @contextlib.contextmanager
