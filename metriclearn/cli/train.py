@@ -113,6 +113,8 @@ def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: boo
         return
     run_dir = Path(out) if out else _new_run_dir(Path("runs"))
     metrics = train_run(config, run_dir, resume=resume, verbose=verbose)
+    if not metrics:  # another rank than 0 under torchrun: rank 0 reports
+        return
     click.echo(f"run: {run_dir}")
     click.echo(_format_metrics(metrics))
 
