@@ -87,11 +87,27 @@ def classify(
     else:
         top_k = _check_k(k, index, index_dir) if k is not None else None
         theta = DEFAULT_THETA if theta is None else theta
+        if hasattr(index, "shards"):  # sharded: per-shard sums, combined exactly (rank r holds shard r)
+            if top_k is not None:
+                raise click.UsageError("--k (top-k cache) needs an unsharded index; a sharded one runs the exact cache")
+            from metriclearn.classify.sharded_cache import sharded_cache_proba
+
+            classes, proba = sharded_cache_proba(index, q, theta, device=device)
+            _finish(out, method, classes, proba)
+            return
         model = CacheClassifier.from_index(index, theta=theta, top_k=top_k, device=device)
-    proba = model.predict_proba(q)
-    predictions = model.classes_[np.argmax(proba, axis=1)]
-    _write_predictions(out, method, model.classes_, predictions, proba)
-    click.echo(f"{method}: {len(q)} predictions written to {out}")
+    _finish(out, method, model.classes_, model.predict_proba(q))  # collective for a sharded index under torchrun
+
+
+def _finish(out: Path, method: str, classes: np.ndarray, proba: np.ndarray) -> None:
+    """Write the predictions (rank 0 only under torchrun) and say so."""
+    from metriclearn.training.distributed import is_main_process
+
+    if not is_main_process():
+        return
+    predictions = classes[np.argmax(proba, axis=1)]
+    _write_predictions(out, method, classes, predictions, proba)
+    click.echo(f"{method}: {len(proba)} predictions written to {out}")
 
 
 @click.command("second-opinion")

@@ -35,6 +35,9 @@ def index() -> None:
 @click.option("--nlist", type=int, help="Inverted lists for ivf/pq (default ≈ 4·√n).")
 @click.option("--nprobe", type=int, help="Lists scanned per query for ivf/pq (default max(8, √nlist)).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the index into N shards with global ids (searched shard by shard, or rank r "
+              "holds shard r under torchrun).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index directory.")
 def build(
     embeddings: Path | None,
@@ -46,6 +49,7 @@ def build(
     nlist: int | None,
     nprobe: int | None,
     device: str,
+    shards: int,
     out: Path,
 ) -> None:
     """Build an index from --embeddings [--labels] or from --model --data; write it to --out."""
@@ -67,10 +71,19 @@ def build(
 
         x, codes, classes = embed_from_run(model, data)
         y = np.asarray(classes)[codes]
-    idx = EmbeddingIndex(x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
-    idx.add(x, labels=y)
+    if shards > 1:
+        from metriclearn.indexes.sharded import ShardedIndex
+
+        idx: Any = ShardedIndex.build(x, labels=y, num_shards=shards, metric=metric, kind=kind, device=device,
+                                      nlist=nlist, nprobe=nprobe)
+    else:
+        idx = EmbeddingIndex(x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
+        idx.add(x, labels=y)
+    if not _is_main_process():  # under torchrun rank 0 writes
+        return
     idx.save(out)
-    click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}) -> {out}")
+    sharding = f", {shards} shards" if shards > 1 else ""
+    click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}{sharding}) -> {out}")
 
 
 @index.command("query")
@@ -92,7 +105,9 @@ def query(index_dir: Path, queries: Path, k: int, as_json: bool, out: Path | Non
     q = load_matrix(queries, name="queries")
     if q.shape[1] != idx.dim:
         raise ValueError(f"{queries} has dimension {q.shape[1]} but the index {index_dir} has dimension {idx.dim}")
-    D, I = idx.search(q, k)
+    D, I = idx.search(q, k)  # collective on a sharded index under torchrun
+    if not _is_main_process():
+        return
     result = _result(idx, D, I)
     if out is not None:
         write_text(out, json.dumps(result) + "\n")
@@ -102,6 +117,13 @@ def query(index_dir: Path, queries: Path, k: int, as_json: bool, out: Path | Non
         click.echo(f"wrote {I.shape[0]} x {k} neighbours -> {out}")
     else:
         click.echo(_table(result))
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (which writes and prints), or a plain single process."""
+    from metriclearn.training.distributed import is_main_process
+
+    return is_main_process()
 
 
 def _result(idx: Any, D: np.ndarray, I: np.ndarray) -> dict[str, Any]:

@@ -33,11 +33,13 @@ Example
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -78,11 +80,17 @@ def init_from_env(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(_shutdown)  # a process that exits with a live group aborts (gloo's threads)
     if dist.get_rank() != 0:
         from metriclearn._progress import set_quiet
 
         set_quiet(True)  # one progress bar (rank 0's), not one per process
     return True
+
+
+def _shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def local_device() -> torch.device:
@@ -353,3 +361,36 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module | None:
     convert_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+# ---------------------------------------------------------------------------- numpy arrays (inference)
+def _comm_device() -> torch.device:
+    """Where collective tensors live: the current GPU for NCCL, else CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
+    """Rank ``src``'s numeric array on every rank (shape and dtype travel first); ``array`` in one process."""
+    if world_size() == 1:
+        assert array is not None
+        return array
+    header = broadcast_object(None if rank() != src else (array.shape, array.dtype.str))
+    shape, dtype = header
+    if rank() == src:
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_comm_device())
+    else:
+        tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype, device=_comm_device())
+    dist.broadcast(tensor, src=src)
+    return tensor.cpu().numpy()
+
+
+def all_gather_array(array: np.ndarray) -> list[np.ndarray]:
+    """Every rank's ``array`` (same shape and dtype on every rank), in rank order."""
+    if world_size() == 1:
+        return [array]
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_comm_device())
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor)
+    return [part.cpu().numpy() for part in parts]

@@ -193,15 +193,6 @@ def test_two_processes_equal_one_process_on_the_global_batch(name, two_process_r
 
 
 # ---------------------------------------------------------------------------- the real CLI through torchrun
-def torchrun(*args: str, nproc: int = 2, timeout: float = 300, **popen: Any) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=nproc $(command -v metriclearn) ARGS`` (gloo, 1 thread each)."""
-    script = Path(sys.executable).with_name("metriclearn")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(script), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, **popen)
-
-
 def _metrics(run: Path) -> dict[str, Any]:
     return json.loads((run / "metrics.json").read_text())
 
@@ -210,7 +201,7 @@ TRAIN = ("train", "--epochs", "2", "--device", "cpu", "--threads", "1", "--check
 
 
 @pytest.fixture(scope="module")
-def digits_runs(tmp_path_factory) -> dict[str, Path]:
+def digits_runs(tmp_path_factory, torchrun) -> dict[str, Path]:
     """The issue's command (digits, 2 epochs) on 1 process and on 2 processes under torchrun."""
     from click.testing import CliRunner
 
@@ -235,7 +226,7 @@ def test_torchrun_on_digits_reaches_the_single_process_accuracy(digits_runs) -> 
     assert len(log) == 3  # header + one row per epoch, written once
 
 
-def test_torchrun_resume_after_killing_the_launcher(digits_runs, tmp_path) -> None:
+def test_torchrun_resume_after_killing_the_launcher(digits_runs, tmp_path, torchrun) -> None:
     """Kill torchrun and its workers after the first checkpoint; torchrun … train --out DIR --resume ends where
     an uninterrupted 2-process run ends, to the bit."""
     out = tmp_path / "killed"
@@ -261,7 +252,7 @@ def test_torchrun_resume_after_killing_the_launcher(digits_runs, tmp_path) -> No
         assert torch.equal(value, resumed[key]), key
 
 
-def test_torchrun_every_loss_odd_batches_on_digits(tmp_path) -> None:
+def test_torchrun_every_loss_odd_batches_on_digits(tmp_path, torchrun) -> None:
     """All six losses at once, a batch size that divides neither the data nor the world size, EMA prototypes."""
     config = tmp_path / "config.toml"
     config.write_text('[loss_options.prototype]\nmode = "ema"\nrepulsion = 0.05\n[loss_options.cache]\nsize = 512\n')
