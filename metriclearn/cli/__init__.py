@@ -62,8 +62,8 @@ def cli(debug: bool, quiet: bool) -> None:
 # (module, attribute) of every command; each module owns one command group of DESIGN.md.
 _COMMANDS = (
     ("train", "train"),
-    ("train", "embed"),
-    ("train", "evaluate"),
+    ("embed", "embed"),
+    ("evaluate", "evaluate"),
     ("index", "index"),
     ("classify", "classify"),
     ("classify", "second_opinion"),

@@ -13,6 +13,7 @@ import pytest
 from sklearn.neighbors import NearestNeighbors
 
 from metriclearn.indexes import EmbeddingIndex, _flat_search, exact_search
+from metriclearn.indexes._search import Searcher
 
 DIM = 16
 NO_GPU = pytest.mark.skipif(
@@ -48,7 +49,7 @@ def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(_flat_search, "MIN_SLICE", 150)  # 600 vectors: 4 slices
         monkeypatch.setattr(_flat_search, "MIN_QUERY_CHUNK", 1000 if request.param == "vector-slices" else 2)
     if request.param == "faiss-direct":
-        monkeypatch.setattr(EmbeddingIndex, "_inner", lambda self, index=None: None)
+        monkeypatch.setattr(Searcher, "_flat", staticmethod(lambda index: None))
     yield request.param
 
 
