@@ -17,11 +17,14 @@ from metriclearn.training.config import DEVICES
 def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_size: int, device: str) -> None:
     """Embed DATA with a trained run and save the embeddings as .npy."""
     from metriclearn._atomic import save_npy
+    from metriclearn.training.distributed import is_main_process
     from metriclearn.training.run import embed_from_run
 
     if not out.endswith(".npy"):
         raise click.BadParameter(f"must end in .npy, got {out!r}", param_hint="--out")
     embeddings, labels, _ = embed_from_run(model_dir, data, batch_size=batch_size, device=device)
+    if not is_main_process():  # under torchrun every rank embedded a shard; rank 0 writes
+        return
     save_npy(out, embeddings)
     if labels_out:
         save_npy(labels_out, labels)

@@ -69,8 +69,10 @@ def build(
     else:
         from metriclearn.training import embed_from_run  # lands with the trainer
 
-        x, codes, classes = embed_from_run(model, data)
+        x, codes, classes = embed_from_run(model, data)  # under torchrun each rank embeds a strided shard
         y = np.asarray(classes)[codes]
+    if not _is_main_process():  # under torchrun rank 0 builds and writes
+        return
     if shards > 1:
         from metriclearn.indexes.sharded import ShardedIndex
 
@@ -79,8 +81,6 @@ def build(
     else:
         idx = EmbeddingIndex(x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
         idx.add(x, labels=y)
-    if not _is_main_process():  # under torchrun rank 0 writes
-        return
     idx.save(out)
     sharding = f", {shards} shards" if shards > 1 else ""
     click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}{sharding}) -> {out}")

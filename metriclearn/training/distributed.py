@@ -394,3 +394,31 @@ def all_gather_array(array: np.ndarray) -> list[np.ndarray]:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor)
     return [part.cpu().numpy() for part in parts]
+
+
+def embed_strided(embed: Callable[[Any], np.ndarray], X: Any) -> np.ndarray:
+    """``embed(X)``, shared out: rank r embeds the strided shard ``X[r::W]``; every rank gets all rows in input order.
+
+    ``X`` is anything that slices with a step (an array, a list of texts). The shards are gathered with
+    their sizes (a rank may have none when ``len(X) < W``) and interleaved back, so the result equals one
+    process's ``embed(X)`` row for row (up to the float round-off of other batch shapes).
+
+    >>> embed_strided(lambda part: np.asarray(part, dtype=np.float32)[:, None] * 2, [1, 2, 3])  # one process
+    array([[2.],
+           [4.],
+           [6.]], dtype=float32)
+    """
+    if world_size() == 1:
+        return embed(X)
+    w, r, n = world_size(), rank(), len(X)
+    part = embed(X[r::w]) if r < n else None  # (ceil((n - r) / w), D)
+    width = torch.tensor([0 if part is None else part.shape[1]], dtype=torch.long, device=_comm_device())
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    local = torch.from_numpy(np.empty((0, int(width)), np.float32) if part is None else np.ascontiguousarray(part))
+    rows = [len(range(s, n, w)) for s in range(w)]
+    gathered = _gather_padded(local.to(_comm_device()), rows).cpu().numpy()  # (n, D) rank after rank
+    out = np.empty((n, int(width)), dtype=gathered.dtype)
+    offsets = np.cumsum([0, *rows])
+    for s in range(w):
+        out[s::w] = gathered[offsets[s] : offsets[s + 1]]
+    return out

@@ -236,7 +236,8 @@ def embed_from_run(
     if isinstance(X, np.ndarray) and expected and tuple(X.shape[1:]) != expected:
         raise ValueError(f"{source}: samples have shape {tuple(X.shape[1:])} but the model in {run_dir} expects {expected}")
     device_ = resolve_device(device)
-    embeddings = embed_array(model.to(device_), X, batch_size, device_)
+    # under torchrun each rank embeds a strided shard; every rank gets all rows in input order
+    embeddings = distributed.embed_strided(lambda part: embed_array(model.to(device_), part, batch_size, device_), X)
     return embeddings, np.asarray(labels, dtype=np.int64), classes
 
 

@@ -269,3 +269,60 @@ def test_torchrun_every_loss_odd_batches_on_digits(tmp_path, torchrun) -> None:
     log = (out / "log.csv").read_text()
     for name in ("neighborhood", "snn", "prototype", "cache", "softmax", "complement"):
         assert name in log.splitlines()[0]
+
+
+def _strided_worker(rank: int, port: int, out: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.init_from_env(backend="gloo")
+    try:
+        results = {}
+        for n in (1, 2, 7):  # n = 1: rank 1 has nothing to embed
+            seen: list[int] = []
+
+            def embed(part, seen=seen):
+                seen.extend(part)
+                return np.stack([np.asarray(part, dtype=np.float32), np.asarray(part, dtype=np.float32) ** 2], 1)
+
+            results[f"out{n}"] = distributed.embed_strided(embed, list(range(10, 10 + n)))
+            results[f"seen{n}"] = np.array(seen, dtype=np.int64)
+        np.savez(f"{out}.{rank}.npz", **results)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_embed_strided_shares_rows_out_and_restores_input_order(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_strided_worker, args=(_free_port(), str(tmp_path / "r")), nprocs=2, join=True)
+    ranks = [np.load(tmp_path / f"r.{r}.npz") for r in range(2)]
+    for n in (1, 2, 7):
+        rows = np.arange(10, 10 + n, dtype=np.float32)
+        expected = np.stack([rows, rows**2], 1)
+        assert all(np.array_equal(result[f"out{n}"], expected) for result in ranks), n
+        assert ranks[0][f"seen{n}"].tolist() == list(range(10, 10 + n, 2))  # each rank embedded only its shard
+        assert ranks[1][f"seen{n}"].tolist() == list(range(11, 10 + n, 2))
+
+
+def test_torchrun_embed_and_index_build_equal_one_process(digits_runs, torchrun, tmp_path) -> None:
+    """``embed`` and ``index build --model`` on 2 ranks (1797 rows: shards of 899 and 898) equal one process."""
+    from click.testing import CliRunner
+
+    from metriclearn.cli import cli
+    from metriclearn.indexes import EmbeddingIndex
+
+    run = digits_runs["two"]
+    for tag, invoke in (("one", lambda *a: CliRunner().invoke(cli, [str(x) for x in a])), ("two", torchrun)):
+        result = invoke("embed", "--model", run, "--data", "digits", "--device", "cpu", "--out",
+                        tmp_path / f"{tag}.npy", "--labels-out", tmp_path / f"{tag}-labels.npy")
+        assert getattr(result, "exit_code", getattr(result, "returncode", None)) == 0, result
+        result = invoke("index", "build", "--model", run, "--data", "digits", "--metric", "l2", "--device", "cpu",
+                        "--out", tmp_path / f"{tag}-idx")
+        assert getattr(result, "exit_code", getattr(result, "returncode", None)) == 0, result
+    one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
+    assert one.shape == two.shape == (1797, 64) and np.allclose(one, two, atol=1e-5)
+    assert np.array_equal(np.load(tmp_path / "one-labels.npy"), np.load(tmp_path / "two-labels.npy"))
+    a, b = (EmbeddingIndex.load(tmp_path / f"{tag}-idx", device="cpu") for tag in ("one", "two"))
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels)
+    assert np.allclose(a.vectors(), b.vectors(), atol=1e-5) and np.allclose(b.vectors(), one, atol=1e-5)
