@@ -326,3 +326,12 @@ def test_torchrun_embed_and_index_build_equal_one_process(digits_runs, torchrun,
     a, b = (EmbeddingIndex.load(tmp_path / f"{tag}-idx", device="cpu") for tag in ("one", "two"))
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels)
     assert np.allclose(a.vectors(), b.vectors(), atol=1e-5) and np.allclose(b.vectors(), one, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA GPUs (NCCL, AMP); CI has none")
+def test_torchrun_on_gpus_with_nccl_and_amp(torchrun, tmp_path) -> None:
+    """NCCL, SyncBatchNorm and mixed precision on 1 or 2 GPUs reach the accuracy of the CPU test above."""
+    done = torchrun("train", "--epochs", "2", "--device", "cuda", "--quiet", "--out", tmp_path / "gpu",
+                    nproc=min(2, torch.cuda.device_count()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _metrics(tmp_path / "gpu")["knn_accuracy_k5"] > 0.9
