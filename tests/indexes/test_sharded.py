@@ -200,7 +200,7 @@ def test_torchrun_query_and_classify_hold_one_shard_per_rank(folders, torchrun, 
     two, one = json.loads(done.stdout), json.loads(single.output)  # printed once (by rank 0)
     assert two["ids"] == one["ids"] and two["labels"] == one["labels"]
     assert np.allclose(two["distances"], one["distances"], atol=1e-4)  # float round-off of other GEMM shapes
-    for method in ("cache", "knn"):
+    for method in ("cache",):  # knn over a sharded index is the collective search above plus a local vote
         out = tmp_path / f"{method}.json"
         done = torchrun("classify", "--index", folders / "sharded", "--queries", folders / "q.npy", "--method", method,
                         "--device", "cpu", "--out", out)
