@@ -16,6 +16,7 @@ import click
 import numpy as np
 
 from metriclearn._progress import is_quiet, set_quiet
+from metriclearn.cli._inputs import quiet_option
 from metriclearn.cli.evaluate import format_metrics
 from metriclearn.training.config import (
     COMBINES,
@@ -84,7 +85,7 @@ def _parse_encoder_options(ctx: click.Context, param: click.Parameter, value: tu
 @click.option("--resume", is_flag=True, help="Continue the killed run in --out exactly where it stopped.")
 @click.option("--report/--no-report", default=None, help="Write tSNE/UMAP plots and a centroid movie.")
 @click.option("--overfit-batch", is_flag=True, help="Only check the model can fit one batch (pass/fail).")
-@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@quiet_option
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<timestamp>).")
 def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: bool, out: str | None,
           **flags: Any) -> None:

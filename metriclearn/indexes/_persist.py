@@ -4,7 +4,8 @@ Files: ``index.faiss`` (a plain faiss index; for ``"cosine"`` normalised vectors
 ``ids.npy``, optional ``labels.npy`` and ``metadata.json``, and the manifest ``index.json`` (format
 version, the constructor's parameters, ``attrs`` and the SHA-256 of every file; see
 :mod:`metriclearn.indexes._storage`). Loading checks the checksums, that the files agree on the number
-of vectors, and that the faiss structure read is the one the manifest's kind and parameters build.
+of vectors, and that the faiss structure read is the one the manifest's kind and parameters build
+(:func:`~metriclearn.indexes._structure.signature`: the faiss classes, nlist, HNSW M, PQ codes).
 
 >>> import tempfile, numpy as np
 >>> from metriclearn.indexes import EmbeddingIndex
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
-from metriclearn.indexes import _factory, _storage
+from metriclearn.indexes import _factory, _storage, _structure
 
 if TYPE_CHECKING:
     from metriclearn.indexes.faiss_index import EmbeddingIndex
@@ -60,7 +61,7 @@ def save(index: EmbeddingIndex, path: str | os.PathLike[str]) -> None:
         "attrs": json_attrs(index.attrs),
         "params": index._params(),
     }
-    _storage.write_directory(path, writers, fields, FORMAT, FORMAT_VERSION, stale=(LABELS_FILE, METADATA_FILE))
+    _storage.write_directory(path, writers, fields, FORMAT, FORMAT_VERSION)
 
 
 def load(cls: type[EmbeddingIndex], path: str | os.PathLike[str], device: str) -> EmbeddingIndex:
@@ -87,10 +88,48 @@ def load(cls: type[EmbeddingIndex], path: str | os.PathLike[str], device: str) -
     wrong = [f"{name} holds {size}" for name, size in sizes.items() if size != n]
     if structure.d != obj.dim or wrong or structure.metric_type != _factory.METRIC_TYPES[obj.metric]:
         raise ValueError(f"{damaged}: its files disagree (manifest: {n} vectors of dim {obj.dim}; {wrong})")
+    expected, found = _structure.signature(obj._build()), _structure.signature(structure)
+    if found != expected:
+        raise ValueError(
+            f"{damaged}: {FAISS_FILE} holds a {found} index but the manifest says kind {obj.kind!r} ({expected})"
+        )
     obj._set_structure(structure)
     obj._table.restore(ids, labels, metadata, manifest["has_labels"], manifest["next_id"])
     obj.attrs = dict(manifest.get("attrs") or {})
     return obj
+
+
+def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an index directory holds, from its verified manifest (the vectors are not loaded).
+
+    Keys: ``path``, ``format_version``, ``kind``, ``factory``, ``metric``, ``size``, ``dim``, ``shards``
+    (``None`` for a single index), ``labels`` and ``metadata`` (present or not), ``params``, and from
+    ``attrs``: ``tuning`` (measured recall@k and speed, see :meth:`EmbeddingIndex.tune`),
+    ``calibration`` and ``model_fingerprint`` (``None`` when absent), ``attrs`` (every key).
+    """
+    from metriclearn.indexes import sharded
+
+    if sharded.is_sharded(path):  # the sidecar of a sharded directory, plus its first shard's parameters
+        return sharded.describe(path)
+    manifest = _storage.read_directory(path, FORMAT, FORMAT_VERSION)
+    attrs = manifest.get("attrs") or {}
+    return {
+        "path": str(path),
+        "format_version": manifest["format_version"],
+        "kind": manifest.get("kind"),
+        "factory": manifest.get("factory"),
+        "metric": manifest.get("metric"),
+        "size": manifest.get("count"),
+        "dim": manifest.get("dim"),
+        "shards": manifest.get("shards"),
+        "labels": LABELS_FILE in manifest["files"],
+        "metadata": METADATA_FILE in manifest["files"],
+        "params": manifest.get("params") or {},
+        "tuning": attrs.get("tuning"),
+        "calibration": attrs.get("calibration"),
+        "model_fingerprint": attrs.get("model_fingerprint"),
+        "attrs": sorted(attrs),
+    }
 
 
 def json_attrs(attrs: Any) -> dict[str, Any]:

@@ -9,16 +9,16 @@ Three paths, chosen per batch:
 3. anything else: faiss's own ``search``.
 
 Queries are searched ``batch_size`` rows at a time (a progress bar when there are several batches).
-Missing neighbours (k above the index size, or an approximate index that found fewer) get id −1 and
-distance ±inf.
+``k`` is clamped to the number of stored vectors, so neither the work nor the memory grows with a huge
+``k``; neighbours an approximate index did not find get id −1 and distance ±inf.
 
 >>> import numpy as np
 >>> from metriclearn.indexes import _structure
 >>> index = _structure.build("Flat", 2, "l2", ef_construction=40)
 >>> index.add_with_ids(np.eye(2, dtype=np.float32), np.array([7, 9]))
 >>> D, I = Searcher("l2", "cpu", "cpu", shard=False).search(index, np.eye(2, dtype=np.float32)[:1], 5, 16, "Flat")
->>> I.tolist()
-[[7, 9, -1, -1, -1]]
+>>> I.tolist()  # k=5 clamped to the 2 stored vectors
+[[7, 9]]
 """
 
 from __future__ import annotations
@@ -50,13 +50,14 @@ class Searcher:
     def search(
         self, index: faiss.Index | None, xq: np.ndarray, k: int, batch_size: int, factory: str | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(D, I)`` of shape (Q, k) for prepared (normalised for cosine) queries ``xq``.
+        """``(D, I)`` of shape (Q, min(k, ntotal)) for prepared (normalised for cosine) queries ``xq``.
 
-        ``index=None`` (an ivf/pq index before its first add) finds nothing.
+        ``index=None`` (an ivf/pq index before its first add) holds nothing: (Q, 0).
         """
+        k = min(k, 0 if index is None else int(index.ntotal))  # no work, no memory in proportion to a huge k
         D = np.full((xq.shape[0], k), missing_distance(self.metric), dtype=np.float32)
         I = np.full((xq.shape[0], k), -1, dtype=np.int64)
-        if index is None or index.ntotal == 0:
+        if k == 0:
             return D, I
         steps = range(0, xq.shape[0], batch_size)
         for i0 in progress(steps, desc="searching", unit="batch", **single_step(steps)):

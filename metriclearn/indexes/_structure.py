@@ -124,7 +124,7 @@ def signature(index: faiss.Index) -> str:
     """The structure's type in words: the faiss classes, nlist for IVF, M for HNSW, PQ sub-quantizers."""
     outer = faiss.downcast_index(index)
     body = inner(outer)
-    text = type(body).__name__
+    text = "IndexFlat" if isinstance(body, faiss.IndexFlat) else type(body).__name__  # IndexFlatIP/L2 alike
     part = ivf(outer)
     if part is not None:
         text += f", nlist={part.nlist}"

@@ -4,10 +4,11 @@ Metrics: ``"l2"`` (squared Euclidean distance), ``"ip"`` (inner product) and ``"
 L2-normalised, then inner product). Kinds: ``"flat"`` (exact), ``"ivf"``, ``"hnsw"``, ``"pq"`` (IVF with
 product-quantised codes) or any ``faiss.index_factory`` string (see :mod:`metriclearn.indexes._factory`).
 
-Search convention: ``search(q, k) -> (D, I)``. ``I`` holds the ids; ``D`` is the squared L2 distance
-(ascending) for ``"l2"`` and the similarity (descending) for ``"cosine"``/``"ip"``. Where fewer than k
-neighbours exist (a small index, or an approximate index that found fewer) the id is −1 and the
-distance +inf (``"l2"``) or −inf (``"cosine"``, ``"ip"``): the Python API pads, it does not raise.
+Search convention: ``search(q, k) -> (D, I)``, both (Q, min(k, len(index))): ``k`` above the index size
+is clamped to it (no work or memory in proportion to a huge k). ``I`` holds the ids; ``D`` is the
+squared L2 distance (ascending) for ``"l2"`` and the similarity (descending) for ``"cosine"``/``"ip"``.
+Where an approximate index found fewer than k neighbours the id is −1 and the distance +inf (``"l2"``)
+or −inf (``"cosine"``, ``"ip"``): the Python API pads, it does not raise.
 
 The class composes four parts, one file each: the faiss structure (:mod:`._structure`: build, train,
 search parameters), the id / label / metadata table (:mod:`._table`), the search dispatch
@@ -21,11 +22,11 @@ Example
 >>> index = EmbeddingIndex(dim=2, metric="l2")
 >>> index.add(x, labels=["a", "b", "c"]).tolist()
 [0, 1, 2]
->>> D, I = index.search(np.array([[0.9, 0.1]], dtype=np.float32), k=4)
+>>> D, I = index.search(np.array([[0.9, 0.1]], dtype=np.float32), k=2)
 >>> I.tolist(), index.labels_for(I).tolist()
-([[0, 2, 1, -1]], [['a', 'c', 'b', '']])
->>> D[0, -1]
-np.float32(inf)
+([[0, 2]], [['a', 'c']])
+>>> index.search(np.array([[0.9, 0.1]], dtype=np.float32), k=10**9)[1].tolist()  # k clamped to the size
+[[0, 2, 1]]
 """
 
 from __future__ import annotations
@@ -303,10 +304,11 @@ class EmbeddingIndex:
 
     # ------------------------------------------------------------------ search
     def search(self, q: Any, k: int, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The k nearest stored vectors of each query row: ``(D, I)``, both (Q, k).
+        """The k nearest stored vectors of each query row: ``(D, I)``, both (Q, min(k, len(self))).
 
-        ``I`` holds ids (−1 where fewer than k were found); ``D`` squared L2 distances (ascending) for
-        ``"l2"``, similarities (descending) for ``"cosine"``/``"ip"``, ±inf where the id is −1.
+        ``I`` holds ids (−1 where an approximate index found fewer than k); ``D`` squared L2 distances
+        (ascending) for ``"l2"``, similarities (descending) for ``"cosine"``/``"ip"``, ±inf where the id
+        is −1. ``k`` above the index size is clamped to it.
         """
         xq = check_matrix(q, "queries", dim=self.dim)
         k = check_positive_int(k, "k")
@@ -314,6 +316,34 @@ class EmbeddingIndex:
         if self.metric == "cosine":
             xq = normalize_rows(xq)
         return self._searcher.search(self._index, xq, k, bs, self.factory)
+
+    # ------------------------------------------------------------------ tuning
+    def tune(
+        self,
+        target_recall: float,
+        k: int = 10,
+        queries: Any = None,
+        *,
+        vectors: Any = None,
+        n_queries: int | None = None,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Choose the cheapest parameters that reach ``target_recall`` (recall@k against exact search).
+
+        Measures recall@k on held-out queries — ``queries`` (q, dim), or a random sample of ``n_queries``
+        stored vectors (default min(1000, max(50, n/20))) excluded from the ground-truth set — and sets
+        the cheapest search parameter (``nprobe``, ``ef_search``) reaching the target, after trying a few
+        build parameters (``nlist`` for ivf, ``hnsw_m`` for hnsw) and keeping the fastest; the index is
+        rebuilt when those change. Kinds that store lossy codes (``pq``, factory strings) need
+        ``vectors=`` (the added embeddings, in :attr:`ids` order). A :class:`~metriclearn.indexes.tuning.
+        TuningWarning` says when no setting reaches the target (the most accurate is kept) and when flat
+        search is faster. Returns the record also stored in ``attrs["tuning"]``: ``recall_at_k``,
+        ``qps``, ``flat_qps``, ``speed_vs_flat``, ``params``, ``held_out_queries``, ``reached``,
+        ``flat_faster``, ``tried``. See :mod:`metriclearn.indexes.tuning` for the method.
+        """
+        from metriclearn.indexes.tuning import tune_index
+
+        return tune_index(self, target_recall, k, queries, vectors=vectors, n_queries=n_queries, seed=seed)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -2,8 +2,8 @@
 
 Layout (``metriclearn index build ... --shards N``)::
 
-    DIR/index.json       the one sidecar: format "metriclearn.ShardedIndex", dim, metric, kind, count, and per
-                         shard its directory, size and the SHA-256 of its manifest (itself checksummed)
+    DIR/index.json       the one sidecar: format "metriclearn.ShardedIndex", dim, metric, kind, count, per
+                         shard its directory and size, and the SHA-256 of every shard's manifest
     DIR/shard-000/       an EmbeddingIndex directory (index.faiss, ids.npy, labels.npy, index.json with
     DIR/shard-001/ ...   the SHA-256 of each of its files); ids are global: shard r holds rows of one range
 
@@ -51,13 +51,14 @@ import numpy as np
 from metriclearn._atomic import sha256
 from metriclearn._checks import check_matrix, check_positive_int
 from metriclearn.indexes import _storage
+from metriclearn.indexes._persist import FORMAT as _SHARD_FORMAT
+from metriclearn.indexes._persist import FORMAT_VERSION as _SHARD_VERSION
 from metriclearn.indexes.exact import missing_distance
 from metriclearn.indexes.faiss_index import EmbeddingIndex
 from metriclearn.training import distributed
 
 FORMAT = "metriclearn.ShardedIndex"
 FORMAT_VERSION = 1
-_SHARD_FORMAT = "metriclearn.EmbeddingIndex"
 
 
 def shard_name(r: int) -> str:
@@ -215,12 +216,12 @@ class ShardedIndex:
 
     # ------------------------------------------------------------------ search
     def search(self, q: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k nearest vectors over all shards: ``(D, I)`` as :meth:`EmbeddingIndex.search`.
+        """The k nearest vectors over all shards: ``(D, I)`` as :meth:`EmbeddingIndex.search` (k clamped to ``len``).
 
         Collective under torch.distributed when the shards are spread over the ranks (every rank must
         call it; rank 0's queries are used and every rank gets the merged result).
         """
-        k = check_positive_int(k, "k")
+        k = min(check_positive_int(k, "k"), len(self))
         xq = check_matrix(q, "queries", dim=self.dim)
         if self.collective:
             xq = distributed.broadcast_array(xq)
@@ -245,25 +246,23 @@ class ShardedIndex:
         missing = [r for r, s in enumerate(self.shards) if s is None]
         if missing:
             raise ValueError(f"cannot save: this process does not hold shards {missing}")
-        root = Path(path)
-        if root.exists() and not root.is_dir():
-            raise ValueError(f"cannot save an index to {root}: it exists and is not a directory")
-        root.mkdir(parents=True, exist_ok=True)
-        entries = []
-        for r, shard in enumerate(self.shards):
-            shard.save(root / shard_name(r))  # type: ignore[union-attr]
-            entries.append({"path": shard_name(r), "count": len(shard),  # type: ignore[arg-type]
-                            "manifest_sha256": sha256(root / shard_name(r) / _storage.MANIFEST)})
+
+        def writer(shard: EmbeddingIndex) -> Any:  # saves the shard; its manifest is the file checksummed
+            return lambda manifest_path: shard.save(Path(manifest_path).parent)
+
+        writers = {f"{shard_name(r)}/{_storage.MANIFEST}": writer(s) for r, s in enumerate(self.shards)}
+        entries = [{"path": shard_name(r), "count": len(s)} for r, s in enumerate(self.shards)]  # type: ignore[arg-type]
         fields = {"dim": self.dim, "metric": self.metric, "kind": self.kind, "count": len(self),
                   "has_labels": self._labels is not None, "attrs": self.attrs, "shards": entries}
-        _storage.write_directory(root, {}, fields, FORMAT, FORMAT_VERSION)
+        # the whole directory is written in a hidden sibling and swapped in (metriclearn.indexes._storage)
+        _storage.write_directory(path, writers, fields, FORMAT, FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto", held: Sequence[int] | None = None) -> ShardedIndex:
         """Read a sharded directory; ``held``: the shards to load (default: under torch.distributed with
         W ranks, rank r loads shards ``r, r + W, ...``; else every shard). Ids and labels of all shards are read.
 
-        Every shard's manifest must match the checksum in the sidecar; held shards are fully verified by
+        Every shard's manifest must match its checksum in the sidecar; held shards are fully verified by
         :meth:`EmbeddingIndex.load`, the ids/labels files of the others against their manifests.
         """
         root = Path(path)
@@ -277,11 +276,7 @@ class ShardedIndex:
         shards: list[EmbeddingIndex | None] = []
         ids, labels = [], []
         for r, entry in enumerate(entries):
-            shard_dir = root / entry["path"]
-            shard_manifest = shard_dir / _storage.MANIFEST
-            if not shard_manifest.is_file() or sha256(shard_manifest) != entry["manifest_sha256"]:
-                raise ValueError(f"index directory {root} is damaged: {entry['path']}/{_storage.MANIFEST} is missing "
-                                 "or does not match the checksum in the sidecar")
+            shard_dir = root / entry["path"]  # its manifest was checked against the sidecar above
             if r in held:
                 shard = EmbeddingIndex.load(shard_dir, device=device)
                 shards.append(shard)
@@ -298,6 +293,22 @@ class ShardedIndex:
         has_labels = bool(manifest["has_labels"])
         return cls(shards, ids, labels if has_labels else None, int(manifest["dim"]), manifest["metric"],
                    manifest["kind"], manifest.get("attrs"))
+
+
+def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``index info`` of a sharded directory: the keys of :func:`metriclearn.indexes.describe`, ``shards`` = N."""
+    root = Path(path)
+    manifest = _storage.read_directory(root, FORMAT, FORMAT_VERSION)
+    first = _storage.read_directory(root / manifest["shards"][0]["path"], _SHARD_FORMAT, _SHARD_VERSION)
+    attrs = manifest.get("attrs") or {}
+    return {
+        "path": str(path), "format_version": manifest["format_version"], "kind": manifest["kind"],
+        "factory": first.get("factory"), "metric": manifest["metric"], "size": manifest["count"],
+        "dim": manifest["dim"], "shards": len(manifest["shards"]), "labels": bool(manifest["has_labels"]),
+        "metadata": False, "params": first.get("params") or {}, "tuning": attrs.get("tuning"),
+        "calibration": attrs.get("calibration"), "model_fingerprint": attrs.get("model_fingerprint"),
+        "attrs": sorted(attrs),
+    }
 
 
 def _read_table(shard_dir: Path) -> tuple[np.ndarray, np.ndarray | None]:
