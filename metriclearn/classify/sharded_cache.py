@@ -101,3 +101,27 @@ def sharded_cache_proba(
         parts = torch.from_numpy(np.stack(distributed.all_gather_array(rows)))  # (W, Q, 1 + K)
         shift, total = combine(parts[:, :, 0], parts[:, :, 1:])
     return classes, (total / total.sum(dim=1, keepdim=True)).cpu().numpy()
+
+
+class ShardedCache:
+    """The exact cache classifier over a sharded index, with the surface ``classify`` uses.
+
+    ``classes_`` are the index's sorted distinct labels; :meth:`predict_proba` is
+    :func:`sharded_cache_proba` (collective under torch.distributed). Calibration needs the keys in one
+    place, so :meth:`restore_calibration` refuses.
+    """
+
+    def __init__(self, index: Any, theta: float = 50.0, device: str = "auto") -> None:
+        self.index, self.theta, self.device = index, check_positive_float(theta, "theta"), device
+        self.classes_ = np.unique(index_labels(index))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``p_cache(y|x)`` (n, K) float64 over every slot of every shard."""
+        return sharded_cache_proba(self.index, X, self.theta, device=self.device)[1]
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def restore_calibration(self, calibration: Any) -> ShardedCache:
+        raise ValueError("a calibration of the cache classifier needs an unsharded index (build it without --shards)")

@@ -57,9 +57,12 @@ def _few(values: list[Any], limit: int = 8) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Samples embedded at once.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
+              help="A calibrated index of this model's embeddings: also report ECE, coverage and mean set size "
+              "(and the rejection rule's precision) of each calibration it holds.")
 @quiet_option
 def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, as_json: bool, batch_size: int,
-             device: str, quiet: bool) -> None:
+             device: str, index_dir: Path | None, quiet: bool) -> None:
     """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
     from metriclearn._atomic import write_json
     from metriclearn.data import load_data
@@ -81,9 +84,21 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     metrics["data"].update(source=str(data), reference=reference, seen_classes=seen, unseen_classes=unseen,
                            n_seen=int((query.labels < query.known).sum()),
                            n_unseen=int((query.labels >= query.known).sum()))
+    if index_dir is not None:
+        from metriclearn.cli.calibrate import calibration_metrics
+
+        metrics["calibration"] = calibration_metrics(index_dir, query.embeddings, q_labels, device)
     target = Path(out) if out else Path(model_dir) / "evaluate.json"
     write_json(target, metrics)
-    click.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics) + f"\nwrote {target}")
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    click.echo(format_metrics(metrics))
+    if "calibration" in metrics:
+        from metriclearn.cli.calibrate import format_calibration_metrics
+
+        click.echo(format_calibration_metrics(metrics["calibration"]))
+    click.echo(f"wrote {target}")
 
 
 def _by_group(query: Any, ref: Any) -> dict[str, Any]:
