@@ -186,6 +186,10 @@ def test_cli_query_and_classify_on_a_sharded_index_in_one_process(folders) -> No
         a, b = (json.loads((folders / f"{n}-{method}.json").read_text()) for n in ("whole", "sharded"))
         assert a["classes"] == b["classes"] and a["predictions"] == b["predictions"]
         assert np.abs(np.array(a["probabilities"]) - np.array(b["probabilities"])).max() < 1e-5
+    info = _invoke("index", "info", "--index", folders / "sharded", "--json")
+    assert info.exit_code == 0, info.output
+    facts = json.loads(info.output)
+    assert (facts["shards"], facts["size"], facts["dim"], facts["metric"], facts["labels"]) == (2, 203, 12, "l2", True)
     result = _invoke("classify", "--index", folders / "sharded", "--queries", folders / "q.npy", "--method", "cache",
                      "--k", 5, "--out", folders / "x.json")
     assert result.exit_code == 2 and "--k (top-k cache) needs an unsharded index" in result.output
