@@ -31,6 +31,7 @@ from metriclearn.cli._inputs import (
     read_vectors,
     vector_options,
 )
+from metriclearn.indexes import DEVICES
 
 OUTPUT_FORMATS = (".npy", ".csv", ".json")
 DEFAULT_K = 10
@@ -40,7 +41,7 @@ DEFAULT_LAM = 0.5
 _INDEX_HELP = "Index directory built with labels (metriclearn index build ... --labels FILE.npy)."
 _device_option = click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice(DEVICES),
     default="auto",
     show_default=True,
     help="Where the index searches and the cache model runs.",

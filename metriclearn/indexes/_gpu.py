@@ -15,8 +15,7 @@ from __future__ import annotations
 import faiss
 
 from metriclearn._checks import check_choice
-
-DEVICES = ("auto", "cpu", "cuda")
+from metriclearn._device import DEVICES  # re-exported as metriclearn.indexes.DEVICES
 GPU_MAX_K = 2048  # faiss GPU k-selection limit (GPU_MAX_SELECTION_K); larger k searches on CPU
 _CPU_ONLY_KINDS = ("hnsw",)
 
