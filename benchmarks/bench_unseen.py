@@ -56,14 +56,18 @@ SPLITS: dict[str, tuple[int, ...]] = {  # the training digits; the other five ar
     "low-high": (0, 1, 2, 3, 4),
     "rand1": _random_split(1),
     "rand2": _random_split(2),
+    "same-class": tuple(range(10)),  # the control: all digits seen, scored on all test rows (bench_mnist's protocol)
 }
 
 
 def class_split(train_digits: tuple[int, ...]) -> Split:
-    """Training rows of ``train_digits`` (labels recoded 0..K-1) and test rows of the other digits."""
+    """Training rows of ``train_digits`` (labels recoded 0..K-1) and test rows of the other digits.
+
+    With all ten digits for training, the test rows of all ten: the same-class protocol of ``bench_mnist.py``.
+    """
     Xtr, ytr, Xte, yte = load_split()
     seen = np.isin(ytr, train_digits)
-    unseen = ~np.isin(yte, train_digits)
+    unseen = ~np.isin(yte, train_digits) if len(train_digits) < 10 else np.ones(len(yte), dtype=bool)
     codes = np.searchsorted(np.array(sorted(train_digits)), ytr[seen])
     return Xtr[seen], codes.astype(np.int64), Xte[unseen], yte[unseen]
 
@@ -73,7 +77,25 @@ def score(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     from metriclearn.metrics import retrieval_metrics
 
     m = retrieval_metrics(embeddings, labels, metric="l2", k=5)
-    return {"precision_at_1": m["precision_at_1"], "map_at_r": m["map_at_r"]}
+    return {"precision_at_1": m["precision_at_1"], "map_at_r": m["map_at_r"], **structure(embeddings, labels)}
+
+
+def structure(embeddings: np.ndarray, labels: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """How collapsed a set of embeddings is.
+
+    ``erank``: effective rank of the centred embeddings (Roy & Vetterli 2007), exp of the entropy of the
+    normalised singular values: how many directions the points really use. ``spread``: the mean distance of
+    a point to its class centroid over the mean distance between class centroids (0 = every class a point).
+    """
+    x = embeddings.astype(np.float64) - embeddings.mean(axis=0)
+    sv = np.linalg.svd(x, compute_uv=False)
+    p = sv / sv.sum()
+    erank = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
+    classes = np.unique(labels)
+    centroids = np.stack([x[labels == c].mean(axis=0) for c in classes])
+    within = np.mean([np.linalg.norm(x[labels == c] - centroids[i], axis=1).mean() for i, c in enumerate(classes)])
+    between = np.linalg.norm(centroids[:, None] - centroids[None], axis=-1)[np.triu_indices(len(classes), 1)].mean()
+    return {f"{prefix}erank": erank, f"{prefix}spread": float(within / between)}
 
 
 # ---------------------------------------------------------------------------- pytorch-metric-learning
@@ -109,11 +131,12 @@ def run_pml(data: Split, seed: int, name: str) -> dict[str, float]:
             loss.backward()
             opt.step()
     with torch.no_grad():
-        return score(model(torch.from_numpy(Xq / 255.0).float()).numpy(), yq)
+        seen = structure(model(Xt).numpy(), y, "seen_")
+        return {**score(model(torch.from_numpy(Xq / 255.0).float()).numpy(), yq), **seen}
 
 
 def run_pixels(data: Split, seed: int) -> dict[str, float]:
-    return score(data[2], data[3])
+    return {**score(data[2], data[3]), **structure(data[0], data[1], "seen_")}
 
 
 # ---------------------------------------------------------------------------- metriclearn
@@ -127,13 +150,6 @@ class KeepBest(Callback):
         if logs["val_map_at_r"] > self.best:
             self.best, self.epoch = logs["val_map_at_r"], epoch + 1
             self.state = copy.deepcopy(trainer.model.state_dict())
-
-
-def uniformity(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
-    """Wang & Isola (2020): log mean_{i != j} exp(-t |z_i - z_j|^2) over the unit-normalised batch."""
-    z = nn.functional.normalize(embeddings.float(), dim=1)
-    sq = torch.pdist(z).pow(2)
-    return torch.logsumexp(-t * sq, dim=0) - np.log(sq.numel())
 
 
 def spread_out(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -152,6 +168,7 @@ def run_ours(data: Split, seed: int, *, layer: str = "embedding", holdout: int =
     set and keeps the best epoch (by its MAP@R); with ``refit`` the epoch count found that way is then
     trained on all training classes. ``uniform=w`` adds ``w`` times the uniformity loss.
     """
+    from metriclearn.losses import UniformityLoss
     from metriclearn.training import TrainConfig
     from metriclearn.training.objectives import lambda_loss
     from metriclearn.training.run import build_model, make_trainer
@@ -169,7 +186,7 @@ def run_ours(data: Split, seed: int, *, layer: str = "embedding", holdout: int =
     keep = KeepBest() if holdout else None
     trainer = make_trainer(config, model, int(y.max()) + 1, [keep] if keep else [], verbose=False)
     if uniform:
-        trainer.objective.terms["uniform"] = lambda_loss(lambda e, _: uniformity(e))
+        trainer.objective.terms["uniform"] = UniformityLoss()
         trainer.objective.weights["uniform"] = uniform
     if spread:
         trainer.objective.terms["spread"] = lambda_loss(spread_out)
@@ -182,14 +199,16 @@ def run_ours(data: Split, seed: int, *, layer: str = "embedding", holdout: int =
             return {**run_ours(data, seed, layer=layer, uniform=uniform, **{**overrides, "epochs": keep.epoch}),
                     **extra}
         model.load_state_dict(keep.state)
-    if layer == "hidden":
+    if layer in ("hidden", "hidden-bn"):
         model.eval()
         with torch.no_grad():
-            hidden = model.body.layers(model.standardize(torch.from_numpy(Xq))).numpy()
+            layers = model.body.layers if layer == "hidden" else model.body.layers[:-1]  # "hidden-bn": before ReLU
+            hidden = layers(model.standardize(torch.from_numpy(Xq))).numpy()
+            seen = layers(model.standardize(torch.from_numpy(X))).numpy()
         if metric_on_hidden == "cosine":
-            hidden = hidden / np.maximum(np.linalg.norm(hidden, axis=1, keepdims=True), 1e-12)
-        return {**score(hidden, yq), **extra}
-    return {**score(trainer.embed(Xq), yq), **extra}
+            hidden, seen = (h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12) for h in (hidden, seen))
+        return {**score(hidden, yq), **structure(seen, y, "seen_"), **extra}
+    return {**score(trainer.embed(Xq), yq), **structure(trainer.embed(X), y, "seen_"), **extra}
 
 
 # ---------------------------------------------------------------------------- contenders
@@ -231,7 +250,9 @@ def contenders(sweep: bool) -> dict[str, Callable[[Split, int], dict[str, float]
         "hidden layer (256-d)": {"layer": "hidden"},
         "hidden layer (256-d), cosine": {"layer": "hidden", "metric_on_hidden": "cosine"},
         "hidden layer, T=0.5": {"layer": "hidden", "loss_options": {"neighborhood": {"temperature": 0.5}}},
+        "uniformity 0.05": {"uniform": 0.05},
         "uniformity 0.1": {"uniform": 0.1},
+        "uniformity 0.2": {"uniform": 0.2},
         "uniformity 0.5": {"uniform": 0.5},
         "uniformity 1.0": {"uniform": 1.0},
         "uniformity 0.3": {"uniform": 0.3},
@@ -243,6 +264,19 @@ def contenders(sweep: bool) -> dict[str, Callable[[Split, int], dict[str, float]
         "T=0.05, uniformity 0.5, hidden layer, cosine": {
             "uniform": 0.5, "layer": "hidden", "metric_on_hidden": "cosine",
             "loss_options": {"neighborhood": {"temperature": 0.05}}},
+        "uniformity 1.0, hidden layer, cosine": {"uniform": 1.0, "layer": "hidden", "metric_on_hidden": "cosine"},
+        "hidden layer before ReLU, cosine": {"layer": "hidden-bn", "metric_on_hidden": "cosine"},
+        "uniformity 0.1, hidden layer before ReLU, cosine": {
+            "uniform": 0.1, "layer": "hidden-bn", "metric_on_hidden": "cosine"},
+        "uniformity 0.3, hidden layer before ReLU, cosine": {
+            "uniform": 0.3, "layer": "hidden-bn", "metric_on_hidden": "cosine"},
+        "uniformity 0.3, epochs=5, hidden layer, cosine": {
+            "uniform": 0.3, "epochs": 5, "layer": "hidden", "metric_on_hidden": "cosine"},
+        "uniformity 0.3, lr=1e-3, hidden layer, cosine": {
+            "uniform": 0.3, "lr": 1e-3, "layer": "hidden", "metric_on_hidden": "cosine"},
+        "uniformity 0.3, T=0.1": {"uniform": 0.3, "loss_options": {"neighborhood": {"temperature": 0.1}}},
+        "uniformity 0.3, dim=128": {"uniform": 0.3, "embedding_dim": 128},
+        "uniformity 0.3, wd=1e-2": {"uniform": 0.3, "weight_decay": 1e-2},
         "spread-out (GOR) 1.0": {"spread": 1.0},
         "spread-out (GOR) 5.0": {"spread": 5.0},
         "class-disjoint early stopping (2 of 5 held out)": {"holdout": 2},
@@ -258,7 +292,8 @@ def contenders(sweep: bool) -> dict[str, Callable[[Split, int], dict[str, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS),
+                        help="class splits to run (same-class: the control, every digit seen)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sweep", action="store_true", help="also run the investigation's variants")
     parser.add_argument("--only", nargs="+", help="run only these contenders (exact names)")
