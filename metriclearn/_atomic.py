@@ -14,6 +14,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -32,6 +33,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Use this for libraries that want a file name (``torch.save``, ``faiss.write_index``, matplotlib).
     """
     target = Path(path)
+    if target.is_dir():  # os.replace would fail naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, "Is a directory (expected a file name)", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -40,10 +43,35 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, target)
+    except Exception as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        renamed = _name_target(exc, tmp, target)
+        if renamed is exc:
+            raise
+        raise renamed from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _name_target(exc: Exception, tmp: str, target: Path) -> Exception:
+    """``exc`` as the user should see it: naming ``target``, never the temporary file it was written as.
+
+    An ``OSError`` on the temporary file or on no file (a full disk, a quota: numpy's ``10000 requested and 234
+    written``) keeps its errno and names ``target``; any other error whose message quotes the temporary path
+    (faiss's C++ ``write error`` on a full disk) becomes an ``OSError`` that names ``target``, with the gist
+    of the original message as the reason.
+    """
+    if isinstance(exc, OSError) and exc.filename in (tmp, None):
+        return type(exc)(exc.errno or errno.EIO, exc.strerror or f"could not write the file ({exc})", str(target))
+    text = str(exc)
+    if tmp not in text:
+        return exc
+    reason = text.replace(tmp, str(target)).strip().splitlines()[-1].strip()
+    reason = reason.split(" failed: ", 1)[-1]  # faiss: "Error in <function> at <file>: Error: '<check>' failed: ..."
+    return OSError(errno.EIO, f"could not write the file ({reason})", str(target))
 
 
 @contextlib.contextmanager

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+_EXACT_FLOAT_INT = 2.0**53  # every integer up to this is exactly a float64
+
 
 def describe(value: Any, limit: int = 60) -> str:
     """A short ``repr`` of ``value`` for error messages (arrays show shape and dtype, not data)."""
@@ -86,6 +88,8 @@ def check_matrix(
     arr = np.asarray(x)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):  # a cast to float would silently drop the imaginary parts
+        raise TypeError(f"{name} must hold real numbers, got complex dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n, d), got {arr.ndim}-D with shape {arr.shape}")
     if arr.shape[0] == 0 and not allow_empty:
@@ -102,7 +106,17 @@ def check_matrix(
 def check_labels(y: Any, name: str, n: int | None = None) -> np.ndarray:
     """Validate a 1-D label vector of length ``n`` (if given) and return it as a numpy array.
 
-    Labels may be integers or strings; floats are accepted only when they are whole numbers.
+    Labels may be integers or strings. Floats are accepted when each is a whole number that a float64
+    holds exactly (|v| <= 2**53): ``1.0`` becomes ``1`` losslessly, while ``1.5``, NaN or ``1e20`` (whose
+    integer value a float cannot know) are refused, naming the first offending position. Complex and object arrays are a
+    ``TypeError``.
+
+    >>> check_labels(np.array([3.0, 1.0]), "y").tolist()
+    [3, 1]
+    >>> check_labels(np.array([1.0, 1e20]), "y")
+    Traceback (most recent call last):
+        ...
+    ValueError: y must hold integer or string labels; position 1 holds the float 1e+20, which is not an integer a float represents exactly (|label| <= 2**53)
     """
     if isinstance(y, torch.Tensor):
         y = y.detach().cpu().numpy()
@@ -111,11 +125,46 @@ def check_labels(y: Any, name: str, n: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} must be a 1-D array, got {arr.ndim}-D with shape {arr.shape}")
     if n is not None and arr.shape[0] != n:
         raise ValueError(f"{name} has {arr.shape[0]} entries but there are {n} samples")
+    if np.iscomplexobj(arr) or arr.dtype == object:
+        raise TypeError(f"{name} must hold integer or string labels, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
-            raise ValueError(f"{name} must hold integer or string labels, got non-integer floats")
+        exact = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) <= _EXACT_FLOAT_INT)
+        if not exact.all():
+            at = int(np.flatnonzero(~exact)[0])
+            raise ValueError(
+                f"{name} must hold integer or string labels; position {at} holds the float {float(arr[at])!r}, which is "
+                "not an integer a float represents exactly (|label| <= 2**53)"
+            )
         arr = arr.astype(np.int64)
     return arr
+
+
+def check_probabilities(proba: Any, name: str, n: int | None = None, num_classes: int | None = None,
+                        rows: str = "rows", columns: str = "classes") -> np.ndarray:
+    """Validate an (n, K) matrix of class probabilities: finite, non-negative, rows summing to 1 (± 1e-3).
+
+    ``n`` and ``num_classes`` are the expected shape; ``rows`` and ``columns`` say where they come from in
+    the message (e.g. ``"rows of --features"``). Returns float64.
+
+    >>> check_probabilities([[0.25, 0.75]], "probs", num_classes=2).tolist()
+    [[0.25, 0.75]]
+    >>> check_probabilities([[0.5, 0.6]], "probs file 'p.npy'")
+    Traceback (most recent call last):
+        ...
+    ValueError: probs file 'p.npy' rows must be non-negative and sum to 1; row 0 sums to 1.1
+    """
+    p = check_matrix(proba, name, dtype=np.float64)
+    if n is not None and p.shape[0] != n:
+        raise ValueError(f"{name} has {p.shape[0]} rows, but there are {n} {rows}")
+    if num_classes is not None and p.shape[1] != num_classes:
+        raise ValueError(f"{name} has {p.shape[1]} columns, but there are {num_classes} {columns}")
+    sums = p.sum(axis=1)
+    if (p < 0).any() or not np.allclose(sums, 1.0, atol=1e-3):
+        negative = np.flatnonzero((p < 0).any(axis=1))
+        worst = int(negative[0]) if len(negative) else int(np.argmax(np.abs(sums - 1.0)))
+        raise ValueError(f"{name} rows must be non-negative and sum to 1; row {worst} sums to {sums[worst]:.6g}"
+                         + (" and holds a negative value" if len(negative) else ""))
+    return p
 
 
 def check_embeddings_tensor(embeddings: Any, name: str = "embeddings") -> torch.Tensor:

@@ -100,23 +100,34 @@ def claim_output_dir(
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} exists and is not a folder; choose a folder for the output")
     root.mkdir(parents=True, exist_ok=True)
+    lock_was_there = (root / LOCK).exists()
     with _locked(root):
-        found = output_kind(root)
-        entries = sorted(p.name for p in root.iterdir() if p.name not in _OWN)
-        if found is None and entries and any((root / name).exists() for name in legacy):
-            found = kind
-        if found is not None and found != kind:
-            raise ValueError(f"{root} holds a metriclearn {found} output (this command writes a {kind}); choose another folder")
-        if found is None and entries:
-            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-            raise ValueError(
-                f"{root} is not empty and was not written by metriclearn (it holds {shown}); "
-                f"choose a new or empty folder"
-            )
-        if found == kind and entries and not (overwrite or resume):
-            raise ValueError(f"{root} already holds a metriclearn {kind}; pass {hint} to replace it")
-        write_json(root / MARKER, {"tool": "metriclearn", "kind": kind})
+        try:
+            _claim(root, kind, overwrite or resume, legacy, hint)
+        except ValueError:  # refused: leave no trace of this tool in a folder it may not write
+            if not lock_was_there:
+                (root / LOCK).unlink(missing_ok=True)
+            raise
         yield root
+
+
+def _claim(root: Path, kind: str, replace: bool, legacy: Iterable[str], hint: str) -> None:
+    """Check ``root`` may hold an output of ``kind`` (the lock is held) and mark it; else ``ValueError``."""
+    found = output_kind(root)
+    entries = sorted(p.name for p in root.iterdir() if p.name not in _OWN)
+    if found is None and entries and any((root / name).exists() for name in legacy):
+        found = kind
+    if found is not None and found != kind:
+        raise ValueError(f"{root} holds a metriclearn {found} output (this command writes a {kind}); choose another folder")
+    if found is None and entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise ValueError(
+            f"{root} is not empty and was not written by metriclearn (it holds {shown}); "
+            f"choose a new or empty folder"
+        )
+    if found == kind and entries and not replace:
+        raise ValueError(f"{root} already holds a metriclearn {kind}; pass {hint} to replace it")
+    write_json(root / MARKER, {"tool": "metriclearn", "kind": kind})
 
 
 @contextlib.contextmanager

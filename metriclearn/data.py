@@ -5,12 +5,21 @@ Formats (see DESIGN.md):
 - ``.npz`` with arrays ``X`` (n, ...) and ``y`` (n,); labels int or str; loaded with ``allow_pickle=False``.
 - ``.csv`` with a header, a ``label`` column and numeric feature columns (every other column).
 - ``.jsonl``: one JSON object per line with ``text`` (str) and ``label`` (int or str); blank lines skipped.
-- ``.npy``: a matrix (embeddings, features, probabilities) via :func:`load_matrix`, or a 1-D label vector via
-  :func:`load_labels` (a ``.npy`` alone cannot be training data: it has no labels, use ``.npz``).
+- ``.npy``: a matrix (embeddings, features, probabilities) via :func:`load_matrix`, a 1-D label vector via
+  :func:`load_labels`, or raw model inputs (n, ...) without labels via ``load_data(path, require_labels=False)``
+  (a ``.npy`` alone cannot be training data: it has no labels, use ``.npz``).
 - ``"digits"``: scikit-learn's bundled digits set, X (1797, 64) float32 raw 0..16 pixel values, 10 classes.
 
+Labels are optional where they are not needed: ``load_data(..., require_labels=False)`` also reads an ``.npz``
+without ``y``, a ``.csv`` without a ``label`` column, a ``.jsonl`` without ``label`` fields and a raw ``.npy``, and
+then gives ``y=None``. A file labels every row or none (a blank ``label`` cell is an error naming its line).
+
 Labels are encoded as int64 codes into ``classes``, the sorted distinct label values (JSON-able python ints or
-strs); passing ``classes=`` (e.g. a trained run's ``classes.json``) encodes with that mapping instead.
+strs); passing ``classes=`` (e.g. a trained run's ``classes.json``) encodes with that mapping instead, and
+``unseen="append"`` welcomes labels outside it: they become new classes after the known ones (sorted), so
+``classes[:len(known)]`` are the known classes and codes ``>= len(known)`` mark rows of classes never seen.
+Whole-number floats (``1.0``) become integers losslessly; other floats, complex numbers and out-of-range integers
+are refused.
 
 The batch sampler :class:`ClassBalancedSampler` lives in :mod:`metriclearn.sampler` and is re-exported here.
 
@@ -24,12 +33,16 @@ Example
 (1437, 360)
 >>> encode_labels(["cat", "dog", "cat"])
 (array([0, 1, 0]), ['cat', 'dog'])
+>>> encode_labels(["emu", "cat", "ant"], classes=["cat", "dog"], unseen="append")
+(array([3, 0, 2]), ['cat', 'dog', 'ant', 'emu'])
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +52,14 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from metriclearn._checks import check_fraction, check_labels, check_matrix, check_positive_int, describe
+from metriclearn._checks import (
+    check_choice,
+    check_fraction,
+    check_labels,
+    check_matrix,
+    check_positive_int,
+    describe,
+)
 from metriclearn.sampler import ClassBalancedSampler
 
 __all__ = [
@@ -55,6 +75,8 @@ __all__ = [
 
 SUFFIXES = (".npz", ".csv", ".jsonl")
 DIGITS = "digits"
+UNSEEN = ("error", "append")  # what encode_labels / load_data do with labels outside a given ``classes``
+_INT64 = np.iinfo(np.int64)
 
 
 @dataclass(frozen=True, eq=False)  # arrays inside: compare by identity
@@ -65,25 +87,38 @@ class LabeledData:
     ----------
     X : np.ndarray or list of str
         (n, ...) float32 features, or n texts (from ``.jsonl``).
-    y : np.ndarray
-        (n,) int64 codes; code ``i`` means ``classes[i]``.
+    y : np.ndarray or None
+        (n,) int64 codes; code ``i`` means ``classes[i]``. ``None`` for unlabelled data (only from
+        ``load_data(..., require_labels=False)``).
     classes : list
-        Original label values (python int or str), sorted.
+        Original label values (python int or str), sorted (a given mapping first, see :func:`encode_labels`);
+        empty for unlabelled data.
     source : str
         The path the data came from, or ``"digits"``.
     """
 
     X: np.ndarray | list[str]
-    y: np.ndarray
+    y: np.ndarray | None
     classes: list
     source: str
 
     def __post_init__(self) -> None:
-        if len(self.X) != len(self.y):
+        if self.y is not None and len(self.X) != len(self.y):
             raise ValueError(f"{self.source}: X has {len(self.X)} rows but y has {len(self.y)} labels")
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.X)
+
+    @property
+    def is_labeled(self) -> bool:
+        """Whether the rows carry labels (``y`` is not ``None``)."""
+        return self.y is not None
+
+    def label_values(self) -> np.ndarray | None:
+        """The labels as their original values (ints or strings), or ``None`` for unlabelled data."""
+        if self.y is None:
+            return None
+        return np.asarray(self.classes)[self.y] if len(self.y) else np.asarray(self.classes)[:0]
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +134,8 @@ class LabeledData:
         """The rows ``indices`` (same classes mapping and source)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         X = [self.X[i] for i in idx] if isinstance(self.X, list) else self.X[idx]
-        return LabeledData(X=X, y=self.y[idx], classes=list(self.classes), source=self.source)
+        y = None if self.y is None else self.y[idx]
+        return LabeledData(X=X, y=y, classes=list(self.classes), source=self.source)
 
 
 # --------------------------------------------------------------------------------------------- labels
@@ -108,7 +144,7 @@ def _python_values(values: np.ndarray | Sequence[Any]) -> list:
     return [v.item() if isinstance(v, np.generic) else v for v in values]
 
 
-def encode_labels(labels: Any, classes: Sequence | None = None) -> tuple[np.ndarray, list]:
+def encode_labels(labels: Any, classes: Sequence | None = None, unseen: str = "error") -> tuple[np.ndarray, list]:
     """Map label values to int64 codes.
 
     Parameters
@@ -118,22 +154,31 @@ def encode_labels(labels: Any, classes: Sequence | None = None) -> tuple[np.ndar
     classes : sequence, optional
         A saved mapping (code ``i`` means ``classes[i]``). Without it the mapping is the sorted distinct
         labels.
+    unseen : {"error", "append"}
+        With ``classes``: refuse labels outside it (``"error"``, for what needs the known classes, e.g. a
+        classification head), or append them as new classes after the known ones in sorted order
+        (``"append"``, for embedding and retrieval, which work for any class).
 
     Returns
     -------
     codes : np.ndarray (n,) int64
     classes : list of python int / str
+        ``classes`` itself, followed (with ``unseen="append"``) by the new classes.
 
     Raises
     ------
     ValueError
-        If a label is not in ``classes`` (the message names a few of them) or ``classes`` has duplicates.
+        If a label is not in ``classes`` and ``unseen="error"`` (the message names a few of them), or
+        ``classes`` has duplicates.
 
     Example
     -------
     >>> encode_labels([3, 1, 3], classes=[1, 2, 3])
     (array([2, 0, 2]), [1, 2, 3])
+    >>> encode_labels([3, 7], classes=[1, 2, 3], unseen="append")
+    (array([2, 3]), [1, 2, 3, 7])
     """
+    check_choice(unseen, UNSEEN, "unseen")
     arr = check_labels(labels, "labels")
     if classes is None:
         values, codes = np.unique(arr, return_inverse=True)
@@ -143,28 +188,32 @@ def encode_labels(labels: Any, classes: Sequence | None = None) -> tuple[np.ndar
     if len(mapping) != len(classes):
         raise ValueError(f"classes contains duplicate values: {describe(classes)}")
     values, inverse = np.unique(arr, return_inverse=True)
-    value_codes = np.array([mapping.get(v, -1) for v in _python_values(values)], dtype=np.int64)
-    unknown = [v for v, c in zip(_python_values(values), value_codes) if c < 0]
-    if unknown:
+    values = _python_values(values)
+    unknown = [v for v in values if v not in mapping]
+    if unknown and unseen == "error":
         shown = ", ".join(repr(v) for v in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         raise ValueError(
             f"{len(unknown)} label value(s) are not in the {len(classes)} known classes: {shown} "
             f"(known: {describe(classes)})"
         )
+    classes = classes + unknown  # np.unique sorted them
+    mapping.update({value: len(mapping) + i for i, value in enumerate(unknown)})
+    value_codes = np.array([mapping[v] for v in values], dtype=np.int64)
     return value_codes[inverse.reshape(-1)], classes
 
 
 # --------------------------------------------------------------------------------------------- readers
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_npz(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
     if not zipfile.is_zipfile(path):  # np.load would otherwise try (and refuse) to unpickle it
         raise ValueError(f"{path} is not a readable .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("X", "y") if k not in npz.files]
+            keys = ("X", "y") if require_labels or "y" in npz.files else ("X",)
+            missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise ValueError(f"{path} has no array {' or '.join(missing)} (arrays found: {npz.files})")
             arrays = {}
-            for key in ("X", "y"):
+            for key in keys:
                 try:
                     arrays[key] = npz[key]
                 except ValueError as err:  # object arrays need pickle, which we refuse
@@ -174,49 +223,88 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                     ) from err
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise ValueError(f"{path} is not a readable .npz file: {err}") from err
-    X, y = arrays["X"], arrays["y"]
+    return _check_inputs(arrays["X"], path, "X"), arrays.get("y")
+
+
+def _read_raw_npy(path: Path) -> tuple[np.ndarray, None]:
+    """Raw model inputs (n, ...) without labels."""
+    return _check_inputs(_load_npy(path, "data"), path, "the array"), None
+
+
+def _check_inputs(X: np.ndarray, path: Path, what: str) -> np.ndarray:
     if X.ndim < 2:
-        raise ValueError(f"{path}: X must have shape (n, features...), got shape {X.shape}")
+        raise ValueError(f"{path}: {what} must have shape (n, features...), got shape {X.shape}")
+    if np.iscomplexobj(X):  # a cast to float32 would silently drop the imaginary parts
+        raise ValueError(f"{path}: {what} must hold real numbers, got complex dtype {X.dtype}")
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-        raise ValueError(f"{path}: X must be numeric, got dtype {X.dtype}")
-    return X, y
+        raise ValueError(f"{path}: {what} must be numeric, got dtype {X.dtype}")
+    return X
 
 
-def _csv_label(value: str) -> int | str:
-    value = value.strip()
-    try:
-        return int(value)
-    except ValueError:
-        return value
+def _label_value(value: Any, where: str) -> int | str:
+    """A label read from text: an int (also from an integral float such as ``1.0``) or a string.
+
+    A number that is not an exact int64 integer (``1.5``, ``nan``, ``1e20``) is refused: silently keeping it
+    as text, or rounding it, would corrupt the classes.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError(f"{where}: the label is blank; give every row a label (or none, for unlabelled data)")
+        try:
+            integer = int(text)
+        except ValueError:
+            integer = None
+        if integer is not None:
+            return _integral(integer, where, text)
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+    else:
+        number, text = value, repr(value)
+        if isinstance(value, int):
+            return _integral(value, where, text)
+    if not (math.isfinite(number) and number == round(number) and abs(number) <= 2**53):
+        raise ValueError(f"{where}: label {text} is a number but not an integer that can be represented exactly; "
+                         "labels are integers or names")
+    return int(number)
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _integral(value: int, where: str, text: str) -> int:
+    if not _INT64.min <= value <= _INT64.max:
+        raise ValueError(f"{where}: label {text} does not fit in a 64-bit integer")
+    return value
+
+
+def _read_csv(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
     with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    rows = [r for r in rows if r]  # blank lines
+        rows = [(line, r) for line, r in enumerate(csv.reader(f), start=1) if r]  # blank lines dropped
     if not rows:
         raise ValueError(f"{path} is empty")
-    header = [h.strip() for h in rows[0]]
-    if "label" not in header:
+    header = [h.strip() for h in rows[0][1]]
+    label_cols = [i for i, h in enumerate(header) if h == "label"]
+    if len(label_cols) > 1:
+        where = " and ".join(str(i + 1) for i in label_cols)
+        raise ValueError(f"{path} has {len(label_cols)} 'label' columns (columns {where}); keep exactly one")
+    if not label_cols and require_labels:
         raise ValueError(f"{path} has no 'label' column (columns: {header})")
     body = rows[1:]
     width = len(header)
-    for line, row in enumerate(body, start=2):
+    for line, row in body:
         if len(row) != width:
             raise ValueError(f"{path}, line {line}: {len(row)} fields, but the header has {width}")
-    label_col = header.index("label")
-    feature_cols = [i for i in range(width) if i != label_col]
+    feature_cols = [i for i in range(width) if i not in label_cols]
     if not feature_cols:
         raise ValueError(f"{path} has no feature columns besides 'label'")
     if not body:
-        return np.zeros((0, len(feature_cols)), np.float32), np.zeros(0, np.int64)
-    cells = np.array(body, dtype=str)  # (n, width)
+        return np.zeros((0, len(feature_cols)), np.float32), None if not label_cols else np.zeros(0, np.int64)
+    cells = np.array([row for _, row in body], dtype=str)  # (n, width)
     try:
         X = np.char.strip(cells[:, feature_cols]).astype(np.float64)
     except ValueError:
         for col in feature_cols:  # find the column to blame
-            column = np.char.strip(cells[:, col]).tolist()
-            for line, value in enumerate(column, start=2):
+            for (line, _), value in zip(body, np.char.strip(cells[:, col]).tolist()):
                 try:
                     float(value)
                 except ValueError:
@@ -225,14 +313,17 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
                         "every column other than 'label' must be a number"
                     ) from None
         raise
-    labels = [_csv_label(v) for v in cells[:, label_col]]
+    if not label_cols:
+        return X, None
+    labels = [_label_value(row[label_cols[0]], f"{path}, line {line}") for line, row in body]
     y = np.array(labels) if all(isinstance(v, int) for v in labels) else np.array([str(v) for v in labels])
     return X, y
 
 
-def _read_jsonl(path: Path) -> tuple[list[str], np.ndarray]:
+def _read_jsonl(path: Path, require_labels: bool) -> tuple[list[str], np.ndarray | None]:
     texts: list[str] = []
     labels: list[int | str] = []
+    first_unlabelled: int | None = None
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -242,17 +333,30 @@ def _read_jsonl(path: Path) -> tuple[list[str], np.ndarray]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or "text" not in record or "label" not in record:
-                raise ValueError(f"{where}: expected an object with 'text' and 'label', got {describe(record)}")
-            text, label = record["text"], record["label"]
+            wanted = "'text' and 'label'" if require_labels else "'text'"
+            if not isinstance(record, dict) or "text" not in record or (require_labels and "label" not in record):
+                raise ValueError(f"{where}: expected an object with {wanted}, got {describe(record)}")
+            text = record["text"]
             if not isinstance(text, str):
                 raise ValueError(f"{where}: 'text' must be a string, got {describe(text)}")
-            if isinstance(label, bool) or not isinstance(label, (int, str)):
+            texts.append(text)
+            if "label" not in record:
+                first_unlabelled = first_unlabelled or line_no
+                if labels:
+                    raise ValueError(f"{where}: no 'label', but earlier lines have one; label every line or none")
+                continue
+            if first_unlabelled is not None:
+                raise ValueError(f"{where}: has a 'label', but line {first_unlabelled} has none; "
+                                 "label every line or none")
+            label = record["label"]
+            if isinstance(label, bool) or not isinstance(label, (int, float, str)):
                 raise ValueError(f"{where}: 'label' must be an integer or a string, got {describe(label)}")
+            label = _label_value(label, where) if not isinstance(label, str) else label
             if labels and isinstance(label, str) != isinstance(labels[0], str):
                 raise ValueError(f"{where}: label {label!r} mixes strings and integers with earlier lines")
-            texts.append(text)
             labels.append(label)
+    if first_unlabelled is not None:
+        return texts, None
     return texts, np.array(labels) if labels else np.zeros(0, np.int64)
 
 
@@ -272,61 +376,87 @@ def _existing_file(source: str | Path) -> Path:
     return path
 
 
-def load_data(source: str | Path, classes: Sequence | None = None) -> LabeledData:
-    """Load a labelled data set from ``source`` (a path or ``"digits"``).
+def load_data(
+    source: str | os.PathLike[str],
+    classes: Sequence | None = None,
+    *,
+    require_labels: bool = True,
+    unseen: str = "error",
+) -> LabeledData:
+    """Load a data set from ``source`` (a path or ``"digits"``).
 
     Parameters
     ----------
     source : str or Path
-        ``"digits"`` (built in), or a ``.npz`` / ``.csv`` / ``.jsonl`` file (see the module docstring).
+        ``"digits"`` (built in), or a ``.npz`` / ``.csv`` / ``.jsonl`` file (see the module docstring); with
+        ``require_labels=False`` also a ``.npy`` of raw inputs.
     classes : sequence, optional
-        Encode the labels with this mapping (e.g. a trained run's ``classes.json``); a label outside it is
-        a ``ValueError``. Without it the classes are the sorted distinct labels, and at least 2 are required.
+        Encode the labels with this mapping (e.g. a trained run's ``classes.json``). Without it the classes
+        are the sorted distinct labels, and at least 2 are required.
+    require_labels : bool
+        ``False``: a file without labels is fine and gives ``y=None`` (embedding, indexing, reports).
+    unseen : {"error", "append"}
+        With ``classes``: a label outside it is a ``ValueError`` naming it, or (``"append"``) a new class
+        after the known ones (see :func:`encode_labels`).
 
     Raises
     ------
     ValueError
         Naming the file, for: a missing file, an unknown extension, a missing ``X``/``y`` array or ``label``
-        column, a non-numeric feature column, mismatched lengths, NaN/inf features (with the row count), an
-        empty file, object arrays in an ``.npz``, fewer than 2 classes, unknown labels.
+        column (when required), two ``label`` columns, a blank label, a non-numeric feature column, a label
+        that is a non-integral or inexact number, mismatched lengths, NaN/inf features (with the row count),
+        complex features, an empty file, object arrays in an ``.npz``, fewer than 2 classes, unknown labels.
+    TypeError
+        If ``source`` is not a path or a string.
 
     Example
     -------
     >>> load_data("digits", classes=list(range(12))).num_classes
     12
+    >>> seen = load_data("digits", classes=[0, 1, 2, 3], unseen="append")
+    >>> seen.classes[4:], int((seen.y >= 4).sum())  # digits 4..9 are new classes, appended
+    ([4, 5, 6, 7, 8, 9], 1077)
     """
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a file path or {DIGITS!r}, got {describe(source)}")
+    check_choice(unseen, UNSEEN, "unseen")
     source_name = str(source)
     if source_name == DIGITS:
         X, y = _digits()
     else:
         path = _existing_file(source)
         suffix = path.suffix.lower()
-        if suffix == ".npy":
+        if suffix == ".npy" and require_labels:
             raise ValueError(
                 f"{path}: a .npy file holds no labels; save features and labels together as .npz (X, y)"
             )
-        if suffix not in SUFFIXES:
+        if suffix not in (*SUFFIXES, ".npy"):
             raise ValueError(
                 f"{path}: unknown data file extension {suffix!r}; expected one of {', '.join(SUFFIXES)} "
-                "or 'digits'"
+                + ("or 'digits'" if require_labels else "or .npy (raw inputs, unlabelled), or 'digits'")
             )
         if path.stat().st_size == 0:
             raise ValueError(f"{path} is empty")
-        reader = {".npz": _read_npz, ".csv": _read_csv, ".jsonl": _read_jsonl}[suffix]
         try:
-            X, y = reader(path)
+            if suffix == ".npy":
+                X, y = _read_raw_npy(path)
+            else:
+                reader = {".npz": _read_npz, ".csv": _read_csv, ".jsonl": _read_jsonl}[suffix]
+                X, y = reader(path, require_labels)
         except UnicodeDecodeError as err:
             raise ValueError(f"{path} is not UTF-8 text: {err}") from None
-    return _assemble(X, y, classes, source_name)
+    return _assemble(X, y, classes, source_name, unseen)
 
 
-def _assemble(X: np.ndarray | list[str], y: np.ndarray, classes: Sequence | None, source: str) -> LabeledData:
+def _assemble(
+    X: np.ndarray | list[str], y: np.ndarray | None, classes: Sequence | None, source: str, unseen: str
+) -> LabeledData:
     """Validate raw (X, labels) from ``source`` and encode the labels."""
-    if y.ndim != 1:
+    if y is not None and y.ndim != 1:
         raise ValueError(f"{source}: y must be 1-D (n,), got shape {y.shape}")
-    if len(X) != len(y):
+    if y is not None and len(X) != len(y):
         raise ValueError(f"{source}: X has {len(X)} rows but y has {len(y)} labels")
-    if len(y) == 0:
+    if len(X) == 0:
         raise ValueError(f"{source} is empty: it holds no samples")
     if isinstance(X, np.ndarray):
         X = X.astype(np.float32)
@@ -334,9 +464,11 @@ def _assemble(X: np.ndarray | list[str], y: np.ndarray, classes: Sequence | None
         bad_rows = int((~np.isfinite(flat)).any(axis=1).sum())
         if bad_rows:
             raise ValueError(f"{source}: X contains NaN or inf values in {bad_rows} of {len(X)} rows")
+    if y is None:
+        return LabeledData(X=X, y=None, classes=[], source=source)
     try:
-        codes, mapping = encode_labels(y, classes)
-    except ValueError as err:
+        codes, mapping = encode_labels(check_labels(y, "y"), classes, unseen)
+    except (ValueError, TypeError) as err:
         raise ValueError(f"{source}: {err}") from None
     present = len(np.unique(codes))
     if len(mapping) < 2 or (classes is None and present < 2):

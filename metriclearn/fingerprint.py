@@ -34,7 +34,7 @@ def model_fingerprint(model: nn.Module) -> str:
         if isinstance(value, torch.Tensor):
             tensor = value.detach().to("cpu").contiguous()
             digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         else:  # extra state objects: their repr is all we can hash
             digest.update(repr(value).encode("utf-8"))
     return digest.hexdigest()

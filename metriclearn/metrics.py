@@ -61,7 +61,7 @@ from metriclearn._checks import check_choice, check_labels, check_matrix, check_
 from metriclearn._progress import progress
 from metriclearn.data import stratified_subsample
 
-__all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "retrieval_metrics", "separation_metrics"]
+__all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "embedding_metrics", "retrieval_metrics", "separation_metrics"]
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r", "knn_accuracy")
 SEPARATION_KEYS = ("silhouette", "davies_bouldin", "calinski_harabasz", "nmi", "ami")
@@ -342,3 +342,50 @@ def separation_metrics(
         "nmi": float(normalized_mutual_info_score(codes, clusters)),
         "ami": float(adjusted_mutual_info_score(codes, clusters)),
     }
+
+
+# --------------------------------------------------------------------------------------------- metrics.json
+def embedding_metrics(
+    query: Any,
+    query_labels: Any,
+    reference: Any = None,
+    reference_labels: Any = None,
+    *,
+    metric: str = "l2",
+    k: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every metric of one set of embeddings, in the one shape of metriclearn's ``metrics.json`` files.
+
+    ``train`` (held-out split), ``evaluate`` and ``report`` all write this shape (adding their own facts)::
+
+        {"retrieval":              retrieval_metrics(query, query_labels)        leave-one-out in query,
+         "retrieval_vs_reference": retrieval_metrics(query, ..., reference, ...) only with a reference,
+         "knn_accuracy_k{k}":      retrieval_vs_reference["knn_accuracy"]       only with a reference,
+         "separation":             separation_metrics(query, query_labels),
+         "data": {"n_query", "n_reference", "dim", "n_classes", "metric", "k"}}
+
+    Example
+    -------
+    >>> x = np.array([[0.0], [0.1], [0.2], [1.0], [1.1], [1.2]], dtype=np.float32)
+    >>> m = embedding_metrics(x, [0, 0, 0, 1, 1, 1], x[::-1], [1, 1, 1, 0, 0, 0], k=3)
+    >>> m["retrieval"]["map_at_r"], m["knn_accuracy_k3"], m["data"]["n_reference"]
+    (1.0, 1.0, 6)
+    """
+    q = check_matrix(query, "query")
+    qy = check_labels(query_labels, "query_labels", n=len(q))
+    metrics: dict[str, Any] = {"retrieval": retrieval_metrics(q, qy, metric=metric, k=k)}
+    if reference is not None:
+        vs_reference = retrieval_metrics(q, qy, reference, reference_labels, metric=metric, k=k)
+        metrics["retrieval_vs_reference"] = vs_reference
+        metrics[f"knn_accuracy_k{k}"] = vs_reference["knn_accuracy"]
+    metrics["separation"] = separation_metrics(q, qy, seed=seed)
+    metrics["data"] = {
+        "n_query": len(q),
+        "n_reference": None if reference is None else len(reference),
+        "dim": q.shape[1],
+        "n_classes": len(np.unique(qy)),
+        "metric": metric,
+        "k": k,
+    }
+    return metrics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -18,3 +20,39 @@ def rng() -> np.random.Generator:
 def _seed() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+# --------------------------------------------------------------------------------------------- shared helpers
+# Plain functions, imported by test modules (``from conftest import invoke``): pytest puts tests/ on sys.path.
+def make_blobs(counts: dict, dim: int = 8, seed: int = 0, spread: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs, one per class: ``counts`` maps a label (int or str) to its number of rows (uneven on
+    purpose). A class's centre depends on its label only, so it is the same in every call (train on some
+    classes, evaluate on others that share a few)."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for label, n in counts.items():
+        centre = np.random.default_rng(zlib.crc32(str(label).encode())).normal(0, spread, dim)
+        xs.append(centre + rng.normal(0, 1, (n, dim)))
+        ys += [label] * n
+    order = rng.permutation(len(ys))
+    return np.concatenate(xs)[order].astype(np.float32), np.array(ys)[order]
+
+
+def invoke(*args: object):
+    """Run the real ``metriclearn`` CLI in-process (click's CliRunner); arguments are turned into strings."""
+    from click.testing import CliRunner
+
+    from metriclearn.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> None:
+    """Exit ``code``; for exit 1 exactly one ``Error:`` line; no traceback; each fragment in the output."""
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    if code == 1:
+        assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output

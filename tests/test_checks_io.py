@@ -41,7 +41,7 @@ def test_check_labels() -> None:
     assert _checks.check_labels([1.0, 2.0], "y").dtype == np.int64
     with pytest.raises(ValueError, match="y has 2 entries but there are 3 samples"):
         _checks.check_labels([1, 2], "y", n=3)
-    with pytest.raises(ValueError, match="non-integer floats"):
+    with pytest.raises(ValueError, match=r"y must hold integer or string labels; position 0 holds the float 1\.5"):
         _checks.check_labels([1.5], "y")
 
 
@@ -95,3 +95,54 @@ def test_atomic_files_follow_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "r.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_check_probabilities_names_the_file_and_the_row() -> None:
+    good = _checks.check_probabilities([[0.2, 0.8], [1.0, 0.0]], "p", n=2, num_classes=2)
+    assert good.dtype == np.float64 and good.tolist() == [[0.2, 0.8], [1.0, 0.0]]
+    name = "--probs file 'p.npy'"
+    with pytest.raises(ValueError, match=r"--probs file 'p\.npy' has 3 rows, but there are 2 feature rows"):
+        _checks.check_probabilities(np.full((3, 2), 0.5), name, n=2, rows="feature rows")
+    with pytest.raises(ValueError, match=r"has 2 columns, but there are 4 classes in the index"):
+        _checks.check_probabilities(np.full((3, 2), 0.5), name, num_classes=4, columns="classes in the index")
+    with pytest.raises(ValueError, match=r"row 1 sums to 1 and holds a negative value"):
+        _checks.check_probabilities([[0.5, 0.5], [1.5, -0.5]], name)
+
+
+def test_atomic_write_errors_name_the_target_not_the_temp_file(tmp_path: Path) -> None:
+    def fails_like_faiss(path: str) -> None:
+        raise RuntimeError(f"Error in void faiss::write_index at index_write.cpp:499: Error: 'ret == (size * 4)' "
+                           f"failed: write error in {path}: 4051 != 16000 (No space left on device)")
+
+    with pytest.raises(OSError) as info:
+        _atomic.save_with(tmp_path / "index.faiss", fails_like_faiss)
+    assert info.value.filename == str(tmp_path / "index.faiss") and ".tmp" not in str(info.value)
+    assert f"write error in {tmp_path / 'index.faiss'}: 4051 != 16000 (No space left on device)" in str(info.value)
+
+    def disk_full(path: str) -> None:
+        raise OSError(28, "No space left on device", path)
+
+    with pytest.raises(OSError, match="No space left on device") as info:
+        _atomic.save_with(tmp_path / "m.pt", disk_full)
+    assert info.value.errno == 28 and info.value.filename == str(tmp_path / "m.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temp file left behind
+
+
+def test_knn_classifier_nan_gets_our_message() -> None:
+    from metriclearn.classify import KNNClassifier
+
+    X = np.array([[0.0, 0.0], [1.0, 1.0], [np.nan, 2.0]], np.float32)
+    with pytest.raises(ValueError, match=r"^X contains NaN or inf values in 1 of 3 rows$"):
+        KNNClassifier(n_neighbors=1).fit(X, [0, 1, 1])
+    knn = KNNClassifier(n_neighbors=1).fit(X[:2], [0, 1])
+    with pytest.raises(ValueError, match=r"^X contains NaN or inf values in 1 of 3 rows$"):
+        knn.predict(X)
+
+
+def test_model_fingerprint_covers_scalar_buffers() -> None:
+    from metriclearn.fingerprint import model_fingerprint
+
+    a, b = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)  # num_batches_tracked is a 0-d buffer
+    assert model_fingerprint(a) == model_fingerprint(b)
+    b.num_batches_tracked += 1
+    assert model_fingerprint(a) != model_fingerprint(b)

@@ -42,7 +42,20 @@ def test_format_error_names_missing_file() -> None:
     assert format_error(FileNotFoundError(2, "No such file or directory", "x.npz")) == (
         "x.npz: No such file or directory"
     )
-    assert isinstance(click.ClickException("x"), click.ClickException)
+    assert format_error(OSError(28, "No space left on device")) == "[Errno 28] No space left on device"
+    assert format_error(ValueError("")) == "ValueError"
+
+
+def test_click_errors_pass_through_unwrapped() -> None:
+    @cli.command("_usage", hidden=True)
+    def usage() -> None:
+        raise click.UsageError("give --model DIR --data PATH")
+
+    try:
+        result = CliRunner().invoke(cli, ["_usage"])
+        assert result.exit_code == 2 and result.output.strip().endswith("Error: give --model DIR --data PATH")
+    finally:
+        cli.commands.pop("_usage")
 
 
 @pytest.mark.parametrize("argv", [["--help"]])

@@ -115,7 +115,8 @@ def test_unknown_label_error_names_the_file(tmp_path: Path) -> None:
         ("d.jsonl", '{"text": "a", "label": 1}\n\n{"text": "b", "label": 2\n', r"d\.jsonl, line 3: invalid JSON"),
         ("d.jsonl", '{"text": "a", "label": 1}\n{"txt": "b", "label": 2}\n', r"line 2: expected an object with 'text'"),
         ("d.jsonl", '{"text": 3, "label": 1}\n', r"line 1: 'text' must be a string, got 3"),
-        ("d.jsonl", '{"text": "a", "label": 1.5}\n', r"line 1: 'label' must be an integer or a string"),
+        ("d.jsonl", '{"text": "a", "label": 1.5}\n', r"line 1: label 1\.5 is a number but not an integer"),
+        ("d.jsonl", '{"text": "a", "label": [1]}\n', r"line 1: 'label' must be an integer or a string"),
         ("d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "x"}\n', r"line 2: label 'x' mixes"),
         ("d.jsonl", "\n\n", r"d\.jsonl is empty: it holds no samples"),
         ("d.txt", "1,2\n", r"d\.txt: unknown data file extension '\.txt'; expected one of \.npz, \.csv, \.jsonl"),
@@ -140,7 +141,7 @@ def test_text_format_errors(tmp_path: Path, name: str, content: str, match: str)
         ({"X": np.zeros((0, 2)), "y": np.zeros(0)}, r"d\.npz is empty: it holds no samples"),
         ({"X": np.zeros((2, 1)), "y": np.array([0, 1], dtype=object)}, r"array y is an object array"),
         ({"X": np.array([["a"], ["b"]]), "y": np.array([0, 1])}, r"X must be numeric, got dtype <U1"),
-        ({"X": np.zeros((2, 1)), "y": np.array([0.5, 1])}, r"non-integer floats"),
+        ({"X": np.zeros((2, 1)), "y": np.array([0.5, 1])}, r"d\.npz: y must hold integer .*position 0 holds the float 0\.5"),
     ],
 )
 def test_npz_errors(tmp_path: Path, arrays: dict, match: str) -> None:
@@ -272,3 +273,114 @@ def test_split_text_data(tmp_path: Path) -> None:
     train, val = train_val_split(load_data(path), val_fraction=0.2, seed=0)
     assert isinstance(val.X, list) and len(val.X) == 2 and sorted(val.y.tolist()) == [0, 1]
     assert sorted(train.X + val.X) == sorted(f"t{i}" for i in range(10))
+
+
+# --------------------------------------------------------------------------------------------- labels optional
+def test_unlabelled_files_load_without_labels_when_not_required(tmp_path: Path) -> None:
+    X = np.arange(12, dtype=np.float64).reshape(4, 3)
+    np.savez(tmp_path / "d.npz", X=X)
+    np.save(tmp_path / "raw.npy", X.reshape(4, 3, 1))  # raw inputs keep their trailing shape
+    write_csv(tmp_path / "d.csv", "a,b,c\n" + "".join(",".join(str(v) for v in row) + "\n" for row in X))
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}, {"text": "two", "id": 2}])
+    for name in ("d.npz", "d.csv"):
+        data = load_data(tmp_path / name, require_labels=False)
+        assert data.y is None and not data.is_labeled and data.classes == [] and len(data) == 4
+        np.testing.assert_array_equal(data.X, X.astype(np.float32))
+        assert data.label_values() is None and data.subset([3, 1]).X.tolist() == [X[3].tolist(), X[1].tolist()]
+    raw = load_data(tmp_path / "raw.npy", require_labels=False)
+    assert raw.X.shape == (4, 3, 1) and raw.y is None
+    text = load_data(tmp_path / "d.jsonl", require_labels=False)
+    assert text.X == ["one", "two"] and text.y is None and text.is_text
+    with pytest.raises(ValueError, match=r"d\.npz has no array y"):
+        load_data(tmp_path / "d.npz")  # labels stay required by default (training needs them)
+    with pytest.raises(ValueError, match=r"line 1: expected an object with 'text' and 'label'"):
+        load_data(tmp_path / "d.jsonl")
+
+
+def test_labelled_files_keep_labels_when_optional(tmp_path: Path) -> None:
+    write_csv(tmp_path / "d.csv", "label,f\ncat,1\ndog,2\n")
+    data = load_data(tmp_path / "d.csv", require_labels=False)
+    assert data.classes == ["cat", "dog"] and data.label_values().tolist() == ["cat", "dog"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("d.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', r"line 2: no 'label', but earlier lines have one"),
+        ("d.jsonl", '{"text": "a"}\n\n{"text": "b", "label": 1}\n', r"line 3: has a 'label', but line 1 has none"),
+        ("d.csv", "label,f\n1,1\n ,2\n", r"d\.csv, line 3: the label is blank"),
+        ("d.npy", None, r"d\.npy: the array must have shape \(n, features\.\.\.\)"),
+    ],
+)
+def test_partly_labelled_files_are_refused(tmp_path: Path, name: str, content: str | None, match: str) -> None:
+    path = tmp_path / name
+    if content is None:
+        np.save(path, np.zeros(3))
+    else:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_data(path, require_labels=False)
+
+
+def test_unseen_classes_are_appended_after_the_known_ones(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", X=np.zeros((5, 2)), y=np.array(["emu", "cat", "ant", "emu", "dog"]))
+    data = load_data(tmp_path / "d.npz", classes=["dog", "cat"], unseen="append")
+    assert data.classes == ["dog", "cat", "ant", "emu"]  # known first, in their order; then new ones sorted
+    assert data.y.tolist() == [3, 1, 2, 3, 0]
+    assert data.label_values().tolist() == ["emu", "cat", "ant", "emu", "dog"]
+    with pytest.raises(ValueError, match=r"d\.npz: 2 label value\(s\) are not in the 2 known classes: 'ant', 'emu'"):
+        load_data(tmp_path / "d.npz", classes=["dog", "cat"])
+    with pytest.raises(ValueError, match="unseen must be one of 'error', 'append'; got 'keep'"):
+        load_data(tmp_path / "d.npz", classes=["dog", "cat"], unseen="keep")
+
+
+# --------------------------------------------------------------------------------------------- never corrupted
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("d.csv", "label,f,label\n1,2,3\n0,4,5\n", r"d\.csv has 2 'label' columns \(columns 1 and 3\); keep exactly one"),
+        ("d.csv", "f,label\n1,cat\n2,\n", r"d\.csv, line 3: the label is blank"),
+        ("d.csv", "f,label\n1,1e20\n2,3\n", r"d\.csv, line 2: label 1e20 is a number but not an integer"),
+        ("d.csv", "f,label\n1,2.5\n2,3\n", r"line 2: label 2\.5 is a number but not an integer"),
+        ("d.csv", "f,label\n1,nan\n2,3\n", r"line 2: label nan is a number but not an integer"),
+        ("d.csv", "f,label\n1,99999999999999999999\n2,3\n", r"line 2: label 99999999999999999999 does not fit"),
+        ("d.jsonl", '{"text": "a", "label": 1e20}\n', r"line 1: label 1e\+20 is a number but not an integer"),
+    ],
+)
+def test_labels_are_never_silently_corrupted_in_text_files(tmp_path: Path, name: str, content: str,
+                                                           match: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_data(path)
+
+
+def test_integral_float_labels_convert_losslessly(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", X=np.zeros((3, 1)), y=np.array([1.0, 2.0, 2.0**53]))
+    assert load_data(tmp_path / "d.npz").classes == [1, 2, 2**53]
+    assert load_data(write_csv(tmp_path / "d.csv", "f,label\n1,1.0\n2,3\n3,1\n")).classes == [1, 3]
+    text = load_data(write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 1.0}, {"text": "b", "label": 7}]))
+    assert text.classes == [1, 7] and all(type(c) is int for c in text.classes)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"X": np.zeros((2, 1)), "y": np.array([1.0, 1e20])}, r"position 1 holds the float 1e\+20"),
+        ({"X": np.zeros((2, 1)), "y": np.array([1 + 2j, 3])}, r"d\.npz: y must hold integer or string labels, got dtype complex128"),
+        ({"X": np.array([[1 + 1j], [2]]), "y": np.array([0, 1])}, r"d\.npz: X must hold real numbers, got complex dtype complex128"),
+    ],
+)
+def test_npz_values_are_never_silently_corrupted(tmp_path: Path, arrays: dict, match: str) -> None:
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(ValueError, match=match):
+        load_data(tmp_path / "d.npz")
+
+
+def test_load_data_names_a_bad_source_argument() -> None:
+    with pytest.raises(TypeError, match=r"source must be a file path or 'digits', got 5"):
+        load_data(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"embeddings must hold real numbers, got complex dtype"):
+        from metriclearn._checks import check_matrix
+
+        check_matrix(np.ones((2, 2), np.complex64), "embeddings")

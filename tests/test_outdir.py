@@ -80,3 +80,13 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Pat
     assert proc.returncode == 0
     with claim_output_dir(tmp_path, "run", overwrite=True):  # released: the next writer gets in
         assert (tmp_path / LOCK).exists()
+
+
+def test_a_refused_folder_is_left_exactly_as_it_was(tmp_path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty and was not written by metriclearn"):
+        with claim_output_dir(folder, "index"):
+            pass
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # no marker, no lock file

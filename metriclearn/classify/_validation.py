@@ -16,6 +16,8 @@ import numpy as np
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from metriclearn._checks import check_matrix
+
 
 def encode_targets(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(classes_, codes)``: the sorted distinct labels and each label's int64 position in them.
@@ -32,14 +34,19 @@ def fit_data(estimator: Any, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
 
     Sets ``n_features_in_`` (and ``feature_names_in_`` for data frames) as scikit-learn expects.
     """
-    X, y = validate_data(estimator, X, y, dtype=np.float32, order="C")
-    return X, y
+    X, y = validate_data(estimator, X, y, dtype=np.float32, order="C", ensure_all_finite=False)
+    return _finite(X, "X"), y
 
 
 def query_data(estimator: Any, X: Any) -> np.ndarray:
     """Validate query data for a fitted ``estimator``: 2-D finite float32 of the width seen in ``fit``."""
     check_is_fitted(estimator)
-    return validate_data(estimator, X, dtype=np.float32, order="C", reset=False)
+    return _finite(validate_data(estimator, X, dtype=np.float32, order="C", reset=False, ensure_all_finite=False), "X")
+
+
+def _finite(X: np.ndarray, name: str) -> np.ndarray:
+    """``X`` when every value is finite; else our one-line message (not scikit-learn's advice on imputers)."""
+    return check_matrix(X, name, allow_empty=True)
 
 
 def index_labels(index: Any) -> np.ndarray:

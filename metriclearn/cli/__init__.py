@@ -14,6 +14,7 @@ import click
 
 from metriclearn import __version__
 from metriclearn._progress import set_quiet
+from metriclearn.cli._inputs import quiet_option
 
 
 class CommandFailed(click.ClickException):
@@ -48,7 +49,7 @@ class MetricLearnGroup(click.Group):
 @click.group(cls=MetricLearnGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="metriclearn")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@quiet_option
 def cli(debug: bool, quiet: bool) -> None:
     """metriclearn: learn embeddings where same-class points are neighbours, then use them."""
     set_quiet(quiet)
@@ -57,8 +58,8 @@ def cli(debug: bool, quiet: bool) -> None:
 # (module, attribute) of every command; each module owns one command group of DESIGN.md.
 _COMMANDS = (
     ("train", "train"),
-    ("train", "embed"),
-    ("train", "evaluate"),
+    ("embed", "embed"),
+    ("evaluate", "evaluate"),
     ("index", "index"),
     ("classify", "classify"),
     ("classify", "second_opinion"),

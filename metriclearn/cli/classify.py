@@ -19,8 +19,16 @@ from typing import Any
 import click
 import numpy as np
 
-from metriclearn._checks import check_matrix
 from metriclearn._atomic import atomic_open, save_npy, write_json
+from metriclearn.cli._inputs import (
+    check_dim,
+    check_k,
+    check_same_model,
+    check_source,
+    load_probabilities,
+    read_vectors,
+    vector_options,
+)
 from metriclearn.classify.cache import LAM_GRID, THETA_GRID
 
 OUTPUT_FORMATS = (".npy", ".csv", ".json")
@@ -40,7 +48,7 @@ _device_option = click.option(
 
 @click.command("classify")
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help=_INDEX_HELP)
-@click.option("--queries", required=True, type=click.Path(path_type=Path), help="Query embeddings (n, d) .npy.")
+@vector_options("--queries", "Query embeddings (n, d) .npy (carries no model fingerprint: not checked).")
 @click.option("--method", required=True, type=click.Choice(["knn", "cache"]), help="kNN vote or cache model.")
 @click.option(
     "--k",
@@ -63,7 +71,9 @@ _device_option = click.option(
 @_device_option
 def classify(
     index_dir: Path,
-    queries: Path,
+    matrix: Path | None,
+    model: Path | None,
+    data: str | None,
     method: str,
     k: int | None,
     theta: float | None,
@@ -71,8 +81,13 @@ def classify(
     out: Path,
     device: str,
 ) -> None:
-    """Classify query embeddings with the labelled vectors of an index: kNN vote or Orhan's cache model."""
+    """Classify query embeddings with the labelled vectors of an index: kNN vote or Orhan's cache model.
+
+    Queries come from --queries FILE.npy, or --model DIR --data PATH embeds them on the fly (an index built by
+    another model is then refused).
+    """
     _check_output(out, OUTPUT_FORMATS)
+    check_source(matrix, model, data, "--queries")
     if method == "knn" and theta is not None:
         raise click.UsageError("--theta applies to --method cache only")
     if method == "cache" and weights is not None:
@@ -80,17 +95,19 @@ def classify(
     from metriclearn.classify import CacheClassifier, KNNClassifier
 
     index = _load_index(index_dir, device)
-    q = _load_features(queries, "queries", index.dim)
+    k = check_k(k, index, index_dir) if k is not None else None
+    vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", device=device)
+    check_same_model(index, index_dir, vectors)
+    q = check_dim(vectors, index, index_dir)
     if method == "knn":
-        k = _check_k(k, index, index_dir) if k is not None else min(DEFAULT_K, len(index))
-        model: Any = KNNClassifier.from_index(index, n_neighbors=k, weights=weights or "distance")
+        k = k if k is not None else min(DEFAULT_K, len(index))
+        classifier: Any = KNNClassifier.from_index(index, n_neighbors=k, weights=weights or "distance")
     else:
-        top_k = _check_k(k, index, index_dir) if k is not None else None
         theta = DEFAULT_THETA if theta is None else theta
-        model = CacheClassifier.from_index(index, theta=theta, top_k=top_k, device=device)
-    proba = model.predict_proba(q)
-    predictions = model.classes_[np.argmax(proba, axis=1)]
-    _write_predictions(out, method, model.classes_, predictions, proba)
+        classifier = CacheClassifier.from_index(index, theta=theta, top_k=k, device=device)
+    proba = classifier.predict_proba(q)
+    predictions = classifier.classes_[np.argmax(proba, axis=1)]
+    _write_predictions(out, method, classifier.classes_, predictions, proba)
     click.echo(f"{method}: {len(q)} predictions written to {out}")
 
 
@@ -132,12 +149,12 @@ def second_opinion(
 
     index = _load_index(index_dir, device)
     x = _load_features(features, "features", index.dim)
-    p = _load_probabilities(probs, "probs", len(x))
+    p = load_probabilities(probs, "--probs", len(x), len(np.unique(index.labels)))
     theta = DEFAULT_THETA if theta is None else theta
     cache = CacheClassifier.from_index(index, theta=theta, lam=DEFAULT_LAM if lam is None else lam, device=device)
     if tune:
         x_val = _load_features(tune[0], "validation features", index.dim)
-        p_val = _load_probabilities(tune[1], "validation probabilities", len(x_val))
+        p_val = load_probabilities(tune[1], "--tune PROBS_VAL", len(x_val), len(np.unique(index.labels)))
         y_val = load_labels(tune[2], n=len(x_val))
         cache.tune(x_val, p_val, y_val, THETA_GRID, LAM_GRID)
         best = cache.tuning_["accuracy"].max()
@@ -157,14 +174,13 @@ def _check_output(out: Path, formats: tuple[str, ...]) -> None:
 
 
 def _load_index(index_dir: Path, device: str) -> Any:
-    from metriclearn.classify._validation import index_labels
     from metriclearn.indexes import EmbeddingIndex
 
     index = EmbeddingIndex.load(index_dir, device=device)
-    try:
-        index_labels(index)
-    except ValueError as exc:
-        raise ValueError(f"index {str(index_dir)!r}: {exc}") from None
+    if index.labels is None or len(index) == 0:
+        problem = "carries no labels" if index.labels is None else "is empty"
+        raise ValueError(f"index {str(index_dir)!r} {problem}; build it with labels "
+                         "(metriclearn index build ... --labels FILE.npy, or --model DIR --data PATH with labels)")
     return index
 
 
@@ -175,23 +191,6 @@ def _load_features(path: Path, what: str, dim: int) -> np.ndarray:
     if x.shape[1] != dim:
         raise ValueError(f"{what} file {str(path)!r} has dimension {x.shape[1]}, but the index has dimension {dim}")
     return x
-
-
-def _load_probabilities(path: Path, what: str, n: int) -> np.ndarray:
-    from metriclearn.data import load_matrix
-
-    p = load_matrix(path, what)
-    if p.shape[0] != n:
-        raise ValueError(f"{what} file {str(path)!r} has {p.shape[0]} rows, but the features have {n}")
-    return check_matrix(p, f"{what} file {str(path)!r}", dtype=np.float64)
-
-
-def _check_k(k: int, index: Any, index_dir: Path) -> int:
-    if k <= 0:
-        raise ValueError(f"--k must be a positive integer, got {k}")
-    if k > len(index):
-        raise ValueError(f"--k {k} is larger than the index {str(index_dir)!r} ({len(index)} vectors)")
-    return k
 
 
 def _write_predictions(out: Path, method: str, classes: np.ndarray, predictions: np.ndarray, proba: np.ndarray) -> None:

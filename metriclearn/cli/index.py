@@ -1,6 +1,9 @@
 """``metriclearn index build|query``: build a FAISS index directory from embeddings and search it.
 
-Unlike the Python API (which pads with id −1), the CLI treats k larger than the index as an error.
+Unlike the Python API (which clamps k to the index size), the CLI treats k larger than the index as an error.
+``index build --model DIR`` records the model's fingerprint (``attrs["model_fingerprint"]``), and ``index
+query --model DIR --data PATH`` refuses an index built by another model. ``.npy`` embeddings and queries carry
+no fingerprint, so they are not checked.
 """
 
 from __future__ import annotations
@@ -13,10 +16,17 @@ from typing import Any
 import click
 import numpy as np
 
-from metriclearn._checks import check_positive_int
 from metriclearn._atomic import write_text
-from metriclearn.indexes._factory import KINDS
-from metriclearn.indexes._gpu import DEVICES
+from metriclearn.cli._inputs import (
+    check_dim,
+    check_k,
+    check_same_model,
+    check_source,
+    quiet_option,
+    read_vectors,
+    vector_options,
+)
+from metriclearn.indexes import DEVICES, KINDS
 from metriclearn.indexes.exact import METRICS
 
 
@@ -26,18 +36,29 @@ def index() -> None:
 
 
 @index.command("build")
-@click.option("--embeddings", type=click.Path(dir_okay=False, path_type=Path), help="Embeddings (n, d) .npy.")
-@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path), help="Labels (n,) .npy for --embeddings.")
-@click.option("--model", type=click.Path(file_okay=False, path_type=Path), help="Trained run directory to embed with.")
-@click.option("--data", type=str, help="Data to embed with --model: a .npz/.csv/.jsonl path or 'digits'.")
+@vector_options("--embeddings", "Embeddings (n, d) .npy.", labels_flag="--labels")
 @click.option("--kind", default="flat", show_default=True, help=f"{', '.join(KINDS)} or a faiss factory string.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
 @click.option("--nlist", type=int, help="Inverted lists for ivf/pq (default ≈ 4·√n).")
 @click.option("--nprobe", type=int, help="Lists scanned per query for ivf/pq (default max(8, √nlist)).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Index directory: new, empty, or an index this tool wrote (with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace the index already in --out.")
+@click.option(
+    "--target-recall",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Tune the index to this recall@k against exact search (cheapest nprobe/efSearch, a few nlist/M).",
+)
+@click.option("--k", "tune_k", type=click.IntRange(min=1), default=10, show_default=True, help="k of recall@k for --target-recall.")
+@click.option(
+    "--tune-queries",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Held-out queries (q, d) .npy for --target-recall (default: a sample of the data, left out of the truth).",
+)
+@quiet_option
 def build(
-    embeddings: Path | None,
+    matrix: Path | None,
     labels: Path | None,
     model: Path | None,
     data: str | None,
@@ -47,52 +68,59 @@ def build(
     nprobe: int | None,
     device: str,
     out: Path,
+    overwrite: bool,
+    quiet: bool,
+    target_recall: float | None,
+    tune_k: int,
+    tune_queries: Path | None,
 ) -> None:
-    """Build an index from --embeddings [--labels] or from --model --data; write it to --out."""
+    """Build an index from --embeddings [--labels] or from --model --data; write it to --out.
+
+    With --model, the data's labels (if any) go into the index, whatever their classes, and the index
+    records the model's fingerprint so that queries embedded by another model are refused.
+    """
+    from metriclearn._outdir import claim_output_dir
     from metriclearn.indexes import EmbeddingIndex
 
-    if (embeddings is None) == (model is None):
-        raise click.UsageError("give either --embeddings FILE.npy or --model DIR --data PATH (not both)")
-    if model is not None and (data is None or labels is not None):
-        raise click.UsageError("--model needs --data PATH (labels come from the data; --labels is for --embeddings)")
-    if embeddings is not None and data is not None:
-        raise click.UsageError("--data goes with --model; with --embeddings give --labels FILE.npy")
-    if embeddings is not None:
-        from metriclearn.data import load_labels, load_matrix
+    if target_recall is None and tune_queries is not None:
+        raise click.UsageError("--tune-queries goes with --target-recall R")
 
-        x = load_matrix(embeddings, name="embeddings")
-        y = None if labels is None else load_labels(labels, n=x.shape[0])
-    else:
-        from metriclearn.training import embed_from_run  # lands with the trainer
-
-        x, codes, classes = embed_from_run(model, data)
-        y = np.asarray(classes)[codes]
-    idx = EmbeddingIndex(x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
-    idx.add(x, labels=y)
-    idx.save(out)
+    vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
+                           labels_flag="--labels", device=device)
+    idx = EmbeddingIndex(vectors.x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
+    idx.add(vectors.x, labels=vectors.labels)
+    if target_recall is not None:
+        _tune(idx, vectors.x, target_recall, tune_k, tune_queries)
+    if vectors.fingerprint is not None:
+        idx.attrs["model_fingerprint"] = vectors.fingerprint
+    with claim_output_dir(out, "index", overwrite=overwrite, legacy=("index.json",)):
+        idx.save(out)
     click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}) -> {out}")
 
 
 @index.command("query")
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index directory.")
-@click.option("--queries", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Queries (q, d) .npy.")
+@vector_options("--queries", "Queries (q, d) .npy (carries no model fingerprint: not checked against the index).")
 @click.option("-k", "--k", "k", required=True, type=int, help="Neighbours per query (1 .. index size).")
 @click.option("--json", "as_json", is_flag=True, help="Print ids / distances / labels as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON result here.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def query(index_dir: Path, queries: Path, k: int, as_json: bool, out: Path | None, device: str) -> None:
-    """Print the k nearest neighbours of every row of --queries (a table, or JSON with --json)."""
-    from metriclearn.data import load_matrix
+@quiet_option
+def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | None, k: int, as_json: bool,
+          out: Path | None, device: str, quiet: bool) -> None:
+    """Print the k nearest neighbours of every query (a table, or JSON with --json).
+
+    Queries come from --queries FILE.npy, or --model DIR --data PATH embeds them on the fly; an index built
+    by another model (index build --model) is then refused.
+    """
     from metriclearn.indexes import EmbeddingIndex
 
-    k = check_positive_int(k, "k")
+    check_source(matrix, model, data, "--queries")
     idx = EmbeddingIndex.load(index_dir, device=device)
-    if k > len(idx):
-        raise ValueError(f"k={k} is larger than the index {index_dir} ({len(idx)} vectors)")
-    q = load_matrix(queries, name="queries")
-    if q.shape[1] != idx.dim:
-        raise ValueError(f"{queries} has dimension {q.shape[1]} but the index {index_dir} has dimension {idx.dim}")
-    D, I = idx.search(q, k)
+    k = check_k(k, idx, index_dir)
+    vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", device=device)
+    check_same_model(idx, index_dir, vectors)
+    D, I = idx.search(check_dim(vectors, idx, index_dir), k)
     result = _result(idx, D, I)
     if out is not None:
         write_text(out, json.dumps(result) + "\n")
@@ -102,6 +130,77 @@ def query(index_dir: Path, queries: Path, k: int, as_json: bool, out: Path | Non
         click.echo(f"wrote {I.shape[0]} x {k} neighbours -> {out}")
     else:
         click.echo(_table(result))
+
+
+def _tune(idx: Any, x: np.ndarray, target_recall: float, k: int, queries_path: Path | None) -> None:
+    """``EmbeddingIndex.tune`` for ``index build --target-recall``: its notes and result as lines."""
+    import warnings
+
+    from metriclearn.data import load_matrix
+    from metriclearn.indexes.tuning import TuningWarning
+
+    queries = None if queries_path is None else load_matrix(queries_path, name="tune queries")
+    if queries is not None and queries.shape[1] != idx.dim:
+        raise ValueError(f"{queries_path} has dimension {queries.shape[1]} but the embeddings have dimension {idx.dim}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TuningWarning)  # the notes are printed below
+        report = idx.tune(target_recall, k=k, queries=queries, vectors=x)
+    for note in report["notes"]:
+        click.echo(f"note: {note}")
+    params = ", ".join(f"{key}={value}" for key, value in report["params"].items()) or "exact"
+    click.echo(
+        f"tuned: recall@{k} {report['recall_at_k']:.3f} (target {target_recall:g}) on "
+        f"{report['held_out_queries']} held-out queries with {params}; "
+        f"{report['speed_vs_flat']:.2f}x the speed of exact search"
+    )
+
+
+@index.command("info")
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object.")
+def info(index_dir: Path, as_json: bool) -> None:
+    """What an index directory holds: kind, size, measured recall and speed, parameters, provenance."""
+    from metriclearn.indexes import describe
+
+    facts = describe(index_dir)
+    click.echo(json.dumps(facts) if as_json else _info_text(facts))
+
+
+def _info_text(facts: dict[str, Any]) -> str:
+    """``index info`` as aligned ``name: value`` lines."""
+    lines = [
+        ("path", facts["path"]),
+        ("format version", facts["format_version"]),
+        ("kind", f"{facts['kind']} ({facts['factory']})"),
+        ("metric", facts["metric"]),
+        ("vectors", facts["size"]),
+        ("dimension", facts["dim"]),
+    ]
+    if facts.get("shards") is not None:
+        lines.append(("shards", facts["shards"]))
+    lines += [
+        ("labels", "yes" if facts["labels"] else "no"),
+        ("metadata", "yes" if facts["metadata"] else "no"),
+        ("parameters", ", ".join(f"{k}={v}" for k, v in facts["params"].items() if v is not None)),
+    ]
+    tuning = facts.get("tuning")
+    if tuning:
+        lines += [
+            (f"recall@{tuning['k']}", f"{tuning['recall_at_k']} (target {tuning['target_recall']}, "
+             f"{'reached' if tuning['reached'] else 'NOT reached'}; {tuning['held_out_queries']} held-out queries)"),
+            ("speed", f"{tuning['qps']:.0f} queries/s, {tuning['speed_vs_flat']}x exact search "
+             f"({tuning['threads']} thread{'s' if tuning['threads'] != 1 else ''})"),
+            ("tuned parameters", ", ".join(f"{k}={v}" for k, v in tuning["params"].items()) or "none (exact)"),
+        ]
+        lines += [("note", note) for note in tuning.get("notes", [])]
+    else:
+        lines.append(("recall", "not measured (build with --target-recall R)"))
+    if facts.get("calibration") is not None:
+        lines.append(("calibration", json.dumps(facts["calibration"])))
+    if facts.get("model_fingerprint") is not None:
+        lines.append(("model fingerprint", facts["model_fingerprint"]))
+    width = max(len(name) for name, _ in lines)
+    return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in lines)
 
 
 def _result(idx: Any, D: np.ndarray, I: np.ndarray) -> dict[str, Any]:

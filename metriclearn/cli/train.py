@@ -1,8 +1,8 @@
-"""``metriclearn train``, ``embed`` and ``evaluate``.
+"""``metriclearn train``.
 
 ``train`` builds a :class:`~metriclearn.training.config.TrainConfig` from ``--config FILE.toml`` and the
-flags (flags win), trains into a run directory and prints the held-out metrics. ``embed`` and
-``evaluate`` load a run directory (``--model DIR``) and apply it to a data file.
+flags (flags win), trains into a run directory and prints the held-out metrics (``embed`` and
+``evaluate`` apply a run directory to a data file: :mod:`metriclearn.cli.embed`, :mod:`metriclearn.cli.evaluate`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import click
 import numpy as np
 
 from metriclearn._progress import is_quiet, set_quiet
+from metriclearn.cli._inputs import quiet_option
+from metriclearn.cli.evaluate import format_metrics
 from metriclearn.training.config import (
     COMBINES,
     DEVICES,
@@ -83,7 +85,7 @@ def _parse_encoder_options(ctx: click.Context, param: click.Parameter, value: tu
 @click.option("--resume", is_flag=True, help="Continue the killed run in --out exactly where it stopped.")
 @click.option("--report/--no-report", default=None, help="Write tSNE/UMAP plots and a centroid movie.")
 @click.option("--overfit-batch", is_flag=True, help="Only check the model can fit one batch (pass/fail).")
-@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@quiet_option
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<timestamp>).")
 def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: bool, out: str | None,
           **flags: Any) -> None:
@@ -114,7 +116,7 @@ def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: boo
     run_dir = Path(out) if out else _new_run_dir(Path("runs"))
     metrics = train_run(config, run_dir, resume=resume, verbose=verbose)
     click.echo(f"run: {run_dir}")
-    click.echo(_format_metrics(metrics))
+    click.echo(format_metrics(metrics))
 
 
 def _new_run_dir(root: Path) -> Path:
@@ -152,60 +154,3 @@ def _overfit(config: TrainConfig, verbose: bool) -> None:
                f"of {config.batch_size}")
     if not passed:
         raise click.ClickException("the model cannot fit a single batch; check the data, labels, lr and loss settings")
-
-
-def _format_metrics(metrics: dict[str, Any]) -> str:
-    lines = [f"held-out metrics ({metrics.get('split', 'val')}, {metrics.get('n_eval', '?')} samples):"]
-    for section in ("retrieval", "retrieval_vs_reference", "separation"):
-        if section in metrics:
-            values = "  ".join(f"{k} {v:.4f}" for k, v in metrics[section].items() if isinstance(v, (int, float)))
-            lines.append(f"  {section:<23} {values}")
-    for key, value in metrics.items():
-        if key.startswith("knn_accuracy_k"):
-            lines.append(f"  {key:<23} {value:.4f}")
-    return "\n".join(lines)
-
-
-@click.command("embed")
-@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
-@click.option("--data", required=True, metavar="PATH|digits", help="Data to embed (.npz/.csv/.jsonl or 'digits').")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output FILE.npy (n, D) float32.")
-@click.option("--labels-out", type=click.Path(dir_okay=False), help="Also write the encoded labels (.npy).")
-@click.option("--batch-size", type=int, default=1024, show_default=True)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_size: int, device: str) -> None:
-    """Embed DATA with a trained run and save the embeddings as .npy."""
-    from metriclearn._atomic import save_npy
-    from metriclearn.training.run import embed_from_run
-
-    if not out.endswith(".npy"):
-        raise click.BadParameter(f"must end in .npy, got {out!r}", param_hint="--out")
-    embeddings, labels, _ = embed_from_run(model_dir, data, batch_size=batch_size, device=device)
-    save_npy(out, embeddings)
-    if labels_out:
-        save_npy(labels_out, labels)
-    click.echo(f"wrote {out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32")
-
-
-@click.command("evaluate")
-@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
-@click.option("--data", required=True, metavar="PATH|digits", help="Queries with labels.")
-@click.option("--reference", metavar="PATH", help="Reference set to search (default: leave-one-out in --data).")
-@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the metrics JSON "
-              "(default DIR/evaluate.json).")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, as_json: bool, device: str) -> None:
-    """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
-    from metriclearn._atomic import write_json
-    from metriclearn.training.run import embed_from_run, evaluate_embeddings
-
-    query, query_labels, _ = embed_from_run(model_dir, data, device=device)
-    ref, ref_labels = (None, None)
-    if reference is not None:
-        ref, ref_labels, _ = embed_from_run(model_dir, reference, device=device)
-    metrics = evaluate_embeddings(query, query_labels, ref, ref_labels)
-    metrics.update(split=str(data), n_eval=int(len(query_labels)), reference=reference)
-    target = Path(out) if out else Path(model_dir) / "evaluate.json"
-    write_json(target, metrics)
-    click.echo(json.dumps(metrics, indent=2) if as_json else _format_metrics(metrics) + f"\nwrote {target}")

@@ -10,7 +10,11 @@
 
 from __future__ import annotations
 
+from metriclearn.indexes._factory import KINDS
+from metriclearn.indexes._gpu import DEVICES
+from metriclearn.indexes._persist import describe
 from metriclearn.indexes.exact import exact_search
 from metriclearn.indexes.faiss_index import EmbeddingIndex
+from metriclearn.indexes.tuning import TuningWarning
 
-__all__ = ["EmbeddingIndex", "exact_search"]
+__all__ = ["DEVICES", "KINDS", "EmbeddingIndex", "TuningWarning", "describe", "exact_search"]

@@ -9,7 +9,8 @@ machine but stalls whenever another process holds a core.
 :func:`flat_search` therefore runs faiss's own ``knn_L2sqr`` / ``knn_inner_product`` in worker threads
 (OpenMP limited to 1 thread in each), with the BLAS path forced on for batches of ``MIN_QUERIES`` or
 more. A large batch is cut into blocks of queries, one task each; a small one is run against slices
-of the vectors, one task each, and the per-slice top-k lists are merged. There are a few tasks per
+of the vectors, one task each, and the per-slice top-k lists are merged in faiss's ``ResultHeap`` (one
+k-heap per query, the structure faiss's own sliced searches use). There are a few tasks per
 thread, so a thread slowed down by another process simply takes fewer. Same neighbours as
 ``index.search`` up to float round-off and ties; no OpenMP barrier anywhere.
 
@@ -69,10 +70,11 @@ def flat_search(
         results = list(_workers().map(lambda b: _knn(xb, xq, k, l2, xb_sq_norms, *b), parts))
     if len(results) == 1:
         return results[0]
-    D = np.concatenate([r[0] for r in results], axis=1)  # (Q, slices·k)
-    I = np.concatenate([r[1] for r in results], axis=1)
-    order = np.argsort(D if l2 else -D, axis=1, kind="stable")[:, :k]  # (Q, k): merge the slices' top k
-    return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+    heap = faiss.ResultHeap(nq, k, keep_max=not l2)  # merge the slices' top k: one k-heap per query
+    for D, I in results:
+        heap.add_result(D, I)
+    heap.finalize()
+    return heap.D, heap.I
 
 
 def _knn(

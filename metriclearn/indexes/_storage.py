@@ -7,10 +7,14 @@ Layout written by :func:`write_directory`::
     DIR/index.json      manifest: format, format_version, the caller's fields, and for every file its
                         SHA-256 and size; plus ``checksum``, the SHA-256 of the manifest's own content
 
-Every file is written atomically and the manifest last, so an interrupted save leaves files that no
-longer match the old manifest: :func:`read_directory` then reports the directory as damaged instead of
-loading a mix. A missing, truncated or altered file, or an edited manifest, is a ``ValueError`` that
-names the file.
+A save builds the whole directory in a hidden sibling and swaps it in only when complete, so an
+interrupted or failed save leaves the previous directory loadable. It writes only into a missing or empty
+folder or one that holds an index (recognised by its manifest), and never deletes a file that the
+previous manifest did not list. A missing, truncated or altered file, or an edited manifest, is a
+``ValueError`` that names the file.
+
+The checksums detect damage, not tampering: they are not keyed, so whoever can write the directory can
+also rewrite the manifest to match (see docs/search.md, "Trust model").
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp()) / "idx"
@@ -27,16 +31,24 @@ ValueError: index directory ... is damaged: a.txt does not match its checksum (t
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from metriclearn._atomic import atomic_path, sha256, write_json
+from metriclearn._atomic import sha256, write_json
+from metriclearn._outdir import LOCK, MARKER
+from metriclearn.indexes._dirswap import swap_in
 
 MANIFEST = "index.json"
+STAGING_SUFFIX = ".saving"  # .NAME.PID.RANDOM.saving: a save in progress (removed by a later save once PID is gone)
+_OUTDIR_FILES = {MARKER, LOCK}  # metriclearn's output-folder marker and lock (see metriclearn._outdir)
 
 
 def write_directory(
@@ -45,28 +57,87 @@ def write_directory(
     fields: Mapping[str, Any],
     format_name: str,
     format_version: int,
-    stale: Iterable[str] = (),
 ) -> None:
-    """Write each ``writers[name](tmp_path)`` atomically into ``path``, then the manifest.
+    """Write ``writers[name](file)`` for each file and the manifest into a new directory, then swap it in.
 
-    ``stale`` names optional files of an earlier save that this one does not write; they are removed
-    after the new manifest is in place.
+    ``path`` must be missing, empty (but for metriclearn's output marker and lock) or a directory whose
+    manifest is a ``format_name`` manifest; anything else is refused before anything is written. The new
+    directory is built in a hidden sibling and replaces ``path`` only once complete
+    (:func:`~metriclearn.indexes._dirswap.swap_in`), so a save that fails part-way (a full disk, a
+    writer's error) leaves the previous directory as it was. Files of the previous save that this one
+    does not write are gone with it; files that were not listed in its manifest are kept.
     """
     root = Path(path)
+    owned = _check_target(root, format_name, writers)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_staging(root)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.{os.getpid()}.", suffix=STAGING_SUFFIX, dir=root.parent))
+    try:
+        files: dict[str, dict[str, Any]] = {}
+        for name, writer in writers.items():
+            target = staging / name
+            try:
+                writer(str(target))
+            except (OSError, RuntimeError) as exc:  # faiss raises RuntimeError; name the user's path
+                reason = str(exc).replace(str(staging), str(root))
+                raise OSError(getattr(exc, "errno", None) or errno.EIO, f"could not write {root / name}: {reason}") from exc
+            files[name] = {"sha256": sha256(target), "bytes": target.stat().st_size}
+        manifest = {"format": format_name, "format_version": format_version, **fields, "files": files}
+        manifest["checksum"] = _manifest_checksum(manifest)
+        write_json(staging / MANIFEST, manifest)
+        swap_in(staging, root, owned)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # holds only what this save wrote
+        raise
+
+
+def _remove_dead_staging(root: Path) -> None:
+    """Remove staging folders of earlier saves to ``root`` whose process is gone (killed mid-save)."""
+    pattern = re.compile(rf"^\.{re.escape(root.name)}\.(\d+)\.[^.]+{re.escape(STAGING_SUFFIX)}$")
+    for entry in root.parent.glob(f".{glob.escape(root.name)}.*{STAGING_SUFFIX}"):
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)  # only ever holds files a save wrote
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _check_target(root: Path, format_name: str, writers: Mapping[str, Any]) -> set[str]:
+    """Refuse a ``root`` this save must not replace; return the names of the previous save's files."""
     if root.exists() and not root.is_dir():
         raise ValueError(f"cannot save an index to {root}: it exists and is not a directory")
-    root.mkdir(parents=True, exist_ok=True)
-    files: dict[str, dict[str, Any]] = {}
-    for name, writer in writers.items():
-        with atomic_path(root / name) as tmp:
-            writer(str(tmp))
-            files[name] = {"sha256": sha256(tmp), "bytes": tmp.stat().st_size}
-    manifest = {"format": format_name, "format_version": format_version, **fields, "files": files}
-    manifest["checksum"] = _manifest_checksum(manifest)
-    write_json(root / MANIFEST, manifest)
-    for name in stale:
-        if name not in files and (root / name).is_file():
-            (root / name).unlink()
+    if not root.exists():
+        return set()
+    entries = {p.name for p in root.iterdir()} - _OUTDIR_FILES
+    if not entries:
+        return set()
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != format_name:
+        shown = ", ".join(sorted(entries)[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise ValueError(
+            f"cannot save an index to {root}: it is not empty and not a metriclearn index (it holds {shown}); "
+            "choose a new or empty folder"
+        )
+    listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    owned = {MANIFEST, *listed} | {name for name in entries if name.startswith(".") and name.endswith(".tmp")}
+    clash = sorted((entries - owned) & set(writers))
+    if clash:
+        raise ValueError(
+            f"cannot save an index to {root}: it holds {', '.join(clash)}, which its manifest does not list "
+            "(not written by metriclearn); move it away first"
+        )
+    return owned
 
 
 def read_directory(path: str | os.PathLike[str], format_name: str, format_version: int) -> dict[str, Any]:

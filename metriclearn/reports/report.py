@@ -3,10 +3,12 @@
 Files written to ``out_dir`` (atomically):
 
 * ``tsne.png`` and/or ``umap.png`` — the 2-D projection coloured by class, class centroids marked;
-* ``metrics.json`` — ``{"separation": ..., "retrieval": ..., "data": ...}`` where ``separation`` is
-  :func:`metriclearn.metrics.separation_metrics` and ``retrieval`` is leave-one-out
-  :func:`metriclearn.metrics.retrieval_metrics`, both on the full-dimensional embeddings (not on the 2-D
-  pictures), over at most ``metric_max_points`` rows (stratified subsample beyond, as for projections);
+* ``metrics.json`` — the shape every metriclearn ``metrics.json`` has
+  (:func:`metriclearn.metrics.embedding_metrics`): ``{"retrieval": ..., "separation": ..., "data": ...}``, where
+  ``retrieval`` is leave-one-out :func:`~metriclearn.metrics.retrieval_metrics` and ``separation`` is
+  :func:`~metriclearn.metrics.separation_metrics`, both on the full-dimensional embeddings (not on the 2-D
+  pictures), over at most ``metric_max_points`` rows (stratified subsample beyond, as for projections).
+  Without labels (``labels=None``) the points are drawn in one colour and ``metrics.json`` holds ``data`` only;
 * ``report.html`` — the pictures (base64 data URIs), the metrics table and the run configuration.
 
 All numeric work runs with one BLAS/OpenMP thread (``threadpoolctl``): results do not depend on the
@@ -40,7 +42,7 @@ from threadpoolctl import threadpool_limits
 from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
 from metriclearn._atomic import write_bytes, write_json, write_text
 from metriclearn._progress import progress
-from metriclearn.metrics import retrieval_metrics, separation_metrics
+from metriclearn.metrics import embedding_metrics
 from metriclearn.reports.html import render_html
 from metriclearn.reports.plots import as_codes, png_bytes, scatter_figure
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS, MIN_POINTS
@@ -63,38 +65,37 @@ def report_methods(method: str) -> tuple[str, ...]:
 
 def check_report_inputs(
     embeddings: Any, labels: Any, method: str, max_points: int, classes: Sequence[Any] | None = None
-) -> tuple[np.ndarray, np.ndarray, list]:
+) -> tuple[np.ndarray, np.ndarray | None, list]:
     """Validate everything before any slow work; return ``(x, codes, classes)``.
 
-    Raises ``ValueError`` for non-finite values, a length mismatch, a single class, or fewer points (or a
-    smaller ``max_points``) than a projection needs.
+    ``labels=None`` (unlabelled data) gives ``codes=None`` and no classes. Raises ``ValueError`` for
+    non-finite values, a length mismatch, a single class, or fewer points (or a smaller ``max_points``) than
+    a projection needs.
     """
     x = check_matrix(embeddings, "embeddings")
-    check_labels(labels, "labels", n=len(x))
-    codes, classes = as_codes(labels, classes)
-    present = np.unique(codes)
-    if len(present) < 2:
-        name = classes[present[0]] if len(present) else None
-        raise ValueError(f"labels hold a single class ({name!r}): a report needs at least 2 classes")
+    codes: np.ndarray | None = None
+    classes = [] if labels is None else classes
+    if labels is not None:
+        check_labels(labels, "labels", n=len(x))
+        codes, classes = as_codes(labels, classes)
+        present = np.unique(codes)
+        if len(present) < 2:
+            name = classes[present[0]] if len(present) else None
+            raise ValueError(f"labels hold a single class ({name!r}): a report needs at least 2 classes")
     max_points = check_positive_int(max_points, "max_points")
     for m in report_methods(method):
         check_enough_points(len(x), m)
         if max_points < MIN_POINTS[m]:
             raise ValueError(f"max_points must be at least {MIN_POINTS[m]} for {m}, got {max_points}")
-    return x, codes, classes
+    return x, codes, list(classes)
 
 
 def compute_metrics(
     x: np.ndarray, codes: np.ndarray, metric: str = "l2", max_points: int = METRIC_MAX_POINTS, seed: int = 0
-) -> tuple[dict[str, dict[str, float]], int]:
-    """``({"separation": ..., "retrieval": ...}, rows used)`` on at most ``max_points`` stratified rows."""
+) -> tuple[dict[str, Any], int]:
+    """``(embedding_metrics(...), rows used)`` on at most ``max_points`` stratified rows."""
     rows = stratified_subsample(codes, max_points, seed)
-    x, codes = x[rows], codes[rows]
-    metrics = {
-        "separation": separation_metrics(x, codes, seed=seed),
-        "retrieval": retrieval_metrics(x, codes, metric=metric),
-    }
-    return {group: {k: float(v) for k, v in values.items()} for group, values in metrics.items()}, len(rows)
+    return embedding_metrics(x[rows], codes[rows], metric=metric, seed=seed), len(rows)
 
 
 def write_report(
@@ -118,7 +119,8 @@ def write_report(
     Parameters
     ----------
     embeddings : (n, d) finite floats. labels : (n,) class labels (ints or strings), or int codes into
-        ``classes`` when ``classes`` is given (the class names shown in legends).
+        ``classes`` when ``classes`` is given (the class names shown in legends); ``None`` for unlabelled
+        embeddings (one colour, no metrics).
     method : ``"tsne"``, ``"umap"`` or ``"both"``. config : run configuration shown in the HTML, if known.
     max_points : projection cap (stratified subsample beyond it). seed : seeds subsampling and projections.
     metric : ``"l2"`` or ``"cosine"`` for the retrieval metrics. tsne_iter, umap_epochs : optimisation
@@ -134,22 +136,27 @@ def write_report(
     metric_max_points = check_positive_int(metric_max_points, "metric_max_points")
     out = Path(out_dir)
     with threadpool_limits(limits=1):  # see the module docstring
-        metrics, metric_rows = compute_metrics(x, codes, metric, metric_max_points, seed)
+        metrics: dict[str, Any] = {"data": {}}
+        if codes is not None:
+            metrics, metric_rows = compute_metrics(x, codes, metric, metric_max_points, seed)
+            metrics["data"]["metric_points"] = metric_rows
         data = {
+            **metrics.pop("data"),
             "source": source,
             "n_points": len(x),
             "dim": x.shape[1],
             "n_classes": len(classes),
             "classes": classes,
             "metric": metric,
-            "metric_points": metric_rows,
             "seed": seed,
         }
+        shown_codes = np.zeros(len(x), np.int64) if codes is None else codes  # one colour without labels
+        shown_classes = ["unlabelled"] if codes is None else classes
         images = []
         for name in progress(report_methods(method), desc="projecting"):
-            proj = project(x, codes, name, max_points, seed, tsne_iter=tsne_iter, umap_epochs=umap_epochs)
+            proj = project(x, shown_codes, name, max_points, seed, tsne_iter=tsne_iter, umap_epochs=umap_epochs)
             title, subtitle = _titles(name, proj.indices.size, x.shape, len(classes), metrics, source)
-            png = png_bytes(scatter_figure(proj.points, codes[proj.indices], classes, title, subtitle))
+            png = png_bytes(scatter_figure(proj.points, shown_codes[proj.indices], shown_classes, title, subtitle))
             write_bytes(out / f"{name}.png", png)
             data[f"{name}_points"] = len(proj.indices)
             images.append((f"{title} — {subtitle}", png))
@@ -167,10 +174,13 @@ def _titles(
     source: str | None,
 ) -> tuple[str, str]:
     """Plot title (method, source, key metric) and subtitle (sizes, second metric)."""
-    p1 = metrics["retrieval"].get("precision_at_1", float("nan"))
-    sil = metrics["separation"].get("silhouette", float("nan"))
     n, d = shape
     points = f"{n} points" if shown == n else f"{shown} of {n} points (stratified sample)"
-    title = f"{METHOD_NAMES[method]} of {source or 'embeddings'} · precision@1 {p1:.3f}"
+    title = f"{METHOD_NAMES[method]} of {source or 'embeddings'}"
+    if "retrieval" not in metrics:  # unlabelled: nothing to measure
+        return title, f"{points} · {d}-d · no labels"
+    p1 = metrics["retrieval"].get("precision_at_1", float("nan"))
+    sil = metrics["separation"].get("silhouette", float("nan"))
+    title += f" · precision@1 {p1:.3f}"
     subtitle = f"{points} · {d}-d · {num_classes} classes · silhouette {sil:.3f} in {d}-d"
     return title, subtitle

@@ -18,7 +18,14 @@ from metriclearn.training.callbacks import (
 )
 from metriclearn.training.config import TrainConfig, parse_loss_term
 from metriclearn.training.objectives import Objective, build_loss, build_objective, expected_initial_loss, pcgrad
-from metriclearn.training.run import embed_from_run, evaluate_embeddings, load_run, train_run
+from metriclearn.training.run import (
+    RunEmbeddings,
+    TrainedRun,
+    embed_from_run,
+    evaluate_embeddings,
+    load_run,
+    train_run,
+)
 from metriclearn.training import distributed
 from metriclearn.training.trainer import Trainer, resolve_device, seed_everything
 
@@ -29,9 +36,11 @@ __all__ = [
     "HealthMonitor",
     "LambdaCallback",
     "ModelCheckpoint",
+    "RunEmbeddings",
     "Objective",
     "TensorBoardLogger",
     "TrainConfig",
+    "TrainedRun",
     "Trainer",
     "build_loss",
     "distributed",

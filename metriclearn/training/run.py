@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ import torch
 from torch import nn
 
 from metriclearn._atomic import save_with, write_json
+from metriclearn._checks import check_positive_int, describe
+from metriclearn.fingerprint import model_fingerprint
 from metriclearn.training.callbacks import (
     Callback,
     CSVLogger,
@@ -178,8 +182,111 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, config: TrainConf
     save_with(path, lambda f: torch.save(payload, f))
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any], list[Any]]:
-    """``(model in eval mode on CPU, config dict, classes)`` of a trained run directory."""
+@dataclass(frozen=True, eq=False)
+class TrainedRun:
+    """A trained run directory loaded once: its model (eval mode, CPU), configuration and classes.
+
+    Unpacks as ``model, config, classes`` (what :func:`load_run` has always returned).
+    """
+
+    path: Path
+    model: nn.Module
+    config: dict[str, Any]
+    classes: list[Any]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.config, self.classes))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """:func:`metriclearn.fingerprint.model_fingerprint` of the weights (recorded by indexes)."""
+        return model_fingerprint(self.model)
+
+    def embed(
+        self,
+        data: Any,
+        batch_size: int = 1024,
+        device: str = "auto",
+        *,
+        require_labels: bool = False,
+        unseen: str = "append",
+    ) -> RunEmbeddings:
+        """Embed ``data`` (a path, ``"digits"`` or :class:`~metriclearn.data.LabeledData`) with this run.
+
+        Labels are optional (``require_labels``) and classes the run never saw are welcome (``unseen=
+        "append"``: they follow the run's classes); ``unseen="error"`` refuses them, naming them, for what
+        needs the training classes.
+        """
+        from metriclearn.data import LabeledData, encode_labels, load_data
+
+        batch_size = check_positive_int(batch_size, "batch_size")
+        if isinstance(data, LabeledData):
+            values = data.label_values()
+            codes, classes = (None, list(self.classes)) if values is None else encode_labels(
+                values, self.classes, unseen)
+            X, source = data.X, data.source
+        else:
+            loaded = load_data(data, classes=self.classes, require_labels=require_labels, unseen=unseen)
+            X, codes, source = loaded.X, loaded.y, loaded.source
+            classes = loaded.classes if codes is not None else list(self.classes)
+        if require_labels and codes is None:
+            raise ValueError(f"{source} has no labels, but they are needed here")
+        text_model, text_data = bool(getattr(self.model, "is_text", False)), not isinstance(X, np.ndarray)
+        if text_model != text_data:
+            raise ValueError(f"{source}: the data holds {'texts' if text_data else 'numeric features'} but the model "
+                             f"in {self.path} embeds {'texts (.jsonl)' if text_model else 'numeric features'}")
+        expected = tuple(self.model.input_shape)  # type: ignore[arg-type]
+        if isinstance(X, np.ndarray) and expected and tuple(X.shape[1:]) != expected:
+            raise ValueError(f"{source}: samples have shape {tuple(X.shape[1:])} but the model in {self.path} "
+                             f"expects {expected}")
+        device_ = resolve_device(device)
+        embeddings = embed_array(self.model.to(device_), X, batch_size, device_)
+        self.model.to("cpu")
+        return RunEmbeddings(embeddings, codes, classes, len(self.classes), source)
+
+
+@dataclass(frozen=True, eq=False)
+class RunEmbeddings:
+    """Data embedded by a trained run.
+
+    Attributes
+    ----------
+    embeddings : (n, D) float32.
+    labels : (n,) int64 codes into ``classes``, or ``None`` for unlabelled data.
+    classes : the run's classes, then (sorted) the classes of the data that the run never saw.
+    known : how many of ``classes`` the run was trained on: codes below it are classes seen in training.
+    source : where the data came from.
+
+    Example
+    -------
+    >>> e = RunEmbeddings(np.zeros((3, 2), np.float32), np.array([0, 2, 3]), ["a", "b", "c", "d"], 2, "new.csv")
+    >>> e.present_classes(), e.label_values().tolist()
+    ((['a'], ['c', 'd']), ['a', 'c', 'd'])
+    """
+
+    embeddings: np.ndarray
+    labels: np.ndarray | None
+    classes: list[Any]
+    known: int
+    source: str
+
+    def label_values(self) -> np.ndarray | None:
+        """The labels as their values (ints or strings), or ``None``."""
+        return None if self.labels is None else np.asarray(self.classes)[self.labels]
+
+    def present_classes(self) -> tuple[list[Any], list[Any]]:
+        """``(seen, unseen)``: the classes present in the data that the run was / was not trained on."""
+        present = [] if self.labels is None else np.unique(self.labels).tolist()
+        return ([self.classes[c] for c in present if c < self.known],
+                [self.classes[c] for c in present if c >= self.known])
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> TrainedRun:
+    """Load a trained run directory: ``(model in eval mode on CPU, config dict, classes)`` as a :class:`TrainedRun`.
+
+    A missing, damaged or foreign ``model.pt``, ``config.toml`` or ``classes.json`` is a ``ValueError`` (or
+    ``FileNotFoundError``) that names the file.
+    """
     from metriclearn.encoders import build_encoder
     from metriclearn.training.config import tomllib
 
@@ -200,12 +307,28 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]
                           normalize=payload["normalize"], **payload.get("encoder_options", {}))
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    with open(run_dir / "config.toml", "rb") as fh:
-        config = tomllib.load(fh)
-    with open(run_dir / "classes.json", encoding="utf-8") as fh:
-        classes = json.load(fh)
+    try:
+        with open(run_dir / "config.toml", "rb") as fh:
+            config = tomllib.load(fh)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{run_dir / 'config.toml'} is not valid TOML ({exc}); restore it from the run") from None
+    classes = _read_classes(run_dir / "classes.json")
     model.input_shape = tuple(payload["input_shape"])  # type: ignore[assignment]
-    return model, config, classes
+    return TrainedRun(run_dir, model, config, classes)
+
+
+def _read_classes(path: Path) -> list[Any]:
+    """``classes.json``: a JSON list of distinct ints or strings (label values in code order)."""
+    try:
+        classes = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); restore it from the run") from None
+    if (not isinstance(classes, list) or len(classes) < 2
+            or not all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise ValueError(f"{path} must hold a list of at least 2 distinct integer or string labels, "
+                         f"got {describe(classes)}")
+    return classes
 
 
 def embed_from_run(
@@ -213,31 +336,15 @@ def embed_from_run(
     data: Any,
     batch_size: int = 1024,
     device: str = "auto",
-) -> tuple[np.ndarray, np.ndarray, list[Any]]:
-    """Embed ``data`` (path, ``"digits"`` or LabeledData) with a trained run.
+) -> tuple[np.ndarray, np.ndarray | None, list[Any]]:
+    """Embed ``data`` (path, ``"digits"`` or LabeledData) with a trained run: :meth:`TrainedRun.embed`.
 
-    Returns ``(embeddings float32 (n, D), labels int64 (n,) in the run's class codes, classes)``.
-    Labels the run never saw raise ``ValueError``.
+    Returns ``(embeddings float32 (n, D), labels int64 (n,) or None for unlabelled data, classes)``; labels are
+    codes into ``classes``: the run's classes, then the classes it never saw (welcome: learned spaces
+    exist to serve new classes).
     """
-    from metriclearn.data import encode_labels, load_data
-
-    model, _, classes = load_run(run_dir)
-    if hasattr(data, "X") and hasattr(data, "y"):
-        labels, _ = encode_labels([data.classes[i] for i in np.asarray(data.y)], classes=classes)
-        X, source = data.X, getattr(data, "source", "data")
-    else:
-        loaded = load_data(data, classes=classes)
-        X, labels, source = loaded.X, loaded.y, loaded.source
-    text_model, text_data = bool(getattr(model, "is_text", False)), not isinstance(X, np.ndarray)
-    if text_model != text_data:
-        raise ValueError(f"{source}: the data holds {'texts' if text_data else 'numeric features'} but the model in "
-                         f"{run_dir} embeds {'texts (.jsonl)' if text_model else 'numeric features'}")
-    expected = tuple(model.input_shape)  # type: ignore[arg-type]
-    if isinstance(X, np.ndarray) and expected and tuple(X.shape[1:]) != expected:
-        raise ValueError(f"{source}: samples have shape {tuple(X.shape[1:])} but the model in {run_dir} expects {expected}")
-    device_ = resolve_device(device)
-    embeddings = embed_array(model.to(device_), X, batch_size, device_)
-    return embeddings, np.asarray(labels, dtype=np.int64), classes
+    embedded = load_run(run_dir).embed(data, batch_size=batch_size, device=device)
+    return embedded.embeddings, embedded.labels, embedded.classes
 
 
 def evaluate_embeddings(
@@ -247,18 +354,12 @@ def evaluate_embeddings(
     reference_labels: np.ndarray | None = None,
     k: int = 5,
 ) -> dict[str, Any]:
-    """Retrieval and separation metrics of ``query`` (and ``k``-NN accuracy against ``reference``).
+    """Retrieval and separation metrics of ``query``: :func:`metriclearn.metrics.embedding_metrics`.
 
     ``retrieval`` is leave-one-out within the query set (the protocol of pytorch-metric-learning's
     AccuracyCalculator); with a reference, ``retrieval_vs_reference`` searches the reference set and
-    ``knn_accuracy_k{k}`` is the accuracy of a majority vote over the k nearest reference points
-    (``knn_accuracy`` of :func:`metriclearn.metrics.retrieval_metrics`).
+    ``knn_accuracy_k{k}`` is the accuracy of a majority vote over the k nearest reference points.
     """
-    from metriclearn.metrics import retrieval_metrics, separation_metrics
+    from metriclearn.metrics import embedding_metrics
 
-    metrics: dict[str, Any] = {"retrieval": retrieval_metrics(query, query_labels, k=k)}
-    if reference is not None:
-        metrics["retrieval_vs_reference"] = retrieval_metrics(query, query_labels, reference, reference_labels, k=k)
-        metrics[f"knn_accuracy_k{k}"] = metrics["retrieval_vs_reference"]["knn_accuracy"]
-    metrics["separation"] = separation_metrics(query, query_labels)
-    return metrics
+    return embedding_metrics(query, query_labels, reference, reference_labels, k=k)

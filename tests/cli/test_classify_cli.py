@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sklearn.neighbors import KNeighborsClassifier
 
+from conftest import assert_one_line_error
+from conftest import invoke as run
 from metriclearn.classify import CacheClassifier
-from metriclearn.cli import cli
 from metriclearn.indexes import EmbeddingIndex
 
 
@@ -50,19 +51,6 @@ def files(tmp_path_factory: pytest.TempPathFactory, data) -> dict[str, Path]:
         paths[key] = root / f"{key}.npy"
         np.save(paths[key], array)
     return paths
-
-
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    if code == 1:
-        assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
 
 
 @pytest.mark.parametrize("weights", ["distance", "uniform"])
@@ -112,11 +100,11 @@ def test_knn_string_labels_to_npy(files, data, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("index", "queries", "extra", "fragments"),
     [
-        ("index", "queries_5d", [], ["has dimension 5, but the index has dimension 6"]),
+        ("index", "queries_5d", [], ["queries_5d.npy' has dimension 5 but the index", "index has dimension 6"]),
         ("index", "queries_3d", [], ["must be a 2-D array", "3-D"]),
-        ("index", "queries", ["--k", "0"], ["--k must be a positive integer, got 0"]),
-        ("index", "queries", ["--k", "241"], ["--k 241 is larger than the index", "(240 vectors)"]),
-        ("index_bare", "queries", [], ["the index carries no labels"]),
+        ("index", "queries", ["--k", "0"], ["k must be a positive integer, got 0"]),
+        ("index", "queries", ["--k", "241"], ["k=241 is larger than the index", "(240 vectors)"]),
+        ("index_bare", "queries", [], ["index_bare' carries no labels; build it with labels"]),
         ("missing_index", "queries", [], ["missing_index"]),
         ("index", "missing.npy", [], ["missing.npy", "does not exist"]),
     ],
@@ -203,8 +191,8 @@ def test_second_opinion_tunes_on_held_out_files(files, data, model_outputs, tmp_
 @pytest.mark.parametrize(
     ("probs", "extra", "code", "fragments"),
     [
-        ("probs_bad", [], 1, ["rows must be non-negative and sum to 1"]),
-        ("probs_k3", [], 1, ["must have shape (90, 4)", "got (90, 3)"]),
+        ("probs_bad", [], 1, ["--probs file", "probs_bad.npy' rows must be non-negative and sum to 1"]),
+        ("probs_k3", [], 1, ["--probs file", "probs_k3.npy' has 3 columns, but there are 4 classes in the index"]),
         ("probs", ["--lam", "2"], 1, ["lam must lie in [0, 1], got 2.0"]),
         ("probs", ["--theta", "5", "--tune", "a.npy", "b.npy", "c.npy"], 2, ["either --tune or --theta/--lam"]),
         ("probs", ["--out", "blend.csv"], 2, ["must end in .npy"]),
@@ -223,7 +211,7 @@ def test_second_opinion_row_count_and_label_mismatch(files, model_outputs, tmp_p
     np.save(few, np.load(model_outputs["probs"])[:10])
     result = run("second-opinion", "--index", files["index"], "--features", files["queries"], "--probs", few,
                  "--out", tmp_path / "b.npy")
-    assert_one_line_error(result, 1, "has 10 rows, but the features have 90")
+    assert_one_line_error(result, 1, "--probs file", "few.npy' has 10 rows, but there are 90 feature rows")
     short_labels = tmp_path / "short.npy"
     np.save(short_labels, np.arange(5))
     result = run("second-opinion", "--index", files["index"], "--features", files["queries"], "--probs",

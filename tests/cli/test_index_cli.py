@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-import metriclearn.training
-from metriclearn.cli import cli
+from conftest import assert_one_line_error
+from conftest import invoke as run
 from metriclearn.indexes import EmbeddingIndex, exact_search
 
 
@@ -20,10 +20,6 @@ def files(tmp_path: Path, rng: np.random.Generator) -> Path:
     np.save(tmp_path / "labels.npy", np.array(["ab"[i % 2] for i in range(40)]))
     np.save(tmp_path / "q.npy", rng.standard_normal((3, 6), dtype=np.float32))
     return tmp_path
-
-
-def run(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def build(files: Path, *extra: object) -> Result:
@@ -72,29 +68,15 @@ def test_build_ivf_without_labels(files: Path) -> None:
     assert "labels" not in data and sorted(data["ids"][0]) == list(range(40))  # all lists probed: exact
 
 
-def test_build_from_model_and_data(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-
-    def fake_embed_from_run(run_dir, data, batch_size=1024, device="auto"):
-        calls.append((Path(run_dir), data))
-        return np.load(files / "emb.npy"), np.arange(40) % 2, ["cat", "dog"]
-
-    monkeypatch.setattr(metriclearn.training, "embed_from_run", fake_embed_from_run, raising=False)
-    result = run("index", "build", "--model", files, "--data", "digits", "--out", files / "idx")
-    assert result.exit_code == 0, result.output
-    assert calls == [(files, "digits")]
-    index = EmbeddingIndex.load(files / "idx")
-    assert index.labels_for([0, 1, 2]).tolist() == ["cat", "dog", "cat"]  # class names, not codes
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "give either --embeddings FILE.npy or --model DIR --data PATH"),
-        (["--embeddings", "e.npy", "--model", "m"], "give either --embeddings FILE.npy or --model DIR --data PATH"),
-        (["--model", "m"], "--model needs --data PATH"),
-        (["--model", "m", "--data", "digits", "--labels", "y.npy"], "--model needs --data PATH"),
-        (["--embeddings", "e.npy", "--data", "digits"], "--data goes with --model"),
+        ([], "give --embeddings FILE.npy or --model DIR --data PATH"),
+        (["--embeddings", "e.npy", "--model", "m"], "give either --embeddings FILE.npy or --model DIR --data PATH, not both"),
+        (["--model", "m"], "--model DIR needs --data PATH"),
+        (["--model", "m", "--data", "digits", "--labels", "y.npy"], "--labels goes with --embeddings; with --model the labels come from --data"),
+        (["--embeddings", "e.npy", "--data", "digits"], "give either --embeddings FILE.npy or --model DIR --data PATH, not both"),
+        (["--data", "digits"], "--data PATH needs --model DIR"),
         (["--embeddings", "e.npy", "--metric", "hamming"], "Invalid value for '--metric'"),
     ],
 )
@@ -110,7 +92,7 @@ def test_query_needs_its_options() -> None:
 
 
 def _one_line_error(result: Result, expected: str) -> None:
-    assert result.exit_code == 1
+    assert_one_line_error(result, 1)
     assert result.output.strip() == f"Error: {expected}"
 
 
@@ -148,7 +130,7 @@ def test_query_errors_exit_1(files: Path) -> None:
     _one_line_error(query(idx, files / "q.npy", 0), "k must be a positive integer, got 0")
     _one_line_error(query(idx, files / "q.npy", 41), f"k=41 is larger than the index {idx} (40 vectors)")
     _one_line_error(
-        query(idx, files / "q4.npy", 1), f"{files / 'q4.npy'} has dimension 4 but the index {idx} has dimension 6"
+        query(idx, files / "q4.npy", 1), f"queries '{files / 'q4.npy'}' has dimension 4 but the index {idx} has dimension 6"
     )
     cube = files / "cube.npy"
     expected = f"queries file '{cube}' must be a 2-D array (n, d), got 3-D with shape (2, 3, 6)"

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from metriclearn.cli import cli
+from conftest import invoke as run
 
 
 def image(path: object) -> Image.Image:
@@ -29,10 +28,6 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "E.npy", tmp_path / "Y.npy"
 
 
-def run(*args: object) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 def test_report_from_embeddings_writes_every_file(files, tmp_path) -> None:
     e, y = files
     result = run("report", "--embeddings", e, "--labels", y, "--method", "tsne", "--out", tmp_path / "r",
@@ -47,26 +42,23 @@ def test_report_from_embeddings_writes_every_file(files, tmp_path) -> None:
     assert "data:image/png;base64," in page and f"{metrics['retrieval']['map_at_r']:.4f}" in page
 
 
-def test_report_from_a_run_uses_embed_from_run_and_shows_its_config(files, tmp_path, monkeypatch) -> None:
+def test_report_from_a_run_loads_it_once_and_shows_its_config(tmp_path, monkeypatch) -> None:
     import metriclearn.training as training
 
-    e, _ = files
+    fast = ["--epochs", "1", "--batch-size", "40", "--encoder", "mlp:16", "--embedding-dim", "4", "--device", "cpu"]
+    assert run("--quiet", "train", *fast, "--out", tmp_path / "run").exit_code == 0
     calls = []
+    real = training.load_run
 
-    def embed_from_run(run_dir, data, batch_size=1024, device="auto"):
-        calls.append((Path(run_dir), data))
-        return np.load(e), np.arange(120) % 3, ["ant", "bee", "cat"]
+    def counting_load_run(run_dir):
+        calls.append(Path(run_dir))
+        return real(run_dir)
 
-    def load_run(run_dir):
-        return None, {"loss": ["neighborhood"], "epochs": 3}, ["ant", "bee", "cat"]
-
-    monkeypatch.setattr(training, "embed_from_run", embed_from_run, raising=False)
-    monkeypatch.setattr(training, "load_run", load_run, raising=False)
-    (tmp_path / "run").mkdir()
-    result = run("report", "--model", tmp_path / "run", "--data", "digits", "--method", "tsne", "--out",
-                 tmp_path / "r")
+    monkeypatch.setattr(training, "load_run", counting_load_run)
+    result = run("report", "--model", tmp_path / "run", "--data", "digits", "--method", "tsne", "--max-points", 200,
+                 "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
-    assert calls == [(tmp_path / "run", "digits")]
+    assert calls == [tmp_path / "run"]  # loaded once (it used to be loaded twice)
     page = (tmp_path / "r" / "report.html").read_text()
     assert "neighborhood" in page and "epochs" in page and "run on digits" in page
 
@@ -74,13 +66,12 @@ def test_report_from_a_run_uses_embed_from_run_and_shows_its_config(files, tmp_p
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "give --embeddings FILE.npy --labels FILE.npy, or --model DIR --data PATH"),
-        (["--embeddings", "{e}"], "--embeddings and --labels go together"),
-        (["--model", "{d}"], "--model and --data go together"),
+        ([], "give --embeddings FILE.npy or --model DIR --data PATH"),
+        (["--labels", "{y}"], "--labels goes with --embeddings"),
+        (["--model", "{d}"], "--model DIR needs --data PATH"),
         (["--embeddings", "{e}", "--labels", "{y}", "--data", "digits"], "not both"),
         (["--embeddings", "{e}", "--labels", "{y}", "--method", "pca"], "'pca' is not one of"),
         (["--embeddings", "{e}", "--labels", "{y}", "--max-points", "0"], "0 is not in the range x>=1"),
-        (["--embeddings", "{d}/missing.npy", "--labels", "{y}"], "does not exist"),
     ],
 )
 def test_usage_errors_exit_2(files, tmp_path, args, message) -> None:
@@ -108,6 +99,7 @@ def test_bad_input_is_one_line_exit_1(files, tmp_path) -> None:
         (save(tmp_path / "nan.npy", nan), y, "nan.npy' contains NaN or inf values in 1 of 120 rows"),
         (save(tmp_path / "few.npy", x[:10]), save(tmp_path / "few_y.npy", np.arange(10) % 2),
          "few_y.npy': tsne needs at least 16 points to project, got 10"),
+        (tmp_path / "missing.npy", y, "embeddings file '" + str(tmp_path / "missing.npy") + "' does not exist"),
     ]
     for emb, lab, message in cases:
         result = run("report", "--embeddings", emb, "--labels", lab, "--out", tmp_path / "r")
@@ -132,3 +124,14 @@ def test_train_report_and_report_from_the_run_end_to_end(tmp_path) -> None:
     assert metrics["data"]["n_points"] == 1797 and metrics["data"]["dim"] == 8 and metrics["data"]["tsne_points"] == 300
     assert metrics["data"]["source"] == "run on digits"
     assert "encoder" in (tmp_path / "r" / "report.html").read_text()  # the run's configuration
+
+
+def test_report_without_labels_draws_one_colour_and_measures_nothing(files, tmp_path) -> None:
+    e, _ = files
+    result = run("report", "--embeddings", e, "--method", "tsne", "--out", tmp_path / "r", "--seed", 1)
+    assert result.exit_code == 0, result.output
+    assert "no labels: projections only, no class metrics" in result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert set(metrics) == {"data"} and metrics["data"]["n_points"] == 120 and metrics["data"]["classes"] == []
+    assert image(tmp_path / "r" / "tsne.png").format == "PNG"
+    assert "precision" not in (tmp_path / "r" / "report.html").read_text().lower()

@@ -8,9 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from metriclearn.cli import cli
+from conftest import invoke as _invoke
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers", reason="needs the 'text' extra")
@@ -33,10 +32,6 @@ def topics_jsonl(tmp_path):
     return path
 
 
-def _invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
 def test_train_sentence_encoder_on_jsonl_then_embed_and_evaluate(tmp_path, topics_jsonl) -> None:
     run = tmp_path / "run"
     result = _invoke("train", "--data", str(topics_jsonl), "--encoder", "sentence", "--epochs", "2",
@@ -55,13 +50,25 @@ def test_train_sentence_encoder_on_jsonl_then_embed_and_evaluate(tmp_path, topic
     embeddings = np.load(out)
     assert embeddings.shape == (40, 16) and embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
-    labels = np.load(tmp_path / "labels.npy")
-    centroids = np.stack([embeddings[labels == c].mean(axis=0) for c in range(4)])
-    nearest = np.argmax(embeddings @ centroids.T, axis=1)
+    labels = np.load(tmp_path / "labels.npy")  # the label values, in the file's order
+    assert labels.tolist() == [json.loads(line)["label"] for line in topics_jsonl.read_text().splitlines()]
+    topics = np.array(sorted(TOPICS))
+    centroids = np.stack([embeddings[labels == c].mean(axis=0) for c in topics])
+    nearest = topics[np.argmax(embeddings @ centroids.T, axis=1)]
     assert (nearest == labels).mean() > 0.9  # topics are separable in the learned space
     result = _invoke("evaluate", "--model", str(run), "--data", str(topics_jsonl), "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert 0 <= json.loads((run / "evaluate.json").read_text())["retrieval"]["map_at_r"] <= 1
+    from metriclearn.metrics import retrieval_metrics
+
+    saved = json.loads((run / "evaluate.json").read_text())
+    assert saved["retrieval"] == pytest.approx(retrieval_metrics(embeddings, labels), abs=1e-5)
+    unlabelled = tmp_path / "unlabelled.jsonl"  # labels are optional for embed: same texts, same vectors
+    unlabelled.write_text("".join(json.dumps({"text": json.loads(line)["text"]}) + "\n"
+                                  for line in topics_jsonl.read_text().splitlines()))
+    result = _invoke("embed", "--model", str(run), "--data", str(unlabelled), "--out", str(tmp_path / "u.npy"),
+                     "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(tmp_path / "u.npy"), embeddings, rtol=1e-5, atol=1e-6)
 
 
 def test_text_model_on_numeric_data_names_both(tmp_path, topics_jsonl) -> None:

@@ -7,16 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from metriclearn.cli import cli
+from conftest import invoke as _invoke
 
 FAST = ["--epochs", "2", "--batch-size", "40", "--encoder", "mlp:32", "--embedding-dim", "8", "--device", "cpu",
         "--quiet"]
-
-
-def _invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
 
 
 def test_train_with_defaults_writes_timestamped_run(tmp_path, monkeypatch) -> None:
@@ -83,15 +78,28 @@ def test_embed_and_evaluate(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     emb = np.load(tmp_path / "e.npy")
     assert emb.shape == (1797, 8) and emb.dtype == np.float32
+    from metriclearn.data import load_data
+    from metriclearn.training import load_run
+
+    with torch.no_grad():
+        want = load_run(run_dir).model(torch.from_numpy(load_data("digits").X)).numpy()
+    np.testing.assert_allclose(emb, want, rtol=1e-5, atol=1e-6)  # the run's model, applied to every row in order
     result = _invoke("evaluate", "--model", str(run_dir), "--data", "digits", "--reference", "digits", "--json")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
-    assert 0 < metrics["retrieval"]["map_at_r"] <= 1 and "knn_accuracy_k5" in metrics
+    from sklearn.datasets import load_digits
+
+    from metriclearn.metrics import retrieval_metrics
+
+    digits = load_digits().target
+    assert metrics["retrieval"] == pytest.approx(retrieval_metrics(emb, digits), abs=1e-6)
+    assert metrics["knn_accuracy_k5"] == pytest.approx(retrieval_metrics(emb, digits, emb, digits)["knn_accuracy"])
+    assert metrics["data"]["seen_classes"] == list(range(10)) and metrics["data"]["unseen_classes"] == []
     assert json.loads((run_dir / "evaluate.json").read_text()) == metrics
     np.savez(tmp_path / "odd.npz", X=np.zeros((3, 64), np.float32), y=np.array([1, 42, 2]))
     np.savez(tmp_path / "wide.npz", X=np.zeros((3, 30), np.float32), y=np.array([1, 2, 2]))
-    bad = _invoke("evaluate", "--model", str(run_dir), "--data", str(tmp_path / "odd.npz"))
-    assert bad.exit_code == 1 and "not in the 10 known classes: 42" in bad.output
+    bad = _invoke("evaluate", "--model", str(run_dir), "--data", str(tmp_path / "odd.npz"))  # 42: new, welcome
+    assert bad.exit_code == 1 and "odd.npz: no class has two or more rows" in bad.output  # but one row per class
     bad = _invoke("embed", "--model", str(run_dir), "--data", str(tmp_path / "wide.npz"), "--out", "x.npy")
     assert bad.exit_code == 1 and "samples have shape (30,) but the model" in bad.output
 

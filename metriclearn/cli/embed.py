@@ -1,0 +1,50 @@
+"""``metriclearn embed``: embed a data file with a trained run directory and save the embeddings as ``.npy``.
+
+Labels are optional (an ``.npz`` without ``y``, a ``.csv`` without ``label``, a ``.jsonl`` without ``label``,
+a ``.npy`` of raw inputs) and classes the run never saw are welcome: a learned space exists to serve new
+classes. ``--labels-out`` writes the label values themselves (ints or strings, not codes), ready for
+``index build --embeddings E.npy --labels L.npy`` or ``report``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from metriclearn.cli._inputs import quiet_option
+from metriclearn.training.config import DEVICES
+
+
+@click.command("embed")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
+@click.option("--data", required=True, metavar="PATH|digits",
+              help="Data to embed: .npz / .csv / .jsonl (labels optional), a .npy of raw inputs, or 'digits'.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output FILE.npy (n, D) float32.")
+@click.option("--labels-out", type=click.Path(dir_okay=False),
+              help="Also write the data's labels (.npy of their values, ints or strings).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Samples embedded at once (a positive integer).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@quiet_option
+def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_size: int, device: str,
+          quiet: bool) -> None:
+    """Embed DATA with a trained run and save the embeddings as .npy."""
+    from metriclearn._atomic import save_npy
+    from metriclearn.data import load_data
+    from metriclearn.training import load_run
+
+    for flag, path in (("--out", out), ("--labels-out", labels_out)):
+        if path is not None and not path.endswith(".npy"):
+            raise click.BadParameter(f"must end in .npy, got {path!r}", param_hint=flag)
+    run = load_run(model_dir)
+    inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append")
+    if labels_out and not inputs.is_labeled:  # say so before the (long) embedding
+        raise ValueError(f"{data} has no labels to write to --labels-out {labels_out}")
+    embedded = run.embed(inputs, batch_size=batch_size, device=device)
+    save_npy(out, embedded.embeddings)
+    n, d = embedded.embeddings.shape
+    click.echo(f"wrote {out}: {n} x {d} float32")
+    if labels_out:
+        save_npy(labels_out, embedded.label_values())
+        seen, unseen = embedded.present_classes()
+        click.echo(f"wrote {labels_out}: {n} labels, {len(seen)} class(es) seen in training, "
+                   f"{len(unseen)} new")

@@ -1,0 +1,112 @@
+"""``metriclearn evaluate``: retrieval and separation metrics of a trained run on any labelled data.
+
+The data's classes may be the run's own or new ones (the standard protocol of metric learning trains on some
+classes and measures retrieval on others): retrieval is leave-one-out within ``--data``, or searches
+``--reference``. The output says which classes were seen in training, and when ``--data`` mixes both kinds
+it also measures each kind on its own (``retrieval_seen`` / ``retrieval_unseen``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from metriclearn.cli._inputs import quiet_option
+from metriclearn.training.config import DEVICES
+
+SECTIONS = ("retrieval", "retrieval_vs_reference", "retrieval_seen", "retrieval_unseen", "separation")
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The metrics of a run or an evaluation (the shape of ``metrics.json``) as a few aligned lines."""
+    data = metrics.get("data", {})
+    split = metrics.get("split", data.get("source", "val"))
+    n = metrics.get("n_eval", data.get("n_query", "?"))
+    lines = [f"held-out metrics ({split}, {n} samples):" if "split" in metrics
+             else f"metrics of {split} ({n} samples):"]
+    for section in SECTIONS:
+        if section in metrics:
+            values = "  ".join(f"{k} {v:.4f}" for k, v in metrics[section].items() if isinstance(v, (int, float)))
+            lines.append(f"  {section:<23} {values}")
+    for key, value in metrics.items():
+        if key.startswith("knn_accuracy_k"):
+            lines.append(f"  {key:<23} {value:.4f}")
+    if "seen_classes" in data:
+        seen, unseen = data["seen_classes"], data["unseen_classes"]
+        lines.append(f"  classes seen in training: {len(seen)} ({_few(seen)}); "
+                     f"not seen: {len(unseen)} ({_few(unseen)})")
+    return "\n".join(lines)
+
+
+def _few(values: list[Any], limit: int = 8) -> str:
+    return ", ".join(map(str, values[:limit])) + (", ..." if len(values) > limit else "") if values else "none"
+
+
+@click.command("evaluate")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
+@click.option("--data", required=True, metavar="PATH|digits",
+              help="Labelled queries; their classes may be the run's or new ones.")
+@click.option("--reference", metavar="PATH", help="Labelled reference set to search (default: leave-one-out in --data).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the metrics JSON "
+              "(default DIR/evaluate.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Samples embedded at once.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@quiet_option
+def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, as_json: bool, batch_size: int,
+             device: str, quiet: bool) -> None:
+    """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
+    from metriclearn._atomic import write_json
+    from metriclearn.data import load_data
+    from metriclearn.training import evaluate_embeddings, load_run
+
+    run = load_run(model_dir)
+    sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
+    loaded = [load_data(s, classes=run.classes, unseen="append") for s in sources]
+    if reference is None and not (np.bincount(loaded[0].y) > 1).any():
+        raise ValueError(f"{data}: no class has two or more rows, so leave-one-out retrieval measures nothing; "
+                         "add rows or give --reference PATH")
+    query, *refs = [run.embed(d, batch_size=batch_size, device=device, require_labels=True) for d in loaded]
+    ref = refs[0] if refs else None
+    q_labels = query.label_values()
+    metrics = evaluate_embeddings(query.embeddings, q_labels, *(() if ref is None else
+                                                                 (ref.embeddings, ref.label_values())))
+    metrics.update(_by_group(query, ref))
+    seen, unseen = query.present_classes()
+    metrics["data"].update(source=str(data), reference=reference, seen_classes=seen, unseen_classes=unseen,
+                           n_seen=int((query.labels < query.known).sum()),
+                           n_unseen=int((query.labels >= query.known).sum()))
+    target = Path(out) if out else Path(model_dir) / "evaluate.json"
+    write_json(target, metrics)
+    click.echo(json.dumps(metrics, indent=2) if as_json else format_metrics(metrics) + f"\nwrote {target}")
+
+
+def _by_group(query: Any, ref: Any) -> dict[str, Any]:
+    """``retrieval_seen`` / ``retrieval_unseen`` when the queries mix both kinds of classes.
+
+    Each group's queries search the reference (or, leave-one-out, the other queries of their group); a group
+    in which no query has a same-class item to find is left out.
+    """
+    from metriclearn.metrics import retrieval_metrics
+
+    seen = query.labels < query.known
+    if seen.all() or not seen.any():
+        return {}
+    values = query.label_values()
+    groups = {}
+    for name, rows in (("retrieval_seen", seen), ("retrieval_unseen", ~seen)):
+        y = values[rows]
+        if ref is None:
+            findable = (np.unique(y, return_counts=True)[1] > 1).any()
+            args: tuple[Any, ...] = ()
+        else:
+            findable = np.isin(y, ref.label_values()).any()
+            args = (ref.embeddings, ref.label_values())
+        if findable:
+            groups[name] = retrieval_metrics(query.embeddings[rows], y, *args)
+    return groups
