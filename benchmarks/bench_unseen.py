@@ -211,6 +211,31 @@ def run_ours(data: Split, seed: int, *, layer: str = "embedding", holdout: int =
     return {**score(trainer.embed(Xq), yq), **structure(trainer.embed(X), y, "seen_"), **extra}
 
 
+# ---------------------------------------------------------------------------- the same, from the CLI alone
+def run_cli(split: str, seed: int, workdir: Path) -> dict[str, float]:
+    """``metriclearn train`` on the training digits' .npz, ``metriclearn evaluate`` on the unseen digits' .npz.
+
+    The run uses the CLI's defaults plus the protocol's budget (15 epochs, batch 128, no validation split:
+    all training rows train, as in :func:`run_ours`), so its numbers must equal the API's default row.
+    """
+    import subprocess
+
+    X, y, Xq, yq = class_split(SPLITS[split])
+    train_digits = np.array(sorted(SPLITS[split]))
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.savez(workdir / f"{split}_train.npz", X=X, y=train_digits[y])  # the real digit labels
+    np.savez(workdir / f"{split}_unseen_test.npz", X=Xq, y=yq)
+    run = workdir / f"run_{split}_{seed}"
+    cli = [sys.executable, "-m", "metriclearn"]
+    subprocess.run([*cli, "train", "--data", str(workdir / f"{split}_train.npz"), "--epochs", str(EPOCHS),
+                    "--batch-size", str(BATCH), "--val-fraction", "0", "--seed", str(seed), "--threads", "1",
+                    "--device", "cpu", "--quiet", "--out", str(run)], check=True)
+    out = subprocess.run([*cli, "evaluate", "--model", str(run), "--data", str(workdir / f"{split}_unseen_test.npz"),
+                          "--json", "--quiet", "--device", "cpu"], check=True, capture_output=True, text=True)
+    metrics = json.loads(out.stdout)
+    return {k: metrics["retrieval"][k] for k in ("precision_at_1", "map_at_r")}
+
+
 # ---------------------------------------------------------------------------- contenders
 def contenders(sweep: bool) -> dict[str, Callable[[Split, int], dict[str, float]]]:
     main: dict[str, Callable[[Split, int], dict[str, float]]] = {
@@ -300,6 +325,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="+", default=[], help="leave out contenders whose name contains one of these")
     parser.add_argument("--cache", default="bench_unseen_cache.json", help="JSON cache of finished runs ('' = none)")
     parser.add_argument("--json", help="also write the summary here")
+    parser.add_argument("--cli", metavar="DIR", help="also run the default objective through the CLI alone "
+                        "(train on the training digits' .npz, evaluate on the unseen digits' .npz) in DIR")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache: dict[str, dict[str, float]] = {}
@@ -307,10 +334,15 @@ def main() -> None:
         with open(args.cache, encoding="utf-8") as fh:
             cache = json.load(fh)
     runs = contenders(args.sweep)
+    if args.cli:
+        # reads the split being run (set in the loop below) when called
+        runs["metriclearn train + evaluate (CLI alone)"] = lambda d, s: run_cli(current_split, s, Path(args.cli))
     runs = {k: v for k, v in runs.items() if (args.only is None or k in args.only)
             and not any(o in k for o in args.skip)}
     results: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in runs}
+    current_split = ""
     for split in args.splits:
+        current_split = split
         data = class_split(SPLITS[split])
         for seed in args.seeds:
             for name, fn in runs.items():

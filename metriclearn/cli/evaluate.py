@@ -16,6 +16,7 @@ import click
 import numpy as np
 
 from metriclearn.cli._inputs import quiet_option
+from metriclearn.hidden import LAYERS
 from metriclearn.training.config import DEVICES
 
 SECTIONS = ("retrieval", "retrieval_vs_reference", "retrieval_seen", "retrieval_unseen", "separation")
@@ -56,10 +57,12 @@ def _few(values: list[Any], limit: int = 8) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Samples embedded at once.")
+@click.option("--layer", type=click.Choice(LAYERS), default="embedding", show_default=True,
+              help="'hidden': the MLP's last hidden layer (before its ReLU), which retrieves new classes better.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @quiet_option
 def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, as_json: bool, batch_size: int,
-             device: str, quiet: bool) -> None:
+             layer: str, device: str, quiet: bool) -> None:
     """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
     from metriclearn._atomic import write_json
     from metriclearn.data import load_data
@@ -71,14 +74,15 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     if reference is None and not (np.bincount(loaded[0].y) > 1).any():
         raise ValueError(f"{data}: no class has two or more rows, so leave-one-out retrieval measures nothing; "
                          "add rows or give --reference PATH")
-    query, *refs = [run.embed(d, batch_size=batch_size, device=device, require_labels=True) for d in loaded]
+    query, *refs = [run.embed(d, batch_size=batch_size, device=device, require_labels=True, layer=layer) for d in loaded]
     ref = refs[0] if refs else None
     q_labels = query.label_values()
     metrics = evaluate_embeddings(query.embeddings, q_labels, *(() if ref is None else
                                                                  (ref.embeddings, ref.label_values())))
     metrics.update(_by_group(query, ref))
     seen, unseen = query.present_classes()
-    metrics["data"].update(source=str(data), reference=reference, seen_classes=seen, unseen_classes=unseen,
+    metrics["data"].update(source=str(data), reference=reference, layer=layer, seen_classes=seen,
+                           unseen_classes=unseen,
                            n_seen=int((query.labels < query.known).sum()),
                            n_unseen=int((query.labels >= query.known).sum()))
     target = Path(out) if out else Path(model_dir) / "evaluate.json"
