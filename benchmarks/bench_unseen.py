@@ -325,6 +325,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="+", default=[], help="leave out contenders whose name contains one of these")
     parser.add_argument("--cache", default="bench_unseen_cache.json", help="JSON cache of finished runs ('' = none)")
     parser.add_argument("--json", help="also write the summary here")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also print how collapsed the embeddings are (effective rank, within/between spread)")
     parser.add_argument("--cli", metavar="DIR", help="also run the default objective through the CLI alone "
                         "(train on the training digits' .npz, evaluate on the unseen digits' .npz) in DIR")
     args = parser.parse_args()
@@ -375,6 +377,14 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"(mean ± std over seeds {args.seeds}; splits: " +
           ", ".join(f"{s} = train on {SPLITS[s]}" for s in args.splits) + ")")
+    if args.diagnose:
+        print("\n| method | split | effective rank, unseen test rows | spread, unseen | effective rank, training rows "
+              "| spread, training |\n|---|---|---:|---:|---:|---:|")
+        for name, by_split in results.items():
+            for split, rows in by_split.items():
+                if rows and all("erank" in r and "seen_erank" in r for r in rows):
+                    cols = [np.mean([r[k] for r in rows]) for k in ("erank", "spread", "seen_erank", "seen_spread")]
+                    print(f"| {name} | {split} | {cols[0]:.1f} | {cols[1]:.2f} | {cols[2]:.1f} | {cols[3]:.2f} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
