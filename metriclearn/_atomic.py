@@ -46,7 +46,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except Exception as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        renamed = _name_target(exc, tmp, target)
+        renamed = name_target(exc, tmp, target)
         if renamed is exc:
             raise
         raise renamed from exc
@@ -56,7 +56,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def _name_target(exc: Exception, tmp: str, target: Path) -> Exception:
+def name_target(exc: Exception, tmp: str, target: Path) -> Exception:
     """``exc`` as the user should see it: naming ``target``, never the temporary file it was written as.
 
     An ``OSError`` on the temporary file or on no file (a full disk, a quota: numpy's ``10000 requested and 234

@@ -102,3 +102,9 @@ def test_cli_embed_and_evaluate_with_the_hidden_layer_on_unseen_classes(root: Pa
 def test_cli_refuses_an_unknown_layer(root: Path, tmp_path: Path) -> None:
     result = invoke("evaluate", "--model", root / "run", "--data", root / "new.npz", "--layer", "penultimate")
     assert_one_line_error(result, 2, "'penultimate' is not one of 'embedding', 'hidden'")
+
+
+def test_cli_refuses_an_index_with_the_hidden_layer(root: Path, tmp_path: Path) -> None:
+    result = invoke("evaluate", "--model", root / "run", "--data", root / "new.npz", "--layer", "hidden",
+                    "--index", tmp_path / "idx")
+    assert_one_line_error(result, 2, "use --index with --layer embedding")

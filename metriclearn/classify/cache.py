@@ -33,7 +33,7 @@ Example
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -58,6 +58,7 @@ from metriclearn.classify._validation import (
     index_labels,
     query_data,
 )
+from metriclearn.classify.calibration import CalibrationMixin
 
 _LOG2E = 1.0 / math.log(2.0)
 _SHIFT_SLACK = 32.0  # a query's shift only moves when a block's max exceeds it by 2^32 (sums stay < 2^60)
@@ -66,6 +67,8 @@ _FOLD_BLOCKS = 8  # key blocks summed in float32 before they are added to the fl
 #: Orhan (2018) searched θ in [10, 90] and λ in [0.1, 0.9]; these are the default tuning grids.
 THETA_GRID: tuple[float, ...] = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
 LAM_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: θ candidates of :meth:`CacheClassifier.calibrate` (by negative log-likelihood): 1 … 1000, ×1.26 a step.
+CALIBRATION_THETAS: tuple[float, ...] = tuple(float(t) for t in np.geomspace(1.0, 1000.0, 31))
 
 
 def cache_probabilities(
@@ -202,7 +205,7 @@ def topk_cache_probabilities(
     return out.scatter_add_(1, neighbor_labels.clamp(min=0), weights.masked_fill(~present, 0.0))
 
 
-class CacheClassifier(ClassifierMixin, BaseEstimator):
+class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
     """Orhan's cache model as a scikit-learn classifier, with a second opinion for any probabilistic model.
 
     ``p_cache(y|x) ∝ Σ_i exp(θ·cos(x, k_i))·1[y_i = y]`` over the cached (normalised) training features.
@@ -231,6 +234,9 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
     theta_, lam_ : float — θ and λ in use: the parameters after ``fit``, the best pair after :meth:`tune`.
     tuning_ : dict with the grid searched by :meth:`tune` (``thetas``, ``lams``, ``accuracy``, ``log_loss``).
     index_ : EmbeddingIndex over ``keys_`` (``top_k`` mode only).
+    calibration_ : dict, after :meth:`calibrate` (or :meth:`restore_calibration`): θ chosen by negative
+        log-likelihood (also set as ``theta_``), the conformal threshold, the rejection rule and what was
+        measured (ECE before/after, coverage, set size). :meth:`fit` and :meth:`tune` drop it.
 
     Notes
     -----
@@ -238,6 +244,9 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
     such feature finds itself in the cache (cos = 1), so p_cache is nearly one-hot on the true label and the
     search picks the largest θ and λ, which do not carry over to new data.
     """
+
+    _method = "cache"
+    _distance_metric = "cosine"
 
     def __init__(
         self,
@@ -262,6 +271,8 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
         """Store the L2-normalised rows of ``X`` as keys with labels ``y``; returns ``self``."""
         self._check_params()
         X, y = fit_data(self, X, y)
+        self.__dict__.pop("calibration_", None)
+        self.__dict__.pop("_neighbour_index", None)
         self.classes_, self.key_codes_ = encode_targets(y)
         self.keys_ = F.normalize(torch.from_numpy(X), dim=1).numpy()
         self.theta_ = float(self.theta)
@@ -331,6 +342,7 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
         Every (θ, λ) pair of the grid is scored by the accuracy of the blended prediction on
         ``(features_val, proba_val, y_val)``; ties go to the lower log-loss, then to the earlier grid entry.
         The data must not be the cache's own training features (see the class notes: that leaks).
+        A calibration (:meth:`calibrate`) is dropped: it belonged to another θ.
 
         Parameters
         ----------
@@ -356,8 +368,51 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
         order = np.lexsort((log_loss.ravel(), -accuracy.ravel()))  # by accuracy, then log-loss, then grid order
         best_i, best_j = np.unravel_index(order[0], accuracy.shape)
         self.theta_, self.lam_ = float(thetas[best_i]), float(lams[best_j])
+        self.__dict__.pop("calibration_", None)  # it held another θ
         self.tuning_ = {"thetas": thetas, "lams": lams, "accuracy": accuracy, "log_loss": log_loss}
         return self
+
+    # ------------------------------------------------------------------ calibration hooks (CalibrationMixin)
+    def _proba_with(self, X: np.ndarray, params: dict[str, Any] | None) -> np.ndarray:
+        return self._cache_proba(X, self.theta_ if params is None else params["theta"])
+
+    def _probability_candidates(self, X: np.ndarray) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+        for theta in CALIBRATION_THETAS:
+            yield {"theta": theta}, self._cache_proba(X, theta)
+
+    def _apply_probability(self, params: dict[str, Any]) -> None:
+        self.theta_ = float(params["theta"])
+
+    def _classifier_params(self) -> dict[str, Any]:
+        return {"top_k": None if self.top_k is None else int(self.top_k)}
+
+    def _reference_size(self) -> int:
+        return len(self.keys_)
+
+    def _neighbour_distances(self, X: np.ndarray, m: int) -> np.ndarray:
+        """Cosine distances ``1 − cos`` (n, m) to the ``m`` most similar keys, exact in float64."""
+        from metriclearn.classify.knn import exact_distances
+
+        index = getattr(self, "index_", None)  # top_k mode: the keys' own index
+        if index is None:
+            index = getattr(self, "_neighbour_index", None)
+        if index is None:
+            index = self._neighbour_index = self._build_index(self.keys_, kind="flat")
+        _, ids = index.search(X, m)
+        distances = exact_distances(X, self.keys_, np.asarray(ids, dtype=np.int64), "cosine")
+        return np.sort(distances, axis=1)
+
+    def _reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stored (normalised) keys (N, d) and their class codes (N,)."""
+        return self.keys_, self.key_codes_
+
+    def _without_class(self, code: int) -> CacheClassifier:
+        """An uncalibrated cache over the keys of every class but ``code`` (codes as labels; flat index)."""
+        keep = self.key_codes_ != code
+        top_k = None if self.top_k is None else min(self.top_k, int(keep.sum()))
+        other = CacheClassifier(theta=self.theta_, top_k=top_k, kind="flat", device=self.device,
+                                query_block=self.query_block, key_block=self.key_block)
+        return other.fit(self.keys_[keep], self.key_codes_[keep])
 
     # ------------------------------------------------------------------ helpers
     def _check_params(self) -> None:
@@ -371,10 +426,10 @@ class CacheClassifier(ClassifierMixin, BaseEstimator):
         check_positive_int(self.query_block, "query_block")
         check_positive_int(self.key_block, "key_block")
 
-    def _build_index(self, keys: np.ndarray) -> Any:
+    def _build_index(self, keys: np.ndarray, kind: str | None = None) -> Any:
         from metriclearn.indexes import EmbeddingIndex
 
-        index = EmbeddingIndex(keys.shape[1], metric="cosine", kind=self.kind, device=self.device)
+        index = EmbeddingIndex(keys.shape[1], metric="cosine", kind=kind or self.kind, device=self.device)
         index.add(keys, ids=np.arange(len(keys), dtype=np.int64))
         return index
 

@@ -27,6 +27,7 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,15 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from metriclearn._checks import check_choice, check_positive_int
 from metriclearn.classify._validation import encode_targets, fit_data, index_labels, query_data
+from metriclearn.classify.calibration import CalibrationMixin
 
 WEIGHTS = ("distance", "uniform")
 METRICS = ("l2", "cosine")
+#: Grids of the vote calibration ``p_y ∝ (V_y + ε)^{1/T}`` (see :meth:`KNNClassifier.calibrate`); ε is a
+#: share of the median total vote weight of the rows it is fitted on.
+TEMPERATURES: tuple[float, ...] = tuple(float(t) for t in np.geomspace(0.05, 20.0, 49))
+RELATIVE_SMOOTHINGS: tuple[float, ...] = tuple(float(r) for r in np.geomspace(1e-4, 1.0, 9))
+MIN_DISTANCE = 1e-12  # unnormalised distance weights: 1 / max(d, MIN_DISTANCE), so exact matches dominate
 
 
 def neighbor_weights(distances: np.ndarray, weights: str) -> np.ndarray:
@@ -60,8 +67,10 @@ def neighbor_weights(distances: np.ndarray, weights: str) -> np.ndarray:
     return inverse
 
 
-def vote(neighbor_codes: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:
+def vote(neighbor_codes: np.ndarray, weights: np.ndarray, num_classes: int, normalize: bool = True) -> np.ndarray:
     """Class probabilities (n, K) from neighbour class codes (n, k) and their weights (n, k).
+
+    ``normalize=False``: the per-class sums of the weights, not divided by their total.
 
     Example
     -------
@@ -71,12 +80,14 @@ def vote(neighbor_codes: np.ndarray, weights: np.ndarray, num_classes: int) -> n
     n = neighbor_codes.shape[0]
     proba = np.zeros((n, num_classes))
     np.add.at(proba, (np.repeat(np.arange(n), neighbor_codes.shape[1]), neighbor_codes.ravel()), weights.ravel())
+    if not normalize:
+        return proba
     total = proba.sum(axis=1, keepdims=True)
     total[total == 0.0] = 1.0
     return proba / total
 
 
-class KNNClassifier(ClassifierMixin, BaseEstimator):
+class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
     """k-nearest-neighbour vote over an :class:`~metriclearn.indexes.EmbeddingIndex` (scikit-learn estimator).
 
     Parameters
@@ -99,7 +110,13 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
     fit_X_ : (n, d) float32 training vectors (to recompute the neighbours' distances exactly); None after
         :meth:`from_index`, which uses the index's own distances.
     fit_codes_ : (n,) int64 position of each training label in ``classes_``.
+    calibration_ : dict, after :meth:`calibrate` (or :meth:`restore_calibration`): the vote calibration
+        ``p_y ∝ (v_y + ε)^{1/T}`` (``probability``: ``temperature`` T, ``smoothing`` ε, chosen by NLL), the
+        conformal threshold, the rejection rule and what was measured (ECE before/after, coverage, set size).
+        :meth:`predict_proba` returns calibrated probabilities while it is set; :meth:`fit` drops it.
     """
+
+    _method = "knn"
 
     def __init__(
         self,
@@ -119,6 +136,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         """Index the rows of ``X`` (ids ``0..n-1``) with their labels ``y``; returns ``self``."""
         self._check_params()
         X, y = fit_data(self, X, y)
+        self.__dict__.pop("calibration_", None)
         self.classes_, self.fit_codes_ = encode_targets(y)
         self.fit_X_ = X
         from metriclearn.indexes import EmbeddingIndex
@@ -170,14 +188,32 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         distances : (n, k) float64 distances (Euclidean or ``1 − cos``); ``inf`` where none was found.
         indices : (n, k) int64 training-row positions (index ids after :meth:`from_index`); ``-1`` if none.
         """
-        X = query_data(self, X)
+        return self._neighbors(query_data(self, X))
+
+    def _neighbors(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`kneighbors` of validated queries."""
         k = self.n_neighbors
         if k > len(self.index_):
             raise ValueError(f"n_neighbors={k} is larger than the number of indexed samples ({len(self.index_)})")
+        return self._search(X, k)
+
+    def _search(self, X: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Distances and ids of the ``k`` nearest stored vectors of validated queries, nearest first.
+
+        ``exact=True`` recomputes the distances in float64 from the index's vectors after :meth:`from_index`
+        too (where the kind can give them back), so exact duplicates come out at 0.
+        """
         D, ids = self.index_.search(X, k)  # (n, k)
         ids = np.asarray(ids, dtype=np.int64)
         if self.fit_X_ is not None:
             distances = exact_distances(X, self.fit_X_, ids, self.metric)  # (n, k)
+        elif exact and (found := np.unique(ids[ids >= 0])).size:
+            try:
+                stored = self.index_.vectors(found)  # (u, d) rows in ``found`` order
+            except ValueError:  # a kind that cannot give its vectors back: keep the index's distances
+                return self._search(X, k)
+            rows = np.where(ids >= 0, np.searchsorted(found, ids), -1)
+            distances = exact_distances(X, stored, rows, self.metric)
         elif self.metric == "l2":
             distances = np.sqrt(np.maximum(D.astype(np.float64), 0.0))  # squared L2 -> L2; inf stays inf
         else:
@@ -186,19 +222,100 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         return np.take_along_axis(distances, order, 1), np.take_along_axis(ids, order, 1)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Weighted neighbour vote per class: (n, K) float64, columns in ``classes_`` order."""
-        distances, ids = self.kneighbors(X)
-        if self.fit_X_ is not None:
-            codes = self.fit_codes_[np.clip(ids, 0, None)]  # (n, k) ids are training rows
-        else:
-            pos = np.clip(np.searchsorted(self.index_ids_, ids), 0, len(self.index_ids_) - 1)
-            codes = self.index_codes_[pos]  # (n, k)
-        return vote(codes, neighbor_weights(distances, self.weights), len(self.classes_))  # missing: weight 0
+        """Weighted neighbour vote per class: (n, K) float64, columns in ``classes_`` order.
+
+        After :meth:`calibrate`, the calibrated votes ``p_y ∝ (v_y + ε)^{1/T}``.
+        """
+        calibration = getattr(self, "calibration_", None)
+        return self._proba_with(query_data(self, X), None if calibration is None else calibration["probability"])
 
     def predict(self, X: Any) -> np.ndarray:
         """The class with the largest vote (the first in ``classes_`` on a tie, like scikit-learn)."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
+
+    # ------------------------------------------------------------------ calibration hooks (CalibrationMixin)
+    def _votes(self, X: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """The weighted vote (n, K) of validated queries; ``normalize=False``: unnormalised class weights ``V``.
+
+        Unnormalised distance weights are ``1 / max(d, MIN_DISTANCE)``, so ``V`` keeps how close the
+        neighbours are (exact matches still dominate).
+        """
+        distances, ids = self._neighbors(X)
+        if self.fit_X_ is not None:
+            codes = self.fit_codes_[np.clip(ids, 0, None)]  # (n, k) ids are training rows
+        else:
+            pos = np.clip(np.searchsorted(self.index_ids_, ids), 0, len(self.index_ids_) - 1)
+            codes = self.index_codes_[pos]  # (n, k)
+        if normalize:
+            weights = neighbor_weights(distances, self.weights)  # (n, k) missing: weight 0
+        elif self.weights == "uniform":
+            weights = np.isfinite(distances).astype(np.float64)
+        else:
+            weights = np.where(np.isfinite(distances), 1.0 / np.maximum(distances, MIN_DISTANCE), 0.0)
+        return vote(codes, weights, len(self.classes_), normalize=normalize)
+
+    def _proba_with(self, X: np.ndarray, params: dict[str, Any] | None) -> np.ndarray:
+        if params is None:
+            return self._votes(X)
+        return calibrated_votes(self._votes(X, normalize=False), params["temperature"], params["smoothing"])
+
+    def _probability_candidates(self, X: np.ndarray) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+        weights = self._votes(X, normalize=False)  # (n, K)
+        scale = float(np.median(weights.sum(axis=1)))
+        for relative in RELATIVE_SMOOTHINGS:
+            for temperature in TEMPERATURES:
+                params = {"temperature": temperature, "smoothing": relative * scale}
+                yield params, calibrated_votes(weights, temperature, relative * scale)
+
+    def _apply_probability(self, params: dict[str, Any]) -> None:
+        """Nothing to set: :meth:`predict_proba` reads ``calibration_``."""
+
+    def _classifier_params(self) -> dict[str, Any]:
+        return {"n_neighbors": int(self.n_neighbors), "weights": self.weights, "metric": self.metric}
+
+    @property
+    def _distance_metric(self) -> str:
+        return self.metric
+
+    def _reference_size(self) -> int:
+        return len(self.index_)
+
+    def _neighbour_distances(self, X: np.ndarray, m: int) -> np.ndarray:
+        return self._search(X, m, exact=True)[0]
+
+    def _reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors (N, d) and their class codes (N,)."""
+        if self.fit_X_ is not None:
+            return self.fit_X_, self.fit_codes_
+        return self.index_.vectors(self.index_ids_), self.index_codes_
+
+    def _without_class(self, code: int) -> KNNClassifier:
+        """An uncalibrated exact kNN over the stored vectors of every class but ``code`` (codes as labels)."""
+        vectors, codes = self._reference()
+        keep = codes != code
+        k = min(self.n_neighbors, int(keep.sum()))
+        other = KNNClassifier(n_neighbors=k, weights=self.weights, metric=self.metric, kind="flat", device="cpu")
+        return other.fit(vectors[keep], codes[keep])
+
+
+def calibrated_votes(votes: np.ndarray, temperature: float, smoothing: float) -> np.ndarray:
+    """Temperature-scaled, smoothed votes: ``p_y = (V_y + ε)^{1/T} / Σ_c (V_c + ε)^{1/T}`` (n, K).
+
+    ``V`` are the unnormalised class weights of the vote (with distance weights ``Σ 1/d_j``, so it is larger
+    when the neighbours are close): the pseudo-count ``ε > 0`` keeps classes without votes possible (a finite
+    log-likelihood) and lowers the confidence of queries whose neighbours are all far away; ``T > 1``
+    flattens, ``T < 1`` sharpens. Monotone in ``V`` row by row, so the predicted class does not change.
+
+    Example
+    -------
+    >>> calibrated_votes(np.array([[0.8, 0.2, 0.0]]), temperature=1.0, smoothing=0.1).round(3).tolist()
+    [[0.692, 0.231, 0.077]]
+    """
+    logits = np.log(votes + smoothing) / temperature  # (n, K)
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def exact_distances(

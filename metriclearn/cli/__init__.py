@@ -63,6 +63,7 @@ _COMMANDS = (
     ("index", "index"),
     ("classify", "classify"),
     ("classify", "second_opinion"),
+    ("calibrate", "calibrate"),
     ("report", "report"),
 )
 for _module, _attr in _COMMANDS:

@@ -6,6 +6,12 @@
 - ``.csv``  one row per query: ``prediction`` then one probability column ``p_<class>`` per class;
 - ``.json`` ``{"method", "classes", "predictions", "probabilities"}`` (probabilities as nested lists).
 
+On an index calibrated for the method (``metriclearn calibrate``), the probabilities are the calibrated
+ones and the classifier's parameters are the calibrated ones; ``--sets FILE.npy`` writes the conformal
+prediction sets ((n, K) bool, columns in the order of the sorted distinct labels) and ``--reject`` replaces
+predictions whose acceptance score is below the calibrated threshold by ``-1`` (``.npy`` of integer labels)
+or ``unknown`` (csv / json, and ``.npy`` of string labels).
+
 ``second-opinion --out FILE.npy`` writes the blended probabilities (n, K) float32, columns in the order of
 the index's sorted distinct labels (the order ``--probs`` must use too).
 """
@@ -68,6 +74,11 @@ _device_option = click.option(
     type=click.Path(path_type=Path),
     help="Predictions: .npy labels, or .csv / .json with probabilities.",
 )
+@click.option("--sets", "sets_out", type=click.Path(path_type=Path), default=None,
+              help="Also write conformal prediction sets (n, K) bool .npy (needs a calibrated index).")
+@click.option("--reject", is_flag=True,
+              help="Predict -1 / 'unknown' where the calibrated acceptance score is too low (needs "
+              "`metriclearn calibrate ... --target-precision P`).")
 @_device_option
 def classify(
     index_dir: Path,
@@ -79,6 +90,8 @@ def classify(
     theta: float | None,
     weights: str | None,
     out: Path,
+    sets_out: Path | None,
+    reject: bool,
     device: str,
 ) -> None:
     """Classify query embeddings with the labelled vectors of an index: kNN vote or Orhan's cache model.
@@ -87,28 +100,106 @@ def classify(
     another model is then refused).
     """
     _check_output(out, OUTPUT_FORMATS)
+    if sets_out is not None:
+        _check_output(sets_out, (".npy",), "--sets")
     check_source(matrix, model, data, "--queries")
     if method == "knn" and theta is not None:
         raise click.UsageError("--theta applies to --method cache only")
     if method == "cache" and weights is not None:
         raise click.UsageError("--weights applies to --method knn only")
-    from metriclearn.classify import CacheClassifier, KNNClassifier
-
     index = _load_index(index_dir, device)
     k = check_k(k, index, index_dir) if k is not None else None
     vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", device=device)
     check_same_model(index, index_dir, vectors)
     q = check_dim(vectors, index, index_dir)
+    trusted = sets_out is not None or reject
+    calibration = _usable_calibration(index, index_dir, method, k, theta, weights, trusted)
+    if calibration is not None:
+        classifier = _calibrated_model(index, index_dir, method, calibration, device)
+    else:
+        classifier = _model(index, method, k, theta, weights, device)
+    proba = classifier.predict_proba(q)
+    if reject:
+        if calibration["rejection"] is None:
+            raise ValueError(
+                f"index {str(index_dir)!r} was calibrated for {method} without a target precision, so --reject "
+                "has no threshold: rerun `metriclearn calibrate` with --target-precision P"
+            )
+        unknown = -1 if out.suffix.lower() == ".npy" and classifier.classes_.dtype.kind not in "US" else "unknown"
+        predictions = classifier.predict_or_reject(q, unknown_label=unknown)
+    else:
+        predictions = classifier.classes_[np.argmax(proba, axis=1)]
+    if sets_out is not None:  # = classifier.predict_sets(q), from the probabilities already computed
+        from metriclearn.classify.conformal import prediction_sets
+
+        conformal = classifier.calibration_["conformal"]
+        save_npy(sets_out, prediction_sets(proba, conformal["threshold"], conformal["score"]))
+    _write_predictions(out, method, classifier.classes_, predictions, proba)
+    note = " (calibrated)" if calibration is not None else ""
+    click.echo(f"{method}{note}: {len(q)} predictions written to {out}")
+    if reject:
+        click.echo(f"rejected as unknown: {int(np.sum(predictions == unknown))} of {len(q)}")
+    if sets_out is not None:
+        click.echo(f"prediction sets written to {sets_out}")
+
+
+def _model(index: Any, method: str, k: int | None, theta: float | None, weights: str | None, device: str) -> Any:
+    """The uncalibrated classifier over ``index`` with the command-line parameters (``k`` already checked)."""
+    from metriclearn.classify import CacheClassifier, KNNClassifier
+
     if method == "knn":
         k = k if k is not None else min(DEFAULT_K, len(index))
-        classifier: Any = KNNClassifier.from_index(index, n_neighbors=k, weights=weights or "distance")
-    else:
-        theta = DEFAULT_THETA if theta is None else theta
-        classifier = CacheClassifier.from_index(index, theta=theta, top_k=k, device=device)
-    proba = classifier.predict_proba(q)
-    predictions = classifier.classes_[np.argmax(proba, axis=1)]
-    _write_predictions(out, method, classifier.classes_, predictions, proba)
-    click.echo(f"{method}: {len(q)} predictions written to {out}")
+        return KNNClassifier.from_index(index, n_neighbors=k, weights=weights or "distance")
+    theta = DEFAULT_THETA if theta is None else theta
+    return CacheClassifier.from_index(index, theta=theta, top_k=k, device=device)
+
+
+def _usable_calibration(
+    index: Any, index_dir: Path, method: str, k: int | None, theta: float | None, weights: str | None, trusted: bool
+) -> dict[str, Any] | None:
+    """The calibration stored in ``index`` for ``method`` if the options allow it; errors for --sets/--reject."""
+    calibration = (index.attrs.get("calibration") or {}).get(method)
+    if calibration is None:
+        if trusted:
+            raise ValueError(
+                f"index {str(index_dir)!r} is not calibrated for --method {method}, so --sets/--reject have no "
+                f"threshold: run `metriclearn calibrate --index {index_dir} --features ... --labels ... "
+                f"--method {method}` first"
+            )
+        return None
+    clash = _calibration_clash(calibration, method, k, theta, weights)
+    if clash and trusted:
+        raise click.UsageError(f"{clash}: drop it to use the calibration, or recalibrate")
+    return None if clash else calibration
+
+
+def _calibration_clash(
+    calibration: dict[str, Any], method: str, k: int | None, theta: float | None, weights: str | None
+) -> str | None:
+    """Which command-line option contradicts the calibration stored in the index, if any."""
+    params = calibration.get("classifier", {})
+    if method == "knn":
+        if k is not None and k != params.get("n_neighbors"):
+            return f"--k {k} differs from the k={params.get('n_neighbors')} the index was calibrated with"
+        if weights is not None and weights != params.get("weights"):
+            return f"--weights {weights} differs from the calibrated weights={params.get('weights')}"
+        return None
+    if theta is not None:
+        return f"--theta {theta:g} contradicts the calibrated theta={calibration['probability']['theta']:.4g}"
+    if k is not None and k != params.get("top_k"):
+        return f"--k {k} differs from the top_k={params.get('top_k')} the index was calibrated with"
+    return None
+
+
+def _calibrated_model(index: Any, index_dir: Path, method: str, calibration: dict[str, Any], device: str) -> Any:
+    """The classifier the calibration stored in ``index`` was made for, with that calibration restored."""
+    params = calibration.get("classifier", {})
+    k = params.get("n_neighbors") if method == "knn" else params.get("top_k")
+    classifier = _model(index, method, k, None, params.get("weights"), device)
+    try:
+        return classifier.restore_calibration(calibration)
+    except ValueError as exc:
+        raise ValueError(f"index {str(index_dir)!r}: its stored calibration does not fit it ({exc})") from None
 
 
 @click.command("second-opinion")
@@ -166,10 +257,10 @@ def second_opinion(
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _check_output(out: Path, formats: tuple[str, ...]) -> None:
+def _check_output(out: Path, formats: tuple[str, ...], option: str = "--out") -> None:
     if out.suffix.lower() not in formats:
         raise click.BadParameter(
-            f"{str(out)!r} must end in {', '.join(formats)}; got {out.suffix or 'no extension'!r}", param_hint="--out"
+            f"{str(out)!r} must end in {', '.join(formats)}; got {out.suffix or 'no extension'!r}", param_hint=option
         )
 
 

@@ -7,6 +7,7 @@ Heavy imports (scikit-learn, matplotlib, umap, the trainer) happen inside the co
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -30,6 +31,8 @@ from metriclearn.training.config import DEVICES
               help="Distance for the retrieval metrics.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where --model embeds --data.")
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
+              help="A calibrated index directory (metriclearn calibrate): adds its reliability diagrams.")
 @quiet_option
 def report(
     matrix: Path | None,
@@ -43,6 +46,7 @@ def report(
     seed: int,
     metric: str,
     device: str,
+    index_dir: Path | None,
     quiet: bool,
 ) -> None:
     """Draw t-SNE / UMAP projections and measure how well the classes separate.
@@ -71,13 +75,28 @@ def report(
     else:
         assert matrix is not None
         config, source = None, matrix.name
+    calibration = _calibration(index_dir) if index_dir is not None else None
     with claim_output_dir(out, "report", overwrite=overwrite, legacy=("report.html",)):
         metrics = write_report(vectors.x, codes, out, method=method, classes=classes, config=config,
-                               max_points=max_points, seed=seed, metric=metric, source=source)
+                               max_points=max_points, seed=seed, metric=metric, source=source,
+                               calibration=calibration)
     names = [f"{m}.png" for m in (METHODS if method == "both" else (method,))] + ["report.html", "metrics.json"]
+    names += [f"reliability-{name}.png" for name in calibration or {}]
     click.echo(f"wrote {', '.join(names)} to {out}")
     if "retrieval" in metrics:
         ret, sep = metrics["retrieval"], metrics["separation"]
         click.echo(" · ".join(f"{k} {v:.4f}" for k, v in (*ret.items(), *sep.items())))
     else:
         click.echo("no labels: projections only, no class metrics")
+
+
+def _calibration(index_dir: Path) -> dict[str, Any]:
+    """The calibrations stored in an index directory; an uncalibrated index is an error (why pass it?)."""
+    from metriclearn.indexes import EmbeddingIndex
+
+    calibration = EmbeddingIndex.load(index_dir, device="cpu").attrs.get("calibration")
+    if not calibration:
+        raise ValueError(
+            f"index {str(index_dir)!r} is not calibrated: run `metriclearn calibrate --index {index_dir} ...` first"
+        )
+    return dict(calibration)

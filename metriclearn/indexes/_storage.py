@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from metriclearn._atomic import sha256, write_json
+from metriclearn._atomic import name_target, sha256, write_json
 from metriclearn._outdir import LOCK, MARKER
 from metriclearn.indexes._dirswap import swap_in
 
@@ -79,8 +79,7 @@ def write_directory(
             try:
                 writer(str(target))
             except (OSError, RuntimeError) as exc:  # faiss raises RuntimeError; name the user's path
-                reason = str(exc).replace(str(staging), str(root))
-                raise OSError(getattr(exc, "errno", None) or errno.EIO, f"could not write {root / name}: {reason}") from exc
+                raise name_target(exc, str(target), root / name) from exc
             files[name] = {"sha256": sha256(target), "bytes": target.stat().st_size}
         manifest = {"format": format_name, "format_version": format_version, **fields, "files": files}
         manifest["checksum"] = _manifest_checksum(manifest)

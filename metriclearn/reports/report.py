@@ -113,6 +113,7 @@ def write_report(
     umap_epochs: int | None = None,
     metric_max_points: int = METRIC_MAX_POINTS,
     source: str | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``<method>.png``, ``metrics.json`` and ``report.html`` for ``embeddings`` to ``out_dir``.
 
@@ -126,6 +127,8 @@ def write_report(
     metric : ``"l2"`` or ``"cosine"`` for the retrieval metrics. tsne_iter, umap_epochs : optimisation
         lengths (t-SNE >= 250 iterations; None = UMAP's default). metric_max_points : metrics cap.
     source : where the embeddings came from (shown in titles and the HTML).
+    calibration : an index's ``attrs["calibration"]`` (``{"knn": ..., "cache": ...}``); each method's
+        reliability diagram is written as ``reliability-<method>.png`` and shown in the HTML.
 
     Returns
     -------
@@ -160,6 +163,13 @@ def write_report(
             write_bytes(out / f"{name}.png", png)
             data[f"{name}_points"] = len(proj.indices)
             images.append((f"{title} — {subtitle}", png))
+    for name, state in (calibration or {}).items():
+        from metriclearn.reports.reliability import reliability_figure
+
+        title = f"{name}: calibration rows held out from the fit (ECE before / after)"
+        png = png_bytes(reliability_figure(state["reliability_before"], state["reliability_after"], title))
+        write_bytes(out / f"reliability-{name}.png", png)
+        images.append((f"Reliability diagram, {name} (the calibration stored in the index)", png))
     result = {**metrics, "data": data}
     write_json(out / "metrics.json", result)
     summary = {k: v for k, v in data.items() if k != "classes" and v is not None}

@@ -1,0 +1,516 @@
+"""Trustworthy predictions for the neighbour classifiers: calibrated probabilities, conformal sets, "unknown".
+
+:class:`CalibrationMixin` gives :class:`~metriclearn.classify.KNNClassifier` and
+:class:`~metriclearn.classify.CacheClassifier` one implementation of
+
+- ``calibrate(X_cal, y_cal, alpha=0.1, target_precision=None)`` on held-out rows;
+- ``predict_sets(X) -> (n, K) bool``, columns in ``classes_`` order (split conformal, marginal coverage
+  ≥ 1 − α on exchangeable data);
+- ``predict_or_reject(X, unknown_label=-1)``: the prediction, or ``unknown_label`` where the acceptance
+  score is below the threshold that reached ``target_precision`` on calibration rows.
+
+``calibrate`` shuffles the calibration rows (``random_state``) and splits them in two:
+
+1. ``fit_fraction`` of them (default 0.3) *fit* the score functions: the probability calibration by negative
+   log-likelihood over a grid (the cache's θ; for kNN a temperature ``T`` and pseudo-count ``ε`` on the
+   unnormalised vote, ``p_y ∝ (V_y + ε)^{1/T}``), and, with ``target_precision``, the acceptance score (below);
+2. the rest, untouched by that fit, set the conformal threshold ``q̂`` (the ⌈(n+1)(1−α)⌉-th smallest score,
+   :mod:`metriclearn.classify.conformal`), the rejection threshold, and the reported ECE before/after,
+   coverage and mean set size. Because the score functions are fixed before these rows are seen, the
+   split-conformal guarantee holds exactly.
+
+Open set. A plain similarity threshold only knows what known classes look like. The acceptance score is a
+logistic regression on six features of a prediction (log of the top probability, the margin to the second,
+the distance to the nearest stored vector and the mean distance to the ``m`` nearest, both also divided by
+the predicted class's own typical distances), trained to separate correct predictions from wrong ones *and*
+from stand-ins for classes never seen:
+
+- *twins*: each calibration row scored by the classifier without its class (leave one class out of the
+  index in turn; at most ``MAX_TWIN_CLASSES`` classes, drawn at random beyond) — to that reduced index,
+  exactly an unseen class;
+- *mixtures* of two calibration rows of different classes that land in a gap between classes — what a class
+  the *model* never saw tends to look like (a trained embedding keeps its known classes apart, so twins alone
+  are far easier to reject than real unseen classes; see BENCHMARKS.md).
+
+Its threshold is the lowest score at which the held-out rows, mixed with their stand-ins in the proportion
+``unseen_share``, reach ``target_precision`` — an empirical estimate, not a guarantee.
+
+Calibrating on the index's own vectors (or exact duplicates) is refused: their nearest neighbour is
+themselves, so their scores are optimistic and the coverage guarantee would not hold.
+
+Example
+-------
+>>> import numpy as np
+>>> from metriclearn.classify import KNNClassifier
+>>> rng = np.random.default_rng(0)
+>>> centres = rng.normal(0, 3, (3, 4))
+>>> y = rng.integers(0, 3, 900)
+>>> X = centres[y] + rng.normal(size=(900, 4))
+>>> knn = KNNClassifier(n_neighbors=10, device="cpu").fit(X[:400], y[:400])
+>>> knn = knn.calibrate(X[400:800], y[400:800], alpha=0.1)
+>>> sets = knn.predict_sets(X[800:])
+>>> sets.shape, bool(0.8 < sets[np.arange(100), y[800:]].mean() <= 1.0)
+((100, 3), True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+from metriclearn._checks import check_choice, check_labels, check_positive_int, describe
+from metriclearn.classify import conformal
+from metriclearn.classify._validation import query_data
+
+CALIBRATION_VERSION = 1
+FEATURES = ("log_top_probability", "margin", "nearest_distance", "mean_distance", "nearest_distance_by_class",
+            "mean_distance_by_class")
+NEIGHBOURS_FOR_FEATURES = 10  # m: distances to the m nearest stored vectors feed the acceptance score
+SCALE_SAMPLE = 256  # stored vectors per class whose own neighbour distances give the class's distance scale
+MAX_TWIN_CLASSES = 20  # leave-one-class-out classifiers built at most (a random subset of classes beyond)
+DUPLICATE_TOLERANCE = {"l2": 1e-6, "cosine": 1e-9}  # relative L2 distance / cosine distance: float round-off
+
+
+class CalibrationMixin:
+    """``calibrate`` / ``predict_sets`` / ``predict_or_reject`` for a fitted neighbour classifier.
+
+    The classifier provides the hooks: ``_method`` ("knn" or "cache"), ``_classifier_params()``,
+    ``_probability_candidates(X)``, ``_proba_with(X, params)``, ``_apply_probability(params)``,
+    ``_neighbour_distances(X, m)``, ``_reference()``, ``_reference_size()``, ``_without_class(code)`` and
+    ``_distance_metric``.
+    """
+
+    _method: str
+
+    # ------------------------------------------------------------------ public API
+    def calibrate(
+        self,
+        X_cal: Any,
+        y_cal: Any,
+        alpha: float = 0.1,
+        target_precision: float | None = None,
+        *,
+        score: str = "lac",
+        unseen_share: float = 0.25,
+        fit_fraction: float = 0.3,
+        random_state: int = 0,
+    ) -> Any:
+        """Calibrate on held-out rows ``(X_cal, y_cal)`` that neither the model nor the index saw; returns ``self``.
+
+        Parameters
+        ----------
+        X_cal : (n, d) held-out embeddings. y_cal : (n,) their labels, all from ``classes_``.
+        alpha : miscoverage level α ∈ (0, 1): :meth:`predict_sets` covers the true class with probability
+            ≥ 1 − α (marginally, on exchangeable data).
+        target_precision : if given, in (0, 1]: fit the open-set acceptance score and the rejection
+            threshold of :meth:`predict_or_reject`.
+        score : ``"lac"`` (1 − p_y, smallest sets) or ``"aps"`` (mass down to y, adaptive sets).
+        unseen_share : share of inputs from classes never seen that the rejection threshold assumes, in
+            [0, 1): ``target_precision`` is reached on held-out rows mixed with their never-seen stand-ins
+            (see the module notes) in that proportion. 0 gives the classic threshold, which only knows the
+            known classes.
+        fit_fraction : share of the rows that fit the probability calibration and acceptance score; the
+            rest set the thresholds and measure ECE, coverage and set sizes.
+        random_state : seed of the split.
+
+        Sets ``calibration_``: a JSON-serialisable dict (what ``metriclearn calibrate`` stores in an index
+        directory; :meth:`restore_calibration` reads it back).
+        """
+        check_is_fitted(self)
+        alpha = _check_open_fraction(alpha, "alpha")
+        if target_precision is not None:
+            target_precision = _check_precision(target_precision)
+        check_choice(score, conformal.SCORES, "score")
+        unseen_share = _check_fraction_below_one(unseen_share, "unseen_share")
+        fit_fraction = _check_open_fraction(fit_fraction, "fit_fraction")
+        check_positive_int(random_state, "random_state", allow_zero=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"calibration needs at least 2 classes, the classifier has {len(self.classes_)}")
+        X = _named(lambda: query_data(self, X_cal), "X_cal")
+        codes = self._known_codes(y_cal, len(X))
+        self._refuse_reference_rows(X)
+        self.__dict__.pop("calibration_", None)
+
+        perm = np.random.default_rng(random_state).permutation(len(X))
+        n_fit = min(max(1, round(fit_fraction * len(X))), len(X) - 1)
+        fit_rows, conf_rows = perm[:n_fit], perm[n_fit:]
+        try:
+            rank = conformal.conformal_rank(len(conf_rows), alpha)
+        except ValueError as exc:
+            raise ValueError(
+                f"X_cal has {len(X)} rows; fit_fraction={fit_fraction:g} uses {n_fit} to fit the probabilities "
+                f"and leaves {len(conf_rows)} for the conformal threshold: {exc}"
+            ) from None
+
+        params, nll = _best_by_nll(self._probability_candidates(X[fit_rows]), codes[fit_rows])
+        before = self._proba_with(X[conf_rows], None)  # (n_conf, K) the probabilities as they were
+        after = self._proba_with(X[conf_rows], params)  # (n_conf, K) calibrated
+        scores = conformal.class_scores(after, score)  # (n_conf, K)
+        threshold = conformal.conformal_quantile(scores[np.arange(len(conf_rows)), codes[conf_rows]], alpha)
+        sets = scores <= threshold
+        state: dict[str, Any] = {
+            "version": CALIBRATION_VERSION,
+            "method": self._method,
+            "classifier": self._classifier_params(),
+            "classes": self.classes_.tolist(),
+            "probability": params,
+            "fit_nll": nll,
+            "conformal": {"score": score, "alpha": alpha, "threshold": threshold, "rank": rank,
+                          "n": int(len(conf_rows))},
+            "n_fit": int(n_fit),
+            "n_calibration": int(len(conf_rows)),
+            "random_state": int(random_state),
+            "reliability_before": conformal.reliability(before, codes[conf_rows]),
+            "reliability_after": conformal.reliability(after, codes[conf_rows]),
+            "coverage": float(sets[np.arange(len(conf_rows)), codes[conf_rows]].mean()),
+            "mean_set_size": float(sets.sum(axis=1).mean()),
+            "empty_sets": float((~sets.any(axis=1)).mean()),
+            "rejection": None,
+        }
+        state["ece_before"] = state["reliability_before"]["ece"]
+        state["ece_after"] = state["reliability_after"]["ece"]
+        if target_precision is not None:
+            state["rejection"] = self._fit_rejection(X, codes, fit_rows, conf_rows, params, target_precision,
+                                                    unseen_share, random_state)
+        self._apply_probability(params)
+        self.calibration_ = state
+        return self
+
+    def restore_calibration(self, state: dict[str, Any]) -> Any:
+        """Use a calibration saved from ``calibration_`` (e.g. ``index.attrs["calibration"]["knn"]``); returns ``self``.
+
+        Raises ``ValueError`` when it was made for another method, other classes or other parameters.
+        """
+        check_is_fitted(self)
+        if not isinstance(state, dict) or state.get("version") != CALIBRATION_VERSION:
+            raise ValueError(f"calibration must be a dict of version {CALIBRATION_VERSION}, got {describe(state)}")
+        for key, mine in (("method", self._method), ("classes", self.classes_.tolist()),
+                          ("classifier", self._classifier_params())):
+            if state.get(key) != mine:
+                raise ValueError(
+                    f"the calibration was made for {key} {describe(state.get(key))}, this classifier has {describe(mine)}"
+                )
+        self._apply_probability(state["probability"])
+        self.calibration_ = state
+        return self
+
+    def predict_sets(self, X: Any) -> np.ndarray:
+        """Conformal prediction sets: (n, K) bool, column j ↔ ``classes_[j]``; rows may be empty."""
+        state = self._calibration("predict_sets")
+        proba = self.predict_proba(X)  # calibrated
+        return conformal.prediction_sets(proba, state["conformal"]["threshold"], state["conformal"]["score"])
+
+    def acceptance_score(self, X: Any) -> np.ndarray:
+        """The open-set acceptance score in [0, 1] of each row's prediction (higher: more trustworthy)."""
+        self._rejection("acceptance_score")
+        X = query_data(self, X)
+        return self._acceptance(X, self._proba_with(X, self.calibration_["probability"]))
+
+    def predict_or_reject(self, X: Any, unknown_label: Any = -1) -> np.ndarray:
+        """The predicted label, or ``unknown_label`` where the acceptance score is below the calibrated threshold.
+
+        Needs ``calibrate(..., target_precision=P)``. The output dtype holds both the labels and
+        ``unknown_label`` (``object`` when one is a string and the other is not).
+        """
+        rejection = self._rejection("predict_or_reject")
+        X = query_data(self, X)
+        proba = self._proba_with(X, self.calibration_["probability"])
+        keep = self._acceptance(X, proba) >= rejection["threshold"]
+        labels = self.classes_[np.argmax(proba, axis=1)]
+        fill = np.asarray(unknown_label)
+        if fill.ndim != 0:
+            raise TypeError(f"unknown_label must be a single label, got {describe(unknown_label)}")
+        if (fill.dtype.kind in "US") != (labels.dtype.kind in "US"):
+            out = labels.astype(object)
+        else:
+            out = labels.astype(np.result_type(labels.dtype, fill.dtype))
+        out[~keep] = unknown_label
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _calibration(self, caller: str) -> dict[str, Any]:
+        check_is_fitted(self)
+        state = getattr(self, "calibration_", None)
+        if state is None:
+            raise ValueError(f"{caller} needs a calibrated classifier: call calibrate(X_cal, y_cal) first")
+        return state
+
+    def _rejection(self, caller: str) -> dict[str, Any]:
+        rejection = self._calibration(caller)["rejection"]
+        if rejection is None:
+            raise ValueError(
+                f"{caller} needs a rejection threshold: calibrate(X_cal, y_cal, target_precision=P) first"
+            )
+        return rejection
+
+    def _acceptance(self, X: np.ndarray, proba: np.ndarray) -> np.ndarray:
+        """Acceptance scores (n,) of validated rows ``X`` whose calibrated probabilities are ``proba``."""
+        state = self.calibration_
+        features = self._features(self, X, state["probability"], state["rejection"]["class_scales"], proba)
+        return _logistic(state["rejection"], features)
+
+    def _known_codes(self, y: Any, n: int) -> np.ndarray:
+        y = check_labels(y, "y_cal", n=n)
+        if (y.dtype.kind in "US") != (self.classes_.dtype.kind in "US"):
+            kinds = ["string" if a.dtype.kind in "US" else "integer" for a in (y, self.classes_)]
+            raise ValueError(f"y_cal holds {kinds[0]} labels, but the classifier's classes are {kinds[1]}s")
+        codes = np.clip(np.searchsorted(self.classes_, y), 0, len(self.classes_) - 1)
+        unknown = self.classes_[codes] != y
+        if unknown.any():
+            raise ValueError(
+                f"y_cal holds labels the classifier does not know, e.g. {y[unknown][0].tolist()!r}: "
+                "calibration rows must come from the indexed classes"
+            )
+        return codes.astype(np.int64)
+
+    def _refuse_reference_rows(self, X: np.ndarray) -> None:
+        """``ValueError`` if any row of ``X`` is (up to float round-off) a vector the classifier stores."""
+        nearest = self._neighbour_distances(X, 1)[:, 0]  # (n,)
+        metric = self._distance_metric
+        tolerance = DUPLICATE_TOLERANCE[metric]
+        if metric == "l2":
+            tolerance = tolerance * np.maximum(np.linalg.norm(X.astype(np.float64), axis=1), 1e-12)
+        same = np.flatnonzero(nearest <= tolerance)
+        if same.size:
+            more = f" (and {same.size - 1} more)" if same.size > 1 else ""
+            raise ValueError(
+                f"X_cal row {int(same[0])}{more} is a vector of the index (or an exact duplicate of one): scores "
+                "on the index's own vectors are optimistic and break the coverage guarantee; calibrate on "
+                "held-out rows that neither the model nor the index saw"
+            )
+
+    def _features(
+        self, clf: Any, X: np.ndarray, params: dict[str, Any], scales: Any, proba: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(n, 6) features of ``clf``'s predictions on ``X`` (see ``FEATURES``).
+
+        ``scales`` (K, 2): per class of this classifier, the median distance of its stored vectors to their
+        nearest other stored vector, and to their ``m`` nearest; the last two features divide the query's
+        distances by the scales of its predicted class (a tight class makes the same distance more suspect).
+        """
+        proba = clf._proba_with(X, params) if proba is None else proba  # (n, K')
+        top2 = -np.sort(-proba, axis=1)[:, :2]  # (n, ≤2)
+        second = top2[:, 1] if top2.shape[1] > 1 else np.zeros(len(X))
+        predicted = np.argmax(proba, axis=1)
+        if clf is not self:  # a leave-one-class-out classifier: its labels are this one's class codes
+            predicted = np.asarray(clf.classes_)[predicted]
+        m = min(NEIGHBOURS_FOR_FEATURES, clf._reference_size())
+        dist = clf._neighbour_distances(X, m)  # (n, m); inf where an approximate index found fewer than m
+        finite = np.isfinite(dist)
+        dist = np.where(finite, dist, dist[finite].max() if finite.any() else 2.0)
+        nearest, mean = dist[:, 0], dist.mean(axis=1)
+        scales = np.asarray(scales, dtype=np.float64)[predicted]  # (n, 2)
+        return np.column_stack([np.log(np.maximum(top2[:, 0], 1e-12)), top2[:, 0] - second, nearest, mean,
+                                nearest / scales[:, 0], mean / scales[:, 1]])
+
+    def _class_scales(self, random_state: int) -> np.ndarray:
+        """(K, 2) per-class distance scales from the stored vectors themselves (see :meth:`_features`)."""
+        vectors, codes = self._reference()
+        rng = np.random.default_rng(random_state)
+        m = min(NEIGHBOURS_FOR_FEATURES, len(codes) - 1)
+        scales = np.ones((len(self.classes_), 2))
+        if m < 1:
+            return scales
+        for c in range(len(self.classes_)):
+            rows = np.flatnonzero(codes == c)
+            rows = rows if len(rows) <= SCALE_SAMPLE else rng.choice(rows, SCALE_SAMPLE, replace=False)
+            dist = self._neighbour_distances(vectors[rows], m + 1)[:, 1:]  # (r, m) the first is the vector itself
+            dist = np.where(np.isfinite(dist), dist, np.nan)
+            scales[c] = np.nanmedian(dist[:, 0]), np.nanmedian(np.nanmean(dist, axis=1))
+        return np.where(np.isfinite(scales) & (scales > 0), scales, 1.0)
+
+    def _fit_rejection(
+        self, X: np.ndarray, codes: np.ndarray, fit_rows: np.ndarray, conf_rows: np.ndarray,
+        params: dict[str, Any], target: float, unseen_share: float, random_state: int,
+    ) -> dict[str, Any]:
+        """The acceptance score (fit rows and their stand-ins) and its threshold (the other rows and theirs).
+
+        Stand-ins for never-seen classes (see the module notes): a row's *twin* is the same row scored by
+        the classifier without its class; *mixtures* are between-class mixtures of rows that land in a gap.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        scales = self._class_scales(random_state)
+        rng = np.random.default_rng(random_state)
+        present = np.unique(codes)
+        if len(present) > MAX_TWIN_CLASSES:  # each twin classifier holds a copy of the index: bound the work
+            present = np.sort(rng.choice(present, MAX_TWIN_CLASSES, replace=False))
+        without = {int(c): self._without_class(int(c)) for c in present}
+
+        def twins(rows: np.ndarray) -> np.ndarray:
+            """Features of the never-seen stand-ins made from ``rows``: their twins, then their mixtures."""
+            parts = [self._features(without[int(c)], X[rows][codes[rows] == c], params, scales)
+                     for c in present if (codes[rows] == c).any()]
+            mixed, parents = between_classes(X[rows], codes[rows], rng)
+            if len(mixed):  # keep the mixtures in a gap between their two classes, not inside a class
+                proba = self._proba_with(mixed, params)
+                pair = codes[rows][parents]  # (m, 2)
+                parent_distance = self._neighbour_distances(X[rows], 1)[:, 0][parents].max(axis=1)  # (m,)
+                between = (pair == proba.argmax(axis=1)[:, None]).any(axis=1)
+                between &= self._neighbour_distances(mixed, 1)[:, 0] > parent_distance
+                if between.any():
+                    parts.append(self._features(self, mixed[between], params, scales, proba[between]))
+            return np.concatenate(parts) if parts else np.empty((0, len(FEATURES)))
+
+        Xf, cf = X[fit_rows], codes[fit_rows]
+        proba = self._proba_with(Xf, params)
+        known = self._features(self, Xf, params, scales, proba)
+        features = np.concatenate([known, twins(fit_rows)])
+        accept = np.concatenate([proba.argmax(axis=1) == cf, np.zeros(len(features) - len(known), dtype=bool)])
+        if not accept.any():  # every prediction wrong: nothing to learn, rank by confidence
+            mean, scale = np.zeros(len(FEATURES)), np.ones(len(FEATURES))
+            coef, intercept = np.eye(len(FEATURES))[0], 0.0
+        else:
+            mean, scale = features.mean(axis=0), features.std(axis=0)
+            scale[scale == 0] = 1.0
+            model = LogisticRegression(C=1.0, max_iter=1000).fit((features - mean) / scale, accept)
+            coef, intercept = model.coef_[0], float(model.intercept_[0])
+        rejection = {"target_precision": target, "unseen_share": unseen_share, "features": list(FEATURES),
+                     "mean": mean.tolist(), "scale": scale.tolist(), "coef": np.asarray(coef, float).tolist(),
+                     "intercept": intercept, "class_scales": scales.tolist()}
+
+        Xc, cc = X[conf_rows], codes[conf_rows]
+        proba = self._proba_with(Xc, params)
+        known = _logistic(rejection, self._features(self, Xc, params, scales, proba))  # (n_c,)
+        unseen = _logistic(rejection, twins(conf_rows))  # (n_c,) an accepted twin is a wrong prediction
+        weight = unseen_share / (1.0 - unseen_share) * len(known) / max(len(unseen), 1)  # stand-ins weigh that much
+        threshold, precision, _ = conformal.precision_threshold(
+            np.concatenate([known, unseen]),
+            np.concatenate([proba.argmax(axis=1) == cc, np.zeros(len(unseen), dtype=bool)]),
+            target,
+            np.concatenate([np.ones(len(known)), np.full(len(unseen), weight)]),
+        )
+        rejection.update(threshold=threshold, precision=precision, known_kept=float(np.mean(known >= threshold)),
+                         unseen_rejected=float(np.mean(unseen < threshold)))
+        return rejection
+
+
+def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
+    """How a calibrated classifier does on labelled data: ECE, coverage, set size, and rejection if fitted.
+
+    Rows whose label is not among ``clf.classes_`` are *unseen*: they count in ``n_unseen`` and (with a
+    rejection rule) in ``unseen_rejected``; ECE, coverage and set sizes are over the known rows only.
+
+    Returns
+    -------
+    dict with ``n``, ``n_unseen``, ``ece``, ``coverage``, ``mean_set_size``, ``empty_sets`` (known rows), and
+    with a rejection rule ``accepted_precision`` (an accepted unseen row counts as wrong), ``known_kept``,
+    ``unseen_rejected`` (``None`` when there are no such rows).
+
+    Example
+    -------
+    >>> from metriclearn.classify import KNNClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, 700)
+    >>> X = rng.normal(0, 3, (3, 4))[y] + rng.normal(size=(700, 4))
+    >>> knn = KNNClassifier(device="cpu").fit(X[:300], y[:300]).calibrate(X[300:600], y[300:600], alpha=0.2)
+    >>> report = evaluate_calibration(knn, X[600:], y[600:])
+    >>> report["n"], report["n_unseen"], bool(report["coverage"] > 0.7)
+    (100, 0, True)
+    """
+    state = clf._calibration("evaluate_calibration")
+    X = query_data(clf, X)
+    y = check_labels(y, "y", n=len(X))
+    if (y.dtype.kind in "US") != (clf.classes_.dtype.kind in "US"):
+        y = y.astype(str) if clf.classes_.dtype.kind in "US" else y
+    codes = np.clip(np.searchsorted(clf.classes_, y), 0, len(clf.classes_) - 1)
+    known = clf.classes_[codes] == y
+    proba = clf._proba_with(X, state["probability"])  # (n, K)
+    report: dict[str, Any] = {"n": int(len(X)), "n_unseen": int((~known).sum())}
+    if known.any():
+        pk, ck = proba[known], codes[known]
+        sets = conformal.prediction_sets(pk, state["conformal"]["threshold"], state["conformal"]["score"])
+        report.update(ece=conformal.reliability(pk, ck)["ece"], coverage=float(sets[np.arange(len(ck)), ck].mean()),
+                      mean_set_size=float(sets.sum(axis=1).mean()), empty_sets=float((~sets.any(axis=1)).mean()))
+    rejection = state["rejection"]
+    if rejection is not None:
+        keep = clf._acceptance(X, proba) >= rejection["threshold"]
+        correct = known & (proba.argmax(axis=1) == codes)
+        report.update(
+            accepted_precision=float(correct[keep].mean()) if keep.any() else None,
+            known_kept=float(keep[known].mean()) if known.any() else None,
+            unseen_rejected=float((~keep[~known]).mean()) if (~known).any() else None,
+        )
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def between_classes(X: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One mixture ``λ·x_i + (1 − λ)·x_j`` per row, ``x_j`` a random row of another class, λ ~ U(0.4, 0.6).
+
+    Stand-ins for inputs of classes the *model* never saw, which it tends to embed between the clusters of
+    the classes it knows (the "data placeholders" of Zhou et al., "Learning Placeholders for Open-Set
+    Recognition", CVPR 2021). Returns the mixtures (m, d) and the rows of their two parents (m, 2); empty
+    when ``codes`` hold a single class. :meth:`CalibrationMixin.calibrate` keeps only the mixtures that
+    land in a gap: classified as one of their parents' classes, and farther from the stored vectors than
+    both parents (a mixture inside overlapping classes is not a stand-in for anything new).
+
+    >>> mixed, parents = between_classes(np.array([[0.0, 0], [2, 2], [4, 0]]), np.array([0, 1, 1]),
+    ...                                  np.random.default_rng(0))
+    >>> mixed.shape, parents.tolist()
+    ((3, 2), [[0, 2], [1, 0], [2, 0]])
+    """
+    rows, partners = [], []
+    for i, c in enumerate(codes):
+        others = np.flatnonzero(codes != c)
+        if others.size:
+            rows.append(i)
+            partners.append(others[rng.integers(others.size)])
+    if not rows:
+        return np.empty((0, X.shape[1]), dtype=X.dtype), np.empty((0, 2), dtype=np.int64)
+    lam = rng.uniform(0.4, 0.6, (len(rows), 1))
+    mixed = (lam * X[rows] + (1.0 - lam) * X[partners]).astype(X.dtype)
+    return mixed, np.column_stack([rows, partners]).astype(np.int64)
+
+
+def _best_by_nll(candidates: Iterator[tuple[dict[str, Any], np.ndarray]], codes: np.ndarray) -> tuple[dict, float]:
+    """The candidate parameters whose probabilities have the lowest mean negative log-likelihood on ``codes``."""
+    best: tuple[dict[str, Any], float] | None = None
+    rows = np.arange(len(codes))
+    for params, proba in candidates:
+        nll = float(-np.mean(np.log(np.clip(proba[rows, codes], 1e-15, 1.0))))
+        if best is None or nll < best[1] - 1e-12:
+            best = (params, nll)
+    assert best is not None
+    return best
+
+
+def _logistic(rejection: dict[str, Any], features: np.ndarray) -> np.ndarray:
+    z = ((features - np.asarray(rejection["mean"])) / np.asarray(rejection["scale"])) @ np.asarray(rejection["coef"])
+    return 1.0 / (1.0 + np.exp(-(z + rejection["intercept"])))
+
+
+def _check_open_fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in (0, 1), got {describe(value)}")
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
+    return float(value)
+
+
+def _check_fraction_below_one(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in [0, 1), got {describe(value)}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    return float(value)
+
+
+def _check_precision(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"target_precision must be a number in (0, 1], got {describe(value)}")
+    if not 0.0 < float(value) <= 1.0 or math.isnan(float(value)):
+        raise ValueError(f"target_precision must lie in (0, 1], got {value}")
+    return float(value)
+
+
+def _named(validate: Any, name: str) -> np.ndarray:
+    """Run a scikit-learn validation and put the argument's name in front of its message."""
+    try:
+        return validate()
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None

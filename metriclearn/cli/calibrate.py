@@ -1,0 +1,149 @@
+"""``metriclearn calibrate``: calibrate a labelled index directory for ``classify --sets`` / ``--reject``.
+
+The calibration (:meth:`metriclearn.classify.calibration.CalibrationMixin.calibrate`) is stored in the
+index's checksummed manifest as ``attrs["calibration"][METHOD]`` (one per method, ``knn`` and ``cache``);
+a rebuilt index, or one that vectors were added to or removed from, no longer carries it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from metriclearn.cli._inputs import check_k
+from metriclearn.cli.classify import (
+    DEFAULT_K,
+    _calibrated_model,
+    _device_option,
+    _load_features,
+    _load_index,
+    _model,
+)
+
+
+@click.command("calibrate")
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path),
+              help="Labelled index directory (metriclearn index build ... --labels FILE.npy); updated in place.")
+@click.option("--features", required=True, type=click.Path(path_type=Path),
+              help="Held-out embeddings (n, d) .npy: rows that neither the model nor the index saw.")
+@click.option("--labels", required=True, type=click.Path(path_type=Path), help="Their labels (n,) .npy.")
+@click.option("--method", required=True, type=click.Choice(["knn", "cache"]), help="Which classifier to calibrate.")
+@click.option("--alpha", type=float, default=0.1, show_default=True,
+              help="Miscoverage α: prediction sets hold the true class with probability ≥ 1 − α.")
+@click.option("--target-precision", type=float, default=None,
+              help="Fit the open-set rejection rule of `classify --reject` for this precision in (0, 1].")
+@click.option("--unseen-share", type=float, default=0.25, show_default=True,
+              help="With --target-precision: the share of inputs from never-seen classes the threshold assumes.")
+@click.option("--score", type=click.Choice(["lac", "aps"]), default="lac", show_default=True,
+              help="Conformal score: lac (smallest sets) or aps (adaptive sets).")
+@click.option("--k", "k", type=int, default=None,
+              help=f"knn: neighbours that vote (default {DEFAULT_K}); cache: only the k most similar keys "
+              "(default: every key). `classify` then uses the same value.")
+@click.option("--weights", type=click.Choice(["distance", "uniform"]), default=None,
+              help="knn: vote weights (default distance).")
+@click.option("--fit-fraction", type=float, default=0.3, show_default=True,
+              help="Share of the rows that fit the probability calibration; the rest set the thresholds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of that split.")
+@_device_option
+def calibrate(
+    index_dir: Path,
+    features: Path,
+    labels: Path,
+    method: str,
+    alpha: float,
+    target_precision: float | None,
+    unseen_share: float,
+    score: str,
+    k: int | None,
+    weights: str | None,
+    fit_fraction: float,
+    seed: int,
+    device: str,
+) -> None:
+    """Calibrate an index's kNN or cache classifier on held-out rows and store the result in the index.
+
+    Prints the expected calibration error before and after, and the coverage and mean prediction-set size
+    on the calibration rows that set the threshold.
+    """
+    if method == "cache" and weights is not None:
+        raise click.UsageError("--weights applies to --method knn only")
+    if seed < 0:
+        raise click.BadParameter(f"must be a non-negative integer, got {seed}", param_hint="--seed")
+    from metriclearn.data import load_labels
+
+    index = _load_index(index_dir, device)
+    x = _load_features(features, "features", index.dim)
+    y = load_labels(labels, n=len(x))
+    model = _model(index, method, check_k(k, index, index_dir) if k is not None else None, None, weights, device)
+    try:
+        model.calibrate(x, y, alpha=alpha, target_precision=target_precision, score=score,
+                        unseen_share=unseen_share,
+                        fit_fraction=fit_fraction, random_state=seed)
+    except ValueError as exc:
+        raise ValueError(f"calibrating {str(index_dir)!r} on {str(features)!r}: {exc}") from None
+    stored = dict(index.attrs.get("calibration") or {})
+    stored[method] = model.calibration_
+    index.attrs["calibration"] = stored
+    index.save(index_dir)
+    for line in summary_lines(model.calibration_):
+        click.echo(line)
+    click.echo(f"calibration stored in {index_dir} (attrs['calibration']['{method}'] of its manifest)")
+
+
+def summary_lines(state: dict[str, Any]) -> list[str]:
+    """What a calibration measured, for people: parameters, ECE, coverage, set size, rejection."""
+    conf = state["conformal"]
+    params = ", ".join(f"{key} {value:.4g}" for key, value in state["probability"].items())
+    lines = [
+        f"{state['method']}: {state['n_fit']} rows fit the probabilities ({params}); "
+        f"{state['n_calibration']} rows set the thresholds",
+        f"ECE {state['ece_before']:.4f} before -> {state['ece_after']:.4f} after calibration",
+        f"{conf['score']} sets at alpha={conf['alpha']:g}: coverage {state['coverage']:.4f} "
+        f"(target >= {1 - conf['alpha']:.4f}), mean set size {state['mean_set_size']:.3f}, "
+        f"empty {state['empty_sets']:.2%}",
+    ]
+    rejection = state.get("rejection")
+    if rejection:
+        lines.append(
+            f"rejection at target precision {rejection['target_precision']:g}: threshold "
+            f"{rejection['threshold']:.4f}; on calibration rows: precision {rejection['precision']:.4f} "
+            f"(with {rejection['unseen_share']:.0%} never-seen stand-ins), knowns kept {rejection['known_kept']:.2%}, "
+            f"stand-ins rejected {rejection['unseen_rejected']:.2%}"
+        )
+    return lines
+
+
+def calibration_metrics(index_dir: Path, embeddings: Any, labels: Any, device: str) -> dict[str, Any]:
+    """``evaluate --index``: :func:`evaluate_calibration` of every calibration stored in the index."""
+    from metriclearn.classify.calibration import evaluate_calibration
+
+    index = _load_index(index_dir, device)
+    calibrations = index.attrs.get("calibration") or {}
+    if not calibrations:
+        raise ValueError(
+            f"index {str(index_dir)!r} is not calibrated: run `metriclearn calibrate --index {index_dir} ...` first"
+        )
+    if index.dim != embeddings.shape[1]:
+        raise ValueError(f"index {str(index_dir)!r} has dimension {index.dim}, but the model embeds to "
+                         f"{embeddings.shape[1]}: it was built from another model's embeddings")
+    return {method: evaluate_calibration(_calibrated_model(index, index_dir, method, state, device), embeddings,
+                                         labels)
+            for method, state in calibrations.items()}
+
+
+def format_calibration_metrics(metrics: dict[str, Any]) -> str:
+    """The lines ``evaluate --index`` prints for :func:`calibration_metrics`."""
+    lines = []
+    for method, m in metrics.items():
+        head = f"  calibrated {method:<14} "
+        if "coverage" in m:
+            head += (f"ECE {m['ece']:.4f}  coverage {m['coverage']:.4f}  mean set size {m['mean_set_size']:.3f}  "
+                     f"empty {m['empty_sets']:.2%}")
+        lines.append(head + (f"  ({m['n_unseen']} of {m['n']} rows of classes not in the index)" if m["n_unseen"] else ""))
+        if "known_kept" in m:
+            parts = [f"{key.replace('_', ' ')} {m[key]:.4f}" for key in ("accepted_precision", "known_kept",
+                                                                        "unseen_rejected") if m[key] is not None]
+            lines.append(f"  {'rejection':<25} " + "  ".join(parts))
+    return "\n".join(lines)
