@@ -10,18 +10,26 @@ as the model outputs it, as pytorch-metric-learning's ``AccuracyCalculator`` doe
 
 * pytorch-metric-learning: ``NCALoss``, ``MultiSimilarityLoss`` + ``MultiSimilarityMiner``, ``SupConLoss``,
   ``NTXentLoss`` (their defaults), a plain loop (pixels / 255, shuffled batches, Adam 1e-3) as in
-  ``bench_mnist.py``;
+  ``bench_mnist.py``. ``NTXentLoss`` builds a (positive pairs × negatives) matrix per batch — with five
+  classes in a batch of 128 that is ~4 CPU-minutes per run — so it runs on ``--ntxent-splits`` only;
 * the raw pixels (no learning at all);
-* metriclearn's default objective (``TrainConfig()`` as ``metriclearn train`` uses it) and its best
-  configuration; ``--sweep`` adds the variants of the investigation recorded in BENCHMARKS.md
-  (temperature, embedding size and normalisation, weight decay, embedding layer, epochs, class-disjoint
-  early stopping, a uniformity regulariser).
+* metriclearn: the default objective (``TrainConfig()``, as ``metriclearn train``), the same embedded with
+  ``--layer hidden`` (:class:`metriclearn.hidden.HiddenFeatures`), the best configuration found, and the
+  previous default (neighbourhood softmax alone); ``--cli DIR`` adds the default run through the CLI alone
+  (``metriclearn train`` on an .npz of the training digits, ``metriclearn evaluate`` on one of the unseen
+  digits), which must equal the API's row; ``--sweep`` adds the variants of the investigation recorded in
+  BENCHMARKS.md (temperature, embedding size and normalisation, weight decay, epochs, class-disjoint early
+  stopping, other losses, a uniformity or spread-out regulariser, the embedding layer); ``--diagnose``
+  prints how collapsed each embedding is (effective rank, within/between-class spread).
+
+Class splits: ``even-odd`` (the issue's), ``low-high`` (0-4 / 5-9), two random 5/5 splits, and the control
+``same-class`` (every digit trained, all test rows scored: ``bench_mnist.py``'s protocol).
 
 Contenders run interleaved per (split, seed), so machine load hits them alike. Results are cached in a JSON
 file (``--cache``; key = contender, split, seed), so a sweep re-run only trains what is new.
 
-Run: ``python benchmarks/bench_unseen.py [--splits even-odd low-high rand1 rand2] [--seeds 0 1 2] [--sweep]``
-(one thread per training; about 5 s per training run on this 2-core box).
+Run: ``python benchmarks/bench_unseen.py [--splits ...] [--seeds 0 1 2] [--sweep] [--diagnose] [--cli DIR]``
+(one thread; a training run takes ~2 CPU-seconds, except NTXentLoss's).
 """
 
 from __future__ import annotations
@@ -160,15 +168,17 @@ def spread_out(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def run_ours(data: Split, seed: int, *, layer: str = "embedding", holdout: int = 0, refit: bool = False,
-             uniform: float = 0.0, spread: float = 0.0, metric_on_hidden: str = "l2", **overrides: Any) -> dict[str, float]:
+             spread: float = 0.0, **overrides: Any) -> dict[str, float]:
     """metriclearn's trainer with ``TrainConfig()`` defaults (as ``metriclearn train``) plus ``overrides``.
 
-    ``layer="hidden"`` embeds with the penultimate layer (the 256 BatchNorm-ReLU features before the
-    last projection). ``holdout=k`` holds the last k training classes out as a class-disjoint validation
-    set and keeps the best epoch (by its MAP@R); with ``refit`` the epoch count found that way is then
-    trained on all training classes. ``uniform=w`` adds ``w`` times the uniformity loss.
+    ``layer``: ``"embedding"`` (the model's output), ``"hidden"`` (:class:`metriclearn.hidden.HiddenFeatures`,
+    what ``--layer hidden`` embeds with: the last hidden layer before its ReLU, L2-normalised),
+    ``"hidden-relu"`` / ``"hidden-relu-cosine"`` (after the ReLU, raw or L2-normalised). ``holdout=k`` holds
+    the last k training classes out as a class-disjoint validation set and keeps the best epoch (by its
+    MAP@R); with ``refit`` the epoch count found that way is then trained on all training classes.
+    ``spread=w`` adds ``w`` times the spread-out regulariser.
     """
-    from metriclearn.losses import UniformityLoss
+    from metriclearn.hidden import select_layer
     from metriclearn.training import TrainConfig
     from metriclearn.training.objectives import lambda_loss
     from metriclearn.training.run import build_model, make_trainer
@@ -185,9 +195,6 @@ def run_ours(data: Split, seed: int, *, layer: str = "embedding", holdout: int =
     model = build_model(config, (784,))
     keep = KeepBest() if holdout else None
     trainer = make_trainer(config, model, int(y.max()) + 1, [keep] if keep else [], verbose=False)
-    if uniform:
-        trainer.objective.terms["uniform"] = UniformityLoss()
-        trainer.objective.weights["uniform"] = uniform
     if spread:
         trainer.objective.terms["spread"] = lambda_loss(spread_out)
         trainer.objective.weights["spread"] = spread
@@ -196,19 +203,19 @@ def run_ours(data: Split, seed: int, *, layer: str = "embedding", holdout: int =
     if keep is not None:
         extra["best_epoch"] = keep.epoch
         if refit:
-            return {**run_ours(data, seed, layer=layer, uniform=uniform, **{**overrides, "epochs": keep.epoch}),
-                    **extra}
+            return {**run_ours(data, seed, layer=layer, **{**overrides, "epochs": keep.epoch}), **extra}
         model.load_state_dict(keep.state)
-    if layer in ("hidden", "hidden-bn"):
-        model.eval()
-        with torch.no_grad():
-            layers = model.body.layers if layer == "hidden" else model.body.layers[:-1]  # "hidden-bn": before ReLU
-            hidden = layers(model.standardize(torch.from_numpy(Xq))).numpy()
-            seen = layers(model.standardize(torch.from_numpy(X))).numpy()
-        if metric_on_hidden == "cosine":
-            hidden, seen = (h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12) for h in (hidden, seen))
-        return {**score(hidden, yq), **structure(seen, y, "seen_"), **extra}
-    return {**score(trainer.embed(Xq), yq), **structure(trainer.embed(X), y, "seen_"), **extra}
+    model.eval()
+    with torch.no_grad():
+        if layer.startswith("hidden-relu"):  # the variant that --layer hidden does not use
+            features = lambda x: model.body.layers(model.standardize(torch.from_numpy(x))).numpy()  # noqa: E731
+        else:
+            embedder = select_layer(model, layer)
+            features = lambda x: embedder(torch.from_numpy(x)).numpy()  # noqa: E731
+        query, seen = features(Xq), features(X)
+    if layer == "hidden-relu-cosine":
+        query, seen = (h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12) for h in (query, seen))
+    return {**score(query, yq), **structure(seen, y, "seen_"), **extra}
 
 
 # ---------------------------------------------------------------------------- the same, from the CLI alone
@@ -237,6 +244,9 @@ def run_cli(split: str, seed: int, workdir: Path) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- contenders
+BEST = {"loss": ["neighborhood", "uniformity:0.3"], "layer": "hidden"}
+
+
 def contenders(sweep: bool) -> dict[str, Callable[[Split, int], dict[str, float]]]:
     main: dict[str, Callable[[Split, int], dict[str, float]]] = {
         "pml NCALoss": lambda d, s: run_pml(d, s, "nca"),
@@ -244,73 +254,62 @@ def contenders(sweep: bool) -> dict[str, Callable[[Split, int], dict[str, float]
         "pml SupConLoss": lambda d, s: run_pml(d, s, "supcon"),
         "pml NTXentLoss": lambda d, s: run_pml(d, s, "ntxent"),
         "raw pixels": run_pixels,
-        "metriclearn default": lambda d, s: run_ours(d, s),
+        "metriclearn default (neighborhood + uniformity:0.05)": lambda d, s: run_ours(d, s),
+        "metriclearn default, --layer hidden": lambda d, s: run_ours(d, s, layer="hidden"),
+        "metriclearn best: --loss neighborhood --loss uniformity:0.3, --layer hidden": lambda d, s: run_ours(d, s, **BEST),
+        "metriclearn --loss neighborhood (the previous default)": lambda d, s: run_ours(d, s, loss=["neighborhood"]),
     }
     if not sweep:
         return main
+    # the investigation, on top of the previous default (neighbourhood softmax alone, T = 0.15)
+    nsl = lambda t: {"neighborhood": {"temperature": t}}  # noqa: E731
     variants: dict[str, dict[str, Any]] = {
         "untrained encoder (epochs=1, lr=1e-12)": {"epochs": 1, "lr": 1e-12},
-        "T=0.05": {"loss_options": {"neighborhood": {"temperature": 0.05}}},
-        "T=0.02": {"loss_options": {"neighborhood": {"temperature": 0.02}}},
-        "T=0.03": {"loss_options": {"neighborhood": {"temperature": 0.03}}},
-        "T=0.1": {"loss_options": {"neighborhood": {"temperature": 0.1}}},
-        "T=0.05, hidden layer, cosine": {"layer": "hidden", "metric_on_hidden": "cosine",
-                                         "loss_options": {"neighborhood": {"temperature": 0.05}}},
-        "T=0.05, dim=128": {"embedding_dim": 128, "loss_options": {"neighborhood": {"temperature": 0.05}}},
-        "T=0.3": {"loss_options": {"neighborhood": {"temperature": 0.3}}},
-        "T=0.5": {"loss_options": {"neighborhood": {"temperature": 0.5}}},
-        "T=1.0": {"loss_options": {"neighborhood": {"temperature": 1.0}}},
+        "T=0.02": {"loss_options": nsl(0.02)},
+        "T=0.03": {"loss_options": nsl(0.03)},
+        "T=0.05": {"loss_options": nsl(0.05)},
+        "T=0.1": {"loss_options": nsl(0.1)},
+        "T=0.3": {"loss_options": nsl(0.3)},
+        "T=0.5": {"loss_options": nsl(0.5)},
+        "T=1.0": {"loss_options": nsl(1.0)},
+        "dim=16": {"embedding_dim": 16},
         "dim=128": {"embedding_dim": 128},
         "dim=256": {"embedding_dim": 256},
-        "dim=16": {"embedding_dim": 16},
         "no normalisation (sqeuclidean NCA, T=1)": {
             "normalize": False, "loss_options": {"neighborhood": {"temperature": 1.0, "distance": "sqeuclidean"}}},
         "wd=1e-3": {"weight_decay": 1e-3},
         "wd=1e-2": {"weight_decay": 1e-2},
         "wd=1e-1": {"weight_decay": 1e-1},
+        "lr=1e-3": {"lr": 1e-3},
+        "M=16": {"samples_per_class": 16},
         "epochs=1": {"epochs": 1},
         "epochs=3": {"epochs": 3},
         "epochs=5": {"epochs": 5},
-        "lr=1e-3": {"lr": 1e-3},
-        "hidden layer (256-d)": {"layer": "hidden"},
-        "hidden layer (256-d), cosine": {"layer": "hidden", "metric_on_hidden": "cosine"},
-        "hidden layer, T=0.5": {"layer": "hidden", "loss_options": {"neighborhood": {"temperature": 0.5}}},
-        "uniformity 0.05": {"uniform": 0.05},
-        "uniformity 0.1": {"uniform": 0.1},
-        "uniformity 0.2": {"uniform": 0.2},
-        "uniformity 0.5": {"uniform": 0.5},
-        "uniformity 1.0": {"uniform": 1.0},
-        "uniformity 0.3": {"uniform": 0.3},
-        "uniformity 0.3, hidden layer, cosine": {"uniform": 0.3, "layer": "hidden", "metric_on_hidden": "cosine"},
-        "uniformity 0.5, hidden layer, cosine": {"uniform": 0.5, "layer": "hidden", "metric_on_hidden": "cosine"},
-        "T=0.05, uniformity 0.1": {"uniform": 0.1, "loss_options": {"neighborhood": {"temperature": 0.05}}},
-        "T=0.05, uniformity 0.5": {"uniform": 0.5, "loss_options": {"neighborhood": {"temperature": 0.05}}},
-        "T=0.1, uniformity 0.5": {"uniform": 0.5, "loss_options": {"neighborhood": {"temperature": 0.1}}},
-        "T=0.05, uniformity 0.5, hidden layer, cosine": {
-            "uniform": 0.5, "layer": "hidden", "metric_on_hidden": "cosine",
-            "loss_options": {"neighborhood": {"temperature": 0.05}}},
-        "uniformity 1.0, hidden layer, cosine": {"uniform": 1.0, "layer": "hidden", "metric_on_hidden": "cosine"},
-        "hidden layer before ReLU, cosine": {"layer": "hidden-bn", "metric_on_hidden": "cosine"},
-        "uniformity 0.1, hidden layer before ReLU, cosine": {
-            "uniform": 0.1, "layer": "hidden-bn", "metric_on_hidden": "cosine"},
-        "uniformity 0.3, hidden layer before ReLU, cosine": {
-            "uniform": 0.3, "layer": "hidden-bn", "metric_on_hidden": "cosine"},
-        "uniformity 0.3, epochs=5, hidden layer, cosine": {
-            "uniform": 0.3, "epochs": 5, "layer": "hidden", "metric_on_hidden": "cosine"},
-        "uniformity 0.3, lr=1e-3, hidden layer, cosine": {
-            "uniform": 0.3, "lr": 1e-3, "layer": "hidden", "metric_on_hidden": "cosine"},
-        "uniformity 0.3, T=0.1": {"uniform": 0.3, "loss_options": {"neighborhood": {"temperature": 0.1}}},
-        "uniformity 0.3, dim=128": {"uniform": 0.3, "embedding_dim": 128},
-        "uniformity 0.3, wd=1e-2": {"uniform": 0.3, "weight_decay": 1e-2},
-        "spread-out (GOR) 1.0": {"spread": 1.0},
-        "spread-out (GOR) 5.0": {"spread": 5.0},
         "class-disjoint early stopping (2 of 5 held out)": {"holdout": 2},
         "class-disjoint epochs, refit on all 5": {"holdout": 2, "refit": True},
         "softmax": {"loss": ["softmax"]},
         "prototype": {"loss": ["prototype"]},
-        "M=16": {"samples_per_class": 16},
+        "spread-out (GOR) 1.0": {"spread": 1.0},
+        "spread-out (GOR) 5.0": {"spread": 5.0},
+        "hidden layer after ReLU": {"layer": "hidden-relu"},
+        "hidden layer after ReLU, cosine": {"layer": "hidden-relu-cosine"},
+        "--layer hidden": {"layer": "hidden"},
+        "T=0.05, --layer hidden": {"layer": "hidden", "loss_options": nsl(0.05)},
+        "T=0.05, dim=128": {"embedding_dim": 128, "loss_options": nsl(0.05)},
     }
+    for weight in ("0.05", "0.1", "0.2", "0.3", "0.5", "1.0"):
+        variants[f"uniformity:{weight}"] = {"loss": ["neighborhood", f"uniformity:{weight}"]}
+    for weight in ("0.1", "0.3", "1.0"):
+        variants[f"uniformity:{weight}, --layer hidden"] = {"loss": ["neighborhood", f"uniformity:{weight}"],
+                                                             "layer": "hidden"}
+    for name, options in (("T=0.05", nsl(0.05)), ("T=0.1", nsl(0.1))):
+        variants[f"uniformity:0.3, {name}"] = {"loss": ["neighborhood", "uniformity:0.3"], "loss_options": options}
+    variants["uniformity:0.3, dim=128"] = {"loss": ["neighborhood", "uniformity:0.3"], "embedding_dim": 128}
+    variants["uniformity:0.3, wd=1e-2"] = {"loss": ["neighborhood", "uniformity:0.3"], "weight_decay": 1e-2}
+    variants["uniformity:0.3, epochs=5, --layer hidden"] = {**BEST, "epochs": 5}
+    variants["uniformity:0.3, lr=1e-3, --layer hidden"] = {**BEST, "lr": 1e-3}
     for name, kw in variants.items():
+        kw = {"loss": ["neighborhood"], **kw}
         main[f"metriclearn {name}"] = (lambda kw: lambda d, s: run_ours(d, s, **kw))(kw)
     return main
 
@@ -323,6 +322,9 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also run the investigation's variants")
     parser.add_argument("--only", nargs="+", help="run only these contenders (exact names)")
     parser.add_argument("--skip", nargs="+", default=[], help="leave out contenders whose name contains one of these")
+    parser.add_argument("--ntxent-splits", nargs="*", default=["even-odd"], metavar="SPLIT",
+                        help="splits pml's NTXentLoss runs on (about 4 CPU-minutes per run: it builds a "
+                        "positive-pairs x negatives matrix per batch)")
     parser.add_argument("--cache", default="bench_unseen_cache.json", help="JSON cache of finished runs ('' = none)")
     parser.add_argument("--json", help="also write the summary here")
     parser.add_argument("--diagnose", action="store_true",
@@ -348,6 +350,8 @@ def main() -> None:
         data = class_split(SPLITS[split])
         for seed in args.seeds:
             for name, fn in runs.items():
+                if name == "pml NTXentLoss" and split not in args.ntxent_splits:
+                    continue
                 key = f"{name}|{split}|{seed}"
                 if key not in cache:
                     cache[key] = fn(data, seed)

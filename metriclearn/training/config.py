@@ -45,7 +45,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-LOSS_NAMES = ("neighborhood", "snn", "prototype", "cache", "softmax", "complement")
+LOSS_NAMES = ("neighborhood", "snn", "prototype", "cache", "softmax", "complement", "uniformity")
 COMBINES = ("sum", "alternate", "pcgrad")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -101,7 +101,7 @@ class TrainConfig:
     """
 
     data: str = "digits"
-    loss: list[str] = field(default_factory=lambda: ["neighborhood"])
+    loss: list[str] = field(default_factory=lambda: ["neighborhood", "uniformity:0.05"])
     combine: str = "sum"
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     encoder: str = "mlp"

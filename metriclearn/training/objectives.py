@@ -256,6 +256,8 @@ def build_loss(
         )
     if name == "cache":
         return _construct(losses.CacheLoss, name, {"dim": embedding_dim}, options)
+    if name == "uniformity":
+        return _construct(losses.UniformityLoss, name, {}, options)
     head = head if head is not None else nn.Linear(embedding_dim, num_classes)
     if name == "softmax":
         return HeadLoss(head, _construct(nn.CrossEntropyLoss, name, {}, options))

@@ -102,3 +102,21 @@ def test_bad_embeddings_are_refused() -> None:
         UniformityLoss()(torch.randn(4))
     with pytest.raises(TypeError, match="floating-point"):
         UniformityLoss()(torch.ones(3, 2, dtype=torch.long))
+
+
+def test_is_a_term_of_the_default_objective() -> None:
+    """``metriclearn train``'s default: the neighbourhood softmax plus a weighted uniformity term."""
+    from metriclearn.losses import NeighborhoodSoftmaxLoss
+    from metriclearn.training import TrainConfig
+    from metriclearn.training.objectives import build_objective
+
+    cfg = TrainConfig()
+    weights = dict(cfg.terms())
+    assert set(weights) == {"neighborhood", "uniformity"} and 0 < weights["uniformity"] < 1
+    objective = build_objective(cfg.terms(), 6, 3, loss_options=cfg.loss_options)
+    e, y = torch.randn(12, 6), torch.tensor([0, 1, 2] * 4)
+    nsl = NeighborhoodSoftmaxLoss(**cfg.loss_options["neighborhood"])
+    expected = nsl(e, y) + weights["uniformity"] * UniformityLoss()(e)
+    torch.testing.assert_close(objective(e, y), expected)
+    tuned = build_objective([("uniformity", 1.0)], 6, 3, loss_options={"uniformity": {"t": 0.5}})
+    assert tuned.terms["uniformity"].t == 0.5
