@@ -57,7 +57,7 @@ def main(epochs: int = 10, out: str = "runs/text_topics") -> dict[str, float]:
     data = write_topics(out_dir / "topics.jsonl")
     config = TrainConfig(data=str(data), encoder="sentence", embedding_dim=32, epochs=epochs, batch_size=32,
                          samples_per_class=8, lr=1e-2, device="cpu", val_fraction=0.4)
-    metrics = train_run(config, out_dir / "run", verbose=False)
+    metrics = train_run(config, out_dir / "run", verbose=False, overwrite=True)  # re-running replaces the run
     embeddings, labels, classes = embed_from_run(out_dir / "run", data)
     raw = SentenceEncoder(embedding_dim=None).eval()  # the pooled MiniLM embedding itself, as a baseline
     with torch.no_grad():

@@ -16,6 +16,8 @@ import torch
 
 from metriclearn._checks import check_choice
 
+DEVICES = ("auto", "cpu", "cuda")  # the device names every --device option and ``device=`` argument accepts
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given.
@@ -26,7 +28,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if not isinstance(device, str):
         raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
-    check_choice(device.split(":")[0], ("auto", "cpu", "cuda"), "device")
+    check_choice(device.split(":")[0], DEVICES, "device")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

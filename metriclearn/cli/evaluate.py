@@ -26,6 +26,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     """The metrics of a run or an evaluation (the shape of ``metrics.json``) as a few aligned lines."""
     data = metrics.get("data", {})
     split = metrics.get("split", data.get("source", "val"))
+    if metrics.get("val_classes"):  # train --val-split classes
+        split = f"{split}: {len(metrics['val_classes'])} classes unseen in training"
     n = metrics.get("n_eval", data.get("n_query", "?"))
     lines = [f"held-out metrics ({split}, {n} samples):" if "split" in metrics
              else f"metrics of {split} ({n} samples):"]

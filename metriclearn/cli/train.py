@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from metriclearn._progress import is_quiet, set_quiet
 from metriclearn.cli._inputs import quiet_option
 from metriclearn.cli.evaluate import format_metrics
 from metriclearn.training.config import (
-    COMBINES,
     DEVICES,
     MONITORS,
-    OPTIMIZERS,
-    SCHEDULERS,
     TrainConfig,
     parse_loss_term,
+    read_toml,
 )
+from metriclearn.training.objectives import COMBINES, LOSS_NAMES
+from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
+from metriclearn.training.splits import VAL_SPLITS
 
-_RESUME_OVERRIDABLE = ("device", "threads", "amp")
 
 
 def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -54,42 +54,64 @@ def _parse_encoder_options(ctx: click.Context, param: click.Parameter, value: tu
     return options or None
 
 
+_DEFAULTS = TrainConfig()
+
+
+def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A ``--NAME`` option for the config key NAME: no default of its own (only given flags reach the config);
+    its help text ends with the config's default, so the two never disagree."""
+    key = name.lstrip("-").split("/")[0].replace("-", "_")
+    default = getattr(_DEFAULTS, key)
+    shown = " ".join(default) if isinstance(default, list) else ("on" if default is True else
+                                                                 "off" if default is False else default)
+    return click.option(name, help=f"{help} [default: {shown}]", **({"default": None} if "/" in name else {}),
+                        **kwargs)
+
+
 @click.command("train")
-@click.option("--data", metavar="PATH|digits", help="Training data (.npz/.csv/.jsonl) or 'digits' (default).")
-@click.option("--loss", multiple=True, metavar="NAME[:WEIGHT]", callback=_check_losses,
-              help="Loss term; repeat to combine: neighborhood, snn, prototype, cache, softmax, complement.")
-@click.option("--combine", type=click.Choice(COMBINES), help="How several losses combine (default: sum).")
-@click.option("--encoder", metavar="mlp|cnn|sentence[:PATH]", help="Encoder spec, e.g. 'mlp:512,256' (default mlp).")
+@_setting("--data", "Training data (.npz/.csv/.jsonl) or 'digits'.", metavar="PATH|digits")
+@_setting("--loss", f"Loss term; repeat to combine: {', '.join(LOSS_NAMES)}.", multiple=True,
+          metavar="NAME[:WEIGHT]", callback=_check_losses)
+@_setting("--combine", "How several losses combine.", type=click.Choice(COMBINES))
+@_setting("--encoder", "Encoder spec, e.g. 'mlp:512,256'.", metavar="mlp|cnn|sentence[:PATH]")
 @click.option("--encoder-option", "encoder_options", multiple=True, metavar="KEY=VALUE",
               callback=_parse_encoder_options,
               help="Encoder keyword argument; repeat for several, e.g. freeze=false or max_length=128 (sentence).")
-@click.option("--embedding-dim", type=int, help="Embedding size (default 64).")
-@click.option("--normalize/--no-normalize", default=None, help="L2-normalise the embeddings (default on).")
-@click.option("--epochs", type=int, help="Training epochs.")
-@click.option("--batch-size", type=int, help="Batch size (class-balanced).")
-@click.option("--samples-per-class", type=int, help="Samples of each class in a batch (M).")
-@click.option("--lr", type=float, help="(Peak) learning rate.")
-@click.option("--weight-decay", type=float, help="AdamW weight decay.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimiser (default adamw).")
-@click.option("--scheduler", type=click.Choice(SCHEDULERS), help="Learning-rate schedule.")
-@click.option("--grad-clip", type=float, help="Max gradient norm (0: off).")
-@click.option("--patience", type=int, help="Early stopping patience in epochs (0: off).")
-@click.option("--monitor", type=click.Choice(MONITORS), help="Validation metric for early stopping, best.pt, plateau.")
-@click.option("--seed", type=int, help="Random seed (runs are deterministic on CPU).")
-@click.option("--device", type=click.Choice(DEVICES), help="auto (CUDA when available), cpu or cuda.")
-@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (default on).")
-@click.option("--checkpoint-every", type=int, help="Also checkpoint every N batches (0: each epoch end).")
-@click.option("--threads", type=int, help="CPU threads for torch (0: torch's default).")
-@click.option("--val-fraction", type=float, help="Held-out share for validation metrics (default 0.2).")
+@_setting("--embedding-dim", "Embedding size.", type=int)
+@_setting("--normalize/--no-normalize", "L2-normalise the embeddings.")
+@_setting("--epochs", "Training epochs.", type=int)
+@_setting("--batch-size", "Batch size (class-balanced).", type=int)
+@_setting("--samples-per-class", "Samples of each class in a batch (M).", type=int)
+@_setting("--lr", "(Peak) learning rate.", type=float)
+@_setting("--weight-decay", "Weight decay (not on biases and normalisation weights).", type=float)
+@_setting("--optimizer", "Optimiser.", type=click.Choice(OPTIMIZERS))
+@_setting("--scheduler", "Learning-rate schedule.", type=click.Choice(SCHEDULERS))
+@_setting("--grad-clip", "Max gradient norm (0: off).", type=float)
+@_setting("--patience", "Early stopping patience in epochs (0: off).", type=int)
+@_setting("--monitor", "Validation metric for early stopping, best.pt, plateau.", type=click.Choice(MONITORS))
+@_setting("--seed", "Random seed (runs are deterministic on CPU).", type=int)
+@_setting("--device", "auto (CUDA when available), cpu or cuda.", type=click.Choice(DEVICES))
+@_setting("--amp/--no-amp", "Mixed precision on CUDA.")
+@_setting("--checkpoint-every", "Also checkpoint every N batches (0: each epoch end).", type=int)
+@_setting("--threads", "CPU threads for torch (0: torch's default).", type=int)
+@_setting("--val-fraction", "Held-out share for validation metrics.", type=float)
+@_setting("--val-split", "Hold out samples of every class, or whole classes (validation on unseen classes).",
+          type=click.Choice(VAL_SPLITS))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these settings.")
-@click.option("--resume", is_flag=True, help="Continue the killed run in --out exactly where it stopped.")
-@click.option("--report/--no-report", default=None, help="Write tSNE/UMAP plots and a centroid movie.")
+@click.option("--resume", is_flag=True,
+              help="Continue the killed run in --out exactly where it stopped: re-run the same command plus --resume.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous metriclearn run in --out.")
+@_setting("--report/--no-report", "Write tSNE/UMAP plots and a centroid movie.")
 @click.option("--overfit-batch", is_flag=True, help="Only check the model can fit one batch (pass/fail).")
 @quiet_option
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<timestamp>).")
-def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: bool, out: str | None,
-          **flags: Any) -> None:
-    """Train an embedding model and write a run directory (model.pt, config.toml, metrics.json, ...)."""
+def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch: bool, quiet: bool,
+          out: str | None, **flags: Any) -> None:
+    """Train an embedding model and write a run directory (model.pt, config.toml, metrics.json, ...).
+
+    A killed run continues exactly with the same command plus --resume.
+    """
+    from metriclearn.training.resume import resume_config, run_state
     from metriclearn.training.run import train_run
 
     if quiet:
@@ -100,13 +122,16 @@ def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: boo
     if resume:
         if out is None:
             raise click.UsageError("--resume needs --out DIR (the run to continue)")
-        changed = sorted(set(given) - set(_RESUME_OVERRIDABLE)) + (["config"] if config_file else [])
-        if changed:
-            flags_text = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise click.UsageError(f"--resume continues the run as configured in {out}/config.toml; "
-                                   f"drop {flags_text}")
-        config = TrainConfig.from_toml(Path(out) / "config.toml")
-        config = config.replace(**given)
+        if overwrite:
+            raise click.UsageError("--resume and --overwrite exclude each other: continue the run, or replace it")
+        requested = {**(read_toml(config_file) if config_file else {}), **given}
+        try:
+            config = resume_config(out, requested)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        if run_state(out) == "finished":
+            click.echo(f"{out} is already finished (model.pt written); nothing to resume")
+            return
     else:
         config = _build_config(config_file, given)
     verbose = not (quiet or is_quiet())
@@ -114,7 +139,7 @@ def train(config_file: str | None, resume: bool, overfit_batch: bool, quiet: boo
         _overfit(config, verbose)
         return
     run_dir = Path(out) if out else _new_run_dir(Path("runs"))
-    metrics = train_run(config, run_dir, resume=resume, verbose=verbose)
+    metrics = train_run(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
     click.echo(f"run: {run_dir}")
     click.echo(format_metrics(metrics))
 
@@ -138,19 +163,9 @@ def _build_config(config_file: str | None, given: dict[str, Any]) -> TrainConfig
 
 
 def _overfit(config: TrainConfig, verbose: bool) -> None:
-    from metriclearn.data import load_data
-    from metriclearn.training.run import build_model, make_trainer
-    from metriclearn.training.trainer import seed_everything
+    from metriclearn.training.run import overfit_batch_check
 
-    seed_everything(config.seed)
-    data = load_data(config.data)
-    input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
-    trainer = make_trainer(config, build_model(config, input_shape), data.num_classes, verbose=verbose)
-    losses = trainer.overfit_batch(data, steps=200)
-    first, last = losses[0], losses[-1]
-    passed = last <= 0.1 * first if first > 0 else last < first
-    verdict = "PASS" if passed else "FAIL"
-    click.echo(f"overfit-batch: {verdict}: loss {first:.4f} -> {last:.4f} after {len(losses)} steps on one batch "
-               f"of {config.batch_size}")
-    if not passed:
+    result = overfit_batch_check(config, verbose=verbose)
+    click.echo(str(result))
+    if not result.passed:
         raise click.ClickException("the model cannot fit a single batch; check the data, labels, lr and loss settings")

@@ -6,7 +6,7 @@ always writes the CPU index. Searches with k (or IVF nprobe) above faiss's GPU l
 the CPU index, and so does an index type faiss cannot copy to the GPU (with a warning under
 ``device="auto"``; an error under ``device="cuda"``).
 
->>> resolve_device("cpu", "flat")
+>>> resolve_index_device("cpu", "flat")
 'cpu'
 """
 
@@ -28,7 +28,7 @@ def gpu_count() -> int:
     return int(faiss.get_num_gpus())
 
 
-def resolve_device(device: str, kind: str) -> str:
+def resolve_index_device(device: str, kind: str) -> str:
     """``"cpu"`` or ``"cuda"`` for an index ``kind``; ``"auto"`` picks the GPU when faiss can use one.
 
     HNSW has no faiss GPU implementation: ``"auto"`` keeps it on CPU and ``"cuda"`` is an error, as is

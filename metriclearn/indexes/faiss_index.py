@@ -106,7 +106,7 @@ class EmbeddingIndex:
         if not isinstance(kind, str) or not kind.strip():
             raise TypeError(f"kind must be one of {_factory.KINDS} or a faiss factory string, got {kind!r}")
         self.kind = kind.strip().lower() if kind.strip().lower() in _factory.KINDS else kind.strip()
-        self.device = _gpu.resolve_device(device, self.kind)
+        self.device = _gpu.resolve_index_device(device, self.kind)
         self.nlist = None if nlist is None else check_positive_int(nlist, "nlist")
         self._nprobe = None if nprobe is None else check_positive_int(nprobe, "nprobe")
         self.hnsw_m = check_positive_int(hnsw_m, "hnsw_m")

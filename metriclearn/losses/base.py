@@ -1,9 +1,13 @@
-"""The template every metriclearn loss follows: validate → compute → reduce.
+"""The template every metriclearn loss follows: validate → compute → reduce → update.
 
-A subclass implements :meth:`MetricLoss.compute`, which returns one loss value per anchor and a mask
-of the anchors that count (e.g. those with at least one positive). :meth:`MetricLoss.reduce` averages
-over the anchors that count; when none does (a batch of singletons, say) the loss is a zero that is
-still connected to the graph, so ``backward()`` works and gives zero gradients instead of NaN.
+``loss(embeddings (B, D), labels (B,), ids=None)``. A subclass implements :meth:`MetricLoss.compute`,
+which returns one loss value per anchor and a mask of the anchors that count (e.g. those with at least
+one positive). :meth:`MetricLoss.reduce` averages over the anchors that count; when none does (a batch
+of singletons, say) the loss is a zero that is still connected to the graph, so ``backward()`` works
+and gives zero gradients instead of NaN. ``ids`` (B,) are optional non-negative sample ids (dataset
+indices; pytorch-metric-learning passes its ``indices_tuple`` the same way): they are validated here and
+handed to ``compute`` only by losses that set ``uses_ids = True`` (``CacheLoss`` never lets an anchor
+meet its own cached copy). A stateful loss records the batch in :meth:`MetricLoss.update`, after the loss.
 
 Half-precision input (float16 / bfloat16) is computed in float32: the exponentials and log-sum-exps
 of these losses lose too much in 8 or 11 bits of mantissa, and CPU kernels for them are slow anyway.
@@ -21,6 +25,7 @@ tensor(3.)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -42,15 +47,37 @@ class MetricLoss(nn.Module, ABC):
         When set, labels must lie in ``[0, num_classes)``; otherwise they must be non-negative.
     """
 
+    uses_ids: ClassVar[bool] = False  # True: compute(embeddings, labels, ids) receives the sample ids
+
     def __init__(self, reduction: str = "mean", num_classes: int | None = None) -> None:
         super().__init__()
         self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
         self.num_classes = num_classes
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> Tensor:
         embeddings, labels = self.validate(embeddings, labels)
-        per_anchor, counts = self.compute(embeddings, labels)  # (B,), (B,) bool
-        return self.reduce(per_anchor, counts)
+        ids = self.validate_ids(ids, labels)
+        if self.uses_ids:
+            per_anchor, counts = self.compute(embeddings, labels, ids)  # type: ignore[call-arg]
+        else:
+            per_anchor, counts = self.compute(embeddings, labels)  # (B,), (B,) bool
+        loss = self.reduce(per_anchor, counts)
+        self.update(embeddings, labels, ids)
+        return loss
+
+    def validate_ids(self, ids: Tensor | None, labels: Tensor) -> Tensor | None:
+        """Check optional sample ids: (B,) non-negative integers on the labels' device."""
+        if ids is None:
+            return None
+        ids = check_labels_tensor(ids, labels.shape[0], name="ids")
+        if ids.device != labels.device:
+            raise ValueError(f"ids are on {ids.device} but labels are on {labels.device}")
+        if bool((ids < 0).any()):
+            raise ValueError(f"ids must be non-negative sample ids, got {int(ids.min())}")
+        return ids.long()
+
+    def update(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None) -> None:
+        """Called after the loss of every batch with the validated inputs; stateful losses record it here."""
 
     def validate(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Check shapes, dtypes, devices and the label range; upcast half precision to float32."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metriclearn._checks import check_choice, check_labels_tensor, check_positive_float, check_positive_int
+from metriclearn._checks import check_choice, check_positive_float, check_positive_int
 from metriclearn.losses._softmax_kernel import NeighborhoodSoftmaxFunction, label_codes, matching_slots
 from metriclearn.losses.base import MetricLoss
 from metriclearn.losses.neighborhood import DISTANCES
@@ -62,8 +62,9 @@ class CacheLoss(MetricLoss):
         Number of cache slots; the oldest are overwritten. A batch larger than ``size`` writes its
         last ``size`` rows.
     temperature:
-        T > 0. The default 0.1 suits the cosine distance of unit vectors: with thousands of
-        neighbours a temperature of 1 leaves the softmax almost flat.
+        T > 0. The default 0.15 (the neighbourhood loss's tuned value, BENCHMARKS.md) suits the cosine
+        distance of unit vectors: with thousands of neighbours a temperature of 1 leaves the softmax
+        almost flat.
     warmup_steps:
         Updating steps before the cache is scored against.
     distance:
@@ -93,7 +94,7 @@ class CacheLoss(MetricLoss):
         self,
         dim: int,
         size: int = 4096,
-        temperature: float = 0.1,
+        temperature: float = 0.15,
         warmup_steps: int = 0,
         distance: str = "cosine",
         reduction: str = "mean",
@@ -111,27 +112,16 @@ class CacheLoss(MetricLoss):
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
-    def forward(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> Tensor:
-        """Loss of the batch against itself and the cache; then (training) enqueue the batch.
+    uses_ids = True
 
-        ``ids`` (B,) non-negative sample ids: cache slots holding an anchor's id are not its
-        neighbours.
-        """
-        embeddings, labels = self.validate(embeddings, labels)
-        ids = self._check_ids(ids, labels)
-        updating = self.training and torch.is_grad_enabled()
-        if updating and not _all_finite(embeddings):
-            raise ValueError("embeddings contain NaN or inf values; CacheLoss will not write them into its cache")
-        x = self._prepare(embeddings)  # (B, D)
-        per_anchor, counts = self._score(x, labels, ids)
-        loss = self.reduce(per_anchor, counts)
-        if updating:
-            self._enqueue(x.detach(), labels, ids)
-        return loss
+    def compute(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-anchor losses against the batch and the cache (slots holding an anchor's id excluded)."""
+        return self._score(self._prepare(embeddings), labels, ids)
 
-    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-anchor losses against the batch and the cache, without changing the cache."""
-        return self._score(self._prepare(embeddings), labels, None)
+    def update(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None) -> None:
+        """In training mode with gradients enabled: write the batch over the oldest slots."""
+        if self.training and torch.is_grad_enabled():
+            self._enqueue(self._prepare(embeddings.detach()), labels, ids)
 
     def validate(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         embeddings, labels = super().validate(embeddings, labels)
@@ -144,6 +134,8 @@ class CacheLoss(MetricLoss):
                 f"embeddings are on {embeddings.device} but the CacheLoss buffers are on "
                 f"{self.cache_embeddings.device}; move the loss with .to(device)"
             )
+        if self.training and torch.is_grad_enabled() and not _all_finite(embeddings):
+            raise ValueError("embeddings contain NaN or inf values; CacheLoss will not write them into its cache")
         return embeddings, labels
 
     def reset(self) -> None:
@@ -156,16 +148,6 @@ class CacheLoss(MetricLoss):
 
     def _prepare(self, embeddings: Tensor) -> Tensor:
         return F.normalize(embeddings, dim=1) if self.distance == "cosine" else embeddings
-
-    def _check_ids(self, ids: Tensor | None, labels: Tensor) -> Tensor | None:
-        if ids is None:
-            return None
-        ids = check_labels_tensor(ids, labels.shape[0], name="ids")
-        if ids.device != labels.device:
-            raise ValueError(f"ids are on {ids.device} but labels are on {labels.device}")
-        if bool((ids < 0).any()):
-            raise ValueError(f"ids must be non-negative sample ids, got {int(ids.min())}")
-        return ids.long()
 
     def _score(self, x: Tensor, labels: Tensor, ids: Tensor | None) -> tuple[Tensor, Tensor]:
         filled = int(self.filled) if int(self.step) >= self.warmup_steps else 0

@@ -27,7 +27,10 @@ from metriclearn.training.run import (
     train_run,
 )
 from metriclearn.training import distributed
-from metriclearn.training.trainer import Trainer, resolve_device, seed_everything
+from metriclearn.training.resume import resume_config, run_state
+from metriclearn.training.rng import seed_everything
+from metriclearn.training.trainer import Trainer
+from metriclearn._device import resolve_device
 
 __all__ = [
     "CSVLogger",
@@ -52,6 +55,8 @@ __all__ = [
     "parse_loss_term",
     "pcgrad",
     "resolve_device",
+    "resume_config",
+    "run_state",
     "seed_everything",
     "train_run",
 ]

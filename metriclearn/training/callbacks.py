@@ -7,8 +7,10 @@ The :class:`~metriclearn.training.Trainer` calls, in this order::
 
 Each hook receives the trainer (``trainer.model``, ``trainer.epoch``, ``trainer.global_step``,
 ``trainer.history``, ``trainer.should_stop`` ...). A callback with state (early stopping's counter,
-the best metric) implements ``state_dict``/``load_state_dict``; it is saved in every checkpoint, so a
-resumed run continues exactly where the killed one stopped.
+the best metric) implements ``state_dict``/``load_state_dict``; it is saved in every checkpoint under
+its :attr:`Callback.state_key` (the class name plus the settings that tell two instances apart, as in
+Lightning), so a resumed run continues exactly where the killed one stopped even when callbacks were
+added, removed or reordered in between.
 
 Example
 -------
@@ -63,12 +65,30 @@ class Callback:
     def on_fit_end(self, trainer: Trainer) -> None:
         """After the last epoch (or early stop)."""
 
+    @property
+    def state_key(self) -> str:
+        """The name this callback's state is checkpointed under; stable across runs and list positions.
+
+        The class name by default; callbacks whose instances differ by their settings add them
+        (see :func:`state_key`). Two callbacks with state must not share a key.
+        """
+        return type(self).__qualname__
+
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint (tensors, numbers, strings, lists, dicts only)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+def state_key(callback: Callback, **settings: Any) -> str:
+    """``ClassName{'key': value, ...}``: a callback's class and the settings that identify it.
+
+    >>> state_key(EarlyStopping(), monitor="loss", mode="min")
+    "EarlyStopping{'monitor': 'loss', 'mode': 'min'}"
+    """
+    return f"{type(callback).__qualname__}{settings!r}"
 
 
 class CSVLogger(Callback):
@@ -177,6 +197,10 @@ class EarlyStopping(Callback):
             trainer.should_stop = True
             trainer.log(f"early stopping at epoch {epoch + 1}: {self.monitor} has not improved for {self.wait} epochs")
 
+    @property
+    def state_key(self) -> str:
+        return state_key(self, monitor=self.monitor, mode=self.mode)
+
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "wait": self.wait}
 
@@ -206,10 +230,18 @@ class ModelCheckpoint(Callback):
         self.every_n_steps = every_n_steps
         self.best: float | None = None
 
+    @property
+    def state_key(self) -> str:
+        return state_key(self, monitor=self.monitor, mode=self.mode)
+
     def on_batch_end(self, trainer: Trainer, batch: int, logs: Logs) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.is_main_process:
-            state = trainer.state_dict()
-            save_with(self.last_path, lambda f: torch.save(state, f))
+            self.save(self.last_path, trainer.state_dict())
+
+    @staticmethod
+    def save(path: Path, state: dict[str, Any]) -> None:
+        """Write one checkpoint atomically (a killed write leaves the previous file and a stale temp file)."""
+        save_with(path, lambda f: torch.save(state, f))
 
     @property
     def last_path(self) -> Path:
@@ -227,9 +259,9 @@ class ModelCheckpoint(Callback):
         if not trainer.is_main_process:
             return
         state = trainer.state_dict()
-        save_with(self.last_path, lambda f: torch.save(state, f))
-        if improved:
-            save_with(self.best_path, lambda f: torch.save(state, f))
+        if improved:  # best.pt first: a kill in between then replays this epoch and rewrites it identically
+            self.save(self.best_path, state)
+        self.save(self.last_path, state)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -244,8 +276,10 @@ class HealthMonitor(Callback):
     * logs ``grad_norm`` (global, before clipping), ``weight_norm`` and ``dead_relu`` (share of ReLU
       units that output 0 for every sample of the batch, measured with forward hooks every
       ``every`` batches) into the epoch logs;
-    * compares the first batch's loss of each term with its chance level for an untrained model
-      (:func:`~metriclearn.training.objectives.expected_initial_loss`) and warns when it is more than
+    * compares the first batch's loss of each term (read from the step's logs) with its chance level
+      for an untrained model (the ``chance`` of its row in :data:`~metriclearn.training.objectives.LOSSES`,
+      via :func:`~metriclearn.training.objectives.expected_initial_loss`; kept in ``initial``) and warns
+      when it is more than
       ``tolerance`` (relative) above it — over-confident wrong predictions before any training point to a
       bug in the labels, the input scale or the initialisation. Below chance is fine (a random encoder
       already groups easy classes, and a low temperature sharpens random distances) and only logged;
@@ -309,7 +343,15 @@ class HealthMonitor(Callback):
         self._handles = []
 
     def _check_initial(self, trainer: Trainer, logs: Logs) -> None:
-        for name, (observed, expected) in trainer.initial_losses.items():
+        """Compare each term's loss of the first step (in ``logs``) with its chance level."""
+        from metriclearn.training.objectives import expected_initial_loss
+
+        batch_size = min(trainer.batch_size, trainer.num_samples or trainer.batch_size)
+        for name in trainer.objective.names:
+            if name not in logs:
+                continue
+            observed = float(logs[name])
+            expected = expected_initial_loss(name, batch_size, trainer.samples_per_class, trainer.num_classes)
             self.initial[name] = (observed, expected)
             if expected is None or expected <= 0:
                 continue

@@ -37,32 +37,27 @@ from typing import Any
 
 import tomli_w
 
-from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int
 from metriclearn._atomic import write_text
+from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int
+from metriclearn._device import DEVICES
+from metriclearn.training.objectives import COMBINES, LOSSES
+from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
+from metriclearn.training.splits import VAL_SPLITS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-LOSS_NAMES = ("neighborhood", "snn", "prototype", "cache", "softmax", "complement", "uniformity")
-COMBINES = ("sum", "alternate", "pcgrad")
-SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
-# Tuned defaults (BENCHMARKS.md, MNIST-5000 + digits): cosine neighbourhood softmax at T = 0.15 on
-# L2-normalised embeddings, M = 8. SNN works on squared distances, 2(1 - cos) on unit vectors: T = 0.3 matches.
-DEFAULT_LOSS_OPTIONS: dict[str, dict[str, Any]] = {
-    "neighborhood": {"temperature": 0.15, "distance": "cosine"},
-    "snn": {"temperature": 0.3},
-    "cache": {"temperature": 0.15},
-}
 MONITORS = ("map_at_r", "precision_at_1", "r_precision", "knn_accuracy", "loss")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; defaults are the tuned ones (see BENCHMARKS.md).
+    """Everything a training run needs; its field defaults are THE defaults (tuned, see BENCHMARKS.md).
+
+    ``Trainer``'s keyword defaults, ``Trainer.fit(epochs=...)`` and the ``metriclearn train --help`` texts
+    read them from here, so a run built in Python with no options equals ``metriclearn train``.
 
     Parameters
     ----------
@@ -76,7 +71,8 @@ class TrainConfig:
         (one optimiser step per term on the same batch, in order: the COT recipe) or ``"pcgrad"``.
     loss_options:
         Per-loss keyword arguments, e.g. ``{"neighborhood": {"temperature": 0.1}}``; merged over
-        ``DEFAULT_LOSS_OPTIONS`` (the tuned temperatures), so the resolved config shows every value used.
+        the tuned options of :data:`~metriclearn.training.objectives.LOSSES` (the tuned temperatures), so
+        the resolved config shows every value used.
     encoder, embedding_dim, normalize:
         Passed to :func:`metriclearn.encoders.build_encoder`.
     encoder_options:
@@ -97,7 +93,11 @@ class TrainConfig:
         CPU threads for torch (0: torch's default). Small models train fastest on 1 thread, above all on
         a busy machine where spinning OpenMP threads fight over cores.
     val_fraction:
-        Share of the data held out (stratified) for validation metrics; 0 trains on everything.
+        Share of the data held out for validation metrics; 0 trains on everything.
+    val_split:
+        ``"samples"``: a stratified share of every class's samples; ``"classes"``: that share of whole
+        classes, never seen in training, so early stopping, ``best.pt`` and the plateau schedule select
+        on new classes (:mod:`metriclearn.training.splits`).
     """
 
     data: str = "digits"
@@ -121,6 +121,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     val_fraction: float = 0.2
+    val_split: str = "samples"
     patience: int = 0
     checkpoint_every: int = 0
     monitor: str = "map_at_r"
@@ -139,22 +140,22 @@ class TrainConfig:
             self.loss = [self.loss]
         if not isinstance(self.loss, (list, tuple)) or not self.loss:
             raise ValueError(f"loss must be a non-empty list of NAME[:WEIGHT], got {self.loss!r}")
-        self.loss = [str(term) for term in self.loss]
-        for term in self.loss:
-            parse_loss_term(term)
+        # canonical spelling ("Cache:.50" -> "cache:0.5", "snn:1" -> "snn"), so equal settings compare equal
+        self.loss = [name if weight == 1 else f"{name}:{weight!r}"
+                     for name, weight in (parse_loss_term(str(term)) for term in self.loss)]
         check_choice(self.combine, COMBINES, "combine")
         if not isinstance(self.loss_options, dict):
             raise TypeError(f"loss_options must be a table of tables, got {self.loss_options!r}")
         for name, options in self.loss_options.items():
-            check_choice(name, LOSS_NAMES, "loss_options key")
+            check_choice(name, tuple(LOSSES), "loss_options key")
             if not isinstance(options, dict):
                 raise TypeError(f"loss_options.{name} must be a table, got {options!r}")
+        tuned = {name: dict(spec.tuned) for name, spec in LOSSES.items() if spec.tuned}
         self.loss_options = {
-            name: {**DEFAULT_LOSS_OPTIONS.get(name, {}), **self.loss_options.get(name, {})}
-            for name in [*DEFAULT_LOSS_OPTIONS, *(k for k in self.loss_options if k not in DEFAULT_LOSS_OPTIONS)]
+            name: {**tuned.get(name, {}), **self.loss_options.get(name, {})}
+            for name in [*tuned, *(k for k in self.loss_options if k not in tuned)]
         }
-        if not isinstance(self.encoder, str) or not self.encoder:
-            raise ValueError(f"encoder must be a spec such as 'mlp' or 'cnn', got {self.encoder!r}")
+        check_encoder_spec(self.encoder)
         if not isinstance(self.encoder_options, dict):
             raise TypeError(f"encoder_options must be a table, got {self.encoder_options!r}")
         check_positive_int(self.embedding_dim, "embedding_dim")
@@ -173,6 +174,7 @@ class TrainConfig:
         check_choice(self.scheduler, SCHEDULERS, "scheduler")
         check_choice(self.device, DEVICES, "device")
         check_choice(self.monitor, MONITORS, "monitor")
+        check_choice(self.val_split, VAL_SPLITS, "val_split")
         check_positive_int(self.seed, "seed", allow_zero=True)
         check_positive_int(self.patience, "patience", allow_zero=True)
         check_positive_int(self.threads, "threads", allow_zero=True)
@@ -205,12 +207,7 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> TrainConfig:
         """Read a TOML file; syntax errors and unknown keys name the file."""
-        path = Path(path)
-        try:
-            with open(path, "rb") as fh:
-                values = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: not valid TOML ({exc})") from exc
+        values = read_toml(path)
         try:
             return cls.from_dict(values)
         except (ValueError, TypeError) as exc:
@@ -237,6 +234,41 @@ class TrainConfig:
         return [parse_loss_term(term) for term in self.loss]
 
 
+def check_encoder_spec(spec: Any) -> str:
+    """Check the syntax of an encoder spec (``mlp``, ``mlp:512,256``, ``cnn:32,64``, ``sentence[:PATH]``).
+
+    >>> check_encoder_spec("mlp:32")
+    'mlp:32'
+    >>> check_encoder_spec("bogus")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    ValueError: encoder must be one of 'mlp', ...; got 'bogus'
+    """
+    from metriclearn.encoders import SPEC_FORMS
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"encoder must be one of {SPEC_FORMS}; got {spec!r}")
+    name, sep, args = spec.strip().partition(":")
+    sizes_ok = not sep or all(part.strip().isdigit() and int(part) > 0 for part in args.split(","))
+    if name.lower() == "sentence":
+        sizes_ok = not sep or bool(args.strip())
+    if name.lower() not in ("mlp", "cnn", "sentence") or not sizes_ok:
+        raise ValueError(f"encoder must be one of {SPEC_FORMS}; got {spec!r}")
+    return spec
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The keys a TOML file sets, as written (no defaults filled in); syntax errors name the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 TOML file ({exc})") from exc
+
+
 def parse_loss_term(term: str) -> tuple[str, float]:
     """Parse ``"NAME"`` or ``"NAME:WEIGHT"`` into ``(name, weight)``.
 
@@ -247,7 +279,7 @@ def parse_loss_term(term: str) -> tuple[str, float]:
     """
     name, sep, weight_text = str(term).partition(":")
     name = name.strip().lower()
-    check_choice(name, LOSS_NAMES, "loss name")
+    check_choice(name, tuple(LOSSES), "loss name")
     if not sep:
         return name, 1.0
     try:

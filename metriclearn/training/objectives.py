@@ -26,15 +26,78 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from metriclearn import losses
 from metriclearn._checks import check_choice, check_positive_float
-from metriclearn.training.config import COMBINES, LOSS_NAMES
+from metriclearn.losses.base import MetricLoss
 
-HEAD_LOSSES = ("softmax", "complement")
+COMBINES = ("sum", "alternate", "pcgrad")
+
+
+# ---------------------------------------------------------------------------- the loss registry
+def chance_over_classes(batch_size: int, samples_per_class: int, num_classes: int) -> float | None:
+    """First-batch loss of a softmax over K classes with an untrained model: uniform, so ``log K``."""
+    return math.log(num_classes) if num_classes >= 2 else None
+
+
+def chance_over_neighbours(batch_size: int, samples_per_class: int, num_classes: int) -> float | None:
+    """First-batch loss of a softmax over the B − 1 other batch members, M − 1 of them positives.
+
+    With an untrained model every candidate looks alike, so p_i ≈ (M − 1)/(B − 1) and the loss ≈
+    ``log((B − 1)/(M − 1))`` (an empty cache adds nothing on the first batch).
+    """
+    if samples_per_class < 2 or batch_size < 2:
+        return None
+    return math.log((batch_size - 1) / (samples_per_class - 1))
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One row of :data:`LOSSES`: everything the trainer, the config and the CLI need to know of a loss.
+
+    Attributes
+    ----------
+    cls:
+        The loss class; on a head (``head=True``) it takes logits (B, K) instead of embeddings.
+    required:
+        Constructor arguments the trainer fills in from the data: ``"dim"`` (embedding size) and/or
+        ``"num_classes"``; they cannot be set in ``loss_options``.
+    tuned:
+        Options used when the loss is built by name (``build_loss``, ``--loss NAME``), over the class
+        defaults — measured in BENCHMARKS.md. ``loss_options`` override them.
+    chance:
+        ``f(batch_size, samples_per_class, num_classes)`` → the expected first-batch loss of an
+        untrained model (checked by :class:`~metriclearn.training.callbacks.HealthMonitor`), or ``None``.
+    head:
+        Whether the loss sits on a linear classification head over the embedding (shared by all such terms).
+    """
+
+    cls: Callable[..., nn.Module]
+    required: tuple[str, ...] = ()
+    tuned: Mapping[str, Any] = field(default_factory=dict)
+    chance: Callable[[int, int, int], float | None] | None = None
+    head: bool = False
+
+
+# Tuned options (BENCHMARKS.md, MNIST-5000 + digits): cosine neighbourhood softmax at T = 0.15 on
+# L2-normalised embeddings. SNN works on squared distances, 2(1 - cos) on unit vectors: T = 0.3 matches.
+LOSSES: dict[str, LossSpec] = {
+    "neighborhood": LossSpec(losses.NeighborhoodSoftmaxLoss, tuned={"temperature": 0.15, "distance": "cosine"},
+                             chance=chance_over_neighbours),
+    "snn": LossSpec(losses.SoftNearestNeighborLoss, tuned={"temperature": 0.3}, chance=chance_over_neighbours),
+    "prototype": LossSpec(losses.PrototypeLoss, required=("num_classes", "dim"), chance=chance_over_classes),
+    "cache": LossSpec(losses.CacheLoss, required=("dim",), chance=chance_over_neighbours),
+    "softmax": LossSpec(nn.CrossEntropyLoss, chance=chance_over_classes, head=True),
+    "complement": LossSpec(losses.ComplementEntropyLoss, required=("num_classes",), head=True),
+    # label-free regulariser (Wang & Isola 2020); BENCHMARKS.md "Unseen classes" measured its weight, not t
+    "uniformity": LossSpec(losses.UniformityLoss),
+}
+LOSS_NAMES = tuple(LOSSES)  # the built-in names (validation reads LOSSES itself)
 
 
 class HeadLoss(nn.Module):
@@ -113,13 +176,13 @@ class Objective(nn.Module):
     ) -> dict[str, Tensor]:
         """Unweighted loss of each term in ``names`` (default: all).
 
-        ``ids`` (B,) sample ids go to the terms whose ``forward`` takes an ``ids`` argument (``CacheLoss``).
+        ``ids`` (B,) sample ids go to every :class:`~metriclearn.losses.MetricLoss` term (``CacheLoss``
+        uses them); other modules are called ``term(embeddings, labels)``.
         """
         out = {}
         for name in names or self.names:
             term = self.terms[name]
-            takes_ids = ids is not None and "ids" in inspect.signature(term.forward).parameters
-            out[name] = term(embeddings, labels, ids=ids) if takes_ids else term(embeddings, labels)
+            out[name] = term(embeddings, labels, ids) if isinstance(term, MetricLoss) else term(embeddings, labels)
         return out
 
     def total(self, losses: Mapping[str, Tensor]) -> Tensor:
@@ -180,9 +243,20 @@ def _flat(grad: Tensor | None, param: Tensor) -> Tensor:
 def pcgrad(grads: Sequence[Tensor], generator: torch.Generator | None = None) -> Tensor:
     """Combine flat task gradients with PCGrad (Yu et al. 2020, Algorithm 1) and return their sum.
 
+    Σ_i g_i^PC of :func:`pcgrad_projections`. Non-conflicting gradients are left as they are, so the
+    result equals the plain sum then.
+    """
+    return pcgrad_projections(grads, generator).sum(dim=0)  # (P,)
+
+
+def pcgrad_projections(grads: Sequence[Tensor], generator: torch.Generator | None = None) -> Tensor:
+    """The projected task gradients g_i^PC (T, P) of PCGrad (Yu et al. 2020, Algorithm 1).
+
     For each task i, in a random order over the other tasks j: if g_i^PC · g_j < 0, set
-    g_i^PC ← g_i^PC − (g_i^PC · g_j / ‖g_j‖²) g_j (g_j is the original gradient). Returns Σ_i g_i^PC.
-    Non-conflicting gradients are left as they are, so the result equals the plain sum then.
+    g_i^PC ← g_i^PC − (g_i^PC · g_j / ‖g_j‖²) g_j (g_j is the original gradient).
+
+    >>> pcgrad_projections([torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])]).tolist()
+    [[0.5, 0.5], [0.0, 1.0]]
     """
     if not grads:
         raise ValueError("pcgrad needs at least one gradient, got none")
@@ -198,7 +272,7 @@ def pcgrad(grads: Sequence[Tensor], generator: torch.Generator | None = None) ->
             dot = torch.dot(out[i], stacked[j])
             if dot < 0:
                 out[i] = out[i] - (dot / norms_sq[j]) * stacked[j]
-    return out.sum(dim=0)  # (P,)
+    return out  # (T, P)
 
 
 class _LambdaLoss(nn.Module):
@@ -237,35 +311,22 @@ def build_loss(
     options: Mapping[str, Any] | None = None,
     head: nn.Module | None = None,
 ) -> nn.Module:
-    """One loss term by name (``neighborhood, snn, prototype, cache, softmax, complement``).
+    """One loss term by its name in :data:`LOSSES`, with its tuned options under ``options``.
 
     ``options`` are the loss's own keyword arguments (temperature, size, ...); ``head`` is the linear
-    classification head the ``softmax``/``complement`` terms share (made here when not given).
+    classification head the head losses (``softmax``, ``complement``) share (made here when not given).
     """
-    from metriclearn import losses
-
-    check_choice(name, LOSS_NAMES, "loss name")
-    options = dict(options or {})
-    if name == "neighborhood":
-        return _construct(losses.NeighborhoodSoftmaxLoss, name, {}, options)
-    if name == "snn":
-        return _construct(losses.SoftNearestNeighborLoss, name, {}, options)
-    if name == "prototype":
-        return _construct(
-            losses.PrototypeLoss, name, {"num_classes": num_classes, "dim": embedding_dim}, options
-        )
-    if name == "cache":
-        return _construct(losses.CacheLoss, name, {"dim": embedding_dim}, options)
-    if name == "uniformity":
-        return _construct(losses.UniformityLoss, name, {}, options)
-    head = head if head is not None else nn.Linear(embedding_dim, num_classes)
-    if name == "softmax":
-        return HeadLoss(head, _construct(nn.CrossEntropyLoss, name, {}, options))
-    return HeadLoss(head, _construct(losses.ComplementEntropyLoss, name, {"num_classes": num_classes}, options))
+    check_choice(name, tuple(LOSSES), "loss name")  # read at call time: a row added later counts
+    spec = LOSSES[name]
+    given = {"dim": embedding_dim, "num_classes": num_classes}
+    criterion = _construct(spec.cls, name, {k: given[k] for k in spec.required}, {**spec.tuned, **(options or {})})
+    if not spec.head:
+        return criterion
+    return HeadLoss(head if head is not None else nn.Linear(embedding_dim, num_classes), criterion)
 
 
 def build_objective(
-    terms: Iterable[tuple[str, float]],
+    terms: Iterable[tuple[str, float]] | None,
     embedding_dim: int,
     num_classes: int,
     combine: str = "sum",
@@ -273,8 +334,17 @@ def build_objective(
 ) -> Objective:
     """The :class:`Objective` for ``[(name, weight), ...]`` as parsed from ``--loss NAME[:WEIGHT]``.
 
-    ``softmax`` and ``complement`` share one ``nn.Linear(embedding_dim, num_classes)`` head.
+    ``terms=None`` is the default objective of ``metriclearn train`` (``TrainConfig().loss``), so
+    ``build_objective(None, 64, 10)`` with a default ``Trainer`` trains the same run as the CLI with no
+    options. Head losses (``softmax``, ``complement``) share one ``nn.Linear(embedding_dim, num_classes)``.
+
+    >>> build_objective(None, 64, 10).terms["neighborhood"]
+    NeighborhoodSoftmaxLoss(temperature=0.15, distance='cosine', reduction='mean')
     """
+    if terms is None:
+        from metriclearn.training.config import TrainConfig
+
+        terms = TrainConfig().terms()
     terms = list(terms)
     names = [name for name, _ in terms]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -283,7 +353,7 @@ def build_objective(
     if combine == "alternate" and len(terms) < 2:
         raise ValueError(f"combine='alternate' needs at least two losses, got {names}")
     loss_options = loss_options or {}
-    head = nn.Linear(embedding_dim, num_classes) if set(names) & set(HEAD_LOSSES) else None
+    head = nn.Linear(embedding_dim, num_classes) if any(LOSSES[n].head for n in names if n in LOSSES) else None
     modules = {
         name: build_loss(name, embedding_dim, num_classes, loss_options.get(name), head=head) for name in names
     }
@@ -291,25 +361,17 @@ def build_objective(
 
 
 def expected_initial_loss(name: str, batch_size: int, samples_per_class: int, num_classes: int) -> float | None:
-    """The loss a term should show on the first batch of an untrained model, when known.
+    """The loss a term named ``name`` should show on the first batch of an untrained model, when known.
 
-    With an untrained model every candidate looks alike, so a softmax over them is ≈ uniform:
-
-    * ``softmax``, ``prototype``: uniform over K classes → ``log K``.
-    * ``neighborhood``, ``snn``, ``cache`` (empty cache on the first batch): in a class-balanced batch of
-      B = K·M samples an anchor has B − 1 candidates of which M − 1 share its class, so
-      p_i ≈ (M − 1)/(B − 1) and the loss ≈ ``log((B − 1)/(M − 1))``.
-    * ``complement``: depends on its normalisation → ``None`` (not checked).
+    From the term's row in :data:`LOSSES` (``None`` for unknown names and losses without a chance level,
+    e.g. ``complement``, whose value depends on its normalisation).
 
     >>> round(expected_initial_loss("neighborhood", 128, 8, 10), 4)  # log(127 / 7)
     2.8983
     >>> round(expected_initial_loss("softmax", 128, 8, 10), 4)  # log(10)
     2.3026
     """
-    if name in ("softmax", "prototype"):
-        return math.log(num_classes)
-    if name in ("neighborhood", "snn", "cache"):
-        if samples_per_class < 2 or batch_size < 2:
-            return None
-        return math.log((batch_size - 1) / (samples_per_class - 1))
-    return None
+    spec = LOSSES.get(name)
+    if spec is None or spec.chance is None:
+        return None
+    return spec.chance(batch_size, samples_per_class, num_classes)

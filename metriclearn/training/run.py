@@ -16,8 +16,10 @@ Everything loads with ``torch.load(weights_only=True)``; every file is written a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from torch import nn
 
 from metriclearn._atomic import save_with, write_json
 from metriclearn._checks import check_positive_int, describe
+from metriclearn._outdir import claim_output_dir
 from metriclearn.fingerprint import model_fingerprint
 from metriclearn.training.callbacks import (
     Callback,
@@ -43,14 +46,25 @@ from metriclearn.training.callbacks import (
 from metriclearn.training import distributed
 from metriclearn.training.config import TrainConfig
 from metriclearn.training.objectives import build_objective
-from metriclearn.training.trainer import Trainer, embed_array, resolve_device, seed_everything
+from metriclearn.training.embedding import embed_array
+from metriclearn.training.resume import (
+    RUNTIME_KEYS,
+    checkpoint_path,
+    clean_stale_temp_files,
+    differences,
+    load_checkpoint,
+    run_state,
+    started_config,
+)
+from metriclearn.training.rng import seed_everything
+from metriclearn.training.splits import split_for_validation
+from metriclearn.training.trainer import Trainer
+from metriclearn._device import resolve_device
 
 MODEL_FORMAT_VERSION = 1
-
-
-def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
-    """Where the last full training state of a run lives."""
-    return Path(run_dir) / "checkpoints" / "last.pt"
+_LEGACY_RUN_FILES = ("model.pt", "config.toml")
+_RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "evaluate.json",
+              "checkpoints", "tensorboard", "report")
 
 
 def build_model(config: TrainConfig, input_shape: Sequence[int]) -> nn.Module:
@@ -65,20 +79,46 @@ def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callba
                  verbose: bool = True) -> Trainer:
     """The :class:`Trainer` (objective, optimiser, schedule) that ``config`` describes."""
     objective = build_objective(config.terms(), config.embedding_dim, num_classes, config.combine, config.loss_options)
-    optimizer = None
-    if config.optimizer != "adamw":
-        params = [*model.parameters(), *objective.parameters()]
-        optimizer = (
-            torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-            if config.optimizer == "adam"
-            else torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
-        )
     return Trainer(
-        model, objective, optimizer, lr=config.lr, weight_decay=config.weight_decay, scheduler=config.scheduler,
-        batch_size=config.batch_size, samples_per_class=config.samples_per_class, grad_clip=config.grad_clip,
-        amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor, callbacks=callbacks,
-        verbose=verbose,
+        model, objective, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+        scheduler=config.scheduler, batch_size=config.batch_size, samples_per_class=config.samples_per_class,
+        grad_clip=config.grad_clip, amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor,
+        callbacks=callbacks, verbose=verbose,
     )
+
+
+def overfit_batch_check(config: TrainConfig, steps: int = 200, verbose: bool = True) -> OverfitResult:
+    """The "overfit one batch" sanity check of ``config``: train on one batch for ``steps`` steps.
+
+    A sound model/objective drives the loss of a single batch to at most 10 % of its first value (or, for
+    a loss that starts at 0, below it); if it cannot, something between data, model and loss is broken.
+    """
+    from metriclearn.data import load_data
+
+    seed_everything(config.seed)
+    data = load_data(config.data)
+    input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
+    trainer = make_trainer(config, build_model(config, input_shape), data.num_classes, verbose=verbose)
+    losses = trainer.overfit_batch(data, steps=steps)
+    first, last = losses[0], losses[-1]
+    return OverfitResult(passed=last <= 0.1 * first if first > 0 else last < first, first=first, last=last,
+                         steps=len(losses), batch_size=config.batch_size)
+
+
+@dataclass(frozen=True)
+class OverfitResult:
+    """Outcome of :func:`overfit_batch_check`: the loss at the first and last step, and the verdict."""
+
+    passed: bool
+    first: float
+    last: float
+    steps: int
+    batch_size: int
+
+    def __str__(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"overfit-batch: {verdict}: loss {self.first:.4f} -> {self.last:.4f} after {self.steps} steps on one "
+                f"batch of {self.batch_size}")
 
 
 def train_run(
@@ -87,64 +127,130 @@ def train_run(
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     verbose: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train the run ``config`` describes into ``out`` (or continue it with ``resume``); return metrics.json.
 
-    ``resume`` re-reads ``out/config.toml`` (the caller passes it as ``config``) and continues from
-    ``out/checkpoints/last.pt`` exactly. Extra ``callbacks`` run before the built-in logging/checkpointing.
+    ``out`` must be new, empty or a metriclearn run folder (:func:`~metriclearn._outdir.claim_output_dir`);
+    ``overwrite`` replaces a previous run there. ``resume`` continues ``out/checkpoints/last.pt`` exactly;
+    ``config`` must equal the configuration the run started with (see
+    :func:`~metriclearn.training.resume.resume_config`) apart from the runtime keys. Extra ``callbacks``
+    run before the built-in logging/checkpointing. Data and settings are checked before anything is
+    written, and ``model.pt`` is written last: a run without it can always be resumed.
     """
-    from metriclearn.data import load_data, train_val_split
-
     out = Path(out)
-    if resume and not checkpoint_path(out).exists():
-        raise FileNotFoundError(2, "No such file or directory (nothing to resume)", str(checkpoint_path(out)))
-    if not resume and (checkpoint_path(out).exists() or (out / "model.pt").exists()):
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    checkpoint = _checkpoint_to_resume(out, config) if resume else None
     distributed.init_from_env()  # a no-op unless started by torchrun
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
+    data, train, val = _load_splits(config)
+    input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
+    model = build_model(config, input_shape)
+    all_callbacks = _run_callbacks(config, out, val, callbacks)
+    trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
+    trainer.metadata = {"config": config.to_dict()}  # a resumed run gets the copy from its checkpoint back
+    claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, legacy=_LEGACY_RUN_FILES,
+                              hint="--resume to continue it or --overwrite")
+             if trainer.is_main_process else contextlib.nullcontext(out))
+    with claim:
+        if trainer.is_main_process:
+            if overwrite:
+                _remove_run_files(out)
+            for path in clean_stale_temp_files(out):
+                trainer.log(f"removed {path.name}, left by an interrupted write")
+            if checkpoint is None:  # a fresh start (or a resume before the first checkpoint): write the settings
+                config.save(out / "config.toml")
+                write_json(out / "classes.json", list(data.classes))
+        start = time.perf_counter()
+        trainer.fit(train, val, epochs=config.epochs, resume_from=checkpoint)
+        seconds = time.perf_counter() - start
+        if not trainer.is_main_process:
+            return {}
+        held_out = val if val is not None else train
+        held_out_emb = trainer.embed(held_out)
+        unseen = val is not None and config.val_split == "classes"
+        # held-out classes have no same-class item among the training samples: leave-one-out among themselves
+        reference = (None, None) if unseen else (trainer.embed(train), train.y)
+        metrics = evaluate_embeddings(held_out_emb, held_out.y, *reference)
+        metrics.update(split="val" if val is not None else "train", n_train=len(train), n_eval=len(held_out),
+                       epochs=trainer.epoch, train_seconds=seconds, val_split=config.val_split)
+        if unseen:
+            metrics["val_classes"] = [data.classes[c] for c in np.unique(held_out.y)]
+        write_json(out / "metrics.json", metrics)
+        if config.report:
+            from metriclearn.reports import write_report
+
+            write_report(held_out_emb, held_out.y, out / "report", classes=list(data.classes),
+                         config=config.to_dict())
+        save_model(out / "model.pt", model, config, input_shape)  # last: its presence marks a finished run
+    return metrics
+
+
+def _checkpoint_to_resume(out: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint ``config`` continues (``None``: killed before the first one, start over); checked."""
+    state = run_state(out)
+    if state == "finished":
+        raise ValueError(f"{out} is a finished run (model.pt is written); nothing to resume")
+    if state == "new":
+        raise FileNotFoundError(2, "No such file or directory (no run to resume; start it without --resume)",
+                                str(out / "config.toml"))
+    checkpoint = load_checkpoint(checkpoint_path(out)) if state == "partial" else None
+    changed = differences(started_config(out, checkpoint), config.to_dict(), skip=RUNTIME_KEYS)
+    if changed:
+        raise ValueError(f"resume: the configuration differs from the one {out} started with: {'; '.join(changed)}")
+    return checkpoint
+
+
+def _run_callbacks(config: TrainConfig, out: Path, val: Any, extra: Sequence[Callback]) -> list[Callback]:
+    """Health checks, the caller's callbacks, early stopping, logs, report snapshots and checkpoints, in order."""
+    monitor = "loss" if val is None or config.monitor == "loss" else f"val_{config.monitor}"
+    mode = "min" if monitor == "loss" else "max"
+    callbacks: list[Callback] = [HealthMonitor(), *extra]
+    if config.patience > 0:
+        callbacks.append(EarlyStopping(monitor, patience=config.patience, mode=mode))
+    callbacks.append(CSVLogger(out / "log.csv"))
+    if TensorBoardLogger.available():
+        callbacks.append(TensorBoardLogger(out / "tensorboard"))
+    if config.report and val is not None:
+        callbacks.append(_MovieSnapshots(out / "report", val, config.seed))
+    callbacks.append(ModelCheckpoint(out / "checkpoints", monitor=monitor, mode=mode,
+                                     every_n_steps=config.checkpoint_every))
+    return callbacks
+
+
+def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
+    """``(data, train, val or None)`` of ``config``, checked so that training can finish and be evaluated."""
+    from metriclearn.data import load_data
+
     data = load_data(config.data)
     train, val = data, None
     if config.val_fraction > 0:
-        train, val = train_val_split(data, val_fraction=config.val_fraction, seed=config.seed)
+        train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
         val = val if len(val) > 0 else None  # too small a fraction to hold anything out
-    input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
-    model = build_model(config, input_shape)
-    monitor = "loss" if val is None or config.monitor == "loss" else f"val_{config.monitor}"
-    mode = "min" if monitor == "loss" else "max"
-    all_callbacks: list[Callback] = [HealthMonitor(), *callbacks]
-    if config.patience > 0:
-        all_callbacks.append(EarlyStopping(monitor, patience=config.patience, mode=mode))
-    all_callbacks.append(CSVLogger(out / "log.csv"))
-    if TensorBoardLogger.available():
-        all_callbacks.append(TensorBoardLogger(out / "tensorboard"))
-    if config.report and val is not None:
-        all_callbacks.append(_MovieSnapshots(out / "report", val, config.seed))
-    all_callbacks.append(ModelCheckpoint(out / "checkpoints", monitor=monitor, mode=mode,
-                                         every_n_steps=config.checkpoint_every))
-    trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
-    if trainer.is_main_process and not resume:
-        config.save(out / "config.toml")
-        write_json(out / "classes.json", list(data.classes))
-    start = time.perf_counter()
-    trainer.fit(train, val, epochs=config.epochs, resume_from=checkpoint_path(out) if resume else None)
-    seconds = time.perf_counter() - start
-    if not trainer.is_main_process:
-        return {}
-    save_model(out / "model.pt", model, config, input_shape)
-    held_out = val if val is not None else train
-    held_out_emb = trainer.embed(held_out)
-    metrics = evaluate_embeddings(held_out_emb, held_out.y, trainer.embed(train), train.y)
-    metrics.update(split="val" if val is not None else "train", n_train=len(train), n_eval=len(held_out),
-                   epochs=trainer.epoch, train_seconds=seconds)
-    write_json(out / "metrics.json", metrics)
-    if config.report:
-        from metriclearn.reports import write_report
+    if len(np.unique(train.y)) < 2:
+        raise ValueError(f"{config.data}: the training split holds a single class; metric learning needs at least 2")
+    held_out, name = (val, "validation split") if val is not None else (train, "training data")
+    counts = np.bincount(held_out.y)
+    if not (counts >= 2).any():
+        raise ValueError(
+            f"{config.data}: the {name} ({len(held_out)} samples) has no class with 2 or more samples, so no "
+            f"retrieval metric can be measured; use more samples per class, a larger --val-fraction, or "
+            f"--val-fraction 0 (measure on the training data)"
+        )
+    return data, train, val
 
-        write_report(held_out_emb, held_out.y, out / "report", classes=list(data.classes),
-                     config=config.to_dict())
-    return metrics
+
+def _remove_run_files(out: Path) -> None:
+    """Delete what a previous run wrote into ``out`` (and nothing else) before it is replaced."""
+    for name in _RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 class _MovieSnapshots(Callback):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import sys
 import time
 import warnings
@@ -43,10 +42,15 @@ from metriclearn._device import resolve_device
 from metriclearn._progress import progress
 from metriclearn.training import distributed as dist_utils
 from metriclearn.training.callbacks import Callback, Logs
-from metriclearn.training.objectives import Objective, expected_initial_loss
+from metriclearn.training.embedding import embed_array, to_device
+from metriclearn.training.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (seed_everything: re-export)
+from metriclearn.training.config import TrainConfig
+from metriclearn.training.objectives import Objective
+from metriclearn.training.optim import SCHEDULERS, build_optimizer, build_scheduler
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: callback states keyed by Callback.state_key, should_stop, metadata
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]
+_DEFAULTS = TrainConfig  # the dataclass's field defaults are the defaults (class attributes)
 
 
 class Trainer:
@@ -59,8 +63,8 @@ class Trainer:
     objective:
         The loss terms and how they combine; its parameters (heads, learned centroids) are optimised too.
     optimizer:
-        An optimiser over ``model`` and ``objective`` parameters, or ``None`` for AdamW(lr,
-        weight_decay) with no decay on biases and normalisation weights (the fused kernel where available).
+        An optimiser over ``model`` and ``objective`` parameters, or a name (``adamw``, ``adam``, ``sgd``:
+        :func:`~metriclearn.training.optim.build_optimizer`, no decay on biases and normalisation weights).
     scheduler:
         ``"onecycle"`` (max LR = ``lr``) or ``"cosine"`` stepped every batch, ``"plateau"`` stepped
         every epoch on the monitored metric, ``"none"``, or ``factory(optimizer, total_steps)``.
@@ -75,24 +79,27 @@ class Trainer:
         Validation metric for ``"plateau"`` and the logs (``map_at_r``, ``precision_at_1`` ...).
     callbacks:
         :class:`~metriclearn.training.callbacks.Callback` objects, called in order.
+
+    Every default is :class:`~metriclearn.training.config.TrainConfig`'s, so ``Trainer(model,
+    build_objective(None, D, K)).fit(train, val)`` trains the run ``metriclearn train`` trains.
     """
 
     def __init__(
         self,
         model: nn.Module,
         objective: Objective,
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: torch.optim.Optimizer | str = _DEFAULTS.optimizer,
         *,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        scheduler: str | SchedulerFactory | None = "onecycle",
-        batch_size: int = 128,
-        samples_per_class: int = 4,
-        grad_clip: float = 0.0,
-        amp: bool = True,
-        device: str | torch.device = "auto",
-        seed: int = 0,
-        monitor: str = "map_at_r",
+        lr: float = _DEFAULTS.lr,
+        weight_decay: float = _DEFAULTS.weight_decay,
+        scheduler: str | SchedulerFactory | None = _DEFAULTS.scheduler,
+        batch_size: int = _DEFAULTS.batch_size,
+        samples_per_class: int = _DEFAULTS.samples_per_class,
+        grad_clip: float = _DEFAULTS.grad_clip,
+        amp: bool = _DEFAULTS.amp,
+        device: str | torch.device = _DEFAULTS.device,
+        seed: int = _DEFAULTS.seed,
+        monitor: str = _DEFAULTS.monitor,
         callbacks: Sequence[Callback] = (),
         embed_batch_size: int = 1024,
         verbose: bool = True,
@@ -115,9 +122,11 @@ class Trainer:
         self.seed = check_positive_int(seed, "seed", allow_zero=True)
         self.monitor = monitor
         if isinstance(scheduler, str) or scheduler is None:
-            check_choice(scheduler or "none", ("onecycle", "cosine", "plateau", "none"), "scheduler")
+            check_choice(scheduler or "none", SCHEDULERS, "scheduler")
         self.scheduler_spec = scheduler or "none"
-        self.optimizer = optimizer if optimizer is not None else self._default_optimizer()
+        if optimizer is None or isinstance(optimizer, str):
+            optimizer = build_optimizer(optimizer or "adamw", self.parameters(), self.lr, self.weight_decay)
+        self.optimizer = optimizer
         self.callbacks = list(callbacks)
         self.verbose = verbose
         self.amp_dtype = _amp_dtype(self.device) if amp else None
@@ -127,12 +136,14 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.global_step = 0  # batches done
         self.history: list[Logs] = []
-        self.initial_losses: dict[str, tuple[float, float | None]] = {}
         self.should_stop = False
+        self.metadata: dict[str, Any] = {}  # saved in every checkpoint as it is (e.g. the run's config)
         self.num_classes = 0
+        self.num_samples = 0
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self._ddp: nn.Module | None = None
         self._params: list[nn.Parameter] = []
+        self._lone_last_batch = False
         # running sums of the current epoch (checkpointed, so a mid-epoch resume logs the whole epoch)
         self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0, "lr": 0.0}
 
@@ -146,29 +157,11 @@ class Trainer:
         """Trainable parameters of the model and the objective (in a fixed order)."""
         return [p for p in [*self.model.parameters(), *self.objective.parameters()] if p.requires_grad]
 
-    def _default_optimizer(self) -> torch.optim.Optimizer:
-        decay = [p for p in self.parameters() if p.dim() > 1]
-        no_decay = [p for p in self.parameters() if p.dim() <= 1]
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
-        try:  # the fused kernel (CPU and CUDA) is several times faster than the per-tensor loop
-            return torch.optim.AdamW(groups, lr=self.lr, fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            return torch.optim.AdamW(groups, lr=self.lr)
-
     def _make_scheduler(self, total_steps: int) -> Any:
         spec = self.scheduler_spec
         if callable(spec):
             return spec(self.optimizer, total_steps)
-        if spec == "onecycle":
-            max_lr = [group["lr"] for group in self.optimizer.param_groups]
-            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=max_lr, total_steps=total_steps)
-        if spec == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
-        if spec == "plateau":
-            mode = "min" if self.monitor == "loss" else "max"
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode=mode, factor=0.5, patience=2)
-        return None
+        return build_scheduler(spec, self.optimizer, total_steps, mode="min" if self.monitor == "loss" else "max")
 
     @property
     def _per_epoch_scheduler(self) -> bool:
@@ -186,7 +179,7 @@ class Trainer:
         self,
         train: Any,
         val: Any = None,
-        epochs: int = 10,
+        epochs: int = _DEFAULTS.epochs,
         resume_from: str | Path | dict[str, Any] | None = None,
     ) -> list[Logs]:
         """Train for ``epochs`` epochs (in total, counting those of a resumed checkpoint).
@@ -200,22 +193,26 @@ class Trainer:
 
         epochs = check_positive_int(epochs, "epochs")
         X, y = _unpack(train, "train")
-        self.num_classes = int(y.max()) + 1
+        self.num_classes, self.num_samples = int(y.max()) + 1, len(y)
         val_xy = _unpack(val, "val") if val is not None else None
         base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)
         self.sampler = dist_utils.shard_batches(base_sampler)
-        self.scheduler = self._make_scheduler(epochs * len(self.sampler))
-        X_dev = _to_device(X, self.device)
+        # an epoch of n = k·B + 1 samples ends with a batch of one: nothing to compare it with and a
+        # BatchNorm error in training mode, so it is passed over (its sample comes back next epoch)
+        self._lone_last_batch = len(y) % self.batch_size == 1 and len(self.sampler) > 1
+        self.scheduler = self._make_scheduler(epochs * (len(self.sampler) - self._lone_last_batch))
+        X_dev = to_device(X, self.device)
         y_dev = torch.as_tensor(y, dtype=torch.long, device=self.device)
         self._precompute(X, *([val_xy[0]] if val_xy is not None else []))
+        _check_state_keys(self.callbacks)
+        self.should_stop = False
         if resume_from is not None:
-            self.load_state_dict(_load_checkpoint(resume_from), restore_rng=True)
+            self.load_state_dict(load_checkpoint(resume_from), restore_rng=True)
             self.log(f"resumed after epoch {self.epoch} (step {self.global_step})")
         else:
             self._prepare(X, y, X_dev, y_dev)
         self._ddp = dist_utils.wrap_model(self.model, self.device)
         self._params = self.parameters()
-        self.should_stop = False
         for cb in self.callbacks:
             cb.on_fit_start(self)
         try:
@@ -252,7 +249,7 @@ class Trainer:
         indices = next(iter(ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)), None)
         if not indices:
             raise ValueError(f"train has {len(y)} samples: too few for one batch of {self.batch_size}")
-        X_dev, y_dev = _to_device(X, self.device), torch.as_tensor(y, dtype=torch.long, device=self.device)
+        X_dev, y_dev = to_device(X, self.device), torch.as_tensor(y, dtype=torch.long, device=self.device)
         self._prepare(X, y, X_dev, y_dev)
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
         x_batch, y_batch = _take(X_dev, idx), y_dev[idx]
@@ -283,19 +280,29 @@ class Trainer:
             self.objective.prepare(embeddings, y_dev)
 
     def _run_epoch(self, X: Any, y: Tensor, val: tuple[Any, np.ndarray] | None, epochs: int) -> None:
+        # One source of truth for where the run stands: ``self.epoch`` (completed epochs) and
+        # ``self._progress["count"]`` (batches of the current epoch done). The sampler is positioned from
+        # them; a checkpoint taken after the epoch's last batch (count == len) runs no batch again and
+        # goes straight to the end of the epoch.
         epoch = self.epoch
         progress_ = self._progress
         if progress_["count"] == 0:  # a fresh epoch (else: resumed from a checkpoint taken mid-epoch)
             progress_.update(sums={}, seen=0, seconds=0.0)
-        self.sampler.set_epoch(epoch)  # keeps a restored mid-epoch position
+        self.sampler.set_epoch(epoch)
+        if 0 < progress_["count"] < len(self.sampler):
+            self.sampler.load_state_dict({**self.sampler.state_dict(), "epoch": epoch, "position": progress_["count"]})
+        batches = self.sampler if progress_["count"] < len(self.sampler) else ()
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch)
         self.model.train()
         self.objective.train()
         start = time.perf_counter() - progress_["seconds"]
-        bar = progress(self.sampler, desc=f"epoch {epoch + 1}/{epochs}", total=len(self.sampler),
+        bar = progress(batches, desc=f"epoch {epoch + 1}/{epochs}", total=len(self.sampler),
                        initial=progress_["count"], unit="batch")
         for batch, indices in enumerate(bar, start=progress_["count"]):
+            if self._lone_last_batch and batch == len(self.sampler) - 1:
+                progress_["count"] += 1
+                continue
             idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
             logs = self._train_step(_take(X, idx), y[idx], idx)
             self.global_step += 1
@@ -308,8 +315,8 @@ class Trainer:
             bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
             for cb in self.callbacks:
                 cb.on_batch_end(self, batch, logs)
-        count, seconds = progress_["count"], progress_["seconds"]
-        epoch_logs: Logs = {k: v / count for k, v in progress_["sums"].items() if k != "lr"}
+        steps, seconds = max(progress_["count"] - self._lone_last_batch, 1), progress_["seconds"]
+        epoch_logs: Logs = {k: v / steps for k, v in progress_["sums"].items() if k != "lr"}
         epoch_logs["lr"] = progress_["lr"]  # of the epoch's last step
         epoch_logs["seconds"] = seconds
         epoch_logs["samples_per_s"] = progress_["seen"] / max(seconds, 1e-9)
@@ -356,8 +363,6 @@ class Trainer:
                         f"(terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
                         f"try a lower --lr, gradient clipping, or check the data for extreme values"
                     )
-                if self.global_step == 0:
-                    self._record_initial(losses, labels)
                 scale: Any = self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0
                 reduce = dist_utils.all_reduce_mean if surgery and self._ddp is not None else None
                 self.objective.backward(losses, params, scale=scale, reduce=reduce)
@@ -376,13 +381,6 @@ class Trainer:
         if self.scheduler is not None and not self._per_epoch_scheduler:
             self.scheduler.step()
         return logs
-
-    def _record_initial(self, losses: dict[str, Tensor], labels: Tensor) -> None:
-        counts = torch.bincount(labels)
-        m = int(counts[counts > 0].median())
-        for name, value in losses.items():
-            expected = expected_initial_loss(name, len(labels), m, self.num_classes)
-            self.initial_losses[name] = (float(value.detach()), expected)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -417,15 +415,17 @@ class Trainer:
             "global_step": self.global_step,
             "epoch_progress": {**self._progress, "sums": dict(self._progress["sums"])},
             "history": [dict(row) for row in self.history],
-            "initial_losses": {k: list(v) for k, v in self.initial_losses.items()},
-            "callbacks": {_cb_key(i, cb): cb.state_dict() for i, cb in enumerate(self.callbacks)},
+            "should_stop": bool(self.should_stop),
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "metadata": self.metadata,
         }
 
     def load_state_dict(self, state: dict[str, Any], restore_rng: bool = True) -> None:
         """Restore :meth:`state_dict` (call after the scheduler and sampler exist, i.e. inside ``fit``)."""
         version = state.get("format_version")
         if version != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint format_version {version!r} is not supported (expected {CHECKPOINT_VERSION})")
+            raise ValueError(f"checkpoint format_version {version!r} is not supported (expected {CHECKPOINT_VERSION}; "
+                             f"it was written by another metriclearn version)")
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -438,9 +438,10 @@ class Trainer:
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self._progress = {**state["epoch_progress"], "sums": dict(state["epoch_progress"]["sums"])}
         self.history = [dict(row) for row in state["history"]]
-        self.initial_losses = {k: (v[0], v[1]) for k, v in state["initial_losses"].items()}
-        for i, cb in enumerate(self.callbacks):
-            saved = state["callbacks"].get(_cb_key(i, cb))
+        self.should_stop = bool(state["should_stop"])
+        self.metadata = dict(state["metadata"])
+        for cb in self.callbacks:  # by name, so adding or reordering callbacks never mixes their states
+            saved = state["callbacks"].get(cb.state_key)
             if saved is not None:
                 cb.load_state_dict(saved)
         if restore_rng:
@@ -448,43 +449,18 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------- helpers
-@torch.no_grad()
-def embed_array(
-    model: nn.Module,
-    data: Any,
-    batch_size: int = 1024,
-    device: str | torch.device = "auto",
-    amp_dtype: torch.dtype | None = None,
-) -> np.ndarray:
-    """Embed ``data`` (LabeledData, array, tensor or texts) with ``model`` in eval mode → (n, D) float32."""
-    device = resolve_device(device)
-    X = data.X if hasattr(data, "X") else data
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    n = len(X)
-    if n == 0:
-        raise ValueError("data to embed is empty (0 samples)")
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        for start in progress(range(0, n, batch_size), desc="embedding", unit="batch"):
-            chunk = _to_device(X[start : start + batch_size], device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                chunks.append(model(chunk).float().cpu())  # (b, D)
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
-
-
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _cb_key(index: int, cb: Callback) -> str:
-    return f"{index}:{type(cb).__name__}"
+def _check_state_keys(callbacks: Sequence[Callback]) -> None:
+    keys = [cb.state_key for cb in callbacks if cb.state_dict()]  # stateless callbacks may share a key
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"callbacks share the state_key {repeated[0]!r}; give each a distinct state_key "
+                         f"so their checkpointed states stay apart")
 
 
 def _unpack(data: Any, name: str) -> tuple[Any, np.ndarray]:
@@ -508,30 +484,26 @@ def _unpack(data: Any, name: str) -> tuple[Any, np.ndarray]:
     return X, y.astype(np.int64)
 
 
-def _to_device(X: Any, device: torch.device) -> Any:
-    if isinstance(X, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
-    if isinstance(X, torch.Tensor):
-        return X.to(device)
-    return list(X)  # texts: the encoder tokenises
-
-
 def _take(X: Any, idx: Tensor) -> Any:
     if isinstance(X, torch.Tensor):
         return X[idx]
     return [X[i] for i in idx.tolist()]
 
 
-def _load_checkpoint(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+def load_checkpoint(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint (a path, or an already loaded dict) as a dict; a damaged file raises ``ValueError`` naming it."""
     if isinstance(source, dict):
         return source
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory (no checkpoint to resume from)", str(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise ValueError(f"{path}: not a readable metriclearn checkpoint ({exc})") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a metriclearn checkpoint (it holds a {type(state).__name__})")
+    return state
 
 
 def _format_epoch(epoch: int, epochs: int, logs: Logs) -> str:
@@ -539,35 +511,3 @@ def _format_epoch(epoch: int, epochs: int, logs: Logs) -> str:
     parts += [f"{k} {v:.4f}" for k, v in logs.items() if k.startswith("val_")]
     parts.append(f"{logs['samples_per_s']:.0f} samples/s")
     return "  ".join(parts)
-
-
-def rng_state() -> dict[str, Any]:
-    """torch (CPU and CUDA), numpy and python RNG states as weights_only-safe values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": [version, list(internal), gauss],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

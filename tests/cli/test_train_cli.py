@@ -46,29 +46,96 @@ def test_same_seed_same_model_on_cpu(tmp_path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_via_cli(tmp_path, monkeypatch) -> None:
+def _kill_in_epoch_2(monkeypatch):
+    """Make the next ``train`` die in its second epoch (as a KeyboardInterrupt), like a killed run."""
     from metriclearn.training import LambdaCallback, run
 
-    out = tmp_path / "r"
     original = run.train_run
 
-    def killed(config, out_dir, resume=False, callbacks=(), verbose=True):
+    def killed(config, out_dir, resume=False, callbacks=(), verbose=True, overwrite=False):
         def stop(trainer, batch, logs):
             if trainer.epoch == 1:
                 raise KeyboardInterrupt
 
-        return original(config, out_dir, resume, [LambdaCallback(on_batch_end=stop)], verbose)
+        return original(config, out_dir, resume, [LambdaCallback(on_batch_end=stop)], verbose, overwrite)
 
     monkeypatch.setattr(run, "train_run", killed)
-    result = _invoke("train", *FAST, "--out", str(out))
+    return lambda: monkeypatch.setattr(run, "train_run", original)
+
+
+def test_resume_with_the_same_command(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "r"
+    (tmp_path / "c.toml").write_text('lr = 0.004\nloss = ["neighborhood", "cache:0.5"]\n')
+    command = ["train", "--config", str(tmp_path / "c.toml"), *FAST, "--seed", "4", "--out", str(out)]
+    restore = _kill_in_epoch_2(monkeypatch)
+    result = _invoke(*command)
     assert result.exit_code != 0 and not (out / "model.pt").exists()
-    monkeypatch.setattr(run, "train_run", original)
-    result = _invoke("train", "--resume", "--out", str(out), "--quiet")
+    restore()
+    result = _invoke(*command, "--resume")  # up-arrow, add --resume
     assert result.exit_code == 0, result.output
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
-    bad = _invoke("train", "--resume", "--out", str(out), "--epochs", "9")
-    assert bad.exit_code == 2 and "drop --epochs" in bad.output
+    straight = tmp_path / "straight"
+    assert _invoke("train", "--config", str(tmp_path / "c.toml"), *FAST, "--seed", "4", "--out", str(straight)).exit_code == 0
+    a = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    finished = _invoke(*command, "--resume")
+    assert finished.exit_code == 0 and "is already finished (model.pt written); nothing to resume" in finished.output
     assert _invoke("train", "--resume").exit_code == 2
+
+
+def test_resume_refuses_changed_flags_and_edited_config_naming_both_values(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "r"
+    restore = _kill_in_epoch_2(monkeypatch)
+    assert _invoke("train", *FAST, "--out", str(out)).exit_code != 0
+    restore()
+    bad = _invoke("train", *FAST, "--epochs", "9", "--lr", "0.5", "--out", str(out), "--resume")
+    assert bad.exit_code == 2, bad.output
+    line = " ".join(bad.output.split())
+    assert "epochs (2 in the run, 9 now); lr (0.003 in the run, 0.5 now)" in line
+    text = (out / "config.toml").read_text()
+    (out / "config.toml").write_text(text.replace("samples_per_class = 8", "samples_per_class = 4"))
+    edited = _invoke("train", "--resume", "--out", str(out))
+    assert edited.exit_code == 2
+    assert "config.toml was edited since the run started: samples_per_class (8 in the run, 4 now)" in \
+        " ".join(edited.output.split())
+    (out / "config.toml").write_text(text)
+    ok = _invoke("train", "--resume", "--out", str(out), "--threads", "1", "--quiet")  # a runtime key may change
+    assert ok.exit_code == 0, ok.output
+
+
+def test_out_folder_with_foreign_files_is_refused_and_overwrite_replaces_a_run(tmp_path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "log.csv").write_text("my own log\n")
+    result = _invoke("train", *FAST, "--out", str(mine))
+    assert result.exit_code == 1 and "is not empty and was not written by metriclearn (it holds log.csv)" in result.output
+    assert (mine / "log.csv").read_text() == "my own log\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["log.csv"]  # nothing written, not even a lock
+    run = tmp_path / "run"
+    assert _invoke("train", *FAST, "--out", str(run)).exit_code == 0
+    again = _invoke("train", *FAST, "--out", str(run))
+    assert again.exit_code == 1 and "already holds a metriclearn run; pass --resume to continue it or --overwrite" \
+        in again.output
+    (run / "checkpoints" / "stale.pt").write_bytes(b"old")
+    replaced = _invoke("train", *FAST, "--epochs", "1", "--out", str(run), "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+    assert not (run / "checkpoints" / "stale.pt").exists()  # the previous run's files went first
+
+
+def test_tiny_csv_is_refused_before_anything_is_written(tmp_path) -> None:
+    rows = ["f1,f2,label"] + [f"{i},{i % 3},{c}" for i, c in enumerate("aabbccddee")]
+    (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "r"
+    result = _invoke("train", "--data", str(tmp_path / "tiny.csv"), *FAST, "--batch-size", "4",
+                     "--samples-per-class", "2", "--out", str(out))
+    assert result.exit_code == 1
+    assert "the validation split (2 samples) has no class with 2 or more samples" in result.output
+    assert not out.exists() or not any(out.iterdir())
+    fixed = _invoke("train", "--data", str(tmp_path / "tiny.csv"), *FAST, "--batch-size", "4",
+                    "--samples-per-class", "2", "--val-fraction", "0", "--out", str(out))
+    assert fixed.exit_code == 0, fixed.output  # the same --out works once the settings are right
 
 
 def test_embed_and_evaluate(tmp_path) -> None:
@@ -113,6 +180,9 @@ def test_embed_and_evaluate(tmp_path) -> None:
         (["embed", "--model", "nowhere", "--data", "digits", "--out", "x.npy"], 1, "nowhere"),
         (["embed", "--model", "nowhere", "--data", "digits", "--out", "x.txt"], 2, "must end in .npy"),
         (["train", "--device", "tpu"], 2, "tpu"),
+        (["train", "--encoder", "bogus"], 2, "encoder must be one of 'mlp', 'mlp:H1,H2,...'"),
+        (["train", "--encoder", "mlp:0"], 2, "got 'mlp:0'"),
+        (["train", "--resume", "--overwrite", "--out", "r"], 2, "--resume and --overwrite exclude each other"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code(tmp_path, monkeypatch, args, code, message) -> None:
@@ -181,3 +251,78 @@ def test_report_with_the_real_centroid_movie(tmp_path, monkeypatch) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r" / "report" / "centroids.gif").stat().st_size > 0
     assert seen["dir"] == tmp_path / "r" / "report"
+
+
+def _log(run_dir) -> list[dict[str, str]]:
+    import csv
+
+    with open(run_dir / "log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_val_split_classes_selects_on_classes_never_trained_on(tmp_path) -> None:
+    from sklearn.datasets import load_digits
+
+    from metriclearn.metrics import retrieval_metrics
+    from metriclearn.training import load_run
+
+    X, y = load_digits(return_X_y=True)
+    keep = np.concatenate([np.flatnonzero(y == c)[: 30 + 4 * c] for c in range(10)])  # 30..66 per class
+    names = np.array(list("abcdefghij"))[y[keep]]
+    np.savez(tmp_path / "d.npz", X=X[keep].astype(np.float32), y=names)
+    (tmp_path / "c.toml").write_text('val_split = "classes"\nval_fraction = 0.3\n')
+    args = ["train", "--data", str(tmp_path / "d.npz"), "--config", str(tmp_path / "c.toml"), *FAST,
+            "--epochs", "3", "--seed", "7"]
+    result = _invoke(*args, "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    held_out = metrics["val_classes"]
+    assert len(held_out) == 3 and metrics["val_split"] == "classes" and "retrieval_vs_reference" not in metrics
+    assert "(val: 3 classes unseen in training, " in result.output
+    counts = {name: int((names == name).sum()) for name in held_out}
+    assert metrics["n_eval"] == sum(counts.values()) and metrics["n_train"] == len(keep) - metrics["n_eval"]
+    # the validation metric of every epoch is leave-one-out retrieval on the held-out classes only
+    model, _, classes = load_run(tmp_path / "r")
+    rows = np.isin(names, held_out)
+    with torch.no_grad():
+        emb = model(torch.from_numpy(X[keep][rows].astype(np.float32))).numpy()
+    labels = np.searchsorted(classes, names[rows])
+    expected = retrieval_metrics(emb, labels)
+    assert metrics["retrieval"]["map_at_r"] == pytest.approx(float(expected["map_at_r"]))
+    log = _log(tmp_path / "r")
+    assert float(log[-1]["val_map_at_r"]) == pytest.approx(float(expected["map_at_r"]), abs=1e-6)
+    # best.pt holds the epoch with the best val_map_at_r on those unseen classes
+    best = torch.load(tmp_path / "r" / "checkpoints" / "best.pt", weights_only=True)
+    scores = [float(row["val_map_at_r"]) for row in log]
+    assert best["epoch"] == 1 + int(np.argmax(scores))
+    # deterministic with --seed; another seed holds out other classes
+    assert _invoke(*args, "--out", str(tmp_path / "again")).exit_code == 0
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["val_classes"] == held_out
+    assert _invoke(*args[:-1], "11", "--out", str(tmp_path / "other")).exit_code == 0
+    assert json.loads((tmp_path / "other" / "metrics.json").read_text())["val_classes"] != held_out
+
+
+def test_val_split_classes_with_early_stopping_and_the_plateau_schedule(tmp_path) -> None:
+    result = _invoke("train", *FAST, "--epochs", "6", "--val-split", "classes", "--patience", "1",
+                     "--scheduler", "plateau", "--lr", "1e-9", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    log = _log(tmp_path / "r")
+    assert len(log) < 6  # nothing improves at lr 1e-9: stopped on the unseen classes' val_map_at_r
+    assert all(float(row["val_map_at_r"]) > 0 for row in log)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert len(metrics["val_classes"]) == 2 and metrics["epochs"] == len(log)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--val-split", "groups"], 2, "'groups' is not one of 'samples', 'classes'"),
+        (["--val-split", "classes", "--val-fraction", "0.9"], 0, ""),
+    ],
+)
+def test_val_split_flag_values(tmp_path, args, code, message) -> None:
+    result = _invoke("train", *FAST, "--epochs", "1", *args, "--out", str(tmp_path / "r"))
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    if code == 0:  # 0.9 of 10 classes rounds to 9, capped so that two classes remain to train on
+        assert len(json.loads((tmp_path / "r" / "metrics.json").read_text())["val_classes"]) == 8

@@ -1,4 +1,4 @@
-"""Slow, obviously-correct references for the neighbourhood-softmax losses (float64 autograd)."""
+"""Slow, obviously-correct references for the losses (float64 autograd, plain-Python log-sum-exp)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ import math
 
 import torch
 from torch import Tensor
+
+
+def logsumexp(values: list[float]) -> float:
+    """log Σ exp(v), shifted by the maximum (plain Python floats)."""
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def _distance(a: Tensor, b: Tensor, distance: str) -> Tensor:

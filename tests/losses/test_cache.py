@@ -92,7 +92,7 @@ def test_anchor_whose_only_positive_is_its_own_copy_is_left_out() -> None:
 
 def test_warmup_fills_but_does_not_score() -> None:
     loss = CacheLoss(DIM, size=32, warmup_steps=2).double()
-    nsl = NeighborhoodSoftmaxLoss(0.1, "cosine")
+    nsl = NeighborhoodSoftmaxLoss(0.15, "cosine")  # the cache default T
     for _ in range(2):
         x, labels = _batch()
         torch.testing.assert_close(loss(x, labels), nsl(x, labels), rtol=1e-13, atol=1e-13)
@@ -228,7 +228,7 @@ def test_bad_inputs(embeddings: torch.Tensor, ids: torch.Tensor | None, error: t
 
 def test_repr_names_the_settings() -> None:
     assert repr(CacheLoss(8, size=64, warmup_steps=3)) == (
-        "CacheLoss(dim=8, size=64, temperature=0.1, distance='cosine', warmup_steps=3, reduction='mean')"
+        "CacheLoss(dim=8, size=64, temperature=0.15, distance='cosine', warmup_steps=3, reduction='mean')"
     )
 
 
@@ -248,15 +248,3 @@ def test_underflowing_positives_with_excluded_slots_stay_exact() -> None:
     torch.testing.assert_close(value.double(), ref.detach(), rtol=1e-6, atol=1e-3)
     # float32 logits of ~1e4 carry ~1e-3 absolute error, so the gradient is good to ~1e-3 relative
     torch.testing.assert_close(_grad(value.sum(), x).double(), _grad(ref.sum(), x64), rtol=1e-3, atol=1e-2)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu() -> None:
-    batches = [_batch(b=32, dtype=torch.float32) for _ in range(3)]
-    cpu, cuda = CacheLoss(DIM, size=64), CacheLoss(DIM, size=64).cuda()
-    for x, labels in batches:
-        ids = torch.arange(32)
-        expected = cpu(x, labels, ids=ids)
-        got = cuda(x.detach().cuda(), labels.cuda(), ids=ids.cuda())
-        torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(cuda.cache_embeddings.cpu(), cpu.cache_embeddings)

@@ -114,10 +114,3 @@ def test_errors_are_clear() -> None:
         loss(torch.zeros(2, 4), torch.tensor([0, 4]))
     with pytest.raises(TypeError, match="labels must be an integer tensor, got torch.float32"):
         loss(torch.zeros(2, 4), torch.tensor([0.0, 1.0]))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu() -> None:
-    logits, labels = torch.randn(64, 10) * 3, torch.randint(0, 10, (64,))
-    loss = ComplementEntropyLoss(10)
-    torch.testing.assert_close(loss(logits.cuda(), labels.cuda()).cpu(), loss(logits, labels), rtol=1e-5, atol=1e-6)

@@ -225,19 +225,6 @@ def test_repr_names_the_settings() -> None:
     )
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("distance", ["sqeuclidean", "cosine"])
-def test_cuda_matches_cpu(distance: str) -> None:
-    x = torch.randn(300, 16, requires_grad=True)
-    labels = torch.randint(0, 9, (300,))
-    x_cuda = x.detach().cuda().requires_grad_(True)
-    loss = NeighborhoodSoftmaxLoss(0.5, distance)
-    value, grad = _value_and_grad(loss(x, labels), x)
-    value_cuda, grad_cuda = _value_and_grad(loss(x_cuda, labels.cuda()), x_cuda)
-    torch.testing.assert_close(value_cuda.cpu(), value, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(grad_cuda.cpu(), grad, rtol=1e-3, atol=1e-5)
-
-
 def test_interleaved_forwards_and_backwards_do_not_share_state() -> None:
     """Two graphs alive at once (the scratch matrix is reused between calls; the gradient matrix is not)."""
     loss = NeighborhoodSoftmaxLoss(0.5)

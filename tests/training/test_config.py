@@ -36,6 +36,21 @@ def test_bad_toml_and_bad_values(tmp_path) -> None:
         TrainConfig(val_fraction=1.0)
     with pytest.raises(TypeError, match="amp must be true or false"):
         TrainConfig(amp="yes")
+    with pytest.raises(ValueError, match="val_split must be one of 'samples', 'classes'; got 'groups'"):
+        TrainConfig(val_split="groups")
+    for spec in ("bogus", "mlp:", "mlp:32,x", "cnn:0", "sentence:", ""):
+        with pytest.raises(ValueError, match="encoder must be one of 'mlp', 'mlp:H1,H2,...'"):
+            TrainConfig(encoder=spec)
+    assert TrainConfig(encoder="MLP:64,32").encoder == "MLP:64,32" and TrainConfig(encoder="sentence:/m").encoder
+
+
+def test_loss_options_resolve_over_the_registry_tuned_options() -> None:
+    from metriclearn.training.objectives import LOSSES
+
+    cfg = TrainConfig(loss_options={"neighborhood": {"temperature": 0.05}, "cache": {"size": 64}})
+    assert cfg.loss_options["neighborhood"] == {**LOSSES["neighborhood"].tuned, "temperature": 0.05}
+    assert cfg.loss_options["snn"] == dict(LOSSES["snn"].tuned)  # every tuned value shows in config.toml
+    assert cfg.loss_options["cache"] == {"size": 64}  # the class default temperature applies, not restated
 
 
 def test_parse_loss_term() -> None:
@@ -46,6 +61,11 @@ def test_parse_loss_term() -> None:
         parse_loss_term("cache:x")
     with pytest.raises(ValueError, match="must be a finite positive number"):
         parse_loss_term("cache:-1")
+
+
+def test_loss_terms_are_spelled_canonically_so_equal_settings_compare_equal() -> None:
+    assert TrainConfig(loss=["Cache:.50", "snn:1", "softmax:2", "prototype:0.123456789"]).loss == [
+        "cache:0.5", "snn", "softmax:2.0", "prototype:0.123456789"]
 
 
 def test_replace_validates() -> None:

@@ -10,16 +10,17 @@ import torch
 from torch import nn
 
 from metriclearn.training import Objective, Trainer, build_objective, expected_initial_loss, pcgrad
-from metriclearn.training.objectives import HeadLoss, build_loss, lambda_loss
+from metriclearn.training.objectives import LOSS_NAMES, LOSSES, HeadLoss, build_loss, lambda_loss, pcgrad_projections
 
 
 def test_pcgrad_hand_computed_two_tasks() -> None:
     g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
     # g1·g2 = -1 < 0: g1' = g1 - (-1/2) g2 = (0.5, 0.5); g2' = g2 - (-1/1) g1 = (0, 1); sum = (0.5, 1.5)
-    out = pcgrad([g1, g2])
-    assert torch.allclose(out, torch.tensor([0.5, 1.5]))
-    # each projected gradient no longer conflicts with the other original gradient
-    assert torch.dot(torch.tensor([0.5, 0.5]), g2) == 0 and torch.dot(torch.tensor([0.0, 1.0]), g1) == 0
+    projected = pcgrad_projections([g1, g2])
+    assert torch.allclose(projected, torch.tensor([[0.5, 0.5], [0.0, 1.0]]))
+    # each projected gradient no longer conflicts with the other task's original gradient
+    assert torch.dot(projected[0], g2) == 0 and torch.dot(projected[1], g1) == 0
+    assert torch.allclose(pcgrad([g1, g2]), projected.sum(0))
 
 
 def test_pcgrad_leaves_agreeing_gradients_alone() -> None:
@@ -27,11 +28,26 @@ def test_pcgrad_leaves_agreeing_gradients_alone() -> None:
     assert torch.equal(pcgrad(grads), grads[0] + grads[1])
 
 
-def test_pcgrad_three_tasks_order_is_random_but_seeded() -> None:
+def _pcgrad_reference(grads: list[np.ndarray], orders: list[list[int]]) -> np.ndarray:
+    """Algorithm 1 of Yu et al. (2020) in numpy, visiting the other tasks in the given orders."""
+    out = [g.copy() for g in grads]
+    for i, order in enumerate(orders):
+        for j in order:
+            if j != i and out[i] @ grads[j] < 0:
+                out[i] = out[i] - (out[i] @ grads[j]) / (grads[j] @ grads[j]) * grads[j]
+    return np.sum(out, axis=0)
+
+
+def test_pcgrad_three_tasks_follow_the_seeded_random_order() -> None:
     grads = [torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.2]), torch.tensor([0.3, -1.0])]
-    a = pcgrad(grads, generator=torch.Generator().manual_seed(1))
-    b = pcgrad(grads, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
+    results = set()
+    for seed in range(6):
+        out = pcgrad(grads, generator=torch.Generator().manual_seed(seed))
+        replay = torch.Generator().manual_seed(seed)
+        orders = [torch.randperm(3, generator=replay).tolist() for _ in range(3)]
+        np.testing.assert_allclose(out.numpy(), _pcgrad_reference([g.numpy() for g in grads], orders), rtol=1e-6)
+        results.add(tuple(np.round(out.numpy(), 5)))
+    assert len(results) > 1  # with three conflicting tasks the visiting order matters
     with pytest.raises(ValueError, match="at least one gradient"):
         pcgrad([])
 
@@ -94,14 +110,38 @@ def test_build_objective_by_name_and_options() -> None:
     assert isinstance(head, HeadLoss) and head.head.out_features == 3
 
 
-@pytest.mark.parametrize("name", ["neighborhood", "snn", "prototype", "cache", "softmax", "complement"])
-def test_every_named_loss_trains_one_step(name: str) -> None:
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_every_named_loss_starts_at_its_chance_level_and_trains(name: str) -> None:
+    """An untrained objective sees identical embeddings and zero parameters: every softmax is uniform."""
     obj = build_objective([(name, 1.0)], 4, 3)
-    e = torch.randn(12, 4, requires_grad=True)
+    with torch.no_grad():
+        for p in obj.parameters():
+            p.zero_()
+    e = torch.ones(12, 4, requires_grad=True)
     y = torch.arange(3).repeat(4)
     loss = obj(e, y)
+    expected = expected_initial_loss(name, 12, 4, 3)
+    if expected is None:  # complement: uniform wrong classes give the maximal entropy log(K - 1), loss -H/K;
+        # uniformity: identical points are its maximum, log 1
+        expected = {"complement": -math.log(2) / 3, "uniformity": 0.0}[name]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
-    assert loss.dim() == 0 and torch.isfinite(loss) and e.grad is not None
+    moved = torch.randn(12, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    build_objective([(name, 1.0)], 4, 3)(moved, y).backward()  # a fresh objective's gradient reaches the embeddings
+    assert moved.grad is not None and moved.grad.abs().sum() > 0
+
+
+def test_registry_rows_drive_building_by_name() -> None:
+    assert LOSS_NAMES == tuple(LOSSES) and set(LOSS_NAMES) == {"neighborhood", "snn", "prototype", "cache",
+                                                                "softmax", "complement", "uniformity"}
+    for name, spec in LOSSES.items():
+        term = build_loss(name, 8, 5)
+        criterion = term.criterion if spec.head else term
+        assert isinstance(criterion, spec.cls) and isinstance(term, HeadLoss) == spec.head
+        for option, value in spec.tuned.items():
+            assert getattr(criterion, option) == value, (name, option)
+    assert build_loss("cache", 8, 5).temperature == LOSSES["neighborhood"].tuned["temperature"]  # class default
+    assert build_loss("neighborhood", 8, 5, {"temperature": 0.5}).temperature == 0.5  # options win over tuned
 
 
 def test_expected_initial_loss_matches_uniform_softmax() -> None:
@@ -133,3 +173,31 @@ def test_trainer_passes_sample_ids_to_the_cache_loss() -> None:
     with_ids = objective.term_losses(emb, labels, ["cache"], ids=torch.arange(16))["cache"]
     without = objective.term_losses(emb, labels, ["cache"])["cache"]
     assert not torch.allclose(with_ids, without)
+
+
+def test_adding_a_loss_is_one_file_and_one_row_as_docs_losses_md_shows(tmp_path, monkeypatch) -> None:
+    """Run the docs' MarginLoss example, add its one row, and train with it from the CLI."""
+    import json
+    import re
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from metriclearn.cli import cli
+    from metriclearn.training.objectives import LossSpec
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "losses.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    namespace: dict = {}
+    exec(next(b for b in blocks if "class MarginLoss" in b), namespace)  # the "one file"
+    row = next(b for b in blocks if '"margin": LossSpec(' in b)
+    spec = eval(row.split(":", 1)[1].strip().rstrip(","), {"LossSpec": LossSpec,  # the "one row"
+                                                             "losses": type("m", (), namespace)})
+    monkeypatch.setitem(LOSSES, "margin", spec)
+    out = tmp_path / "r"
+    result = CliRunner().invoke(cli, ["train", "--loss", "margin", "--epochs", "1", "--encoder", "mlp:16",
+                                      "--embedding-dim", "8", "--device", "cpu", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert 'margin = 0.3' in (out / "config.toml").read_text()  # the tuned option, resolved in the config
+    assert json.loads((out / "metrics.json").read_text())["retrieval"]["precision_at_1"] > 0.5
+    assert build_loss("margin", 8, 3).margin == 0.3

@@ -1,114 +1,24 @@
-"""The training loop: exact resume, checkpoints, logs, early stopping, NaN handling, health checks."""
+"""The training loop: fit/embed, NaN handling, schedules, optimisers, defaults shared with the CLI."""
 
 from __future__ import annotations
 
-import csv
+import inspect
 import math
-import sys
-import types
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from metriclearn.training import (
-    EarlyStopping,
-    HealthMonitor,
-    LambdaCallback,
-    Objective,
-    TrainConfig,
-    Trainer,
-    load_run,
-    resolve_device,
-    train_run,
-)
-from metriclearn.training.objectives import lambda_loss
+from conftest import make_blobs
 
-SMALL = dict(epochs=3, batch_size=40, samples_per_class=4, encoder="mlp:32", embedding_dim=8, device="cpu",
-             lr=3e-3, val_fraction=0.25)
+from metriclearn.training import LambdaCallback, Objective, TrainConfig, Trainer, resolve_device
+from metriclearn.training.objectives import build_objective, lambda_loss
 
 
-def _blobs(n_per_class: int = 12, classes: int = 4, dim: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(scale=3.0, size=(classes, dim))
-    y = np.repeat(np.arange(classes), n_per_class)
-    X = (centers[y] + rng.normal(size=(len(y), dim))).astype(np.float32)
-    return X, y
-
-
-class _Kill(Exception):
-    pass
-
-
-def _kill_at(epoch: int, batch: int) -> LambdaCallback:
-    def on_batch_end(trainer: Trainer, b: int, logs: dict) -> None:
-        if trainer.epoch == epoch and b == batch:
-            raise _Kill(f"killed in epoch {epoch + 1}")
-
-    return LambdaCallback(on_batch_end=on_batch_end)
-
-
-def _weights(run_dir) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
-
-
-@pytest.mark.parametrize("losses", [["neighborhood", "cache:0.5", "softmax:0.5", "prototype:0.2"]])
-def test_resume_after_kill_gives_identical_weights(tmp_path, losses) -> None:
-    cfg = TrainConfig(**SMALL, loss=losses, loss_options={"cache": {"size": 64}})
-    straight = train_run(cfg, tmp_path / "straight", verbose=False)
-    with pytest.raises(_Kill):
-        train_run(cfg, tmp_path / "killed", callbacks=[_kill_at(epoch=1, batch=2)], verbose=False)
-    assert not (tmp_path / "killed" / "model.pt").exists()
-    rows = list(csv.DictReader(open(tmp_path / "killed" / "log.csv")))
-    assert [r["epoch"] for r in rows] == ["1"]  # the crash left a valid log of the finished epoch
-    resumed = train_run(TrainConfig.from_toml(tmp_path / "killed" / "config.toml"), tmp_path / "killed",
-                        resume=True, verbose=False)
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
-    assert resumed["retrieval"] == straight["retrieval"]
-    rows = list(csv.DictReader(open(tmp_path / "killed" / "log.csv")))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
-    ckpt = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 3 and "bank" in "".join(ckpt["objective"]) or ckpt["objective"]
-
-
-def test_resume_mid_epoch_from_step_checkpoint(tmp_path) -> None:
-    cfg = TrainConfig(**{**SMALL, "checkpoint_every": 5}, loss=["neighborhood", "cache:0.5"],
-                      loss_options={"cache": {"size": 64}})
-    train_run(cfg, tmp_path / "straight", verbose=False)
-    with pytest.raises(_Kill):  # 34 batches per epoch: killed at step 42, the last checkpoint is step 40
-        train_run(cfg, tmp_path / "killed", callbacks=[_kill_at(epoch=1, batch=7)], verbose=False)
-    state = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
-    assert state["global_step"] == 40 and state["epoch"] == 1 and state["epoch_progress"]["count"] == 6
-    train_run(cfg, tmp_path / "killed", resume=True, verbose=False)
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    straight = list(csv.DictReader(open(tmp_path / "straight" / "log.csv")))
-    resumed = list(csv.DictReader(open(tmp_path / "killed" / "log.csv")))
-    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # epoch 2 logged whole
-
-
-def test_run_directory_contents_and_load_run(tmp_path) -> None:
-    metrics = train_run(TrainConfig(**SMALL), tmp_path / "run", verbose=False)
-    for name in ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "checkpoints/best.pt"):
-        assert (tmp_path / "run" / name).exists(), name
-    model, config, classes = load_run(tmp_path / "run")
-    assert not model.training and config["epochs"] == 3 and classes == list(range(10))
-    assert 0 < metrics["retrieval"]["precision_at_1"] <= 1 and metrics["n_eval"] == 450
-    with pytest.raises(ValueError, match="already holds a run"):
-        train_run(TrainConfig(**SMALL), tmp_path / "run", verbose=False)
-
-
-def test_load_run_rejects_missing_and_damaged(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError):
-        load_run(tmp_path / "nope")
-    train_run(TrainConfig(**{**SMALL, "epochs": 1}), tmp_path / "run", verbose=False)
-    (tmp_path / "run" / "model.pt").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="model.pt: not a readable metriclearn model"):
-        load_run(tmp_path / "run")
+def _blobs() -> tuple[np.ndarray, np.ndarray]:
+    """48 rows of 4 Gaussian classes in 6 dimensions (uneven class order: the rows are shuffled)."""
+    return make_blobs({c: 12 for c in range(4)}, dim=6, spread=3.0)
 
 
 def test_fit_and_embed_api_with_tuple_data() -> None:
@@ -122,6 +32,7 @@ def test_fit_and_embed_api_with_tuple_data() -> None:
     model.train()
     emb = trainer.embed(X)
     assert emb.dtype == np.float32 and emb.shape == (len(X), 4)
+    np.testing.assert_allclose(emb, model(torch.from_numpy(X)).detach().numpy(), rtol=1e-5, atol=1e-6)
     assert model.training  # embed ran in eval mode and restored the previous mode
     with pytest.raises(TypeError, match="train must be a LabeledData"):
         trainer.fit(X, epochs=1)
@@ -139,78 +50,6 @@ def test_nan_loss_stops_with_clear_error() -> None:
     trainer = Trainer(nn.Linear(6, 3), objective, batch_size=16, device="cpu", verbose=False)
     with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, step 1"):
         trainer.fit((X, y), epochs=1)
-
-
-def test_health_monitor_warns_on_exploding_gradients_and_logs_norms() -> None:
-    X, y = _blobs()
-    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
-    objective = Objective({"big": lambda_loss(lambda e, t: 1e6 * e.pow(2).mean())})
-    monitor = HealthMonitor(every=1, max_grad_norm=1.0)
-    trainer = Trainer(model, objective, batch_size=16, device="cpu", verbose=False, callbacks=[monitor])
-    with pytest.warns(RuntimeWarning, match="gradient norm .* exceeds 1"):
-        history = trainer.fit((X, y), epochs=1)
-    assert {"grad_norm", "weight_norm", "dead_relu"} <= set(history[0])
-    assert 0.0 <= history[0]["dead_relu"] <= 1.0 and history[0]["weight_norm"] > 0
-
-
-def test_health_monitor_first_batch_loss_check() -> None:
-    X, y = _blobs()
-    # an over-confident head: huge logits make the first softmax loss far above log K
-    head = nn.Linear(4, 4)
-    nn.init.constant_(head.weight, 0.0)
-    with torch.no_grad():
-        head.weight[0, 0] = 1e3
-    from metriclearn.training.objectives import HeadLoss
-
-    model = nn.Linear(6, 4)
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-    objective = Objective({"softmax": HeadLoss(head, nn.CrossEntropyLoss())})
-    trainer = Trainer(model, objective, batch_size=16, device="cpu", verbose=False, callbacks=[HealthMonitor()])
-    with pytest.warns(RuntimeWarning, match="first-batch softmax loss .* far above chance"):
-        trainer.fit((X, y), epochs=1)
-    observed, expected = trainer.initial_losses["softmax"]
-    assert expected == pytest.approx(math.log(4)) and observed > 2 * expected
-
-
-def test_health_monitor_quiet_for_sane_start() -> None:
-    X, y = _blobs()
-    objective = Objective({"softmax": __import__("metriclearn.training.objectives", fromlist=["x"]).build_loss(
-        "softmax", 4, 4)})
-    trainer = Trainer(nn.Linear(6, 4), objective, batch_size=16, device="cpu", verbose=False,
-                      callbacks=[HealthMonitor()])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        trainer.fit((X, y), epochs=1)
-    observed, expected = trainer.initial_losses["softmax"]
-    assert abs(observed - expected) / expected < 0.5
-
-
-def test_early_stopping_counts_and_stops() -> None:
-    stop = EarlyStopping("val_map_at_r", patience=2, mode="max")
-    trainer = types.SimpleNamespace(should_stop=False, log=lambda msg: None)
-    for epoch, value in enumerate([0.5, 0.6, 0.6, 0.59]):
-        stop.on_epoch_end(trainer, epoch, {"val_map_at_r": value})
-        assert trainer.should_stop == (epoch == 3)
-    assert stop.state_dict() == {"best": 0.6, "wait": 2}
-    fresh = EarlyStopping(patience=2)
-    fresh.load_state_dict(stop.state_dict())
-    assert fresh.wait == 2 and fresh.best == 0.6
-
-
-def test_early_stopping_in_a_run_and_plateau_scheduler(tmp_path) -> None:
-    cfg = TrainConfig(**{**SMALL, "epochs": 6, "lr": 1e-9, "patience": 1, "scheduler": "plateau", "monitor": "loss"})
-    metrics = train_run(cfg, tmp_path / "run", verbose=False)
-    assert metrics["epochs"] < 6  # the loss cannot improve with lr=1e-9 for long
-
-
-def test_checkpoints_load_weights_only_and_hold_full_state(tmp_path) -> None:
-    train_run(TrainConfig(**{**SMALL, "epochs": 1, "loss": ["neighborhood", "cache:0.5"]}), tmp_path / "r",
-              verbose=False)
-    state = torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)
-    assert {"model", "objective", "optimizer", "scheduler", "sampler", "rng", "epoch", "callbacks"} <= set(state)
-    assert set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
-    assert any("cache" in k for k in state["objective"])
 
 
 def test_resolve_device() -> None:
@@ -244,81 +83,6 @@ def test_overfit_batch_drives_loss_down() -> None:
     assert len(losses) == 100 and losses[-1] < 0.1 * losses[0]
 
 
-def test_tensorboard_logger_writes_events(tmp_path) -> None:
-    pytest.importorskip("tensorboard")
-    from metriclearn.training import TensorBoardLogger
-
-    X, y = _blobs()
-    logger = TensorBoardLogger(tmp_path / "tb")
-    trainer = Trainer(nn.Linear(6, 3), Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())}),
-                      batch_size=16, device="cpu", verbose=False, callbacks=[logger])
-    trainer.fit((X, y), epochs=1)
-    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
-
-
-def test_failing_on_fit_end_does_not_mask_the_training_error() -> None:
-    X, y = _blobs()
-
-    def broken(trainer: Trainer) -> None:
-        raise RuntimeError("cannot save")
-
-    objective = Objective({"bad": lambda_loss(lambda e, t: e.sum() * float("inf"))})
-    trainer = Trainer(nn.Linear(6, 3), objective, batch_size=16, device="cpu", verbose=False,
-                      callbacks=[LambdaCallback(on_fit_end=broken)])
-    with pytest.warns(RuntimeWarning, match="on_fit_end failed after a training error: cannot save"):
-        with pytest.raises(FloatingPointError, match="loss is inf"):
-            trainer.fit((X, y), epochs=1)
-
-
-def test_without_validation_split_metrics_use_the_training_data(tmp_path) -> None:
-    metrics = train_run(TrainConfig(**{**SMALL, "epochs": 1, "val_fraction": 0.0}), tmp_path / "r", verbose=False)
-    assert metrics["split"] == "train" and metrics["n_eval"] == 1797
-    rows = list(csv.DictReader(open(tmp_path / "r" / "log.csv")))
-    assert len(rows) == 1 and not any(k.startswith("val_") for k in rows[0])
-
-
-def test_health_monitor_measures_dead_relu_share() -> None:
-    X, y = _blobs()
-    hidden = nn.Linear(6, 8)
-    with torch.no_grad():
-        hidden.bias[:6] = -1e4  # 6 of 8 units can never fire
-        hidden.bias[6:] = 1e4  # 2 always fire
-    model = nn.Sequential(hidden, nn.ReLU(), nn.Linear(8, 4))
-    monitor = HealthMonitor(every=1)
-    objective = Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())})
-    trainer = Trainer(model, objective, lr=1e-6, batch_size=16, device="cpu", verbose=False, callbacks=[monitor])
-    history = trainer.fit((X, y), epochs=1)
-    assert history[0]["dead_relu"] == pytest.approx(6 / 8)
-
-
-def test_tensorboard_logger_calls_with_a_stand_in_writer(monkeypatch) -> None:
-    calls: list[tuple] = []
-
-    class Writer:
-        def __init__(self, log_dir, purge_step=None):
-            calls.append(("init", log_dir, purge_step))
-
-        def add_scalar(self, tag, value, step):
-            calls.append((tag, step))
-
-        def flush(self):
-            pass
-
-        def close(self):
-            calls.append(("close",))
-
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
-    from metriclearn.training import TensorBoardLogger
-
-    X, y = _blobs()
-    trainer = Trainer(nn.Linear(6, 3), Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())}),
-                      batch_size=16, device="cpu", verbose=False, callbacks=[TensorBoardLogger("tb")])
-    trainer.fit((X, y), (X, y), epochs=2)
-    assert calls[0] == ("init", "tb", None) and calls[-1] == ("close",)
-    assert ("batch/loss", 1) in calls and ("epoch/val_map_at_r", 2) in calls
-    assert sum(1 for c in calls if c[0] == "batch/loss") == trainer.global_step
-
-
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "none"])
 def test_per_batch_schedules(scheduler: str) -> None:
     X, y = _blobs()
@@ -335,3 +99,71 @@ def test_per_batch_schedules(scheduler: str) -> None:
         assert lrs[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * (steps - 1) / steps)))
     else:  # OneCycle ends at max_lr / div_factor / final_div_factor
         assert lrs[-1] == pytest.approx(0.1 / 25 / 1e4) and max(lrs) <= 0.1
+
+
+
+def test_trainer_defaults_are_the_config_defaults() -> None:
+    config = TrainConfig()
+    params = inspect.signature(Trainer).parameters
+    for name in ("lr", "weight_decay", "scheduler", "batch_size", "samples_per_class", "grad_clip", "amp", "device",
+                 "seed", "monitor", "optimizer"):
+        assert params[name].default == getattr(config, name), name
+    assert inspect.signature(Trainer.fit).parameters["epochs"].default == config.epochs
+
+
+def test_python_defaults_train_the_same_run_as_the_cli_defaults(tmp_path) -> None:
+    """``Trainer(model, build_objective(None, D, K))`` with no options == ``metriclearn train`` with none.
+
+    Both sides are given only what a run needs from outside (the device, and 2 epochs to stay fast).
+    """
+    from click.testing import CliRunner
+
+    from metriclearn.cli import cli
+    from metriclearn.data import load_data, train_val_split
+    from metriclearn.encoders import build_encoder
+    from metriclearn.training import seed_everything
+
+    result = CliRunner().invoke(cli, ["train", "--epochs", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    cli_weights = torch.load(tmp_path / "r" / "model.pt", weights_only=True)["state_dict"]
+
+    seed_everything(0)
+    data = load_data("digits")
+    train, val = train_val_split(data, 0.2, seed=0)
+    model = build_encoder("mlp", (64,))
+    trainer = Trainer(model, build_objective(None, 64, data.num_classes), device="cpu", verbose=False)
+    trainer.fit(train, val, epochs=2)
+    python_weights = model.state_dict()
+    assert cli_weights.keys() == python_weights.keys()
+    assert all(torch.equal(cli_weights[k], python_weights[k]) for k in cli_weights)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_every_optimizer_decays_weights_but_not_biases(name: str) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    objective = Objective({"pull": lambda_loss(lambda e, t: e.pow(2).mean())})
+    trainer = Trainer(model, objective, name, lr=0.1, weight_decay=0.5, device="cpu", verbose=False)
+    groups = trainer.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0]
+    assert {id(p) for p in groups[0]["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert len(groups[1]["params"]) == 4  # two biases, the LayerNorm weight and bias
+    assert all(g["lr"] == 0.1 for g in groups)
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_a_lone_last_sample_is_passed_over_and_the_schedule_still_ends(scheduler: str) -> None:
+    X, y = make_blobs({c: 11 for c in range(3)}, dim=6, spread=3.0)  # 33 = 2 · 16 + 1: epochs end with one
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
+    seen = []
+    losses = []
+    spy = LambdaCallback(on_batch_end=lambda t, b, logs: (seen.append(b), losses.append(logs["loss"])))
+    trainer = Trainer(model, build_objective(None, 4, 3), lr=0.1, scheduler=scheduler, batch_size=16,
+                      samples_per_class=4, device="cpu", verbose=False, callbacks=[spy])
+    trainer.fit((X, y), epochs=3)  # BatchNorm would raise on a batch of one in training mode
+    assert len(trainer.sampler) == 3 and seen == [0, 1] * 3 and trainer.global_step == 6
+    assert trainer.scheduler.last_epoch == 6  # the whole schedule, over the steps actually taken
+    assert [row["loss"] for row in trainer.history] == pytest.approx(
+        [(losses[i] + losses[i + 1]) / 2 for i in (0, 2, 4)])  # the epoch loss: mean over the 2 trained batches
+    last_used = trainer.history[-1]["lr"]  # the rate of the epoch's last step: the schedule's end
+    expected = 0.1 / 25 / 1e4 if scheduler == "onecycle" else 0.05 * (1 + math.cos(math.pi * 5 / 6))
+    assert last_used == pytest.approx(expected)

@@ -1,0 +1,72 @@
+"""Optimisers and learning-rate schedules by name: the one place their names and set-up live.
+
+Every optimiser gets the same parameter groups: weight decay on weight matrices and kernels
+(``p.dim() > 1``), none on biases, normalisation weights and other vectors (decaying those only
+shrinks the scale of the layers around them). Per-batch schedules (``onecycle``, ``cosine``) step
+after every optimiser step; ``plateau`` steps once per epoch on the monitored metric.
+
+Example
+-------
+>>> import torch
+>>> model = torch.nn.Linear(4, 2)
+>>> opt = build_optimizer("sgd", list(model.parameters()), lr=0.1, weight_decay=1e-4)
+>>> [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups]
+[(1, 0.0001), (1, 0.0)]
+>>> type(build_scheduler("cosine", opt, total_steps=10)).__name__
+'CosineAnnealingLR'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from metriclearn._checks import check_choice
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
+
+
+def parameter_groups(params: Sequence[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: ``params`` with more than one dimension decay by ``weight_decay``, the rest not at all."""
+    decay = [p for p in params if p.dim() > 1]
+    no_decay = [p for p in params if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
+    """``adamw`` (decoupled decay), ``adam`` (L2 decay) or ``sgd`` (Nesterov momentum 0.9) over ``params``.
+
+    The fused kernel is used where the installed torch has one (several times faster than the
+    per-tensor loop on CPU and CUDA).
+    """
+    check_choice(name, OPTIMIZERS, "optimizer")
+    groups = parameter_groups(list(params), weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    try:
+        return cls(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(groups, lr=lr)
+
+
+def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int, mode: str = "max") -> Any:
+    """The schedule ``name`` over ``total_steps`` optimiser steps (``None`` for ``"none"``).
+
+    ``onecycle`` peaks at each group's ``lr``; ``plateau`` halves the rate after 2 epochs without
+    improvement of a metric that should go ``mode`` (``"max"`` or ``"min"``).
+    """
+    check_choice(name, SCHEDULERS, "scheduler")
+    if name == "onecycle":
+        max_lr = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=2)
+    return None

@@ -1,0 +1,111 @@
+"""Resuming a run directory: the same command plus ``--resume`` continues a killed run exactly.
+
+The rule
+--------
+* Every checkpoint carries the run's configuration *as it started* (``metadata["config"]``).
+* :func:`resume_config` accepts settings equal to it — so re-running the very same command with
+  ``--resume`` works — and refuses, in one message, every setting that differs (naming the key and
+  both values) and every edit made to ``config.toml`` since the run started. Only :data:`RUNTIME_KEYS`
+  (where the run computes, not what it computes) may change.
+* :func:`run_state` tells a finished run (``model.pt`` is written last) from one that can continue.
+* :func:`clean_stale_temp_files` removes the temporary files a killed atomic write left behind.
+
+Example
+-------
+>>> import tempfile, pathlib
+>>> run_state(pathlib.Path(tempfile.mkdtemp()) / "new")
+'new'
+>>> differences({"epochs": 3, "lr": 0.1}, {"epochs": 9, "lr": 0.1})
+['epochs (3 in the run, 9 now)']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from metriclearn.training.config import TrainConfig
+from metriclearn.training.trainer import load_checkpoint
+
+RUNTIME_KEYS = ("device", "threads", "amp")
+_TEMP_DIRS = ("", "checkpoints", "report")
+
+
+def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
+    """Where the last full training state of a run lives."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def run_state(run_dir: str | os.PathLike[str]) -> str:
+    """``"new"`` (no run yet), ``"started"`` (configured, no checkpoint yet), ``"partial"`` or ``"finished"``."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model.pt").exists():
+        return "finished"
+    if checkpoint_path(run_dir).exists():
+        return "partial"
+    return "started" if (run_dir / "config.toml").exists() else "new"
+
+
+def started_config(run_dir: str | os.PathLike[str], checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The configuration the run started with: the checkpoint's copy, else ``config.toml`` (no checkpoint yet)."""
+    run_dir = Path(run_dir)
+    if checkpoint is None and checkpoint_path(run_dir).exists():
+        checkpoint = load_checkpoint(checkpoint_path(run_dir))
+    if checkpoint is not None:
+        saved = checkpoint.get("metadata", {}).get("config")
+        if not isinstance(saved, dict):
+            raise ValueError(f"{checkpoint_path(run_dir)}: the checkpoint does not record the run's configuration "
+                             f"(written by another metriclearn version); start a new run")
+        return TrainConfig.from_dict(saved).to_dict()
+    path = run_dir / "config.toml"
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory (no run to resume; start it without --resume)",
+                                str(path))
+    return TrainConfig.from_toml(path).to_dict()
+
+
+def differences(before: Mapping[str, Any], after: Mapping[str, Any], skip: Sequence[str] = ()) -> list[str]:
+    """``"key (old in the run, new now)"`` for every key whose value differs, in key order."""
+    keys = sorted((set(before) | set(after)) - set(skip))
+    return [f"{k} ({before.get(k)!r} in the run, {after.get(k)!r} now)" for k in keys if before.get(k) != after.get(k)]
+
+
+def resume_config(run_dir: str | os.PathLike[str], requested: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The configuration to continue ``run_dir`` with, given the settings the user passed again.
+
+    ``requested`` holds the keys given on the command line or in ``--config`` (all optional). Values
+    equal to the started run's are accepted; any difference outside :data:`RUNTIME_KEYS`, and any edit
+    of ``config.toml`` since the run started, raises ``ValueError`` naming each key and both values.
+    """
+    run_dir = Path(run_dir)
+    started = started_config(run_dir)
+    toml_path = run_dir / "config.toml"
+    if toml_path.exists() and checkpoint_path(run_dir).exists():
+        edits = differences(started, TrainConfig.from_toml(toml_path).to_dict())
+        if edits:
+            raise ValueError(f"{toml_path} was edited since the run started: {'; '.join(edits)}; "
+                             f"undo the edit to resume, or start a new run in another --out")
+    try:
+        config = TrainConfig.from_dict({**started, **dict(requested or {})})
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"--resume: {exc}") from None
+    changed = differences(started, config.to_dict(), skip=RUNTIME_KEYS)
+    if changed:
+        raise ValueError(f"--resume continues {run_dir} with the settings it started with, but these differ: "
+                         f"{'; '.join(changed)}; drop them, or start a new run in another --out")
+    return config
+
+
+def clean_stale_temp_files(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove the ``.NAME.XXXX.tmp`` files killed atomic writes left in the run's folders; return them."""
+    removed = []
+    for sub in _TEMP_DIRS:
+        folder = Path(run_dir) / sub
+        if folder.is_dir():
+            for path in folder.glob(".*.tmp"):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed

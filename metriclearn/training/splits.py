@@ -1,0 +1,63 @@
+"""Validation splits of a training set: held-out samples of every class, or whole held-out classes.
+
+``"samples"`` (:func:`metriclearn.data.train_val_split`) measures how well the embedding retrieves new
+samples of the classes it trains on. ``"classes"`` (:func:`class_disjoint_split`) holds out whole classes,
+the protocol of the metric-learning literature (Musgrave et al., "A Metric Learning Reality Check",
+ECCV 2020): validation metrics are then leave-one-out retrieval among classes the model never saw, so
+early stopping, ``best.pt`` and the plateau schedule select the model that generalises to new classes.
+
+Example
+-------
+>>> import numpy as np
+>>> from metriclearn.data import LabeledData
+>>> data = LabeledData(np.zeros((12, 2), np.float32), np.repeat(np.arange(6), 2), list("abcdef"), "toy")
+>>> train, val = class_disjoint_split(data, val_fraction=0.3, seed=0)
+>>> sorted(set(val.y.tolist())), len(set(train.y.tolist()) & set(val.y.tolist()))
+([3, 4], 0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from metriclearn._checks import check_choice, check_fraction
+
+VAL_SPLITS = ("samples", "classes")
+
+
+def class_disjoint_split(data: Any, val_fraction: float = 0.2, seed: int = 0) -> tuple[Any, Any]:
+    """Seeded split of a LabeledData into (train, val) with no class in both; each keeps the row order.
+
+    ``round(val_fraction · C)`` of the C classes (at least 1, and at most C − 2 so that training keeps
+    two classes) are drawn at random with ``seed`` among the classes that have at least two samples
+    (a held-out class needs a pair for leave-one-out retrieval); all their samples form ``val``.
+    ``val_fraction=0`` gives an empty ``val``.
+    """
+    val_fraction = check_fraction(val_fraction, "val_fraction")
+    present = np.unique(data.y)
+    if val_fraction == 0:
+        return data.subset(np.arange(len(data))), data.subset(np.zeros(0, np.int64))
+    if len(present) < 3:
+        raise ValueError(f"val_split='classes' needs at least 3 classes (2 to train on, 1 to hold out); "
+                         f"{getattr(data, 'source', 'the data')} has {len(present)}")
+    counts = np.bincount(data.y)[present]
+    candidates = present[counts >= 2]
+    n_val = int(min(max(round(val_fraction * len(present)), 1), len(present) - 2, len(candidates)))
+    if n_val == 0:
+        raise ValueError(f"val_split='classes': no class of {getattr(data, 'source', 'the data')} has 2 or more "
+                         f"samples to hold out for retrieval")
+    held_out = np.random.default_rng(seed).choice(candidates, size=n_val, replace=False)
+    in_val = np.isin(data.y, held_out)
+    return data.subset(np.flatnonzero(~in_val)), data.subset(np.flatnonzero(in_val))
+
+
+def split_for_validation(data: Any, how: str, val_fraction: float, seed: int) -> tuple[Any, Any]:
+    """``(train, val)`` by ``how`` (``"samples"`` or ``"classes"``); ``val`` may be empty."""
+    from metriclearn.data import train_val_split
+
+    check_choice(how, VAL_SPLITS, "val_split")
+    if how == "classes":
+        return class_disjoint_split(data, val_fraction, seed)
+    return train_val_split(data, val_fraction=val_fraction, seed=seed)
