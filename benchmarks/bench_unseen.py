@@ -236,7 +236,7 @@ def run_cli(split: str, seed: int, workdir: Path) -> dict[str, float]:
     cli = [sys.executable, "-m", "metriclearn"]
     subprocess.run([*cli, "train", "--data", str(workdir / f"{split}_train.npz"), "--epochs", str(EPOCHS),
                     "--batch-size", str(BATCH), "--val-fraction", "0", "--seed", str(seed), "--threads", "1",
-                    "--device", "cpu", "--quiet", "--out", str(run)], check=True)
+                    "--device", "cpu", "--quiet", "--overwrite", "--out", str(run)], check=True)
     out = subprocess.run([*cli, "evaluate", "--model", str(run), "--data", str(workdir / f"{split}_unseen_test.npz"),
                           "--json", "--quiet", "--device", "cpu"], check=True, capture_output=True, text=True)
     metrics = json.loads(out.stdout)
