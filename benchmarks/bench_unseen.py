@@ -25,8 +25,8 @@ as the model outputs it, as pytorch-metric-learning's ``AccuracyCalculator`` doe
 Class splits: ``even-odd`` (the issue's), ``low-high`` (0-4 / 5-9), two random 5/5 splits, and the control
 ``same-class`` (every digit trained, all test rows scored: ``bench_mnist.py``'s protocol).
 
-Contenders run interleaved per (split, seed), so machine load hits them alike. Results are cached in a JSON
-file (``--cache``; key = contender, split, seed), so a sweep re-run only trains what is new.
+Contenders run interleaved per (split, seed), so machine load hits them alike. ``--cache FILE.json`` keeps
+finished runs (key = contender, split, seed), so a re-run of a sweep only trains what is new.
 
 Run: ``python benchmarks/bench_unseen.py [--splits ...] [--seeds 0 1 2] [--sweep] [--diagnose] [--cli DIR]``
 (one thread; a training run takes ~2 CPU-seconds, except NTXentLoss's).
@@ -325,7 +325,8 @@ def main() -> None:
     parser.add_argument("--ntxent-splits", nargs="*", default=["even-odd"], metavar="SPLIT",
                         help="splits pml's NTXentLoss runs on (about 4 CPU-minutes per run: it builds a "
                         "positive-pairs x negatives matrix per batch)")
-    parser.add_argument("--cache", default="bench_unseen_cache.json", help="JSON cache of finished runs ('' = none)")
+    parser.add_argument("--cache", default="", metavar="FILE.json",
+                        help="JSON cache of finished runs: a re-run only trains what is not in it (default: none)")
     parser.add_argument("--json", help="also write the summary here")
     parser.add_argument("--diagnose", action="store_true",
                         help="also print how collapsed the embeddings are (effective rank, within/between spread)")
