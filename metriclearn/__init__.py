@@ -19,7 +19,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("classify", "data", "encoders", "indexes", "losses", "metrics", "reports", "training")
+_SUBMODULES = ("classify", "data", "encoders", "indexes", "losses", "metrics", "pretrained", "reports", "training")
 
 # public name -> the submodule that defines it (DESIGN.md's contract)
 _EXPORTS = {
@@ -34,6 +34,8 @@ _EXPORTS = {
     "EmbeddingIndex": "indexes",
     "KNNClassifier": "classify",
     "CacheClassifier": "classify",
+    "FeatureExtractor": "pretrained",
+    "SecondOpinion": "pretrained",
     "retrieval_metrics": "metrics",
     "separation_metrics": "metrics",
     "load_data": "data",

@@ -62,7 +62,7 @@ _COMMANDS = (
     ("evaluate", "evaluate"),
     ("index", "index"),
     ("classify", "classify"),
-    ("classify", "second_opinion"),
+    ("second_opinion", "second_opinion"),
     ("calibrate", "calibrate"),
     ("report", "report"),
 )

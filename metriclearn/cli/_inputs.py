@@ -158,13 +158,17 @@ def read_vectors(
 
 def check_same_model(index: Any, index_dir: os.PathLike[str] | str, vectors: Vectors) -> None:
     """Refuse vectors embedded by a model other than the one that built ``index`` (when both are known)."""
-    built_by = index.attrs.get("model_fingerprint")
-    if vectors.fingerprint is None or built_by is None or built_by == vectors.fingerprint:
+    if vectors.run is not None:
+        check_built_by(index.attrs.get("model_fingerprint"), index_dir, vectors.run)
+
+
+def check_built_by(built_by: str | None, index_dir: os.PathLike[str] | str, run: Any) -> None:
+    """Refuse an index whose recorded model fingerprint ``built_by`` is not ``run``'s (``None``: not known)."""
+    if built_by is None or built_by == run.fingerprint:
         return
-    model = vectors.run.path
     raise ValueError(
-        f"the index {index_dir} was built by another model (fingerprint {built_by[:12]}…) than {model} "
-        f"({vectors.fingerprint[:12]}…); rebuild it with `index build --model {model}` or use the model that built it"
+        f"the index {index_dir} was built by another model (fingerprint {built_by[:12]}…) than {run.path} "
+        f"({run.fingerprint[:12]}…); rebuild it with `index build --model {run.path}` or use the model that built it"
     )
 
 

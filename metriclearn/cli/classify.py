@@ -1,4 +1,4 @@
-"""``metriclearn classify`` and ``metriclearn second-opinion``: classifiers over a labelled index directory.
+"""``metriclearn classify``: classifiers over a labelled index directory (``second-opinion``: cli/second_opinion.py).
 
 ``classify --out`` writes, by the file's extension:
 
@@ -11,9 +11,6 @@ ones and the classifier's parameters are the calibrated ones; ``--sets FILE.npy`
 prediction sets ((n, K) bool, columns in the order of the sorted distinct labels) and ``--reject`` replaces
 predictions whose acceptance score is below the calibrated threshold by ``-1`` (``.npy`` of integer labels)
 or ``unknown`` (csv / json, and ``.npy`` of string labels).
-
-``second-opinion --out FILE.npy`` writes the blended probabilities (n, K) float32, columns in the order of
-the index's sorted distinct labels (the order ``--probs`` must use too).
 """
 
 from __future__ import annotations
@@ -31,11 +28,9 @@ from metriclearn.cli._inputs import (
     check_k,
     check_same_model,
     check_source,
-    load_probabilities,
     read_vectors,
     vector_options,
 )
-from metriclearn.classify.cache import LAM_GRID, THETA_GRID
 
 OUTPUT_FORMATS = (".npy", ".csv", ".json")
 DEFAULT_K = 10
@@ -200,60 +195,6 @@ def _calibrated_model(index: Any, index_dir: Path, method: str, calibration: dic
         return classifier.restore_calibration(calibration)
     except ValueError as exc:
         raise ValueError(f"index {str(index_dir)!r}: its stored calibration does not fit it ({exc})") from None
-
-
-@click.command("second-opinion")
-@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help=_INDEX_HELP)
-@click.option("--features", required=True, type=click.Path(path_type=Path), help="Features (n, d) .npy.")
-@click.option("--probs", required=True, type=click.Path(path_type=Path), help="The model's probabilities (n, K) .npy.")
-@click.option("--theta", type=float, default=None, help=f"Inverse temperature θ (default {DEFAULT_THETA:g}).")
-@click.option("--lam", type=float, default=None, help=f"Weight λ of the cache (default {DEFAULT_LAM:g}).")
-@click.option(
-    "--tune",
-    nargs=3,
-    type=click.Path(path_type=Path),
-    default=None,
-    metavar="FEATURES_VAL.npy PROBS_VAL.npy LABELS_VAL.npy",
-    help="Choose θ and λ on held-out data (not the index's own vectors) instead of --theta/--lam.",
-)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Blended probabilities (n, K) .npy.")
-@_device_option
-def second_opinion(
-    index_dir: Path,
-    features: Path,
-    probs: Path,
-    theta: float | None,
-    lam: float | None,
-    tune: tuple[Path, Path, Path] | None,
-    out: Path,
-    device: str,
-) -> None:
-    """Blend a model's probabilities with the cache's: (1 − λ)·p_model + λ·p_cache (Orhan 2018).
-
-    The cache is the labelled index; --probs columns follow its sorted distinct labels.
-    """
-    _check_output(out, (".npy",))
-    if tune and (theta is not None or lam is not None):
-        raise click.UsageError("--tune chooses θ and λ itself: give either --tune or --theta/--lam, not both")
-    from metriclearn.classify import CacheClassifier
-    from metriclearn.data import load_labels
-
-    index = _load_index(index_dir, device)
-    x = _load_features(features, "features", index.dim)
-    p = load_probabilities(probs, "--probs", len(x), len(np.unique(index.labels)))
-    theta = DEFAULT_THETA if theta is None else theta
-    cache = CacheClassifier.from_index(index, theta=theta, lam=DEFAULT_LAM if lam is None else lam, device=device)
-    if tune:
-        x_val = _load_features(tune[0], "validation features", index.dim)
-        p_val = load_probabilities(tune[1], "--tune PROBS_VAL", len(x_val), len(np.unique(index.labels)))
-        y_val = load_labels(tune[2], n=len(x_val))
-        cache.tune(x_val, p_val, y_val, THETA_GRID, LAM_GRID)
-        best = cache.tuning_["accuracy"].max()
-        click.echo(f"tuned on {len(x_val)} held-out rows: theta={cache.theta_:g}, lam={cache.lam_:g} "
-                   f"(validation accuracy {best:.4f})")
-    blended = cache.second_opinion(x, p)
-    save_npy(out, blended.astype(np.float32))
-    click.echo(f"second opinion (theta={cache.theta_:g}, lam={cache.lam_:g}): {len(x)} rows written to {out}")
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -79,6 +79,11 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     run = load_run(model_dir)
     sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
     loaded = [load_data(s, classes=run.classes, unseen="append") for s in sources]
+    if index_dir is not None:  # calibrated on another model's embeddings, it would measure nothing: refuse early
+        from metriclearn.cli._inputs import check_built_by
+        from metriclearn.indexes import describe
+
+        check_built_by(describe(index_dir)["model_fingerprint"], index_dir, run)
     if reference is None and not (np.bincount(loaded[0].y) > 1).any():
         raise ValueError(f"{data}: no class has two or more rows, so leave-one-out retrieval measures nothing; "
                          "add rows or give --reference PATH")

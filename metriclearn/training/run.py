@@ -5,8 +5,9 @@ A run directory holds::
     config.toml        the resolved configuration (re-read by --resume)
     classes.json       label values in code order (code i means classes[i])
     model.pt           {"format_version", "encoder", "input_shape", "embedding_dim", "normalize",
-                        "encoder_options", "state_dict"}; a frozen sentence transformer is not in
-                        the state_dict (only the head): it is re-read from the model folder the spec names
+                        "encoder_options", "state_dict"} and, for softmax/complement runs, "head" (the
+                        classification head's weights); a frozen sentence transformer is not in the
+                        state_dict (only its projection head): it is re-read from the model folder the spec names
     metrics.json       held-out retrieval + separation metrics
     log.csv            one row per epoch
     checkpoints/       last.pt and best.pt: full training state for --resume
@@ -185,7 +186,8 @@ def train_run(
 
             write_report(held_out_emb, held_out.y, out / "report", classes=list(data.classes),
                          config=config.to_dict())
-        save_model(out / "model.pt", model, config, input_shape)  # last: its presence marks a finished run
+        save_model(out / "model.pt", model, config, input_shape,  # last: its presence marks a finished run
+                   head=classification_head(trainer.objective))
     return metrics
 
 
@@ -273,8 +275,26 @@ class _MovieSnapshots(Callback):
             self.movie.save(self.out_dir)
 
 
-def save_model(path: str | os.PathLike[str], model: nn.Module, config: TrainConfig, input_shape: Sequence[int]) -> None:
-    """Write ``model.pt``: the encoder spec, input shape, embedding size and the weights (CPU tensors)."""
+def classification_head(objective: nn.Module) -> nn.Module | None:
+    """The ``nn.Linear`` head that the ``softmax``/``complement`` terms of an objective share, if any."""
+    from metriclearn.training.objectives import HeadLoss
+
+    return next((term.head for term in getattr(objective, "terms", {}).values() if isinstance(term, HeadLoss)), None)
+
+
+def save_model(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    config: TrainConfig,
+    input_shape: Sequence[int],
+    head: nn.Module | None = None,
+) -> None:
+    """Write ``model.pt``: the encoder spec, input shape, embedding size and the weights (CPU tensors).
+
+    ``head``: the classification head of a ``softmax``/``complement`` run, saved as ``"head"`` (its
+    state_dict: ``weight`` (K, D), ``bias`` (K,)), so the run can be used as a classifier
+    (:func:`metriclearn.pretrained.load_model`).
+    """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format_version": MODEL_FORMAT_VERSION,
@@ -285,6 +305,8 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, config: TrainConf
         "encoder_options": dict(config.encoder_options),
         "state_dict": state,
     }
+    if head is not None:
+        payload["head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     save_with(path, lambda f: torch.save(payload, f))
 
 

@@ -185,3 +185,24 @@ def test_a_damaged_run_names_the_file(root: Path, tmp_path: Path) -> None:
         (run / name).write_text(content)
         result = invoke("embed", "--model", run, "--data", root / "raw.npy", "--out", tmp_path / "e.npy")
         assert result.exit_code == 1 and str(run / name) in result.output and message in result.output
+
+
+def test_evaluate_refuses_a_calibrated_index_of_another_model(root: Path, tmp_path: Path) -> None:
+    idx = tmp_path / "idx"
+    assert invoke("index", "build", "--model", root / "run", "--data", root / "reference.npz", "--out", idx,
+                  "--metric", "l2").exit_code == 0
+    embedded = load_run(root / "run").embed(root / "new.npz")
+    rows = np.isin(embedded.label_values(), ["cat", "emu", "fox"])  # the indexed classes
+    np.save(tmp_path / "f.npy", embedded.embeddings[rows])
+    np.save(tmp_path / "l.npy", embedded.label_values()[rows])
+    result = invoke("calibrate", "--index", idx, "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.npy",
+                    "--method", "knn", "--k", 3)
+    assert result.exit_code == 0, result.output
+    assert EmbeddingIndex.load(idx).attrs["model_fingerprint"] == model_fingerprint(load_run(root / "run").model)
+    ok = invoke("evaluate", "--model", root / "run", "--data", root / "new.npz", "--index", idx,
+                "--out", tmp_path / "m.json")
+    assert ok.exit_code == 0, ok.output
+    bad = invoke("evaluate", "--model", root / "other", "--data", root / "new.npz", "--index", idx,
+                 "--out", tmp_path / "m2.json")
+    assert bad.exit_code == 1 and f"the index {idx} was built by another model" in bad.output
+    assert not (tmp_path / "m2.json").exists()

@@ -1,0 +1,210 @@
+"""``metriclearn second-opinion``: blend a model's probabilities with a cache of labelled features (Orhan 2018).
+
+Two forms:
+
+- ``--index DIR --features FILE.npy --probs FILE.npy``: features and probabilities the user already has; the
+  cache is a labelled index directory; ``--probs`` columns follow the index's sorted distinct labels.
+- ``--model MODEL --cache PATH --data PATH``: MODEL is a metriclearn run directory with a classification head,
+  a Hugging Face model directory (text ``.jsonl`` data) or a TorchScript file (array data: ``.npz``, ``.csv``,
+  or ``.npy`` without labels for ``--data``); the model's own features (``--layer``, default: chosen by
+  ``--tune-data``, else the classifier's input) make the cache. ``--cache`` may also be a directory written
+  by ``--save`` (refused for another model). ``--out`` columns follow the model's classes.
+
+``--out FILE.npy`` holds the blended probabilities (n, K) float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from metriclearn._atomic import atomic_open, save_npy
+from metriclearn.classify.cache import LAM_GRID, THETA_GRID
+from metriclearn.cli._inputs import load_probabilities
+from metriclearn.cli.classify import DEFAULT_LAM, DEFAULT_THETA, _check_output, _device_option, _load_features, _load_index
+
+_MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
+_FEATURES_ONLY = ("index_dir", "features", "probs", "tune")
+
+
+@click.command("second-opinion")
+@click.option("--index", "index_dir", type=click.Path(path_type=Path),
+              help="Features form: labelled index directory (the cache).")
+@click.option("--features", type=click.Path(path_type=Path), help="Features form: features (n, d) .npy.")
+@click.option("--probs", type=click.Path(path_type=Path), help="Features form: the model's probabilities (n, K) .npy.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="Model form: a metriclearn run directory with a classification head, a Hugging Face model "
+                   "directory or a TorchScript file.")
+@click.option("--cache", type=click.Path(path_type=Path),
+              help="Model form: labelled data for the cache (.jsonl / .npz / .csv), or a directory written by --save.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Model form: the inputs to classify (.jsonl / .npz / .csv, or .npy without labels).")
+@click.option("--layer", "layers", multiple=True, metavar="NAME",
+              help="Model form: layer(s) whose features make the cache (module names; NAME:input for a module's "
+                   "input). Default: chosen by --tune-data, else the input of the last nn.Linear.")
+@click.option("--theta", type=float, default=None, help=f"Inverse temperature θ (default {DEFAULT_THETA:g}).")
+@click.option("--lam", type=float, default=None, help=f"Weight λ of the cache (default {DEFAULT_LAM:g}).")
+@click.option("--tune", nargs=3, type=click.Path(path_type=Path), default=None,
+              metavar="FEATURES_VAL.npy PROBS_VAL.npy LABELS_VAL.npy",
+              help="Features form: choose θ and λ on held-out data (not the index's own vectors).")
+@click.option("--tune-data", type=click.Path(path_type=Path), default=None,
+              help="Model form: labelled held-out data to choose θ, λ (and the layer when no --layer) on.")
+@click.option("--audit", type=click.Path(path_type=Path), default=None,
+              help="Model form: write the rows whose decision the blend changed, with evidence, as .jsonl.")
+@click.option("--save", type=click.Path(path_type=Path), default=None,
+              help="Model form: save the cache (an index directory with θ, λ, layers and the model's fingerprint).")
+@click.option("--overwrite", is_flag=True, help="Replace what an earlier --save wrote there.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Model form: inputs per forward pass.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Blended probabilities (n, K) .npy.")
+@_device_option
+def second_opinion(out: Path, **opts: Any) -> None:
+    """Blend a model's probabilities with the cache's: (1 − λ)·p_model + λ·p_cache (Orhan 2018).
+
+    Give either --index/--features/--probs (features you already have) or --model/--cache/--data.
+    """
+    _check_output(out, (".npy",))
+    if opts["tune"] and (opts["theta"] is not None or opts["lam"] is not None):
+        raise click.UsageError("--tune chooses θ and λ itself: give either --tune or --theta/--lam, not both")
+    if opts["model_path"] is not None:
+        _refuse(opts, _FEATURES_ONLY, "--model")
+        for name in ("cache", "data"):
+            if opts[name] is None:
+                raise click.UsageError(f"--model needs --{name}")
+        _from_model(out, opts)
+    elif opts["index_dir"] is not None:
+        _refuse(opts, _MODEL_ONLY, "--index")
+        for name in ("features", "probs"):
+            if opts[name] is None:
+                raise click.UsageError(f"--index needs --{name}")
+        _from_features(out, opts)
+    else:
+        raise click.UsageError("give --index DIR --features F --probs P, or --model MODEL --cache PATH --data PATH")
+
+
+def _refuse(opts: dict[str, Any], names: tuple[str, ...], form: str) -> None:
+    given = [n for n in names if opts[n] not in (None, (), False)]
+    if given:
+        flag = {"index_dir": "index", "layers": "layer"}.get(given[0], given[0]).replace("_", "-")
+        raise click.UsageError(f"--{flag} does not go with {form}")
+
+
+# ---------------------------------------------------------------------------------------------- features form
+def _from_features(out: Path, opts: dict[str, Any]) -> None:
+    from metriclearn.classify import CacheClassifier
+    from metriclearn.data import load_labels
+
+    index = _load_index(opts["index_dir"], opts["device"])
+    x = _load_features(opts["features"], "features", index.dim)
+    num_classes = len(np.unique(index.labels))
+    p = load_probabilities(opts["probs"], "--probs", len(x), num_classes)
+    theta = DEFAULT_THETA if opts["theta"] is None else opts["theta"]
+    lam = DEFAULT_LAM if opts["lam"] is None else opts["lam"]
+    cache = CacheClassifier.from_index(index, theta=theta, lam=lam, device=opts["device"])
+    tune = opts["tune"]
+    if tune:
+        x_val = _load_features(tune[0], "validation features", index.dim)
+        p_val = load_probabilities(tune[1], "--tune PROBS_VAL", len(x_val), num_classes)
+        y_val = load_labels(tune[2], n=len(x_val))
+        cache.tune(x_val, p_val, y_val, THETA_GRID, LAM_GRID)
+        best = cache.tuning_["accuracy"].max()
+        click.echo(f"tuned on {len(x_val)} held-out rows: theta={cache.theta_:g}, lam={cache.lam_:g} "
+                   f"(validation accuracy {best:.4f})")
+    blended = cache.second_opinion(x, p)
+    save_npy(out, blended.astype(np.float32))
+    click.echo(f"second opinion (theta={cache.theta_:g}, lam={cache.lam_:g}): {len(x)} rows written to {out}")
+
+
+# ---------------------------------------------------------------------------------------------- model form
+def _from_model(out: Path, opts: dict[str, Any]) -> None:
+    from metriclearn._device import resolve_device
+    from metriclearn.pretrained import SecondOpinion
+    from metriclearn.pretrained.loading import load_model
+
+    if opts["audit"] is not None and Path(opts["audit"]).suffix.lower() != ".jsonl":
+        raise click.BadParameter(f"{str(opts['audit'])!r} must end in .jsonl", param_hint="--audit")
+    loaded = load_model(opts["model_path"])
+    device = str(resolve_device(opts["device"]))
+    loaded.model.to(device)
+    options = {"tokenizer": loaded.tokenizer, "batch_size": opts["batch_size"], "device": device}
+    layers = list(opts["layers"]) or None
+    if opts["cache"].is_dir():
+        if layers is not None:
+            raise click.UsageError("--layer does not go with a saved --cache directory (its layers are fixed)")
+        opinion = SecondOpinion.load(opts["cache"], loaded.model, theta=opts["theta"], lam=opts["lam"], **options)
+    else:
+        x_cache, y_cache = read_inputs(opts["cache"], loaded, "--cache", labels="required")
+        opinion = SecondOpinion(loaded.model, layers, opts["theta"], opts["lam"], classes=loaded.classes, **options)
+        opinion.fit(x_cache, y_cache)
+    if opts["tune_data"] is not None:
+        x_val, y_val = read_inputs(opts["tune_data"], loaded, "--tune-data", labels="required")
+        opinion.tune(x_val, y_val)
+        scores = opinion.tuning_["layers"]
+        click.echo(f"tuned on {len(y_val)} held-out rows: layer {opinion.tuning_['chosen']} "
+                   f"(validation accuracy {scores[opinion.tuning_['chosen']]['accuracy']:.4f}; model alone "
+                   f"{opinion.tuning_['model_accuracy']:.4f}; candidates: "
+                   + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in scores.items()) + ")")
+    x, y = read_inputs(opts["data"], loaded, "--data", labels="optional")
+    opinions = opinion.opinions(x)
+    p_model, _, p_blend, _ = opinions
+    save_npy(out, p_blend.astype(np.float32))
+    click.echo(f"second opinion: layer {', '.join(opinion.layers_)}, theta={opinion.theta_:g}, "
+               f"lam={opinion.lam_:g}; {len(p_blend)} rows x {p_blend.shape[1]} classes written to {out}")
+    if y is not None:
+        from metriclearn.pretrained.second_opinion import align_labels
+
+        codes = align_labels(y, opinion.classes_, p_model.shape[1], f"--data {opts['data']}")
+        acc_model = float(np.mean(p_model.argmax(1) == codes))
+        acc_blend = float(np.mean(p_blend.argmax(1) == codes))
+        click.echo(f"accuracy on {len(codes)} labelled rows: model {acc_model:.4f}, second opinion {acc_blend:.4f} "
+                   f"({100 * (acc_blend - acc_model):+.2f} points)")
+    if opts["audit"] is not None:
+        rows = opinion.audit_opinions(opinions, y)
+        with atomic_open(opts["audit"], "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(row, ensure_ascii=False, default=_plain) + "\n" for row in rows)
+        outcomes = {k: sum(r.get("outcome") == k for r in rows) for k in ("fixed", "broke")}
+        extra = f" (fixed {outcomes['fixed']}, broke {outcomes['broke']})" if y is not None else ""
+        click.echo(f"audit: {len(rows)} changed decisions{extra} written to {opts['audit']}")
+    if opts["save"] is not None:
+        from metriclearn._outdir import claim_output_dir
+
+        with claim_output_dir(opts["save"], "index", overwrite=opts["overwrite"], legacy=("index.json",)):
+            opinion.save(opts["save"])
+        click.echo(f"cache saved to {opts['save']} (load it again with --cache {opts['save']})")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, list[Any] | None]:
+    """``(inputs, label values or None)`` of a data file for ``loaded``'s kind of input; ``labels="required"``
+    refuses a file without labels."""
+    from metriclearn.data import load_data
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if loaded.text and suffix != ".jsonl":
+        raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads texts, give a .jsonl file "
+                         f"(one {{\"text\": ..., \"label\": ...}} per line)")
+    if not loaded.text and suffix == ".jsonl":
+        raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads arrays (.npz, .csv or .npy), "
+                         "not texts")
+    data = load_data(path, require_labels=False)
+    if labels == "required" and not data.is_labeled:
+        raise ValueError(f"{flag} {str(path)!r} holds no labels; the cache and tuning data need them "
+                         "(.npz with X and y, .csv with a label column, .jsonl with a label per line)")
+    values = None if not data.is_labeled else data.label_values().tolist()
+    return (data.X if data.is_text else _check_shape(data.X, loaded, flag, path)), values
+
+
+def _check_shape(x: np.ndarray, loaded: Any, flag: str, path: Path) -> np.ndarray:
+    width = math.prod(loaded.input_shape) if loaded.input_shape else None
+    if width is not None and math.prod(x.shape[1:]) != width:
+        raise ValueError(f"{flag} {str(path)!r}: samples have shape {x.shape[1:]} but the model expects "
+                         f"{loaded.input_shape}")
+    return x
