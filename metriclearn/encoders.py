@@ -160,7 +160,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_width(x, self.in_features, "MLP")
-        return _maybe_normalize(self.head(self.layers(x.reshape(x.shape[0], -1))), self.normalize)  # (N, out)
+        return _maybe_normalize(self.head(self.layers(x.flatten(1))), self.normalize)  # (N, out)
 
     def extra_repr(self) -> str:
         return f"normalize={self.normalize}"

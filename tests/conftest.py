@@ -79,3 +79,23 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory):
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _torchrun(*args: str, nproc: int = 2, timeout: float = 300):
+    """``torchrun --standalone --nproc_per_node=nproc $(command -v metriclearn) ARGS`` (gloo, 1 thread each)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("metriclearn")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(script), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """Run the real CLI under torchrun on 2 CPU processes (distributed tests)."""
+    return _torchrun

@@ -148,6 +148,18 @@ def _cache_block(
     queries: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor, num_classes: int, theta: float, key_block: int
 ) -> torch.Tensor:
     """:func:`cache_probabilities` for one block of queries (b, d) against every key: (b, K) float64."""
+    acc, _ = _cache_block_sums(queries, keys, key_labels, num_classes, theta, key_block)
+    return (acc / acc.sum(dim=0)).T  # (b, K)
+
+
+def _cache_block_sums(
+    queries: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor, num_classes: int, theta: float, key_block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums ``acc`` (K, b) float64 of ``2^(θ·log2(e)·q·k − shift)`` and the shift (b,) (base 2).
+
+    ``acc[y] · 2^shift = Σ_{i: y_i = y} exp(θ·q·k_i)``: with the shifts, sums over disjoint key sets (shards)
+    combine exactly (:mod:`metriclearn.classify.sharded_cache`).
+    """
     device = queries.device
     scaled = queries * (theta * _LOG2E)  # (b, d): base-2 logits come out of the GEMM
     b = scaled.shape[0]
@@ -173,7 +185,7 @@ def _cache_block(
             acc.add_(partial)
             partial.zero_()
     acc.add_(partial)
-    return (acc / acc.sum(dim=0)).T  # (b, K)
+    return acc, shift
 
 
 def topk_cache_probabilities(

@@ -7,6 +7,7 @@ is printed as one line ``Error: ...``; ``metriclearn --debug COMMAND`` shows the
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -53,6 +54,10 @@ class MetricLearnGroup(click.Group):
 def cli(debug: bool, quiet: bool) -> None:
     """metriclearn: learn embeddings where same-class points are neighbours, then use them."""
     set_quiet(quiet)
+    if "WORLD_SIZE" in os.environ:  # started by torchrun: join the process group (docs/SCALING.md)
+        from metriclearn.training.distributed import init_from_env
+
+        init_from_env()
 
 
 # (module, attribute) of every command; each module owns one command group of DESIGN.md.

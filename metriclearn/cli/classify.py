@@ -113,7 +113,9 @@ def classify(
         classifier = _calibrated_model(index, index_dir, method, calibration, device)
     else:
         classifier = _model(index, method, k, theta, weights, device)
-    proba = classifier.predict_proba(q)
+    proba = classifier.predict_proba(q)  # collective on a sharded index under torchrun
+    if not _is_main_process():  # rank 0 writes and prints
+        return
     if reject:
         if calibration["rejection"] is None:
             raise ValueError(
@@ -146,6 +148,12 @@ def _model(index: Any, method: str, k: int | None, theta: float | None, weights:
         k = k if k is not None else min(DEFAULT_K, len(index))
         return KNNClassifier.from_index(index, n_neighbors=k, weights=weights or "distance")
     theta = DEFAULT_THETA if theta is None else theta
+    if hasattr(index, "shards"):  # sharded: per-shard sums combined exactly, rank r holds shard r (docs/SCALING.md)
+        from metriclearn.classify.sharded_cache import ShardedCache
+
+        if k is not None:
+            raise click.UsageError("--k (top-k cache) needs an unsharded index; a sharded one runs the exact cache")
+        return ShardedCache(index, theta=theta, device=device)
     return CacheClassifier.from_index(index, theta=theta, top_k=k, device=device)
 
 
@@ -195,6 +203,13 @@ def _calibrated_model(index: Any, index_dir: Path, method: str, calibration: dic
         return classifier.restore_calibration(calibration)
     except ValueError as exc:
         raise ValueError(f"index {str(index_dir)!r}: its stored calibration does not fit it ({exc})") from None
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (which writes and prints), or a plain single process."""
+    from metriclearn.training.distributed import is_main_process
+
+    return is_main_process()
 
 
 # ---------------------------------------------------------------------------------------------- helpers

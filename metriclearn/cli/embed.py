@@ -34,6 +34,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_siz
     from metriclearn._atomic import save_npy
     from metriclearn.data import load_data
     from metriclearn.training import load_run
+    from metriclearn.training.distributed import is_main_process
 
     for flag, path in (("--out", out), ("--labels-out", labels_out)):
         if path is not None and not path.endswith(".npy"):
@@ -43,6 +44,8 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_siz
     if labels_out and not inputs.is_labeled:  # say so before the (long) embedding
         raise ValueError(f"{data} has no labels to write to --labels-out {labels_out}")
     embedded = run.embed(inputs, batch_size=batch_size, device=device, layer=layer)
+    if not is_main_process():  # under torchrun every rank embedded a shard; rank 0 writes
+        return
     save_npy(out, embedded.embeddings)
     n, d = embedded.embeddings.shape
     click.echo(f"wrote {out}: {n} x {d} float32")

@@ -42,6 +42,9 @@ def index() -> None:
 @click.option("--nlist", type=int, help="Inverted lists for ivf/pq (default ≈ 4·√n).")
 @click.option("--nprobe", type=int, help="Lists scanned per query for ivf/pq (default max(8, √nlist)).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the index into N shards with global ids (searched shard by shard, or rank r "
+              "holds shard r under torchrun).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Index directory: new, empty, or an index this tool wrote (with --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace the index already in --out.")
@@ -67,6 +70,7 @@ def build(
     nlist: int | None,
     nprobe: int | None,
     device: str,
+    shards: int,
     out: Path,
     overwrite: bool,
     quiet: bool,
@@ -84,18 +88,29 @@ def build(
 
     if target_recall is None and tune_queries is not None:
         raise click.UsageError("--tune-queries goes with --target-recall R")
+    if target_recall is not None and shards > 1:
+        raise click.UsageError("--target-recall tunes one index; build it without --shards")
 
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
-                           labels_flag="--labels", device=device)
-    idx = EmbeddingIndex(vectors.x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
-    idx.add(vectors.x, labels=vectors.labels)
+                           labels_flag="--labels", device=device)  # under torchrun: each rank embeds a shard
+    if not _is_main_process():  # under torchrun rank 0 builds and writes
+        return
+    if shards > 1:
+        from metriclearn.indexes.sharded import ShardedIndex
+
+        idx: Any = ShardedIndex.build(vectors.x, labels=vectors.labels, num_shards=shards, metric=metric, kind=kind,
+                                      device=device, nlist=nlist, nprobe=nprobe)
+    else:
+        idx = EmbeddingIndex(vectors.x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
+        idx.add(vectors.x, labels=vectors.labels)
     if target_recall is not None:
         _tune(idx, vectors.x, target_recall, tune_k, tune_queries)
     if vectors.fingerprint is not None:
         idx.attrs["model_fingerprint"] = vectors.fingerprint
     with claim_output_dir(out, "index", overwrite=overwrite, legacy=("index.json",)):
         idx.save(out)
-    click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}) -> {out}")
+    sharding = f", {shards} shards" if shards > 1 else ""
+    click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}{sharding}) -> {out}")
 
 
 @index.command("query")
@@ -120,7 +135,9 @@ def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | 
     k = check_k(k, idx, index_dir)
     vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", device=device)
     check_same_model(idx, index_dir, vectors)
-    D, I = idx.search(check_dim(vectors, idx, index_dir), k)
+    D, I = idx.search(check_dim(vectors, idx, index_dir), k)  # collective on a sharded index under torchrun
+    if not _is_main_process():  # rank 0 prints and writes
+        return
     result = _result(idx, D, I)
     if out is not None:
         write_text(out, json.dumps(result) + "\n")
@@ -130,6 +147,13 @@ def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | 
         click.echo(f"wrote {I.shape[0]} x {k} neighbours -> {out}")
     else:
         click.echo(_table(result))
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (which writes and prints), or a plain single process."""
+    from metriclearn.training.distributed import is_main_process
+
+    return is_main_process()
 
 
 def _tune(idx: Any, x: np.ndarray, target_recall: float, k: int, queries_path: Path | None) -> None:

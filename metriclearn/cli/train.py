@@ -140,6 +140,8 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
         return
     run_dir = Path(out) if out else _new_run_dir(Path("runs"))
     metrics = train_run(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
+    if not metrics:  # another rank than 0 under torchrun: rank 0 reports
+        return
     click.echo(f"run: {run_dir}")
     click.echo(format_metrics(metrics))
 

@@ -107,6 +107,10 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``attrs``: ``tuning`` (measured recall@k and speed, see :meth:`EmbeddingIndex.tune`),
     ``calibration`` and ``model_fingerprint`` (``None`` when absent), ``attrs`` (every key).
     """
+    from metriclearn.indexes import sharded
+
+    if sharded.is_sharded(path):  # the sidecar of a sharded directory, plus its first shard's parameters
+        return sharded.describe(path)
     manifest = _storage.read_directory(path, FORMAT, FORMAT_VERSION)
     attrs = manifest.get("attrs") or {}
     return {

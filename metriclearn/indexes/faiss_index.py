@@ -357,5 +357,12 @@ class EmbeddingIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto") -> EmbeddingIndex:
-        """Read an index saved by :meth:`save`, after checking every file against its checksum."""
+        """Read an index saved by :meth:`save`, after checking every file against its checksum.
+
+        A sharded directory (``index build --shards N``) gives a :class:`~metriclearn.indexes.sharded.ShardedIndex`.
+        """
+        from metriclearn.indexes import sharded  # the sharded format (it builds on this class)
+
+        if sharded.is_sharded(path):
+            return sharded.ShardedIndex.load(path, device=device)  # type: ignore[return-value]
         return _persist.load(cls, path, device)

@@ -12,7 +12,16 @@ gradients are already the full, identical ones. PCGrad takes per-task gradients 
 ``no_sync()`` and averages each task gradient over the ranks (:func:`all_reduce_mean`) before the
 projections, which need the global task gradients.
 
-Run with ``torchrun --nproc_per_node=N -m metriclearn.cli train ...``; only rank 0 writes files.
+Shards may differ in size (the last batch of an epoch rarely divides by the world size, and may leave
+a rank nothing): :func:`gather_batch` exchanges the sizes, pads, gathers and trims. Batch norms become
+global (:class:`GlobalBatchNorm`), so a step normalises the whole batch as one process would; the
+gathered batch is bitwise the same on every rank, so the cache of ``CacheLoss`` and the EMA centroids
+of ``PrototypeLoss`` (moved by class sums over the gathered batch, i.e. the all-reduced class sums)
+stay identical on every rank. Rank 0 validates and decides (:func:`decide_on_main`,
+:func:`broadcast_object`): early stopping, ``best.pt`` and the logs follow its numbers everywhere.
+
+Run with ``torchrun --standalone --nproc_per_node=N $(command -v metriclearn) train ...``; only rank 0
+writes files. ``docs/SCALING.md`` has the multi-node form and measured costs.
 
 Example
 -------
@@ -24,11 +33,13 @@ Example
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -69,7 +80,17 @@ def init_from_env(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(_shutdown)  # a process that exits with a live group aborts (gloo's threads)
+    if dist.get_rank() != 0:
+        from metriclearn._progress import set_quiet
+
+        set_quiet(True)  # one progress bar (rank 0's), not one per process
     return True
+
+
+def _shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def local_device() -> torch.device:
@@ -93,10 +114,13 @@ class ShardedBatchSampler:
         self.world_size = globals()["world_size"]() if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must lie in [0, world_size={self.world_size}), got {self.rank}")
+        self.last_batch_size = 0
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batch_sampler:
-            yield list(batch)[self.rank :: self.world_size]
+            batch = list(batch)
+            self.last_batch_size = len(batch)  # the global batch this shard belongs to
+            yield batch[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         return len(self.batch_sampler)  # type: ignore[arg-type]
@@ -118,40 +142,74 @@ def shard_batches(batch_sampler: Any) -> Any:
     return batch_sampler if world_size() == 1 else ShardedBatchSampler(batch_sampler)
 
 
+def global_batch_size(sampler: Any, shard: list[int]) -> int:
+    """Samples in the global batch that ``shard`` (just drawn from ``sampler``) belongs to."""
+    return sampler.last_batch_size if isinstance(sampler, ShardedBatchSampler) else len(shard)
+
+
+def broadcast_module(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into ``module`` on every rank (no-op in one process)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=src)
+
+
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward all-reduces (sums) the gradient and returns this rank's slice."""
+    """Variable-size all_gather whose backward all-reduces (sums) the gradient and returns this rank's rows."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=0)  # (W * b, ...)
+    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
+        ctx.start = sum(sizes[: dist.get_rank()])
+        ctx.rows = x.shape[0]
+        return _gather_padded(x, sizes)  # (Σ sizes, ...)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]  # (b, ...)
+        return grad[ctx.start : ctx.start + ctx.rows], None  # (b_r, ...)
 
 
-def all_gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` (b, ...) from every rank along dim 0 (equal b on every rank).
+def gathered_sizes(rows: int) -> list[int]:
+    """The number of rows every rank holds (one all_gather of one integer); ``[rows]`` in a single process."""
+    if world_size() == 1:
+        return [rows]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    mine = torch.tensor([rows], dtype=torch.long, device=device)
+    parts = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(parts, mine)
+    return [int(p) for p in parts]
 
-    Gradients flow back to each rank's slice, summed over the ranks' losses.
+
+def _gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
+    """Pad ``x`` to ``max(sizes)`` rows, all_gather, trim each part to its size and concatenate."""
+    longest = max(sizes)
+    x = x.contiguous()
+    if x.shape[0] < longest:
+        x = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))])
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
+
+
+def all_gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
+    """Concatenate ``x`` (b_r, ...) from every rank along dim 0; the b_r may differ (and be 0).
+
+    Sizes are exchanged (or given as ``sizes``), each part is padded to the largest, gathered and
+    trimmed. Gradients flow back to each rank's own rows, summed over the ranks' losses.
     """
     if world_size() == 1:
         return x
-    return _GatherWithGrad.apply(x)
+    return _GatherWithGrad.apply(x, sizes if sizes is not None else gathered_sizes(x.shape[0]))
 
 
-def all_gather_tensor(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from every rank along dim 0 (no gradient; equal shapes on every rank)."""
+def all_gather_tensor(x: Tensor, sizes: list[int] | None = None) -> Tensor:
+    """Concatenate ``x`` (b_r, ...) from every rank along dim 0, b_r may differ (no gradient)."""
     if world_size() == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+    return _gather_padded(x.detach(), sizes if sizes is not None else gathered_sizes(x.shape[0]))
 
 
 def all_reduce_mean(x: Tensor) -> Tensor:
@@ -163,18 +221,204 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return x / world_size()
 
 
-def gather_batch(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """The global batch: embeddings (with gradients) and labels of every rank."""
+def gather_batch(
+    embeddings: Tensor, labels: Tensor, ids: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The global batch: embeddings (with gradients), labels and ids of every rank, in rank order.
+
+    Shards may differ in size (the last batch of an epoch rarely divides by the world size); one
+    exchange of sizes serves the three gathers, and labels and ids travel in one message.
+    """
     if world_size() == 1:
-        return embeddings, labels
-    return all_gather_with_grad(embeddings), all_gather_tensor(labels)
+        return embeddings, labels, ids
+    sizes = gathered_sizes(embeddings.shape[0])
+    tags = labels.reshape(-1, 1) if ids is None else torch.stack([labels, ids.to(labels.dtype)], dim=1)  # (b, 1|2)
+    tags = all_gather_tensor(tags, sizes)  # (B, 1|2)
+    return all_gather_with_grad(embeddings, sizes), tags[:, 0], None if ids is None else tags[:, 1]
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` as rank ``src`` holds it, on every rank (picklable objects; ``obj`` itself in one process)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def decide_on_main(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` on rank 0 only and give its result to every rank.
+
+    Used for validation (rank 0 embeds the held-out set, the others wait) and any decision that must be
+    the same everywhere (early stopping, ``best.pt``): a rank that decided alone would leave the others
+    waiting in the next collective. An exception on rank 0 is re-raised on every rank.
+    """
+    if world_size() == 1:
+        return fn(*args)
+    result: Any = None
+    if is_main_process():
+        try:
+            result = ("ok", fn(*args))
+        except Exception as exc:  # noqa: BLE001 - travels to the other ranks, then re-raised
+            result = ("error", exc)
+    status, value = broadcast_object(result)
+    if status == "error":
+        raise value
+    return value
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Σ over ranks; the gradient of a sum of every rank's loss w.r.t. each input is again the Σ over ranks."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch normalisation over the global batch of all ranks, on any device (gloo on CPU included).
+
+    In training mode under torch.distributed the per-channel statistics are those of the concatenated
+    shards, computed in two passes like :class:`torch.nn.BatchNorm1d`: μ = Σ_r Σ x / Σ_r n, then
+    σ² = Σ_r Σ (x − μ)² / Σ_r n, each with one differentiable all-reduce,
+    so the output and its gradient equal single-process batch norm on the whole batch.
+    (:class:`torch.nn.SyncBatchNorm` does the same but only on GPUs.) Running statistics use the
+    unbiased global variance. In eval mode, or in a single process, it is plain batch norm. Shards may
+    be empty. The state dict keys are those of ``BatchNorm*d``.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (N, C, ...), got {input.dim()}-D")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not (self.training and self.track_running_stats is not False) or world_size() == 1:
+            return super().forward(input)
+        self._check_input_dim(input)
+        all_reduce = _AllReduceSum.apply
+        dims = [d for d in range(input.dim()) if d != 1]
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        count = all_reduce(input.new_tensor([float(input.numel() // max(input.shape[1], 1))]))  # (1,) Σ_r n
+        mean = all_reduce(input.sum(dim=dims)) / count  # (C,)
+        centred = input - mean.reshape(shape)
+        var = all_reduce(centred.square().sum(dim=dims)) / count  # (C,) biased
+        if self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = var.detach() * count / (count - 1).clamp(min=1)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        out = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        if self.affine:
+            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return out
+
+
+def convert_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm*d`` in ``module`` by a global-batch one (same parameters and buffers).
+
+    On CUDA :class:`torch.nn.SyncBatchNorm`, else :class:`GlobalBatchNorm`. Returns ``module`` (changed in
+    place where it is not itself a batch norm); the optimiser keeps working (the parameters are the same objects).
+    """
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
+        module, (GlobalBatchNorm, nn.SyncBatchNorm)
+    ):
+        on_cuda = module.running_mean is not None and module.running_mean.is_cuda
+        new = (nn.SyncBatchNorm if on_cuda else GlobalBatchNorm)(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        if module.affine:
+            new.weight, new.bias = module.weight, module.bias
+        if module.track_running_stats:
+            new.running_mean, new.running_var = module.running_mean, module.running_var
+            new.num_batches_tracked = module.num_batches_tracked
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, convert_batchnorm(child))
+    return module
 
 
 def wrap_model(model: nn.Module, device: torch.device) -> nn.Module | None:
-    """``DistributedDataParallel(model)`` when running on several processes, else ``None``."""
+    """``DistributedDataParallel(model)`` when running on several processes, else ``None``.
+
+    Batch norms are first made global (:func:`convert_batchnorm`), so the shards of a step are
+    normalised together, as one process would normalise the whole batch.
+    """
     if world_size() == 1:
         return None
     from torch.nn.parallel import DistributedDataParallel
 
+    convert_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+# ---------------------------------------------------------------------------- numpy arrays (inference)
+def _comm_device() -> torch.device:
+    """Where collective tensors live: the current GPU for NCCL, else CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
+    """Rank ``src``'s numeric array on every rank (shape and dtype travel first); ``array`` in one process."""
+    if world_size() == 1:
+        assert array is not None
+        return array
+    header = broadcast_object(None if rank() != src else (array.shape, array.dtype.str))
+    shape, dtype = header
+    if rank() == src:
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_comm_device())
+    else:
+        tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype, device=_comm_device())
+    dist.broadcast(tensor, src=src)
+    return tensor.cpu().numpy()
+
+
+def all_gather_array(array: np.ndarray) -> list[np.ndarray]:
+    """Every rank's ``array`` (same shape and dtype on every rank), in rank order."""
+    if world_size() == 1:
+        return [array]
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_comm_device())
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor)
+    return [part.cpu().numpy() for part in parts]
+
+
+def embed_strided(embed: Callable[[Any], np.ndarray], X: Any) -> np.ndarray:
+    """``embed(X)``, shared out: rank r embeds the strided shard ``X[r::W]``; every rank gets all rows in input order.
+
+    ``X`` is anything that slices with a step (an array, a list of texts). The shards are gathered with
+    their sizes (a rank may have none when ``len(X) < W``) and interleaved back, so the result equals one
+    process's ``embed(X)`` row for row (up to the float round-off of other batch shapes).
+
+    >>> embed_strided(lambda part: np.asarray(part, dtype=np.float32)[:, None] * 2, [1, 2, 3])  # one process
+    array([[2.],
+           [4.],
+           [6.]], dtype=float32)
+    """
+    if world_size() == 1:
+        return embed(X)
+    w, r, n = world_size(), rank(), len(X)
+    part = embed(X[r::w]) if r < n else None  # (ceil((n - r) / w), D)
+    width = torch.tensor([0 if part is None else part.shape[1]], dtype=torch.long, device=_comm_device())
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    local = torch.from_numpy(np.empty((0, int(width)), np.float32) if part is None else np.ascontiguousarray(part))
+    rows = [len(range(s, n, w)) for s in range(w)]
+    gathered = _gather_padded(local.to(_comm_device()), rows).cpu().numpy()  # (n, D) rank after rank
+    out = np.empty((n, int(width)), dtype=gathered.dtype)
+    offsets = np.cumsum([0, *rows])
+    for s in range(w):
+        out[s::w] = gathered[offsets[s] : offsets[s + 1]]
+    return out

@@ -229,7 +229,7 @@ class Objective(nn.Module):
         """Initialise terms from real model outputs (``PrototypeLoss.init_centroids``) before training."""
         for term in self.terms.values():
             init = getattr(term, "init_centroids", None)
-            if callable(init):
+            if callable(init) and getattr(term, "centroids", None) is not None:  # not PrototypeLoss(mode="batch")
                 init(embeddings, labels)
 
     def extra_repr(self) -> str:

@@ -373,7 +373,9 @@ class TrainedRun:
             raise ValueError(f"{source}: samples have shape {tuple(X.shape[1:])} but the model in {self.path} "
                              f"expects {expected}")
         device_ = resolve_device(device)
-        embeddings = embed_array(model.to(device_), X, batch_size, device_)
+        # under torchrun each rank embeds a strided shard; every rank gets all rows in input order
+        model = model.to(device_)  # the encoder, or its hidden layer (--layer)
+        embeddings = distributed.embed_strided(lambda part: embed_array(model, part, batch_size, device_), X)
         self.model.to("cpu")
         return RunEmbeddings(embeddings, codes, classes, len(self.classes), source)
 

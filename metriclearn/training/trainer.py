@@ -211,6 +211,7 @@ class Trainer:
             self.log(f"resumed after epoch {self.epoch} (step {self.global_step})")
         else:
             self._prepare(X, y, X_dev, y_dev)
+        dist_utils.broadcast_module(self.objective)  # heads, centroids, caches start as rank 0's
         self._ddp = dist_utils.wrap_model(self.model, self.device)
         self._params = self.parameters()
         for cb in self.callbacks:
@@ -309,7 +310,7 @@ class Trainer:
             for key, value in logs.items():
                 progress_["sums"][key] = progress_["sums"].get(key, 0.0) + value
             progress_["count"] += 1
-            progress_["seen"] += len(indices)
+            progress_["seen"] += dist_utils.global_batch_size(self.sampler, indices)
             progress_["seconds"] = time.perf_counter() - start
             progress_["lr"] = logs["lr"]
             bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
@@ -321,7 +322,8 @@ class Trainer:
         epoch_logs["seconds"] = seconds
         epoch_logs["samples_per_s"] = progress_["seen"] / max(seconds, 1e-9)
         progress_["count"] = 0
-        metrics = self.validate(*val) if val is not None else {}
+        # under torchrun rank 0 validates and every rank gets its metrics (same decisions everywhere)
+        metrics = dist_utils.decide_on_main(self.validate, *val) if val is not None else {}
         for cb in self.callbacks:
             cb.on_validation_end(self, metrics)
         epoch_logs.update({f"val_{k}": v for k, v in metrics.items()})
@@ -333,6 +335,7 @@ class Trainer:
         self.log(_format_epoch(epoch + 1, epochs, epoch_logs))
         for cb in self.callbacks:
             cb.on_epoch_end(self, epoch, epoch_logs)
+        self.should_stop = dist_utils.broadcast_object(self.should_stop)  # rank 0's early-stopping decision
 
     def _train_step(self, x: Any, y: Tensor, ids: Tensor | None = None) -> Logs:
         """The optimiser step(s) of one batch (one per group of terms).
@@ -352,8 +355,8 @@ class Trainer:
             with no_sync:
                 with self._autocast():
                     embeddings = model(x)  # (b, D)
-                embeddings, labels = dist_utils.gather_batch(embeddings, y)  # (B, D), (B,)
-                batch_ids = None if ids is None else dist_utils.all_gather_tensor(ids)  # (B,)
+                # the global batch of all ranks (shards may differ in size); gradients return to own rows
+                embeddings, labels, batch_ids = dist_utils.gather_batch(embeddings, y, ids)  # (B, D), (B,), (B,)
                 losses = self.objective.term_losses(embeddings, labels, group, ids=batch_ids)
                 total = self.objective.total(losses)
                 value = float(total.detach())
