@@ -28,6 +28,7 @@ _EXPORTS = {
     "PrototypeLoss": "losses",
     "CacheLoss": "losses",
     "ComplementEntropyLoss": "losses",
+    "UniformityLoss": "losses",
     "Trainer": "training",
     "Objective": "training",
     "EmbeddingIndex": "indexes",

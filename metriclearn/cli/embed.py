@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from metriclearn.cli._inputs import quiet_option
+from metriclearn.hidden import LAYERS
 from metriclearn.training.config import DEVICES
 
 
@@ -23,9 +24,11 @@ from metriclearn.training.config import DEVICES
               help="Also write the data's labels (.npy of their values, ints or strings).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Samples embedded at once (a positive integer).")
+@click.option("--layer", type=click.Choice(LAYERS), default="embedding", show_default=True,
+              help="'hidden': the MLP's last hidden layer (before its ReLU), which retrieves new classes better.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @quiet_option
-def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_size: int, device: str,
+def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_size: int, layer: str, device: str,
           quiet: bool) -> None:
     """Embed DATA with a trained run and save the embeddings as .npy."""
     from metriclearn._atomic import save_npy
@@ -40,7 +43,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_siz
     inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append")
     if labels_out and not inputs.is_labeled:  # say so before the (long) embedding
         raise ValueError(f"{data} has no labels to write to --labels-out {labels_out}")
-    embedded = run.embed(inputs, batch_size=batch_size, device=device)
+    embedded = run.embed(inputs, batch_size=batch_size, device=device, layer=layer)
     if not is_main_process():  # under torchrun every rank embedded a shard; rank 0 writes
         return
     save_npy(out, embedded.embeddings)

@@ -16,6 +16,7 @@ import click
 import numpy as np
 
 from metriclearn.cli._inputs import quiet_option
+from metriclearn.hidden import LAYERS
 from metriclearn.training.config import DEVICES
 
 SECTIONS = ("retrieval", "retrieval_vs_reference", "retrieval_seen", "retrieval_unseen", "separation")
@@ -58,18 +59,23 @@ def _few(values: list[Any], limit: int = 8) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Samples embedded at once.")
+@click.option("--layer", type=click.Choice(LAYERS), default="embedding", show_default=True,
+              help="'hidden': the MLP's last hidden layer (before its ReLU), which retrieves new classes better.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
               help="A calibrated index of this model's embeddings: also report ECE, coverage and mean set size "
               "(and the rejection rule's precision) of each calibration it holds.")
 @quiet_option
 def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, as_json: bool, batch_size: int,
-             device: str, index_dir: Path | None, quiet: bool) -> None:
+             layer: str, device: str, index_dir: Path | None, quiet: bool) -> None:
     """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
     from metriclearn._atomic import write_json
     from metriclearn.data import load_data
     from metriclearn.training import evaluate_embeddings, load_run
 
+    if index_dir is not None and layer != "embedding":
+        raise click.BadParameter("an index holds the model's output embeddings; use --index with --layer embedding",
+                                 param_hint="--index")
     run = load_run(model_dir)
     sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
     loaded = [load_data(s, classes=run.classes, unseen="append") for s in sources]
@@ -81,14 +87,16 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     if reference is None and not (np.bincount(loaded[0].y) > 1).any():
         raise ValueError(f"{data}: no class has two or more rows, so leave-one-out retrieval measures nothing; "
                          "add rows or give --reference PATH")
-    query, *refs = [run.embed(d, batch_size=batch_size, device=device, require_labels=True) for d in loaded]
+    query, *refs = [run.embed(d, batch_size=batch_size, device=device, require_labels=True, layer=layer)
+                    for d in loaded]
     ref = refs[0] if refs else None
     q_labels = query.label_values()
     metrics = evaluate_embeddings(query.embeddings, q_labels, *(() if ref is None else
                                                                  (ref.embeddings, ref.label_values())))
     metrics.update(_by_group(query, ref))
     seen, unseen = query.present_classes()
-    metrics["data"].update(source=str(data), reference=reference, seen_classes=seen, unseen_classes=unseen,
+    metrics["data"].update(source=str(data), reference=reference, layer=layer, seen_classes=seen,
+                           unseen_classes=unseen,
                            n_seen=int((query.labels < query.known).sum()),
                            n_unseen=int((query.labels >= query.known).sum()))
     if index_dir is not None:

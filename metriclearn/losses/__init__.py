@@ -6,6 +6,7 @@ from metriclearn.losses.complement import ComplementEntropyLoss
 from metriclearn.losses.neighborhood import NeighborhoodSoftmaxLoss
 from metriclearn.losses.prototype import PrototypeLoss
 from metriclearn.losses.soft_nn import SoftNearestNeighborLoss
+from metriclearn.losses.uniformity import UniformityLoss
 
 __all__ = [
     "MetricLoss",
@@ -14,4 +15,5 @@ __all__ = [
     "NeighborhoodSoftmaxLoss",
     "PrototypeLoss",
     "SoftNearestNeighborLoss",
+    "UniformityLoss",
 ]

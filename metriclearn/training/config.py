@@ -101,7 +101,7 @@ class TrainConfig:
     """
 
     data: str = "digits"
-    loss: list[str] = field(default_factory=lambda: ["neighborhood"])
+    loss: list[str] = field(default_factory=lambda: ["neighborhood", "uniformity:0.05"])
     combine: str = "sum"
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     encoder: str = "mlp"

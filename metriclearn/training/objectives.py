@@ -94,6 +94,8 @@ LOSSES: dict[str, LossSpec] = {
     "cache": LossSpec(losses.CacheLoss, required=("dim",), chance=chance_over_neighbours),
     "softmax": LossSpec(nn.CrossEntropyLoss, chance=chance_over_classes, head=True),
     "complement": LossSpec(losses.ComplementEntropyLoss, required=("num_classes",), head=True),
+    # label-free regulariser (Wang & Isola 2020); BENCHMARKS.md "Unseen classes" measured its weight, not t
+    "uniformity": LossSpec(losses.UniformityLoss),
 }
 LOSS_NAMES = tuple(LOSSES)  # the built-in names (validation reads LOSSES itself)
 

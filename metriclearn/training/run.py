@@ -338,14 +338,19 @@ class TrainedRun:
         *,
         require_labels: bool = False,
         unseen: str = "append",
+        layer: str = "embedding",
     ) -> RunEmbeddings:
         """Embed ``data`` (a path, ``"digits"`` or :class:`~metriclearn.data.LabeledData`) with this run.
 
         Labels are optional (``require_labels``) and classes the run never saw are welcome (``unseen=
         "append"``: they follow the run's classes); ``unseen="error"`` refuses them, naming them, for what
-        needs the training classes.
+        needs the training classes. ``layer="hidden"`` embeds with the MLP's last hidden layer
+        (:class:`metriclearn.hidden.HiddenFeatures`), which transfers better to new classes.
         """
         from metriclearn.data import LabeledData, encode_labels, load_data
+        from metriclearn.hidden import select_layer
+
+        model = select_layer(self.model, layer)
 
         batch_size = check_positive_int(batch_size, "batch_size")
         if isinstance(data, LabeledData):
@@ -369,7 +374,7 @@ class TrainedRun:
                              f"expects {expected}")
         device_ = resolve_device(device)
         # under torchrun each rank embeds a strided shard; every rank gets all rows in input order
-        model = self.model.to(device_)
+        model = model.to(device_)  # the encoder, or its hidden layer (--layer)
         embeddings = distributed.embed_strided(lambda part: embed_array(model, part, batch_size, device_), X)
         self.model.to("cpu")
         return RunEmbeddings(embeddings, codes, classes, len(self.classes), source)

@@ -121,8 +121,9 @@ def test_every_named_loss_starts_at_its_chance_level_and_trains(name: str) -> No
     y = torch.arange(3).repeat(4)
     loss = obj(e, y)
     expected = expected_initial_loss(name, 12, 4, 3)
-    if expected is None:  # complement: uniform wrong classes give the maximal entropy log(K - 1), loss -H/K
-        expected = -math.log(2) / 3
+    if expected is None:  # complement: uniform wrong classes give the maximal entropy log(K - 1), loss -H/K;
+        # uniformity: identical points are its maximum, log 1
+        expected = {"complement": -math.log(2) / 3, "uniformity": 0.0}[name]
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
     moved = torch.randn(12, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
@@ -132,7 +133,7 @@ def test_every_named_loss_starts_at_its_chance_level_and_trains(name: str) -> No
 
 def test_registry_rows_drive_building_by_name() -> None:
     assert LOSS_NAMES == tuple(LOSSES) and set(LOSS_NAMES) == {"neighborhood", "snn", "prototype", "cache",
-                                                                "softmax", "complement"}
+                                                                "softmax", "complement", "uniformity"}
     for name, spec in LOSSES.items():
         term = build_loss(name, 8, 5)
         criterion = term.criterion if spec.head else term
