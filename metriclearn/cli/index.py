@@ -207,6 +207,8 @@ def _info_text(facts: dict[str, Any]) -> str:
         ("metadata", "yes" if facts["metadata"] else "no"),
         ("parameters", ", ".join(f"{k}={v}" for k, v in facts["params"].items() if v is not None)),
     ]
+    if facts["params"].get("k_factor") is not None:
+        lines.append(("re-ranking", f"exact distances over the top k·{facts['params']['k_factor']} candidates"))
     tuning = facts.get("tuning")
     if tuning:
         lines += [

@@ -24,10 +24,20 @@ import numpy as np
 from metriclearn.indexes import _factory
 
 
-def build(factory: str, dim: int, metric: str, *, ef_construction: int) -> faiss.Index:
-    """A new, empty faiss index: ids native for IVF kinds, an ``IndexIDMap`` around anything else."""
+def build(factory: str, dim: int, metric: str, *, ef_construction: int, refine: bool = False) -> faiss.Index:
+    """A new, empty faiss index: ids native for IVF kinds, an ``IndexIDMap`` around anything else.
+
+    ``refine``: wrap the index in an ``IndexRefineFlat`` (it also keeps the raw vectors and re-ranks the
+    top ``k·k_factor`` candidates by exact distance); refined indexes always sit in an ``IndexIDMap``,
+    since the re-ranking looks vectors up by position.
+    """
     base = _factory.build(factory, dim, metric)
-    if faiss.try_extract_index_ivf(base) is not None:
+    if refine:
+        refined = faiss.IndexRefineFlat(base)
+        base.this.disown()  # the refine index now owns (and frees) the base index
+        refined.own_fields = True
+        base = refined
+    if faiss.try_extract_index_ivf(base) is not None and not refine:
         index = base
     else:
         index = faiss.IndexIDMap(base)
@@ -62,8 +72,17 @@ def default_nprobe(nlist: int) -> int:
     return max(8, round(math.sqrt(nlist)))
 
 
-def apply_search_params(index: faiss.Index | None, nprobe: int | None, ef_search: int) -> None:
-    """Set ``nprobe`` (``None``: :func:`default_nprobe`, capped at nlist) and HNSW ``efSearch``."""
+def refine(index: faiss.Index | None) -> Any:
+    """The ``IndexRefine`` inside ``index``, or ``None``."""
+    found = inner(index)
+    return found if isinstance(found, faiss.IndexRefine) else None
+
+
+def apply_search_params(index: faiss.Index | None, nprobe: int | None, ef_search: int, k_factor: int | None = None) -> None:
+    """Set ``nprobe`` (``None``: :func:`default_nprobe`, capped at nlist), HNSW ``efSearch``, re-rank ``k_factor``."""
+    reranker = refine(index)
+    if reranker is not None and k_factor is not None:
+        reranker.k_factor = float(k_factor)
     part = ivf(index)
     if part is not None:
         want = nprobe if nprobe is not None else default_nprobe(part.nlist)

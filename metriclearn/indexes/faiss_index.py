@@ -71,6 +71,10 @@ class EmbeddingIndex:
         HNSW graph degree and search / construction beam widths.
     pq_m, pq_nbits : int
         PQ sub-quantizers (``None``: dim / 4 or the nearest divisor below) and bits per code.
+    k_factor : int, optional
+        Re-ranking depth: wrap the index in a faiss ``IndexRefineFlat``, which also keeps the raw vectors
+        and re-ranks the top ``k·k_factor`` approximate candidates by exact distance (``None``: no
+        re-ranking). :meth:`tune` chooses it for PQ kinds.
     shard : bool
         With several GPUs: split the index across them (True) instead of replicating it (False).
     batch_size : int
@@ -98,6 +102,7 @@ class EmbeddingIndex:
         ef_construction: int = 40,
         pq_m: int | None = None,
         pq_nbits: int = 8,
+        k_factor: int | None = None,
         shard: bool = False,
         batch_size: int = 16384,
     ) -> None:
@@ -116,6 +121,7 @@ class EmbeddingIndex:
         if self.pq_m is not None and self.dim % self.pq_m:
             raise ValueError(f"pq_m must divide dim={self.dim}, got {self.pq_m}")
         self.pq_nbits = check_positive_int(pq_nbits, "pq_nbits")
+        self.k_factor = None if k_factor is None else check_positive_int(k_factor, "k_factor")
         self.shard = bool(shard)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self._index: faiss.Index | None = None
@@ -168,7 +174,9 @@ class EmbeddingIndex:
 
     def _build(self) -> faiss.Index:
         """A new, empty faiss structure for this kind and these parameters."""
-        return _structure.build(self.factory or "", self.dim, self.metric, ef_construction=self.ef_construction)
+        return _structure.build(
+            self.factory or "", self.dim, self.metric, ef_construction=self.ef_construction, refine=self.k_factor is not None
+        )
 
     def _set_structure(self, index: faiss.Index) -> None:
         """Use ``index`` as the faiss structure (with this object's search parameters)."""
@@ -176,7 +184,7 @@ class EmbeddingIndex:
         self._apply_search_params()
 
     def _apply_search_params(self) -> None:
-        _structure.apply_search_params(self._index, self._nprobe, self._ef_search)
+        _structure.apply_search_params(self._index, self._nprobe, self._ef_search, self.k_factor)
         self._searcher.reset()
 
     def _params(self) -> dict[str, Any]:
@@ -189,6 +197,7 @@ class EmbeddingIndex:
             "ef_construction": self.ef_construction,
             "pq_m": self.pq_m,
             "pq_nbits": self.pq_nbits,
+            "k_factor": self.k_factor,
             "shard": self.shard,
             "batch_size": self.batch_size,
         }
@@ -333,8 +342,8 @@ class EmbeddingIndex:
         Measures recall@k on held-out queries — ``queries`` (q, dim), or a random sample of ``n_queries``
         stored vectors (default min(1000, max(50, n/20))) excluded from the ground-truth set — and sets
         the cheapest search parameter (``nprobe``, ``ef_search``) reaching the target, after trying a few
-        build parameters (``nlist`` for ivf, ``hnsw_m`` for hnsw) and keeping the fastest; the index is
-        rebuilt when those change. Kinds that store lossy codes (``pq``, factory strings) need
+        build parameters (``nlist`` for ivf, ``hnsw_m`` for hnsw, the re-ranking depth ``k_factor`` for PQ)
+        and keeping the fastest; the index is rebuilt when those change. Kinds that store lossy codes (``pq``, factory strings) need
         ``vectors=`` (the added embeddings, in :attr:`ids` order). A :class:`~metriclearn.indexes.tuning.
         TuningWarning` says when no setting reaches the target (the most accurate is kept) and when flat
         search is faster. Returns the record also stored in ``attrs["tuning"]``: ``recall_at_k``,

@@ -20,7 +20,11 @@ powers of two until recall@k reaches the target, then a bisection finds the smal
 of three rounds) with a flat index, and the fastest that reaches the target wins. When none does, the most
 accurate setting is kept and a :class:`TuningWarning` says so; another says when flat search is
 faster than the chosen setting (then ``kind="flat"`` is the better index). ``pq`` codes and factory
-strings keep their build parameters (only nprobe / efSearch are tuned); ``flat`` is exact.
+strings keep their code parameters; for PQ (``kind="pq"`` or a factory string with ``PQ``) the
+re-ranking depth is a build parameter too: no re-ranking, or an ``IndexRefineFlat`` wrapper re-ranking
+the top k·k_factor candidates by exact distance (Jégou et al. 2011, "Searching in one billion vectors:
+re-rank with source coding"), k_factor ∈ {2, 4, 8, 16, 32}, each with its own nprobe sweep. Re-ranking
+keeps the raw vectors (4·d bytes each) beside the codes. ``flat`` is exact.
 
 Example
 -------
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
 
 EPS = 1e-5
 HNSW_M_GRID = (16, 32, 48)
+K_FACTOR_GRID = (2, 4, 8, 16, 32)  # PQ re-ranking depths tried, besides none
 MAX_EF_SEARCH = 4096
 _REPEATS = 3
 
@@ -157,7 +162,7 @@ def _data(index: EmbeddingIndex, vectors: Any) -> np.ndarray:
     if len(index) == 0:
         raise ValueError("cannot tune an empty index: add vectors first")
     if vectors is None:
-        if index.kind not in ("flat", "ivf", "hnsw"):
+        if index.kind not in ("flat", "ivf", "hnsw") and index.k_factor is None:
             raise ValueError(
                 f"kind {index.kind!r} does not keep the vectors exactly: pass vectors= (the embeddings that were "
                 "added, in index.ids order) so recall is measured against the true neighbours"
@@ -190,7 +195,14 @@ def _build_grid(index: EmbeddingIndex, n: int) -> list[dict[str, Any]]:
     if index.kind == "hnsw":
         return [{"kind": "hnsw", "hnsw_m": m} for m in sorted({*HNSW_M_GRID, index.hnsw_m})]
     nlist = index.nlist if index.nlist is None or index.kind != "pq" else min(index.nlist, n)
-    return [{"kind": index.kind, "nlist": nlist}]
+    if not _is_pq(index.kind):
+        return [{"kind": index.kind, "nlist": nlist}]
+    return [{"kind": index.kind, "nlist": nlist, "k_factor": depth} for depth in (None, *K_FACTOR_GRID)]
+
+
+def _is_pq(kind: str) -> bool:
+    """Whether ``kind`` stores product-quantizer codes (``"pq"`` or a factory string with a PQ stage)."""
+    return kind == "pq" or "PQ" in kind
 
 
 def _candidate(index: EmbeddingIndex, base: np.ndarray, build: dict[str, Any]) -> EmbeddingIndex:
@@ -209,7 +221,7 @@ def _sweep(
     """The smallest search parameter reaching ``target`` (else the most accurate one), with its speed."""
     ivf = _structure.ivf(candidate.faiss_index)
     name = "nprobe" if ivf is not None else ("ef_search" if _structure.hnsw(candidate.faiss_index) else None)
-    build = {key: value for key, value in candidate._params().items() if key in ("nlist", "hnsw_m", "pq_m")}
+    build = {key: value for key, value in candidate._params().items() if key in ("nlist", "hnsw_m", "pq_m", "k_factor")}
     build = {key: value for key, value in build.items() if value is not None and _matters(candidate.kind, key)}
     if name is None:  # nothing to tune at search time
         result = {"build": build, "search": {}, "recall": _recall(candidate, xq, base, gt, k, metric), "qps": None}
@@ -241,7 +253,12 @@ def _sweep(
 
 
 def _matters(kind: str, key: str) -> bool:
-    return (key == "hnsw_m" and kind == "hnsw") or (key == "nlist" and kind in ("ivf", "pq")) or (key == "pq_m" and kind == "pq")
+    return (
+        (key == "hnsw_m" and kind == "hnsw")
+        or (key == "nlist" and kind in ("ivf", "pq"))
+        or (key == "pq_m" and kind == "pq")
+        or (key == "k_factor" and _is_pq(kind))
+    )
 
 
 def _recall(candidate: EmbeddingIndex, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, k: int, metric: str) -> float:
@@ -295,7 +312,8 @@ def _qps(candidate: EmbeddingIndex, xq: np.ndarray, k: int) -> float:
 
 def _apply(index: EmbeddingIndex, data: np.ndarray, best: dict[str, Any]) -> None:
     """Give ``index`` the chosen build parameters (rebuilding it from ``data`` when they differ) and search ones."""
-    changed = {key: value for key, value in best["build"].items() if getattr(index, key) != value}
+    wanted = {"k_factor": None, **best["build"]} if _is_pq(index.kind) else best["build"]  # no key: no re-ranking
+    changed = {key: value for key, value in wanted.items() if getattr(index, key) != value}
     if changed:
         for key, value in changed.items():
             setattr(index, key, value)

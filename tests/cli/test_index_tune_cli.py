@@ -51,6 +51,26 @@ def test_build_to_a_target_recall(files: Path, kind: str) -> None:
     assert (D <= gt[:, -1:] + 1e-3).mean() >= 0.93  # fresh queries: about the recall asked for
 
 
+def test_a_pq_factory_string_is_tuned_with_a_re_ranking_depth(files: Path) -> None:
+    result = build(files, "--kind", "IVF16,PQ2x4", "--target-recall", 0.95, "--k", 5)
+    assert result.exit_code == 0, result.output
+    index = EmbeddingIndex.load(files / "idx", device="cpu")
+    tuning = index.attrs["tuning"]
+    depth = tuning["params"]["k_factor"]
+    assert tuning["reached"] and index.k_factor == depth and f"k_factor={depth}" in result.output
+    assert max(t["recall"] for t in tuning["tried"] if "k_factor" not in t) < 0.95  # the codes alone fall short
+    x, q = np.load(files / "emb.npy"), np.load(files / "tq.npy")
+    gt = exact_search(q, x, 5, metric="l2")[0]
+    D, ids = index.search(q, 5)
+    assert (D <= gt[:, -1:] + 1e-3).mean() >= 0.93
+    np.testing.assert_allclose(D, ((x[ids] - q[:, None]) ** 2).sum(-1), rtol=1e-4, atol=1e-3)  # re-ranked exactly
+    text = run("index", "info", "--index", files / "idx")
+    assert text.exit_code == 0, text.output
+    lines = {k: v.strip() for k, v in (row.split(": ", 1) for row in text.output.strip().splitlines())}
+    assert lines["re-ranking"] == f"exact distances over the top k·{depth} candidates"
+    assert f"k_factor={depth}" in lines["tuned parameters"] and f"k_factor={depth}" in lines["parameters"]
+
+
 def test_tune_queries_file_and_info(files: Path) -> None:
     result = build(files, "--kind", "ivf", "--target-recall", 0.9, "--tune-queries", files / "tq.npy")
     assert result.exit_code == 0, result.output
@@ -89,9 +109,9 @@ def test_info_of_an_untuned_index_with_provenance(files: Path) -> None:
 
 
 def test_flat_faster_and_unreachable_are_printed(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    result = build(files, "--kind", "pq", "--target-recall", 0.999, "--nlist", 8)
+    result = build(files, "--kind", "IVF8,SQ4", "--target-recall", 0.999)  # 4-bit codes, no re-ranking
     assert result.exit_code == 0, result.output
-    assert "note: no setting of kind 'pq' reaches recall@10 0.999" in result.output
+    assert "note: no setting of kind 'IVF8,SQ4' reaches recall@10 0.999" in result.output
     assert EmbeddingIndex.load(files / "idx", device="cpu").attrs["tuning"]["reached"] is False
     monkeypatch.setattr(tuning, "_qps", lambda c, xq, k: 5000.0 if c.kind == "flat" else 2000.0)
     result = run("index", "build", "--embeddings", files / "emb.npy", "--kind", "hnsw", "--target-recall", 0.9, "--out", files / "idx2")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
-from metriclearn.indexes import EmbeddingIndex, exact_search, tuning
+from metriclearn.indexes import EmbeddingIndex, _structure, exact_search, tuning
 from metriclearn.indexes.tuning import TuningWarning
 
 DIM = 24
@@ -105,14 +107,50 @@ def test_flat_is_faster_says_so(data, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_unreachable_target_keeps_the_most_accurate_setting(data) -> None:
-    index = EmbeddingIndex(DIM, metric="l2", kind="pq", device="cpu", nlist=16, pq_m=2, pq_nbits=4)
+    index = EmbeddingIndex(DIM, metric="l2", kind="IVF16,SQ4", device="cpu")  # 4-bit scalar codes, no re-ranking
     index.add(data)
-    with pytest.raises(ValueError, match="kind 'pq' does not keep the vectors exactly: pass vectors="):
+    with pytest.raises(ValueError, match="kind 'IVF16,SQ4' does not keep the vectors exactly: pass vectors="):
         index.tune(0.99)
-    with pytest.warns(TuningWarning, match=r"no setting of kind 'pq' reaches recall@10 0.99: the best found is 0\.\d+ with nlist=16, pq_m=2, nprobe=16; kept that"):
+    with _maybe_flat_faster(), pytest.warns(TuningWarning, match=r"no setting of kind 'IVF16,SQ4' reaches recall@10 0.99: the best found is 0\.\d+ with nprobe=16; kept that"):
         report = index.tune(0.99, vectors=data)
     assert not report["reached"] and report["recall_at_k"] < 0.99
     assert index.nprobe == 16 and report["params"]["nprobe"] == 16  # all lists: the most accurate
+
+
+def test_pq_reaches_the_target_by_re_ranking_and_round_trips(data, centers, tmp_path: Path) -> None:
+    index = EmbeddingIndex(DIM, metric="l2", kind="pq", device="cpu", nlist=16, pq_m=2, pq_nbits=4)
+    index.add(data, labels=np.arange(len(data)) % 5)
+    with pytest.raises(ValueError, match="kind 'pq' does not keep the vectors exactly: pass vectors="):
+        index.tune(0.95)
+    with _maybe_flat_faster():
+        report = index.tune(0.95, k=10, vectors=data)
+    plain = [t["recall"] for t in report["tried"] if "k_factor" not in t]
+    assert plain and max(plain) < 0.95  # 2x4-bit codes alone cannot reach it, whatever nprobe
+    assert {t.get("k_factor") for t in report["tried"]} == {None, *tuning.K_FACTOR_GRID}
+    assert report["reached"] and report["recall_at_k"] >= 0.95
+    depth = report["params"]["k_factor"]
+    shallower = [t["recall"] for t in report["tried"] if t.get("k_factor", 1) < depth]
+    assert all(r < 0.95 for r in shallower)  # the smallest depth that reaches it (recall grows with depth here)
+    assert index.k_factor == depth and index.nprobe == report["params"]["nprobe"]
+    assert isinstance(_structure.refine(index.faiss_index), faiss.IndexRefineFlat)
+    assert _structure.refine(index.faiss_index).k_factor == depth
+    np.testing.assert_array_equal(index.vectors([7, 3999]), data[[7, 3999]])  # the raw vectors, kept for re-ranking
+    fresh = _clustered(300, 3, centers)
+    assert _fresh_recall(index, data, fresh, 10) >= 0.95 - 0.02
+    D, ids = index.search(fresh, 10)
+    np.testing.assert_allclose(D, ((data[ids] - fresh[:, None]) ** 2).sum(-1), rtol=1e-4, atol=1e-4)  # exact distances
+    index.save(tmp_path / "pq")
+    back = EmbeddingIndex.load(tmp_path / "pq", device="cpu")
+    assert back.k_factor == depth and back.attrs["tuning"] == report
+    assert _structure.refine(back.faiss_index).k_factor == depth
+    D2, ids2 = back.search(fresh, 10)
+    np.testing.assert_array_equal(ids2, ids)
+    np.testing.assert_allclose(D2, D)
+    assert back.labels_for(ids2[:1]).tolist() == [(ids[0] % 5).tolist()]
+    assert json.loads((tmp_path / "pq" / "index.json").read_text())["params"]["k_factor"] == depth
+    assert _structure.signature(back.faiss_index) == "IndexIDMap(IndexRefineFlat, nlist=16, pq=2x4)"
+    with pytest.raises(ValueError, match="kind 'pq' cannot remove vectors .*rebuild the index without them"):
+        back.remove([3])
 
 
 def test_given_queries_are_the_held_out_set(data, centers, tmp_path: Path) -> None:
