@@ -62,6 +62,21 @@ def side_by_side(indexes: list[EmbeddingIndex], xq: np.ndarray, repeats: int = 3
     return [len(xq) / b for b in best]
 
 
+def split(n: int, fresh: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, EmbeddingIndex]:
+    """The ``n`` indexed vectors, the ``fresh`` queries, their exact top-K scores, a flat index; 1 thread."""
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    emb = _wordnet_minilm.load()
+    order = np.random.default_rng(0).permutation(len(emb))
+    xq, x = emb[order[-fresh:]], emb[order[:n]]
+    if n + fresh > len(emb):
+        raise SystemExit(f"--n + --fresh exceeds the {len(emb)} embeddings")
+    gt = exact_search(xq, x, K, metric="ip")[0]
+    flat = EmbeddingIndex(x.shape[1], "cosine", "flat", "cpu")
+    flat.add(x)
+    return x, xq, gt, flat
+
+
 def fresh_recall(index: EmbeddingIndex, xq: np.ndarray, x: np.ndarray, gt: np.ndarray) -> float:
     return tuning.recall_at_k(index.search(xq, K)[1], xq, x, gt, "ip")
 
@@ -151,16 +166,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["ivf", "hnsw"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    faiss.omp_set_num_threads(1)
-    torch.set_num_threads(1)
-    emb = _wordnet_minilm.load()
-    order = np.random.default_rng(0).permutation(len(emb))
-    xq, x = emb[order[-args.fresh :]], emb[order[: args.n]]
-    if args.n + args.fresh > len(emb):
-        raise SystemExit(f"--n + --fresh exceeds the {len(emb)} embeddings")
-    gt = exact_search(xq, x, K, metric="ip")[0]
-    flat = EmbeddingIndex(x.shape[1], "cosine", "flat", "cpu")
-    flat.add(x)
+    x, xq, gt, flat = split(args.n, args.fresh)
     memoised_candidates()
     results = {"n": args.n, "fresh_queries": args.fresh, "dim": int(x.shape[1]), "k": K, "threads": 1,
                "data": json.loads((_wordnet_minilm.cache_dir() / "wordnet_minilm.json").read_text())}

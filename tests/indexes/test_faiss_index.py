@@ -342,6 +342,8 @@ def test_bad_arguments_are_named(x) -> None:
         EmbeddingIndex(DIM, kind="IDMap,Flat")
     with pytest.raises(ValueError, match="pq_m must divide dim=16"):
         EmbeddingIndex(DIM, kind="pq", pq_m=3)
+    with pytest.raises(ValueError, match="k_factor must be a positive integer, got 0"):
+        EmbeddingIndex(DIM, kind="pq", k_factor=0)
 
 
 # ---------------------------------------------------------------- training

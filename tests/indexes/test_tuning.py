@@ -117,13 +117,22 @@ def test_an_unreachable_target_keeps_the_most_accurate_setting(data) -> None:
     assert index.nprobe == 16 and report["params"]["nprobe"] == 16  # all lists: the most accurate
 
 
-def test_pq_reaches_the_target_by_re_ranking_and_round_trips(data, centers, tmp_path: Path) -> None:
+def test_pq_reaches_the_target_by_re_ranking_and_round_trips(
+    data, centers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a deterministic speed model: codes scanned (nprobe · n / nlist) plus k · k_factor exact re-rankings
+    def qps(candidate: EmbeddingIndex, xq: np.ndarray, k: int) -> float:
+        if candidate.kind == "flat":
+            return 1e9 / len(candidate)
+        return 1e9 / (candidate.nprobe * len(candidate) / candidate.nlist + k * (candidate.k_factor or 0))
+
+    monkeypatch.setattr(tuning, "_qps", qps)
     index = EmbeddingIndex(DIM, metric="l2", kind="pq", device="cpu", nlist=16, pq_m=2, pq_nbits=4)
     index.add(data, labels=np.arange(len(data)) % 5)
     with pytest.raises(ValueError, match="kind 'pq' does not keep the vectors exactly: pass vectors="):
         index.tune(0.95)
-    with _maybe_flat_faster():
-        report = index.tune(0.95, k=10, vectors=data)
+    report = index.tune(0.95, k=10, vectors=data)
+    assert not report["flat_faster"] and report["notes"] == []
     plain = [t["recall"] for t in report["tried"] if "k_factor" not in t]
     assert plain and max(plain) < 0.95  # 2x4-bit codes alone cannot reach it, whatever nprobe
     assert {t.get("k_factor") for t in report["tried"]} == {None, *tuning.K_FACTOR_GRID}
@@ -151,6 +160,8 @@ def test_pq_reaches_the_target_by_re_ranking_and_round_trips(data, centers, tmp_
     assert _structure.signature(back.faiss_index) == "IndexIDMap(IndexRefineFlat, nlist=16, pq=2x4)"
     with pytest.raises(ValueError, match="kind 'pq' cannot remove vectors .*rebuild the index without them"):
         back.remove([3])
+    # a re-ranked index keeps the raw vectors: no vectors= needed to tune it again
+    assert back.tune(0.95, k=10)["params"] == report["params"]
 
 
 def test_given_queries_are_the_held_out_set(data, centers, tmp_path: Path) -> None:
