@@ -71,19 +71,21 @@ def second_opinion(out: Path, **opts: Any) -> None:
     if opts["tune"] and (opts["theta"] is not None or opts["lam"] is not None):
         raise click.UsageError("--tune chooses θ and λ itself: give either --tune or --theta/--lam, not both")
     if opts["model_path"] is not None:
-        _refuse(opts, _FEATURES_ONLY, "--model")
-        for name in ("cache", "data"):
-            if opts[name] is None:
-                raise click.UsageError(f"--model needs --{name}")
+        _check_form(opts, "--model", needs=("cache", "data"), refused=_FEATURES_ONLY)
         _from_model(out, opts)
     elif opts["index_dir"] is not None:
-        _refuse(opts, _MODEL_ONLY, "--index")
-        for name in ("features", "probs"):
-            if opts[name] is None:
-                raise click.UsageError(f"--index needs --{name}")
+        _check_form(opts, "--index", needs=("features", "probs"), refused=_MODEL_ONLY)
         _from_features(out, opts)
     else:
         raise click.UsageError("give --index DIR --features F --probs P, or --model MODEL --cache PATH --data PATH")
+
+
+def _check_form(opts: dict[str, Any], form: str, needs: tuple[str, ...], refused: tuple[str, ...]) -> None:
+    """The options of one form of the command: refuse the other form's, require this one's."""
+    _refuse(opts, refused, form)
+    for name in needs:
+        if opts[name] is None:
+            raise click.UsageError(f"{form} needs --{name}")
 
 
 def _refuse(opts: dict[str, Any], names: tuple[str, ...], form: str) -> None:

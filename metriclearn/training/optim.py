@@ -41,8 +41,7 @@ def build_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float,
                     weight_decay: float) -> torch.optim.Optimizer:
     """``adamw`` (decoupled decay), ``adam`` (L2 decay) or ``sgd`` (Nesterov momentum 0.9) over ``params``.
 
-    The fused kernel is used where the installed torch has one (several times faster than the
-    per-tensor loop on CPU and CUDA).
+    The fused kernel is used where the installed torch has one.
     """
     check_choice(name, OPTIMIZERS, "optimizer")
     groups = parameter_groups(list(params), weight_decay)
