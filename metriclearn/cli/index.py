@@ -173,7 +173,7 @@ def _tune(idx: Any, x: np.ndarray, target_recall: float, k: int, queries_path: P
         click.echo(f"note: {note}")
     params = ", ".join(f"{key}={value}" for key, value in report["params"].items()) or "exact"
     click.echo(
-        f"tuned: recall@{k} {report['recall_at_k']:.3f} (target {target_recall:g}) on "
+        f"tuned: recall@{k} {report['recall_at_k']:.3f} ± {report['recall_se']:.3f} (target {target_recall:g}) on "
         f"{report['held_out_queries']} held-out queries with {params}; "
         f"{report['speed_vs_flat']:.2f}x the speed of exact search"
     )
@@ -188,6 +188,11 @@ def info(index_dir: Path, as_json: bool) -> None:
 
     facts = describe(index_dir)
     click.echo(json.dumps(facts) if as_json else _info_text(facts))
+
+
+def _se(tuning: dict[str, Any]) -> str:
+    """`` ± SE`` of a tuning record's recall (records written before it was measured have none)."""
+    return f" ± {tuning['recall_se']}" if tuning.get("recall_se") is not None else ""
 
 
 def _info_text(facts: dict[str, Any]) -> str:
@@ -212,7 +217,7 @@ def _info_text(facts: dict[str, Any]) -> str:
     tuning = facts.get("tuning")
     if tuning:
         lines += [
-            (f"recall@{tuning['k']}", f"{tuning['recall_at_k']} (target {tuning['target_recall']}, "
+            (f"recall@{tuning['k']}", f"{tuning['recall_at_k']}{_se(tuning)} (target {tuning['target_recall']}, "
              f"{'reached' if tuning['reached'] else 'NOT reached'}; {tuning['held_out_queries']} held-out queries)"),
             ("speed", f"{tuning['qps']:.0f} queries/s, {tuning['speed_vs_flat']}x exact search "
              f"({tuning['threads']} thread{'s' if tuning['threads'] != 1 else ''})"),

@@ -41,14 +41,16 @@ def test_build_to_a_target_recall(files: Path, kind: str) -> None:
     result = build(files, "--kind", kind, "--target-recall", 0.95, "--k", 5)
     assert result.exit_code == 0, result.output
     tuned = [line for line in result.output.splitlines() if line.startswith("tuned: ")]
-    assert len(tuned) == 1 and "(target 0.95) on 150 held-out queries with" in tuned[0]
+    assert len(tuned) == 1 and "(target 0.95) on 300 held-out queries with" in tuned[0]
     index = EmbeddingIndex.load(files / "idx", device="cpu")
     tuning = index.attrs["tuning"]
-    assert tuning["k"] == 5 and tuning["recall_at_k"] >= 0.95 and f"recall@5 {tuning['recall_at_k']:.3f}" in tuned[0]
+    assert tuning["k"] == 5 and tuning["recall_at_k"] >= 0.95 and f"recall@5 {tuning['recall_at_k']:.3f} ± {tuning['recall_se']:.3f}" in tuned[0]
     x, q = np.load(files / "emb.npy"), np.load(files / "tq.npy")
     gt = exact_search(q, x, 5, metric="l2")[0]
     D, _ = index.search(q, 5)
-    assert (D <= gt[:, -1:] + 1e-3).mean() >= 0.93  # fresh queries: about the recall asked for
+    fresh = (D <= gt[:, -1:] + 1e-3).mean(axis=1)  # (90,) each fresh query's recall@5
+    se = np.hypot(tuning["recall_se"], fresh.std(ddof=1) / np.sqrt(len(fresh)))  # both recalls are sample means
+    assert fresh.mean() >= 0.95 - 3 * se  # fresh queries: the recall asked for, within the sampling error
 
 
 def test_a_pq_factory_string_is_tuned_with_a_re_ranking_depth(files: Path) -> None:
@@ -92,7 +94,8 @@ def test_tune_queries_file_and_info(files: Path) -> None:
     assert set(lines) >= {"kind", "metric", "vectors", "dimension", "labels", "recall@10", "speed"}
     assert lines["vectors"] == "3000" and lines["kind"] == f"ivf ({index.factory})"
     recall = lines["recall@10"]
-    assert recall.startswith(f"{facts['tuning']['recall_at_k']} (target 0.9, reached; 90 held-out queries)")
+    assert recall.startswith(f"{facts['tuning']['recall_at_k']} ± {facts['tuning']['recall_se']} (target 0.9, "
+                             "reached; 90 held-out queries)")
 
 
 def test_info_of_an_untuned_index_with_provenance(files: Path) -> None:

@@ -51,7 +51,8 @@ def test_tuning_reaches_the_target_on_fresh_queries(data, centers, kind: str, ta
     with _maybe_flat_faster():
         report = index.tune(target, k=10)
     assert report["reached"] and report["recall_at_k"] >= target
-    assert report["held_out_queries"] == 200 and report["searched_vectors"] == 3800
+    assert report["held_out_queries"] == 400 and report["searched_vectors"] == 3600
+    assert 0 < report["recall_se"] < 0.02  # a few misses among 400 queries
     assert index.attrs["tuning"] == report and report["k"] == 10
     fresh = _clustered(300, 3, centers)
     assert _fresh_recall(index, data, fresh, 10) >= target - 0.02
@@ -92,7 +93,7 @@ def test_the_fastest_build_that_reaches_the_target_wins(data, monkeypatch: pytes
     best = max((t for t in timed if t["recall"] >= 0.9), key=lambda t: t["qps"])
     assert report["params"] == {"nlist": best["nlist"], "nprobe": best["nprobe"]}
     assert index.nlist == best["nlist"] and index.nprobe == best["nprobe"] and index.faiss_index.nlist == best["nlist"]
-    assert report["flat_qps"] == pytest.approx(1e9 / 3800, rel=1e-3)
+    assert report["flat_qps"] == pytest.approx(1e9 / 3600, rel=1e-3)
     assert report["speed_vs_flat"] == pytest.approx(best["qps"] / report["flat_qps"], rel=1e-3) and report["speed_vs_flat"] > 1
     assert not report["flat_faster"] and report["notes"] == []
 
@@ -172,6 +173,10 @@ def test_given_queries_are_the_held_out_set(data, centers, tmp_path: Path) -> No
         report = index.tune(0.9, k=3, queries=queries)
     assert report["held_out_queries"] == 120 and report["searched_vectors"] == 4000
     assert report["queries"] == "given queries" and report["recall_at_k"] >= 0.9
+    gt = exact_search(queries, data, 3, metric="l2")[0]  # the tuned index searches the same vectors (ids = rows)
+    per_query = tuning.recall_per_query(index.search(queries, 3)[1], queries, data, gt, "l2")  # (120,)
+    assert per_query.mean() == pytest.approx(report["recall_at_k"], abs=1e-4)
+    assert report["recall_se"] == pytest.approx(per_query.std(ddof=1) / np.sqrt(120), abs=1e-4)
     index.attrs["model_fingerprint"] = "abc"
     index.save(tmp_path / "idx")
     back = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
@@ -218,3 +223,6 @@ def test_recall_counts_ties_at_the_kth_distance_as_hits() -> None:
     assert tuning.recall_at_k(np.array([[1, -1]]), q, base, gt, "l2") == 0.5  # a missing neighbour is a miss
     sims = exact_search(q, base, 2, metric="ip")[0]
     assert tuning.recall_at_k(np.array([[3, 1]]), q, base, sims, "ip") == 1.0  # (5,5)·q = 4.5 is the best
+    two = np.array([[0.9, 0.0], [4.0, 4.0]], dtype=np.float32)
+    per_query = tuning.recall_per_query(np.array([[1, 3], [3, 2]]), two, base, exact_search(two, base, 2, metric="l2")[0], "l2")
+    assert per_query.tolist() == [0.5, 1.0]  # (4,4)'s two nearest: (5,5) and a (1,0) duplicate
