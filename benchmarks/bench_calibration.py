@@ -10,21 +10,26 @@ on the train rows only; the index holds the train rows only; calibration rows ar
     are re-split into calibration / test halves ``--repeats`` times (the model and index stay fixed), and
     coverage and set size are averaged over the repeats (coverage is random through the calibration draw).
 (b) ECE (15 bins, top label) on the test rows before and after calibration.
-(c) Open set: a second model and index see classes 0-5 only (train rows of those classes; calibration
-    rows of those classes); the test rows hold all ten classes, so 6-9 were never seen. At a target precision
-    P, ``predict_or_reject`` against a plain top-1 similarity threshold calibrated on the same rows for the
-    same P. Reported: accepted precision (an accepted unknown counts as wrong), share of unknowns rejected and
-    share of knowns kept; and, sweeping each rule's threshold on the test rows, the share of unknowns
-    rejected at equal accepted precision.
+(c) Open set, for each of ``--open-set-seeds`` (the calibration / test draw and the model's seed): a second
+    model and index see classes 0-5 only (train rows of those classes; calibration rows of those classes);
+    the test rows hold all ten classes, so 6-9 were never seen. At a target precision P,
+    ``predict_or_reject`` (with the default ``unseen_share=0.25``, and with the test rows' true share of
+    unknowns) against a plain top-1 similarity threshold calibrated on the same rows for the same P.
+    Reported: accepted precision (an accepted unknown counts as wrong), share of unknowns rejected and share
+    of knowns kept; then both rules with their thresholds set on the test rows to the same accepted
+    precision P (what each *ranking* can do), and the AUROC of each score for correct known predictions
+    against unknowns.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_calibration.py [--repeats 20] [--json out.json]
-[--plots docs/]`` (about 15 minutes on one thread of a shared two-core machine). The numbers in BENCHMARKS.md
-are ``--repeats 20 --json benchmarks/results_calibration.json --plots docs``.
+[--plots docs/] [--parts c]`` (about 15 minutes on one thread of a shared two-core machine; ``--parts c``, the
+open set alone, about 2). The numbers in BENCHMARKS.md are ``--repeats 20 --json
+benchmarks/results_calibration.json --plots docs``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +121,12 @@ def part_a_b(Etr, ytr, Eho, yho, repeats: int, alphas: tuple[float, ...]) -> dic
 
 
 def part_c(data: dict[str, np.ndarray], seed: int, epochs: int, known: int = 6) -> dict[str, Any]:
-    """Open set: model, index and calibration on classes < ``known``; test on all classes."""
+    """Open set: model, index and calibration on classes < ``known``; test on all classes (one seed).
+
+    ``seed`` draws the calibration / test halves of the held-out rows and seeds the model's training.
+    """
+    from sklearn.metrics import roc_auc_score
+
     ytr, yho = data["ytr"], data["yho"]
     tr = ytr < known
     perm = np.random.default_rng(seed).permutation(len(yho))
@@ -126,31 +136,31 @@ def part_c(data: dict[str, np.ndarray], seed: int, epochs: int, known: int = 6) 
     ycal, yte = yho[cal_rows], yho[test_rows]
     unknown = yte >= known
     knn = KNNClassifier(K, weights="distance", device="cpu").fit(Etr, ytr[tr])
-    out: dict[str, Any] = {"known_classes": known, "test_unknown": int(unknown.sum()), "test_known": int((~unknown).sum())}
+    share = round(float(unknown.mean()), 2)
+    out: dict[str, Any] = {"seed": seed, "known_classes": known, "test_unknown": int(unknown.sum()),
+                           "test_known": int((~unknown).sum())}
+    base_pred = knn.predict(Ete)
+    d_test = knn.kneighbors(Ete)[0][:, 0]  # (n,) distance to the nearest indexed vector
+    d_cal = knn.kneighbors(Ecal)[0][:, 0]
+    good = (base_pred == yte) & ~unknown
     for target in PRECISIONS:
-        knn.calibrate(Ecal, ycal, alpha=0.1, target_precision=target)
-        pred = knn.predict_or_reject(Ete)
-        ours = _open_set_row(pred != -1, pred, yte, unknown)
-        # baseline: top-1 similarity (−distance to the nearest indexed vector), threshold at P on the same rows
-        d_cal = knn.kneighbors(Ecal)[0][:, 0]
+        row: dict[str, Any] = {}
+        # the plain rule: top-1 similarity (−distance), threshold reaching P on the same calibration rows
         base_t, _, _ = precision_threshold(-d_cal, knn.predict(Ecal) == ycal, target)
-        base_pred = knn.predict(Ete)
-        d_test = knn.kneighbors(Ete)[0][:, 0]
-        base = _open_set_row(-d_test >= base_t, base_pred, yte, unknown)
-        # the same rule at the accepted precision ours reached on the test rows (threshold chosen on the test rows)
-        matched_t, _, _ = precision_threshold(-d_test, (base_pred == yte) & ~unknown, ours["accepted_precision"])
-        matched = _open_set_row(-d_test >= matched_t, base_pred, yte, unknown)
-        # ranking alone: sweep each rule's threshold on the test rows to the same accepted precision
-        curve_ours = _rejected_at_precision(knn.acceptance_score(Ete), base_pred, yte, unknown, target)
-        curve_base = _rejected_at_precision(-d_test, base_pred, yte, unknown, target)
-        from sklearn.metrics import roc_auc_score
-
-        good = (base_pred == yte) & ~unknown
-        auroc = {name: float(roc_auc_score(good[good | unknown], score[good | unknown]))
-                 for name, score in (("ours", knn.acceptance_score(Ete)), ("top1_similarity", -d_test))}
-        out[str(target)] = {"ours": ours, "auroc_correct_known_vs_unknown": auroc, "top1_similarity": base, "top1_similarity_at_our_precision": matched,
-                            "calibration": {k: knn.calibration_["rejection"][k] for k in ("known_kept", "unseen_rejected")},
-                            "unknown_rejected_at_equal_precision": {"ours": curve_ours, "top1_similarity": curve_base}}
+        row["top1_similarity"] = _open_set_row(-d_test >= base_t, base_pred, yte, unknown)
+        for name, assumed in (("ours", 0.25), ("ours_true_share", share)):
+            knn.calibrate(Ecal, ycal, alpha=0.1, target_precision=target, unseen_share=assumed)
+            pred = knn.predict_or_reject(Ete)
+            row[name] = {**_open_set_row(pred != -1, pred, yte, unknown), "unseen_share": assumed,
+                         "calibration": {k: knn.calibration_["rejection"][k] for k in ("known_kept", "unseen_rejected")}}
+        score = knn.acceptance_score(Ete)  # (n,) of the last calibration: ranks as the default's does
+        # both rules set to the same accepted precision P on the test rows (thresholds chosen on the test rows)
+        row["equal_test_precision"] = {name: _row_at_precision(s, base_pred, yte, unknown, target)
+                                       for name, s in (("ours", score), ("top1_similarity", -d_test))}
+        row["auroc_correct_known_vs_unknown"] = {
+            name: float(roc_auc_score(good[good | unknown], s[good | unknown]))
+            for name, s in (("ours", score), ("top1_similarity", -d_test))}
+        out[str(target)] = row
     return out
 
 
@@ -161,10 +171,18 @@ def _open_set_row(keep: np.ndarray, pred: np.ndarray, y: np.ndarray, unknown: np
             "known_kept": float((keep & ~unknown).sum() / (~unknown).sum())}
 
 
-def _rejected_at_precision(score, pred, y, unknown, target: float) -> float:
-    """Share of unknowns rejected by the loosest threshold whose accepted precision on these rows is ≥ target."""
+def _row_at_precision(score, pred, y, unknown, target: float) -> dict[str, float]:
+    """The loosest threshold of ``score`` whose accepted precision on these rows is ≥ target, and what it does."""
     t, _, _ = precision_threshold(score, (pred == y) & ~unknown, target)
-    return float((score[unknown] < t).mean())
+    return _open_set_row(score >= t, pred, y, unknown)
+
+
+def mean_over_seeds(runs: list[dict[str, Any]]) -> Any:
+    """The mean of every number of equally shaped nested dicts (one per seed)."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {key: mean_over_seeds([run[key] for run in runs]) for key in first}
+    return float(np.mean(runs)) if isinstance(first, (int, float)) and not isinstance(first, bool) else first
 
 
 def plots(result: dict[str, Any], Etr, ytr, Eho, yho, out: Path) -> None:
@@ -194,6 +212,21 @@ def plots(result: dict[str, Any], Etr, ytr, Eho, yho, out: Path) -> None:
     save_png(fig, out / "calibration-coverage.png")
 
 
+def open_set(result: dict[str, Any], data: dict[str, np.ndarray], args: argparse.Namespace) -> None:
+    """Part (c) for each of ``args.open_set_seeds``: ``result["open_set"]`` = per-seed runs and their mean."""
+    runs = [part_c(data, seed, args.epochs) for seed in args.open_set_seeds]
+    result["open_set"] = {"seeds": args.open_set_seeds, "runs": runs, "mean": mean_over_seeds(runs)}
+    mean = result["open_set"]["mean"]
+    print(f"(c) open set (classes 0-5 known), mean of seeds {args.open_set_seeds}:")
+    for target in PRECISIONS:
+        row = mean[str(target)]
+        cells = {name: {k: round(v, 3) for k, v in row[name].items() if k in ("accepted_precision", "unknown_rejected",
+                                                                             "known_kept")}
+                 for name in ("ours", "ours_true_share", "top1_similarity")}
+        print(f"  P={target}: {cells}")
+        print(f"    at equal test precision: {row['equal_test_precision']}; AUROC {row['auroc_correct_known_vs_unknown']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -201,10 +234,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plots", type=Path, default=None, help="folder for the PNGs")
+    parser.add_argument("--open-set-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--parts", choices=("abc", "c"), default="abc",
+                        help="'c': only the open set, merged into an existing --json file")
     args = parser.parse_args()
     set_quiet(True)
     torch.set_num_threads(1)
     data = load(args.seed)
+    if args.parts == "c":
+        result = json.loads(args.json.read_text()) if args.json is not None and args.json.exists() else {}
+        open_set(result, data, args)
+        if args.json is not None:
+            write_json(args.json, result)
+        return
     Etr, Eho = train_embed(data["Xtr"], data["ytr"], [data["Xho"]], args.seed, args.epochs)
     result = part_a_b(Etr, data["ytr"], Eho, data["yho"], args.repeats, ALPHAS)
     print(f"(a) coverage / mean set size over {args.repeats} re-splits of 1000 calibration / 1000 test rows")
@@ -215,12 +257,7 @@ def main() -> None:
         print(f"  α={alpha}: " + " | ".join(cells))
     print("(b) ECE before → after (test rows):",
           {n: f"{v['before']:.4f} → {v['after']:.4f}" for n, v in result["ece"].items()})
-    result["open_set"] = part_c(data, args.seed, args.epochs)
-    print("(c) open set (classes 0-5 known):")
-    for target in PRECISIONS:
-        row = result["open_set"][str(target)]
-        print(f"  P={target}: ours {row['ours']} | top-1 similarity {row['top1_similarity']} | unknowns rejected "
-              f"at equal test precision {row['unknown_rejected_at_equal_precision']}")
+    open_set(result, data, args)
     if args.plots is not None:
         plots(result, Etr, data["ytr"], Eho, data["yho"], args.plots)
     if args.json is not None:
