@@ -86,7 +86,7 @@ def calibrate(
     stored = dict(index.attrs.get("calibration") or {})
     stored[method] = model.calibration_
     index.attrs["calibration"] = stored
-    index.save(index_dir)
+    index.save_attrs(index_dir)  # the manifest only: the vectors are as they were loaded
     for line in summary_lines(model.calibration_):
         click.echo(line)
     click.echo(f"calibration stored in {index_dir} (attrs['calibration']['{method}'] of its manifest)")

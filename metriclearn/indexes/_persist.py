@@ -96,7 +96,24 @@ def load(cls: type[EmbeddingIndex], path: str | os.PathLike[str], device: str) -
     obj._set_structure(structure)
     obj._table.restore(ids, labels, metadata, manifest["has_labels"], manifest["next_id"])
     obj.attrs = dict(manifest.get("attrs") or {})
+    obj._loaded_manifest = manifest["checksum"]
     return obj
+
+
+def save_attrs(index: EmbeddingIndex, path: str | os.PathLike[str]) -> None:
+    """Write ``index.attrs`` into the manifest of ``path``, the directory ``index`` was loaded from.
+
+    Only ``index.json`` is rewritten (atomically), so storing a calibration in a large index costs
+    nothing. Refused when the index's vectors, ids or parameters changed since it was loaded (then
+    :func:`save` it whole), or when the directory was saved again since.
+    """
+    manifest = _storage.read_manifest(path)
+    now = {"count": len(index), "next_id": index._table.next_id, "params": json_attrs(index._params())}
+    changed = [key for key, value in now.items() if manifest.get(key) != value]
+    if changed:
+        raise ValueError(f"the index differs from {path} in {', '.join(changed)} since it was loaded: "
+                         "save() it whole")
+    _storage.update_fields(path, {"attrs": json_attrs(index.attrs)}, FORMAT, getattr(index, "_loaded_manifest", None))
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:

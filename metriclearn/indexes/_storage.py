@@ -167,6 +167,38 @@ def read_directory(path: str | os.PathLike[str], format_name: str, format_versio
     return manifest
 
 
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of ``path``, checked against its own checksum (the data files are not read)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "index directory does not exist", str(root))
+    return _read_manifest(root)
+
+
+def update_fields(
+    path: str | os.PathLike[str], updates: Mapping[str, Any], format_name: str, expected_checksum: str | None
+) -> None:
+    """Rewrite only the manifest of ``path`` with ``updates`` to its fields; the data files stay as they are.
+
+    ``expected_checksum`` is the manifest checksum the caller read (when it loaded the directory): a
+    directory saved again since then is refused, so the new fields never describe files they were not
+    made for. The manifest is replaced atomically; ``files`` and ``format`` cannot be updated.
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    if manifest.get("format") != format_name:
+        raise ValueError(f"{root / MANIFEST} is not a {format_name} manifest (format {manifest.get('format')!r})")
+    if expected_checksum is None or manifest["checksum"] != expected_checksum:
+        raise ValueError(f"index directory {root} is not the one this index was loaded from, or it was saved "
+                         "again since: load it again, or save() the index whole")
+    fixed = sorted({"files", "format", "format_version", "checksum"} & set(updates))
+    if fixed:
+        raise ValueError(f"the manifest fields {fixed} cannot be updated on their own")
+    manifest = {**manifest, **updates}
+    manifest["checksum"] = _manifest_checksum(manifest)
+    write_json(root / MANIFEST, manifest)
+
+
 def _read_manifest(root: Path) -> dict[str, Any]:
     file = root / MANIFEST
     if not file.is_file():

@@ -364,6 +364,15 @@ class EmbeddingIndex:
         """
         _persist.save(self, path)
 
+    def save_attrs(self, path: str | os.PathLike[str]) -> None:
+        """Store :attr:`attrs` in the directory this index was loaded from, rewriting only its manifest.
+
+        For metadata added after loading (a calibration, a note): the data files are not rewritten, so it
+        costs the same for a large index as for a small one. A ``ValueError`` when the vectors, ids or
+        parameters changed since loading (use :meth:`save`), or the directory was saved again since.
+        """
+        _persist.save_attrs(self, path)
+
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto") -> EmbeddingIndex:
         """Read an index saved by :meth:`save`, after checking every file against its checksum.

@@ -291,8 +291,18 @@ class ShardedIndex:
                 raise ValueError(f"index directory {root} is damaged: {entry['path']} holds {len(ids[-1])} vectors, "
                                  f"the sidecar says {entry['count']}")
         has_labels = bool(manifest["has_labels"])
-        return cls(shards, ids, labels if has_labels else None, int(manifest["dim"]), manifest["metric"],
-                   manifest["kind"], manifest.get("attrs"))
+        index = cls(shards, ids, labels if has_labels else None, int(manifest["dim"]), manifest["metric"],
+                    manifest["kind"], manifest.get("attrs"))
+        index._loaded_manifest = manifest["checksum"]
+        return index
+
+    def save_attrs(self, path: str | os.PathLike[str]) -> None:
+        """Store :attr:`attrs` in the directory this index was loaded from, rewriting only its sidecar manifest
+        (see :meth:`EmbeddingIndex.save_attrs`)."""
+        from metriclearn.indexes._persist import json_attrs
+
+        _storage.update_fields(path, {"attrs": json_attrs(self.attrs)}, FORMAT,
+                               getattr(self, "_loaded_manifest", None))
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -72,8 +72,10 @@ def assert_error(result: Result, code: int, *fragments: str) -> None:
 
 
 def test_calibrate_stores_in_the_manifest_and_classify_uses_it(files, index_copy: Path, tmp_path: Path) -> None:
+    vectors = (index_copy / "index.faiss").stat()
     result = calibrate(index_copy, files, "--method", "knn", "--alpha", "0.2", "--target-precision", "0.9")
     assert result.exit_code == 0, result.output
+    assert (index_copy / "index.faiss").stat().st_mtime_ns == vectors.st_mtime_ns  # only the manifest is rewritten
     assert "ECE" in result.output and "coverage" in result.output and "mean set size" in result.output
     stored = EmbeddingIndex.load(index_copy, device="cpu").attrs["calibration"]["knn"]
     assert stored["conformal"]["alpha"] == 0.2 and stored["rejection"]["target_precision"] == 0.9

@@ -194,3 +194,55 @@ def test_a_save_killed_mid_way_leaves_a_staging_folder_that_the_next_save_remove
     _index(x).save(tmp_path / "idx")
     assert not dead.exists() and live.exists() and other.exists()
     assert len(EmbeddingIndex.load(tmp_path / "idx", device="cpu")) == 20
+
+
+def test_save_attrs_rewrites_only_the_manifest(tmp_path: Path, x) -> None:
+    index = EmbeddingIndex(x.shape[1], metric="l2", kind="ivf", nlist=4, device="cpu")
+    index.add(x, labels=np.arange(len(x)) % 3)
+    index.save(tmp_path / "idx")
+    data = {name: os.stat(tmp_path / "idx" / name).st_mtime_ns for name in ("index.faiss", "ids.npy", "labels.npy")}
+    loaded = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
+    loaded.attrs["calibration"] = {"knn": {"alpha": 0.1}}
+    loaded.save_attrs(tmp_path / "idx")
+    back = EmbeddingIndex.load(tmp_path / "idx", device="cpu")  # every checksum still verifies
+    assert back.attrs == {"calibration": {"knn": {"alpha": 0.1}}}
+    assert {name: os.stat(tmp_path / "idx" / name).st_mtime_ns for name in data} == data  # data files untouched
+    np.testing.assert_array_equal(back.labels, index.labels)
+    assert {p.name for p in tmp_path.iterdir()} == {"idx"}  # no staging folder or temp file left
+
+
+def test_save_attrs_refuses_a_changed_index_or_directory(tmp_path: Path, x) -> None:
+    index = EmbeddingIndex(x.shape[1], metric="l2", kind="ivf", nlist=4, device="cpu")
+    index.add(x)
+    index.save(tmp_path / "idx")
+    with pytest.raises(ValueError, match="not the one this index was loaded from"):
+        index.save_attrs(tmp_path / "idx")  # never loaded from there
+    grown = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
+    grown.add(x[:3])
+    with pytest.raises(ValueError, match="differs from .* in count, next_id since it was loaded: save"):
+        grown.save_attrs(tmp_path / "idx")
+    probed = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
+    probed.nprobe = 3
+    with pytest.raises(ValueError, match="in params since it was loaded"):
+        probed.save_attrs(tmp_path / "idx")
+    stale = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
+    index.attrs["note"] = "saved again"
+    index.save(tmp_path / "idx")  # another save after `stale` was loaded
+    stale.attrs["note"] = "stale"
+    with pytest.raises(ValueError, match="or it was saved again since"):
+        stale.save_attrs(tmp_path / "idx")
+    assert EmbeddingIndex.load(tmp_path / "idx", device="cpu").attrs == {"note": "saved again"}
+    with pytest.raises(FileNotFoundError):
+        stale.save_attrs(tmp_path / "missing")
+
+
+def test_save_attrs_of_a_sharded_index(tmp_path: Path, x) -> None:
+    from metriclearn.indexes.sharded import ShardedIndex
+
+    ShardedIndex.build(x, labels=np.arange(len(x)) % 3, num_shards=2, metric="l2", device="cpu").save(tmp_path / "idx")
+    loaded = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
+    assert isinstance(loaded, ShardedIndex)
+    loaded.attrs["calibration"] = {"cache": {"theta": 5.0}}
+    loaded.save_attrs(tmp_path / "idx")
+    back = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
+    assert back.attrs == {"calibration": {"cache": {"theta": 5.0}}} and len(back) == len(x)
