@@ -141,7 +141,8 @@ class SentenceEncoder(nn.Module):
         Keep the transformer fixed and train only the head (default; see the module docstring).
     max_length:
         Truncate texts to this many tokens; ``None``: the folder's ``max_seq_length`` (256 for MiniLM),
-        else the tokenizer's limit (at most 512).
+        else the tokenizer's limit (at most 512), and never more than the model's
+        ``max_position_embeddings`` (a longer value is a ``ValueError``).
     chunk_size:
         Texts per transformer forward pass (bounds memory; a batch is split into length-sorted chunks).
     cache_size:
@@ -169,8 +170,13 @@ class SentenceEncoder(nn.Module):
         self.model_path = path.resolve()
         transformer_dir, self.pooled_normalize, folder_max = _folder_layout(self.model_path)
         self.tokenizer, self.transformer = _load_transformer(transformer_dir)
+        positions = getattr(self.transformer.config, "max_position_embeddings", None)  # the model's hard limit
         limit = folder_max or min(int(getattr(self.tokenizer, "model_max_length", MAX_LENGTH_CAP)), MAX_LENGTH_CAP)
+        limit = min(limit, positions) if isinstance(positions, int) and positions > 0 else limit
         self.max_length = check_positive_int(max_length if max_length is not None else limit, "max_length")
+        if isinstance(positions, int) and positions > 0 and self.max_length > positions:
+            raise ValueError(f"max_length={self.max_length} is longer than the {positions} positions the model "
+                             f"{str(self.model_path)!r} has (max_position_embeddings)")
         self.chunk_size = check_positive_int(chunk_size, "chunk_size")
         self.cache_size = check_positive_int(cache_size, "cache_size", allow_zero=True)
         self.hidden_size = int(self.transformer.config.hidden_size)

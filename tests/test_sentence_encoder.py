@@ -62,6 +62,20 @@ def test_max_length_truncates(minilm) -> None:
     assert short.max_length == 4
 
 
+def test_max_length_never_exceeds_the_models_positions(minilm, tmp_path) -> None:
+    import json
+
+    folder = tmp_path / "long"  # the packaged model, but its sentence-transformers config asks for 4096 tokens
+    folder.mkdir()
+    for entry in minilm.iterdir():
+        (folder / entry.name).symlink_to(entry)
+    (folder / "sentence_bert_config.json").unlink()
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 4096, "do_lower_case": False}))
+    assert SentenceEncoder(folder, embedding_dim=None, cache_size=0).max_length == 512  # max_position_embeddings
+    with pytest.raises(ValueError, match="max_length=600 is longer than the 512 positions the model"):
+        SentenceEncoder(minilm, embedding_dim=None, max_length=600)
+
+
 def test_frozen_encoder_trains_only_the_head_and_saves_only_the_head(minilm) -> None:
     enc = SentenceEncoder(minilm, embedding_dim=8)
     assert [n for n, p in enc.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
