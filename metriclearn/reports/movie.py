@@ -94,7 +94,7 @@ class CentroidMovie:
         self._labels: np.ndarray | None = None  # labels of the first snapshot (every later one must match)
         self._codes: np.ndarray | None = None  # (n,) int codes into self.classes
         self._sample: np.ndarray | None = None  # (m,) rows drawn
-        self._pca: PCA | None = None
+        self._axes: tuple[np.ndarray, np.ndarray] | None = None  # the first snapshot's PCA: mean (D,), axes (c, D)
 
     def __len__(self) -> int:
         return len(self.epochs)
@@ -103,7 +103,7 @@ class CentroidMovie:
         """Snapshot ``embeddings`` (n, D) of the fixed validation points with ``labels`` (n,) at ``epoch``."""
         x = check_matrix(embeddings, "embeddings")
         labels = check_labels(labels, "labels", n=len(x))
-        if self._pca is None:
+        if self._axes is None:
             self._start(x, labels)
         else:
             self._check_same_points(x, labels)
@@ -117,22 +117,57 @@ class CentroidMovie:
         codes, self.classes = as_codes(labels, self.classes)
         self._labels, self._codes = labels.copy(), codes
         self._sample = stratified_subsample(codes, self.sample_size, self.seed)
-        self._pca = PCA(n_components=min(2, x.shape[1], len(x)), random_state=self.seed).fit(x)
+        pca = PCA(n_components=min(2, x.shape[1], len(x)), random_state=self.seed).fit(x)
+        self._axes = (pca.mean_, pca.components_)
 
     def _check_same_points(self, x: np.ndarray, labels: np.ndarray) -> None:
-        assert self._labels is not None and self._pca is not None
-        if x.shape[1] != self._pca.n_features_in_:
+        assert self._labels is not None and self._axes is not None
+        if x.shape[1] != self._axes[0].shape[0]:
             raise ValueError(f"embeddings have dimension {x.shape[1]}, the first snapshot had "
-                             f"{self._pca.n_features_in_}")
+                             f"{self._axes[0].shape[0]}")
         if len(labels) != len(self._labels) or not np.array_equal(labels, self._labels):
             raise ValueError(f"labels differ from the first snapshot's ({len(labels)} vs {len(self._labels)} "
                              "points): add() needs the same validation points in the same order every epoch")
 
     def _project(self, x: np.ndarray) -> np.ndarray:
         """PCA to 2-D with the fitted axes, padded with zeros when fewer than 2 components exist."""
-        assert self._pca is not None
-        z = self._pca.transform(x)  # (n, <=2)
+        assert self._axes is not None
+        mean, components = self._axes
+        z = (x - mean) @ components.T  # (n, <=2)
         return np.pad(z, ((0, 0), (0, 2 - z.shape[1]))).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything collected so far, as lists and numbers (``torch.load(weights_only=True)`` reads it back).
+
+        A resumed training run restores it, so the movie holds every epoch and keeps the first one's PCA.
+        """
+        if self._axes is None:
+            return {}
+        assert self._labels is not None and self._codes is not None and self._sample is not None
+        return {
+            "classes": [c.item() if isinstance(c, np.generic) else c for c in self.classes],
+            "epochs": list(self.epochs),
+            "points": [p.tolist() for p in self._points],
+            "centroids": [c.tolist() for c in self._centroids],
+            "labels": self._labels.tolist(),
+            "codes": self._codes.tolist(),
+            "sample": self._sample.tolist(),
+            "mean": self._axes[0].tolist(),
+            "components": self._axes[1].tolist(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (an empty dict: nothing collected yet)."""
+        if not state:
+            return
+        self.classes = list(state["classes"])
+        self.epochs = [int(e) for e in state["epochs"]]
+        self._points = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in state["points"]]
+        self._centroids = [np.asarray(c, dtype=np.float32).reshape(-1, 2) for c in state["centroids"]]
+        self._labels = np.asarray(state["labels"])
+        self._codes = np.asarray(state["codes"], dtype=np.int64)
+        self._sample = np.asarray(state["sample"], dtype=np.int64)
+        self._axes = (np.asarray(state["mean"], dtype=np.float64), np.asarray(state["components"], dtype=np.float64))
 
     def limits(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """Fixed ``(xlim, ylim)`` that contain every frame's points and centroids, with a 5 % margin."""

@@ -274,6 +274,13 @@ class _MovieSnapshots(Callback):
         if trainer.is_main_process and self.snapshots:
             self.movie.save(self.out_dir)
 
+    def state_dict(self) -> dict[str, Any]:  # a resumed run's movie keeps the epochs before the kill
+        return {"movie": self.movie.state_dict(), "snapshots": self.snapshots}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.movie.load_state_dict(state["movie"])
+        self.snapshots = int(state["snapshots"])
+
 
 def classification_head(objective: nn.Module) -> nn.Module | None:
     """The ``nn.Linear`` head that the ``softmax``/``complement`` terms of an objective share, if any."""

@@ -232,3 +232,31 @@ def test_early_stop_is_kept_across_a_kill_before_the_model_is_written(tmp_path) 
     assert run_state(tmp_path / "r") == "finished"
     with pytest.raises(ValueError, match="is a finished run .*nothing to resume"):
         train_run(config, tmp_path / "r", resume=True, verbose=False)
+
+
+def test_a_resumed_run_keeps_the_centroid_movie_of_the_epochs_before_the_kill(tmp_path) -> None:
+    from PIL import Image
+
+    from metriclearn.training import TrainConfig, train_run
+    from metriclearn.training import trainer as trainer_module
+
+    config = TrainConfig(data=_digits_subset(tmp_path / "d.npz"), epochs=4, batch_size=40, samples_per_class=4,
+                         encoder="mlp:16", embedding_dim=8, device="cpu", report=True)
+    steps = {"n": 0}
+    original = trainer_module.Trainer._train_step
+
+    def step(self, *args, **kwargs):  # killed at the first step of epoch 3 (4 steps an epoch)
+        steps["n"] += 1
+        if steps["n"] == 9:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    trainer_module.Trainer._train_step = step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_run(config, tmp_path / "r", verbose=False)
+    finally:
+        trainer_module.Trainer._train_step = original
+    train_run(config, tmp_path / "r", resume=True, verbose=False)
+    with Image.open(tmp_path / "r" / "report" / "centroids.gif") as gif:
+        assert gif.n_frames == 4  # epochs 1-2 from the checkpoint, 3-4 after the resume
