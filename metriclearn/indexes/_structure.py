@@ -92,6 +92,10 @@ def apply_search_params(index: faiss.Index | None, nprobe: int | None, ef_search
         graph.hnsw.efSearch = ef_search
 
 
+FAISS_POINTS_PER_LIST = 39  # faiss's k-means warns below this many training points per centroid
+FEW_POINTS_PER_LIST = "inverted lists trained on"  # the start of the warning that replaces faiss's
+
+
 def train(index: faiss.Index, xb: np.ndarray, kind: str, nlist: int | None, pq_nbits: int, factory: str) -> None:
     """Train ``index`` on ``xb``; too few vectors, or faiss refusing, is a ``ValueError`` saying what to change."""
     need = _factory.min_training_points(kind, nlist, pq_nbits)
@@ -103,6 +107,15 @@ def train(index: faiss.Index, xb: np.ndarray, kind: str, nlist: int | None, pq_n
             f"add more vectors in the first call or lower {'nlist/pq_nbits' if pq else 'nlist'}"
         )
     part = ivf(index)
+    if part is not None:  # faiss prints a stderr line when k-means sees < 39 points per list: a Python warning
+        part.cp.min_points_per_centroid = 1
+        if xb.shape[0] < FAISS_POINTS_PER_LIST * part.nlist:
+            warnings.warn(
+                f"{FEW_POINTS_PER_LIST} {xb.shape[0]} vectors for nlist={part.nlist} "
+                f"({xb.shape[0] / part.nlist:.0f} per list); faiss recommends at least "
+                f"{FAISS_POINTS_PER_LIST} per list ({FAISS_POINTS_PER_LIST * part.nlist})",
+                stacklevel=4,
+            )
     if kind == "pq" and part is not None:
         # faiss prints one stderr line per sub-quantizer when codebooks see < 39 points per code;
         # say it once, as a Python warning, instead

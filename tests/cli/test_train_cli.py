@@ -221,6 +221,12 @@ def test_report_flag_calls_reports_each_epoch_and_at_the_end(tmp_path, monkeypat
         def save(self, out_dir):
             calls["save"].append(out_dir)
 
+        def state_dict(self):  # checkpointed with the run
+            return {"frames": len(calls["add"])}
+
+        def load_state_dict(self, state):
+            raise AssertionError("a fresh run restores no movie")
+
     def fake_write_report(embeddings, labels, out_dir, method="both", classes=None, config=None):
         calls["write_report"].append((embeddings.shape, out_dir, classes, config["epochs"]))
         return {}
