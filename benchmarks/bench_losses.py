@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -195,6 +196,30 @@ def bench_others(repeats: int, b: int = 512) -> list[dict[str, object]]:
     return rows
 
 
+def autograd_uniformity(x: torch.Tensor, labels: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """UniformityLoss written with autograd's pieces (what its hand-written backward replaces)."""
+    z = F.normalize(x, dim=1)
+    logits = (2.0 * t) * (z @ z.T) - 2.0 * t
+    logits = logits.masked_fill(torch.eye(len(x), dtype=torch.bool), float("-inf"))
+    return torch.logsumexp(logits.reshape(-1), dim=0) - math.log(len(x) * (len(x) - 1))
+
+
+def bench_uniformity(repeats: int, sizes: tuple[int, ...] = (128, 512)) -> list[dict[str, object]]:
+    """UniformityLoss's hand-written backward against autograd through the same formula (no pml counterpart)."""
+    from metriclearn.losses import UniformityLoss
+
+    rows = []
+    for b in sizes:
+        x, labels = batch(b)
+        t = interleaved({"fused": step(UniformityLoss(), x, labels), "autograd": step(autograd_uniformity, x, labels)},
+                        max(10, repeats * 512 // b))
+        rows += [row(f"UniformityLoss, hand-written backward, B={b}", t["fused"], None, None),
+                 row(f"UniformityLoss as autograd pieces, B={b}", t["autograd"], None, None)]
+        print_row(rows[-2])
+        print_row(rows[-1])
+    return rows
+
+
 def print_row(r: dict[str, object]) -> None:
     def cell(key: str, fmt: str = ".2f") -> str:
         return format(r[key], fmt) if key in r else ""
@@ -249,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [512, 2048] if args.quick else [256, 512, 1024, 2048]
     slots = [4096] if args.quick else [1024, 4096, 16384]
     rows = bench_neighborhood(sizes, repeats) + bench_cache(slots, repeats) + bench_others(repeats)
+    rows += bench_uniformity(repeats)
     env["load_average_at_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"\n- load average at end: {env['load_average_at_end']} (1, 5, 15 min; {os.cpu_count()} cores)")
     if args.json is not None:

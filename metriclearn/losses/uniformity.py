@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from metriclearn._checks import check_embeddings_tensor, check_labels_tensor, check_positive_float
+
+
+_EPS = 1e-12  # F.normalize's floor on the norm
 
 
 class UniformityLoss(nn.Module):
@@ -71,10 +76,42 @@ class UniformityLoss(nn.Module):
             embeddings = embeddings.float()
         if b == 1:
             return embeddings.sum() * 0.0
-        z = F.normalize(embeddings, dim=1)  # (B, D)
-        logits = (2.0 * self.t) * (z @ z.T) - 2.0 * self.t  # (B, B): -t |z_i - z_j|^2
-        logits = logits.masked_fill(torch.eye(b, dtype=torch.bool, device=z.device), float("-inf"))
-        return torch.logsumexp(logits.reshape(-1), dim=0) - math.log(b * (b - 1))
+        return _Uniformity.apply(embeddings, self.t)
 
     def extra_repr(self) -> str:
         return f"t={self.t}"
+
+
+class _Uniformity(torch.autograd.Function):
+    """The loss with its gradient written out: one Gram matrix forward, one product backward.
+
+    With p_ij = softmax over the pairs i ≠ j of 2t·z_i·z_j (symmetric), ∂L/∂z = 4t·P z, and through the
+    normalisation z = x / max(‖x‖, ε): ∂L/∂x = (∂L/∂z − z (z·∂L/∂z)) / ‖x‖ (∂L/∂z / ε where ‖x‖ < ε).
+    Autograd through ``F.normalize``, the product and ``logsumexp`` would run one more (B, B, D) product
+    and keep masked (B, B) copies; ``tests/losses/test_uniformity.py`` checks the two agree, and
+    ``benchmarks/bench_losses.py`` times them.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, t: float) -> Tensor:  # type: ignore[override]
+        b = x.shape[0]
+        norm = x.norm(dim=1, keepdim=True)  # (B, 1)
+        z = x / norm.clamp_min(_EPS)  # (B, D)
+        logits = (2.0 * t) * (z @ z.T)  # (B, B): -t |z_i - z_j|^2 + 2t
+        logits.diagonal().fill_(float("-inf"))
+        top = logits.max()
+        weights = torch.exp(logits - top)  # (B, B), 0 on the diagonal
+        total = weights.sum()
+        ctx.t = t
+        ctx.save_for_backward(z, norm, weights, total)
+        return top + torch.log(total) - 2.0 * t - math.log(b * (b - 1))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        z, norm, weights, total = ctx.saved_tensors
+        grad_z = ((4.0 * ctx.t) * grad / total) * (weights @ z)  # (B, D)
+        radial = (grad_z * z).sum(dim=1, keepdim=True)  # (B, 1)
+        inside = norm >= _EPS
+        grad_x = torch.where(inside, (grad_z - z * radial) / norm.clamp_min(_EPS), grad_z / _EPS)  # (B, D)
+        return grad_x, None

@@ -43,6 +43,26 @@ def test_gradcheck() -> None:
     assert gradcheck(lambda e: loss(e), (x,))
 
 
+def autograd_uniformity(x: torch.Tensor, t: float) -> torch.Tensor:
+    """The loss written with autograd's pieces (the reference for the hand-written backward)."""
+    z = torch.nn.functional.normalize(x, dim=1)
+    logits = (2.0 * t) * (z @ z.T) - 2.0 * t
+    logits = logits.masked_fill(torch.eye(len(x), dtype=torch.bool), float("-inf"))
+    return torch.logsumexp(logits.reshape(-1), dim=0) - math.log(len(x) * (len(x) - 1))
+
+
+@pytest.mark.parametrize("t", [0.5, 2.0, 30.0])
+def test_hand_written_backward_equals_autograd(t: float) -> None:
+    x = torch.randn(129, 16, dtype=torch.float64) * torch.rand(129, 1, dtype=torch.float64) * 3  # uneven norms
+    x[7] = 0.0  # a zero row: F.normalize's floor
+    mine, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    value, expected = UniformityLoss(t)(mine), autograd_uniformity(ref, t)
+    (3.0 * value).backward()
+    (3.0 * expected).backward()
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-9, atol=1e-12)
+
+
 def test_gradient_spreads_points_apart() -> None:
     """One gradient step moves two nearby points apart (the angle between them grows)."""
     x = torch.tensor([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.0]], dtype=torch.float64, requires_grad=True)
