@@ -2,6 +2,7 @@
 
 Every command exits 0 on success, 2 on usage errors (click's own) and 1 on any other failure, which
 is printed as one line ``Error: ...``; ``metriclearn --debug COMMAND`` shows the traceback instead.
+Python warnings are one ``warning: ...`` line each (with ``--debug``, Python's own form).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -33,12 +35,24 @@ def format_error(exc: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the message held
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """Show a Python warning as one ``warning: ...`` line on stderr (``--debug`` shows where it came from)."""
+    click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+
 class MetricLearnGroup(click.Group):
-    """A click group that turns any non-click exception into one clean line (unless ``--debug``)."""
+    """A click group that turns any non-click exception into one clean line (unless ``--debug``).
+
+    Python warnings raised while a command runs are printed as one ``warning: ...`` line each.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                if not ctx.params.get("debug"):
+                    warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:

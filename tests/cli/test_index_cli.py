@@ -161,3 +161,16 @@ def test_build_from_a_trained_run_end_to_end(tmp_path: Path) -> None:
     np.save(tmp_path / "q.npy", index.vectors(index.ids[:5]))
     data = json.loads(run("index", "query", "--index", idx, "--queries", tmp_path / "q.npy", "-k", 1, "--json").output)
     assert [row[0] for row in data["ids"]] == [0, 1, 2, 3, 4]  # each stored vector finds itself
+
+
+def test_a_python_warning_is_one_line_and_debug_keeps_its_origin(files: Path) -> None:
+    result = build(files, "--metric", "l2", "--kind", "ivf", "--nlist", "4")  # 40 vectors: 10 per list
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert ("warning: inverted lists trained on 40 vectors for nlist=4 (10 per list); faiss recommends at least "
+            "39 per list (156)") in lines
+    assert not any("UserWarning" in line or ".py:" in line for line in lines)  # no file, no category, no source
+    with pytest.warns(UserWarning, match="inverted lists trained on 40 vectors"):  # --debug: Python's own handling
+        result = run("--debug", "index", "build", "--embeddings", files / "emb.npy", "--metric", "l2", "--kind",
+                     "ivf", "--nlist", "4", "--out", files / "idx2")
+    assert result.exit_code == 0 and "warning:" not in result.output, result.output
