@@ -4,8 +4,8 @@
 :class:`~metriclearn.classify.CacheClassifier` one implementation of
 
 - ``calibrate(X_cal, y_cal, alpha=0.1, target_precision=None)`` on held-out rows;
-- ``predict_sets(X) -> (n, K) bool``, columns in ``classes_`` order (split conformal, marginal coverage
-  ≥ 1 − α on exchangeable data);
+- ``predict_sets(X) -> (n, K) bool``, columns in ``classes_`` order (split conformal, coverage ≥ 1 − α on
+  exchangeable data: marginal, or within every class with ``coverage="class"``);
 - ``predict_or_reject(X, unknown_label=-1)``: the prediction, or ``unknown_label`` where the acceptance
   score is below the threshold that reached ``target_precision`` on calibration rows.
 
@@ -67,6 +67,7 @@ from metriclearn.classify import conformal
 from metriclearn.classify._validation import query_data
 
 CALIBRATION_VERSION = 1
+COVERAGES = ("marginal", "class")
 FEATURES = ("log_top_probability", "margin", "nearest_distance", "mean_distance", "nearest_distance_by_class",
             "mean_distance_by_class")
 NEIGHBOURS_FOR_FEATURES = 10  # m: distances to the m nearest stored vectors feed the acceptance score
@@ -95,6 +96,7 @@ class CalibrationMixin:
         target_precision: float | None = None,
         *,
         score: str = "lac",
+        coverage: str = "marginal",
         unseen_share: float = 0.25,
         fit_fraction: float = 0.3,
         random_state: int = 0,
@@ -109,6 +111,9 @@ class CalibrationMixin:
         target_precision : if given, in (0, 1]: fit the open-set acceptance score and the rejection
             threshold of :meth:`predict_or_reject`.
         score : ``"lac"`` (1 − p_y, smallest sets) or ``"aps"`` (mass down to y, adaptive sets).
+        coverage : ``"marginal"`` (one threshold: ≥ 1 − α over all rows) or ``"class"`` (one threshold per
+            class, :func:`~metriclearn.classify.conformal.class_thresholds`: ≥ 1 − α within every class,
+            larger sets for hard classes; a class with too few calibration rows is in every set).
         unseen_share : share of inputs from classes never seen that the rejection threshold assumes, in
             [0, 1): ``target_precision`` is reached on held-out rows mixed with their never-seen stand-ins
             (see the module notes) in that proportion. 0 gives the classic threshold, which only knows the
@@ -125,6 +130,7 @@ class CalibrationMixin:
         if target_precision is not None:
             target_precision = _check_precision(target_precision)
         check_choice(score, conformal.SCORES, "score")
+        check_choice(coverage, COVERAGES, "coverage")
         unseen_share = _check_fraction_below_one(unseen_share, "unseen_share")
         fit_fraction = _check_open_fraction(fit_fraction, "fit_fraction")
         check_positive_int(random_state, "random_state", allow_zero=True)
@@ -149,9 +155,14 @@ class CalibrationMixin:
         params, nll = _best_by_nll(self._probability_candidates(X[fit_rows]), codes[fit_rows])
         before = self._proba_with(X[conf_rows], None)  # (n_conf, K) the probabilities as they were
         after = self._proba_with(X[conf_rows], params)  # (n_conf, K) calibrated
-        scores = conformal.class_scores(after, score)  # (n_conf, K)
-        threshold = conformal.conformal_quantile(scores[np.arange(len(conf_rows)), codes[conf_rows]], alpha)
-        sets = scores <= threshold
+        cc = codes[conf_rows]
+        true_scores = conformal.class_scores(after, score)[np.arange(len(conf_rows)), cc]  # (n_conf,)
+        threshold: float | list[float | None] = (
+            conformal.conformal_quantile(true_scores, alpha) if coverage == "marginal"
+            else conformal.class_thresholds(true_scores, cc, len(self.classes_), alpha)
+        )
+        sets = conformal.prediction_sets(after, threshold, score)  # (n_conf, K)
+        covered = sets[np.arange(len(conf_rows)), cc]  # (n_conf,)
         state: dict[str, Any] = {
             "version": CALIBRATION_VERSION,
             "method": self._method,
@@ -159,14 +170,16 @@ class CalibrationMixin:
             "classes": self.classes_.tolist(),
             "probability": params,
             "fit_nll": nll,
-            "conformal": {"score": score, "alpha": alpha, "threshold": threshold, "rank": rank,
-                          "n": int(len(conf_rows))},
+            "conformal": {"score": score, "alpha": alpha, "coverage": coverage, "threshold": threshold,
+                          "rank": rank, "n": int(len(conf_rows))},
             "n_fit": int(n_fit),
             "n_calibration": int(len(conf_rows)),
             "random_state": int(random_state),
             "reliability_before": conformal.reliability(before, codes[conf_rows]),
             "reliability_after": conformal.reliability(after, codes[conf_rows]),
-            "coverage": float(sets[np.arange(len(conf_rows)), codes[conf_rows]].mean()),
+            "coverage": float(covered.mean()),
+            "coverage_by_class": [float(covered[cc == y].mean()) if (cc == y).any() else None
+                                  for y in range(len(self.classes_))],
             "mean_set_size": float(sets.sum(axis=1).mean()),
             "empty_sets": float((~sets.any(axis=1)).mean()),
             "rejection": None,
@@ -397,7 +410,8 @@ def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
 
     Returns
     -------
-    dict with ``n``, ``n_unseen``, ``ece``, ``coverage``, ``mean_set_size``, ``empty_sets`` (known rows), and
+    dict with ``n``, ``n_unseen``, ``ece``, ``coverage``, ``coverage_by_class`` (``classes_`` order, ``None``
+    for a class without rows), ``mean_set_size``, ``empty_sets`` (known rows), and
     with a rejection rule ``accepted_precision`` (an accepted unseen row counts as wrong), ``known_kept``,
     ``unseen_rejected`` (``None`` when there are no such rows).
 
@@ -424,7 +438,10 @@ def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
     if known.any():
         pk, ck = proba[known], codes[known]
         sets = conformal.prediction_sets(pk, state["conformal"]["threshold"], state["conformal"]["score"])
-        report.update(ece=conformal.reliability(pk, ck)["ece"], coverage=float(sets[np.arange(len(ck)), ck].mean()),
+        covered = sets[np.arange(len(ck)), ck]  # (n_known,)
+        report.update(ece=conformal.reliability(pk, ck)["ece"], coverage=float(covered.mean()),
+                      coverage_by_class=[float(covered[ck == y].mean()) if (ck == y).any() else None
+                                         for y in range(len(clf.classes_))],
                       mean_set_size=float(sets.sum(axis=1).mean()), empty_sets=float((~sets.any(axis=1)).mean()))
     rejection = state["rejection"]
     if rejection is not None:

@@ -8,7 +8,8 @@ before the calibration rows are seen and ``n`` calibration scores ``s_i = s(x_i,
 
 If the calibration rows and a new row are exchangeable, ``P(Y ∈ C(X)) ≥ 1 − α`` (and ``< 1 − α + 1/(n+1)``
 when the scores have no ties). The guarantee is marginal: over the draw of the calibration set and of the
-new row, not for each class or each input.
+new row, not for each class or each input. :func:`class_thresholds` gives the class-conditional (Mondrian)
+version: one threshold per class, coverage ≥ 1 − α within every class.
 
 Scores (``p`` the calibrated class probabilities of ``x``):
 
@@ -84,8 +85,34 @@ def class_scores(proba: np.ndarray, score: str) -> np.ndarray:
     return out
 
 
-def prediction_sets(proba: np.ndarray, threshold: float, score: str) -> np.ndarray:
-    """``C(x) = {y : s(x, y) ≤ q̂}`` as an (n, K) bool array (rows may be empty)."""
+def class_thresholds(scores: np.ndarray, codes: np.ndarray, n_classes: int, alpha: float) -> list[float | None]:
+    """Class-conditional (Mondrian) split conformal: one threshold per class from its own calibration rows.
+
+    ``q̂_y`` is the ⌈(n_y + 1)(1 − α)⌉-th smallest of the scores (n,) of the ``n_y`` rows with ``codes == y``,
+    so that ``P(y ∈ C(X) | Y = y) ≥ 1 − α`` for every class (Vovk et al. 2005, ch. 4; Angelopoulos & Bates
+    2021, §4.3), at the price of larger sets for hard or rare classes. ``None`` for a class with fewer
+    than ⌈(1 − α)/α⌉ rows: no finite threshold guarantees it, so it is in every set.
+
+    >>> class_thresholds(np.array([0.1, 0.2, 0.3, 0.9, 0.5]), np.array([0, 0, 0, 1, 1]), 3, alpha=0.5)
+    [0.2, 0.9, None]
+    """
+    out: list[float | None] = []
+    for y in range(n_classes):
+        own = np.asarray(scores, dtype=np.float64)[codes == y]
+        try:
+            out.append(conformal_quantile(own, alpha))
+        except ValueError:  # too few rows of this class for a finite threshold
+            out.append(None)
+    return out
+
+
+def prediction_sets(proba: np.ndarray, threshold: float | list[float | None], score: str) -> np.ndarray:
+    """``C(x) = {y : s(x, y) ≤ q̂}`` (or ``≤ q̂_y`` per class) as an (n, K) bool array (rows may be empty).
+
+    ``threshold``: one ``q̂``, or a list of K per-class thresholds (:func:`class_thresholds`; ``None``: always in).
+    """
+    if isinstance(threshold, (list, tuple, np.ndarray)):
+        threshold = np.array([np.inf if t is None else t for t in threshold], dtype=np.float64)  # (K,)
     return class_scores(proba, score) <= threshold
 
 

@@ -38,6 +38,8 @@ from metriclearn.cli.classify import (
               help="With --target-precision: the share of inputs from never-seen classes the threshold assumes.")
 @click.option("--score", type=click.Choice(["lac", "aps"]), default="lac", show_default=True,
               help="Conformal score: lac (smallest sets) or aps (adaptive sets).")
+@click.option("--coverage", type=click.Choice(["marginal", "class"]), default="marginal", show_default=True,
+              help="marginal: 1 − α over all rows; class: 1 − α within every class (one threshold per class).")
 @click.option("--k", "k", type=int, default=None,
               help=f"knn: neighbours that vote (default {DEFAULT_K}); cache: only the k most similar keys "
               "(default: every key). `classify` then uses the same value.")
@@ -56,6 +58,7 @@ def calibrate(
     target_precision: float | None,
     unseen_share: float,
     score: str,
+    coverage: str,
     k: int | None,
     weights: str | None,
     fit_fraction: float,
@@ -78,7 +81,7 @@ def calibrate(
     y = load_labels(labels, n=len(x))
     model = _model(index, method, check_k(k, index, index_dir) if k is not None else None, None, weights, device)
     try:
-        model.calibrate(x, y, alpha=alpha, target_precision=target_precision, score=score,
+        model.calibrate(x, y, alpha=alpha, target_precision=target_precision, score=score, coverage=coverage,
                         unseen_share=unseen_share,
                         fit_fraction=fit_fraction, random_state=seed)
     except ValueError as exc:
@@ -104,6 +107,12 @@ def summary_lines(state: dict[str, Any]) -> list[str]:
         f"(target >= {1 - conf['alpha']:.4f}), mean set size {state['mean_set_size']:.3f}, "
         f"empty {state['empty_sets']:.2%}",
     ]
+    lowest = lowest_class_coverage(state.get("coverage_by_class"), state["classes"])
+    if lowest:
+        mode = conf.get("coverage", "marginal")
+        always = sum(t is None for t in conf["threshold"]) if mode == "class" else 0
+        lines.append(f"{mode} coverage: {lowest}" + (f"; {always} classes with too few rows are in every set"
+                                                       if always else ""))
     rejection = state.get("rejection")
     if rejection:
         lines.append(
@@ -113,6 +122,15 @@ def summary_lines(state: dict[str, Any]) -> list[str]:
             f"stand-ins rejected {rejection['unseen_rejected']:.2%}"
         )
     return lines
+
+
+def lowest_class_coverage(by_class: list[float | None] | None, classes: list[Any]) -> str:
+    """``lowest class coverage 0.8123 (class 'dog')``, or ``""`` when there is nothing per class."""
+    pairs = [(value, label) for value, label in zip(by_class or [], classes) if value is not None]
+    if not pairs:
+        return ""
+    value, label = min(pairs, key=lambda pair: pair[0])
+    return f"lowest class coverage {value:.4f} (class {label!r})"
 
 
 def calibration_metrics(index_dir: Path, embeddings: Any, labels: Any, device: str) -> dict[str, Any]:

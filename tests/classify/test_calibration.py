@@ -11,6 +11,7 @@ from metriclearn.classify import CacheClassifier, KNNClassifier
 from metriclearn.classify.calibration import evaluate_calibration
 from metriclearn.classify.conformal import (
     class_scores,
+    class_thresholds,
     conformal_quantile,
     conformal_rank,
     precision_threshold,
@@ -158,6 +159,43 @@ def test_refuses_the_index_vectors_and_exact_duplicates(train) -> None:
     assert not hasattr(knn, "calibration_")
 
 
+def test_class_conditional_coverage_holds_in_every_class(train) -> None:
+    """coverage="class": ≥ 1 − α within each class (over seeds), where one marginal threshold leaves the rare,
+    hard class far below it."""
+    X, y = train
+    clf = KNNClassifier(10, device="cpu").fit(X, y)
+    alpha, seeds, n_cal, n_test = 0.1, 12, 600, 2000
+    by_mode: dict[str, np.ndarray] = {}
+    for mode in ("marginal", "class"):
+        rows = []
+        for seed in range(1, seeds + 1):
+            Xc, yc = blobs(n_cal, seed=1000 + seed)
+            Xt, yt = blobs(n_test, seed=5000 + seed)
+            clf.calibrate(Xc, yc, alpha=alpha, coverage=mode, random_state=seed)
+            covered = clf.predict_sets(Xt)[np.arange(n_test), yt]
+            rows.append([covered[yt == k].mean() for k in range(len(CLASS_SHARES))])
+            assert clf.calibration_["conformal"]["coverage"] == mode
+            assert len(clf.calibration_["coverage_by_class"]) == len(CLASS_SHARES)
+        by_mode[mode] = np.mean(rows, axis=0)  # (K,) mean coverage of each class over the seeds
+    n_y = CLASS_SHARES * n_cal * 0.7  # calibration rows of each class that set its threshold (fit_fraction 0.3)
+    sd = np.sqrt(alpha * (1 - alpha) * (1 / n_y + 1 / (CLASS_SHARES * n_test)) / seeds)
+    assert (by_mode["class"] >= 1 - alpha - 3 * sd).all(), by_mode["class"]
+    assert by_mode["marginal"].min() < 1 - alpha - 0.1  # the rare overlapping class: marginal coverage hides it
+    assert by_mode["marginal"].mean() < by_mode["class"].mean()
+
+
+def test_a_class_with_too_few_rows_is_in_every_set(train) -> None:
+    X, y = train
+    Xc, yc = blobs(400, seed=7)
+    rare = np.flatnonzero(yc == 4)[5:]  # keep 5 rows of class 4: too few for a finite threshold at α = 0.1
+    keep = np.setdiff1d(np.arange(len(yc)), rare)
+    clf = KNNClassifier(10, device="cpu").fit(X, y).calibrate(Xc[keep], yc[keep], alpha=0.1, coverage="class")
+    thresholds = clf.calibration_["conformal"]["threshold"]
+    assert thresholds[4] is None and all(t is not None for t in thresholds[:4])
+    assert clf.predict_sets(blobs(50, seed=8)[0])[:, 4].all()
+    assert class_thresholds(np.array([0.3, 0.1, 0.2]), np.array([1, 1, 1]), 2, alpha=0.5) == [None, 0.2]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -167,6 +205,7 @@ def test_refuses_the_index_vectors_and_exact_duplicates(train) -> None:
         ({"target_precision": 0}, ValueError, "target_precision must lie in \\(0, 1\\], got 0"),
         ({"target_precision": 1.2}, ValueError, "target_precision must lie in \\(0, 1\\], got 1.2"),
         ({"score": "raps"}, ValueError, "score must be one of 'lac', 'aps'; got 'raps'"),
+        ({"coverage": "label"}, ValueError, "coverage must be one of 'marginal', 'class'; got 'label'"),
         ({"unseen_share": 1.0}, ValueError, "unseen_share must lie in \\[0, 1\\), got 1.0"),
         ({"fit_fraction": 1}, ValueError, "fit_fraction must lie strictly between 0 and 1, got 1"),
         ({"random_state": -1}, ValueError, "random_state must be a non-negative integer, got -1"),

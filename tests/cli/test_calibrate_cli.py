@@ -99,6 +99,25 @@ def test_calibrate_stores_in_the_manifest_and_classify_uses_it(files, index_copy
     assert f"rejected as unknown: {(predictions == -1).sum()} of 60" in result.output
 
 
+def test_class_conditional_coverage_through_the_cli(files, index_copy: Path, tmp_path: Path) -> None:
+    result = calibrate(index_copy, files, "--method", "knn", "--coverage", "class", "--alpha", "0.2")
+    assert result.exit_code == 0, result.output
+    stored = EmbeddingIndex.load(index_copy, device="cpu").attrs["calibration"]["knn"]
+    assert stored["conformal"]["coverage"] == "class" and len(stored["conformal"]["threshold"]) == 4
+    by_class = stored["coverage_by_class"]
+    lowest = min(v for v in by_class if v is not None)
+    assert f"class coverage: lowest class coverage {lowest:.4f}" in result.output
+    sets = tmp_path / "sets.npy"
+    result = run("classify", "--index", index_copy, "--queries", files["queries"], "--method", "knn",
+                 "--out", tmp_path / "pred.npy", "--sets", sets)
+    assert result.exit_code == 0, result.output
+    from metriclearn.classify import KNNClassifier
+
+    knn = KNNClassifier.from_index(EmbeddingIndex.load(index_copy, device="cpu")).restore_calibration(stored)
+    np.testing.assert_array_equal(np.load(sets), knn.predict_sets(np.load(files["queries"])))
+    assert_error(calibrate(index_copy, files, "--method", "knn", "--coverage", "label"), 2, "--coverage")
+
+
 def test_rejected_rows_are_unknown_in_csv_json_and_string_npy(files, tmp_path: Path) -> None:
     index = Path(shutil.copytree(files["index_str"], tmp_path / "index_str"))
     result = run("calibrate", "--index", index, "--features", files["cal"], "--labels", files["cal_names"],
