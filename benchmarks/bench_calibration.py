@@ -19,11 +19,14 @@ on the train rows only; the index holds the train rows only; calibration rows ar
     of knowns kept; then both rules with their thresholds set on the test rows to the same accepted
     precision P (what each *ranking* can do), and the AUROC of each score for correct known predictions
     against unknowns.
+(d) Coverage within each digit at α = 0.1, kNN: one threshold (``coverage="marginal"``) against one per class
+    (``coverage="class"``), over the same kind of re-splits.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_calibration.py [--repeats 20] [--json out.json]
-[--plots docs/] [--parts c]`` (about 15 minutes on one thread of a shared two-core machine; ``--parts c``, the
-open set alone, about 2). The numbers in BENCHMARKS.md are ``--repeats 20 --json
-benchmarks/results_calibration.json --plots docs``.
+[--plots docs/] [--parts c|d]`` (about 15 minutes on one thread of a shared two-core machine; ``--parts c``
+(the open set alone) and ``--parts d`` (the per-class coverage alone) take under a minute each and merge into
+the ``--json`` file). The numbers in BENCHMARKS.md are ``--repeats 20 --json benchmarks/results_calibration.json
+--plots docs``, then ``--parts c`` and ``--parts d`` with the same ``--json``.
 """
 
 from __future__ import annotations
@@ -227,6 +230,36 @@ def open_set(result: dict[str, Any], data: dict[str, np.ndarray], args: argparse
         print(f"    at equal test precision: {row['equal_test_precision']}; AUROC {row['auroc_correct_known_vs_unknown']}")
 
 
+def class_coverage(Etr, ytr, Eho, yho, repeats: int, alpha: float = 0.1) -> dict[str, Any]:
+    """(d) Coverage within each digit, one threshold (marginal) against one per class, kNN, over re-splits."""
+    knn = KNNClassifier(K, weights="distance", device="cpu").fit(Etr, ytr)
+    classes = np.unique(ytr)
+    out: dict[str, Any] = {"alpha": alpha, "repeats": repeats}
+    for mode in ("marginal", "class"):
+        per_class, sizes = [], []
+        for r in range(repeats):
+            perm = np.random.default_rng(2000 + r).permutation(len(yho))
+            cal, test = perm[: len(perm) // 2], perm[len(perm) // 2 :]
+            knn.calibrate(Eho[cal], yho[cal], alpha=alpha, coverage=mode, random_state=r)
+            sets = knn.predict_sets(Eho[test])
+            covered = sets[np.arange(len(test)), np.searchsorted(classes, yho[test])]
+            per_class.append([covered[yho[test] == c].mean() for c in classes])
+            sizes.append(sets.sum(axis=1).mean())
+        mean = np.mean(per_class, axis=0)  # (K,) each digit's coverage, mean over the re-splits
+        out[mode] = {"coverage_by_class": mean.tolist(), "lowest": float(mean.min()),
+                     "lowest_class": int(classes[mean.argmin()]), "highest": float(mean.max()),
+                     "mean_set_size": float(np.mean(sizes))}
+    return out
+
+
+def print_class_coverage(result: dict[str, Any]) -> None:
+    print(f"(d) coverage within each digit at α={result['alpha']} (kNN, {result['repeats']} re-splits):")
+    for mode in ("marginal", "class"):
+        r = result[mode]
+        print(f"  {mode}: lowest {r['lowest']:.4f} (digit {r['lowest_class']}), highest {r['highest']:.4f}, "
+              f"mean set size {r['mean_set_size']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -235,8 +268,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plots", type=Path, default=None, help="folder for the PNGs")
     parser.add_argument("--open-set-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--parts", choices=("abc", "c"), default="abc",
-                        help="'c': only the open set, merged into an existing --json file")
+    parser.add_argument("--parts", choices=("abcd", "c", "d"), default="abcd",
+                        help="'c': only the open set, 'd': only the per-class coverage, merged into an existing --json")
     args = parser.parse_args()
     set_quiet(True)
     torch.set_num_threads(1)
@@ -248,6 +281,13 @@ def main() -> None:
             write_json(args.json, result)
         return
     Etr, Eho = train_embed(data["Xtr"], data["ytr"], [data["Xho"]], args.seed, args.epochs)
+    if args.parts == "d":
+        result = json.loads(args.json.read_text()) if args.json is not None and args.json.exists() else {}
+        result["class_coverage"] = class_coverage(Etr, data["ytr"], Eho, data["yho"], args.repeats)
+        print_class_coverage(result["class_coverage"])
+        if args.json is not None:
+            write_json(args.json, result)
+        return
     result = part_a_b(Etr, data["ytr"], Eho, data["yho"], args.repeats, ALPHAS)
     print(f"(a) coverage / mean set size over {args.repeats} re-splits of 1000 calibration / 1000 test rows")
     for alpha in ALPHAS:
@@ -258,6 +298,8 @@ def main() -> None:
     print("(b) ECE before → after (test rows):",
           {n: f"{v['before']:.4f} → {v['after']:.4f}" for n, v in result["ece"].items()})
     open_set(result, data, args)
+    result["class_coverage"] = class_coverage(Etr, data["ytr"], Eho, data["yho"], args.repeats)
+    print_class_coverage(result["class_coverage"])
     if args.plots is not None:
         plots(result, Etr, data["ytr"], Eho, data["yho"], args.plots)
     if args.json is not None:
