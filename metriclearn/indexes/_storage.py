@@ -11,7 +11,8 @@ A save builds the whole directory in a hidden sibling and swaps it in only when 
 interrupted or failed save leaves the previous directory loadable. It writes only into a missing or empty
 folder or one that holds an index (recognised by its manifest), and never deletes a file that the
 previous manifest did not list. A missing, truncated or altered file, or an edited manifest, is a
-``ValueError`` that names the file.
+``ValueError`` that names the file. :func:`update_fields` rewrites the manifest alone (new metadata for
+unchanged data files), atomically, and only over the manifest the caller read.
 
 The checksums detect damage, not tampering: they are not keyed, so whoever can write the directory can
 also rewrite the manifest to match (see docs/search.md, "Trust model").
