@@ -410,8 +410,8 @@ def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
 
     Returns
     -------
-    dict with ``n``, ``n_unseen``, ``ece``, ``coverage``, ``coverage_by_class`` (``classes_`` order, ``None``
-    for a class without rows), ``mean_set_size``, ``empty_sets`` (known rows), and
+    dict with ``n``, ``n_unseen``, ``classes`` (the classifier's), ``ece``, ``coverage``, ``coverage_by_class``
+    (in ``classes`` order, ``None`` for a class without rows), ``mean_set_size``, ``empty_sets`` (known rows), and
     with a rejection rule ``accepted_precision`` (an accepted unseen row counts as wrong), ``known_kept``,
     ``unseen_rejected`` (``None`` when there are no such rows).
 
@@ -434,7 +434,7 @@ def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
     codes = np.clip(np.searchsorted(clf.classes_, y), 0, len(clf.classes_) - 1)
     known = clf.classes_[codes] == y
     proba = clf._proba_with(X, state["probability"])  # (n, K)
-    report: dict[str, Any] = {"n": int(len(X)), "n_unseen": int((~known).sum())}
+    report: dict[str, Any] = {"n": int(len(X)), "n_unseen": int((~known).sum()), "classes": clf.classes_.tolist()}
     if known.any():
         pk, ck = proba[known], codes[known]
         sets = conformal.prediction_sets(pk, state["conformal"]["threshold"], state["conformal"]["score"])

@@ -159,6 +159,8 @@ def format_calibration_metrics(metrics: dict[str, Any]) -> str:
         if "coverage" in m:
             head += (f"ECE {m['ece']:.4f}  coverage {m['coverage']:.4f}  mean set size {m['mean_set_size']:.3f}  "
                      f"empty {m['empty_sets']:.2%}")
+            lowest = lowest_class_coverage(m.get("coverage_by_class"), m.get("classes", []))
+            head += f"  ({lowest})" if lowest else ""
         lines.append(head + (f"  ({m['n_unseen']} of {m['n']} rows of classes not in the index)" if m["n_unseen"] else ""))
         if "known_kept" in m:
             parts = [f"{key.replace('_', ' ')} {m[key]:.4f}" for key in ("accepted_precision", "known_kept",

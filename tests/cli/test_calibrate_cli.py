@@ -273,3 +273,6 @@ def test_evaluate_reports_the_calibration_of_an_index_built_by_the_model(tmp_pat
     assert 0.8 < report["coverage"] <= 1.0 and 0.0 <= report["ece"] < 0.2
     assert 0.0 < report["unseen_rejected"] <= 1.0 and 0.0 < report["known_kept"] <= 1.0
     assert f"({report['n_unseen']} of 497 rows of classes not in the index)" in result.output
+    assert report["classes"] == list(range(8)) and len(report["coverage_by_class"]) == 8  # digits 0-7 known
+    lowest = min(range(8), key=lambda c: report["coverage_by_class"][c])
+    assert f"(lowest class coverage {report['coverage_by_class'][lowest]:.4f} (class {lowest}))" in result.output
