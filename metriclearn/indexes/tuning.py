@@ -101,11 +101,10 @@ def tune_index(
     flat = _candidate(index, base, {"kind": "flat"})
     trials: list[dict[str, Any]] = []
     if index.kind == "flat":
-        recall = _recall(flat, xq, base, gt_scores, k, index.metric)
-        best = {"build": {}, "search": {}, "recall": recall, "qps": _qps_many([flat], xq, k)[0], "index": flat}
+        recall, se = _recall(flat, xq, base, gt_scores, k, index.metric)
+        best = {"build": {}, "search": {}, "recall": recall, "se": se, "qps": _qps_many([flat], xq, k)[0]}
         flat_qps = best["qps"]
         trials.append(best)
-        recall_se = _recall_se(flat, xq, base, gt_scores, k, index.metric)
     else:
         finalists = []
         for build in _build_grid(index, base.shape[0]):
@@ -115,12 +114,11 @@ def tune_index(
         reaching = [f for f in finalists if f["recall"] >= target]
         contenders = reaching or [max(finalists, key=lambda f: f["recall"])]
         *speeds, flat_qps = _qps_many([c["index"] for c in contenders] + [flat], xq, k)  # side by side
+        for finalist in finalists:
+            del finalist["index"]
         for contender, qps in zip(contenders, speeds, strict=True):
             contender["qps"] = qps
         best = max(contenders, key=lambda c: c["qps"])
-        recall_se = _recall_se(best["index"], xq, base, gt_scores, k, index.metric)
-        for finalist in finalists:
-            del finalist["index"]  # the candidates' memory
         _apply(index, data, best)
     reached = best["recall"] >= target
     notes = []
@@ -142,7 +140,7 @@ def tune_index(
         "target_recall": target,
         "k": k,
         "recall_at_k": round(float(best["recall"]), 4),
-        "recall_se": round(recall_se, 4),
+        "recall_se": round(float(best["se"]), 4),
         "reached": bool(reached),
         "qps": round(float(best["qps"]), 1),
         "flat_qps": round(float(flat_qps), 1),
@@ -235,18 +233,19 @@ def _sweep(
     build = {key: value for key, value in candidate._params().items() if key in ("nlist", "hnsw_m", "pq_m", "k_factor")}
     build = {key: value for key, value in build.items() if value is not None and _matters(candidate.kind, key)}
     if name is None:  # nothing to tune at search time
-        result = {"build": build, "search": {}, "recall": _recall(candidate, xq, base, gt, k, metric), "qps": None}
+        recall, se = _recall(candidate, xq, base, gt, k, metric)
+        result = {"build": build, "search": {}, "recall": recall, "se": se, "qps": None}
         result["index"] = candidate
         return {"best": result, "tried": [result]}
     top = int(ivf.nlist) if ivf is not None else MAX_EF_SEARCH
     low = 1 if ivf is not None else min(k, top)
-    recalls: dict[int, float] = {}
+    recalls: dict[int, tuple[float, float]] = {}  # search parameter -> (recall@k, its standard error)
 
     def recall_at(value: int) -> float:
         if value not in recalls:
             setattr(candidate, name, value)
             recalls[value] = _recall(candidate, xq, base, gt, k, metric)
-        return recalls[value]
+        return recalls[value][0]
 
     value, previous = low, None
     while recall_at(value) < target and value < top:
@@ -258,15 +257,11 @@ def _sweep(
             lo, hi = (lo, mid) if recall_at(mid) >= target else (mid, hi)
         value = hi
     setattr(candidate, name, value)
-    best = {"build": build, "search": {name: value}, "recall": recalls[value], "qps": None, "index": candidate}
-    tried = [{"build": build, "search": {name: v}, "recall": r, "qps": None} for v, r in sorted(recalls.items()) if v != value]
+    recall, se = recalls[value]
+    best = {"build": build, "search": {name: value}, "recall": recall, "se": se, "qps": None, "index": candidate}
+    tried = [{"build": build, "search": {name: v}, "recall": r, "qps": None}
+             for v, (r, _) in sorted(recalls.items()) if v != value]
     return {"best": best, "tried": [*tried, best]}  # best's qps is filled in once the finalists are timed
-
-
-def _recall_se(candidate: EmbeddingIndex, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, k: int, metric: str) -> float:
-    """Standard error of ``candidate``'s recall@k over the queries: std of the per-query recalls / √Q."""
-    per_query = recall_per_query(candidate.search(xq, k)[1], xq, base, gt, metric)  # (Q,)
-    return float(per_query.std(ddof=1) / np.sqrt(len(per_query))) if len(per_query) > 1 else 0.0
 
 
 def _matters(kind: str, key: str) -> bool:
@@ -278,9 +273,14 @@ def _matters(kind: str, key: str) -> bool:
     )
 
 
-def _recall(candidate: EmbeddingIndex, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, k: int, metric: str) -> float:
-    """recall@k of ``candidate`` (ids = rows of ``base``) against the exact scores ``gt`` (Q, k)."""
-    return recall_at_k(candidate.search(xq, k)[1], xq, base, gt, metric)
+def _recall(
+    candidate: EmbeddingIndex, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, k: int, metric: str
+) -> tuple[float, float]:
+    """recall@k of ``candidate`` (ids = rows of ``base``) against the exact scores ``gt`` (Q, k), and its
+    standard error over the queries (the per-query recalls' standard deviation / √Q)."""
+    per_query = recall_per_query(candidate.search(xq, k)[1], xq, base, gt, metric)  # (Q,)
+    se = float(per_query.std(ddof=1) / np.sqrt(len(per_query))) if len(per_query) > 1 else 0.0
+    return float(per_query.mean()), se
 
 
 def recall_at_k(rows: np.ndarray, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, metric: str) -> float:
