@@ -61,7 +61,7 @@ def save(index: EmbeddingIndex, path: str | os.PathLike[str]) -> None:
         "attrs": json_attrs(index.attrs),
         "params": index._params(),
     }
-    _storage.write_directory(path, writers, fields, FORMAT, FORMAT_VERSION)
+    index._manifest_checksum = _storage.write_directory(path, writers, fields, FORMAT, FORMAT_VERSION)
 
 
 def load(cls: type[EmbeddingIndex], path: str | os.PathLike[str], device: str) -> EmbeddingIndex:
@@ -96,24 +96,20 @@ def load(cls: type[EmbeddingIndex], path: str | os.PathLike[str], device: str) -
     obj._set_structure(structure)
     obj._table.restore(ids, labels, metadata, manifest["has_labels"], manifest["next_id"])
     obj.attrs = dict(manifest.get("attrs") or {})
-    obj._loaded_manifest = manifest["checksum"]
+    obj._manifest_checksum = manifest["checksum"]
     return obj
 
 
 def save_attrs(index: EmbeddingIndex, path: str | os.PathLike[str]) -> None:
-    """Write ``index.attrs`` into the manifest of ``path``, the directory ``index`` was loaded from.
+    """Write ``index.attrs`` into the manifest of ``path``, the directory ``index`` was loaded from (or saved to).
 
     Only ``index.json`` is rewritten (atomically), so storing a calibration in a large index costs
-    nothing. Refused when the index's vectors, ids or parameters changed since it was loaded (then
-    :func:`save` it whole), or when the directory was saved again since.
+    nothing. Refused when the index's vectors, ids or parameters changed since (then :func:`save` it
+    whole), or when the directory was saved again since.
     """
-    manifest = _storage.read_manifest(path)
-    now = {"count": len(index), "next_id": index._table.next_id, "params": json_attrs(index._params())}
-    changed = [key for key, value in now.items() if manifest.get(key) != value]
-    if changed:
-        raise ValueError(f"the index differs from {path} in {', '.join(changed)} since it was loaded: "
-                         "save() it whole")
-    _storage.update_fields(path, {"attrs": json_attrs(index.attrs)}, FORMAT, getattr(index, "_loaded_manifest", None))
+    unchanged = {"count": len(index), "next_id": index._table.next_id, "params": json_attrs(index._params())}
+    index._manifest_checksum = _storage.update_fields(path, {"attrs": json_attrs(index.attrs)}, FORMAT,
+                                                      index._manifest_checksum, unchanged)
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:

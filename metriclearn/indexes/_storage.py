@@ -19,7 +19,7 @@ also rewrite the manifest to match (see docs/search.md, "Trust model").
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp()) / "idx"
->>> write_directory(d, {"a.txt": lambda p: pathlib.Path(p).write_text("hi")}, {"dim": 2}, "demo", 1)
+>>> _ = write_directory(d, {"a.txt": lambda p: pathlib.Path(p).write_text("hi")}, {"dim": 2}, "demo", 1)
 >>> read_directory(d, "demo", 1)["dim"]
 2
 >>> _ = (d / "a.txt").write_text("ho")
@@ -58,7 +58,7 @@ def write_directory(
     fields: Mapping[str, Any],
     format_name: str,
     format_version: int,
-) -> None:
+) -> str:
     """Write ``writers[name](file)`` for each file and the manifest into a new directory, then swap it in.
 
     ``path`` must be missing, empty (but for metriclearn's output marker and lock) or a directory whose
@@ -66,7 +66,8 @@ def write_directory(
     directory is built in a hidden sibling and replaces ``path`` only once complete
     (:func:`~metriclearn.indexes._dirswap.swap_in`), so a save that fails part-way (a full disk, a
     writer's error) leaves the previous directory as it was. Files of the previous save that this one
-    does not write are gone with it; files that were not listed in its manifest are kept.
+    does not write are gone with it; files that were not listed in its manifest are kept. Returns the
+    new manifest's checksum (what :func:`update_fields` expects later).
     """
     root = Path(path)
     owned = _check_target(root, format_name, writers)
@@ -89,6 +90,7 @@ def write_directory(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # holds only what this save wrote
         raise
+    return manifest["checksum"]
 
 
 def _remove_dead_staging(root: Path) -> None:
@@ -168,36 +170,39 @@ def read_directory(path: str | os.PathLike[str], format_name: str, format_versio
     return manifest
 
 
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of ``path``, checked against its own checksum (the data files are not read)."""
+def update_fields(
+    path: str | os.PathLike[str],
+    updates: Mapping[str, Any],
+    format_name: str,
+    expected_checksum: str | None,
+    unchanged: Mapping[str, Any] | None = None,
+) -> str:
+    """Rewrite only the manifest of ``path`` with ``updates`` to its fields; return its new checksum.
+
+    ``expected_checksum`` is the checksum of the manifest the caller's object matches (it loaded or saved
+    the directory): a directory saved again since then is refused, and so is a manifest whose fields
+    differ from ``unchanged`` (the object changed since), so the new fields never describe data files
+    they were not made for. The data files are not read or written; the manifest is replaced atomically.
+    """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(errno.ENOENT, "index directory does not exist", str(root))
-    return _read_manifest(root)
-
-
-def update_fields(
-    path: str | os.PathLike[str], updates: Mapping[str, Any], format_name: str, expected_checksum: str | None
-) -> None:
-    """Rewrite only the manifest of ``path`` with ``updates`` to its fields; the data files stay as they are.
-
-    ``expected_checksum`` is the manifest checksum the caller read (when it loaded the directory): a
-    directory saved again since then is refused, so the new fields never describe files they were not
-    made for. The manifest is replaced atomically; ``files`` and ``format`` cannot be updated.
-    """
-    root = Path(path)
-    manifest = read_manifest(root)
+    manifest = _read_manifest(root)
     if manifest.get("format") != format_name:
         raise ValueError(f"{root / MANIFEST} is not a {format_name} manifest (format {manifest.get('format')!r})")
     if expected_checksum is None or manifest["checksum"] != expected_checksum:
-        raise ValueError(f"index directory {root} is not the one this index was loaded from, or it was saved "
-                         "again since: load it again, or save() the index whole")
+        raise ValueError(f"index directory {root} is not the one this index was loaded from or saved to, or it was "
+                         "saved again since: load it again, or save() the index whole")
+    changed = [key for key, value in (unchanged or {}).items() if manifest.get(key) != value]
+    if changed:
+        raise ValueError(f"the index differs from {root} in {', '.join(changed)} since it was loaded: save() it whole")
     fixed = sorted({"files", "format", "format_version", "checksum"} & set(updates))
     if fixed:
         raise ValueError(f"the manifest fields {fixed} cannot be updated on their own")
     manifest = {**manifest, **updates}
     manifest["checksum"] = _manifest_checksum(manifest)
     write_json(root / MANIFEST, manifest)
+    return manifest["checksum"]
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:

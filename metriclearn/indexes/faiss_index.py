@@ -128,6 +128,7 @@ class EmbeddingIndex:
         self._table = IdTable()  # ids in insertion order, with labels / metadata
         self._searcher = Searcher(self.metric, self.device, device, shard=self.shard)
         self.attrs: dict[str, Any] = {}
+        self._manifest_checksum: str | None = None  # of the directory this index was loaded from / saved to
         if not (_factory.needs_nlist(self.kind) and self.nlist is None):
             self._set_structure(self._build())
 
@@ -365,7 +366,7 @@ class EmbeddingIndex:
         _persist.save(self, path)
 
     def save_attrs(self, path: str | os.PathLike[str]) -> None:
-        """Store :attr:`attrs` in the directory this index was loaded from, rewriting only its manifest.
+        """Store :attr:`attrs` in the directory this index was loaded from or saved to: only its manifest is rewritten.
 
         For metadata added after loading (a calibration, a note): the data files are not rewritten, so it
         costs the same for a large index as for a small one. A ``ValueError`` when the vectors, ids or

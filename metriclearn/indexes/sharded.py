@@ -99,6 +99,7 @@ class ShardedIndex:
         self._shard_labels = None if labels is None else [np.asarray(lab) for lab in labels]
         self.dim, self.metric, self.kind = dim, metric, kind
         self.attrs: dict[str, Any] = dict(attrs or {})
+        self._manifest_checksum: str | None = None  # of the directory this index was loaded from / saved to
         self._ids = np.concatenate(self._shard_ids)
         self._labels = None if labels is None else np.concatenate(self._shard_labels)
         self._order = np.argsort(self._ids, kind="stable")
@@ -255,7 +256,7 @@ class ShardedIndex:
         fields = {"dim": self.dim, "metric": self.metric, "kind": self.kind, "count": len(self),
                   "has_labels": self._labels is not None, "attrs": self.attrs, "shards": entries}
         # the whole directory is written in a hidden sibling and swapped in (metriclearn.indexes._storage)
-        _storage.write_directory(path, writers, fields, FORMAT, FORMAT_VERSION)
+        self._manifest_checksum = _storage.write_directory(path, writers, fields, FORMAT, FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto", held: Sequence[int] | None = None) -> ShardedIndex:
@@ -293,16 +294,16 @@ class ShardedIndex:
         has_labels = bool(manifest["has_labels"])
         index = cls(shards, ids, labels if has_labels else None, int(manifest["dim"]), manifest["metric"],
                     manifest["kind"], manifest.get("attrs"))
-        index._loaded_manifest = manifest["checksum"]
+        index._manifest_checksum = manifest["checksum"]
         return index
 
     def save_attrs(self, path: str | os.PathLike[str]) -> None:
-        """Store :attr:`attrs` in the directory this index was loaded from, rewriting only its sidecar manifest
-        (see :meth:`EmbeddingIndex.save_attrs`)."""
+        """Store :attr:`attrs` in the directory this index was loaded from or saved to: only the sidecar manifest
+        is rewritten (see :meth:`EmbeddingIndex.save_attrs`)."""
         from metriclearn.indexes._persist import json_attrs
 
-        _storage.update_fields(path, {"attrs": json_attrs(self.attrs)}, FORMAT,
-                               getattr(self, "_loaded_manifest", None))
+        self._manifest_checksum = _storage.update_fields(path, {"attrs": json_attrs(self.attrs)}, FORMAT,
+                                                         self._manifest_checksum, {"count": len(self)})
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -204,8 +204,10 @@ def test_save_attrs_rewrites_only_the_manifest(tmp_path: Path, x) -> None:
     loaded = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
     loaded.attrs["calibration"] = {"knn": {"alpha": 0.1}}
     loaded.save_attrs(tmp_path / "idx")
+    loaded.attrs["calibration"]["cache"] = {"theta": 5.0}
+    loaded.save_attrs(tmp_path / "idx")  # again: the index now matches the manifest it wrote
     back = EmbeddingIndex.load(tmp_path / "idx", device="cpu")  # every checksum still verifies
-    assert back.attrs == {"calibration": {"knn": {"alpha": 0.1}}}
+    assert back.attrs == {"calibration": {"knn": {"alpha": 0.1}, "cache": {"theta": 5.0}}}
     assert {name: os.stat(tmp_path / "idx" / name).st_mtime_ns for name in data} == data  # data files untouched
     np.testing.assert_array_equal(back.labels, index.labels)
     assert {p.name for p in tmp_path.iterdir()} == {"idx"}  # no staging folder or temp file left
@@ -214,9 +216,13 @@ def test_save_attrs_rewrites_only_the_manifest(tmp_path: Path, x) -> None:
 def test_save_attrs_refuses_a_changed_index_or_directory(tmp_path: Path, x) -> None:
     index = EmbeddingIndex(x.shape[1], metric="l2", kind="ivf", nlist=4, device="cpu")
     index.add(x)
+    stranger = EmbeddingIndex(x.shape[1], metric="l2", kind="ivf", nlist=4, device="cpu")
+    stranger.add(x)
     index.save(tmp_path / "idx")
-    with pytest.raises(ValueError, match="not the one this index was loaded from"):
-        index.save_attrs(tmp_path / "idx")  # never loaded from there
+    with pytest.raises(ValueError, match="not the one this index was loaded from or saved to"):
+        stranger.save_attrs(tmp_path / "idx")  # never loaded from there nor saved there
+    index.attrs["note"] = "after the save"
+    index.save_attrs(tmp_path / "idx")  # the index that saved the directory may add attrs to it
     grown = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
     grown.add(x[:3])
     with pytest.raises(ValueError, match="differs from .* in count, next_id since it was loaded: save"):
@@ -226,6 +232,7 @@ def test_save_attrs_refuses_a_changed_index_or_directory(tmp_path: Path, x) -> N
     with pytest.raises(ValueError, match="in params since it was loaded"):
         probed.save_attrs(tmp_path / "idx")
     stale = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
+    assert stale.attrs == {"note": "after the save"}
     index.attrs["note"] = "saved again"
     index.save(tmp_path / "idx")  # another save after `stale` was loaded
     stale.attrs["note"] = "stale"
