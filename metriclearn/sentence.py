@@ -52,6 +52,7 @@ from metriclearn._progress import progress
 
 TEXT_EXTRA = "pip install 'metriclearn[text]'"
 MAX_LENGTH_CAP = 512
+MAX_POSITIONS_UNKNOWN = 1 << 30  # a config without max_position_embeddings: no limit of its own
 
 
 def default_model_path() -> Path:
@@ -171,10 +172,11 @@ class SentenceEncoder(nn.Module):
         transformer_dir, self.pooled_normalize, folder_max = _folder_layout(self.model_path)
         self.tokenizer, self.transformer = _load_transformer(transformer_dir)
         positions = getattr(self.transformer.config, "max_position_embeddings", None)  # the model's hard limit
+        positions = positions if isinstance(positions, int) and positions > 0 else MAX_POSITIONS_UNKNOWN
         limit = folder_max or min(int(getattr(self.tokenizer, "model_max_length", MAX_LENGTH_CAP)), MAX_LENGTH_CAP)
-        limit = min(limit, positions) if isinstance(positions, int) and positions > 0 else limit
-        self.max_length = check_positive_int(max_length if max_length is not None else limit, "max_length")
-        if isinstance(positions, int) and positions > 0 and self.max_length > positions:
+        self.max_length = check_positive_int(max_length if max_length is not None else min(limit, positions),
+                                             "max_length")
+        if self.max_length > positions:
             raise ValueError(f"max_length={self.max_length} is longer than the {positions} positions the model "
                              f"{str(self.model_path)!r} has (max_position_embeddings)")
         self.chunk_size = check_positive_int(chunk_size, "chunk_size")

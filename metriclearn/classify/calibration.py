@@ -178,8 +178,7 @@ class CalibrationMixin:
             "reliability_before": conformal.reliability(before, codes[conf_rows]),
             "reliability_after": conformal.reliability(after, codes[conf_rows]),
             "coverage": float(covered.mean()),
-            "coverage_by_class": [float(covered[cc == y].mean()) if (cc == y).any() else None
-                                  for y in range(len(self.classes_))],
+            "coverage_by_class": conformal.coverage_by_class(covered, cc, len(self.classes_)),
             "mean_set_size": float(sets.sum(axis=1).mean()),
             "empty_sets": float((~sets.any(axis=1)).mean()),
             "rejection": None,
@@ -440,8 +439,7 @@ def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
         sets = conformal.prediction_sets(pk, state["conformal"]["threshold"], state["conformal"]["score"])
         covered = sets[np.arange(len(ck)), ck]  # (n_known,)
         report.update(ece=conformal.reliability(pk, ck)["ece"], coverage=float(covered.mean()),
-                      coverage_by_class=[float(covered[ck == y].mean()) if (ck == y).any() else None
-                                         for y in range(len(clf.classes_))],
+                      coverage_by_class=conformal.coverage_by_class(covered, ck, len(clf.classes_)),
                       mean_set_size=float(sets.sum(axis=1).mean()), empty_sets=float((~sets.any(axis=1)).mean()))
     rejection = state["rejection"]
     if rejection is not None:

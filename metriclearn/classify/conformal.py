@@ -106,6 +106,15 @@ def class_thresholds(scores: np.ndarray, codes: np.ndarray, n_classes: int, alph
     return out
 
 
+def coverage_by_class(covered: np.ndarray, codes: np.ndarray, n_classes: int) -> list[float | None]:
+    """Share of each class's rows whose set holds their class; ``None`` for a class without rows.
+
+    >>> coverage_by_class(np.array([True, False, True]), np.array([0, 0, 1]), 3)
+    [0.5, 1.0, None]
+    """
+    return [float(covered[codes == y].mean()) if (codes == y).any() else None for y in range(n_classes)]
+
+
 def prediction_sets(proba: np.ndarray, threshold: float | list[float | None], score: str) -> np.ndarray:
     """``C(x) = {y : s(x, y) ≤ q̂}`` (or ``≤ q̂_y`` per class) as an (n, K) bool array (rows may be empty).
 

@@ -143,30 +143,29 @@ class CentroidMovie:
         """
         if self._axes is None:
             return {}
-        assert self._labels is not None and self._codes is not None and self._sample is not None
-        return {
+        assert self._labels is not None
+        return {  # the codes and the sample follow from classes, labels, sample_size and seed
             "classes": [c.item() if isinstance(c, np.generic) else c for c in self.classes],
             "epochs": list(self.epochs),
             "points": [p.tolist() for p in self._points],
             "centroids": [c.tolist() for c in self._centroids],
             "labels": self._labels.tolist(),
-            "codes": self._codes.tolist(),
-            "sample": self._sample.tolist(),
             "mean": self._axes[0].tolist(),
             "components": self._axes[1].tolist(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (an empty dict: nothing collected yet)."""
+        """Restore :meth:`state_dict` into a movie made with the same arguments (an empty dict: nothing yet)."""
         if not state:
             return
-        self.classes = list(state["classes"])
         self.epochs = [int(e) for e in state["epochs"]]
         self._points = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in state["points"]]
         self._centroids = [np.asarray(c, dtype=np.float32).reshape(-1, 2) for c in state["centroids"]]
         self._labels = np.asarray(state["labels"])
-        self._codes = np.asarray(state["codes"], dtype=np.int64)
-        self._sample = np.asarray(state["sample"], dtype=np.int64)
+        self._codes, self.classes = as_codes(self._labels, self.classes)  # as the first snapshot made them
+        if list(self.classes) != list(state["classes"]):
+            raise ValueError(f"the saved movie has classes {state['classes']!r}, this one {self.classes!r}")
+        self._sample = stratified_subsample(self._codes, self.sample_size, self.seed)
         self._axes = (np.asarray(state["mean"], dtype=np.float64), np.asarray(state["components"], dtype=np.float64))
 
     def limits(self) -> tuple[tuple[float, float], tuple[float, float]]:

@@ -263,23 +263,20 @@ class _MovieSnapshots(Callback):
 
         self.out_dir, self.val = out_dir, val
         self.movie = CentroidMovie(classes=list(val.classes), seed=seed)
-        self.snapshots = 0
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         if trainer.is_main_process:
             self.movie.add(epoch + 1, trainer.embed(self.val), self.val.y)
-            self.snapshots += 1
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if trainer.is_main_process and self.snapshots:
+        if trainer.is_main_process and len(self.movie):
             self.movie.save(self.out_dir)
 
     def state_dict(self) -> dict[str, Any]:  # a resumed run's movie keeps the epochs before the kill
-        return {"movie": self.movie.state_dict(), "snapshots": self.snapshots}
+        return self.movie.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.movie.load_state_dict(state["movie"])
-        self.snapshots = int(state["snapshots"])
+        self.movie.load_state_dict(state)
 
 
 def classification_head(objective: nn.Module) -> nn.Module | None:

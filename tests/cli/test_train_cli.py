@@ -221,8 +221,11 @@ def test_report_flag_calls_reports_each_epoch_and_at_the_end(tmp_path, monkeypat
         def save(self, out_dir):
             calls["save"].append(out_dir)
 
+        def __len__(self):
+            return len(calls["add"])
+
         def state_dict(self):  # checkpointed with the run
-            return {"frames": len(calls["add"])}
+            return {"frames": len(self)}
 
         def load_state_dict(self, state):
             raise AssertionError("a fresh run restores no movie")

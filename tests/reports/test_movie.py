@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.decomposition import PCA
 
 from metriclearn.reports.movie import CentroidMovie
 
@@ -58,11 +59,12 @@ def test_pca_is_fitted_once_on_the_first_snapshot() -> None:
     movie.add(0, x, y)
     shift = np.arange(x.shape[1], dtype=np.float32)
     movie.add(1, x + shift, y)  # a refitted PCA would centre the shift away
-    expected = shift @ movie._axes[1].T
+    pca = PCA(n_components=2, random_state=0).fit(x)  # scikit-learn's PCA of the first snapshot, fitted apart
+    expected = shift @ pca.components_.T
     assert np.allclose(movie._centroids[1] - movie._centroids[0], expected, atol=1e-4)
     assert np.allclose(movie._points[1] - movie._points[0], expected, atol=1e-4)
     # the centroids are the class means mapped by the same PCA
-    first = (np.stack([x[y == c].mean(0) for c in range(3)]) - movie._axes[0]) @ movie._axes[1].T
+    first = pca.transform(np.stack([x[y == c].mean(0) for c in range(3)]))
     assert np.allclose(movie._centroids[0], first, atol=1e-4)
 
 
