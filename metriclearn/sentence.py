@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metriclearn._checks import check_positive_int, describe
+from metriclearn._hf import SAFE_LOAD, check_model_folder
 from metriclearn._progress import progress
 
 TEXT_EXTRA = "pip install 'metriclearn[text]'"
@@ -272,12 +273,13 @@ def _load_transformer(folder: Path) -> tuple[Any, nn.Module]:
     except ImportError:
         raise ValueError(f"encoder 'sentence' needs the 'text' extra (transformers, sentence-transformers): "
                          f"{TEXT_EXTRA}") from None
+    check_model_folder(folder)  # before transformers reads anything: a folder's own code never runs
     logging = transformers.utils.logging
     bar_was_on = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # no "Loading weights" bar on every load
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **SAFE_LOAD)
+        model = AutoModel.from_pretrained(str(folder), **SAFE_LOAD)
     except (OSError, ValueError) as exc:
         raise ValueError(f"sentence encoder model folder {str(folder)!r} could not be loaded ({exc})") from exc
     finally:

@@ -7,14 +7,14 @@
   (``nn.Sequential`` with children ``encoder`` and ``head``), classes from ``classes.json``;
 - a **Hugging Face model directory** (``config.json``, weights, tokenizer files): read with
   ``AutoModelForSequenceClassification`` and ``AutoTokenizer``, ``local_files_only=True`` (never a
-  download); classes from ``config.id2label``; a directory whose classification head is not in the weights
-  is refused (its head would be random);
+  download) and ``trust_remote_code=False`` (a folder whose config asks for its own code is refused,
+  :mod:`metriclearn._hf`); classes from ``config.id2label``; a directory whose classification head is not
+  in the weights is refused (its head would be random);
 - a **TorchScript file** (``torch.jit.save``): classes are the output columns 0 … K−1.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections import OrderedDict
@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from metriclearn._hf import SAFE_LOAD, check_model_folder
 
 
 @dataclass
@@ -84,19 +86,16 @@ def _load_huggingface(path: Path) -> LoadedModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
     except ImportError:
         raise ValueError("a Hugging Face model needs transformers: pip install 'metriclearn[text]'") from None
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path / 'config.json'} is not readable JSON ({exc})") from None
+    config = check_model_folder(path)  # refuses a folder that asks to run its own code, before any prompt
     logging = transformers.utils.logging
     verbosity, bar_was_on = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()  # our own message below replaces "Some weights ... newly initialized"
     logging.disable_progress_bar()  # no "Loading weights" bar on every load
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(path), local_files_only=True, output_loading_info=True
+            str(path), **SAFE_LOAD, output_loading_info=True
         )
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **SAFE_LOAD)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"Hugging Face model directory {str(path)!r} could not be loaded offline: {first}") from None
