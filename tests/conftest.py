@@ -38,6 +38,19 @@ def make_blobs(counts: dict, dim: int = 8, seed: int = 0, spread: float = 6.0) -
     return np.concatenate(xs)[order].astype(np.float32), np.array(ys)[order]
 
 
+F32_EPS = float(np.finfo(np.float32).eps)  # 1.19e-7
+
+
+def assert_f32_close(actual, expected, gain: float = 1.0, ulps: float = 16) -> None:
+    """Two float32 computations of one quantity along different paths (another BLAS kernel or thread split,
+    another CPU, a saved-and-loaded copy) agree to a relative error of ``ulps`` float32 epsilons times ``gain``,
+    the computation's error amplification (θ for a softmax over θ·cos), measured against the array's largest
+    magnitude: a tolerance that holds on any CPU, unlike a fixed ``atol`` tuned on one machine."""
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    scale = max(float(np.abs(expected).max(initial=0.0)), float(np.finfo(np.float32).tiny))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=ulps * F32_EPS * gain * scale)
+
+
 def invoke(*args: object):
     """Run the real ``metriclearn`` CLI in-process (click's CliRunner); arguments are turned into strings."""
     from click.testing import CliRunner

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_f32_close
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -55,8 +56,8 @@ def test_extract_gives_the_penultimate_features_and_softmax_in_batches_that_do_n
     with torch.no_grad():
         hidden = torch.relu(model[0](torch.from_numpy(x)))
         expected_p = torch.softmax(model[3](hidden), 1)
-    np.testing.assert_allclose(features, F.normalize(hidden, dim=1).numpy(), atol=1e-6)
-    np.testing.assert_allclose(probs, expected_p.numpy(), atol=1e-6)
+    assert_f32_close(features, F.normalize(hidden, dim=1).numpy())
+    assert_f32_close(probs, expected_p.numpy())
     assert features.dtype == np.float32 and probs.dtype == np.float32
 
 
@@ -65,8 +66,8 @@ def test_several_layers_are_normalised_each_and_concatenated(rng) -> None:
     x = rng.normal(size=(6, 4))
     features, _ = FeatureExtractor(model, layers=["0", "3:input"]).extract(x)
     assert features.shape == (6, 16)
-    np.testing.assert_allclose(np.linalg.norm(features[:, :8], axis=1), 1, atol=1e-6)
-    np.testing.assert_allclose(np.linalg.norm(features[:, 8:], axis=1), 1, atol=1e-6)
+    assert_f32_close(np.linalg.norm(features[:, :8], axis=1), np.ones(len(features)))
+    assert_f32_close(np.linalg.norm(features[:, 8:], axis=1), np.ones(len(features)))
 
 
 def test_eval_mode_during_extraction_and_every_module_mode_restored(rng) -> None:
@@ -145,7 +146,7 @@ def test_token_outputs_are_mean_pooled_with_the_batch_attention_mask() -> None:
             h = torch.tanh(block(h))
         h = model.blocks[2](h)  # the module's own output (before the tanh that follows it)
     expected = torch.stack([h[0, :3].mean(0), h[1, :2].mean(0)])  # padding positions left out
-    np.testing.assert_allclose(features, F.normalize(expected, dim=1).numpy(), atol=1e-6)
+    assert_f32_close(features, F.normalize(expected, dim=1).numpy())
     assert candidate_layers(model) == ["classifier:input", "blocks.2", "blocks.1"]
 
 
@@ -154,8 +155,8 @@ def test_iterables_of_ready_batches_and_a_generator(rng) -> None:
     x = torch.from_numpy(rng.normal(size=(7, 4)).astype(np.float32))
     whole, p_whole = FeatureExtractor(model).extract(x)
     parts, p_parts = FeatureExtractor(model).extract(b for b in x.split(3))
-    np.testing.assert_allclose(parts, whole, atol=1e-6)
-    np.testing.assert_allclose(p_parts, p_whole, atol=1e-6)
+    assert_f32_close(parts, whole)
+    assert_f32_close(p_parts, p_whole)
 
 
 def _scripted(model: nn.Module) -> torch.jit.ScriptModule:
@@ -172,8 +173,8 @@ def test_torchscript_model_gives_the_same_features_as_the_eager_one(rng) -> None
     x = rng.normal(size=(9, 4)).astype(np.float32)
     eager = FeatureExtractor(model, batch_size=4).extract(x)
     script = FeatureExtractor(loaded, batch_size=4).extract(x)
-    np.testing.assert_allclose(script[0], eager[0], atol=1e-6)
-    np.testing.assert_allclose(script[1], eager[1], atol=1e-6)
+    assert_f32_close(script[0], eager[0])
+    assert_f32_close(script[1], eager[1])
     with pytest.raises(ValueError, match=r"'body\.0' of this TorchScript model is not called by its top-level "
                                          r"forward.*layers it calls: body, head"):
         FeatureExtractor(loaded, layers="body.0").extract(x)
@@ -221,7 +222,7 @@ def test_save_load_round_trip_and_refusal_of_another_model(digits, tmp_path) -> 
     opinion.save(tmp_path / "cache")
     again = SecondOpinion.load(tmp_path / "cache", model)
     assert (again.layers_, again.theta_, again.lam_) == (opinion.layers_, opinion.theta_, opinion.lam_)
-    np.testing.assert_allclose(again.predict_proba(X[450:]), opinion.predict_proba(X[450:]), atol=1e-6)
+    assert_f32_close(again.predict_proba(X[450:]), opinion.predict_proba(X[450:]), gain=opinion.theta_)
     index = EmbeddingIndex.load(tmp_path / "cache")  # an ordinary labelled index directory
     assert len(index) == 300 and index.attrs["tuning"]["theta"] == opinion.theta_
     changed = nn.Sequential(OrderedDict(body=model.body, head=nn.Linear(32, 10)))

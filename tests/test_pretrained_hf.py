@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_f32_close
 
 from metriclearn.pretrained import FeatureExtractor, SecondOpinion, candidate_layers
 from metriclearn.pretrained.loading import load_model
@@ -71,7 +72,7 @@ def test_second_opinion_on_texts_aligns_names_tunes_and_round_trips(tiny_bert_di
     assert all(n["metadata"]["text"] in X[:80] for r in rows for n in r["neighbors"])
     opinion.save(tmp_path / "cache")
     again = SecondOpinion.load(tmp_path / "cache", loaded.model, tokenizer=loaded.tokenizer)
-    np.testing.assert_allclose(again.predict_proba(X[110:]), proba, atol=1e-6)
+    assert_f32_close(again.predict_proba(X[110:]), proba, gain=again.theta_)
     with pytest.raises(ValueError, match=r"cache label 'sports' is not one of the model's 3 classes"):
         SecondOpinion(loaded.model, tokenizer=loaded.tokenizer).fit(X[:2], ["food", "sports"])
 
