@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_line_error, invoke, make_blobs
+from conftest import assert_f32_close, assert_one_line_error, invoke, make_blobs
 from metriclearn.encoders import build_encoder
 from metriclearn.hidden import HiddenFeatures, select_layer
 from metriclearn.metrics import retrieval_metrics
@@ -90,7 +90,7 @@ def test_cli_embed_and_evaluate_with_the_hidden_layer_on_unseen_classes(root: Pa
     with torch.no_grad():
         expected = HiddenFeatures(model)(torch.from_numpy(np.load(root / "new.npz")["X"])).numpy()
     assert emb.shape == (50, 24)
-    np.testing.assert_allclose(emb, expected, rtol=1e-5, atol=1e-6)
+    assert_f32_close(emb, expected)  # batched CLI path vs one forward pass
     result = invoke("evaluate", "--model", root / "run", "--data", root / "new.npz", "--layer", "hidden", "--json",
                     "--out", tmp_path / "m.json", "--device", "cpu")
     assert result.exit_code == 0, result.output
