@@ -54,11 +54,12 @@ def test_other_kind_and_files_are_refused(tmp_path: Path) -> None:
             pass
 
 
-def test_legacy_outputs_count_as_own(tmp_path: Path) -> None:
+def test_file_names_do_not_make_a_folder_metriclearn_s(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text("{}")
-    with claim_output_dir(tmp_path, "index", overwrite=True, legacy=("index.json",)):
-        pass
-    assert output_kind(tmp_path) == "index"
+    with pytest.raises(ValueError, match=r"not written by metriclearn \(it holds index.json\)"):
+        with claim_output_dir(tmp_path, "index", overwrite=True):
+            pass
+    assert output_kind(tmp_path) is None and sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def build(
         _tune(idx, vectors.x, target_recall, tune_k, tune_queries)
     if vectors.fingerprint is not None:
         idx.attrs["model_fingerprint"] = vectors.fingerprint
-    with claim_output_dir(out, "index", overwrite=overwrite, legacy=("index.json",)):
+    with claim_output_dir(out, "index", overwrite=overwrite):
         idx.save(out)
     sharding = f", {shards} shards" if shards > 1 else ""
     click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}{sharding}) -> {out}")

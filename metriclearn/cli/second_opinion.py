@@ -174,7 +174,7 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     if opts["save"] is not None:
         from metriclearn._outdir import claim_output_dir
 
-        with claim_output_dir(opts["save"], "index", overwrite=opts["overwrite"], legacy=("index.json",)):
+        with claim_output_dir(opts["save"], "index", overwrite=opts["overwrite"]):
             opinion.save(opts["save"])
         click.echo(f"cache saved to {opts['save']} (load it again with --cache {opts['save']})")
 
