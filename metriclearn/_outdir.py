@@ -180,6 +180,24 @@ def remove_recorded(path: str | os.PathLike[str]) -> list[str]:
     return gone
 
 
+@contextlib.contextmanager
+def record_written(path: str | os.PathLike[str], entry: str) -> Iterator[Path]:
+    """Yield ``path/entry`` to write; afterwards add ``entry`` to the marker of ``path`` (if it has one).
+
+    For a file a later command adds to an output folder (``evaluate`` writes ``evaluate.json`` into the run),
+    so that the folder's record stays complete. The folder's lock is held meanwhile (waiting up to 10 s).
+    """
+    root = Path(path)
+    if _read_marker(root) is None:  # not a marked output folder: nothing to record
+        yield root / _relative(entry)
+        return
+    with folder_lock(root, wait=10.0):
+        yield root / _relative(entry)
+        marker = _read_marker(root)
+        if marker is not None and (root / entry).exists():
+            _write_marker(root, marker["kind"], {*marker["entries"], _relative(entry)})
+
+
 def new_output_dir(parent: str | os.PathLike[str]) -> Path:
     """Reserve ``parent/<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` … when taken) by creating it; return it.
 

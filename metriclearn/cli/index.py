@@ -19,6 +19,7 @@ import numpy as np
 from metriclearn._atomic import write_text
 from metriclearn.cli._inputs import (
     check_dim,
+    check_distinct_files,
     check_k,
     check_same_model,
     check_source,
@@ -131,6 +132,7 @@ def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | 
     from metriclearn.indexes import EmbeddingIndex
 
     check_source(matrix, model, data, "--queries")
+    check_distinct_files([("--out", out)], [("--queries", matrix), ("--data", data)])
     idx = EmbeddingIndex.load(index_dir, device=device)
     k = check_k(k, idx, index_dir)
     vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", device=device)
