@@ -246,7 +246,7 @@ class CalibrationMixin:
         if fill.ndim != 0:
             raise TypeError(f"unknown_label must be a single label, got {describe(unknown_label)}")
         if any(c == fill.item() for c in self.classes_.tolist()):
-            raise ValueError(f"unknown_label={unknown_label!r} is one of the classes, so a rejection could not be told "
+            raise ValueError(f"unknown_label={fill.item()!r} is one of the classes, so a rejection could not be told "
                              "from a prediction: choose a value that is not a class, or use predict_with_rejection")
         labels, rejected = self._with_rejection(X, "predict_or_reject")
         if (fill.dtype.kind in "US") != (labels.dtype.kind in "US"):
