@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, invoke, make_blobs
 
-from metriclearn._outdir import LOCK, MARKER, claim_output_dir
+from metriclearn._outdir import MARKER, claim_output_dir
 from metriclearn.indexes import EmbeddingIndex
 
 FAST = ["--epochs", "1", "--batch-size", "24", "--encoder", "mlp:16", "--embedding-dim", "4", "--device", "cpu",
