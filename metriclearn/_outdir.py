@@ -142,16 +142,17 @@ def claim_output_dir(
             before = _tree(root)
             planned = {*(marker["entries"] if marker else ()), *(_relative(w) for w in writes)}
             _write_marker(root, kind, planned)
-            wrote = False
+            finished = False
             try:
                 yield root
-                wrote = True
+                finished = True
             finally:
                 new = _tree(root) - before
-                wrote = wrote or bool(new) or marker is not None
-                if wrote:
-                    present = {entry for entry in planned if (root / entry).exists()}
-                    _write_marker(root, kind, present | {_relative(w) for w in writes} | new)
+                present = {entry for entry in planned if (root / entry).exists()}
+                if finished:  # what is there now
+                    _write_marker(root, kind, present | new)
+                elif new or marker is not None:  # interrupted: keep the planned entries too (--resume)
+                    _write_marker(root, kind, planned | new)
                 else:  # a fresh claim whose command failed before writing anything: leave no trace
                     (root / MARKER).unlink(missing_ok=True)
     finally:
