@@ -234,20 +234,21 @@ def read_stable(path: str | os.PathLike[str], read: Callable[[], T]) -> T:
     """``read()`` (a load of the directory ``path``), repeated while a save replaces the directory under it.
 
     A load reads the manifest, then the files; a save that swaps in a new directory between the two makes
-    the files disagree with the manifest read. The load counts only when the manifest's bytes are the same
-    before and after it; an error is raised only when the manifest did not move meanwhile (the directory
+    the files disagree with the manifest read. The load counts only when the directory and its manifest are
+    the same before and after it (same inodes, modification time and bytes: a save back to identical
+    content still moves the time); an error is raised only when they did not move meanwhile (the directory
     really is damaged), or after :data:`READ_ATTEMPTS` tries.
     """
     root = Path(path)
     for attempt in range(1, READ_ATTEMPTS + 1):
-        before = _manifest_bytes(root)
+        before = _stamp(root)
         try:
             result = read()
         except (ValueError, OSError):
-            if attempt == READ_ATTEMPTS or _manifest_bytes(root) == before:
+            if attempt == READ_ATTEMPTS or _stamp(root) == before:
                 raise
         else:
-            if _manifest_bytes(root) == before:
+            if _stamp(root) == before:
                 return result
             if attempt == READ_ATTEMPTS:
                 raise RuntimeError(f"index directory {root} was saved again {attempt} times while it was being "
@@ -256,9 +257,11 @@ def read_stable(path: str | os.PathLike[str], read: Callable[[], T]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _manifest_bytes(root: Path) -> bytes | None:
+def _stamp(root: Path) -> tuple[Any, ...] | None:
+    """What changes whenever a save or :func:`update_fields` replaces ``root`` or its manifest."""
     try:
-        return (root / MANIFEST).read_bytes()
+        folder, manifest = os.stat(root), os.stat(root / MANIFEST)
+        return folder.st_ino, manifest.st_ino, manifest.st_mtime_ns, (root / MANIFEST).read_bytes()
     except OSError:
         return None
 
