@@ -108,11 +108,13 @@ class MetricLearningReport(L.Callback):
     ``out_dir`` receives ``report.html``, ``metrics.json`` and the projection PNGs
     (:func:`metriclearn.reports.write_report`; its explorer too where the installed metriclearn writes one),
     and ``centroids.gif`` / ``centroids.png`` (:class:`~metriclearn.reports.CentroidMovie`, one snapshot per epoch,
-    checkpointed). ``classes``: label names in code order.
+    checkpointed). ``classes``: label names in code order; ``report_options``: further keyword arguments of
+    ``write_report`` (``tsne_iter``, ``max_points``, ``metric`` ...).
     """
 
     def __init__(self, X: Any, y: Any, out_dir: str | os.PathLike[str], classes: list[Any] | None = None,
-                 method: str = "tsne", movie: bool = True, seed: int = 0) -> None:
+                 method: str = "tsne", movie: bool = True, seed: int = 0,
+                 report_options: dict[str, Any] | None = None) -> None:
         from metriclearn.reports import CentroidMovie
 
         self.X, self.y = X, np.asarray(y)
@@ -120,6 +122,7 @@ class MetricLearningReport(L.Callback):
             raise ValueError(f"X has {len(self.X)} samples but y has {len(self.y)} labels")
         self.out_dir, self.classes, self.method, self.seed = Path(out_dir), classes, method, seed
         self.movie = CentroidMovie(classes=classes, seed=seed) if movie else None
+        self.report_options = dict(report_options or {})
         self.written: dict[str, Any] = {}
 
     @property
@@ -136,7 +139,7 @@ class MetricLearningReport(L.Callback):
         from metriclearn.reports import write_report
 
         self.written = write_report(_embed(pl_module, self.X), self.y, self.out_dir, method=self.method,
-                                    classes=self.classes, seed=self.seed)
+                                    classes=self.classes, seed=self.seed, **self.report_options)
         if self.movie is not None and len(self.movie):
             self.movie.save(self.out_dir)
 

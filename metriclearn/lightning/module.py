@@ -120,9 +120,10 @@ class MetricLearningModule(L.LightningModule):
         from metriclearn.training.run import build_model
 
         config.validate()
+        model = build_model(config, tuple(input_shape))  # then the objective: the order metriclearn train uses
         objective = build_objective(config.terms(), config.embedding_dim, num_classes, config.combine,
                                     config.loss_options)
-        return cls(build_model(config, tuple(input_shape)), objective, optimizer=config.optimizer, lr=config.lr,
+        return cls(model, objective, optimizer=config.optimizer, lr=config.lr,
                    weight_decay=config.weight_decay, scheduler=config.scheduler, grad_clip=config.grad_clip,
                    monitor=config.monitor, classes=list(range(num_classes)) if classes is None else classes,
                    config=config)
