@@ -321,13 +321,23 @@ def _unpack_batch(batch: Any) -> tuple[Any, Tensor, Tensor | None]:
 
 
 def _average_gradients(params: Sequence[Tensor]) -> None:
-    """Replace every ``p.grad`` by its mean over the processes (one all-reduce; nothing in a single process)."""
+    """Replace every ``p.grad`` by its mean over the processes (nothing in a single process).
+
+    A parameter no rank computed a gradient for (the head in a neighbourhood-only step) keeps ``grad=None``, so
+    the optimiser skips it as it does in one process (a zero gradient would still move it by weight decay and
+    momentum).
+    """
     if dist_utils.world_size() == 1:
         return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    present = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)  # (P,)
+    present = dist_utils.all_reduce_mean(present) > 0
+    used = [p for p, flag in zip(params, present.tolist()) if flag]
+    if not used:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in used])
     flat = dist_utils.all_reduce_mean(flat)
     offset = 0
-    for p in params:
+    for p in used:
         p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
         offset += p.numel()
 
