@@ -39,7 +39,7 @@ def fine_tune(config: TrainConfig, train: list[dict], out: Path, epochs: int) ->
     torch.manual_seed(config.seed)
     module = MetricLearningModule.from_config(config, (), len(classes), classes=classes)
     lrs = LearningRateMonitor(logging_interval="step")  # needs a logger: Lightning's CSV logger under out/
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, default_root_dir=out,
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, default_root_dir=out, log_every_n_steps=1,
                         logger=CSVLogger(out, name="logs"), enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=False, callbacks=[lrs, HealthMonitorCallback()])
     trainer.fit(module, balanced_loader(X, y, config.batch_size, config.samples_per_class, config.seed))
