@@ -111,6 +111,7 @@ class MetricLearningModule(L.LightningModule):
         self.prepared = False  # input standardisation fitted, centroids initialised (saved in checkpoints)
         self.last_logs: dict[str, float] = {}  # the last batch's loss, term losses, lr, grad_norm
         self.batches_done = 0  # batches trained (Lightning's global_step counts optimiser steps)
+        self._epoch_logs: dict[str, list[float]] = {}  # this epoch's per-batch logs (their means are logged)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -251,16 +252,31 @@ class MetricLearningModule(L.LightningModule):
         self.last_logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), max_norm))
         return None
 
+    @staticmethod
+    def _log_name(key: str) -> str:
+        return key if key in ("lr", "grad_norm") else f"train_{key}"
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_logs = {}
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        size = len(_unpack_batch(batch)[1])
+        # Lightning's self.log costs more than a small model's step: the step values go out every
+        # log_every_n_steps batches, the epoch means once per epoch (from sums kept here)
         for key, value in self.last_logs.items():
-            name = key if key in ("lr", "grad_norm") else f"train_{key}" if key != "loss" else "train_loss"
-            self.log(name, value, on_step=True, on_epoch=True, prog_bar=key == "loss", batch_size=size)
+            self._epoch_logs.setdefault(key, []).append(value)
+        every = getattr(self.trainer, "log_every_n_steps", 50) or 50
+        if self.batches_done % every == 0:
+            self.log_dict({f"{self._log_name(k)}_step": v for k, v in self.last_logs.items()}, on_step=True,
+                          on_epoch=False)
 
     def on_train_epoch_end(self) -> None:
+        logs = {self._log_name(k): (v[-1] if k == "lr" else sum(v) / len(v))
+                for k, v in self._epoch_logs.items() if v}
+        if logs:
+            self.log_dict(logs, on_step=False, on_epoch=True)
         scheduler = self.lr_schedulers()
         if not self.automatic_optimization and isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            key = f"val_{self.monitor}" if f"val_{self.monitor}" in self.trainer.callback_metrics else "train_loss_epoch"
+            key = f"val_{self.monitor}" if f"val_{self.monitor}" in self.trainer.callback_metrics else "train_loss"
             scheduler.step(float(self.trainer.callback_metrics[key]))
 
     def configure_optimizers(self) -> Any:
@@ -275,7 +291,7 @@ class MetricLearningModule(L.LightningModule):
         mode = "min" if self.monitor == "loss" else "max"
         scheduler = build_scheduler(self.scheduler_name, optimizer, int(total), mode=mode)
         if self.scheduler_name == "plateau":
-            monitor = "train_loss_epoch" if self.monitor == "loss" else f"val_{self.monitor}"
+            monitor = "train_loss" if self.monitor == "loss" else f"val_{self.monitor}"
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": monitor}}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
