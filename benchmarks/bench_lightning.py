@@ -27,7 +27,7 @@ from bench_mnist import BATCH, EMB, EPOCHS, load_split, run_metriclearn, score  
 
 
 def run_lightning(Xtr, ytr, Xte, yte, seed: int, epochs: int = EPOCHS) -> dict[str, Any]:
-    """``MetricLearningModule.from_config`` of the config ``run_metriclearn`` trains, fitted by ``lightning.Trainer``."""
+    """``MetricLearningModule.from_config`` of the config ``run_metriclearn`` trains, fitted by Lightning."""
     import lightning as L
 
     from metriclearn.lightning import MetricLearningModule, balanced_loader

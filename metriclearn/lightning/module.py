@@ -59,7 +59,7 @@ _D = TrainConfig  # the dataclass's field defaults are the defaults
 
 
 class MetricLearningModule(L.LightningModule):
-    """Train ``encoder`` (inputs → embeddings (B, D)) with ``objective`` (:func:`~metriclearn.training.build_objective`).
+    """Train ``encoder`` (inputs → embeddings (B, D)) with ``objective`` (from ``build_objective``).
 
     Parameters
     ----------
@@ -206,8 +206,9 @@ class MetricLearningModule(L.LightningModule):
         value = float(self.objective.total(losses).detach())
         if not math.isfinite(value):
             terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-            raise FloatingPointError(f"loss is {value} at epoch {self.current_epoch + 1}, batch {self.batches_done + 1} "
-                                     f"(terms: {terms}); try a lower lr, gradient clipping, or check the data")
+            raise FloatingPointError(f"loss is {value} at epoch {self.current_epoch + 1}, batch "
+                                     f"{self.batches_done + 1} (terms: {terms}); try a lower lr, gradient clipping, "
+                                     f"or check the data")
         return losses, value
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
