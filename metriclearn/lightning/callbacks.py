@@ -109,12 +109,14 @@ class MetricLearningReport(L.Callback):
     (:func:`metriclearn.reports.write_report`; its explorer too where the installed metriclearn writes one),
     and ``centroids.gif`` / ``centroids.png`` (:class:`~metriclearn.reports.CentroidMovie`, one snapshot per epoch,
     checkpointed). ``classes``: label names in code order; ``report_options``: further keyword arguments of
-    ``write_report`` (``tsne_iter``, ``max_points``, ``metric`` ...).
+    ``write_report`` (``tsne_iter``, ``max_points``, ``metric`` ...). ``out_dir`` must be new, empty or a
+    metriclearn report (``overwrite=True`` replaces one; a run resumed from a checkpoint replaces its own); this
+    is checked when the fit starts, before any training.
     """
 
     def __init__(self, X: Any, y: Any, out_dir: str | os.PathLike[str], classes: list[Any] | None = None,
                  method: str = "tsne", movie: bool = True, seed: int = 0,
-                 report_options: dict[str, Any] | None = None) -> None:
+                 report_options: dict[str, Any] | None = None, overwrite: bool = False) -> None:
         from metriclearn.reports import CentroidMovie
 
         self.X, self.y = X, np.asarray(y)
@@ -123,11 +125,19 @@ class MetricLearningReport(L.Callback):
         self.out_dir, self.classes, self.method, self.seed = Path(out_dir), classes, method, seed
         self.movie = CentroidMovie(classes=classes, seed=seed) if movie else None
         self.report_options = dict(report_options or {})
+        self.overwrite = bool(overwrite)
         self.written: dict[str, Any] = {}
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(out_dir=str(self.out_dir))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from metriclearn._outdir import check_output_dir
+
+        if trainer.is_global_zero:  # refuse a folder it may not write before the training, not after
+            self.overwrite = self.overwrite or trainer.ckpt_path is not None
+            check_output_dir(self.out_dir, "report", overwrite=self.overwrite, hint="overwrite=True")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.movie is not None and trainer.is_global_zero:
@@ -136,12 +146,17 @@ class MetricLearningReport(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        from metriclearn._outdir import claim_output_dir, remove_recorded
         from metriclearn.reports import write_report
 
-        self.written = write_report(_embed(pl_module, self.X), self.y, self.out_dir, method=self.method,
-                                    classes=self.classes, seed=self.seed, **self.report_options)
-        if self.movie is not None and len(self.movie):
-            self.movie.save(self.out_dir)
+        embeddings = _embed(pl_module, self.X)
+        with claim_output_dir(self.out_dir, "report", overwrite=self.overwrite, hint="overwrite=True") as out:
+            if self.overwrite:  # what an earlier report wrote there (its marker's record); the user's files stay
+                remove_recorded(out)
+            self.written = write_report(embeddings, self.y, out, method=self.method, classes=self.classes,
+                                        seed=self.seed, **self.report_options)
+            if self.movie is not None and len(self.movie):
+                self.movie.save(out)
 
     def state_dict(self) -> dict[str, Any]:
         return {"movie": self.movie.state_dict() if self.movie is not None else None}

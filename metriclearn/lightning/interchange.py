@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from metriclearn._atomic import write_json
-from metriclearn._outdir import claim_output_dir
+from metriclearn._outdir import claim_output_dir, remove_recorded
 from metriclearn.lightning.module import CHECKPOINT_FORMAT, CHECKPOINT_KEY
 from metriclearn.training.config import TrainConfig
 
+_RUN_FILES = ("config.toml", "classes.json", "model.pt")
 _HEAD_KEY = re.compile(r"^objective\.terms\.[^.]+\.head\.(weight|bias)$")
 
 
@@ -90,8 +91,9 @@ def export_run(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[st
         names = list(range(head.out_features))
     if head is not None and len(names) != head.out_features:
         raise ValueError(f"classes has {len(names)} entries but the head of {path} has {head.out_features} outputs")
-    with claim_output_dir(out_dir, "run", overwrite=overwrite, legacy=("model.pt", "config.toml"),
-                          hint="overwrite=True") as out:
+    with claim_output_dir(out_dir, "run", overwrite=overwrite, writes=_RUN_FILES, hint="overwrite=True") as out:
+        if overwrite:  # only what the previous output wrote (its marker's record): the user's files stay
+            remove_recorded(out)
         config.save(out / "config.toml")
         write_json(out / "classes.json", list(names))
         save_model(out / "model.pt", model, config, input_shape, head=head)

@@ -97,7 +97,9 @@ def test_export_refuses_what_it_cannot_write_and_leaves_nothing(cot_checkpoint, 
     export_run(tmp / "cot.ckpt", tmp_path / "twice")
     with pytest.raises(ValueError, match="overwrite=True"):
         export_run(tmp / "cot.ckpt", tmp_path / "twice")
+    (tmp_path / "twice" / "notes.txt").write_text("mine")
     assert export_run(tmp / "cot.ckpt", tmp_path / "twice", overwrite=True) == tmp_path / "twice"
+    assert (tmp_path / "twice" / "notes.txt").read_text() == "mine"  # only what the export wrote is replaced
 
 
 def test_a_module_without_a_spec_encoder_says_why_it_cannot_be_exported(tmp_path) -> None:

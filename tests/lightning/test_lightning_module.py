@@ -98,7 +98,7 @@ def test_callbacks_keep_their_state_through_a_lightning_checkpoint(tmp_path) -> 
     def callbacks(name):
         report = MetricLearningReport(Xv, yv, tmp_path / name, report_options={"tsne_iter": 250})
         return [RetrievalValidation(Xv, yv), HealthMonitorCallback(), report,
-                ModelCheckpoint(tmp_path / name / "ckpt", save_last=True, monitor="val_map_at_r", mode="max")]
+                ModelCheckpoint(tmp_path / f"{name}-ckpt", save_last=True, monitor="val_map_at_r", mode="max")]
 
     cfg = TrainConfig(embedding_dim=6, loss=["neighborhood", "cache:0.5"], batch_size=32, samples_per_class=4)
     torch.manual_seed(0)
@@ -114,7 +114,7 @@ def test_callbacks_keep_their_state_through_a_lightning_checkpoint(tmp_path) -> 
     resumed = MetricLearningModule.from_config(cfg, (8,), 5)
     resumed_cbs = callbacks("first")  # the same report folder: its state_key names it
     quiet_trainer(3, resumed_cbs, enable_checkpointing=True).fit(resumed, balanced_loader(X, y, 32, 4),
-                                                                 ckpt_path=tmp_path / "first" / "ckpt" / "last.ckpt")
+                                                                 ckpt_path=tmp_path / "first-ckpt" / "last.ckpt")
     for key, value in _states(whole.encoder, whole.objective).items():  # cache buffers, optimiser, OneCycle too
         assert_f32_close(_states(resumed.encoder, resumed.objective)[key].numpy(), value.numpy())
     assert [r["epoch"] for r in resumed_cbs[0].history] == [1, 2, 3]
@@ -124,6 +124,10 @@ def test_callbacks_keep_their_state_through_a_lightning_checkpoint(tmp_path) -> 
     assert resumed_cbs[2].movie.epochs == [1, 2, 3]  # the movie holds the epochs before the checkpoint
     assert (tmp_path / "first" / "report.html").is_file() and (tmp_path / "first" / "centroids.gif").is_file()
     assert resumed.batches_done == 15
+    refused = MetricLearningReport(Xv, yv, tmp_path / "first", report_options={"tsne_iter": 250})
+    with pytest.raises(ValueError, match="already holds a metriclearn report; pass overwrite=True"):
+        quiet_trainer(1, [refused]).fit(MetricLearningModule.from_config(cfg, (8,), 5), balanced_loader(X, y, 32, 4))
+    assert refused.movie is not None and len(refused.movie) == 0  # refused before any training
 
 
 def test_health_monitor_warns_on_a_first_batch_far_above_chance() -> None:
