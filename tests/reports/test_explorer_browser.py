@@ -165,3 +165,57 @@ def test_text_explorer_in_chromium(browser, tmp_path) -> None:
     matches = page.eval_on_selector_all("#matches tr.item", "trs => trs.map(tr => tr.innerText)")
     assert len(matches) == 2 and all("passport" in m for m in matches)
     page.close()
+
+
+def test_calibrated_index_adds_confidence_coverage_and_reliability(browser, tmp_path) -> None:
+    from metriclearn.classify import KNNClassifier
+    from metriclearn.indexes import EmbeddingIndex
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(0, 3, (4, 6))
+    y = rng.choice(4, 540, p=[0.4, 0.3, 0.2, 0.1])  # uneven classes
+    x = (centres[y] + rng.normal(0, 1.8, (540, 6))).astype(np.float32)
+    index = EmbeddingIndex(6, metric="l2", device="cpu")
+    index.add(x[:300], labels=y[:300])
+    index.save(tmp_path / "index")
+    for name, array in (("cal", x[300:]), ("cal_y", y[300:]), ("q", x[300:420]), ("q_y", y[300:420])):
+        np.save(tmp_path / f"{name}.npy", array)
+    assert invoke("calibrate", "--index", tmp_path / "index", "--features", tmp_path / "cal.npy", "--labels",
+                  tmp_path / "cal_y.npy", "--method", "knn").exit_code == 0
+    result = invoke("report", "--embeddings", tmp_path / "q.npy", "--labels", tmp_path / "q_y.npy", "--method",
+                    "tsne", "--index", tmp_path / "index", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "r" / "explorer.html"
+    data = page_data(path)
+    stored = EmbeddingIndex.load(tmp_path / "index", device="cpu")
+    state = stored.attrs["calibration"]["knn"]
+    knn = KNNClassifier.from_index(stored, n_neighbors=state["classifier"]["n_neighbors"],
+                                   weights=state["classifier"]["weights"]).restore_calibration(state)
+    expected = knn.predict_proba(x[300:420]).max(axis=1)
+    np.testing.assert_allclose(decoded(data, "confidence", "<f4"), expected, rtol=1e-6)
+    assert data["has_coverage"] and [r["coverage"] for r in data["per_class"]] == state["coverage_by_class"]
+    page = open_page(browser, path)
+    page.select_option("#colour", "calibrated confidence")
+    item = isolated_item(page)
+    page.mouse.move(*page.evaluate(f"explorer.screenPosition({item})"))
+    assert f"calibrated confidence {expected[item]:.3f}" in page.inner_text("#tooltip")
+    assert "coverage" in page.inner_text("#classes") and page.locator("#reliability svg").count() == 2
+    assert page.errors == [] and len(page.requests) == 1
+    page.close()
+
+
+def test_unlabelled_page_has_map_hover_and_neighbours(browser, tmp_path) -> None:
+    from metriclearn.reports.explorer import write_explorer
+
+    x = np.random.default_rng(2).normal(size=(80, 5)).astype(np.float32)
+    path = tmp_path / "explorer.html"
+    write_explorer(path, x, None, {"axes": x[:, :2]}, ids=[f"doc-{i}" for i in range(80)], k=3)
+    page = open_page(browser, path)
+    item = isolated_item(page)
+    page.mouse.click(*page.evaluate(f"explorer.screenPosition({item})"))
+    assert f"doc-{item}" in page.inner_text("#tooltip")
+    order, _ = naive_neighbours(x, "l2")
+    listed = page.eval_on_selector_all("#neighbour-table tr.item", "trs => trs.map(tr => tr.cells[3].innerText)")
+    assert listed == [f"doc-{j}" for j in order[item, :3]]
+    assert "unlabelled" in page.inner_text("#failures-panel") and page.errors == [] and len(page.requests) == 1
+    page.close()
