@@ -81,7 +81,7 @@ def report(
     calibration, confidence = _calibration(index_dir, vectors) if index_dir is not None else (None, None)
     texts, thumbnails = _item_content(data) if data is not None else (None, None)
     training_log = None if vectors.run is None else Path(vectors.run.path) / "log.csv"
-    with claim_output_dir(out, "report", overwrite=overwrite, legacy=("report.html",)):
+    with claim_output_dir(out, "report", overwrite=overwrite):
         metrics = write_report(vectors.x, codes, out, method=method, classes=classes, config=config,
                                max_points=max_points, seed=seed, metric=metric, source=source,
                                calibration=calibration, texts=texts, thumbnails=thumbnails, confidence=confidence,
