@@ -94,6 +94,9 @@ def write_explorer(
     n_total = m if n_total is None else int(n_total)
     if rows.shape != (m,):
         raise ValueError(f"rows must have one entry per item ({m}), got shape {rows.shape}")
+    for name, values in (("texts", texts), ("ids", ids), ("thumbnails", thumbnails), ("confidence", confidence)):
+        if values is not None and len(values) != n_total:
+            raise ValueError(f"{name} must have one entry per row of the input ({n_total}), got {len(values)}")
     for name, points in layouts.items():
         if np.shape(points) != (m, 2):
             raise ValueError(f"layout {name!r} must have shape ({m}, 2), got {np.shape(points)}")

@@ -128,6 +128,8 @@ def test_bad_input_names_the_argument(tmp_path) -> None:
     x = np.zeros((5, 3), np.float32)
     with pytest.raises(ValueError, match=r"layout 'tsne' must have shape \(5, 2\), got \(4, 2\)"):
         write_explorer(tmp_path / "e.html", x, np.array([0, 0, 1, 1, 1]), {"tsne": np.zeros((4, 2))})
+    with pytest.raises(ValueError, match=r"texts must have one entry per row of the input \(5\), got 4"):
+        write_explorer(tmp_path / "e.html", x, None, {"tsne": np.zeros((5, 2))}, texts=["a", "b", "c", "d"])
     with pytest.raises(ValueError, match="at least 2 items.*got 1"):
         item_retrieval(x[:1], None)
     with pytest.raises(ValueError, match=r"thumbnails must have shape .* got \(2, 3\)"):
