@@ -34,8 +34,9 @@ from metriclearn.reports.explorer import write_explorer
 PLOTLY_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><script>{js}</script></head><body>
 <div id="plot" style="width:900px;height:650px"></div><script>
 const t0 = performance.now(), d = {data};
-Plotly.newPlot("plot", [{{type: "scattergl", mode: "markers", x: d.x, y: d.y, text: d.text, hoverinfo: "text",
-  marker: {{size: 4, color: d.c, colorscale: "Portland"}}}}]).then(() => {{ window.readyMs = performance.now() - t0; }});
+Plotly.newPlot("plot", [{{type: "scattergl", mode: "markers", x: d.x, y: d.y, text: d.text,
+  hoverinfo: "text", marker: {{size: 4, color: d.c, colorscale: "Portland"}}}}])
+  .then(() => {{ window.readyMs = performance.now() - t0; }});
 </script></body></html>"""
 
 
@@ -62,13 +63,15 @@ def measure_explorer(browser, path: Path) -> dict[str, float]:
     load_s = time.perf_counter() - start
     paint = median_ms(page, """() => { const t = []; for (let r = 0; r < 30; r++) { const s = performance.now();
         explorer.paint(); t.push(performance.now() - s); } t.sort((a, b) => a - b); return t[15]; }""")
-    hover = median_ms(page, """() => { const c = document.getElementById('map'), b = c.getBoundingClientRect(), t = [];
-        for (let r = 0; r < 300; r++) { const e = new MouseEvent('mousemove', {clientX: b.left + Math.random() * b.width,
-          clientY: b.top + Math.random() * b.height, bubbles: true}); const s = performance.now(); c.dispatchEvent(e);
-          t.push(performance.now() - s); } t.sort((a, b) => a - b); return t[150]; }""")
-    zoom = median_ms(page, """() => { const c = document.getElementById('map'), b = c.getBoundingClientRect(), t = [];
-        for (let r = 0; r < 30; r++) { const s = performance.now(); c.dispatchEvent(new WheelEvent('wheel', {deltaY: r % 2 ? 120 : -120,
-          clientX: b.left + b.width / 2, clientY: b.top + b.height / 2, bubbles: true, cancelable: true})); explorer.paint();
+    hover = median_ms(page, """() => { const c = document.getElementById('map'), b = c.getBoundingClientRect();
+        const t = []; for (let r = 0; r < 300; r++) { const e = new MouseEvent('mousemove', {bubbles: true,
+          clientX: b.left + Math.random() * b.width, clientY: b.top + Math.random() * b.height});
+          const s = performance.now(); c.dispatchEvent(e); t.push(performance.now() - s); }
+        t.sort((a, b) => a - b); return t[150]; }""")
+    zoom = median_ms(page, """() => { const c = document.getElementById('map'), b = c.getBoundingClientRect();
+        const t = []; for (let r = 0; r < 30; r++) { const s = performance.now();
+          c.dispatchEvent(new WheelEvent('wheel', {deltaY: r % 2 ? 120 : -120, bubbles: true, cancelable: true,
+            clientX: b.left + b.width / 2, clientY: b.top + b.height / 2})); explorer.paint();
           t.push(performance.now() - s); } t.sort((a, b) => a - b); return t[15]; }""")
     page.close()
     if errors:

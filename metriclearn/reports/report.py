@@ -122,7 +122,7 @@ def write_report(
     confidence: np.ndarray | None = None,
     training_log: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Write ``<method>.png``, ``metrics.json``, ``report.html`` and ``explorer.html`` for ``embeddings`` to ``out_dir``.
+    """Write ``<method>.png``, ``metrics.json``, ``report.html`` and ``explorer.html`` for ``embeddings``.
 
     Parameters
     ----------

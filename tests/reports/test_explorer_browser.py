@@ -56,7 +56,8 @@ def isolated_item(page) -> int:
     return page.evaluate("""() => { const e = window.explorer, pts = [];
         for (let i = 0; i < e.n; i++) pts.push(e.screenPosition(i));
         for (let i = 0; i < e.n; i++) { let ok = pts[i][1] < innerHeight - 20;
-          for (let j = 0; ok && j < e.n; j++) if (j !== i && Math.hypot(pts[i][0] - pts[j][0], pts[i][1] - pts[j][1]) < 12) ok = false;
+          for (let j = 0; ok && j < e.n; j++)
+            if (j !== i && Math.hypot(pts[i][0] - pts[j][0], pts[i][1] - pts[j][1]) < 12) ok = false;
           if (ok) return i; }
         return -1; }""")
 
