@@ -61,7 +61,7 @@ def test_resolve_device() -> None:
             resolve_device("cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_amp_on_cuda_trains() -> None:  # pragma: no cover - GPU only
     X, y = _blobs()
     objective = Objective({"pull": lambda_loss(lambda e, t: e.float().pow(2).mean())})
