@@ -28,3 +28,16 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_0(monkeypatch, capsys) ->
     with pytest.raises(SystemExit) as usage:  # a wrong option is a usage error (exit 2), not a silent pass
         module.main(["--no-such-option"])
     assert usage.value.code == 2
+
+
+def test_gpu_tests_use_the_gpu_marker() -> None:
+    """A test that needs a GPU says so with ``@pytest.mark.gpu`` (so ``make gpu-check`` runs it), not with a
+    skip of its own that ``pytest -m gpu`` would never select."""
+    import re
+
+    own_skip = re.compile(r"skipif\(\s*not\s+torch\.cuda\.is_available\(\)|get_num_gpus\(\)\s*==\s*0|"
+                          r"if not torch\.cuda\.is_available\(\):\s*\n\s*pytest\.skip")
+    tests = Path(__file__).resolve().parent
+    offenders = [str(path.relative_to(tests)) for path in sorted(tests.rglob("*.py"))
+                 if path.name != "conftest.py" and own_skip.search(path.read_text(encoding="utf-8"))]
+    assert offenders == []
