@@ -9,7 +9,7 @@ writes files.
   (:func:`metriclearn.metrics.retrieval_metrics`, Musgrave et al. 2020), logged as ``val_<name>`` to every logger
   (and so visible to Lightning's ``ModelCheckpoint`` / ``EarlyStopping``).
 * :class:`MetricLearningReport` — a :class:`~metriclearn.reports.CentroidMovie` snapshot every epoch, and at fit
-  end the report of :func:`metriclearn.reports.write_report` plus the movie.
+  end the report and explorer of :func:`metriclearn.reports.write_report` plus the movie.
 * :class:`HealthMonitorCallback` — :class:`metriclearn.training.HealthMonitor`'s checks (first-batch loss
   against chance, dead ReLUs, gradient and weight norms) on a Lightning run.
 
@@ -105,8 +105,8 @@ class RetrievalValidation(L.Callback):
 class MetricLearningReport(L.Callback):
     """At fit end write the report of ``(X, y)`` and the centroid movie of the epochs into ``out_dir``.
 
-    ``out_dir`` receives ``report.html``, ``metrics.json`` and the projection PNGs
-    (:func:`metriclearn.reports.write_report`; its explorer too where the installed metriclearn writes one),
+    ``out_dir`` receives ``report.html``, ``explorer.html``, ``metrics.json`` and the projection PNGs
+    (:func:`metriclearn.reports.write_report`),
     and ``centroids.gif`` / ``centroids.png`` (:class:`~metriclearn.reports.CentroidMovie`, one snapshot per epoch,
     checkpointed). ``classes``: label names in code order; ``report_options``: further keyword arguments of
     ``write_report`` (``tsne_iter``, ``max_points``, ``metric`` ...). ``out_dir`` must be new, empty or a
