@@ -339,6 +339,8 @@ def _read_jsonl(path: Path, require_labels: bool) -> tuple[list[str], np.ndarray
             text = record["text"]
             if not isinstance(text, str):
                 raise ValueError(f"{where}: 'text' must be a string, got {describe(text)}")
+            if not text.strip():
+                raise ValueError(f"{where}: 'text' is empty")
             texts.append(text)
             if "label" not in record:
                 first_unlabelled = first_unlabelled or line_no

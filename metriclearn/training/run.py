@@ -73,7 +73,7 @@ def build_model(config: TrainConfig, input_shape: Sequence[int]) -> nn.Module:
     from metriclearn.encoders import build_encoder
 
     return build_encoder(config.encoder, tuple(input_shape), config.embedding_dim, normalize=config.normalize,
-                         **config.encoder_options)
+                         **config.encoder_kwargs())
 
 
 def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callbacks: Sequence[Callback] = (),
@@ -84,7 +84,7 @@ def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callba
         model, objective, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
         scheduler=config.scheduler, batch_size=config.batch_size, samples_per_class=config.samples_per_class,
         grad_clip=config.grad_clip, amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor,
-        callbacks=callbacks, verbose=verbose,
+        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr,
     )
 
 
@@ -306,7 +306,7 @@ def save_model(
         "input_shape": [int(s) for s in input_shape],
         "embedding_dim": int(config.embedding_dim),
         "normalize": bool(config.normalize),
-        "encoder_options": dict(config.encoder_options),
+        "encoder_options": config.encoder_kwargs(),
         "state_dict": state,
     }
     if head is not None:

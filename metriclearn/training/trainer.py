@@ -79,6 +79,9 @@ class Trainer:
         Validation metric for ``"plateau"`` and the logs (``map_at_r``, ``precision_at_1`` ...).
     callbacks:
         :class:`~metriclearn.training.callbacks.Callback` objects, called in order.
+    encoder_lr:
+        Learning rate of a fine-tuned pretrained body (the parameters ``model.encoder_parameters()`` returns,
+        e.g. a :class:`~metriclearn.sentence.SentenceEncoder`'s transformer); ``None``: ``lr`` for everything.
 
     Every default is :class:`~metriclearn.training.config.TrainConfig`'s, so ``Trainer(model,
     build_objective(None, D, K)).fit(train, val)`` trains the run ``metriclearn train`` trains.
@@ -103,6 +106,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         embed_batch_size: int = 1024,
         verbose: bool = True,
+        encoder_lr: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -124,8 +128,11 @@ class Trainer:
         if isinstance(scheduler, str) or scheduler is None:
             check_choice(scheduler or "none", SCHEDULERS, "scheduler")
         self.scheduler_spec = scheduler or "none"
+        self.encoder_lr = None if encoder_lr is None else check_positive_float(encoder_lr, "encoder_lr")
         if optimizer is None or isinstance(optimizer, str):
-            optimizer = build_optimizer(optimizer or "adamw", self.parameters(), self.lr, self.weight_decay)
+            encoder_params = getattr(model, "encoder_parameters", None)
+            optimizer = build_optimizer(optimizer or "adamw", self.parameters(), self.lr, self.weight_decay,
+                                        encoder_params() if callable(encoder_params) else (), self.encoder_lr)
         self.optimizer = optimizer
         self.callbacks = list(callbacks)
         self.verbose = verbose
