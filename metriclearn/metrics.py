@@ -61,7 +61,8 @@ from metriclearn._checks import check_choice, check_labels, check_matrix, check_
 from metriclearn._progress import progress
 from metriclearn.data import stratified_subsample
 
-__all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "embedding_metrics", "retrieval_metrics", "separation_metrics"]
+__all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "embedding_metrics", "pair_metrics", "retrieval_metrics",
+           "separation_metrics"]
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r", "knn_accuracy")
 SEPARATION_KEYS = ("silhouette", "davies_bouldin", "calinski_harabasz", "nmi", "ami")

@@ -237,6 +237,7 @@ class SentenceEncoder(nn.Module):
             for block in blocks[len(blocks) - self.unfreeze :]:
                 block.requires_grad_(True)
         if self.gradient_checkpointing and not self.freeze:
+            self.transformer.config.use_cache = False  # an encoder keeps no key/value cache (and no warning)
             self.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.register_state_dict_post_hook(_drop_frozen)
         self.register_load_state_dict_pre_hook(_fill_frozen)

@@ -150,6 +150,7 @@ class Trainer:
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self._ddp: nn.Module | None = None
         self._params: list[nn.Parameter] = []
+        self._ids: Tensor | None = None  # pair data: the pair id of every row (the cache's ids)
         self._lone_last_batch = False
         # running sums of the current epoch (checkpointed, so a mid-epoch resume logs the whole epoch)
         self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0, "lr": 0.0}
@@ -193,7 +194,10 @@ class Trainer:
 
         A checkpoint taken mid-epoch (``ModelCheckpoint(every_n_steps=...)``) resumes at the next batch.
 
-        ``train``/``val`` are :class:`~metriclearn.data.LabeledData` or ``(X, y)`` pairs. Returns the
+        ``train``/``val`` are :class:`~metriclearn.data.LabeledData` or ``(X, y)`` pairs. Pair data
+        (``LabeledData.pairs``) is batched by whole pairs: ``batch_size`` pairs per batch, the loss's labels
+        are the pair ids (the neighbourhood loss is then the symmetric in-batch InfoNCE), and validation adds
+        :func:`~metriclearn.metrics.pair_metrics`. Returns the
         history: one dict of epoch logs per epoch (train loss, per-term losses, lr, ``val_*`` metrics).
         """
         from metriclearn.data import ClassBalancedSampler
@@ -202,11 +206,20 @@ class Trainer:
         X, y = _unpack(train, "train")
         self.num_classes, self.num_samples = int(y.max()) + 1, len(y)
         val_xy = _unpack(val, "val") if val is not None else None
-        base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)
+        if val_xy is not None and getattr(val, "pairs", None) is not None:
+            val_xy = (*val_xy, val.pairs)
+        pair_ids = getattr(train, "pair_ids", None)
+        if pair_ids is not None:  # pair data: --batch-size pairs, each with all its texts (a "class" of 2 or 3)
+            width = train.pairs.shape[1]
+            base_sampler = ClassBalancedSampler(pair_ids, self.batch_size * width, width, seed=self.seed)
+            self._ids = torch.as_tensor(pair_ids, dtype=torch.long, device=self.device)
+        else:
+            base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)
+            self._ids = None
         self.sampler = dist_utils.shard_batches(base_sampler)
         # an epoch of n = k·B + 1 samples ends with a batch of one: nothing to compare it with and a
         # BatchNorm error in training mode, so it is passed over (its sample comes back next epoch)
-        self._lone_last_batch = len(y) % self.batch_size == 1 and len(self.sampler) > 1
+        self._lone_last_batch = len(y) % base_sampler.batch_size == 1 and len(self.sampler) > 1
         self.scheduler = self._make_scheduler(epochs * (len(self.sampler) - self._lone_last_batch))
         X_dev = to_device(X, self.device)
         y_dev = torch.as_tensor(y, dtype=torch.long, device=self.device)
@@ -312,7 +325,7 @@ class Trainer:
                 progress_["count"] += 1
                 continue
             idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-            logs = self._train_step(_take(X, idx), y[idx], idx)
+            logs = self._train_step(_take(X, idx), y[idx], idx if self._ids is None else self._ids[idx])
             self.global_step += 1
             for key, value in logs.items():
                 progress_["sums"][key] = progress_["sums"].get(key, 0.0) + value
@@ -347,8 +360,9 @@ class Trainer:
     def _train_step(self, x: Any, y: Tensor, ids: Tensor | None = None) -> Logs:
         """The optimiser step(s) of one batch (one per group of terms).
 
-        ``ids`` are the batch's dataset indices: terms that take them (``CacheLoss``) never match an
-        anchor with a cached copy of the same sample from an earlier step.
+        ``ids`` are the batch's dataset indices (pair data: its pair ids): terms that take them (``CacheLoss``)
+        never match an anchor with a cached copy of the same sample (any text of its own pair) from an
+        earlier step.
         """
         logs: Logs = {"lr": self.optimizer.param_groups[0]["lr"]}  # the rate this batch's step(s) use
         params = self._params or self.parameters()
@@ -402,11 +416,15 @@ class Trainer:
         """Embeddings (n, D) float32 of ``data`` (LabeledData, array, tensor or list of texts), eval mode."""
         return embed_array(self.model, data, batch_size or self.embed_batch_size, self.device, self.amp_dtype)
 
-    def validate(self, X: Any, y: np.ndarray) -> Logs:
-        """Leave-one-out retrieval metrics of the embeddings of ``(X, y)``."""
-        from metriclearn.metrics import retrieval_metrics
+    def validate(self, X: Any, y: np.ndarray, pairs: np.ndarray | None = None) -> Logs:
+        """Leave-one-out retrieval metrics of the embeddings of ``(X, y)``; for pair data (``pairs`` (P, 2):
+        anchor and positive rows) also :func:`~metriclearn.metrics.pair_metrics`."""
+        from metriclearn.metrics import pair_metrics, retrieval_metrics
 
-        metrics = retrieval_metrics(self.embed(X), np.asarray(y))
+        embeddings = self.embed(X)
+        metrics = retrieval_metrics(embeddings, np.asarray(y))
+        if pairs is not None:
+            metrics.update(pair_metrics(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]))
         return {k: float(v) for k, v in metrics.items()}
 
     # ------------------------------------------------------------------ state

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_line_error, invoke
+from conftest import assert_one_line_error, invoke, kill_train_at
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers", reason="needs the 'text' extra")
@@ -133,26 +133,10 @@ def test_finetuned_run_serves_embed_evaluate_and_index(tmp_path, texts, tiny_ber
     assert result.exit_code == 0, result.output  # (report reads a run the same way, through load_run)
 
 
-def _kill_in_epoch_2(monkeypatch):
-    from metriclearn.training import LambdaCallback, run
-
-    original = run.train_run
-
-    def killed(config, out_dir, resume=False, callbacks=(), verbose=True, overwrite=False):
-        def stop(trainer, batch, logs):
-            if trainer.epoch == 1 and batch == 1:
-                raise KeyboardInterrupt
-
-        return original(config, out_dir, resume, [LambdaCallback(on_batch_end=stop)], verbose, overwrite)
-
-    monkeypatch.setattr(run, "train_run", killed)
-    return lambda: monkeypatch.setattr(run, "train_run", original)
-
-
 def test_killed_finetuning_run_resumes_exactly(tmp_path, texts, tiny_bert_dir, monkeypatch) -> None:
     command = ["train", "--data", texts, "--encoder", f"sentence:{tiny_bert_dir}", "--finetune", "--unfreeze", "2",
                "--checkpoint-every", "1", *FAST]
-    restore = _kill_in_epoch_2(monkeypatch)
+    restore = kill_train_at(monkeypatch, epoch=1, batch=1)
     assert invoke(*command, "--out", tmp_path / "r").exit_code != 0
     assert not (tmp_path / "r" / "model.pt").exists()
     restore()
@@ -219,3 +203,23 @@ def test_other_encoder_families_fine_tune_their_top_block(tmp_path, tiny_bert_di
     assert trainable and all(".layer.1." in f".{n}" for n in trainable)  # the top block of 2 only
     enc(["a short text", "a somewhat longer text than that"]).sum().backward()
     assert all(p.grad is not None for p in enc.encoder_parameters())
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_bert_dir) -> None:
+    from metriclearn.sentence import SentenceEncoder
+
+    texts = ["a short text", "a rather longer text about dogs and cats", "music"]
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same head
+        enc = SentenceEncoder(tiny_bert_dir, embedding_dim=4, freeze=False, gradient_checkpointing=checkpointing)
+        count = []
+        enc.transformer.encoder.layer[0].attention.register_forward_hook(lambda *args: count.append(1))
+        torch.manual_seed(1)  # the same dropout masks (checkpointing restores the RNG state when it recomputes)
+        enc.train()(texts).square().sum().backward()
+        grads.append({n: p.grad for n, p in enc.named_parameters() if p.grad is not None})
+        calls.append(len(count))
+    assert calls == [1, 2]  # the first block's attention ran again in the backward pass
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max()) + 1e-12)
