@@ -165,7 +165,7 @@ class SentenceEncoder(nn.Module):
         whose sentence-transformers ``Pooling`` module uses the other mode is refused, naming it.
     gradient_checkpointing:
         With ``freeze=False``: recompute the transformer's activations in the backward pass instead of
-        keeping them (less memory, about a third more time; Hugging Face's ``gradient_checkpointing_enable``).
+        keeping them (less memory, about a third more time; Hugging Face's activation checkpointing).
 
     Every text is tokenised once: its token ids are kept (``token_ids``) and later batches are padded from
     them. A text longer than ``max_length`` tokens is truncated, with one warning that counts them.
@@ -238,7 +238,11 @@ class SentenceEncoder(nn.Module):
                 block.requires_grad_(True)
         if self.gradient_checkpointing and not self.freeze:
             self.transformer.config.use_cache = False  # an encoder keeps no key/value cache (and no warning)
-            self.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(self.transformer, "activation_checkpointing_enable", None)  # transformers >= 5.x
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.register_state_dict_post_hook(_drop_frozen)
         self.register_load_state_dict_pre_hook(_fill_frozen)
 
@@ -250,6 +254,12 @@ class SentenceEncoder(nn.Module):
     @property
     def out_features(self) -> int:
         return self.embedding_dim or self.hidden_size
+
+    @property
+    def cpu_bf16(self) -> bool:
+        """A fine-tuned transformer trains faster under bf16 autocast on a CPU with native bf16 (the trainer's
+        ``amp``); a frozen one only runs the small head per step, which stays in float32."""
+        return not self.freeze
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The transformer's trainable parameters (the trainer gives them their own learning rate)."""

@@ -105,8 +105,9 @@ def test_cls_pooling_and_max_length(tmp_path, texts, tiny_bert_dir) -> None:
 
     model = load_run(run).model
     assert model.pooling == "cls" and model.max_length == 6
-    with torch.no_grad():  # cls pooling: the first token's state, through the head and the normalisation
+    with pytest.warns(UserWarning, match="1 of 1 texts are longer than max_length=6 tokens"):
         ids = model._batch(model.tokenize(["tell me about the dog please"]), torch.device("cpu"))
+    with torch.no_grad():  # cls pooling: the first token's state, through the head and the normalisation
         first = model.transformer(**ids).last_hidden_state[:, 0]
         expected = torch.nn.functional.normalize(model.head(first), dim=1)
         torch.testing.assert_close(model(["tell me about the dog please"]), expected)
@@ -223,3 +224,19 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_ber
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max()) + 1e-12)
+
+
+def test_bf16_autocast_on_cpu_only_for_a_fine_tuned_transformer_on_a_bf16_cpu(tiny_bert_dir, monkeypatch) -> None:
+    from metriclearn.sentence import SentenceEncoder
+    from metriclearn.training import Trainer, build_objective, trainer as trainer_module
+
+    def amp_of(model, amp=True):
+        return Trainer(model, build_objective(None, 8, 4), amp=amp, device="cpu", verbose=False).amp_dtype
+
+    tuned = SentenceEncoder(tiny_bert_dir, embedding_dim=8, freeze=False)
+    frozen = SentenceEncoder(tiny_bert_dir, embedding_dim=8)
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: True)
+    assert amp_of(tuned) == torch.bfloat16 and amp_of(tuned, amp=False) is None
+    assert amp_of(frozen) is None and amp_of(torch.nn.Linear(4, 8)) is None
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: False)
+    assert amp_of(tuned) is None
