@@ -113,10 +113,10 @@ def test_cls_pooling_and_max_length(tmp_path, texts, tiny_bert_dir) -> None:
         torch.testing.assert_close(model(["tell me about the dog please"]), expected)
 
 
-def test_finetuned_run_serves_embed_evaluate_and_index(tmp_path, texts, tiny_bert_dir) -> None:
+def test_finetuned_run_serves_embed_evaluate_index_and_second_opinion(tmp_path, texts, tiny_bert_dir) -> None:
     run = tmp_path / "run"
-    assert invoke("train", "--data", texts, "--encoder", f"sentence:{tiny_bert_dir}", "--finetune", *FAST,
-                  "--out", run).exit_code == 0
+    assert invoke("train", "--data", texts, "--encoder", f"sentence:{tiny_bert_dir}", "--finetune", "--loss",
+                  "neighborhood", "--loss", "softmax", *FAST, "--out", run).exit_code == 0
     emb = tmp_path / "e.npy"
     result = invoke("embed", "--model", run, "--data", texts, "--out", emb, "--device", "cpu")
     assert result.exit_code == 0, result.output
@@ -132,6 +132,10 @@ def test_finetuned_run_serves_embed_evaluate_and_index(tmp_path, texts, tiny_ber
     assert 0 <= json.loads((run / "evaluate.json").read_text())["retrieval"]["map_at_r"] <= 1
     result = invoke("index", "build", "--model", run, "--data", texts, "--out", tmp_path / "index")
     assert result.exit_code == 0, result.output  # (report reads a run the same way, through load_run)
+    result = invoke("second-opinion", "--model", run, "--cache", texts, "--data", texts, "--out", tmp_path / "so.npy")
+    assert result.exit_code == 0, result.output  # the softmax term's head is the classifier
+    probs = np.load(tmp_path / "so.npy")
+    assert probs.shape == (33, 4) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 
 def test_killed_finetuning_run_resumes_exactly(tmp_path, texts, tiny_bert_dir, monkeypatch) -> None:
