@@ -261,6 +261,11 @@ class SentenceEncoder(nn.Module):
         ``amp``); a frozen one only runs the small head per step, which stays in float32."""
         return not self.freeze
 
+    def bucket_lengths(self, texts: Sequence[str]) -> list[int] | None:
+        """Token counts of ``texts`` for length-bucketed batches while fine-tuning (``None`` when frozen: the
+        cached transformer outputs cost nothing per batch)."""
+        return None if self.freeze else [len(ids) for ids in self.tokenize(check_texts(texts))]
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The transformer's trainable parameters (the trainer gives them their own learning rate)."""
         return [p for p in self.transformer.parameters() if p.requires_grad]

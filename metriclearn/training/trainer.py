@@ -213,8 +213,11 @@ class Trainer:
             width = train.pairs.shape[1]
             base_sampler = ClassBalancedSampler(pair_ids, self.batch_size * width, width, seed=self.seed)
             self._ids = torch.as_tensor(pair_ids, dtype=torch.long, device=self.device)
-        else:
-            base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)
+        else:  # a fine-tuned transformer's batches are bucketed by token count (see ClassBalancedSampler)
+            lengths_of = getattr(self.model, "bucket_lengths", None)
+            lengths = lengths_of(X) if callable(lengths_of) and not isinstance(X, (np.ndarray, Tensor)) else None
+            base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed,
+                                                lengths=lengths)
             self._ids = None
         self.sampler = dist_utils.shard_batches(base_sampler)
         # an epoch of n = k·B + 1 samples ends with a batch of one: nothing to compare it with and a

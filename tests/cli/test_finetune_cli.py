@@ -244,3 +244,21 @@ def test_bf16_autocast_on_cpu_only_for_a_fine_tuned_transformer_on_a_bf16_cpu(ti
     assert amp_of(frozen) is None and amp_of(torch.nn.Linear(4, 8)) is None
     monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: False)
     assert amp_of(tuned) is None
+
+
+def test_fine_tuning_batches_are_bucketed_by_token_count(tiny_bert_dir, texts) -> None:
+    from metriclearn.data import load_data
+    from metriclearn.sentence import SentenceEncoder
+    from metriclearn.training import Trainer, build_objective
+
+    data = load_data(texts)
+    for freeze in (False, True):
+        model = SentenceEncoder(tiny_bert_dir, embedding_dim=8, freeze=freeze)
+        trainer = Trainer(model, build_objective(None, 8, 4), batch_size=8, samples_per_class=2, device="cpu",
+                          verbose=False)
+        trainer.fit(data, epochs=1)
+        lengths = trainer.sampler._lengths
+        if freeze:  # a frozen transformer runs once per text: nothing to bucket
+            assert lengths is None
+        else:
+            assert lengths.tolist() == [len(model.tokenizer(t)["input_ids"]) for t in data.X]
