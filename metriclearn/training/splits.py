@@ -63,7 +63,7 @@ def pair_split(data: Any, val_fraction: float = 0.2, seed: int = 0) -> tuple[Any
     >>> from metriclearn.data import make_pairs
     >>> train, val = pair_split(make_pairs(list("abcde"), list("ABCDE")), val_fraction=0.4, seed=0)
     >>> train.X, val.X
-    (['a', 'c', 'd', 'A', 'C', 'D'], ['b', 'e', 'B', 'E'])
+    (['a', 'b', 'c', 'A', 'B', 'C'], ['d', 'e', 'D', 'E'])
     """
     val_fraction = check_fraction(val_fraction, "val_fraction")
     n = len(data.pairs)

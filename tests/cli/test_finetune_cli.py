@@ -12,7 +12,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_one_line_error, invoke, kill_train_at
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -187,7 +186,13 @@ def test_a_folder_that_is_not_a_text_encoder_is_one_line(tmp_path, texts) -> Non
 
 @pytest.mark.parametrize("kind", ["distilbert", "roberta"])
 def test_other_encoder_families_fine_tune_their_top_block(tmp_path, tiny_bert_dir, kind) -> None:
-    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+    from transformers import (
+        AutoTokenizer,
+        DistilBertConfig,
+        DistilBertModel,
+        RobertaConfig,
+        RobertaModel,
+    )
 
     from metriclearn.sentence import SentenceEncoder
 
@@ -219,7 +224,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_ber
         torch.manual_seed(0)  # the same head
         enc = SentenceEncoder(tiny_bert_dir, embedding_dim=4, freeze=False, gradient_checkpointing=checkpointing)
         count = []
-        enc.transformer.encoder.layer[0].attention.register_forward_hook(lambda *args: count.append(1))
+        enc.transformer.encoder.layer[0].attention.register_forward_hook(lambda *args, seen=count: seen.append(1))
         torch.manual_seed(1)  # the same dropout masks (checkpointing restores the RNG state when it recomputes)
         enc.train()(texts).square().sum().backward()
         grads.append({n: p.grad for n, p in enc.named_parameters() if p.grad is not None})
@@ -232,7 +237,8 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_ber
 
 def test_bf16_autocast_on_cpu_only_for_a_fine_tuned_transformer_on_a_bf16_cpu(tiny_bert_dir, monkeypatch) -> None:
     from metriclearn.sentence import SentenceEncoder
-    from metriclearn.training import Trainer, build_objective, trainer as trainer_module
+    from metriclearn.training import Trainer, build_objective
+    from metriclearn.training import trainer as trainer_module
 
     def amp_of(model, amp=True):
         return Trainer(model, build_objective(None, 8, 4), amp=amp, device="cpu", verbose=False).amp_dtype

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import assert_f32_close, assert_one_line_error, invoke, kill_train_at
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -125,7 +124,9 @@ def test_cache_never_scores_an_anchor_against_its_own_pair() -> None:
 def test_pair_metrics_equal_sentence_transformers_information_retrieval_evaluator() -> None:
     pytest.importorskip("sentence_transformers")
     try:
-        from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+        from sentence_transformers.sentence_transformer.evaluation import (
+            InformationRetrievalEvaluator,
+        )
     except ImportError:  # sentence-transformers before 6
         from sentence_transformers.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.util import cos_sim
