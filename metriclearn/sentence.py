@@ -24,7 +24,10 @@ the head trains — fast on a CPU. Its pooled outputs are then a pure function o
 the cache in length-sorted chunks (the trainer calls it on the training and validation texts).
 ``state_dict()`` then holds only the head (a few hundred kB instead of ~90 MB); loading fills the
 transformer weights from the model folder, so a run directory is rebuilt from the spec (the folder) plus
-the head. ``freeze=False`` fine-tunes everything and saves everything.
+the head. ``freeze=False`` fine-tunes the transformer (``unfreeze=N``: only its top N blocks) and saves all
+of it; the trainer gives it its own learning rate (``encoder_parameters``), length-bucketed batches
+(``bucket_lengths``) and, on a CPU with native bf16, bf16 autocast (``cpu_bf16``). Either way every text is
+tokenised once (``token_ids``).
 
 Example
 -------
