@@ -170,7 +170,7 @@ def test_train_evaluate_embed_on_pairs(tmp_path, pair_file, tiny_bert_dir) -> No
     run = tmp_path / "run"
     result = invoke("train", "--data", pair_file, "--encoder", f"sentence:{tiny_bert_dir}", *FAST, "--out", run)
     assert result.exit_code == 0, result.output
-    assert "pairs" in result.output and "recall_at_10" in result.output
+    assert "held-out metrics (val, 7 pairs)" in result.output and "recall_at_10" in result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n_eval"] == 7 and metrics["n_train"] == 16  # 30 % of 23 pairs held out, by whole pairs
     assert set(metrics["pairs"]) == {"recall_at_1", "recall_at_10", "mrr_at_10", "ndcg_at_10"}
