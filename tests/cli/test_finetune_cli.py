@@ -276,3 +276,21 @@ def test_fine_tuning_batches_are_bucketed_by_token_count(tiny_bert_dir, texts) -
             assert lengths is None
         else:
             assert lengths.tolist() == [len(model.tokenizer(t)["input_ids"]) for t in data.X]
+
+
+def test_linear_schedule_warms_up_then_decays_every_group() -> None:
+    from metriclearn.training.optim import build_optimizer, build_scheduler
+
+    body, head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)
+    opt = build_optimizer("adamw", [*body.parameters(), *head.parameters()], 1e-3, 0.01, list(body.parameters()),
+                          encoder_lr=2e-5)
+    schedule = build_scheduler("linear", opt, total_steps=50)  # warm-up: the first 5 steps
+    rates = []
+    for _ in range(50):
+        rates.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        schedule.step()
+    rates = np.array(rates)  # (steps, groups)
+    np.testing.assert_allclose(rates[:6, 0], [0, 2e-4, 4e-4, 6e-4, 8e-4, 1e-3], rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(rates / rates[5], np.repeat(rates[:, :1] / rates[5, 0], 4, axis=1))  # same shape
+    assert (np.diff(rates[5:, 0]) < 0).all() and rates[-1, 0] == pytest.approx(1e-3 / 45)
