@@ -68,7 +68,7 @@ class EmbeddingIndex:
     nprobe : int, optional
         Lists scanned per query (IVF kinds); ``None`` means max(8, √nlist). ``nprobe >= nlist`` is exact.
     hnsw_m, ef_search, ef_construction : int
-        HNSW graph degree and search / construction beam widths.
+        HNSW graph degree (at least 2) and search / construction beam widths.
     pq_m, pq_nbits : int
         PQ sub-quantizers (``None``: dim / 4 or the nearest divisor below) and bits per code.
     k_factor : int, optional
@@ -115,6 +115,8 @@ class EmbeddingIndex:
         self.nlist = None if nlist is None else check_positive_int(nlist, "nlist")
         self._nprobe = None if nprobe is None else check_positive_int(nprobe, "nprobe")
         self.hnsw_m = check_positive_int(hnsw_m, "hnsw_m")
+        if self.hnsw_m < _factory.MIN_HNSW_M:  # faiss segfaults on HNSW1 and aborts on HNSW0
+            raise ValueError(f"hnsw_m must be at least {_factory.MIN_HNSW_M} (faiss crashes below it), got {self.hnsw_m}")
         self._ef_search = check_positive_int(ef_search, "ef_search")
         self.ef_construction = check_positive_int(ef_construction, "ef_construction")
         self.pq_m = None if pq_m is None else check_positive_int(pq_m, "pq_m")
