@@ -81,7 +81,8 @@ def check_matrix(
     """Validate a 2-D finite numeric array and return it as a C-contiguous ``dtype`` array.
 
     Raises ``ValueError`` for the wrong number of dimensions, a width other than ``dim``, no rows
-    (unless ``allow_empty``) and NaN/inf values; ``TypeError`` for non-numeric data.
+    (unless ``allow_empty``), NaN/inf values and finite values beyond ``dtype``'s range (1e39 as float32);
+    ``TypeError`` for non-numeric data.
     """
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
@@ -96,10 +97,18 @@ def check_matrix(
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name} has dimension {arr.shape[1]}, expected {dim}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    source = arr
+    with np.errstate(over="ignore"):  # a finite value too large for dtype is reported below, by name
+        arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).any(axis=1).sum())
-        raise ValueError(f"{name} contains NaN or inf values in {bad} of {arr.shape[0]} rows")
+        bad_rows = (~np.isfinite(arr)).any(axis=1)
+        if source.dtype != arr.dtype and np.isfinite(source[bad_rows]).all():  # finite, but too large for dtype
+            largest = float(np.abs(source[bad_rows]).max())
+            raise ValueError(
+                f"{name} holds values up to {largest:.3g} in {int(bad_rows.sum())} of {arr.shape[0]} rows, beyond "
+                f"{np.dtype(dtype).name}'s range (|x| <= {float(np.finfo(dtype).max):.3g}); divide by a common factor"
+            )
+        raise ValueError(f"{name} contains NaN or inf values in {int(bad_rows.sum())} of {arr.shape[0]} rows")
     return arr
 
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from metriclearn._checks import check_choice, check_matrix, check_positive_int
 from metriclearn._progress import progress
+from metriclearn._scale import check_norm_range
 from metriclearn.indexes import _factory, _gpu, _persist, _structure
 from metriclearn.indexes._search import Searcher, single_step
 from metriclearn.indexes._table import IdTable, as_ids
@@ -57,7 +58,9 @@ class EmbeddingIndex:
     dim : int
         Embedding dimension.
     metric : {"cosine", "l2", "ip"}
-        ``"cosine"`` L2-normalises added and query vectors and ranks by inner product.
+        ``"cosine"`` L2-normalises added and query vectors (at any finite scale; zero rows stay zero and are
+        similar to nothing) and ranks by inner product. ``"l2"`` and ``"ip"`` take rows of L2 norm up to
+        1e18: their distances are float32.
     kind : {"flat", "ivf", "hnsw", "pq"} or str
         Index structure, or any faiss factory string (e.g. ``"IVF256,SQ8"``, ``"PQ16"``).
     device : {"auto", "cpu", "cuda"}
@@ -228,7 +231,7 @@ class EmbeddingIndex:
         required on every add once the first add had them, and refused if it had not. ``metadata`` is a
         sequence of n JSON-serialisable objects. IVF/PQ kinds train on the first add's vectors.
         """
-        xb = check_matrix(x, "x", dim=self.dim)
+        xb = check_norm_range(check_matrix(x, "x", dim=self.dim), "x", self.metric)
         n = xb.shape[0]
         new_ids, labels_arr, meta = self._table.check_new(ids, labels, metadata, n)
         if self.metric == "cosine":
@@ -322,7 +325,7 @@ class EmbeddingIndex:
         (ascending) for ``"l2"``, similarities (descending) for ``"cosine"``/``"ip"``, ±inf where the id
         is −1. ``k`` above the index size is clamped to it.
         """
-        xq = check_matrix(q, "queries", dim=self.dim)
+        xq = check_norm_range(check_matrix(q, "queries", dim=self.dim), "queries", self.metric)
         k = check_positive_int(k, "k")
         bs = self.batch_size if batch_size is None else check_positive_int(batch_size, "batch_size")
         if self.metric == "cosine":
