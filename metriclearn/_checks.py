@@ -41,6 +41,20 @@ def check_choice(value: Any, choices: Collection[Any], name: str) -> Any:
     return value
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` if it is a boolean (``True``/``False``, numpy's too), else a ``TypeError``: a string such as
+    ``"maybe"`` or ``"false"`` is not quietly taken for ``True``.
+
+    >>> check_bool("maybe", "freeze")
+    Traceback (most recent call last):
+        ...
+    TypeError: freeze must be true or false, got 'maybe'
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be true or false, got {describe(value)}")
+    return bool(value)
+
+
 def check_positive_int(value: Any, name: str, allow_zero: bool = False) -> int:
     """Return ``value`` as ``int`` if it is an integer > 0 (or >= 0 with ``allow_zero``)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -223,7 +223,12 @@ def _read_npz(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray 
                     ) from err
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise ValueError(f"{path} is not a readable .npz file: {err}") from err
-    return _check_inputs(arrays["X"], path, "X"), arrays.get("y")
+    y = arrays.get("y")
+    if y is not None and y.dtype.kind == "u" and y.size and int(y.max()) > _INT64.max:
+        at = int(np.argmax(y > _INT64.max))
+        raise ValueError(f"{path}: y[{at}] = {int(y[at])} does not fit in a 64-bit signed integer; "
+                         "labels are int64 values or strings")
+    return _check_inputs(arrays["X"], path, "X"), y
 
 
 def _read_raw_npy(path: Path) -> tuple[np.ndarray, None]:
@@ -351,6 +356,8 @@ def _read_jsonl(path: Path, require_labels: bool) -> tuple[list[str], np.ndarray
             label = record["label"]
             if isinstance(label, bool) or not isinstance(label, (int, float, str)):
                 raise ValueError(f"{where}: 'label' must be an integer or a string, got {describe(label)}")
+            if isinstance(label, str) and not label.strip():  # like a blank csv cell
+                raise ValueError(f"{where}: the label is blank; give every row a label (or none, for unlabelled data)")
             label = _label_value(label, where) if not isinstance(label, str) else label
             if labels and isinstance(label, str) != isinstance(labels[0], str):
                 raise ValueError(f"{where}: label {label!r} mixes strings and integers with earlier lines")

