@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 _EXACT_FLOAT_INT = 2.0**53  # every integer up to this is exactly a float64
+_NOT_LABELS = {"S": "bytes", "M": "dates", "m": "time spans", "V": "raw records"}  # dtype kinds
 
 
 def describe(value: Any, limit: int = 60) -> str:
@@ -53,6 +54,23 @@ def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be true or false, got {describe(value)}")
     return bool(value)
+
+
+MAX_SEED = 2**32 - 1  # numpy's seeds (and so every seed metriclearn passes on) are 32-bit
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """Return ``value`` if it is an integer in [0, 2**32 − 1], the range numpy's random generators take.
+
+    >>> check_seed(2**32)
+    Traceback (most recent call last):
+        ...
+    ValueError: seed must be an integer from 0 to 2**32 - 1 (4294967295), got 4294967296
+    """
+    value = check_positive_int(value, name, allow_zero=True)
+    if value > MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to 2**32 - 1 ({MAX_SEED}), got {value}")
+    return value
 
 
 def check_positive_int(value: Any, name: str, allow_zero: bool = False) -> int:
@@ -129,7 +147,8 @@ def check_matrix(
 def check_labels(y: Any, name: str, n: int | None = None) -> np.ndarray:
     """Validate a 1-D label vector of length ``n`` (if given) and return it as a numpy array.
 
-    Labels may be integers or strings. Floats are accepted when each is a whole number that a float64
+    Labels may be integers or strings (bytes, datetimes and records are a ``TypeError`` saying to convert
+    them). Floats are accepted when each is a whole number that a float64
     holds exactly (|v| <= 2**53): ``1.0`` becomes ``1`` losslessly, while ``1.5``, NaN or ``1e20`` (whose
     integer value a float cannot know) are refused, naming the first offending position. Complex and object arrays are a
     ``TypeError``.
@@ -150,6 +169,9 @@ def check_labels(y: Any, name: str, n: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} has {arr.shape[0]} entries but there are {n} samples")
     if np.iscomplexobj(arr) or arr.dtype == object:
         raise TypeError(f"{name} must hold integer or string labels, got dtype {arr.dtype}")
+    if arr.dtype.kind in _NOT_LABELS:  # bytes, dates, durations, records: say how to make them labels
+        raise TypeError(f"{name} must hold integer or string labels, got {_NOT_LABELS[arr.dtype.kind]} (dtype "
+                        f"{arr.dtype}); convert them first, e.g. labels.astype(str)")
     if np.issubdtype(arr.dtype, np.floating):
         exact = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) <= _EXACT_FLOAT_INT)
         if not exact.all():

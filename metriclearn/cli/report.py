@@ -26,7 +26,8 @@ from metriclearn.training.config import DEVICES
 @click.option("--overwrite", is_flag=True, help="Replace the report already in --out.")
 @click.option("--max-points", type=click.IntRange(min=1), default=DEFAULT_MAX_POINTS, show_default=True,
               help="Project at most this many points (stratified subsample by class beyond).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for subsampling and projections.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed for subsampling and projections.")
 @click.option("--metric", type=click.Choice(["l2", "cosine"]), default="l2", show_default=True,
               help="Distance for the retrieval metrics.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
@@ -75,6 +76,10 @@ def report(
     else:
         assert matrix is not None
         config, source = None, matrix.name
+    from metriclearn.training.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every rank embedded its shard of --data; rank 0 alone writes
+        return
     calibration = _calibration(index_dir) if index_dir is not None else None
     with claim_output_dir(out, "report", overwrite=overwrite, legacy=("report.html",)):
         metrics = write_report(vectors.x, codes, out, method=method, classes=classes, config=config,

@@ -72,7 +72,8 @@ def check_factory(factory: str) -> str:
         name, value = graph.group(1), int(graph.group(2))
         low = MIN_HNSW_M if name == "HNSW" else MIN_NSG_R
         if value < low:
-            why = "faiss crashes below it" if name == "HNSW" else "faiss's build never ends or loses neighbours below it"
+            why = ("faiss crashes below it" if name == "HNSW"
+                   else "faiss's build never ends or loses neighbours below it")
             raise ValueError(
                 f"kind {factory!r}: {name}{value} needs {'M' if name == 'HNSW' else 'R'} >= {low} ({why}), "
                 f"got {value}; use e.g. '{name}32,Flat'"

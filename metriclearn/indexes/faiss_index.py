@@ -119,7 +119,8 @@ class EmbeddingIndex:
         self._nprobe = None if nprobe is None else check_positive_int(nprobe, "nprobe")
         self.hnsw_m = check_positive_int(hnsw_m, "hnsw_m")
         if self.hnsw_m < _factory.MIN_HNSW_M:  # faiss segfaults on HNSW1 and aborts on HNSW0
-            raise ValueError(f"hnsw_m must be at least {_factory.MIN_HNSW_M} (faiss crashes below it), got {self.hnsw_m}")
+            raise ValueError(f"hnsw_m must be at least {_factory.MIN_HNSW_M} (faiss crashes below it), "
+                             f"got {self.hnsw_m}")
         self._ef_search = check_positive_int(ef_search, "ef_search")
         self.ef_construction = check_positive_int(ef_construction, "ef_construction")
         self.pq_m = None if pq_m is None else check_positive_int(pq_m, "pq_m")

@@ -137,7 +137,7 @@ def test_report_at_1e20_measures_what_it_measures_at_scale_1(blobs, tmp_path: Pa
     """t-SNE crashed the process on 1e20 vectors, so the report runs in a child process."""
     X, y, _, _ = blobs
     np.save(tmp_path / "x.npy", X), np.save(tmp_path / "y.npy", y)
-    done = subprocess.run([sys.executable, "-c", REPORT, str(tmp_path)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", REPORT, str(tmp_path)], check=False, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     found = {r["scale"]: r for r in map(json.loads, done.stdout.strip().splitlines()[-2:])}
