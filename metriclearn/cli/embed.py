@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from metriclearn.cli._inputs import quiet_option
+from metriclearn.cli._inputs import check_distinct_files, quiet_option
 from metriclearn.hidden import LAYERS
 from metriclearn.training.config import DEVICES
 
@@ -39,6 +39,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_siz
     for flag, path in (("--out", out), ("--labels-out", labels_out)):
         if path is not None and not path.endswith(".npy"):
             raise click.BadParameter(f"must end in .npy, got {path!r}", param_hint=flag)
+    check_distinct_files([("--out", out), ("--labels-out", labels_out)], [("--data", data)])
     run = load_run(model_dir)
     inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append")
     if labels_out and not inputs.is_labeled:  # say so before the (long) embedding

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from torch import nn
 
 from metriclearn._atomic import save_with, write_json
 from metriclearn._checks import check_positive_int, describe
-from metriclearn._outdir import claim_output_dir
+from metriclearn._outdir import check_output_dir, claim_output_dir, remove_recorded
 from metriclearn.fingerprint import model_fingerprint
 from metriclearn.training.callbacks import (
     Callback,
@@ -65,9 +64,8 @@ from metriclearn.training.trainer import Trainer
 from metriclearn._device import resolve_device
 
 MODEL_FORMAT_VERSION = 1
-_LEGACY_RUN_FILES = ("model.pt", "config.toml")
-_RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "evaluate.json",
-              "checkpoints", "tensorboard", "report")
+_RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "checkpoints",
+              "checkpoints/last.pt", "checkpoints/best.pt")  # recorded in the marker before training starts
 
 
 def build_model(config: TrainConfig, input_shape: Sequence[int]) -> nn.Module:
@@ -144,6 +142,8 @@ def train_run(
     out = Path(out)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    if resume:  # a folder without metriclearn's marker is never taken for a run, whatever its files
+        check_output_dir(out, "run", resume=True)
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
     distributed.init_from_env()  # a no-op unless started by torchrun
     if config.threads:
@@ -158,13 +158,13 @@ def train_run(
     all_callbacks = _run_callbacks(config, out, val, callbacks)
     trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
     trainer.metadata = {"config": config.to_dict(), "data": stamp}  # a resumed run gets its checkpoint's copy back
-    claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, legacy=_LEGACY_RUN_FILES,
+    claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, writes=_RUN_FILES,
                               hint="--resume to continue it or --overwrite")
              if trainer.is_main_process else contextlib.nullcontext(out))
     with claim:
         if trainer.is_main_process:
-            if overwrite:
-                _remove_run_files(out)
+            if overwrite:  # only what the previous run wrote (its marker's record): the user's files stay
+                remove_recorded(out)
             for path in clean_stale_temp_files(out):
                 trainer.log(f"removed {path.name}, left by an interrupted write")
             if checkpoint is None:  # a fresh start (or a resume before the first checkpoint): write the settings
@@ -188,9 +188,11 @@ def train_run(
         write_json(out / "metrics.json", metrics)
         if config.report:
             from metriclearn.reports import write_report
+            from metriclearn.reports.explorer import item_content
 
+            texts, thumbnails = item_content(held_out)
             write_report(held_out_emb, held_out.y, out / "report", classes=list(data.classes),
-                         config=config.to_dict())
+                         config=config.to_dict(), texts=texts, thumbnails=thumbnails, training_log=out / "log.csv")
         save_model(out / "model.pt", model, config, input_shape,  # last: its presence marks a finished run
                    head=classification_head(trainer.objective))
     return metrics
@@ -259,16 +261,6 @@ def _check_encoder_fits(config: TrainConfig, text_data: bool) -> None:
     if text_encoder and not text_data:
         raise ValueError(f"{config.data} holds numeric features, but --encoder {config.encoder} embeds texts; "
                          "use --encoder mlp (or cnn), or give a .jsonl of texts")
-
-
-def _remove_run_files(out: Path) -> None:
-    """Delete what a previous run wrote into ``out`` (and nothing else) before it is replaced."""
-    for name in _RUN_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
 
 
 class _MovieSnapshots(Callback):
