@@ -26,12 +26,10 @@ from metriclearn.training.config import DEVICES
                    "(with --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace the report already in --out.")
 @click.option("--max-points", type=click.IntRange(min=1), default=DEFAULT_MAX_POINTS, show_default=True,
-              help="Project at most this many points (stratified subsample by class beyond).")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
-              help="Seed for subsampling and projections.")
               help="Project (and show in explorer.html) at most this many points (stratified subsample by class "
                    "beyond).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for subsampling and projections.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed for subsampling and projections.")
 @click.option("--metric", type=click.Choice(["l2", "cosine"]), default="l2", show_default=True,
               help="Distance for the retrieval metrics.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
