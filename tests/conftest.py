@@ -11,6 +11,25 @@ import torch
 torch.set_num_threads(1)  # pytest-xdist runs two workers on a 2-core machine
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests (``make gpu-check`` runs them all: ``pytest -m gpu``) skip without a CUDA GPU;
+    ``@pytest.mark.gpu(faiss=True)`` ones also skip when faiss cannot use one (faiss-cpu, or no GPU it sees)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    faiss_gpus: int | None = None
+    for item in gpu_items:
+        if item.get_closest_marker("gpu").kwargs.get("faiss", False):
+            if faiss_gpus is None:
+                import faiss
+
+                faiss_gpus = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+            if faiss_gpus == 0:
+                item.add_marker(pytest.mark.skip(reason="needs faiss-gpu and a GPU it sees (make gpu-check)"))
+        elif not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check)"))
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
@@ -112,3 +131,21 @@ def _torchrun(*args: str, nproc: int = 2, timeout: float = 300):
 def torchrun():
     """Run the real CLI under torchrun on 2 CPU processes (distributed tests)."""
     return _torchrun
+
+
+def kill_train_at(monkeypatch, epoch: int, batch: int):
+    """Make the next ``train`` die (as a KeyboardInterrupt, like a killed run) after batch ``batch`` of epoch
+    ``epoch`` (both 0-based); returns a function that restores the real ``train_run``."""
+    from metriclearn.training import LambdaCallback, run
+
+    original = run.train_run
+
+    def killed(config, out_dir, resume=False, callbacks=(), verbose=True, overwrite=False):
+        def stop(trainer, done, logs):
+            if trainer.epoch == epoch and done == batch:
+                raise KeyboardInterrupt
+
+        return original(config, out_dir, resume, [LambdaCallback(on_batch_end=stop)], verbose, overwrite)
+
+    monkeypatch.setattr(run, "train_run", killed)
+    return lambda: monkeypatch.setattr(run, "train_run", original)
