@@ -136,6 +136,10 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     loaded.model.to(device)
     options = {"tokenizer": loaded.tokenizer, "batch_size": opts["batch_size"], "device": device}
     layers = list(opts["layers"]) or None
+    # every input is read (and refused) before the cache's features are computed
+    x, y = read_inputs(opts["data"], loaded, "--data", labels="optional")
+    if opts["tune_data"] is not None:
+        x_val, y_val = read_inputs(opts["tune_data"], loaded, "--tune-data", labels="required")
     if opts["cache"].is_dir():
         if layers is not None:
             raise click.UsageError("--layer does not go with a saved --cache directory (its layers are fixed)")
@@ -145,14 +149,12 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
         opinion = SecondOpinion(loaded.model, layers, opts["theta"], opts["lam"], classes=loaded.classes, **options)
         opinion.fit(x_cache, y_cache)
     if opts["tune_data"] is not None:
-        x_val, y_val = read_inputs(opts["tune_data"], loaded, "--tune-data", labels="required")
         opinion.tune(x_val, y_val)
         scores = opinion.tuning_["layers"]
         click.echo(f"tuned on {len(y_val)} held-out rows: layer {opinion.tuning_['chosen']} "
                    f"(validation accuracy {scores[opinion.tuning_['chosen']]['accuracy']:.4f}; model alone "
                    f"{opinion.tuning_['model_accuracy']:.4f}; candidates: "
                    + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in scores.items()) + ")")
-    x, y = read_inputs(opts["data"], loaded, "--data", labels="optional")
     opinions = opinion.opinions(x)
     p_model, _, p_blend, _ = opinions
     save_npy(out, p_blend.astype(np.float32))
