@@ -209,8 +209,13 @@ def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, l
 
 
 def _check_shape(x: np.ndarray, loaded: Any, flag: str, path: Path) -> np.ndarray:
-    width = math.prod(loaded.input_shape) if loaded.input_shape else None
+    from metriclearn.pretrained.extractor import input_width
+
+    if loaded.input_shape:
+        width, expected = math.prod(loaded.input_shape), loaded.input_shape
+    else:  # a TorchScript or plain module: the width of its first weight matrix, when it starts with one
+        width = input_width(loaded.model) if x.ndim == 2 else None
+        expected = f"{width} features per row (its first layer's width)"
     if width is not None and math.prod(x.shape[1:]) != width:
-        raise ValueError(f"{flag} {str(path)!r}: samples have shape {x.shape[1:]} but the model expects "
-                         f"{loaded.input_shape}")
+        raise ValueError(f"{flag} {str(path)!r}: samples have shape {x.shape[1:]} but the model expects {expected}")
     return x
