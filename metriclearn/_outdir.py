@@ -61,6 +61,31 @@ def output_kind(path: str | os.PathLike[str]) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+def check_output_dir(
+    path: str | os.PathLike[str],
+    kind: str,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    legacy: Iterable[str] = (),
+    hint: str = "--overwrite",
+) -> None:
+    """Refuse ``path`` now, for the reasons :func:`claim_output_dir` would later, without writing anything.
+
+    Commands call it before any slow work (loading, embedding, tuning, training) so that a folder they may
+    not write is refused at once; :func:`claim_output_dir` still checks again, under the lock, when writing.
+
+    >>> import tempfile, pathlib
+    >>> check_output_dir(pathlib.Path(tempfile.mkdtemp()) / "new", "index")  # missing: fine, and not created
+    """
+    root = Path(path)
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise ValueError(f"{root} exists and is not a folder; choose a folder for the output")
+    _claim(root, kind, overwrite or resume, legacy, hint, mark=False)
+
+
 @contextlib.contextmanager
 def claim_output_dir(
     path: str | os.PathLike[str],
@@ -111,7 +136,7 @@ def claim_output_dir(
         yield root
 
 
-def _claim(root: Path, kind: str, replace: bool, legacy: Iterable[str], hint: str) -> None:
+def _claim(root: Path, kind: str, replace: bool, legacy: Iterable[str], hint: str, mark: bool = True) -> None:
     """Check ``root`` may hold an output of ``kind`` (the lock is held) and mark it; else ``ValueError``."""
     found = output_kind(root)
     entries = sorted(p.name for p in root.iterdir() if p.name not in _OWN)
@@ -127,7 +152,8 @@ def _claim(root: Path, kind: str, replace: bool, legacy: Iterable[str], hint: st
         )
     if found == kind and entries and not replace:
         raise ValueError(f"{root} already holds a metriclearn {kind}; pass {hint} to replace it")
-    write_json(root / MARKER, {"tool": "metriclearn", "kind": kind})
+    if mark:
+        write_json(root / MARKER, {"tool": "metriclearn", "kind": kind})
 
 
 @contextlib.contextmanager

@@ -67,10 +67,10 @@ _device_option = click.option(
 @click.option(
     "--out",
     required=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Predictions: .npy labels, or .csv / .json with probabilities.",
 )
-@click.option("--sets", "sets_out", type=click.Path(path_type=Path), default=None,
+@click.option("--sets", "sets_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write conformal prediction sets (n, K) bool .npy (needs a calibrated index).")
 @click.option("--reject", is_flag=True,
               help="Predict -1 / 'unknown' where the calibrated acceptance score is too low (needs "

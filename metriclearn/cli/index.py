@@ -83,13 +83,17 @@ def build(
     With --model, the data's labels (if any) go into the index, whatever their classes, and the index
     records the model's fingerprint so that queries embedded by another model are refused.
     """
-    from metriclearn._outdir import claim_output_dir
+    from metriclearn._outdir import check_output_dir, claim_output_dir
+    from metriclearn.data import load_matrix
     from metriclearn.indexes import EmbeddingIndex
 
     if target_recall is None and tune_queries is not None:
         raise click.UsageError("--tune-queries goes with --target-recall R")
     if target_recall is not None and shards > 1:
         raise click.UsageError("--target-recall tunes one index; build it without --shards")
+    check_source(matrix, model, data, "--embeddings", labels, "--labels")
+    check_output_dir(out, "index", overwrite=overwrite, legacy=("index.json",))  # before embedding or tuning
+    queries = None if tune_queries is None else load_matrix(tune_queries, name="tune queries")
 
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
                            labels_flag="--labels", device=device)  # under torchrun: each rank embeds a shard
@@ -104,7 +108,7 @@ def build(
         idx = EmbeddingIndex(vectors.x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
         idx.add(vectors.x, labels=vectors.labels)
     if target_recall is not None:
-        _tune(idx, vectors.x, target_recall, tune_k, tune_queries)
+        _tune(idx, vectors.x, target_recall, tune_k, queries, tune_queries)
     if vectors.fingerprint is not None:
         idx.attrs["model_fingerprint"] = vectors.fingerprint
     with claim_output_dir(out, "index", overwrite=overwrite, legacy=("index.json",)):
@@ -156,14 +160,13 @@ def _is_main_process() -> bool:
     return is_main_process()
 
 
-def _tune(idx: Any, x: np.ndarray, target_recall: float, k: int, queries_path: Path | None) -> None:
+def _tune(idx: Any, x: np.ndarray, target_recall: float, k: int, queries: np.ndarray | None,
+          queries_path: Path | None) -> None:
     """``EmbeddingIndex.tune`` for ``index build --target-recall``: its notes and result as lines."""
     import warnings
 
-    from metriclearn.data import load_matrix
     from metriclearn.indexes.tuning import TuningWarning
 
-    queries = None if queries_path is None else load_matrix(queries_path, name="tune queries")
     if queries is not None and queries.shape[1] != idx.dim:
         raise ValueError(f"{queries_path} has dimension {queries.shape[1]} but the embeddings have dimension {idx.dim}")
     with warnings.catch_warnings():

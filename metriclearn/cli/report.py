@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from metriclearn.cli._inputs import quiet_option, read_vectors, vector_options
+from metriclearn.cli._inputs import check_source, quiet_option, read_vectors, vector_options
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
 from metriclearn.training.config import DEVICES
 
@@ -56,10 +56,13 @@ def report(
     and only the projections are written. Writes tsne.png / umap.png, report.html (self-contained) and
     metrics.json to --out.
     """
-    from metriclearn._outdir import claim_output_dir
+    from metriclearn._outdir import check_output_dir, claim_output_dir
     from metriclearn.reports import write_report
     from metriclearn.reports.report import check_report_inputs
 
+    check_source(matrix, model, data, "--embeddings", labels, "--labels")
+    check_output_dir(out, "report", overwrite=overwrite, legacy=("report.html",))  # before embedding
+    calibration = _calibration(index_dir) if index_dir is not None else None
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
                            labels_flag="--labels", device=device)
     codes, classes = vectors.labels, vectors.classes
@@ -75,7 +78,6 @@ def report(
     else:
         assert matrix is not None
         config, source = None, matrix.name
-    calibration = _calibration(index_dir) if index_dir is not None else None
     with claim_output_dir(out, "report", overwrite=overwrite, legacy=("report.html",)):
         metrics = write_report(vectors.x, codes, out, method=method, classes=classes, config=config,
                                max_points=max_points, seed=seed, metric=metric, source=source,

@@ -54,13 +54,13 @@ _FEATURES_ONLY = ("index_dir", "features", "probs", "tune")
               help="Features form: choose θ and λ on held-out data (not the index's own vectors).")
 @click.option("--tune-data", type=click.Path(path_type=Path), default=None,
               help="Model form: labelled held-out data to choose θ, λ (and the layer when no --layer) on.")
-@click.option("--audit", type=click.Path(path_type=Path), default=None,
+@click.option("--audit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Model form: write the rows whose decision the blend changed, with evidence, as .jsonl.")
 @click.option("--save", type=click.Path(path_type=Path), default=None,
               help="Model form: save the cache (an index directory with θ, λ, layers and the model's fingerprint).")
 @click.option("--overwrite", is_flag=True, help="Replace what an earlier --save wrote there.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Model form: inputs per forward pass.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Blended probabilities (n, K) .npy.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Blended probabilities (n, K) .npy.")
 @_device_option
 def second_opinion(out: Path, **opts: Any) -> None:
     """Blend a model's probabilities with the cache's: (1 − λ)·p_model + λ·p_cache (Orhan 2018).
@@ -129,6 +129,10 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
 
     if opts["audit"] is not None and Path(opts["audit"]).suffix.lower() != ".jsonl":
         raise click.BadParameter(f"{str(opts['audit'])!r} must end in .jsonl", param_hint="--audit")
+    if opts["save"] is not None:  # refused before the model is loaded or anything is computed
+        from metriclearn._outdir import check_output_dir
+
+        check_output_dir(opts["save"], "index", overwrite=opts["overwrite"], legacy=("index.json",))
     loaded = load_model(opts["model_path"])
     device = str(resolve_device(opts["device"]))
     loaded.model.to(device)

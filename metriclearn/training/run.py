@@ -34,7 +34,7 @@ from torch import nn
 
 from metriclearn._atomic import save_with, write_json
 from metriclearn._checks import check_positive_int, describe
-from metriclearn._outdir import claim_output_dir
+from metriclearn._outdir import check_output_dir, claim_output_dir
 from metriclearn.fingerprint import model_fingerprint
 from metriclearn.training.callbacks import (
     Callback,
@@ -64,6 +64,7 @@ from metriclearn._device import resolve_device
 
 MODEL_FORMAT_VERSION = 1
 _LEGACY_RUN_FILES = ("model.pt", "config.toml")
+_RUN_HINT = "--resume to continue it or --overwrite"
 _RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "evaluate.json",
               "checkpoints", "tensorboard", "report")
 
@@ -144,6 +145,9 @@ def train_run(
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
     distributed.init_from_env()  # a no-op unless started by torchrun
+    if distributed.is_main_process():  # refuse a folder we may not write before loading or training anything
+        check_output_dir(out, "run", overwrite=overwrite, resume=resume, legacy=_LEGACY_RUN_FILES,
+                         hint=_RUN_HINT)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -154,7 +158,7 @@ def train_run(
     trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
     trainer.metadata = {"config": config.to_dict()}  # a resumed run gets the copy from its checkpoint back
     claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, legacy=_LEGACY_RUN_FILES,
-                              hint="--resume to continue it or --overwrite")
+                              hint=_RUN_HINT)
              if trainer.is_main_process else contextlib.nullcontext(out))
     with claim:
         if trainer.is_main_process:
