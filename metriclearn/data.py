@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from metriclearn._checks import (
     check_choice,
@@ -555,6 +554,8 @@ def train_val_split(
     y = data.y[splittable]
     n_classes = len(np.unique(y))
     stratify = y if min(n_val, len(splittable) - n_val) >= n_classes else None
+    from sklearn.model_selection import train_test_split  # here: scikit-learn costs seconds of start-up
+
     train_idx, val_idx = train_test_split(splittable, test_size=n_val, random_state=seed, stratify=stratify)
     train_idx = np.sort(np.concatenate([train_idx, np.flatnonzero(singles)]))
     return data.subset(train_idx), data.subset(np.sort(val_idx))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import click
 
 from metriclearn.cli._inputs import quiet_option
-from metriclearn.hidden import LAYERS
-from metriclearn.training.config import DEVICES
+from metriclearn._choices import LAYERS
+from metriclearn._device import DEVICES
 
 
 @click.command("embed")

@@ -16,8 +16,8 @@ import click
 import numpy as np
 
 from metriclearn.cli._inputs import quiet_option
-from metriclearn.hidden import LAYERS
-from metriclearn.training.config import DEVICES
+from metriclearn._choices import LAYERS
+from metriclearn._device import DEVICES
 
 SECTIONS = ("retrieval", "retrieval_vs_reference", "retrieval_seen", "retrieval_unseen", "separation")
 

@@ -26,7 +26,8 @@ from metriclearn.cli._inputs import (
     read_vectors,
     vector_options,
 )
-from metriclearn.indexes import DEVICES, KINDS
+from metriclearn._device import DEVICES
+from metriclearn.indexes._factory import KINDS
 from metriclearn.indexes.exact import METRICS
 
 

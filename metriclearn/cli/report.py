@@ -13,7 +13,7 @@ import click
 
 from metriclearn.cli._inputs import check_source, quiet_option, read_vectors, vector_options
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
-from metriclearn.training.config import DEVICES
+from metriclearn._device import DEVICES
 
 
 @click.command("report")

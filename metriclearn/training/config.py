@@ -39,8 +39,8 @@ import tomli_w
 
 from metriclearn._atomic import write_text
 from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int
+from metriclearn._choices import COMBINES
 from metriclearn._device import DEVICES
-from metriclearn.training.objectives import COMBINES, LOSSES
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
 from metriclearn.training.splits import VAL_SPLITS
 
@@ -146,6 +146,8 @@ class TrainConfig:
         check_choice(self.combine, COMBINES, "combine")
         if not isinstance(self.loss_options, dict):
             raise TypeError(f"loss_options must be a table of tables, got {self.loss_options!r}")
+        from metriclearn.training.objectives import LOSSES  # torch: only when a config is made, not for --help
+
         for name, options in self.loss_options.items():
             check_choice(name, tuple(LOSSES), "loss_options key")
             if not isinstance(options, dict):
@@ -279,6 +281,8 @@ def parse_loss_term(term: str) -> tuple[str, float]:
     """
     name, sep, weight_text = str(term).partition(":")
     name = name.strip().lower()
+    from metriclearn.training.objectives import LOSSES
+
     check_choice(name, tuple(LOSSES), "loss name")
     if not sep:
         return name, 1.0

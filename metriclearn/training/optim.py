@@ -19,11 +19,12 @@ Example
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from metriclearn._checks import check_choice
+
+if TYPE_CHECKING:
+    import torch
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
@@ -43,6 +44,8 @@ def build_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float,
 
     The fused kernel is used where the installed torch has one.
     """
+    import torch  # here, not at module level: the CLI lists OPTIMIZERS without importing torch
+
     check_choice(name, OPTIMIZERS, "optimizer")
     groups = parameter_groups(list(params), weight_decay)
     if name == "sgd":
@@ -60,6 +63,8 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: in
     ``onecycle`` peaks at each group's ``lr``; ``plateau`` halves the rate after 2 epochs without
     improvement of a metric that should go ``mode`` (``"max"`` or ``"min"``).
     """
+    import torch
+
     check_choice(name, SCHEDULERS, "scheduler")
     if name == "onecycle":
         max_lr = [group["lr"] for group in optimizer.param_groups]

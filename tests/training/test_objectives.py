@@ -134,6 +134,9 @@ def test_every_named_loss_starts_at_its_chance_level_and_trains(name: str) -> No
 def test_registry_rows_drive_building_by_name() -> None:
     assert LOSS_NAMES == tuple(LOSSES) and set(LOSS_NAMES) == {"neighborhood", "snn", "prototype", "cache",
                                                                 "softmax", "complement", "uniformity"}
+    from metriclearn._choices import BUILTIN_LOSSES
+
+    assert BUILTIN_LOSSES == LOSS_NAMES  # what `train --help` lists without importing torch
     for name, spec in LOSSES.items():
         term = build_loss(name, 8, 5)
         criterion = term.criterion if spec.head else term
