@@ -31,7 +31,7 @@ from metriclearn.cli._inputs import (
     read_vectors,
     vector_options,
 )
-from metriclearn.indexes import DEVICES
+from metriclearn._device import DEVICES
 
 OUTPUT_FORMATS = (".npy", ".csv", ".json")
 DEFAULT_K = 10
@@ -50,7 +50,8 @@ _device_option = click.option(
 
 @click.command("classify")
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help=_INDEX_HELP)
-@vector_options("--queries", "Query embeddings (n, d) .npy (carries no model fingerprint: not checked).")
+@vector_options("--queries", "Query embeddings (n, d) .npy (carries no model fingerprint: not checked).",
+                labels_flag="--labels")
 @click.option("--method", required=True, type=click.Choice(["knn", "cache"]), help="kNN vote or cache model.")
 @click.option(
     "--k",
@@ -79,6 +80,7 @@ _device_option = click.option(
 def classify(
     index_dir: Path,
     matrix: Path | None,
+    labels: Path | None,
     model: Path | None,
     data: str | None,
     method: str,
@@ -92,20 +94,22 @@ def classify(
 ) -> None:
     """Classify query embeddings with the labelled vectors of an index: kNN vote or Orhan's cache model.
 
-    Queries come from --queries FILE.npy, or --model DIR --data PATH embeds them on the fly (an index built by
-    another model is then refused).
+    Queries come from --queries FILE.npy [--labels FILE.npy], or --model DIR --data PATH embeds them on the fly
+    (an index built by another model is then refused). With labels, prints the accuracy and the recall of
+    each class, lowest first.
     """
     _check_output(out, OUTPUT_FORMATS)
     if sets_out is not None:
         _check_output(sets_out, (".npy",), "--sets")
-    check_source(matrix, model, data, "--queries")
+    check_source(matrix, model, data, "--queries", labels, "--labels")
     if method == "knn" and theta is not None:
         raise click.UsageError("--theta applies to --method cache only")
     if method == "cache" and weights is not None:
         raise click.UsageError("--weights applies to --method knn only")
     index = _load_index(index_dir, device)
     k = check_k(k, index, index_dir) if k is not None else None
-    vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", device=device)
+    vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", labels=labels,
+                           labels_flag="--labels", device=device)
     check_same_model(index, index_dir, vectors)
     q = check_dim(vectors, index, index_dir)
     trusted = sets_out is not None or reject
@@ -139,6 +143,10 @@ def classify(
         click.echo(f"rejected as unknown: {int(np.sum(predictions == unknown))} of {len(q)}")
     if sets_out is not None:
         click.echo(f"prediction sets written to {sets_out}")
+    if vectors.labels is not None:  # labelled queries: say how well it did
+        from metriclearn.cli._accuracy import accuracy_lines
+
+        click.echo(accuracy_lines(vectors.labels, predictions, classifier.classes_.tolist()))
 
 
 def _model(index: Any, method: str, k: int | None, theta: float | None, weights: str | None, device: str) -> Any:

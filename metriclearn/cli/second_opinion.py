@@ -24,12 +24,11 @@ import click
 import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy
-from metriclearn.classify.cache import LAM_GRID, THETA_GRID
 from metriclearn.cli._inputs import load_probabilities
 from metriclearn.cli.classify import DEFAULT_LAM, DEFAULT_THETA, _check_output, _device_option, _load_features, _load_index
 
 _MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
-_FEATURES_ONLY = ("index_dir", "features", "probs", "tune")
+_FEATURES_ONLY = ("index_dir", "features", "probs", "labels", "tune")
 
 
 @click.command("second-opinion")
@@ -37,6 +36,8 @@ _FEATURES_ONLY = ("index_dir", "features", "probs", "tune")
               help="Features form: labelled index directory (the cache).")
 @click.option("--features", type=click.Path(path_type=Path), help="Features form: features (n, d) .npy.")
 @click.option("--probs", type=click.Path(path_type=Path), help="Features form: the model's probabilities (n, K) .npy.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="Features form: the rows' labels (n,) .npy, to print the accuracy of the model and of the blend.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
               help="Model form: a metriclearn run directory with a classification head, a Hugging Face model "
                    "directory or a TorchScript file.")
@@ -97,13 +98,14 @@ def _refuse(opts: dict[str, Any], names: tuple[str, ...], form: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- features form
 def _from_features(out: Path, opts: dict[str, Any]) -> None:
-    from metriclearn.classify import CacheClassifier
+    from metriclearn.classify.cache import LAM_GRID, THETA_GRID, CacheClassifier
     from metriclearn.data import load_labels
 
     index = _load_index(opts["index_dir"], opts["device"])
     x = _load_features(opts["features"], "features", index.dim)
     num_classes = len(np.unique(index.labels))
     p = load_probabilities(opts["probs"], "--probs", len(x), num_classes)
+    y = None if opts["labels"] is None else load_labels(opts["labels"], n=len(x))  # read before any work
     theta = DEFAULT_THETA if opts["theta"] is None else opts["theta"]
     lam = DEFAULT_LAM if opts["lam"] is None else opts["lam"]
     cache = CacheClassifier.from_index(index, theta=theta, lam=lam, device=opts["device"])
@@ -119,6 +121,11 @@ def _from_features(out: Path, opts: dict[str, Any]) -> None:
     blended = cache.second_opinion(x, p)
     save_npy(out, blended.astype(np.float32))
     click.echo(f"second opinion (theta={cache.theta_:g}, lam={cache.lam_:g}): {len(x)} rows written to {out}")
+    if y is not None:
+        from metriclearn.cli._accuracy import blend_lines
+
+        classes = cache.classes_
+        click.echo(blend_lines(y, classes[p.argmax(1)], classes[blended.argmax(1)], classes.tolist()))
 
 
 # ---------------------------------------------------------------------------------------------- model form
@@ -161,13 +168,13 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     click.echo(f"second opinion: layer {', '.join(opinion.layers_)}, theta={opinion.theta_:g}, "
                f"lam={opinion.lam_:g}; {len(p_blend)} rows x {p_blend.shape[1]} classes written to {out}")
     if y is not None:
+        from metriclearn.cli._accuracy import blend_lines
         from metriclearn.pretrained.second_opinion import align_labels
 
         codes = align_labels(y, opinion.classes_, p_model.shape[1], f"--data {opts['data']}")
-        acc_model = float(np.mean(p_model.argmax(1) == codes))
-        acc_blend = float(np.mean(p_blend.argmax(1) == codes))
-        click.echo(f"accuracy on {len(codes)} labelled rows: model {acc_model:.4f}, second opinion {acc_blend:.4f} "
-                   f"({100 * (acc_blend - acc_model):+.2f} points)")
+        names = np.array(list(opinion.classes_) if opinion.classes_ is not None else range(p_model.shape[1]),
+                         dtype=object)
+        click.echo(blend_lines(names[codes], names[p_model.argmax(1)], names[p_blend.argmax(1)], names.tolist()))
     if opts["audit"] is not None:
         rows = opinion.audit_opinions(opinions, y)
         with atomic_open(opts["audit"], "w", encoding="utf-8") as fh:
