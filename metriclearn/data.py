@@ -3,7 +3,8 @@
 Formats (see DESIGN.md):
 
 - ``.npz`` with arrays ``X`` (n, ...) and ``y`` (n,); labels int or str; loaded with ``allow_pickle=False``.
-- ``.csv`` with a header, a ``label`` column and numeric feature columns (every other column).
+- ``.csv`` with a header, a ``label`` column (another name: ``CsvColumns(label=...)``, ``--label-column``) and
+  numeric feature columns (every other column, except an id and metadata columns named by :class:`CsvColumns`).
 - ``.jsonl``: one JSON object per line with ``text`` (str) and ``label`` (int or str); blank lines skipped.
 - ``.npy``: a matrix (embeddings, features, probabilities) via :func:`load_matrix`, a 1-D label vector via
   :func:`load_labels`, or raw model inputs (n, ...) without labels via ``load_data(path, require_labels=False)``
@@ -64,6 +65,8 @@ from metriclearn.sampler import ClassBalancedSampler
 __all__ = [
     "ClassBalancedSampler",
     "LabeledData",
+    "CsvColumns",
+    "csv_extras",
     "encode_labels",
     "load_data",
     "load_labels",
@@ -276,26 +279,88 @@ def _integral(value: int, where: str, text: str) -> int:
     return value
 
 
-def _read_csv(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+@dataclass(frozen=True)
+class CsvColumns:
+    """The columns of a ``.csv`` that are not features: the label (``--label-column``), an id (``--id-column``:
+    integer ids that go into an index) and metadata kept as text (``--keep-columns A,B``). Every other column
+    is a numeric feature.
+
+    >>> CsvColumns(label="species", keep=("name",)).special()
+    ['species', 'name']
+    """
+
+    label: str = "label"
+    id: str | None = None
+    keep: tuple[str, ...] = ()
+
+    def special(self) -> list[str]:
+        """The non-feature column names, label first."""
+        return [self.label, *([self.id] if self.id else []), *self.keep]
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """``(header, [(line, fields), ...])`` of a CSV file, blank lines dropped, row widths checked."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [(line, r) for line, r in enumerate(csv.reader(f), start=1) if r]  # blank lines dropped
     if not rows:
         raise ValueError(f"{path} is empty")
     header = [h.strip() for h in rows[0][1]]
-    label_cols = [i for i, h in enumerate(header) if h == "label"]
-    if len(label_cols) > 1:
-        where = " and ".join(str(i + 1) for i in label_cols)
-        raise ValueError(f"{path} has {len(label_cols)} 'label' columns (columns {where}); keep exactly one")
-    if not label_cols and require_labels:
-        raise ValueError(f"{path} has no 'label' column (columns: {header})")
     body = rows[1:]
-    width = len(header)
     for line, row in body:
-        if len(row) != width:
-            raise ValueError(f"{path}, line {line}: {len(row)} fields, but the header has {width}")
-    feature_cols = [i for i in range(width) if i not in label_cols]
+        if len(row) != len(header):
+            raise ValueError(f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}")
+    return header, body
+
+
+def _column(header: list[str], name: str, path: Path, option: str, required: bool = True) -> int | None:
+    """The index of column ``name`` (exactly one), or ``None`` when absent and not ``required``."""
+    found = [i for i, h in enumerate(header) if h == name]
+    if len(found) > 1:
+        where = " and ".join(str(i + 1) for i in found)
+        raise ValueError(f"{path} has {len(found)} {name!r} columns (columns {where}); keep exactly one")
+    if not found and required:
+        raise ValueError(f"{path} has no {name!r} column (columns: {header}); {option}")
+    return found[0] if found else None
+
+
+def csv_extras(path: str | os.PathLike[str], columns: CsvColumns) -> tuple[np.ndarray | None, list[dict] | None]:
+    """``(ids, metadata)`` of a CSV: the ``columns.id`` column as int64 ids (``None`` without one) and one dict
+    ``{name: text}`` per row of the ``columns.keep`` columns (``None`` without any); errors name the column."""
+    path = Path(path)
+    header, body = _csv_rows(path)
+    ids = None
+    if columns.id:
+        at = _column(header, columns.id, path, "see --id-column")
+        values = []
+        for line, row in body:
+            text = row[at].strip()
+            try:
+                values.append(int(text))
+            except ValueError:
+                raise ValueError(f"{path}, line {line}: id column {columns.id!r} holds {text!r}; ids must be "
+                                 "integers") from None
+        ids = np.array(values, dtype=np.int64)
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError(f"{path}: id column {columns.id!r} repeats ids; each row needs its own")
+    metadata = None
+    if columns.keep:
+        where = {name: _column(header, name, path, "see --keep-columns") for name in columns.keep}
+        metadata = [{name: row[at] for name, at in where.items()} for _, row in body]
+    return ids, metadata
+
+
+def _read_csv(path: Path, require_labels: bool,
+              columns: CsvColumns = CsvColumns()) -> tuple[np.ndarray, np.ndarray | None]:
+    header, body = _csv_rows(path)
+    named = columns.label != CsvColumns.label  # a label column named by the user must be there
+    label_at = _column(header, columns.label, path, "--label-column NAME names the label column",
+                       required=require_labels or named)
+    label_cols = [] if label_at is None else [label_at]
+    skipped = {_column(header, name, path, "see --id-column / --keep-columns") for name in columns.special()[1:]}
+    width = len(header)
+    feature_cols = [i for i in range(width) if i not in label_cols and i not in skipped]
     if not feature_cols:
-        raise ValueError(f"{path} has no feature columns besides 'label'")
+        raise ValueError(f"{path} has no feature columns besides {', '.join(repr(n) for n in columns.special())}")
     if not body:
         return np.zeros((0, len(feature_cols)), np.float32), None if not label_cols else np.zeros(0, np.int64)
     cells = np.array([row for _, row in body], dtype=str)  # (n, width)
@@ -308,8 +373,9 @@ def _read_csv(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray 
                     float(value)
                 except ValueError:
                     raise ValueError(
-                        f"{path}: column {header[col]!r} is not numeric (line {line} holds {value!r}); "
-                        "every column other than 'label' must be a number"
+                        f"{path}: feature column {header[col]!r} is not numeric (line {line} holds {value!r}); "
+                        f"every column other than the label ({columns.label!r}) is a feature: name it with "
+                        f"--label-column, --id-column or --keep-columns, or remove it"
                     ) from None
         raise
     if not label_cols:
@@ -381,6 +447,7 @@ def load_data(
     *,
     require_labels: bool = True,
     unseen: str = "error",
+    columns: CsvColumns | None = None,
 ) -> LabeledData:
     """Load a data set from ``source`` (a path or ``"digits"``).
 
@@ -397,6 +464,10 @@ def load_data(
     unseen : {"error", "append"}
         With ``classes``: a label outside it is a ``ValueError`` naming it, or (``"append"``) a new class
         after the known ones (see :func:`encode_labels`).
+    columns : CsvColumns, optional
+        For a ``.csv``: the label column's name (default ``label``) and the id / metadata columns that are not
+        features (:func:`csv_extras` reads them). Given for another kind of file, it is a ``ValueError``
+        unless it is the default.
 
     Raises
     ------
@@ -436,9 +507,13 @@ def load_data(
             )
         if path.stat().st_size == 0:
             raise ValueError(f"{path} is empty")
+        if columns not in (None, CsvColumns()) and suffix != ".csv":
+            raise ValueError(f"{path}: --label-column, --id-column and --keep-columns apply to .csv files only")
         try:
             if suffix == ".npy":
                 X, y = _read_raw_npy(path)
+            elif suffix == ".csv":
+                X, y = _read_csv(path, require_labels, columns or CsvColumns())
             else:
                 reader = {".npz": _read_npz, ".csv": _read_csv, ".jsonl": _read_jsonl}[suffix]
                 X, y = reader(path, require_labels)

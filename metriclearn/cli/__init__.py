@@ -17,7 +17,7 @@ import click
 
 from metriclearn import __version__
 from metriclearn._progress import set_quiet
-from metriclearn.cli._inputs import quiet_option
+from metriclearn.cli._inputs import examples, quiet_option
 
 
 class CommandFailed(click.ClickException):
@@ -91,7 +91,11 @@ class MetricLearnGroup(click.Group):
             raise CommandFailed(format_error(exc)) from exc
 
 
-@click.group(cls=MetricLearnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MetricLearnGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=examples(
+    "metriclearn train --data digits --out runs/digits",
+    "metriclearn index build --model runs/digits --data digits --out idx",
+    "metriclearn classify --index idx --model runs/digits --data digits --method knn --out pred.csv",
+))
 @click.version_option(__version__, prog_name="metriclearn")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @quiet_option

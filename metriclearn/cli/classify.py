@@ -24,10 +24,13 @@ import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy, write_json
 from metriclearn.cli._inputs import (
+    csv_columns,
+    examples,
     check_dim,
     check_k,
     check_same_model,
     check_source,
+    quiet_option,
     read_vectors,
     vector_options,
 )
@@ -48,10 +51,13 @@ _device_option = click.option(
 )
 
 
-@click.command("classify")
+@click.command("classify", epilog=examples(
+    'metriclearn classify --index idx --embeddings emb.npy --labels labels.npy --method knn --out pred.npy',
+    'metriclearn classify --index idx --model runs/digits --data digits --method cache --out pred.csv --reject',
+))
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help=_INDEX_HELP)
-@vector_options("--queries", "Query embeddings (n, d) .npy (carries no model fingerprint: not checked).",
-                labels_flag="--labels")
+@vector_options("--embeddings", "Query embeddings (n, d) .npy (carries no model fingerprint: not checked).",
+                labels_flag="--labels", aliases=("--queries",))
 @click.option("--method", required=True, type=click.Choice(["knn", "cache"]), help="kNN vote or cache model.")
 @click.option(
     "--k",
@@ -77,12 +83,14 @@ _device_option = click.option(
               help="Predict -1 / 'unknown' where the calibrated acceptance score is too low (needs "
               "`metriclearn calibrate ... --target-precision P`).")
 @_device_option
+@quiet_option
 def classify(
     index_dir: Path,
     matrix: Path | None,
     labels: Path | None,
     model: Path | None,
     data: str | None,
+    label_column: str,
     method: str,
     k: int | None,
     theta: float | None,
@@ -91,25 +99,26 @@ def classify(
     sets_out: Path | None,
     reject: bool,
     device: str,
+    quiet: bool,
 ) -> None:
     """Classify query embeddings with the labelled vectors of an index: kNN vote or Orhan's cache model.
 
-    Queries come from --queries FILE.npy [--labels FILE.npy], or --model DIR --data PATH embeds them on the fly
+    Queries come from --embeddings FILE.npy [--labels FILE.npy] (--queries: its older name), or --model DIR --data PATH embeds them on the fly
     (an index built by another model is then refused). With labels, prints the accuracy and the recall of
     each class, lowest first.
     """
     _check_output(out, OUTPUT_FORMATS)
     if sets_out is not None:
         _check_output(sets_out, (".npy",), "--sets")
-    check_source(matrix, model, data, "--queries", labels, "--labels")
+    check_source(matrix, model, data, "--embeddings", labels, "--labels")
     if method == "knn" and theta is not None:
         raise click.UsageError("--theta applies to --method cache only")
     if method == "cache" and weights is not None:
         raise click.UsageError("--weights applies to --method knn only")
     index = _load_index(index_dir, device)
     k = check_k(k, index, index_dir) if k is not None else None
-    vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", labels=labels,
-                           labels_flag="--labels", device=device)
+    vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="queries", labels=labels,
+                           labels_flag="--labels", device=device, columns=csv_columns(label_column))
     check_same_model(index, index_dir, vectors)
     q = check_dim(vectors, index, index_dir)
     trusted = sets_out is not None or reject
@@ -175,7 +184,7 @@ def _usable_calibration(
         if trusted:
             raise ValueError(
                 f"index {str(index_dir)!r} is not calibrated for --method {method}, so --sets/--reject have no "
-                f"threshold: run `metriclearn calibrate --index {index_dir} --features ... --labels ... "
+                f"threshold: run `metriclearn calibrate --index {index_dir} --embeddings ... --labels ... "
                 f"--method {method}` first"
             )
         return None

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import click
 
-from metriclearn.cli._inputs import quiet_option
+from metriclearn.cli._inputs import csv_columns, examples, label_column_option, quiet_option
 from metriclearn._choices import LAYERS
 from metriclearn._device import DEVICES
 
 
-@click.command("embed")
+@click.command("embed", epilog=examples(
+    'metriclearn embed --model runs/digits --data digits --out emb.npy --labels-out labels.npy',
+))
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
 @click.option("--data", required=True, metavar="PATH|digits",
               help="Data to embed: .npz / .csv / .jsonl (labels optional), a .npy of raw inputs, or 'digits'.")
@@ -27,9 +29,10 @@ from metriclearn._device import DEVICES
 @click.option("--layer", type=click.Choice(LAYERS), default="embedding", show_default=True,
               help="'hidden': the MLP's last hidden layer (before its ReLU), which retrieves new classes better.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@label_column_option
 @quiet_option
 def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_size: int, layer: str, device: str,
-          quiet: bool) -> None:
+          label_column: str, quiet: bool) -> None:
     """Embed DATA with a trained run and save the embeddings as .npy."""
     from metriclearn._atomic import save_npy
     from metriclearn.data import load_data
@@ -40,7 +43,8 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_siz
         if path is not None and not path.endswith(".npy"):
             raise click.BadParameter(f"must end in .npy, got {path!r}", param_hint=flag)
     run = load_run(model_dir)
-    inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append")
+    inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append",
+                       columns=csv_columns(label_column))
     if labels_out and not inputs.is_labeled:  # say so before the (long) embedding
         raise ValueError(f"{data} has no labels to write to --labels-out {labels_out}")
     embedded = run.embed(inputs, batch_size=batch_size, device=device, layer=layer)

@@ -11,12 +11,15 @@ from typing import Any
 
 import click
 
-from metriclearn.cli._inputs import check_source, quiet_option, read_vectors, vector_options
+from metriclearn.cli._inputs import check_source, csv_columns, examples, quiet_option, read_vectors, vector_options
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
 from metriclearn._device import DEVICES
 
 
-@click.command("report")
+@click.command("report", epilog=examples(
+    'metriclearn report --embeddings emb.npy --labels labels.npy --out report',
+    'metriclearn report --model runs/digits --data digits --method umap --out report',
+))
 @vector_options("--embeddings", "Embeddings (n, d) as a float .npy file.", labels_flag="--labels")
 @click.option("--method", type=click.Choice([*METHODS, "both"]), default="both", show_default=True,
               help="Which 2-D projection(s) to draw.")
@@ -39,6 +42,7 @@ def report(
     labels: Path | None,
     model: Path | None,
     data: str | None,
+    label_column: str,
     method: str,
     out: Path,
     overwrite: bool,
@@ -64,7 +68,7 @@ def report(
     check_output_dir(out, "report", overwrite=overwrite, legacy=("report.html",))  # before embedding
     calibration = _calibration(index_dir) if index_dir is not None else None
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
-                           labels_flag="--labels", device=device)
+                           labels_flag="--labels", device=device, columns=csv_columns(label_column))
     codes, classes = vectors.labels, vectors.classes
     if vectors.embedded is not None and codes is not None:
         codes = vectors.embedded.labels  # int codes into the run's classes (then new ones)

@@ -24,17 +24,22 @@ import click
 import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy
-from metriclearn.cli._inputs import load_probabilities
+from metriclearn.cli._inputs import examples, load_probabilities, quiet_option
 from metriclearn.cli.classify import DEFAULT_LAM, DEFAULT_THETA, _check_output, _device_option, _load_features, _load_index
 
 _MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
 _FEATURES_ONLY = ("index_dir", "features", "probs", "labels", "tune")
+_FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # parameter -> its option's name
 
 
-@click.command("second-opinion")
+@click.command("second-opinion", epilog=examples(
+    'metriclearn second-opinion --index idx --embeddings feats.npy --probs probs.npy --labels labels.npy --out blend.npy',
+    'metriclearn second-opinion --model my-classifier --cache train.jsonl --data test.jsonl --out blend.npy',
+))
 @click.option("--index", "index_dir", type=click.Path(path_type=Path),
               help="Features form: labelled index directory (the cache).")
-@click.option("--features", type=click.Path(path_type=Path), help="Features form: features (n, d) .npy.")
+@click.option("--embeddings", "--features", "features", type=click.Path(path_type=Path),
+              help="Features form: the model's features / embeddings (n, d) .npy (--features: its older name).")
 @click.option("--probs", type=click.Path(path_type=Path), help="Features form: the model's probabilities (n, K) .npy.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="Features form: the rows' labels (n,) .npy, to print the accuracy of the model and of the blend.")
@@ -63,10 +68,11 @@ _FEATURES_ONLY = ("index_dir", "features", "probs", "labels", "tune")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Model form: inputs per forward pass.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Blended probabilities (n, K) .npy.")
 @_device_option
-def second_opinion(out: Path, **opts: Any) -> None:
+@quiet_option
+def second_opinion(out: Path, quiet: bool, **opts: Any) -> None:
     """Blend a model's probabilities with the cache's: (1 − λ)·p_model + λ·p_cache (Orhan 2018).
 
-    Give either --index/--features/--probs (features you already have) or --model/--cache/--data.
+    Give either --index/--embeddings/--probs (features you already have) or --model/--cache/--data.
     """
     _check_output(out, (".npy",))
     if opts["tune"] and (opts["theta"] is not None or opts["lam"] is not None):
@@ -78,7 +84,7 @@ def second_opinion(out: Path, **opts: Any) -> None:
         _check_form(opts, "--index", needs=("features", "probs"), refused=_MODEL_ONLY)
         _from_features(out, opts)
     else:
-        raise click.UsageError("give --index DIR --features F --probs P, or --model MODEL --cache PATH --data PATH")
+        raise click.UsageError("give --index DIR --embeddings F --probs P, or --model MODEL --cache PATH --data PATH")
 
 
 def _check_form(opts: dict[str, Any], form: str, needs: tuple[str, ...], refused: tuple[str, ...]) -> None:
@@ -86,13 +92,13 @@ def _check_form(opts: dict[str, Any], form: str, needs: tuple[str, ...], refused
     _refuse(opts, refused, form)
     for name in needs:
         if opts[name] is None:
-            raise click.UsageError(f"{form} needs --{name}")
+            raise click.UsageError(f"{form} needs --{_FLAGS.get(name, name)}")
 
 
 def _refuse(opts: dict[str, Any], names: tuple[str, ...], form: str) -> None:
     given = [n for n in names if opts[n] not in (None, (), False)]
     if given:
-        flag = {"index_dir": "index", "layers": "layer"}.get(given[0], given[0]).replace("_", "-")
+        flag = _FLAGS.get(given[0], given[0]).replace("_", "-")
         raise click.UsageError(f"--{flag} does not go with {form}")
 
 

@@ -18,7 +18,7 @@ import click
 
 from metriclearn._choices import BUILTIN_LOSSES, COMBINES
 from metriclearn._progress import is_quiet, set_quiet
-from metriclearn.cli._inputs import quiet_option
+from metriclearn.cli._inputs import examples, quiet_option
 from metriclearn.cli.evaluate import format_metrics
 from metriclearn.training.config import (
     DEVICES,
@@ -72,8 +72,14 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
                         **kwargs)
 
 
-@click.command("train")
+@click.command("train", epilog=examples(
+    'metriclearn train --data digits --out runs/digits',
+    'metriclearn train --data train.csv --label-column species --epochs 30 --out runs/mine',
+    'metriclearn train --data train.csv --out runs/mine --resume',
+))
 @_setting("--data", "Training data (.npz/.csv/.jsonl) or 'digits'.", metavar="PATH|digits")
+@_setting("--label-column", "The label column of a .csv --data (every other column is a numeric feature).",
+          metavar="NAME")
 @_setting("--loss", f"Loss term; repeat to combine: {', '.join(BUILTIN_LOSSES)}.", multiple=True,
           metavar="NAME[:WEIGHT]", callback=_check_losses)
 @_setting("--combine", "How several losses combine.", type=click.Choice(COMBINES))
@@ -92,6 +98,8 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @_setting("--scheduler", "Learning-rate schedule.", type=click.Choice(SCHEDULERS))
 @_setting("--grad-clip", "Max gradient norm (0: off).", type=float)
 @_setting("--patience", "Early stopping patience in epochs (0: off).", type=int)
+@_setting("--restore-best/--no-restore-best", "model.pt holds the epoch with the best validation --monitor "
+          "(checkpoints/best.pt), not the last.")
 @_setting("--monitor", "Validation metric for early stopping, best.pt, plateau.", type=click.Choice(MONITORS))
 @_setting("--seed", "Random seed (runs are deterministic on CPU).", type=int)
 @_setting("--device", "auto (CUDA when available), cpu or cuda.", type=click.Choice(DEVICES))
