@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import click
 
-from metriclearn.cli._inputs import csv_columns, examples, label_column_option, quiet_option
 from metriclearn._choices import LAYERS
 from metriclearn._device import DEVICES
+from metriclearn.cli._inputs import check_distinct_files, csv_columns, examples, label_column_option, quiet_option
 
 
 @click.command("embed", epilog=examples(
@@ -42,6 +42,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_siz
     for flag, path in (("--out", out), ("--labels-out", labels_out)):
         if path is not None and not path.endswith(".npy"):
             raise click.BadParameter(f"must end in .npy, got {path!r}", param_hint=flag)
+    check_distinct_files([("--out", out), ("--labels-out", labels_out)], [("--data", data)])
     run = load_run(model_dir)
     inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append",
                        columns=csv_columns(label_column))

@@ -15,9 +15,9 @@ from typing import Any
 import click
 import numpy as np
 
-from metriclearn.cli._inputs import csv_columns, examples, label_column_option, quiet_option
 from metriclearn._choices import LAYERS
 from metriclearn._device import DEVICES
+from metriclearn.cli._inputs import check_distinct_files, csv_columns, examples, label_column_option, quiet_option
 
 SECTIONS = ("retrieval", "retrieval_vs_reference", "retrieval_seen", "retrieval_unseen", "separation")
 
@@ -80,6 +80,7 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     if index_dir is not None and layer != "embedding":
         raise click.BadParameter("an index holds the model's output embeddings; use --index with --layer embedding",
                                  param_hint="--index")
+    check_distinct_files([("--out", out)], [("--data", data), ("--reference", reference)])
     run = load_run(model_dir)
     sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
     loaded = [load_data(s, classes=run.classes, unseen="append", columns=csv_columns(label_column))
@@ -108,8 +109,14 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
         from metriclearn.cli.calibrate import calibration_metrics
 
         metrics["calibration"] = calibration_metrics(index_dir, query.embeddings, q_labels, device)
-    target = Path(out) if out else Path(model_dir) / "evaluate.json"
-    write_json(target, metrics)
+    if out:
+        target = Path(out)
+        write_json(target, metrics)
+    else:  # into the run folder, recorded in its marker (train --overwrite then replaces it too)
+        from metriclearn._outdir import record_written
+
+        with record_written(model_dir, "evaluate.json") as target:
+            write_json(target, metrics)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return

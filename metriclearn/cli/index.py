@@ -18,12 +18,13 @@ import numpy as np
 
 from metriclearn._atomic import write_text
 from metriclearn.cli._inputs import (
-    csv_columns,
-    examples,
     check_dim,
+    check_distinct_files,
     check_k,
     check_same_model,
     check_source,
+    csv_columns,
+    examples,
     parse_columns,
     quiet_option,
     read_vectors,
@@ -112,7 +113,7 @@ def build(
         raise click.UsageError("--id-column and --keep-columns read a .csv given as --model DIR --data FILE.csv")
     if (id_column or keep_columns) and shards > 1:
         raise click.UsageError("--id-column and --keep-columns build one index; build it without --shards")
-    check_output_dir(out, "index", overwrite=overwrite, legacy=("index.json",))  # before embedding or tuning
+    check_output_dir(out, "index", overwrite=overwrite)  # before embedding or tuning
     queries = None if tune_queries is None else load_matrix(tune_queries, name="tune queries")
     ids, metadata = csv_extras(data, columns) if id_column or keep_columns else (None, None)
 
@@ -132,7 +133,7 @@ def build(
         _tune(idx, vectors.x, target_recall, tune_k, queries, tune_queries)
     if vectors.fingerprint is not None:
         idx.attrs["model_fingerprint"] = vectors.fingerprint
-    with claim_output_dir(out, "index", overwrite=overwrite, legacy=("index.json",)):
+    with claim_output_dir(out, "index", overwrite=overwrite):
         idx.save(out)
     sharding = f", {shards} shards" if shards > 1 else ""
     click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}{sharding}) -> {out}")
@@ -160,6 +161,7 @@ def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | 
     from metriclearn.indexes import EmbeddingIndex
 
     check_source(matrix, model, data, "--embeddings")
+    check_distinct_files([("--out", out)], [("--embeddings", matrix), ("--data", data)])
     idx = EmbeddingIndex.load(index_dir, device=device)
     k = check_k(k, idx, index_dir)
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="queries", device=device)

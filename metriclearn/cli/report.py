@@ -65,7 +65,7 @@ def report(
     from metriclearn.reports.report import check_report_inputs
 
     check_source(matrix, model, data, "--embeddings", labels, "--labels")
-    check_output_dir(out, "report", overwrite=overwrite, legacy=("report.html",))  # before embedding
+    check_output_dir(out, "report", overwrite=overwrite)  # before embedding
     calibration = _calibration(index_dir) if index_dir is not None else None
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
                            labels_flag="--labels", device=device, columns=csv_columns(label_column))
@@ -82,7 +82,7 @@ def report(
     else:
         assert matrix is not None
         config, source = None, matrix.name
-    with claim_output_dir(out, "report", overwrite=overwrite, legacy=("report.html",)):
+    with claim_output_dir(out, "report", overwrite=overwrite):
         metrics = write_report(vectors.x, codes, out, method=method, classes=classes, config=config,
                                max_points=max_points, seed=seed, metric=metric, source=source,
                                calibration=calibration)

@@ -24,7 +24,7 @@ import click
 import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy
-from metriclearn.cli._inputs import examples, load_probabilities, quiet_option
+from metriclearn.cli._inputs import check_distinct_files, examples, load_probabilities, quiet_option
 from metriclearn.cli.classify import DEFAULT_LAM, DEFAULT_THETA, _check_output, _device_option, _load_features, _load_index
 
 _MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
@@ -75,6 +75,8 @@ def second_opinion(out: Path, quiet: bool, **opts: Any) -> None:
     Give either --index/--embeddings/--probs (features you already have) or --model/--cache/--data.
     """
     _check_output(out, (".npy",))
+    check_distinct_files([("--out", out), ("--audit", opts["audit"]), ("--save", opts["save"])],
+                         [(f"--{_FLAGS.get(name, name)}", opts[name]) for name in ("features", "probs", "labels", "data")])
     if opts["tune"] and (opts["theta"] is not None or opts["lam"] is not None):
         raise click.UsageError("--tune chooses θ and λ itself: give either --tune or --theta/--lam, not both")
     if opts["model_path"] is not None:
@@ -145,7 +147,7 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     if opts["save"] is not None:  # refused before the model is loaded or anything is computed
         from metriclearn._outdir import check_output_dir
 
-        check_output_dir(opts["save"], "index", overwrite=opts["overwrite"], legacy=("index.json",))
+        check_output_dir(opts["save"], "index", overwrite=opts["overwrite"])
     loaded = load_model(opts["model_path"])
     device = str(resolve_device(opts["device"]))
     loaded.model.to(device)
@@ -191,7 +193,7 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     if opts["save"] is not None:
         from metriclearn._outdir import claim_output_dir
 
-        with claim_output_dir(opts["save"], "index", overwrite=opts["overwrite"], legacy=("index.json",)):
+        with claim_output_dir(opts["save"], "index", overwrite=opts["overwrite"]):
             opinion.save(opts["save"])
         click.echo(f"cache saved to {opts['save']} (load it again with --cache {opts['save']})")
 

@@ -7,8 +7,8 @@ flags (flags win), trains into a run directory and prints the held-out metrics (
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import datetime
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -123,6 +123,7 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
 
     A killed run continues exactly with the same command plus --resume.
     """
+    from metriclearn._outdir import check_output_dir, new_output_dir
     from metriclearn.training.resume import resume_config, run_state
     from metriclearn.training.run import train_run
 
@@ -137,6 +138,7 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
         if overwrite:
             raise click.UsageError("--resume and --overwrite exclude each other: continue the run, or replace it")
         requested = {**(read_toml(config_file) if config_file else {}), **given}
+        check_output_dir(out, "run", resume=True)  # a user's folder is not a run, whatever its files
         try:
             config = resume_config(out, requested)
         except ValueError as exc:
@@ -150,22 +152,18 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
     if overfit_batch:
         _overfit(config, verbose)
         return
-    run_dir = Path(out) if out else _new_run_dir(Path("runs"))
-    metrics = train_run(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
+    run_dir = Path(out) if out else new_output_dir("runs")  # reserved: runs started in the same second differ
+    try:
+        metrics = train_run(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
+    except BaseException:
+        if out is None:  # a refused default run leaves no empty runs/<timestamp> behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     if not metrics:  # another rank than 0 under torchrun: rank 0 reports
         return
     click.echo(f"run: {run_dir}")
     click.echo(format_metrics(metrics))
-
-
-def _new_run_dir(root: Path) -> Path:
-    """``root/<YYYYmmdd-HHMMSS>``, with a ``-2``, ``-3`` ... suffix when that name is taken."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate, n = root / stamp, 1
-    while candidate.exists():
-        n += 1
-        candidate = root / f"{stamp}-{n}"
-    return candidate
 
 
 def _build_config(config_file: str | None, given: dict[str, Any]) -> TrainConfig:

@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,7 +35,7 @@ from torch import nn
 
 from metriclearn._atomic import save_with, write_json
 from metriclearn._checks import check_positive_int, describe
-from metriclearn._outdir import check_output_dir, claim_output_dir
+from metriclearn._outdir import check_output_dir, claim_output_dir, remove_recorded
 from metriclearn.fingerprint import model_fingerprint
 from metriclearn.training.callbacks import (
     Callback,
@@ -65,10 +64,9 @@ from metriclearn.training.trainer import Trainer
 from metriclearn._device import resolve_device
 
 MODEL_FORMAT_VERSION = 1
-_LEGACY_RUN_FILES = ("model.pt", "config.toml")
 _RUN_HINT = "--resume to continue it or --overwrite"
-_RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "evaluate.json",
-              "checkpoints", "tensorboard", "report")
+_RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "checkpoints",
+              "checkpoints/last.pt", "checkpoints/best.pt")  # recorded in the marker before training starts
 
 
 def build_model(config: TrainConfig, input_shape: Sequence[int]) -> nn.Module:
@@ -145,11 +143,13 @@ def train_run(
     out = Path(out)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    # before reading, loading or training anything: a folder without metriclearn's marker is never taken for a
+    # run (whatever its files), and one that holds a run needs --resume or --overwrite. Only the rank that
+    # writes checks (torchrun sets RANK; the process group is joined below), so no rank sees its claim.
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
     distributed.init_from_env()  # a no-op unless started by torchrun
-    if distributed.is_main_process():  # refuse a folder we may not write before loading or training anything
-        check_output_dir(out, "run", overwrite=overwrite, resume=resume, legacy=_LEGACY_RUN_FILES,
-                         hint=_RUN_HINT)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -159,13 +159,13 @@ def train_run(
     all_callbacks = _run_callbacks(config, out, val, callbacks)
     trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
     trainer.metadata = {"config": config.to_dict()}  # a resumed run gets the copy from its checkpoint back
-    claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, legacy=_LEGACY_RUN_FILES,
+    claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, writes=_RUN_FILES,
                               hint=_RUN_HINT)
              if trainer.is_main_process else contextlib.nullcontext(out))
     with claim:
         if trainer.is_main_process:
-            if overwrite:
-                _remove_run_files(out)
+            if overwrite:  # only what the previous run wrote (its marker's record): the user's files stay
+                remove_recorded(out)
             for path in clean_stale_temp_files(out):
                 trainer.log(f"removed {path.name}, left by an interrupted write")
             if checkpoint is None:  # a fresh start (or a resume before the first checkpoint): write the settings
@@ -281,16 +281,6 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
             f"--val-fraction 0 (measure on the training data)"
         )
     return data, train, val
-
-
-def _remove_run_files(out: Path) -> None:
-    """Delete what a previous run wrote into ``out`` (and nothing else) before it is replaced."""
-    for name in _RUN_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
 
 
 class _MovieSnapshots(Callback):
