@@ -146,7 +146,7 @@ def train_run(
     # before reading, loading or training anything: a folder without metriclearn's marker is never taken for a
     # run (whatever its files), and one that holds a run needs --resume or --overwrite. Only the rank that
     # writes checks (torchrun sets RANK; the process group is joined below), so no rank sees its claim.
-    if int(os.environ.get("RANK", "0")) == 0:
+    if distributed.is_main_process() and int(os.environ.get("RANK", "0")) == 0:
         check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
     distributed.init_from_env()  # a no-op unless started by torchrun
