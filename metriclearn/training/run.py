@@ -192,9 +192,11 @@ def train_run(
         write_json(out / "metrics.json", metrics)
         if config.report:
             from metriclearn.reports import write_report
+            from metriclearn.reports.explorer import item_content
 
+            texts, thumbnails = item_content(held_out)
             write_report(held_out_emb, held_out.y, out / "report", classes=list(data.classes),
-                         config=config.to_dict())
+                         config=config.to_dict(), texts=texts, thumbnails=thumbnails, training_log=out / "log.csv")
         save_model(out / "model.pt", model, config, input_shape,  # last: its presence marks a finished run
                    head=classification_head(trainer.objective))
     return metrics
