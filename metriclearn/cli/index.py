@@ -306,8 +306,10 @@ def _result(idx: Any, D: np.ndarray, I: np.ndarray) -> dict[str, Any]:
 
 def _has_metadata(idx: Any) -> bool:
     """Whether the index stores metadata with its vectors (``index build --keep-columns``)."""
-    ids = getattr(idx, "ids", None)  # a sharded index keeps none of its own
-    return ids is not None and len(ids) > 0 and idx.metadata_for(ids[:1])[0] is not None
+    if not hasattr(idx, "metadata_for"):  # a sharded index stores no metadata
+        return False
+    ids = idx.ids
+    return len(ids) > 0 and idx.metadata_for(ids[:1])[0] is not None
 
 
 def _table(result: dict[str, Any]) -> str:
