@@ -86,7 +86,15 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @_setting("--encoder", "Encoder spec, e.g. 'mlp:512,256'.", metavar="mlp|cnn|sentence[:PATH]")
 @click.option("--encoder-option", "encoder_options", multiple=True, metavar="KEY=VALUE",
               callback=_parse_encoder_options,
-              help="Encoder keyword argument; repeat for several, e.g. freeze=false or max_length=128 (sentence).")
+              help="Encoder keyword argument; repeat for several, e.g. chunk_size=32 or cache_size=0 (sentence).")
+@_setting("--finetune/--no-finetune", "Fine-tune the sentence encoder's transformer (else only the head trains).")
+@_setting("--unfreeze", "With --finetune: only the top N transformer blocks (0: all).", type=int, metavar="N")
+@_setting("--encoder-lr", "With --finetune: the transformer's (peak) learning rate (--lr: the head's).",
+          type=float)
+@_setting("--pooling", "Sentence pooling over the tokens.", type=click.Choice(("mean", "cls")))
+@_setting("--max-length", "Truncate texts to N tokens (0: the model's limit).", type=int, metavar="N")
+@_setting("--gradient-checkpointing/--no-gradient-checkpointing",
+          "With --finetune: recompute activations in the backward pass (less memory, more time).")
 @_setting("--embedding-dim", "Embedding size.", type=int)
 @_setting("--normalize/--no-normalize", "L2-normalise the embeddings.")
 @_setting("--epochs", "Training epochs.", type=int)
@@ -103,7 +111,7 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @_setting("--monitor", "Validation metric for early stopping, best.pt, plateau.", type=click.Choice(MONITORS))
 @_setting("--seed", "Random seed (runs are deterministic on CPU).", type=int)
 @_setting("--device", "auto (CUDA when available), cpu or cuda.", type=click.Choice(DEVICES))
-@_setting("--amp/--no-amp", "Mixed precision on CUDA.")
+@_setting("--amp/--no-amp", "Mixed precision on CUDA; bf16 on a CPU with native bf16 when fine-tuning a transformer.")
 @_setting("--checkpoint-every", "Also checkpoint every N batches (0: each epoch end).", type=int)
 @_setting("--threads", "CPU threads for torch (0: torch's default).", type=int)
 @_setting("--val-fraction", "Held-out share for validation metrics.", type=float)

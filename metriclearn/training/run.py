@@ -74,7 +74,7 @@ def build_model(config: TrainConfig, input_shape: Sequence[int]) -> nn.Module:
     from metriclearn.encoders import build_encoder
 
     return build_encoder(config.encoder, tuple(input_shape), config.embedding_dim, normalize=config.normalize,
-                         **config.encoder_options)
+                         **config.encoder_kwargs())
 
 
 def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callbacks: Sequence[Callback] = (),
@@ -85,7 +85,7 @@ def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callba
         model, objective, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
         scheduler=config.scheduler, batch_size=config.batch_size, samples_per_class=config.samples_per_class,
         grad_clip=config.grad_clip, amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor,
-        callbacks=callbacks, verbose=verbose,
+        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr,
     )
 
 
@@ -178,6 +178,14 @@ def train_run(
             return {}
         best = _best_epoch(config, trainer, all_callbacks, val)
         held_out = val if val is not None else train
+        if data.is_pairs:
+            metrics = _pair_run_metrics(trainer, held_out)
+            metrics.update(split="val" if val is not None else "train", n_train=len(train.pairs),
+                           n_eval=len(held_out.pairs), epochs=trainer.epoch, train_seconds=seconds)
+            metrics.update(best or {})
+            write_json(out / "metrics.json", metrics)
+            save_model(out / "model.pt", model, config, input_shape, head=classification_head(trainer.objective))
+            return metrics
         held_out_emb = trainer.embed(held_out)
         unseen = val is not None and config.val_split == "classes"
         # held-out classes have no same-class item among the training samples: leave-one-out among themselves
@@ -231,6 +239,17 @@ def _best_epoch(config: TrainConfig, trainer: Trainer, callbacks: Sequence[Callb
     return {"best_epoch": best_at + 1, f"best_{monitor}": best, "restored_best": bool(restore)}
 
 
+def _pair_run_metrics(trainer: Trainer, held_out: Any) -> dict[str, Any]:
+    """``{"pairs": pair_metrics, "retrieval": leave-one-out retrieval}`` of the held-out pairs' anchors and
+    positives (n_eval counts pairs)."""
+    from metriclearn.metrics import pair_metrics, retrieval_metrics
+
+    pairs = held_out.subset_pairs(np.arange(len(held_out.pairs)), negatives=False)
+    embeddings = trainer.embed(pairs)
+    return {"pairs": pair_metrics(embeddings[pairs.pairs[:, 0]], embeddings[pairs.pairs[:, 1]]),
+            "retrieval": retrieval_metrics(embeddings, pairs.y)}
+
+
 def _checkpoint_to_resume(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     """The checkpoint ``config`` continues (``None``: killed before the first one, start over); checked."""
     state = run_state(out)
@@ -271,7 +290,9 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
     train, val = data, None
     if config.val_fraction > 0:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
-        val = val if len(val) > 0 else None  # too small a fraction to hold anything out
+        val = val if val is not None and len(val) > 0 else None  # too small a fraction to hold anything out
+    if data.is_pairs:  # every pair is a class of its own texts: nothing more can go wrong
+        return data, train, val
     if len(np.unique(train.y)) < 2:
         raise ValueError(f"{config.data}: the training split holds a single class; metric learning needs at least 2")
     held_out, name = (val, "validation split") if val is not None else (train, "training data")
@@ -336,7 +357,7 @@ def save_model(
         "input_shape": [int(s) for s in input_shape],
         "embedding_dim": int(config.embedding_dim),
         "normalize": bool(config.normalize),
-        "encoder_options": dict(config.encoder_options),
+        "encoder_options": config.encoder_kwargs(),
         "state_dict": state,
     }
     if head is not None:

@@ -151,7 +151,7 @@ def test_bad_arguments_name_themselves() -> None:
     with pytest.raises(TypeError, match="objective must be a metriclearn.training.Objective, got Linear"):
         MetricLearningModule(torch.nn.Linear(8, 4), torch.nn.Linear(4, 3))
     with pytest.raises(ValueError, match="scheduler"):
-        MetricLearningModule(torch.nn.Linear(8, 4), objective, scheduler="linear")
+        MetricLearningModule(torch.nn.Linear(8, 4), objective, scheduler="exponential")
     with pytest.raises(ValueError, match="lr"):
         MetricLearningModule(torch.nn.Linear(8, 4), objective, lr=-1.0)
     with pytest.raises(ValueError, match="X has 3 samples but y has 2 labels"):
