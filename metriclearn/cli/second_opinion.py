@@ -149,6 +149,9 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
 
         check_output_dir(opts["save"], "index", overwrite=opts["overwrite"])
     loaded = load_model(opts["model_path"])
+    for flag, path in (("--cache", opts["cache"]), ("--tune-data", opts["tune_data"]), ("--data", opts["data"])):
+        if path is not None and not (flag == "--cache" and Path(path).is_dir()):  # before the cache is built
+            check_input_kind(Path(path), loaded, flag)
     device = str(resolve_device(opts["device"]))
     loaded.model.to(device)
     options = {"tokenizer": loaded.tokenizer, "batch_size": opts["batch_size"], "device": device}
@@ -208,19 +211,24 @@ def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, l
     from metriclearn.data import load_data
 
     path = Path(path)
-    suffix = path.suffix.lower()
-    if loaded.text and suffix != ".jsonl":
-        raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads texts, give a .jsonl file "
-                         f"(one {{\"text\": ..., \"label\": ...}} per line)")
-    if not loaded.text and suffix == ".jsonl":
-        raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads arrays (.npz, .csv or .npy), "
-                         "not texts")
+    check_input_kind(path, loaded, flag)
     data = load_data(path, require_labels=False)
     if labels == "required" and not data.is_labeled:
         raise ValueError(f"{flag} {str(path)!r} holds no labels; the cache and tuning data need them "
                          "(.npz with X and y, .csv with a label column, .jsonl with a label per line)")
     values = None if not data.is_labeled else data.label_values().tolist()
     return (data.X if data.is_text else _check_shape(data.X, loaded, flag, path)), values
+
+
+def check_input_kind(path: Path, loaded: Any, flag: str) -> None:
+    """A text model reads ``.jsonl``, an array model anything else: checked on the file name, before any work."""
+    suffix = Path(path).suffix.lower()
+    if loaded.text and suffix != ".jsonl":
+        raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads texts, give a .jsonl file "
+                         f"(one {{\"text\": ..., \"label\": ...}} per line)")
+    if not loaded.text and suffix == ".jsonl":
+        raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads arrays (.npz, .csv or .npy), "
+                         "not texts")
 
 
 def _check_shape(x: np.ndarray, loaded: Any, flag: str, path: Path) -> np.ndarray:
