@@ -31,7 +31,8 @@ from metriclearn._device import DEVICES
 @click.option("--max-points", type=click.IntRange(min=1), default=DEFAULT_MAX_POINTS, show_default=True,
               help="Project (and show in explorer.html) at most this many points (stratified subsample by class "
                    "beyond).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for subsampling and projections.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed for subsampling and projections.")
 @click.option("--metric", type=click.Choice(["l2", "cosine"]), default="l2", show_default=True,
               help="Distance for the retrieval metrics.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
@@ -84,6 +85,10 @@ def report(
     else:
         assert matrix is not None
         config, source = None, matrix.name
+    from metriclearn.training.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every rank embedded its shard of --data; rank 0 alone writes
+        return
     calibration, confidence = _calibration(index_dir, vectors) if index_dir is not None else (None, None)
     texts, thumbnails = _item_content(data) if data is not None else (None, None)
     training_log = None if vectors.run is None else Path(vectors.run.path) / "log.csv"
