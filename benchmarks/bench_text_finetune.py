@@ -39,10 +39,11 @@ neighbourhood uses cosine at ``--temperature`` (classes: 0.15, the tuned default
 
 Run (from the repository root; one thread each, as sized for the shared 2-core box)::
 
-    PYTHONPATH=. python benchmarks/bench_text_finetune.py classes --seeds 0
+    PYTHONPATH=. python benchmarks/bench_text_finetune.py classes --seeds 0 --max-length 32
     PYTHONPATH=. python benchmarks/bench_text_finetune.py pairs --seeds 0 --pairs 512
     PYTHONPATH=. python benchmarks/bench_text_finetune.py speed --rounds 5 --steps 4
-    PYTHONPATH=. python benchmarks/bench_text_finetune.py memory --steps 2
+    PYTHONPATH=. python benchmarks/bench_text_finetune.py memory --steps 3
+    PYTHONPATH=. python benchmarks/bench_text_finetune.py tables      # the BENCHMARKS.md tables from the JSON
 """
 
 from __future__ import annotations
@@ -270,13 +271,14 @@ def run_classes(args: argparse.Namespace) -> None:
                         {"train_loss_mean": statistics.mean(losses), "samples_per_s": rate})
             return go
 
-        record("raw MiniLM", seed, raw)
-        record("frozen MiniLM + head (neighborhood)", seed, frozen_head)
+        # most telling first (a run cut short keeps them): fine-tuned metriclearn, its peers, then the rest
         record("fine-tuned, neighborhood", seed, ml("neighborhood"))
-        record("fine-tuned, neighborhood + cache 1024", seed, ml("cache", 1024))
-        record("fine-tuned, neighborhood + cache 4096", seed, ml("cache", 4096))
         record("ST BatchAllTripletLoss", seed, st("BatchAllTripletLoss"))
         record("ST MultipleNegativesRankingLoss (pairs within a class)", seed, st("MultipleNegativesRankingLoss"))
+        record("fine-tuned, neighborhood + cache 1024", seed, ml("cache", 1024))
+        record("raw MiniLM", seed, raw)
+        record("frozen MiniLM + head (neighborhood)", seed, frozen_head)
+        record("fine-tuned, neighborhood + cache 4096", seed, ml("cache", 4096))
 
 
 # ---------------------------------------------------------------------------- (b) pairs
@@ -480,9 +482,59 @@ def run_memory(args: argparse.Namespace) -> None:
         save("memory", result, None)
 
 
+# ---------------------------------------------------------------------------- tables for BENCHMARKS.md
+def mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n={len(values)})"
+
+
+def run_tables(args: argparse.Namespace) -> None:
+    """Markdown tables from the results JSON files (mean ± sample SD over the seeds measured)."""
+    folder = Path(os.environ.get("BENCH_OUT", HERE))
+    path = folder / "results_text_finetune_classes.json"
+    if path.exists():
+        runs = json.loads(path.read_text())["runs"]
+        print("| contender | seeds | 5-NN accuracy | P@1 | MAP@R | texts/s (training) |\n|---|---|---|---|---|---|")
+        for name in dict.fromkeys(r["contender"] for r in runs):
+            rs = [r for r in runs if r["contender"] == name]
+            rate = [r["samples_per_s"] for r in rs if "samples_per_s" in r]
+            print(f"| {name} | {', '.join(str(r['seed']) for r in rs)} | "
+                  + " | ".join(mean_sd([r[k] for r in rs]) for k in ("knn_accuracy", "precision_at_1", "map_at_r"))
+                  + (f" | {statistics.mean(rate):.1f} |" if rate else " | |"))
+    path = folder / "results_text_finetune_pairs.json"
+    if path.exists():
+        runs = json.loads(path.read_text())["runs"]
+        keys = ("recall_at_1", "recall_at_10", "mrr_at_10", "ndcg_at_10")
+        print("\n| contender | batch (pairs) | seeds | Recall@1 | Recall@10 | MRR@10 | NDCG@10 | texts/s (training) |\n"
+              "|---|---|---|---|---|---|---|---|")
+        for name, batch in dict.fromkeys((r["contender"], r["batch"]) for r in runs):
+            rs = [r for r in runs if r["contender"] == name and r["batch"] == batch]
+            rate = [r["samples_per_s"] for r in rs if "samples_per_s" in r]
+            print(f"| {name} | {batch or '–'} | {', '.join(str(r['seed']) for r in rs)} | "
+                  + " | ".join(mean_sd([r[k] for r in rs]) for k in keys)
+                  + (f" | {statistics.mean(rate):.1f} |" if rate else " | |"))
+    path = folder / "results_text_finetune_speed.json"
+    if path.exists():
+        speed = json.loads(path.read_text())
+        print("\n| contender (batch 32) | texts/s per round | median |\n|---|---|---|")
+        for name, rates in speed["samples_per_s"].items():
+            print(f"| {name} | {', '.join(f'{r:.2f}' for r in rates)} | {statistics.median(rates):.2f} |")
+        for name, value in speed.get("ratios", {}).items():
+            print(f"- {name}: {value:.3f}")
+        for name, value in speed.get("loss_only", {}).items():
+            print(f"- {name}: {value:.3f}")
+    path = folder / "results_text_finetune_memory.json"
+    if path.exists():
+        print("\n| batch | cache slots | steps | peak RSS after loading (MiB) | peak RSS (MiB) |\n|---|---|---|---|---|")
+        for r in json.loads(path.read_text())["runs"]:
+            print(f"| {r['batch']} | {r['slots'] or '–'} | {r['steps']} | {r['peak_rss_mib_after_load']} | "
+                  f"{r['peak_rss_mib']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["classes", "pairs", "speed", "memory", "memory-child"])
+    parser.add_argument("part", choices=["classes", "pairs", "speed", "memory", "memory-child", "tables"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=32, help="classes / memory-child: texts per batch")
@@ -507,7 +559,9 @@ def main() -> None:
     if args.part == "memory-child":
         memory_child(args.batch, args.slots, args.steps, args.max_length)
         return
-    {"classes": run_classes, "pairs": run_pairs, "speed": run_speed, "memory": run_memory}[args.part](args)
+    parts = {"classes": run_classes, "pairs": run_pairs, "speed": run_speed, "memory": run_memory,
+             "tables": run_tables}
+    parts[args.part](args)
 
 
 if __name__ == "__main__":
