@@ -4,7 +4,12 @@ Formats (see DESIGN.md):
 
 - ``.npz`` with arrays ``X`` (n, ...) and ``y`` (n,); labels int or str; loaded with ``allow_pickle=False``.
 - ``.csv`` with a header, a ``label`` column and numeric feature columns (every other column).
-- ``.jsonl``: one JSON object per line with ``text`` (str) and ``label`` (int or str); blank lines skipped.
+- ``.jsonl``: one JSON object per line with ``text`` (str) and ``label`` (int or str; ``group`` is another name
+  for it: rows of one group are equivalent texts); blank lines skipped.
+- pair ``.jsonl`` (sentence-transformers' columns): ``anchor`` and ``positive`` (and optionally ``negative``, on
+  every line or none) per line. Loaded as :class:`LabeledData` with ``pairs``: ``X`` holds the P anchors, then
+  the P positives (then the P negatives); ``y`` is the pair id (0..P-1) for an anchor and its positive, a class
+  of its own (P + i) for a negative; ``pairs[i]`` holds the row indices of pair i's texts.
 - ``.npy``: a matrix (embeddings, features, probabilities) via :func:`load_matrix`, a 1-D label vector via
   :func:`load_labels`, or raw model inputs (n, ...) without labels via ``load_data(path, require_labels=False)``
   (a ``.npy`` alone cannot be training data: it has no labels, use ``.npz``).
@@ -66,6 +71,7 @@ __all__ = [
     "ClassBalancedSampler",
     "LabeledData",
     "encode_labels",
+    "make_pairs",
     "load_data",
     "load_labels",
     "load_matrix",
@@ -101,10 +107,34 @@ class LabeledData:
     y: np.ndarray | None
     classes: list
     source: str
+    pairs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.y is not None and len(self.X) != len(self.y):
             raise ValueError(f"{self.source}: X has {len(self.X)} rows but y has {len(self.y)} labels")
+
+    @property
+    def is_pairs(self) -> bool:
+        """Whether the rows are pairs (an ``anchor``/``positive`` file): see ``pairs``."""
+        return self.pairs is not None
+
+    @property
+    def pair_ids(self) -> np.ndarray | None:
+        """(n,) the pair each row belongs to (its anchor's, positive's and negative's rows share it); or ``None``."""
+        if self.pairs is None:
+            return None
+        ids = np.empty(len(self.X), np.int64)
+        ids[self.pairs] = np.arange(len(self.pairs))[:, None]
+        return ids
+
+    def subset_pairs(self, indices: Sequence[int] | np.ndarray, negatives: bool = True) -> LabeledData:
+        """The pairs ``indices`` of pair data, renumbered in that order (``negatives=False`` drops the
+        ``negative`` texts: evaluation scores anchors against positives only)."""
+        if self.pairs is None:
+            raise ValueError(f"{self.source} holds no pairs")
+        picked = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return make_pairs(*([[self.X[r] for r in self.pairs[picked, c]] for c in range(self.pairs.shape[1])]
+                            [: 3 if negatives else 2]), source=self.source)
 
     def __len__(self) -> int:
         return len(self.X)
@@ -131,11 +161,33 @@ class LabeledData:
         return isinstance(self.X, list)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> LabeledData:
-        """The rows ``indices`` (same classes mapping and source)."""
+        """The rows ``indices`` (same classes mapping and source; pair data loses its pairing: see
+        :meth:`subset_pairs`)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         X = [self.X[i] for i in idx] if isinstance(self.X, list) else self.X[idx]
         y = None if self.y is None else self.y[idx]
         return LabeledData(X=X, y=y, classes=list(self.classes), source=self.source)
+
+
+def make_pairs(anchors: Sequence[str], positives: Sequence[str], negatives: Sequence[str] | None = None,
+               source: str = "pairs") -> LabeledData:
+    """Pair data from parallel lists of texts (see the module docstring for the layout).
+
+    >>> data = make_pairs(["a cat", "a car"], ["the cat sat", "the car drove"])
+    >>> data.X, data.y.tolist(), data.pairs.tolist(), data.pair_ids.tolist()
+    (['a cat', 'a car', 'the cat sat', 'the car drove'], [0, 1, 0, 1], [[0, 2], [1, 3]], [0, 1, 0, 1])
+    """
+    columns = [list(anchors), list(positives)] + ([list(negatives)] if negatives is not None else [])
+    n = len(columns[0])
+    if any(len(c) != n for c in columns):
+        raise ValueError(f"{source}: anchors, positives and negatives must be equally many, got "
+                         f"{[len(c) for c in columns]}")
+    if n < 2:
+        raise ValueError(f"{source}: needs at least 2 pairs (each anchor's negatives are the other pairs), got {n}")
+    pairs = np.arange(n * len(columns), dtype=np.int64).reshape(len(columns), n).T  # (P, 2 or 3)
+    y = np.concatenate([np.arange(n), np.arange(n)] + ([np.arange(n, 2 * n)] if negatives is not None else []))
+    return LabeledData(X=[t for c in columns for t in c], y=y.astype(np.int64), classes=list(range(int(y.max()) + 1)),
+                       source=source, pairs=pairs)
 
 
 # --------------------------------------------------------------------------------------------- labels
@@ -320,41 +372,84 @@ def _read_csv(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray 
     return X, y
 
 
-def _read_jsonl(path: Path, require_labels: bool) -> tuple[list[str], np.ndarray | None]:
-    texts: list[str] = []
-    labels: list[int | str] = []
-    first_unlabelled: int | None = None
+PAIR_COLUMNS = ("anchor", "positive", "negative")
+
+
+def _jsonl_records(path: Path) -> Any:
+    """``(line number, where, record)`` of every non-blank line of a ``.jsonl`` file (invalid JSON names its line)."""
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             where = f"{path}, line {line_no}"
             try:
-                record = json.loads(line)
+                yield line_no, where, json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
-            wanted = "'text' and 'label'" if require_labels else "'text'"
-            if not isinstance(record, dict) or "text" not in record or (require_labels and "label" not in record):
-                raise ValueError(f"{where}: expected an object with {wanted}, got {describe(record)}")
-            text = record["text"]
+
+
+def _is_pair_file(path: Path) -> bool:
+    first = next(iter(_jsonl_records(path)), (None, None, None))[2]
+    return isinstance(first, dict) and "anchor" in first
+
+
+def _read_pairs(path: Path) -> LabeledData:
+    """A pair ``.jsonl``: ``anchor``, ``positive`` and optionally ``negative`` (every line or none)."""
+    columns: list[list[str]] = [[], [], []]
+    negatives_from: str | None = None
+    for _, where, record in _jsonl_records(path):
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected an object with 'anchor' and 'positive', got {describe(record)}")
+        missing = [c for c in PAIR_COLUMNS[:2] if c not in record]
+        if missing:
+            raise ValueError(f"{where}: no {missing[0]!r}; a pair file has 'anchor' and 'positive' (and optionally "
+                             f"'negative') on every line")
+        if negatives_from is None:
+            negatives_from = where if "negative" in record else ""
+        elif bool(negatives_from) != ("negative" in record):
+            raise ValueError(f"{where}: {'no' if negatives_from else 'a'} 'negative', unlike the first line; give "
+                             f"every line a 'negative' or none")
+        for column, name in zip(columns, PAIR_COLUMNS[: 3 if negatives_from else 2]):
+            text = record[name]
             if not isinstance(text, str):
-                raise ValueError(f"{where}: 'text' must be a string, got {describe(text)}")
-            texts.append(text)
-            if "label" not in record:
-                first_unlabelled = first_unlabelled or line_no
-                if labels:
-                    raise ValueError(f"{where}: no 'label', but earlier lines have one; label every line or none")
-                continue
-            if first_unlabelled is not None:
-                raise ValueError(f"{where}: has a 'label', but line {first_unlabelled} has none; "
-                                 "label every line or none")
-            label = record["label"]
-            if isinstance(label, bool) or not isinstance(label, (int, float, str)):
-                raise ValueError(f"{where}: 'label' must be an integer or a string, got {describe(label)}")
-            label = _label_value(label, where) if not isinstance(label, str) else label
-            if labels and isinstance(label, str) != isinstance(labels[0], str):
-                raise ValueError(f"{where}: label {label!r} mixes strings and integers with earlier lines")
-            labels.append(label)
+                raise ValueError(f"{where}: {name!r} must be a string, got {describe(text)}")
+            if not text.strip():
+                raise ValueError(f"{where}: {name!r} is empty")
+            column.append(text)
+    return make_pairs(columns[0], columns[1], columns[2] if negatives_from else None, source=str(path))
+
+
+def _read_jsonl(path: Path, require_labels: bool) -> tuple[list[str], np.ndarray | None]:
+    texts: list[str] = []
+    labels: list[int | str] = []
+    first_unlabelled: int | None = None
+    for line_no, where, record in _jsonl_records(path):
+        if isinstance(record, dict) and "label" not in record and "group" in record:
+            record["label"] = record["group"]  # text + group: rows of one group are equivalent
+        wanted = "'text' and 'label'" if require_labels else "'text'"
+        if not isinstance(record, dict) or "text" not in record or (require_labels and "label" not in record):
+            raise ValueError(f"{where}: expected an object with {wanted}, got {describe(record)}")
+        text = record["text"]
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: 'text' must be a string, got {describe(text)}")
+        if not text.strip():
+            raise ValueError(f"{where}: 'text' is empty")
+        texts.append(text)
+        if "label" not in record:
+            first_unlabelled = first_unlabelled or line_no
+            if labels:
+                raise ValueError(f"{where}: no 'label', but earlier lines have one; label every line or none")
+            continue
+        if first_unlabelled is not None:
+            raise ValueError(f"{where}: has a 'label', but line {first_unlabelled} has none; "
+                             "label every line or none")
+        label = record["label"]
+        if isinstance(label, bool) or not isinstance(label, (int, float, str)):
+            raise ValueError(f"{where}: 'label' must be an integer or a string, got {describe(label)}")
+        label = _label_value(label, where) if not isinstance(label, str) else label
+        if labels and isinstance(label, str) != isinstance(labels[0], str):
+            raise ValueError(f"{where}: label {label!r} mixes strings and integers with earlier lines")
+        labels.append(label)
     if first_unlabelled is not None:
         return texts, None
     return texts, np.array(labels) if labels else np.zeros(0, np.int64)
@@ -438,6 +533,8 @@ def load_data(
         if path.stat().st_size == 0:
             raise ValueError(f"{path} is empty")
         try:
+            if suffix == ".jsonl" and _is_pair_file(path):
+                return _read_pairs(path)
             if suffix == ".npy":
                 X, y = _read_raw_npy(path)
             else:

@@ -14,7 +14,8 @@ Spec grammar
 ``"cnn:16,32,64"``   ConvNet with the given channels per stage
 ``"sentence"``       :class:`~metriclearn.sentence.SentenceEncoder` on the packaged all-MiniLM-L6-v2 (the
                      ``text`` extra); ``input_shape`` is ignored (inputs are lists of str), ``**options``
-                     go to ``SentenceEncoder`` (``freeze``, ``max_length``, ``chunk_size``, ``cache_size``)
+                     go to ``SentenceEncoder`` (``freeze``, ``max_length``, ``chunk_size``, ``cache_size``,
+                     ``unfreeze``, ``pooling``, ``gradient_checkpointing``)
 ``"sentence:PATH"``  the same on a local sentence-transformers / Hugging Face model folder
 
 Example
@@ -320,7 +321,7 @@ def build_encoder(
 
 
 def _sentence_encoder(spec: str, path: str, embedding_dim: int, normalize: bool, options: dict[str, Any]) -> nn.Module:
-    known = ("freeze", "max_length", "chunk_size", "cache_size")
+    known = ("freeze", "max_length", "chunk_size", "cache_size", "unfreeze", "pooling", "gradient_checkpointing")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"unknown encoder option(s) {unknown} for {spec!r}; known: {', '.join(known)}")

@@ -61,7 +61,8 @@ from metriclearn._checks import check_choice, check_labels, check_matrix, check_
 from metriclearn._progress import progress
 from metriclearn.data import stratified_subsample
 
-__all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "embedding_metrics", "retrieval_metrics", "separation_metrics"]
+__all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "embedding_metrics", "pair_metrics", "retrieval_metrics",
+           "separation_metrics"]
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r", "knn_accuracy")
 SEPARATION_KEYS = ("silhouette", "davies_bouldin", "calinski_harabasz", "nmi", "ami")
@@ -389,3 +390,50 @@ def embedding_metrics(
         "k": k,
     }
     return metrics
+
+
+def pair_metrics(anchors: Any, positives: Any, k: int = 10) -> dict[str, float]:
+    r"""Retrieval of each anchor's own positive among ALL the positives: Recall@1, Recall@k, MRR@k, NDCG@k.
+
+    Anchor i (a query) is scored against every positive j (the corpus) by cosine similarity; its one
+    relevant document is positive i. With ``rank_i`` the 1-based place of positive i when the positives are
+    sorted by decreasing similarity (ties: lower index first), averaged over the anchors:
+
+    - ``recall_at_1`` = [rank_i = 1], ``recall_at_{k}`` = [rank_i ≤ k];
+    - ``mrr_at_{k}`` = 1 / rank_i if rank_i ≤ k, else 0;
+    - ``ndcg_at_{k}`` = 1 / log2(rank_i + 1) if rank_i ≤ k, else 0 (one relevant document: IDCG = 1).
+
+    These are the definitions of sentence-transformers' ``InformationRetrievalEvaluator`` (cosine score,
+    ties by corpus id) with queries = anchors, corpus = positives and ``relevant_docs = {i: {i}}``; the
+    tests check them against it. Memory: one (block, n) similarity matrix of at most 4096 anchor rows.
+
+    Reference: N. Reimers, I. Gurevych, "Sentence-BERT", EMNLP 2019 (sentence-transformers).
+
+    >>> a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    >>> p = np.array([[1.0, 0.1], [0.2, 1.0], [1.0, 0.2]], dtype=np.float32)
+    >>> {name: round(v, 4) for name, v in pair_metrics(a, p).items()}  # anchor 2: p1 ties p2 and ranks first
+    {'recall_at_1': 0.6667, 'recall_at_10': 1.0, 'mrr_at_10': 0.8333, 'ndcg_at_10': 0.877}
+    """
+    k = check_positive_int(k, "k")
+    a = check_matrix(anchors, "anchors")
+    p = check_matrix(positives, "positives", dim=a.shape[1])
+    if len(a) != len(p):
+        raise ValueError(f"anchors and positives must have the same number of rows (pairs), got {len(a)} "
+                         f"and {len(p)}")
+    qa, qp = _unit_rows(torch.from_numpy(a).double()), _unit_rows(torch.from_numpy(p).double())
+    ranks = torch.empty(len(a), dtype=torch.long)
+    block = max(1, min(4096, (1 << 24) // max(len(p), 1)))
+    for start in range(0, len(a), block):
+        rows = torch.arange(start, min(start + block, len(a)))
+        scores = qa[rows] @ qp.T  # (b, n)
+        own = scores[torch.arange(len(rows)), rows].unsqueeze(1)  # (b, 1)
+        ahead = (scores > own) | ((scores == own) & (torch.arange(len(p)).unsqueeze(0) < rows.unsqueeze(1)))
+        ranks[rows] = ahead.sum(dim=1) + 1  # (b,)
+    found = ranks <= k
+    rank = ranks.double()
+    return {
+        "recall_at_1": float((ranks == 1).double().mean()),
+        f"recall_at_{k}": float(found.double().mean()),
+        f"mrr_at_{k}": float(torch.where(found, 1.0 / rank, 0.0).mean()),
+        f"ndcg_at_{k}": float(torch.where(found, 1.0 / torch.log2(rank + 1.0), 0.0).mean()),
+    }

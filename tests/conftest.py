@@ -112,3 +112,21 @@ def _torchrun(*args: str, nproc: int = 2, timeout: float = 300):
 def torchrun():
     """Run the real CLI under torchrun on 2 CPU processes (distributed tests)."""
     return _torchrun
+
+
+def kill_train_at(monkeypatch, epoch: int, batch: int):
+    """Make the next ``train`` die (as a KeyboardInterrupt, like a killed run) after batch ``batch`` of epoch
+    ``epoch`` (both 0-based); returns a function that restores the real ``train_run``."""
+    from metriclearn.training import LambdaCallback, run
+
+    original = run.train_run
+
+    def killed(config, out_dir, resume=False, callbacks=(), verbose=True, overwrite=False):
+        def stop(trainer, done, logs):
+            if trainer.epoch == epoch and done == batch:
+                raise KeyboardInterrupt
+
+        return original(config, out_dir, resume, [LambdaCallback(on_batch_end=stop)], verbose, overwrite)
+
+    monkeypatch.setattr(run, "train_run", killed)
+    return lambda: monkeypatch.setattr(run, "train_run", original)

@@ -54,11 +54,12 @@ def test_other_kind_and_files_are_refused(tmp_path: Path) -> None:
             pass
 
 
-def test_legacy_outputs_count_as_own(tmp_path: Path) -> None:
+def test_file_names_do_not_make_a_folder_metriclearn_s(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text("{}")
-    with claim_output_dir(tmp_path, "index", overwrite=True, legacy=("index.json",)):
-        pass
-    assert output_kind(tmp_path) == "index"
+    with pytest.raises(ValueError, match=r"not written by metriclearn \(it holds index.json\)"):
+        with claim_output_dir(tmp_path, "index", overwrite=True):
+            pass
+    assert output_kind(tmp_path) is None and sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
@@ -90,3 +91,32 @@ def test_a_refused_folder_is_left_exactly_as_it_was(tmp_path) -> None:
         with claim_output_dir(folder, "index"):
             pass
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # no marker, no lock file
+
+
+def test_the_marker_records_what_was_written_and_overwrite_removes_only_that(tmp_path: Path) -> None:
+    from metriclearn._outdir import recorded_entries, remove_recorded
+
+    with pytest.raises(KeyboardInterrupt):  # killed part-way: the planned files stay recorded, for --resume
+        with claim_output_dir(tmp_path / "run", "run", writes=("ckpt/last.pt", "model.pt")) as d:
+            (d / "ckpt").mkdir()
+            (d / "ckpt" / "last.pt").write_text("state")
+            raise KeyboardInterrupt
+    assert recorded_entries(tmp_path / "run") == ["ckpt", "ckpt/last.pt", "model.pt"]
+    with claim_output_dir(tmp_path / "run", "run", resume=True, writes=("ckpt/last.pt", "model.pt")) as d:
+        (d / "model.pt").write_text("weights")
+    assert recorded_entries(tmp_path / "run") == ["ckpt", "ckpt/last.pt", "model.pt"]
+    (tmp_path / "run" / "ckpt" / "mine.pt").write_text("the user's")
+    assert remove_recorded(tmp_path / "run") == ["ckpt/last.pt", "model.pt"]  # ckpt/ holds the user's file: kept
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == [MARKER, LOCK, "ckpt", "mine.pt"]
+
+
+def test_new_output_dirs_never_collide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime
+    import types
+
+    from metriclearn import _outdir
+
+    frozen = types.SimpleNamespace(now=lambda: datetime.datetime(2026, 1, 2, 3, 4, 5))
+    monkeypatch.setattr(_outdir, "datetime", types.SimpleNamespace(datetime=frozen))
+    names = [_outdir.new_output_dir(tmp_path / "runs").name for _ in range(3)]
+    assert names == ["20260102-030405", "20260102-030405-2", "20260102-030405-3"]

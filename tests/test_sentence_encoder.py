@@ -56,9 +56,11 @@ def test_padding_does_not_change_an_embedding(raw) -> None:
 
 def test_max_length_truncates(minilm) -> None:
     short = SentenceEncoder(minilm, embedding_dim=None, max_length=4, cache_size=0).eval()
-    with torch.no_grad():
+    with torch.no_grad(), pytest.warns(UserWarning, match="2 of 2 texts are longer than max_length=4 tokens"):
         a, b = short([TEXTS[3], TEXTS[3].replace("fans", "players")])
     torch.testing.assert_close(a, b)  # the words after the first 4 tokens are cut
+    ids = short.token_ids[TEXTS[3]]  # kept, and cut by the tokenizer itself: [CLS] 2 words [SEP]
+    assert len(ids) == 4 and ids[0] == short.tokenizer.cls_token_id and ids[-1] == short.tokenizer.sep_token_id
     assert short.max_length == 4
 
 
@@ -172,8 +174,11 @@ def test_other_pooling_modes_are_refused(tmp_path, minilm) -> None:
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "modules.json").write_text((minilm / "modules.json").read_text())
     (tmp_path / "config.json").write_text((minilm / "config.json").read_text())
+    (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_max_tokens": true}')
+    with pytest.raises(ValueError, match="pools with pooling_mode_max_tokens; SentenceEncoder pools with one of: mean"):
+        SentenceEncoder(tmp_path)
     (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
-    with pytest.raises(ValueError, match="pools with pooling_mode_cls_token; SentenceEncoder uses masked mean"):
+    with pytest.raises(ValueError, match=r"pools with pooling_mode_cls_token, but pooling='mean'; pass pooling='cls'"):
         SentenceEncoder(tmp_path)
 
 

@@ -6,8 +6,10 @@
 - ``calibrate(X_cal, y_cal, alpha=0.1, target_precision=None)`` on held-out rows;
 - ``predict_sets(X) -> (n, K) bool``, columns in ``classes_`` order (split conformal, coverage ≥ 1 − α on
   exchangeable data: marginal, or within every class with ``coverage="class"``);
-- ``predict_or_reject(X, unknown_label=-1)``: the prediction, or ``unknown_label`` where the acceptance
-  score is below the threshold that reached ``target_precision`` on calibration rows.
+- ``predict_with_rejection(X) -> (labels, rejected)``: the predictions and a separate bool array, ``True``
+  where the acceptance score is below the threshold that reached ``target_precision`` on calibration rows;
+  ``predict_or_reject(X, unknown_label=-1)`` puts ``unknown_label`` in place of those predictions, and refuses
+  an ``unknown_label`` that is one of the classes.
 
 ``calibrate`` shuffles the calibration rows (``random_state``) and splits them in two:
 
@@ -222,28 +224,46 @@ class CalibrationMixin:
         X = query_data(self, X)
         return self._acceptance(X, self._proba_with(X, self.calibration_["probability"]))
 
+    def predict_with_rejection(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, rejected)``: the predicted label of every row, and a bool array, ``True`` where the
+        acceptance score is below the calibrated threshold (the prediction is not to be trusted).
+
+        The rejection never takes the place of a label, so no class can be mistaken for "rejected". Needs
+        ``calibrate(..., target_precision=P)``.
+        """
+        return self._with_rejection(X, "predict_with_rejection")
+
     def predict_or_reject(self, X: Any, unknown_label: Any = -1) -> np.ndarray:
         """The predicted label, or ``unknown_label`` where the acceptance score is below the calibrated threshold.
 
-        Needs ``calibrate(..., target_precision=P)``. The output dtype holds both the labels and
-        ``unknown_label`` (``object`` when one is a string and the other is not).
+        Needs ``calibrate(..., target_precision=P)``. ``unknown_label`` must not be one of ``classes_``
+        (in a ±1 task the default ``-1`` is a class: pass another value, or use
+        :meth:`predict_with_rejection`, which keeps the rejection in a separate bool array). The output dtype
+        holds both the labels and ``unknown_label`` (``object`` when one is a string and the other is not).
         """
-        rejection = self._rejection("predict_or_reject")
-        X = query_data(self, X)
-        proba = self._proba_with(X, self.calibration_["probability"])
-        keep = self._acceptance(X, proba) >= rejection["threshold"]
-        labels = self.classes_[np.argmax(proba, axis=1)]
+        check_is_fitted(self)
         fill = np.asarray(unknown_label)
         if fill.ndim != 0:
             raise TypeError(f"unknown_label must be a single label, got {describe(unknown_label)}")
+        if any(c == fill.item() for c in self.classes_.tolist()):
+            raise ValueError(f"unknown_label={fill.item()!r} is one of the classes, so a rejection could not be told "
+                             "from a prediction: choose a value that is not a class, or use predict_with_rejection")
+        labels, rejected = self._with_rejection(X, "predict_or_reject")
         if (fill.dtype.kind in "US") != (labels.dtype.kind in "US"):
             out = labels.astype(object)
         else:
             out = labels.astype(np.result_type(labels.dtype, fill.dtype))
-        out[~keep] = unknown_label
+        out[rejected] = unknown_label
         return out
 
     # ------------------------------------------------------------------ internals
+    def _with_rejection(self, X: Any, caller: str) -> tuple[np.ndarray, np.ndarray]:
+        rejection = self._rejection(caller)
+        X = query_data(self, X)
+        proba = self._proba_with(X, self.calibration_["probability"])
+        rejected = self._acceptance(X, proba) < rejection["threshold"]
+        return self.classes_[np.argmax(proba, axis=1)], rejected
+
     def _calibration(self, caller: str) -> dict[str, Any]:
         check_is_fitted(self)
         state = getattr(self, "calibration_", None)

@@ -10,6 +10,8 @@
 - **k and dimension** (:func:`check_k`, :func:`check_dim`) against an index, with the same words everywhere.
 - **Probabilities** (:func:`load_probabilities`): a ``--probs`` file checked in full, its errors naming the file.
 - **--quiet** (:data:`quiet_option`): one definition for the group and every command.
+- **Distinct files** (:func:`check_distinct_files`): two outputs of one command, or an output and an input, on
+  one path are refused before any work (``embed --out e.npy --labels-out e.npy`` would keep only the labels).
 
 Example
 -------
@@ -23,6 +25,10 @@ Example
 Traceback (most recent call last):
     ...
 ValueError: k=3 is larger than the index idx (2 vectors)
+>>> check_distinct_files([("--out", "s.npy"), ("--sets", "./s.npy")])
+Traceback (most recent call last):
+    ...
+click.exceptions.UsageError: --sets is the same file as --out ('./s.npy'); give each output its own file
 >>> check_source(None, None, "new.csv", "--queries")
 Traceback (most recent call last):
     ...
@@ -32,7 +38,7 @@ click.exceptions.UsageError: --data PATH needs --model DIR (the trained run that
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,3 +201,31 @@ def load_probabilities(path: Path, flag: str, n: int, num_classes: int | None = 
     name = f"{flag} file {str(path)!r}"
     return check_probabilities(load_matrix(path, flag), name, n=n, num_classes=num_classes,
                                rows="feature rows", columns="classes in the index")
+
+
+def check_distinct_files(outputs: Sequence[tuple[str, Any]], inputs: Sequence[tuple[str, Any]] = ()) -> None:
+    """Refuse (``click.UsageError``, exit 2) two ``(flag, path)`` outputs on one file, or an output on an input.
+
+    Paths are compared after resolving ``.``/``..`` and symbolic links, and by inode when both exist (a hard
+    link); ``None`` paths (options not given) are skipped. Outputs are written last, so without this check the
+    later one silently replaces the earlier (or the user's input).
+    """
+    seen: list[tuple[str, Any]] = [(flag, path) for flag, path in inputs if path is not None]
+    for flag, path in outputs:
+        if path is None:
+            continue
+        for other_flag, other in seen:
+            if _same_file(path, other):
+                role = "output" if (other_flag, other) not in inputs else "input"
+                fix = "give each output its own file" if role == "output" else f"write elsewhere, {other_flag} is read"
+                raise click.UsageError(f"{flag} is the same file as {other_flag} ({str(path)!r}); {fix}")
+        seen.append((flag, path))
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False

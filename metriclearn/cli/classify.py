@@ -8,9 +8,12 @@
 
 On an index calibrated for the method (``metriclearn calibrate``), the probabilities are the calibrated
 ones and the classifier's parameters are the calibrated ones; ``--sets FILE.npy`` writes the conformal
-prediction sets ((n, K) bool, columns in the order of the sorted distinct labels) and ``--reject`` replaces
-predictions whose acceptance score is below the calibrated threshold by ``-1`` (``.npy`` of integer labels)
-or ``unknown`` (csv / json, and ``.npy`` of string labels).
+prediction sets ((n, K) bool, columns in the order of the sorted distinct labels) and ``--reject`` marks
+the predictions whose acceptance score is below the calibrated threshold in a separate bool array: a
+``rejected`` column (csv) or list (json) after ``prediction(s)``, or ``--rejected-out FILE.npy`` beside a
+``.npy`` of labels. The predictions themselves stay labels: a rejection never takes a label's value, so a
+class ``-1`` or ``unknown`` cannot be mistaken for one. No two of ``--out``, ``--sets``, ``--rejected-out``
+and the queries may be one file.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 from metriclearn._atomic import atomic_open, save_npy, write_json
 from metriclearn.cli._inputs import (
     check_dim,
+    check_distinct_files,
     check_k,
     check_same_model,
     check_source,
@@ -73,8 +77,10 @@ _device_option = click.option(
 @click.option("--sets", "sets_out", type=click.Path(path_type=Path), default=None,
               help="Also write conformal prediction sets (n, K) bool .npy (needs a calibrated index).")
 @click.option("--reject", is_flag=True,
-              help="Predict -1 / 'unknown' where the calibrated acceptance score is too low (needs "
-              "`metriclearn calibrate ... --target-precision P`).")
+              help="Mark the predictions whose calibrated acceptance score is too low as rejected: a 'rejected' "
+              "column (csv/json) or --rejected-out (npy). Needs `metriclearn calibrate ... --target-precision P`.")
+@click.option("--rejected-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --reject and a .npy --out: write the (n,) bool array of rejections here.")
 @_device_option
 def classify(
     index_dir: Path,
@@ -88,6 +94,7 @@ def classify(
     out: Path,
     sets_out: Path | None,
     reject: bool,
+    rejected_out: Path | None,
     device: str,
 ) -> None:
     """Classify query embeddings with the labelled vectors of an index: kNN vote or Orhan's cache model.
@@ -98,6 +105,9 @@ def classify(
     _check_output(out, OUTPUT_FORMATS)
     if sets_out is not None:
         _check_output(sets_out, (".npy",), "--sets")
+    _check_rejection_output(out, reject, rejected_out)
+    check_distinct_files([("--out", out), ("--sets", sets_out), ("--rejected-out", rejected_out)],
+                         [("--queries", matrix), ("--data", data)])
     check_source(matrix, model, data, "--queries")
     if method == "knn" and theta is not None:
         raise click.UsageError("--theta applies to --method cache only")
@@ -117,14 +127,14 @@ def classify(
     proba = classifier.predict_proba(q)  # collective on a sharded index under torchrun
     if not _is_main_process():  # rank 0 writes and prints
         return
+    rejected = None
     if reject:
         if calibration["rejection"] is None:
             raise ValueError(
                 f"index {str(index_dir)!r} was calibrated for {method} without a target precision, so --reject "
                 "has no threshold: rerun `metriclearn calibrate` with --target-precision P"
             )
-        unknown = -1 if out.suffix.lower() == ".npy" and classifier.classes_.dtype.kind not in "US" else "unknown"
-        predictions = classifier.predict_or_reject(q, unknown_label=unknown)
+        predictions, rejected = classifier.predict_with_rejection(q)
     else:
         predictions = classifier.classes_[np.argmax(proba, axis=1)]
     if sets_out is not None:  # = classifier.predict_sets(q), from the probabilities already computed
@@ -132,11 +142,14 @@ def classify(
 
         conformal = classifier.calibration_["conformal"]
         save_npy(sets_out, prediction_sets(proba, conformal["threshold"], conformal["score"]))
-    _write_predictions(out, method, classifier.classes_, predictions, proba)
+    _write_predictions(out, method, classifier.classes_, predictions, proba, rejected)
+    if rejected_out is not None and rejected is not None:
+        save_npy(rejected_out, rejected)
     note = " (calibrated)" if calibration is not None else ""
     click.echo(f"{method}{note}: {len(q)} predictions written to {out}")
-    if reject:
-        click.echo(f"rejected as unknown: {int(np.sum(predictions == unknown))} of {len(q)}")
+    if rejected is not None:
+        where = rejected_out if rejected_out is not None else f"the 'rejected' column of {out}"
+        click.echo(f"rejected as unknown: {int(rejected.sum())} of {len(q)} (marked in {where})")
     if sets_out is not None:
         click.echo(f"prediction sets written to {sets_out}")
 
@@ -214,6 +227,19 @@ def _is_main_process() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _check_rejection_output(out: Path, reject: bool, rejected_out: Path | None) -> None:
+    """``--rejected-out`` goes with ``--reject``, and a ``.npy`` ``--out`` with ``--reject`` needs it."""
+    if rejected_out is not None:
+        if not reject:
+            raise click.UsageError("--rejected-out goes with --reject")
+        _check_output(rejected_out, (".npy",), "--rejected-out")
+        if out.suffix.lower() != ".npy":
+            raise click.UsageError(f"--rejected-out goes with a .npy --out; {out.suffix} output has a 'rejected' column")
+    elif reject and out.suffix.lower() == ".npy":
+        raise click.UsageError("--reject with a .npy --out needs --rejected-out FILE.npy (the bool array of "
+                               "rejections; a .npy of labels has no room for it)")
+
+
 def _check_output(out: Path, formats: tuple[str, ...], option: str = "--out") -> None:
     if out.suffix.lower() not in formats:
         raise click.BadParameter(
@@ -241,24 +267,23 @@ def _load_features(path: Path, what: str, dim: int) -> np.ndarray:
     return x
 
 
-def _write_predictions(out: Path, method: str, classes: np.ndarray, predictions: np.ndarray, proba: np.ndarray) -> None:
+def _write_predictions(out: Path, method: str, classes: np.ndarray, predictions: np.ndarray, proba: np.ndarray,
+                       rejected: np.ndarray | None = None) -> None:
+    """``out`` by its extension; ``rejected`` (with --reject) as a ``rejected`` list / column in json / csv."""
     suffix = out.suffix.lower()
     if suffix == ".npy":
         save_npy(out, predictions)
     elif suffix == ".json":
-        write_json(
-            out,
-            {
-                "method": method,
-                "classes": classes.tolist(),
-                "predictions": predictions.tolist(),
-                "probabilities": proba.tolist(),
-            },
-        )
+        record: dict[str, Any] = {"method": method, "classes": classes.tolist(), "predictions": predictions.tolist()}
+        if rejected is not None:
+            record["rejected"] = rejected.tolist()
+        write_json(out, {**record, "probabilities": proba.tolist()})
     else:
+        flags = [[] for _ in predictions] if rejected is None else [[bool(r)] for r in rejected.tolist()]
         with atomic_open(out, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["prediction", *(f"p_{c}" for c in classes.tolist())])
-            for label, row in zip(predictions.tolist(), proba):
-                writer.writerow([label, *(repr(float(v)) for v in row)])
+            writer.writerow(["prediction", *(["rejected"] if rejected is not None else []),
+                             *(f"p_{c}" for c in classes.tolist())])
+            for label, flag, row in zip(predictions.tolist(), flags, proba):
+                writer.writerow([label, *flag, *(repr(float(v)) for v in row)])
 

@@ -3,14 +3,17 @@
 Labels are optional (an ``.npz`` without ``y``, a ``.csv`` without ``label``, a ``.jsonl`` without ``label``,
 a ``.npy`` of raw inputs) and classes the run never saw are welcome: a learned space exists to serve new
 classes. ``--labels-out`` writes the label values themselves (ints or strings, not codes), ready for
-``index build --embeddings E.npy --labels L.npy`` or ``report``.
+``index build --embeddings E.npy --labels L.npy`` or ``report``. A pair file (``anchor``/``positive`` lines)
+gives two files: the anchors (``--out``) and the positives (``--positives-out``), row i of each from pair i.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from metriclearn.cli._inputs import quiet_option
+from metriclearn.cli._inputs import check_distinct_files, quiet_option
 from metriclearn.hidden import LAYERS
 from metriclearn.training.config import DEVICES
 
@@ -22,25 +25,36 @@ from metriclearn.training.config import DEVICES
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output FILE.npy (n, D) float32.")
 @click.option("--labels-out", type=click.Path(dir_okay=False),
               help="Also write the data's labels (.npy of their values, ints or strings).")
+@click.option("--positives-out", type=click.Path(dir_okay=False),
+              help="Pair file (anchor/positive lines): --out gets the anchors, this .npy the positives (row i: "
+                   "pair i).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Samples embedded at once (a positive integer).")
 @click.option("--layer", type=click.Choice(LAYERS), default="embedding", show_default=True,
               help="'hidden': the MLP's last hidden layer (before its ReLU), which retrieves new classes better.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @quiet_option
-def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_size: int, layer: str, device: str,
-          quiet: bool) -> None:
+def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives_out: str | None, batch_size: int,
+          layer: str, device: str, quiet: bool) -> None:
     """Embed DATA with a trained run and save the embeddings as .npy."""
     from metriclearn._atomic import save_npy
     from metriclearn.data import load_data
     from metriclearn.training import load_run
     from metriclearn.training.distributed import is_main_process
 
-    for flag, path in (("--out", out), ("--labels-out", labels_out)):
+    for flag, path in (("--out", out), ("--labels-out", labels_out), ("--positives-out", positives_out)):
         if path is not None and not path.endswith(".npy"):
             raise click.BadParameter(f"must end in .npy, got {path!r}", param_hint=flag)
+    check_distinct_files([("--out", out), ("--labels-out", labels_out)], [("--data", data)])
     run = load_run(model_dir)
     inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append")
+    if inputs.is_pairs != (positives_out is not None):
+        raise click.UsageError(f"{data} is a pair file: give --positives-out P.npy for its positives (--out gets "
+                               "the anchors)" if inputs.is_pairs else
+                               f"--positives-out is for pair files (anchor/positive lines); {data} is not one")
+    if inputs.is_pairs:
+        _embed_pairs(run, inputs, out, positives_out, labels_out, batch_size, layer, device)
+        return
     if labels_out and not inputs.is_labeled:  # say so before the (long) embedding
         raise ValueError(f"{data} has no labels to write to --labels-out {labels_out}")
     embedded = run.embed(inputs, batch_size=batch_size, device=device, layer=layer)
@@ -54,3 +68,25 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, batch_siz
         seen, unseen = embedded.present_classes()
         click.echo(f"wrote {labels_out}: {n} labels, {len(seen)} class(es) seen in training, "
                    f"{len(unseen)} new")
+
+
+def _embed_pairs(run: Any, pairs: Any, out: str, positives_out: str, labels_out: str | None, batch_size: int,
+                 layer: str, device: str) -> None:
+    """Anchors to ``out`` and positives to ``positives_out`` (row i of each: pair i); negatives are not embedded."""
+    import numpy as np
+
+    from metriclearn._atomic import save_npy
+    from metriclearn.data import LabeledData
+    from metriclearn.training.distributed import is_main_process
+
+    if labels_out:
+        raise click.UsageError("a pair file has no labels for --labels-out: row i of --out and --positives-out "
+                               "is pair i")
+    pairs = pairs.subset_pairs(np.arange(len(pairs.pairs)), negatives=False)
+    texts = LabeledData(X=pairs.X, y=None, classes=[], source=pairs.source)
+    embeddings = run.embed(texts, batch_size=batch_size, device=device, layer=layer).embeddings
+    if not is_main_process():
+        return
+    for path, rows in ((out, pairs.pairs[:, 0]), (positives_out, pairs.pairs[:, 1])):
+        save_npy(path, embeddings[rows])
+        click.echo(f"wrote {path}: {len(rows)} x {embeddings.shape[1]} float32")

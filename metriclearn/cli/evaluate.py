@@ -1,5 +1,8 @@
 """``metriclearn evaluate``: retrieval and separation metrics of a trained run on any labelled data.
 
+A pair file (``anchor``/``positive`` lines) is measured on its own pairs: Recall@1/@10, MRR@10 and NDCG@10 of
+each anchor against all the file's positives (:func:`metriclearn.metrics.pair_metrics`).
+
 The data's classes may be the run's own or new ones (the standard protocol of metric learning trains on some
 classes and measures retrieval on others): retrieval is leave-one-out within ``--data``, or searches
 ``--reference``. The output says which classes were seen in training, and when ``--data`` mixes both kinds
@@ -15,11 +18,11 @@ from typing import Any
 import click
 import numpy as np
 
-from metriclearn.cli._inputs import quiet_option
+from metriclearn.cli._inputs import check_distinct_files, quiet_option
 from metriclearn.hidden import LAYERS
 from metriclearn.training.config import DEVICES
 
-SECTIONS = ("retrieval", "retrieval_vs_reference", "retrieval_seen", "retrieval_unseen", "separation")
+SECTIONS = ("pairs", "retrieval", "retrieval_vs_reference", "retrieval_seen", "retrieval_unseen", "separation")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -76,9 +79,19 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     if index_dir is not None and layer != "embedding":
         raise click.BadParameter("an index holds the model's output embeddings; use --index with --layer embedding",
                                  param_hint="--index")
+    check_distinct_files([("--out", out)], [("--data", data), ("--reference", reference)])
     run = load_run(model_dir)
     sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
     loaded = [load_data(s, classes=run.classes, unseen="append") for s in sources]
+    if any(d.is_pairs for d in loaded):
+        if reference is not None or index_dir is not None or layer != "embedding":
+            raise click.UsageError("a pair file is measured on its own pairs (each anchor against all its "
+                                   "positives): --reference, --index and --layer do not apply")
+        metrics = _pair_metrics(run, loaded[0], batch_size, device)
+        target = Path(out) if out else Path(model_dir) / "evaluate.json"
+        write_json(target, metrics)
+        click.echo(json.dumps(metrics, indent=2) if as_json else f"{format_metrics(metrics)}\nwrote {target}")
+        return
     if index_dir is not None:  # calibrated on another model's embeddings, it would measure nothing: refuse early
         from metriclearn.cli._inputs import check_built_by
         from metriclearn.indexes import describe
@@ -103,8 +116,14 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
         from metriclearn.cli.calibrate import calibration_metrics
 
         metrics["calibration"] = calibration_metrics(index_dir, query.embeddings, q_labels, device)
-    target = Path(out) if out else Path(model_dir) / "evaluate.json"
-    write_json(target, metrics)
+    if out:
+        target = Path(out)
+        write_json(target, metrics)
+    else:  # into the run folder, recorded in its marker (train --overwrite then replaces it too)
+        from metriclearn._outdir import record_written
+
+        with record_written(model_dir, "evaluate.json") as target:
+            write_json(target, metrics)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
@@ -114,6 +133,20 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
 
         click.echo(format_calibration_metrics(metrics["calibration"]))
     click.echo(f"wrote {target}")
+
+
+def _pair_metrics(run: Any, pairs: Any, batch_size: int, device: str) -> dict[str, Any]:
+    """``pairs`` (:func:`~metriclearn.metrics.pair_metrics` of the anchors against all positives) and
+    ``retrieval`` (leave-one-out among anchors and positives, a pair's two texts as a class) of a pair file."""
+    from metriclearn.data import LabeledData
+    from metriclearn.metrics import pair_metrics, retrieval_metrics
+
+    pairs = pairs.subset_pairs(np.arange(len(pairs.pairs)), negatives=False)
+    texts = LabeledData(X=pairs.X, y=None, classes=[], source=pairs.source)
+    embeddings = run.embed(texts, batch_size=batch_size, device=device).embeddings
+    anchors, positives = embeddings[pairs.pairs[:, 0]], embeddings[pairs.pairs[:, 1]]
+    return {"pairs": pair_metrics(anchors, positives), "retrieval": retrieval_metrics(embeddings, pairs.y),
+            "data": {"source": pairs.source, "n_query": len(pairs.pairs), "n_pairs": len(pairs.pairs)}}
 
 
 def _by_group(query: Any, ref: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 from metriclearn._atomic import write_text
 from metriclearn.cli._inputs import (
     check_dim,
+    check_distinct_files,
     check_k,
     check_same_model,
     check_source,
@@ -107,7 +108,7 @@ def build(
         _tune(idx, vectors.x, target_recall, tune_k, tune_queries)
     if vectors.fingerprint is not None:
         idx.attrs["model_fingerprint"] = vectors.fingerprint
-    with claim_output_dir(out, "index", overwrite=overwrite, legacy=("index.json",)):
+    with claim_output_dir(out, "index", overwrite=overwrite):
         idx.save(out)
     sharding = f", {shards} shards" if shards > 1 else ""
     click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}{sharding}) -> {out}")
@@ -131,6 +132,7 @@ def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | 
     from metriclearn.indexes import EmbeddingIndex
 
     check_source(matrix, model, data, "--queries")
+    check_distinct_files([("--out", out)], [("--queries", matrix), ("--data", data)])
     idx = EmbeddingIndex.load(index_dir, device=device)
     k = check_k(k, idx, index_dir)
     vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", device=device)

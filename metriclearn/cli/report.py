@@ -76,7 +76,7 @@ def report(
         assert matrix is not None
         config, source = None, matrix.name
     calibration = _calibration(index_dir) if index_dir is not None else None
-    with claim_output_dir(out, "report", overwrite=overwrite, legacy=("report.html",)):
+    with claim_output_dir(out, "report", overwrite=overwrite):
         metrics = write_report(vectors.x, codes, out, method=method, classes=classes, config=config,
                                max_points=max_points, seed=seed, metric=metric, source=source,
                                calibration=calibration)

@@ -25,7 +25,7 @@ import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy
 from metriclearn.classify.cache import LAM_GRID, THETA_GRID
-from metriclearn.cli._inputs import load_probabilities
+from metriclearn.cli._inputs import check_distinct_files, load_probabilities
 from metriclearn.cli.classify import DEFAULT_LAM, DEFAULT_THETA, _check_output, _device_option, _load_features, _load_index
 
 _MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
@@ -68,6 +68,8 @@ def second_opinion(out: Path, **opts: Any) -> None:
     Give either --index/--features/--probs (features you already have) or --model/--cache/--data.
     """
     _check_output(out, (".npy",))
+    check_distinct_files([("--out", out), ("--audit", opts["audit"]), ("--save", opts["save"])],
+                         [(f"--{name}", opts[name]) for name in ("features", "probs", "data")])
     if opts["tune"] and (opts["theta"] is not None or opts["lam"] is not None):
         raise click.UsageError("--tune chooses θ and λ itself: give either --tune or --theta/--lam, not both")
     if opts["model_path"] is not None:
@@ -174,7 +176,7 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     if opts["save"] is not None:
         from metriclearn._outdir import claim_output_dir
 
-        with claim_output_dir(opts["save"], "index", overwrite=opts["overwrite"], legacy=("index.json",)):
+        with claim_output_dir(opts["save"], "index", overwrite=opts["overwrite"]):
             opinion.save(opts["save"])
         click.echo(f"cache saved to {opts['save']} (load it again with --cache {opts['save']})")
 

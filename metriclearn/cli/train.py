@@ -7,7 +7,7 @@ flags (flags win), trains into a run directory and prints the held-out metrics (
 
 from __future__ import annotations
 
-import datetime
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -76,7 +76,15 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @_setting("--encoder", "Encoder spec, e.g. 'mlp:512,256'.", metavar="mlp|cnn|sentence[:PATH]")
 @click.option("--encoder-option", "encoder_options", multiple=True, metavar="KEY=VALUE",
               callback=_parse_encoder_options,
-              help="Encoder keyword argument; repeat for several, e.g. freeze=false or max_length=128 (sentence).")
+              help="Encoder keyword argument; repeat for several, e.g. chunk_size=32 or cache_size=0 (sentence).")
+@_setting("--finetune/--no-finetune", "Fine-tune the sentence encoder's transformer (else only the head trains).")
+@_setting("--unfreeze", "With --finetune: only the top N transformer blocks (0: all).", type=int, metavar="N")
+@_setting("--encoder-lr", "With --finetune: the transformer's (peak) learning rate (--lr: the head's).",
+          type=float)
+@_setting("--pooling", "Sentence pooling over the tokens.", type=click.Choice(("mean", "cls")))
+@_setting("--max-length", "Truncate texts to N tokens (0: the model's limit).", type=int, metavar="N")
+@_setting("--gradient-checkpointing/--no-gradient-checkpointing",
+          "With --finetune: recompute activations in the backward pass (less memory, more time).")
 @_setting("--embedding-dim", "Embedding size.", type=int)
 @_setting("--normalize/--no-normalize", "L2-normalise the embeddings.")
 @_setting("--epochs", "Training epochs.", type=int)
@@ -91,7 +99,7 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @_setting("--monitor", "Validation metric for early stopping, best.pt, plateau.", type=click.Choice(MONITORS))
 @_setting("--seed", "Random seed (runs are deterministic on CPU).", type=int)
 @_setting("--device", "auto (CUDA when available), cpu or cuda.", type=click.Choice(DEVICES))
-@_setting("--amp/--no-amp", "Mixed precision on CUDA.")
+@_setting("--amp/--no-amp", "Mixed precision on CUDA; bf16 on a CPU with native bf16 when fine-tuning a transformer.")
 @_setting("--checkpoint-every", "Also checkpoint every N batches (0: each epoch end).", type=int)
 @_setting("--threads", "CPU threads for torch (0: torch's default).", type=int)
 @_setting("--val-fraction", "Held-out share for validation metrics.", type=float)
@@ -111,6 +119,7 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
 
     A killed run continues exactly with the same command plus --resume.
     """
+    from metriclearn._outdir import check_output_dir, new_output_dir
     from metriclearn.training.resume import resume_config, run_state
     from metriclearn.training.run import train_run
 
@@ -125,6 +134,7 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
         if overwrite:
             raise click.UsageError("--resume and --overwrite exclude each other: continue the run, or replace it")
         requested = {**(read_toml(config_file) if config_file else {}), **given}
+        check_output_dir(out, "run", resume=True)  # a user's folder is not a run, whatever its files
         try:
             config = resume_config(out, requested)
         except ValueError as exc:
@@ -138,22 +148,18 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
     if overfit_batch:
         _overfit(config, verbose)
         return
-    run_dir = Path(out) if out else _new_run_dir(Path("runs"))
-    metrics = train_run(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
+    run_dir = Path(out) if out else new_output_dir("runs")  # reserved: runs started in the same second differ
+    try:
+        metrics = train_run(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
+    except BaseException:
+        if out is None:  # a refused default run leaves no empty runs/<timestamp> behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     if not metrics:  # another rank than 0 under torchrun: rank 0 reports
         return
     click.echo(f"run: {run_dir}")
     click.echo(format_metrics(metrics))
-
-
-def _new_run_dir(root: Path) -> Path:
-    """``root/<YYYYmmdd-HHMMSS>``, with a ``-2``, ``-3`` ... suffix when that name is taken."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate, n = root / stamp, 1
-    while candidate.exists():
-        n += 1
-        candidate = root / f"{stamp}-{n}"
-    return candidate
 
 
 def _build_config(config_file: str | None, given: dict[str, Any]) -> TrainConfig:

@@ -65,7 +65,15 @@ def save(index: EmbeddingIndex, path: str | os.PathLike[str]) -> None:
 
 
 def load(cls: type[EmbeddingIndex], path: str | os.PathLike[str], device: str) -> EmbeddingIndex:
-    """Read an index directory written by :func:`save` (see :meth:`EmbeddingIndex.load`)."""
+    """Read an index directory written by :func:`save` (see :meth:`EmbeddingIndex.load`).
+
+    Never a mix of two saves: the load is repeated when the directory was replaced while it ran
+    (:func:`~metriclearn.indexes._storage.read_stable`).
+    """
+    return _storage.read_stable(path, lambda: _load(cls, path, device))
+
+
+def _load(cls: type[EmbeddingIndex], path: str | os.PathLike[str], device: str) -> EmbeddingIndex:
     manifest = _storage.read_directory(path, FORMAT, FORMAT_VERSION)
     root = Path(path)
     damaged = f"index directory {root} is damaged"
@@ -124,7 +132,7 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     if sharded.is_sharded(path):  # the sidecar of a sharded directory, plus its first shard's parameters
         return sharded.describe(path)
-    manifest = _storage.read_directory(path, FORMAT, FORMAT_VERSION)
+    manifest = _storage.read_stable(path, lambda: _storage.read_directory(path, FORMAT, FORMAT_VERSION))
     attrs = manifest.get("attrs") or {}
     return {
         "path": str(path),

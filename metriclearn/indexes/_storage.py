@@ -14,6 +14,12 @@ previous manifest did not list. A missing, truncated or altered file, or an edit
 ``ValueError`` that names the file. :func:`update_fields` rewrites the manifest alone (new metadata for
 unchanged data files), atomically, and only over the manifest the caller read.
 
+Concurrency. A save of an existing directory and :func:`update_fields` hold the folder's writer lock
+(:func:`metriclearn._outdir.folder_lock`); :func:`update_fields` re-reads the manifest under it, so of two
+concurrent updates from the same loaded state one lands and the other is refused, never silently lost.
+Readers take no lock: :func:`read_stable` repeats a load when the manifest moved while it ran (a save
+swapped the directory in between), so a reader gets the old index or the new one, never a mix.
+
 The checksums detect damage, not tampering: they are not keyed, so whoever can write the directory can
 also rewrite the manifest to match (see docs/search.md, "Trust model").
 
@@ -31,6 +37,7 @@ ValueError: index directory ... is damaged: a.txt does not match its checksum (t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import hashlib
@@ -39,17 +46,21 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from metriclearn._atomic import name_target, sha256, write_json
-from metriclearn._outdir import LOCK, MARKER
+from metriclearn._outdir import LOCK, MARKER, folder_lock
 from metriclearn.indexes._dirswap import swap_in
 
 MANIFEST = "index.json"
 STAGING_SUFFIX = ".saving"  # .NAME.PID.RANDOM.saving: a save in progress (removed by a later save once PID is gone)
 _OUTDIR_FILES = {MARKER, LOCK}  # metriclearn's output-folder marker and lock (see metriclearn._outdir)
+ATTRS_LOCK_WAIT = 10.0  # seconds update_fields waits for another writer of the folder
+READ_ATTEMPTS = 8  # loads repeated by read_stable while saves keep replacing the directory
+T = TypeVar("T")
 
 
 def write_directory(
@@ -70,6 +81,12 @@ def write_directory(
     new manifest's checksum (what :func:`update_fields` expects later).
     """
     root = Path(path)
+    with folder_lock(root) if root.is_dir() else contextlib.nullcontext():  # one writer at a time
+        return _write_directory(root, writers, fields, format_name, format_version)
+
+
+def _write_directory(root: Path, writers: Mapping[str, Callable[[str], None]], fields: Mapping[str, Any],
+                     format_name: str, format_version: int) -> str:
     owned = _check_target(root, format_name, writers)
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_staging(root)
@@ -182,11 +199,19 @@ def update_fields(
     ``expected_checksum`` is the checksum of the manifest the caller's object matches (it loaded or saved
     the directory): a directory saved again since then is refused, and so is a manifest whose fields
     differ from ``unchanged`` (the object changed since), so the new fields never describe data files
-    they were not made for. The data files are not read or written; the manifest is replaced atomically.
+    they were not made for. The data files are not read or written; the manifest is replaced atomically,
+    under the folder's lock (waiting up to :data:`ATTRS_LOCK_WAIT` seconds for another writer), and read
+    again under it: of two updates from the same loaded state, the second is refused.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(errno.ENOENT, "index directory does not exist", str(root))
+    with folder_lock(root, wait=ATTRS_LOCK_WAIT):
+        return _update_fields(root, updates, format_name, expected_checksum, unchanged)
+
+
+def _update_fields(root: Path, updates: Mapping[str, Any], format_name: str, expected_checksum: str | None,
+                   unchanged: Mapping[str, Any] | None) -> str:
     manifest = _read_manifest(root)
     if manifest.get("format") != format_name:
         raise ValueError(f"{root / MANIFEST} is not a {format_name} manifest (format {manifest.get('format')!r})")
@@ -203,6 +228,42 @@ def update_fields(
     manifest["checksum"] = _manifest_checksum(manifest)
     write_json(root / MANIFEST, manifest)
     return manifest["checksum"]
+
+
+def read_stable(path: str | os.PathLike[str], read: Callable[[], T]) -> T:
+    """``read()`` (a load of the directory ``path``), repeated while a save replaces the directory under it.
+
+    A load reads the manifest, then the files; a save that swaps in a new directory between the two makes
+    the files disagree with the manifest read. The load counts only when the directory and its manifest are
+    the same before and after it (same inodes, modification time and bytes: a save back to identical
+    content still moves the time); an error is raised only when they did not move meanwhile (the directory
+    really is damaged), or after :data:`READ_ATTEMPTS` tries.
+    """
+    root = Path(path)
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        before = _stamp(root)
+        try:
+            result = read()
+        except (ValueError, OSError):
+            if attempt == READ_ATTEMPTS or _stamp(root) == before:
+                raise
+        else:
+            if _stamp(root) == before:
+                return result
+            if attempt == READ_ATTEMPTS:
+                raise RuntimeError(f"index directory {root} was saved again {attempt} times while it was being "
+                                   "read; load it when the saves are done")
+        time.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _stamp(root: Path) -> tuple[Any, ...] | None:
+    """What changes whenever a save or :func:`update_fields` replaces ``root`` or its manifest."""
+    try:
+        folder, manifest = os.stat(root), os.stat(root / MANIFEST)
+        return folder.st_ino, manifest.st_ino, manifest.st_mtime_ns, (root / MANIFEST).read_bytes()
+    except OSError:
+        return None
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:

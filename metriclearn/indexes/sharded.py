@@ -266,7 +266,10 @@ class ShardedIndex:
         Every shard's manifest must match its checksum in the sidecar; held shards are fully verified by
         :meth:`EmbeddingIndex.load`, the ids/labels files of the others against their manifests.
         """
-        root = Path(path)
+        return _storage.read_stable(path, lambda: cls._load(Path(path), device, held))
+
+    @classmethod
+    def _load(cls, root: Path, device: str, held: Sequence[int] | None) -> ShardedIndex:
         manifest = _storage.read_directory(root, FORMAT, FORMAT_VERSION)
         entries = manifest.get("shards")
         if not isinstance(entries, list) or not entries:

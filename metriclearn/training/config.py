@@ -77,7 +77,13 @@ class TrainConfig:
         Passed to :func:`metriclearn.encoders.build_encoder`.
     encoder_options:
         Extra keyword arguments of the encoder (TOML only), e.g. for ``encoder = "sentence"`` the table
-        ``[encoder_options]`` with ``freeze = false`` (fine-tune the transformer) or ``max_length = 128``.
+        ``[encoder_options]`` with ``chunk_size = 32``.
+    finetune, unfreeze, encoder_lr, pooling, max_length, gradient_checkpointing:
+        Sentence encoders only (:class:`~metriclearn.sentence.SentenceEncoder`): fine-tune the transformer
+        (default: frozen, only the head trains), only its top ``unfreeze`` blocks (0: all), at the learning
+        rate ``encoder_lr`` (the head and the losses use ``lr``); ``"mean"`` or ``"cls"`` pooling; truncate
+        texts to ``max_length`` tokens (0: the model's own limit); recompute activations in the backward
+        pass (``gradient_checkpointing``: less memory, more time).
     samples_per_class:
         M of the class-balanced batches (K = batch_size // M classes per batch).
     scheduler:
@@ -106,6 +112,12 @@ class TrainConfig:
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     encoder: str = "mlp"
     encoder_options: dict[str, Any] = field(default_factory=dict)
+    finetune: bool = False
+    unfreeze: int = 0
+    encoder_lr: float = 2e-5
+    pooling: str = "mean"
+    max_length: int = 0
+    gradient_checkpointing: bool = False
     embedding_dim: int = 64
     normalize: bool = True
     epochs: int = 20
@@ -158,6 +170,7 @@ class TrainConfig:
         check_encoder_spec(self.encoder)
         if not isinstance(self.encoder_options, dict):
             raise TypeError(f"encoder_options must be a table, got {self.encoder_options!r}")
+        self._validate_text_options()
         check_positive_int(self.embedding_dim, "embedding_dim")
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
@@ -182,10 +195,53 @@ class TrainConfig:
         self.val_fraction = check_fraction(self.val_fraction, "val_fraction")
         if self.val_fraction >= 1:
             raise ValueError(f"val_fraction must be below 1, got {self.val_fraction}")
-        for name in ("normalize", "amp", "report"):
+        for name in ("normalize", "amp", "report", "finetune", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
         return self
+
+    def _validate_text_options(self) -> None:
+        from metriclearn.sentence import POOLINGS
+
+        check_positive_int(self.unfreeze, "unfreeze", allow_zero=True)
+        check_positive_int(self.max_length, "max_length", allow_zero=True)
+        self.encoder_lr = check_positive_float(self.encoder_lr, "encoder_lr")
+        check_choice(self.pooling, POOLINGS, "pooling")
+        given = [name for name in ("finetune", "unfreeze", "pooling", "max_length", "gradient_checkpointing")
+                 if getattr(self, name) != _TEXT_DEFAULTS[name]]
+        if given and not self.is_text_encoder:
+            raise ValueError(f"{', '.join(given)} apply to sentence encoders only (--encoder sentence[:DIR]), "
+                             f"got encoder {self.encoder!r}")
+        for name in ("unfreeze", "gradient_checkpointing"):
+            if getattr(self, name) and not self.finetune:
+                raise ValueError(f"{name}={getattr(self, name)!r} needs finetune = true (--finetune): a frozen "
+                                 f"transformer has nothing to {'unfreeze' if name == 'unfreeze' else 'checkpoint'}")
+        clash = [k for k in ("freeze", "unfreeze", "pooling", "max_length", "gradient_checkpointing")
+                 if k in self.encoder_options and (k != "freeze" or self.finetune)
+                 and (k == "freeze" or getattr(self, k) != _TEXT_DEFAULTS[k])]
+        if clash:
+            raise ValueError(f"encoder_options {clash[0]!r} and the setting of the same name (--finetune, "
+                             f"--{clash[0].replace('_', '-')}) are both given; use one")
+
+    @property
+    def is_text_encoder(self) -> bool:
+        """Whether ``encoder`` is a sentence (text) encoder spec."""
+        return isinstance(self.encoder, str) and self.encoder.strip().lower().partition(":")[0] == "sentence"
+
+    def encoder_kwargs(self) -> dict[str, Any]:
+        """The encoder's keyword arguments: ``encoder_options`` plus the text settings that differ from their
+        defaults (``finetune`` → ``freeze=False``), as ``model.pt`` records them.
+
+        >>> TrainConfig(encoder="sentence", finetune=True, unfreeze=2).encoder_kwargs()
+        {'freeze': False, 'unfreeze': 2}
+        """
+        options = dict(self.encoder_options)
+        if self.finetune:
+            options["freeze"] = False
+        for name in ("unfreeze", "pooling", "max_length", "gradient_checkpointing"):
+            if getattr(self, name) != _TEXT_DEFAULTS[name]:
+                options[name] = getattr(self, name)
+        return options
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -232,6 +288,10 @@ class TrainConfig:
     def terms(self) -> list[tuple[str, float]]:
         """``loss`` parsed into ``(name, weight)`` pairs."""
         return [parse_loss_term(term) for term in self.loss]
+
+
+_TEXT_DEFAULTS: dict[str, Any] = {"finetune": False, "unfreeze": 0, "pooling": "mean", "max_length": 0,
+                                  "gradient_checkpointing": False}
 
 
 def check_encoder_spec(spec: Any) -> str:

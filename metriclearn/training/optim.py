@@ -26,7 +26,8 @@ import torch
 from metriclearn._checks import check_choice
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
+SCHEDULERS = ("onecycle", "cosine", "linear", "plateau", "none")
+WARMUP_FRACTION = 0.1  # the linear schedule's warm-up: Hugging Face's usual warmup_ratio
 
 
 def parameter_groups(params: Sequence[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
@@ -37,14 +38,26 @@ def parameter_groups(params: Sequence[torch.nn.Parameter], weight_decay: float) 
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, weight_decay: float,
+                    encoder_params: Sequence[torch.nn.Parameter] = (),
+                    encoder_lr: float | None = None) -> torch.optim.Optimizer:
     """``adamw`` (decoupled decay), ``adam`` (L2 decay) or ``sgd`` (Nesterov momentum 0.9) over ``params``.
 
-    The fused kernel is used where the installed torch has one.
+    ``encoder_params`` (a subset of ``params``: a fine-tuned transformer) get their own learning rate
+    ``encoder_lr``, in groups of their own (decay and no decay), as in Hugging Face fine-tuning recipes where
+    the pretrained body learns far slower (2e-5) than a fresh head. The fused kernel is used where the
+    installed torch has one.
+
+    >>> body, head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+    >>> params = [*body.parameters(), *head.parameters()]
+    >>> opt = build_optimizer("adamw", params, 1e-3, 0.01, list(body.parameters()), encoder_lr=2e-5)
+    >>> [(len(g["params"]), g["lr"], g["weight_decay"]) for g in opt.param_groups]
+    [(1, 0.001, 0.01), (1, 0.001, 0.0), (1, 2e-05, 0.01), (1, 2e-05, 0.0)]
     """
     check_choice(name, OPTIMIZERS, "optimizer")
-    groups = parameter_groups(list(params), weight_decay)
+    slow = {id(p) for p in encoder_params} if encoder_lr is not None else set()
+    groups = [{**g, "lr": lr} for g in parameter_groups([p for p in params if id(p) not in slow], weight_decay)]
+    groups += [{**g, "lr": encoder_lr} for g in parameter_groups([p for p in params if id(p) in slow], weight_decay)]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
@@ -57,7 +70,9 @@ def build_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float,
 def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int, mode: str = "max") -> Any:
     """The schedule ``name`` over ``total_steps`` optimiser steps (``None`` for ``"none"``).
 
-    ``onecycle`` peaks at each group's ``lr``; ``plateau`` halves the rate after 2 epochs without
+    ``onecycle`` peaks at each group's ``lr``; ``linear`` rises linearly from 0 to each group's ``lr`` over the
+    first 10 % of the steps and falls linearly to 0 by the last (the fine-tuning schedule of Hugging Face's
+    ``get_linear_schedule_with_warmup``); ``plateau`` halves the rate after 2 epochs without
     improvement of a metric that should go ``mode`` (``"max"`` or ``"min"``).
     """
     check_choice(name, SCHEDULERS, "scheduler")
@@ -66,6 +81,13 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: in
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if name == "linear":  # transformers' get_linear_schedule_with_warmup
+        warmup = max(1, round(WARMUP_FRACTION * total_steps))
+
+        def factor(step: int) -> float:
+            return step / warmup if step < warmup else max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=2)
     return None

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from torch import nn
 
 from metriclearn._atomic import save_with, write_json
 from metriclearn._checks import check_positive_int, describe
-from metriclearn._outdir import claim_output_dir
+from metriclearn._outdir import check_output_dir, claim_output_dir, remove_recorded
 from metriclearn.fingerprint import model_fingerprint
 from metriclearn.training.callbacks import (
     Callback,
@@ -63,9 +62,8 @@ from metriclearn.training.trainer import Trainer
 from metriclearn._device import resolve_device
 
 MODEL_FORMAT_VERSION = 1
-_LEGACY_RUN_FILES = ("model.pt", "config.toml")
-_RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "evaluate.json",
-              "checkpoints", "tensorboard", "report")
+_RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "checkpoints",
+              "checkpoints/last.pt", "checkpoints/best.pt")  # recorded in the marker before training starts
 
 
 def build_model(config: TrainConfig, input_shape: Sequence[int]) -> nn.Module:
@@ -73,7 +71,7 @@ def build_model(config: TrainConfig, input_shape: Sequence[int]) -> nn.Module:
     from metriclearn.encoders import build_encoder
 
     return build_encoder(config.encoder, tuple(input_shape), config.embedding_dim, normalize=config.normalize,
-                         **config.encoder_options)
+                         **config.encoder_kwargs())
 
 
 def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callbacks: Sequence[Callback] = (),
@@ -84,7 +82,7 @@ def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callba
         model, objective, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
         scheduler=config.scheduler, batch_size=config.batch_size, samples_per_class=config.samples_per_class,
         grad_clip=config.grad_clip, amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor,
-        callbacks=callbacks, verbose=verbose,
+        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr,
     )
 
 
@@ -142,6 +140,8 @@ def train_run(
     out = Path(out)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    if resume:  # a folder without metriclearn's marker is never taken for a run, whatever its files
+        check_output_dir(out, "run", resume=True)
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
     distributed.init_from_env()  # a no-op unless started by torchrun
     if config.threads:
@@ -153,13 +153,13 @@ def train_run(
     all_callbacks = _run_callbacks(config, out, val, callbacks)
     trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
     trainer.metadata = {"config": config.to_dict()}  # a resumed run gets the copy from its checkpoint back
-    claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, legacy=_LEGACY_RUN_FILES,
+    claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, writes=_RUN_FILES,
                               hint="--resume to continue it or --overwrite")
              if trainer.is_main_process else contextlib.nullcontext(out))
     with claim:
         if trainer.is_main_process:
-            if overwrite:
-                _remove_run_files(out)
+            if overwrite:  # only what the previous run wrote (its marker's record): the user's files stay
+                remove_recorded(out)
             for path in clean_stale_temp_files(out):
                 trainer.log(f"removed {path.name}, left by an interrupted write")
             if checkpoint is None:  # a fresh start (or a resume before the first checkpoint): write the settings
@@ -171,6 +171,13 @@ def train_run(
         if not trainer.is_main_process:
             return {}
         held_out = val if val is not None else train
+        if data.is_pairs:
+            metrics = _pair_run_metrics(trainer, held_out)
+            metrics.update(split="val" if val is not None else "train", n_train=len(train.pairs),
+                           n_eval=len(held_out.pairs), epochs=trainer.epoch, train_seconds=seconds)
+            write_json(out / "metrics.json", metrics)
+            save_model(out / "model.pt", model, config, input_shape, head=classification_head(trainer.objective))
+            return metrics
         held_out_emb = trainer.embed(held_out)
         unseen = val is not None and config.val_split == "classes"
         # held-out classes have no same-class item among the training samples: leave-one-out among themselves
@@ -189,6 +196,17 @@ def train_run(
         save_model(out / "model.pt", model, config, input_shape,  # last: its presence marks a finished run
                    head=classification_head(trainer.objective))
     return metrics
+
+
+def _pair_run_metrics(trainer: Trainer, held_out: Any) -> dict[str, Any]:
+    """``{"pairs": pair_metrics, "retrieval": leave-one-out retrieval}`` of the held-out pairs' anchors and
+    positives (n_eval counts pairs)."""
+    from metriclearn.metrics import pair_metrics, retrieval_metrics
+
+    pairs = held_out.subset_pairs(np.arange(len(held_out.pairs)), negatives=False)
+    embeddings = trainer.embed(pairs)
+    return {"pairs": pair_metrics(embeddings[pairs.pairs[:, 0]], embeddings[pairs.pairs[:, 1]]),
+            "retrieval": retrieval_metrics(embeddings, pairs.y)}
 
 
 def _checkpoint_to_resume(out: Path, config: TrainConfig) -> dict[str, Any] | None:
@@ -231,7 +249,9 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
     train, val = data, None
     if config.val_fraction > 0:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
-        val = val if len(val) > 0 else None  # too small a fraction to hold anything out
+        val = val if val is not None and len(val) > 0 else None  # too small a fraction to hold anything out
+    if data.is_pairs:  # every pair is a class of its own texts: nothing more can go wrong
+        return data, train, val
     if len(np.unique(train.y)) < 2:
         raise ValueError(f"{config.data}: the training split holds a single class; metric learning needs at least 2")
     held_out, name = (val, "validation split") if val is not None else (train, "training data")
@@ -243,16 +263,6 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
             f"--val-fraction 0 (measure on the training data)"
         )
     return data, train, val
-
-
-def _remove_run_files(out: Path) -> None:
-    """Delete what a previous run wrote into ``out`` (and nothing else) before it is replaced."""
-    for name in _RUN_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
 
 
 class _MovieSnapshots(Callback):
@@ -306,7 +316,7 @@ def save_model(
         "input_shape": [int(s) for s in input_shape],
         "embedding_dim": int(config.embedding_dim),
         "normalize": bool(config.normalize),
-        "encoder_options": dict(config.encoder_options),
+        "encoder_options": config.encoder_kwargs(),
         "state_dict": state,
     }
     if head is not None:

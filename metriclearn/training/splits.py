@@ -53,11 +53,35 @@ def class_disjoint_split(data: Any, val_fraction: float = 0.2, seed: int = 0) ->
     return data.subset(np.flatnonzero(~in_val)), data.subset(np.flatnonzero(in_val))
 
 
+def pair_split(data: Any, val_fraction: float = 0.2, seed: int = 0) -> tuple[Any, Any]:
+    """Seeded split of pair data into (train, val) by whole pairs; ``val`` keeps anchors and positives only.
+
+    ``round(val_fraction · P)`` of the P pairs (at most P − 2, so that training keeps two) are held out; each
+    side keeps the file's pair order. Each held-out anchor is then scored against all held-out positives
+    (:func:`metriclearn.metrics.pair_metrics`).
+
+    >>> from metriclearn.data import make_pairs
+    >>> train, val = pair_split(make_pairs(list("abcde"), list("ABCDE")), val_fraction=0.4, seed=0)
+    >>> train.X, val.X
+    (['a', 'b', 'c', 'A', 'B', 'C'], ['d', 'e', 'D', 'E'])
+    """
+    val_fraction = check_fraction(val_fraction, "val_fraction")
+    n = len(data.pairs)
+    n_val = int(min(round(val_fraction * n), n - 2))
+    held_out = np.sort(np.random.default_rng(seed).choice(n, size=max(n_val, 0), replace=False))
+    kept = np.setdiff1d(np.arange(n), held_out)
+    val = data.subset_pairs(held_out, negatives=False) if len(held_out) >= 2 else None
+    return data.subset_pairs(kept), val
+
+
 def split_for_validation(data: Any, how: str, val_fraction: float, seed: int) -> tuple[Any, Any]:
-    """``(train, val)`` by ``how`` (``"samples"`` or ``"classes"``); ``val`` may be empty."""
+    """``(train, val)`` by ``how`` (``"samples"`` or ``"classes"``; pair data: by whole pairs, :func:`pair_split`,
+    whatever ``how`` says); ``val`` may be empty (``None`` for pair data with fewer than 2 pairs held out)."""
     from metriclearn.data import train_val_split
 
     check_choice(how, VAL_SPLITS, "val_split")
+    if getattr(data, "is_pairs", False):
+        return pair_split(data, val_fraction, seed)
     if how == "classes":
         return class_disjoint_split(data, val_fraction, seed)
     return train_val_split(data, val_fraction=val_fraction, seed=seed)

@@ -73,12 +73,15 @@ class Trainer:
     grad_clip:
         Maximum global gradient norm (0: no clipping; the norm is still logged).
     amp:
-        Mixed precision on CUDA (bfloat16 where supported, else float16 with a gradient scaler);
-        ignored on CPU.
+        Mixed precision on CUDA (bfloat16 where supported, else float16 with a gradient scaler); on CPU
+        bf16 autocast only for a fine-tuned transformer on a CPU with native bf16 (see ``_amp_dtype``).
     monitor:
         Validation metric for ``"plateau"`` and the logs (``map_at_r``, ``precision_at_1`` ...).
     callbacks:
         :class:`~metriclearn.training.callbacks.Callback` objects, called in order.
+    encoder_lr:
+        Learning rate of a fine-tuned pretrained body (the parameters ``model.encoder_parameters()`` returns,
+        e.g. a :class:`~metriclearn.sentence.SentenceEncoder`'s transformer); ``None``: ``lr`` for everything.
 
     Every default is :class:`~metriclearn.training.config.TrainConfig`'s, so ``Trainer(model,
     build_objective(None, D, K)).fit(train, val)`` trains the run ``metriclearn train`` trains.
@@ -103,6 +106,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         embed_batch_size: int = 1024,
         verbose: bool = True,
+        encoder_lr: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -124,12 +128,15 @@ class Trainer:
         if isinstance(scheduler, str) or scheduler is None:
             check_choice(scheduler or "none", SCHEDULERS, "scheduler")
         self.scheduler_spec = scheduler or "none"
+        self.encoder_lr = None if encoder_lr is None else check_positive_float(encoder_lr, "encoder_lr")
         if optimizer is None or isinstance(optimizer, str):
-            optimizer = build_optimizer(optimizer or "adamw", self.parameters(), self.lr, self.weight_decay)
+            encoder_params = getattr(model, "encoder_parameters", None)
+            optimizer = build_optimizer(optimizer or "adamw", self.parameters(), self.lr, self.weight_decay,
+                                        encoder_params() if callable(encoder_params) else (), self.encoder_lr)
         self.optimizer = optimizer
         self.callbacks = list(callbacks)
         self.verbose = verbose
-        self.amp_dtype = _amp_dtype(self.device) if amp else None
+        self.amp_dtype = _amp_dtype(self.device, model) if amp else None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.scheduler: Any = None
         self.sampler: Any = None
@@ -143,6 +150,7 @@ class Trainer:
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self._ddp: nn.Module | None = None
         self._params: list[nn.Parameter] = []
+        self._ids: Tensor | None = None  # pair data: the pair id of every row (the cache's ids)
         self._lone_last_batch = False
         # running sums of the current epoch (checkpointed, so a mid-epoch resume logs the whole epoch)
         self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0, "lr": 0.0}
@@ -186,7 +194,10 @@ class Trainer:
 
         A checkpoint taken mid-epoch (``ModelCheckpoint(every_n_steps=...)``) resumes at the next batch.
 
-        ``train``/``val`` are :class:`~metriclearn.data.LabeledData` or ``(X, y)`` pairs. Returns the
+        ``train``/``val`` are :class:`~metriclearn.data.LabeledData` or ``(X, y)`` pairs. Pair data
+        (``LabeledData.pairs``) is batched by whole pairs: ``batch_size`` pairs per batch, the loss's labels
+        are the pair ids (the neighbourhood loss is then the symmetric in-batch InfoNCE), and validation adds
+        :func:`~metriclearn.metrics.pair_metrics`. Returns the
         history: one dict of epoch logs per epoch (train loss, per-term losses, lr, ``val_*`` metrics).
         """
         from metriclearn.data import ClassBalancedSampler
@@ -195,11 +206,23 @@ class Trainer:
         X, y = _unpack(train, "train")
         self.num_classes, self.num_samples = int(y.max()) + 1, len(y)
         val_xy = _unpack(val, "val") if val is not None else None
-        base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed)
+        if val_xy is not None and getattr(val, "pairs", None) is not None:
+            val_xy = (*val_xy, val.pairs)
+        pair_ids = getattr(train, "pair_ids", None)
+        if pair_ids is not None:  # pair data: --batch-size pairs, each with all its texts (a "class" of 2 or 3)
+            width = train.pairs.shape[1]
+            base_sampler = ClassBalancedSampler(pair_ids, self.batch_size * width, width, seed=self.seed)
+            self._ids = torch.as_tensor(pair_ids, dtype=torch.long, device=self.device)
+        else:  # a fine-tuned transformer's batches are bucketed by token count (see ClassBalancedSampler)
+            lengths_of = getattr(self.model, "bucket_lengths", None)
+            lengths = lengths_of(X) if callable(lengths_of) and not isinstance(X, (np.ndarray, Tensor)) else None
+            base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed,
+                                                lengths=lengths)
+            self._ids = None
         self.sampler = dist_utils.shard_batches(base_sampler)
         # an epoch of n = k·B + 1 samples ends with a batch of one: nothing to compare it with and a
         # BatchNorm error in training mode, so it is passed over (its sample comes back next epoch)
-        self._lone_last_batch = len(y) % self.batch_size == 1 and len(self.sampler) > 1
+        self._lone_last_batch = len(y) % base_sampler.batch_size == 1 and len(self.sampler) > 1
         self.scheduler = self._make_scheduler(epochs * (len(self.sampler) - self._lone_last_batch))
         X_dev = to_device(X, self.device)
         y_dev = torch.as_tensor(y, dtype=torch.long, device=self.device)
@@ -305,7 +328,7 @@ class Trainer:
                 progress_["count"] += 1
                 continue
             idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-            logs = self._train_step(_take(X, idx), y[idx], idx)
+            logs = self._train_step(_take(X, idx), y[idx], idx if self._ids is None else self._ids[idx])
             self.global_step += 1
             for key, value in logs.items():
                 progress_["sums"][key] = progress_["sums"].get(key, 0.0) + value
@@ -340,8 +363,9 @@ class Trainer:
     def _train_step(self, x: Any, y: Tensor, ids: Tensor | None = None) -> Logs:
         """The optimiser step(s) of one batch (one per group of terms).
 
-        ``ids`` are the batch's dataset indices: terms that take them (``CacheLoss``) never match an
-        anchor with a cached copy of the same sample from an earlier step.
+        ``ids`` are the batch's dataset indices (pair data: its pair ids): terms that take them (``CacheLoss``)
+        never match an anchor with a cached copy of the same sample (any text of its own pair) from an
+        earlier step.
         """
         logs: Logs = {"lr": self.optimizer.param_groups[0]["lr"]}  # the rate this batch's step(s) use
         params = self._params or self.parameters()
@@ -395,11 +419,15 @@ class Trainer:
         """Embeddings (n, D) float32 of ``data`` (LabeledData, array, tensor or list of texts), eval mode."""
         return embed_array(self.model, data, batch_size or self.embed_batch_size, self.device, self.amp_dtype)
 
-    def validate(self, X: Any, y: np.ndarray) -> Logs:
-        """Leave-one-out retrieval metrics of the embeddings of ``(X, y)``."""
-        from metriclearn.metrics import retrieval_metrics
+    def validate(self, X: Any, y: np.ndarray, pairs: np.ndarray | None = None) -> Logs:
+        """Leave-one-out retrieval metrics of the embeddings of ``(X, y)``; for pair data (``pairs`` (P, 2):
+        anchor and positive rows) also :func:`~metriclearn.metrics.pair_metrics`."""
+        from metriclearn.metrics import pair_metrics, retrieval_metrics
 
-        metrics = retrieval_metrics(self.embed(X), np.asarray(y))
+        embeddings = self.embed(X)
+        metrics = retrieval_metrics(embeddings, np.asarray(y))
+        if pairs is not None:
+            metrics.update(pair_metrics(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]))
         return {k: float(v) for k, v in metrics.items()}
 
     # ------------------------------------------------------------------ state
@@ -452,10 +480,22 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def _amp_dtype(device: torch.device, model: nn.Module) -> torch.dtype | None:
+    """CUDA: bf16 where supported, else fp16. CPU: bf16 only for a model that asks for it
+    (``model.cpu_bf16``: a fine-tuned transformer) on a CPU with native bf16 arithmetic (AVX-512-BF16 or AMX),
+    where it was measured faster (a MiniLM fine-tuning step 1.24× faster, docs/text.md); small models
+    (MLPs, a frozen transformer's head) stay in float32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and getattr(model, "cpu_bf16", False) and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512-BF16 or AMX tiles; torch's own oneDNN check)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if callable(check))
 
 
 def _check_state_keys(callbacks: Sequence[Callback]) -> None:

@@ -84,19 +84,19 @@ def test_calibrate_stores_in_the_manifest_and_classify_uses_it(files, index_copy
     assert result.exit_code == 0, result.output
     assert set(EmbeddingIndex.load(index_copy, device="cpu").attrs["calibration"]) == {"knn", "cache"}
 
-    out, sets = tmp_path / "pred.npy", tmp_path / "sets.npy"
+    out, sets, rejected = tmp_path / "pred.npy", tmp_path / "sets.npy", tmp_path / "rejected.npy"
     result = run("classify", "--index", index_copy, "--queries", files["queries"], "--method", "knn",
-                 "--out", out, "--sets", sets, "--reject")
+                 "--out", out, "--sets", sets, "--reject", "--rejected-out", rejected)
     assert result.exit_code == 0, result.output
     from metriclearn.classify import KNNClassifier
 
     knn = KNNClassifier.from_index(EmbeddingIndex.load(index_copy, device="cpu")).restore_calibration(stored)
     Q = np.load(files["queries"])
     np.testing.assert_array_equal(np.load(sets), knn.predict_sets(Q))
-    predictions = np.load(out)
-    np.testing.assert_array_equal(predictions, knn.predict_or_reject(Q))
-    assert (predictions == -1).any() and (predictions >= 0).any()
-    assert f"rejected as unknown: {(predictions == -1).sum()} of 60" in result.output
+    predictions, flags = np.load(out), np.load(rejected)
+    np.testing.assert_array_equal(knn.predict_or_reject(Q), np.where(flags, -1, predictions))
+    assert flags.dtype == bool and flags.any() and not flags.all() and set(predictions.tolist()) <= {0, 1, 2, 3}
+    assert f"rejected as unknown: {flags.sum()} of 60 (marked in {rejected})" in result.output
 
 
 def test_class_conditional_coverage_through_the_cli(files, index_copy: Path, tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_class_conditional_coverage_through_the_cli(files, index_copy: Path, tmp
     assert_error(calibrate(index_copy, files, "--method", "knn", "--coverage", "label"), 2, "--coverage")
 
 
-def test_rejected_rows_are_unknown_in_csv_json_and_string_npy(files, tmp_path: Path) -> None:
+def test_rejections_are_a_separate_bool_in_csv_json_and_npy(files, tmp_path: Path) -> None:
     index = Path(shutil.copytree(files["index_str"], tmp_path / "index_str"))
     result = run("calibrate", "--index", index, "--features", files["cal"], "--labels", files["cal_names"],
                  "--method", "knn", "--target-precision", "0.95")
@@ -126,27 +126,29 @@ def test_rejected_rows_are_unknown_in_csv_json_and_string_npy(files, tmp_path: P
     outputs = {}
     for suffix in (".npy", ".csv", ".json"):
         out = tmp_path / f"pred{suffix}"
+        extra = ("--rejected-out", tmp_path / "rejected.npy") if suffix == ".npy" else ()
         result = run("classify", "--index", index, "--queries", files["queries"], "--method", "knn",
-                     "--out", out, "--reject")
+                     "--out", out, "--reject", *extra)
         assert result.exit_code == 0, result.output
         outputs[suffix] = out
-    npy = np.load(outputs[".npy"])
+    npy, flags = np.load(outputs[".npy"]), np.load(tmp_path / "rejected.npy")
     with open(outputs[".csv"], newline="") as fh:
         rows = list(csv.DictReader(fh))
     payload = json.loads(outputs[".json"].read_text())
-    assert "unknown" in npy.tolist()
+    assert flags.any() and set(npy.tolist()) <= set(NAMES.tolist())
     assert [r["prediction"] for r in rows] == npy.tolist() == payload["predictions"]
-    assert set(npy.tolist()) <= {"unknown", *NAMES.tolist()}
+    assert [r["rejected"] == "True" for r in rows] == flags.tolist() == payload["rejected"]
 
 
-def test_integer_labels_are_unknown_in_json(files, index_copy: Path, tmp_path: Path) -> None:
+def test_integer_labels_keep_their_values_in_json(files, index_copy: Path, tmp_path: Path) -> None:
     assert calibrate(index_copy, files, "--method", "cache", "--target-precision", "0.95").exit_code == 0
     out = tmp_path / "pred.json"
     result = run("classify", "--index", index_copy, "--queries", files["queries"], "--method", "cache",
                  "--out", out, "--reject")
     assert result.exit_code == 0, result.output
-    predictions = json.loads(out.read_text())["predictions"]
-    assert "unknown" in predictions and {p for p in predictions if p != "unknown"} <= {0, 1, 2, 3}
+    payload = json.loads(out.read_text())
+    assert set(payload["predictions"]) <= {0, 1, 2, 3} and any(payload["rejected"])
+    assert f"rejected as unknown: {sum(payload['rejected'])} of 60" in result.output
 
 
 def test_a_rebuilt_index_drops_the_calibration(files, index_copy: Path, tmp_path: Path) -> None:
@@ -165,9 +167,10 @@ def test_classify_errors_on_uncalibrated_or_mismatched_use(files, index_copy: Pa
     base = ("classify", "--index", index_copy, "--queries", files["queries"], "--out", out)
     assert_error(run(*base, "--method", "knn", "--sets", sets), 1,
                  f"index '{index_copy}' is not calibrated for --method knn", "metriclearn calibrate")
-    assert_error(run(*base, "--method", "knn", "--reject"), 1, "is not calibrated for --method knn")
+    reject = ("--reject", "--rejected-out", tmp_path / "r.npy")
+    assert_error(run(*base, "--method", "knn", *reject), 1, "is not calibrated for --method knn")
     assert calibrate(index_copy, files, "--method", "knn").exit_code == 0
-    assert_error(run(*base, "--method", "knn", "--reject"), 1,
+    assert_error(run(*base, "--method", "knn", *reject), 1,
                  "was calibrated for knn without a target precision", "--target-precision")
     assert_error(run(*base, "--method", "cache", "--sets", sets), 1, "is not calibrated for --method cache")
     assert_error(run(*base, "--method", "knn", "--k", "3", "--sets", sets), 2,

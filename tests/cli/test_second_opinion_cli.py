@@ -153,7 +153,7 @@ def test_torchscript_file_with_array_data(digits_files, tmp_path) -> None:
         ("texts for an array model", 1, ["this torchscript model reads arrays (.npz, .csv or .npy), not texts"]),
         ("wrong sample shape", 1, ["samples have shape (6,) but the model expects (64,)"]),
         ("layer with a saved cache", 2, ["--layer does not go with a saved --cache directory"]),
-        ("probabilities not summing to 1", 1, ["--probs file", "p.npy' rows must be non-negative and sum to 1; row 0 sums to 2"]),
+        ("probabilities not summing to 1", 1, ["--probs file", "probs.npy' rows must be non-negative and sum to 1; row 0 sums to 2"]),
     ],
 )
 def test_every_error_is_one_line(case, code, fragments, tiny_bert_dir, text_files, digits_files, softmax_run,
@@ -190,8 +190,8 @@ def test_every_error_is_one_line(case, code, fragments, tiny_bert_dir, text_file
         index.add(np.eye(3), labels=[0, 1, 2])
         index.save(tmp_path / "index")
         np.save(tmp_path / "f.npy", np.eye(3, dtype=np.float32))
-        np.save(tmp_path / "p.npy", np.full((3, 3), 2 / 3, dtype=np.float32))
-        args[1::2] = [tmp_path / "index", tmp_path / "f.npy", tmp_path / "p.npy"]
+        np.save(tmp_path / "probs.npy", np.full((3, 3), 2 / 3, dtype=np.float32))
+        args[1::2] = [tmp_path / "index", tmp_path / "f.npy", tmp_path / "probs.npy"]
     if case == "no head":
         result = run("train", "--data", "digits", "--epochs", "1", "--device", "cpu", "--out", tmp_path / "nb")
         assert result.exit_code == 0, result.output

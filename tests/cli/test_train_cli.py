@@ -121,7 +121,7 @@ def test_out_folder_with_foreign_files_is_refused_and_overwrite_replaces_a_run(t
     replaced = _invoke("train", *FAST, "--epochs", "1", "--out", str(run), "--overwrite")
     assert replaced.exit_code == 0, replaced.output
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
-    assert not (run / "checkpoints" / "stale.pt").exists()  # the previous run's files went first
+    assert (run / "checkpoints" / "stale.pt").read_bytes() == b"old"  # not the run's (its marker): kept (#25)
 
 
 def test_tiny_csv_is_refused_before_anything_is_written(tmp_path) -> None:
