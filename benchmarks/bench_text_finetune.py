@@ -73,6 +73,7 @@ from _text_data import fortunes, wordnet_pairs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LR, WEIGHT_DECAY, WARMUP, CLIP = 2e-5, 0.01, 0.1, 1.0
+SETTINGS = {"amp": False}  # --amp: metriclearn's bf16 CPU autocast (the sentence-transformers loop stays float32)
 
 
 # ---------------------------------------------------------------------------- shared set-up
@@ -118,8 +119,8 @@ def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str
         options.update(size=slots, warmup_steps=max(1, int(WARMUP * total_steps)))
     objective = build_objective([(loss, 1.0)], encoder.out_features, num_classes, loss_options={loss: options})
     return Trainer(encoder, objective, "adamw", lr=LR, weight_decay=WEIGHT_DECAY, scheduler=linear_warmup,
-                   batch_size=batch, samples_per_class=per_class, grad_clip=CLIP, seed=seed, device="cpu",
-                   verbose=False)
+                   batch_size=batch, samples_per_class=per_class, grad_clip=CLIP, amp=SETTINGS["amp"], seed=seed,
+                   device="cpu", verbose=False)
 
 
 class STLoop:
@@ -156,18 +157,28 @@ class STLoop:
         return self.model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
 
 
+def token_lengths(texts: list[str], max_length: int) -> list[int] | None:
+    """The token counts the Trainer buckets a fine-tuned encoder's batches by (None before that existed)."""
+    from metriclearn.encoders import SentenceEncoder
+
+    encoder = SentenceEncoder(embedding_dim=None, freeze=False, max_length=max_length)
+    lengths = getattr(encoder, "bucket_lengths", None)
+    return lengths(texts) if callable(lengths) else None
+
+
 def ml_embed(encoder: Any, texts: list[str]) -> np.ndarray:
     encoder.eval()
     with torch.no_grad():
         return np.concatenate([encoder(texts[i : i + 256]).numpy() for i in range(0, len(texts), 256)])
 
 
-def class_batches(labels: np.ndarray, batch: int, per_class: int, seed: int) -> list[np.ndarray]:
-    """The batches metriclearn's Trainer draws in its first epoch (same sampler, same seed)."""
+def class_batches(labels: np.ndarray, batch: int, per_class: int, seed: int,
+                  lengths: Sequence[int] | None = None, epoch: int = 0) -> list[np.ndarray]:
+    """The batches metriclearn's Trainer draws in ``epoch`` (same sampler, seed and length buckets)."""
     from metriclearn.data import ClassBalancedSampler
 
-    sampler = ClassBalancedSampler(labels, batch, per_class, seed=seed)
-    sampler.set_epoch(0)
+    sampler = ClassBalancedSampler(labels, batch, per_class, seed=seed, lengths=lengths)
+    sampler.set_epoch(epoch)
     return [np.asarray(b) for b in sampler]
 
 
@@ -205,6 +216,7 @@ def run_classes(args: argparse.Namespace) -> None:
     if args.resume and previous.exists():
         result["runs"] = json.loads(previous.read_text())["runs"]
     done = {(r["contender"], r["seed"]) for r in result["runs"]}
+    lengths = token_lengths(train_x, args.max_length)  # the Trainer's length buckets, for the peers' batches too
 
     def record(name: str, seed: int, fn: Callable[[], tuple[np.ndarray, np.ndarray, dict[str, Any]]]) -> None:
         if (name, seed) in done or (args.only and name not in args.only):
@@ -254,7 +266,7 @@ def run_classes(args: argparse.Namespace) -> None:
                 for epoch in range(args.epochs):
                     if loss == "BatchAllTripletLoss":
                         epochs.append([([[train_x[i] for i in b]], torch.as_tensor(y_train[b]))
-                                       for b in class_batches(y_train, batch, per_class, seed + epoch)])
+                                       for b in class_batches(y_train, batch, per_class, seed, lengths, epoch)])
                     else:  # MNRL: batch // 2 within-class pairs a step (the same number of texts)
                         pairs = within_class_pairs(y_train, seed + epoch)
                         chunks = [pairs[i : i + batch // 2] for i in range(0, len(pairs), batch // 2)]
@@ -316,6 +328,7 @@ def run_pairs(args: argparse.Namespace) -> None:
     if args.resume and previous.exists():
         result["runs"] = json.loads(previous.read_text())["runs"]
     done = {(r["contender"], r["batch"], r["seed"]) for r in result["runs"]}
+    lengths = token_lengths(texts, args.max_length)
 
     def record(name: str, batch: int, seed: int, fn: Callable[[], tuple[np.ndarray, np.ndarray, dict]]) -> None:
         if (name, batch, seed) in done or (args.only and name not in args.only):
@@ -339,7 +352,7 @@ def run_pairs(args: argparse.Namespace) -> None:
         for batch in args.batches:
             # the pair order of every contender: the batches metriclearn's sampler draws (B pair ids each)
             schedule = [[int(i) for i in dict.fromkeys(y[b])]
-                        for e in range(args.epochs) for b in class_batches(y, 2 * batch, 2, seed + e)]
+                        for e in range(args.epochs) for b in class_batches(y, 2 * batch, 2, seed, lengths, e)]
 
             def ml(loss: str) -> Callable[[], tuple[np.ndarray, np.ndarray, dict]]:
                 def go() -> tuple[np.ndarray, np.ndarray, dict]:
