@@ -427,6 +427,7 @@ def run_speed(args: argparse.Namespace) -> None:
                                                        torch.zeros(16)) for b in class_batches(y, 32, 4, 0)]}
     rates: dict[str, list[float]] = {k: [] for k in contenders}
     result: dict[str, Any] = {"machine": machine(), "settings": {"batch": 32, "steps_per_epoch": len(batches),
+                                                                 "metriclearn_amp": SETTINGS["amp"],
                                                                  "rounds": args.rounds, "max_length": args.max_length}}
     names = list(contenders)
     for r in range(args.rounds):
@@ -560,10 +561,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--amp", action="store_true", help="metriclearn with its bf16 CPU autocast (the CLI default)")
     parser.add_argument("--only", nargs="*", help="run only these contenders (names as in the JSON)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in the results JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    SETTINGS["amp"] = args.amp
     from metriclearn._progress import set_quiet
 
     set_quiet(True)
