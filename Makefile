@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= dev,text
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -24,6 +24,10 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_losses.py
+
+# Every GPU-marked test and a short GPU benchmark (< 5 min on one H100), one summary table; without CUDA: one line, exit 0.
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

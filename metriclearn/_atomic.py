@@ -36,7 +36,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     if target.is_dir():  # os.replace would fail naming the temporary file
         raise IsADirectoryError(errno.EISDIR, "Is a directory (expected a file name)", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # a read-only folder, no inodes left: name the file the user asked for
+        raise name_target(exc, str(exc.filename), target) from exc
     os.close(fd)
     try:
         yield Path(tmp)
@@ -44,9 +47,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, target)
     except Exception as exc:
+        full = _disk_full(target.parent)  # before the temporary file is removed and frees its space
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        renamed = name_target(exc, tmp, target)
+        renamed = name_target(exc, tmp, target, disk_full=full)
         if renamed is exc:
             raise
         raise renamed from exc
@@ -56,17 +60,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def name_target(exc: Exception, tmp: str, target: Path) -> Exception:
+def name_target(exc: Exception, tmp: str, target: Path, disk_full: bool = False) -> Exception:
     """``exc`` as the user should see it: naming ``target``, never the temporary file it was written as.
 
     An ``OSError`` on the temporary file or on no file (a full disk, a quota: numpy's ``10000 requested and 234
     written``) keeps its errno and names ``target``; any other error whose message quotes the temporary path
     (faiss's C++ ``write error`` on a full disk) becomes an ``OSError`` that names ``target``, with the gist
-    of the original message as the reason.
+    of the original message as the reason. A library's own write failure on a full disk (torch's
+    ``[enforce fail at inline_container.cc] unexpected pos``) becomes ``ENOSPC`` naming ``target``.
     """
     if isinstance(exc, OSError) and exc.filename in (tmp, None):
+        if disk_full and exc.errno in (None, 0, errno.EIO):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
         return type(exc)(exc.errno or errno.EIO, exc.strerror or f"could not write the file ({exc})", str(target))
     text = str(exc)
+    if not isinstance(exc, OSError) and (disk_full or _TORCH_WRITE_FAILURE in text):
+        why = os.strerror(errno.ENOSPC) if disk_full else f"could not write the file ({' '.join(text.split())})"
+        return OSError(errno.ENOSPC if disk_full else errno.EIO, why, str(target))
     if tmp not in text:
         return exc
     reason = text.replace(tmp, str(target)).strip().splitlines()[-1].strip()
@@ -119,6 +129,17 @@ def sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+_TORCH_WRITE_FAILURE = "inline_container.cc"  # torch.save's C++ writer: "unexpected pos", "file write failed"
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the file system holding ``folder`` has no block left for an unprivileged write."""
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except (OSError, AttributeError):  # no statvfs (Windows), or the folder is gone
+        return False
 
 
 def _umask() -> int:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 _EXACT_FLOAT_INT = 2.0**53  # every integer up to this is exactly a float64
+_NOT_LABELS = {"S": "bytes", "M": "dates", "m": "time spans", "V": "raw records"}  # dtype kinds
 
 
 def describe(value: Any, limit: int = 60) -> str:
@@ -38,6 +39,37 @@ def check_choice(value: Any, choices: Collection[Any], name: str) -> Any:
     if value not in choices:
         options = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {options}; got {describe(value)}")
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` if it is a boolean (``True``/``False``, numpy's too), else a ``TypeError``: a string such as
+    ``"maybe"`` or ``"false"`` is not quietly taken for ``True``.
+
+    >>> check_bool("maybe", "freeze")
+    Traceback (most recent call last):
+        ...
+    TypeError: freeze must be true or false, got 'maybe'
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be true or false, got {describe(value)}")
+    return bool(value)
+
+
+MAX_SEED = 2**32 - 1  # numpy's seeds (and so every seed metriclearn passes on) are 32-bit
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """Return ``value`` if it is an integer in [0, 2**32 − 1], the range numpy's random generators take.
+
+    >>> check_seed(2**32)
+    Traceback (most recent call last):
+        ...
+    ValueError: seed must be an integer from 0 to 2**32 - 1 (4294967295), got 4294967296
+    """
+    value = check_positive_int(value, name, allow_zero=True)
+    if value > MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to 2**32 - 1 ({MAX_SEED}), got {value}")
     return value
 
 
@@ -81,7 +113,8 @@ def check_matrix(
     """Validate a 2-D finite numeric array and return it as a C-contiguous ``dtype`` array.
 
     Raises ``ValueError`` for the wrong number of dimensions, a width other than ``dim``, no rows
-    (unless ``allow_empty``) and NaN/inf values; ``TypeError`` for non-numeric data.
+    (unless ``allow_empty``), NaN/inf values and finite values beyond ``dtype``'s range (1e39 as float32);
+    ``TypeError`` for non-numeric data.
     """
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
@@ -96,17 +129,26 @@ def check_matrix(
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name} has dimension {arr.shape[1]}, expected {dim}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    source = arr
+    with np.errstate(over="ignore"):  # a finite value too large for dtype is reported below, by name
+        arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).any(axis=1).sum())
-        raise ValueError(f"{name} contains NaN or inf values in {bad} of {arr.shape[0]} rows")
+        bad_rows = (~np.isfinite(arr)).any(axis=1)
+        if source.dtype != arr.dtype and np.isfinite(source[bad_rows]).all():  # finite, but too large for dtype
+            largest = float(np.abs(source[bad_rows]).max())
+            raise ValueError(
+                f"{name} holds values up to {largest:.3g} in {int(bad_rows.sum())} of {arr.shape[0]} rows, beyond "
+                f"{np.dtype(dtype).name}'s range (|x| <= {float(np.finfo(dtype).max):.3g}); divide by a common factor"
+            )
+        raise ValueError(f"{name} contains NaN or inf values in {int(bad_rows.sum())} of {arr.shape[0]} rows")
     return arr
 
 
 def check_labels(y: Any, name: str, n: int | None = None) -> np.ndarray:
     """Validate a 1-D label vector of length ``n`` (if given) and return it as a numpy array.
 
-    Labels may be integers or strings. Floats are accepted when each is a whole number that a float64
+    Labels may be integers or strings (bytes, datetimes and records are a ``TypeError`` saying to convert
+    them). Floats are accepted when each is a whole number that a float64
     holds exactly (|v| <= 2**53): ``1.0`` becomes ``1`` losslessly, while ``1.5``, NaN or ``1e20`` (whose
     integer value a float cannot know) are refused, naming the first offending position. Complex and object arrays are a
     ``TypeError``.
@@ -127,6 +169,9 @@ def check_labels(y: Any, name: str, n: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} has {arr.shape[0]} entries but there are {n} samples")
     if np.iscomplexobj(arr) or arr.dtype == object:
         raise TypeError(f"{name} must hold integer or string labels, got dtype {arr.dtype}")
+    if arr.dtype.kind in _NOT_LABELS:  # bytes, dates, durations, records: say how to make them labels
+        raise TypeError(f"{name} must hold integer or string labels, got {_NOT_LABELS[arr.dtype.kind]} (dtype "
+                        f"{arr.dtype}); convert them first, e.g. labels.astype(str)")
     if np.issubdtype(arr.dtype, np.floating):
         exact = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) <= _EXACT_FLOAT_INT)
         if not exact.all():

@@ -275,7 +275,12 @@ def _read_npz(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray 
                     ) from err
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise ValueError(f"{path} is not a readable .npz file: {err}") from err
-    return _check_inputs(arrays["X"], path, "X"), arrays.get("y")
+    y = arrays.get("y")
+    if y is not None and y.dtype.kind == "u" and y.size and int(y.max()) > _INT64.max:
+        at = int(np.argmax(y > _INT64.max))
+        raise ValueError(f"{path}: y[{at}] = {int(y[at])} does not fit in a 64-bit signed integer; "
+                         "labels are int64 values or strings")
+    return _check_inputs(arrays["X"], path, "X"), y
 
 
 def _read_raw_npy(path: Path) -> tuple[np.ndarray, None]:
@@ -446,6 +451,8 @@ def _read_jsonl(path: Path, require_labels: bool) -> tuple[list[str], np.ndarray
         label = record["label"]
         if isinstance(label, bool) or not isinstance(label, (int, float, str)):
             raise ValueError(f"{where}: 'label' must be an integer or a string, got {describe(label)}")
+        if isinstance(label, str) and not label.strip():  # like a blank csv cell
+            raise ValueError(f"{where}: the label is blank; give every row a label (or none, for unlabelled data)")
         label = _label_value(label, where) if not isinstance(label, str) else label
         if labels and isinstance(label, str) != isinstance(labels[0], str):
             raise ValueError(f"{where}: label {label!r} mixes strings and integers with earlier lines")
@@ -467,7 +474,7 @@ def _existing_file(source: str | Path) -> Path:
     if not path.exists():
         raise ValueError(f"data file {str(path)!r} does not exist")
     if not path.is_file():
-        raise ValueError(f"data path {str(path)!r} is not a file")
+        raise ValueError(f"data path {str(path)!r} is not a file ({_file_kind(path)})")
     return path
 
 
@@ -602,13 +609,16 @@ def load_labels(path: str | Path, n: int | None = None) -> np.ndarray:
 
 def _load_npy(path: str | Path, what: str) -> np.ndarray:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ValueError(f"{what} file {str(p)!r} does not exist")
+    if not p.is_file():  # a folder, a device (a link to /dev/zero would be read for ever), a pipe
+        raise ValueError(f"{what} file {str(p)!r} is not a file ({_file_kind(p)}); give a .npy file")
     if p.suffix.lower() != ".npy":
         raise ValueError(f"{what} file {str(p)!r} must be a .npy file, got extension {p.suffix!r}")
     with open(p, "rb") as f:
         if f.read(6) != b"\x93NUMPY":  # np.load would otherwise try (and refuse) to unpickle it
             raise ValueError(f"{what} file {str(p)!r} is not a readable .npy file (no NumPy header)")
+        _check_npy_size(f, p, what)
     try:
         return np.load(p, allow_pickle=False)
     except ValueError as err:
@@ -617,6 +627,37 @@ def _load_npy(path: str | Path, what: str) -> np.ndarray:
         raise ValueError(f"{what} file {str(p)!r} is not a readable .npy file: {err}") from None
     except (OSError, EOFError) as err:
         raise ValueError(f"{what} file {str(p)!r} is not a readable .npy file: {err}") from None
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that is not a regular file is, in words (``"a link to a device /dev/zero"``)."""
+    target = path.resolve()
+    kind = "a folder" if target.is_dir() else "a device" if target.is_char_device() or target.is_block_device() \
+        else "a pipe" if target.is_fifo() else "a socket" if target.is_socket() else "not a file"
+    return f"a link to {kind} {target}" if path.is_symlink() else kind
+
+
+def _check_npy_size(f: Any, path: Path, what: str) -> None:
+    """Refuse a ``.npy`` whose header declares more data than the file holds (a fake or truncated header would
+    make numpy try to allocate it all: "Unable to allocate 233. TiB"), naming the file. ``f`` is past the magic."""
+    from numpy.lib import format as npy
+
+    try:
+        f.seek(0)
+        version = npy.read_magic(f)
+        readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+        if version not in readers:
+            return  # a newer format: np.load checks it
+        shape, _, dtype = readers[version](f)
+    except ValueError as err:
+        raise ValueError(f"{what} file {str(path)!r} is not a readable .npy file: {err}") from None
+    if dtype.hasobject:
+        return  # refused below, when np.load asks for pickle
+    declared = math.prod(shape) * dtype.itemsize
+    present = path.stat().st_size - f.tell()
+    if declared > present:
+        raise ValueError(f"{what} file {str(path)!r} is damaged or truncated: its header declares shape {shape} of "
+                         f"{dtype} ({declared:,} bytes) but the file holds {present:,} bytes of data")
 
 
 # --------------------------------------------------------------------------------------------- splitting

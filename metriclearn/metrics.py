@@ -59,6 +59,7 @@ from sklearn.metrics import (
 
 from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
 from metriclearn._progress import progress
+from metriclearn._scale import rescaled, unit_rows_tensor
 from metriclearn.data import stratified_subsample
 
 __all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "embedding_metrics", "pair_metrics", "retrieval_metrics",
@@ -190,8 +191,7 @@ def _prepare(q: np.ndarray, r: np.ndarray, metric: str) -> tuple[torch.Tensor, t
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     """L2-normalised rows (zero rows stay zero), safe against overflow of the norm."""
-    scale = x.abs().amax(1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)  # (N, 1)
-    return torch.nn.functional.normalize(x / scale, dim=1)  # (N, D)
+    return unit_rows_tensor(x)  # (N, D)
 
 
 def _nearest(
@@ -315,7 +315,7 @@ def separation_metrics(
     >>> round(m["silhouette"], 3), m["nmi"], m["ami"]
     (0.917, 1.0, 1.0)
     """
-    x = check_matrix(x, "x")
+    x = rescaled(check_matrix(x, "x"))  # every score here is scale-free; at 1e20 or 1e-30 float32 is not
     y = check_labels(labels, "labels", n=len(x))
     seed = check_positive_int(seed, "seed", allow_zero=True)
     silhouette_sample = check_positive_int(silhouette_sample, "silhouette_sample")

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metriclearn._checks import check_choice, check_positive_int, describe
+from metriclearn._checks import check_bool, check_choice, check_positive_int, describe
 from metriclearn._hf import SAFE_LOAD, check_model_folder
 from metriclearn._progress import progress
 
@@ -188,6 +188,7 @@ class SentenceEncoder(nn.Module):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        normalize, freeze = check_bool(normalize, "normalize"), check_bool(freeze, "freeze")  # "maybe" is not True
         path = default_model_path() if model_path is None else Path(model_path).expanduser()
         if not path.is_dir() or not (_folder_layout(path)[0] / "config.json").is_file():
             raise ValueError(

@@ -11,6 +11,25 @@ import torch
 torch.set_num_threads(1)  # pytest-xdist runs two workers on a 2-core machine
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests (``make gpu-check`` runs them all: ``pytest -m gpu``) skip without a CUDA GPU;
+    ``@pytest.mark.gpu(faiss=True)`` ones also skip when faiss cannot use one (faiss-cpu, or no GPU it sees)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    faiss_gpus: int | None = None
+    for item in gpu_items:
+        if item.get_closest_marker("gpu").kwargs.get("faiss", False):
+            if faiss_gpus is None:
+                import faiss
+
+                faiss_gpus = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+            if faiss_gpus == 0:
+                item.add_marker(pytest.mark.skip(reason="needs faiss-gpu and a GPU it sees (make gpu-check)"))
+        elif not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check)"))
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

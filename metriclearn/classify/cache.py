@@ -51,6 +51,7 @@ from metriclearn._checks import (
     check_positive_int,
 )
 from metriclearn._device import resolve_device
+from metriclearn._scale import unit_rows_tensor
 from metriclearn._progress import progress
 from metriclearn.classify._validation import (
     encode_targets,
@@ -286,7 +287,7 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         self.__dict__.pop("calibration_", None)
         self.__dict__.pop("_neighbour_index", None)
         self.classes_, self.key_codes_ = encode_targets(y)
-        self.keys_ = F.normalize(torch.from_numpy(X), dim=1).numpy()
+        self.keys_ = unit_rows_tensor(torch.from_numpy(X)).numpy()
         self.theta_ = float(self.theta)
         self.lam_ = float(self.lam)
         if self.top_k is not None:
@@ -448,7 +449,7 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
     def _cache_proba(self, X: np.ndarray, theta: float) -> np.ndarray:
         """p_cache for validated float32 features ``X`` (n, d) at inverse temperature ``theta``."""
         device = resolve_device(self.device)
-        queries = F.normalize(torch.from_numpy(X).to(device), dim=1)  # (n, d)
+        queries = unit_rows_tensor(torch.from_numpy(X).to(device))  # (n, d)
         if self.top_k is None:
             keys = torch.from_numpy(self.keys_).to(device)  # (N, d)
             labels = torch.from_numpy(self.key_codes_).to(device)  # (N,)

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from metriclearn._checks import check_matrix, check_positive_float, check_positive_int
 from metriclearn._device import resolve_device
+from metriclearn._scale import unit_rows_tensor
 from metriclearn.classify._validation import index_labels
 from metriclearn.classify.cache import _LOG2E, _cache_block_sums
 from metriclearn.training import distributed
@@ -84,13 +84,13 @@ def sharded_cache_proba(
     if index.collective:
         x = distributed.broadcast_array(x)
     dev = resolve_device(device)
-    q = F.normalize(torch.from_numpy(x).to(dev), dim=1)  # (Q, d)
+    q = unit_rows_tensor(torch.from_numpy(x).to(dev))  # (Q, d)
     shifts = [torch.full((len(x),), -torch.inf, dtype=torch.float64, device=dev)]
     sums = [torch.zeros(len(x), len(classes), dtype=torch.float64, device=dev)]
     for r, shard in enumerate(index.shards):
         if shard is None or len(shard) == 0:
             continue
-        keys = F.normalize(torch.from_numpy(shard.vectors()).to(dev), dim=1)  # (N_s, d)
+        keys = unit_rows_tensor(torch.from_numpy(shard.vectors()).to(dev))  # (N_s, d)
         codes = torch.from_numpy(np.searchsorted(classes, index.shard_labels(r))).to(dev)  # (N_s,)
         shift, total = shard_sums(q, keys, codes, len(classes), theta, query_block, key_block)
         shifts.append(shift)

@@ -7,6 +7,7 @@ Python warnings are one ``warning: ...`` line each (with ``--debug``, Python's o
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -30,6 +31,8 @@ def format_error(exc: BaseException) -> str:
     """One line describing ``exc``: OSErrors name the file, others give their message."""
     if isinstance(exc, OSError) and exc.filename is not None:
         reason = exc.strerror or type(exc).__name__
+        if exc.errno == errno.ENOSPC:
+            reason += " (the disk is full: free some space or write elsewhere, then run the command again)"
         return f"{exc.filename}: {reason}"
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.split())  # one line, whatever the message held

@@ -47,7 +47,7 @@ from metriclearn.cli.classify import (
               help="knn: vote weights (default distance).")
 @click.option("--fit-fraction", type=float, default=0.3, show_default=True,
               help="Share of the rows that fit the probability calibration; the rest set the thresholds.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of that split.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of that split.")
 @_device_option
 def calibrate(
     index_dir: Path,
@@ -72,8 +72,6 @@ def calibrate(
     """
     if method == "cache" and weights is not None:
         raise click.UsageError("--weights applies to --method knn only")
-    if seed < 0:
-        raise click.BadParameter(f"must be a non-negative integer, got {seed}", param_hint="--seed")
     from metriclearn.data import load_labels
 
     index = _load_index(index_dir, device)
@@ -86,6 +84,10 @@ def calibrate(
                         fit_fraction=fit_fraction, random_state=seed)
     except ValueError as exc:
         raise ValueError(f"calibrating {str(index_dir)!r} on {str(features)!r}: {exc}") from None
+    from metriclearn.training.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every rank calibrated (a sharded index searches collectively);
+        return  # rank 0 alone stores it and prints
     stored = dict(index.attrs.get("calibration") or {})
     stored[method] = model.calibration_
     index.attrs["calibration"] = stored

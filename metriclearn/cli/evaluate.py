@@ -32,8 +32,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     if metrics.get("val_classes"):  # train --val-split classes
         split = f"{split}: {len(metrics['val_classes'])} classes unseen in training"
     n = metrics.get("n_eval", data.get("n_query", "?"))
-    lines = [f"held-out metrics ({split}, {n} samples):" if "split" in metrics
-             else f"metrics of {split} ({n} samples):"]
+    unit = "pairs" if "pairs" in metrics else "samples"
+    lines = [f"held-out metrics ({split}, {n} {unit}):" if "split" in metrics
+             else f"metrics of {split} ({n} {unit}):"]
     for section in SECTIONS:
         if section in metrics:
             values = "  ".join(f"{k} {v:.4f}" for k, v in metrics[section].items() if isinstance(v, (int, float)))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from metriclearn.cli._inputs import quiet_option, read_vectors, vector_options
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
@@ -25,8 +26,10 @@ from metriclearn.training.config import DEVICES
                    "(with --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace the report already in --out.")
 @click.option("--max-points", type=click.IntRange(min=1), default=DEFAULT_MAX_POINTS, show_default=True,
-              help="Project at most this many points (stratified subsample by class beyond).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for subsampling and projections.")
+              help="Project (and show in explorer.html) at most this many points (stratified subsample by class "
+                   "beyond).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed for subsampling and projections.")
 @click.option("--metric", type=click.Choice(["l2", "cosine"]), default="l2", show_default=True,
               help="Distance for the retrieval metrics.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
@@ -53,8 +56,9 @@ def report(
 
     Give either --embeddings FILE.npy [--labels FILE.npy], or --model DIR --data PATH (the run's model embeds
     the data, loaded once; the data's classes may be new). Without labels the points are drawn in one colour
-    and only the projections are written. Writes tsne.png / umap.png, report.html (self-contained) and
-    metrics.json to --out.
+    and only the projections are written. Writes tsne.png / umap.png, report.html (self-contained),
+    metrics.json and explorer.html (interactive and offline: the map with hover, neighbours and search, the
+    retrieval failures, per-class scores, training curves of a run) to --out.
     """
     from metriclearn._outdir import claim_output_dir
     from metriclearn.reports import write_report
@@ -75,12 +79,20 @@ def report(
     else:
         assert matrix is not None
         config, source = None, matrix.name
-    calibration = _calibration(index_dir) if index_dir is not None else None
+    from metriclearn.training.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every rank embedded its shard of --data; rank 0 alone writes
+        return
+    calibration, confidence = _calibration(index_dir, vectors) if index_dir is not None else (None, None)
+    texts, thumbnails = _item_content(data) if data is not None else (None, None)
+    training_log = None if vectors.run is None else Path(vectors.run.path) / "log.csv"
     with claim_output_dir(out, "report", overwrite=overwrite):
         metrics = write_report(vectors.x, codes, out, method=method, classes=classes, config=config,
                                max_points=max_points, seed=seed, metric=metric, source=source,
-                               calibration=calibration)
-    names = [f"{m}.png" for m in (METHODS if method == "both" else (method,))] + ["report.html", "metrics.json"]
+                               calibration=calibration, texts=texts, thumbnails=thumbnails, confidence=confidence,
+                               training_log=training_log)
+    names = [f"{m}.png" for m in (METHODS if method == "both" else (method,))] + ["report.html", "metrics.json",
+                                                                                   "explorer.html"]
     names += [f"reliability-{name}.png" for name in calibration or {}]
     click.echo(f"wrote {', '.join(names)} to {out}")
     if "retrieval" in metrics:
@@ -90,13 +102,31 @@ def report(
         click.echo("no labels: projections only, no class metrics")
 
 
-def _calibration(index_dir: Path) -> dict[str, Any]:
-    """The calibrations stored in an index directory; an uncalibrated index is an error (why pass it?)."""
+def _calibration(index_dir: Path, vectors: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """The calibrations stored in an index directory, and each row's calibrated confidence (the top probability
+    of the first calibrated classifier, kNN before cache); an uncalibrated index is an error (why pass it?)."""
+    from metriclearn.cli._inputs import check_dim, check_same_model
+    from metriclearn.cli.classify import _calibrated_model
     from metriclearn.indexes import EmbeddingIndex
 
-    calibration = EmbeddingIndex.load(index_dir, device="cpu").attrs.get("calibration")
+    index = EmbeddingIndex.load(index_dir, device="cpu")
+    calibration = index.attrs.get("calibration")
     if not calibration:
         raise ValueError(
             f"index {str(index_dir)!r} is not calibrated: run `metriclearn calibrate --index {index_dir} ...` first"
         )
-    return dict(calibration)
+    check_same_model(index, index_dir, vectors)
+    method = "knn" if "knn" in calibration else next(iter(calibration))
+    classifier = _calibrated_model(index, index_dir, method, calibration[method], "cpu")
+    confidence = classifier.predict_proba(check_dim(vectors, index, index_dir)).max(axis=1)
+    return dict(calibration), np.asarray(confidence, dtype=np.float32)
+
+
+def _item_content(data: str) -> tuple[list[str] | None, np.ndarray | None]:
+    """The texts (.jsonl) or images (digits, image-shaped .npz) of ``--data``, for the explorer to show."""
+    if data != "digits" and Path(data).suffix.lower() not in (".jsonl", ".npz"):
+        return None, None
+    from metriclearn.data import load_data
+    from metriclearn.reports.explorer import item_content
+
+    return item_content(load_data(data, require_labels=False))

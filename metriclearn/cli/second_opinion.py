@@ -136,6 +136,10 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     loaded.model.to(device)
     options = {"tokenizer": loaded.tokenizer, "batch_size": opts["batch_size"], "device": device}
     layers = list(opts["layers"]) or None
+    # every input is read (and refused) before the cache's features are computed
+    x, y = read_inputs(opts["data"], loaded, "--data", labels="optional")
+    if opts["tune_data"] is not None:
+        x_val, y_val = read_inputs(opts["tune_data"], loaded, "--tune-data", labels="required")
     if opts["cache"].is_dir():
         if layers is not None:
             raise click.UsageError("--layer does not go with a saved --cache directory (its layers are fixed)")
@@ -145,14 +149,12 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
         opinion = SecondOpinion(loaded.model, layers, opts["theta"], opts["lam"], classes=loaded.classes, **options)
         opinion.fit(x_cache, y_cache)
     if opts["tune_data"] is not None:
-        x_val, y_val = read_inputs(opts["tune_data"], loaded, "--tune-data", labels="required")
         opinion.tune(x_val, y_val)
         scores = opinion.tuning_["layers"]
         click.echo(f"tuned on {len(y_val)} held-out rows: layer {opinion.tuning_['chosen']} "
                    f"(validation accuracy {scores[opinion.tuning_['chosen']]['accuracy']:.4f}; model alone "
                    f"{opinion.tuning_['model_accuracy']:.4f}; candidates: "
                    + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in scores.items()) + ")")
-    x, y = read_inputs(opts["data"], loaded, "--data", labels="optional")
     opinions = opinion.opinions(x)
     p_model, _, p_blend, _ = opinions
     save_npy(out, p_blend.astype(np.float32))
@@ -207,8 +209,13 @@ def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, l
 
 
 def _check_shape(x: np.ndarray, loaded: Any, flag: str, path: Path) -> np.ndarray:
-    width = math.prod(loaded.input_shape) if loaded.input_shape else None
+    from metriclearn.pretrained.extractor import input_width
+
+    if loaded.input_shape:
+        width, expected = math.prod(loaded.input_shape), loaded.input_shape
+    else:  # a TorchScript or plain module: the width of its first weight matrix, when it starts with one
+        width = input_width(loaded.model) if x.ndim == 2 else None
+        expected = f"{width} features per row (its first layer's width)"
     if width is not None and math.prod(x.shape[1:]) != width:
-        raise ValueError(f"{flag} {str(path)!r}: samples have shape {x.shape[1:]} but the model expects "
-                         f"{loaded.input_shape}")
+        raise ValueError(f"{flag} {str(path)!r}: samples have shape {x.shape[1:]} but the model expects {expected}")
     return x

@@ -97,7 +97,7 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @_setting("--grad-clip", "Max gradient norm (0: off).", type=float)
 @_setting("--patience", "Early stopping patience in epochs (0: off).", type=int)
 @_setting("--monitor", "Validation metric for early stopping, best.pt, plateau.", type=click.Choice(MONITORS))
-@_setting("--seed", "Random seed (runs are deterministic on CPU).", type=int)
+@_setting("--seed", "Random seed (runs are deterministic on CPU).", type=click.IntRange(0, 2**32 - 1))
 @_setting("--device", "auto (CUDA when available), cpu or cuda.", type=click.Choice(DEVICES))
 @_setting("--amp/--no-amp", "Mixed precision on CUDA; bf16 on a CPU with native bf16 when fine-tuning a transformer.")
 @_setting("--checkpoint-every", "Also checkpoint every N batches (0: each epoch end).", type=int)
@@ -122,6 +122,7 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
     from metriclearn._outdir import check_output_dir, new_output_dir
     from metriclearn.training.resume import resume_config, run_state
     from metriclearn.training.run import train_run
+    from metriclearn.training.trainer import DamagedCheckpoint
 
     if quiet:
         set_quiet(True)
@@ -137,6 +138,8 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
         check_output_dir(out, "run", resume=True)  # a user's folder is not a run, whatever its files
         try:
             config = resume_config(out, requested)
+        except DamagedCheckpoint:  # the file is bad, not the command: exit 1, one line
+            raise
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         if run_state(out) == "finished":

@@ -13,6 +13,12 @@ pq    ``IVF{nlist},PQ{pq_m}x{pq_nbits}np``    max(nlist, 2**pq_nbits)
 
 (``np``: no polysemous training, which is slow and only serves Hamming-filtered search.)
 
+Factory strings are checked before faiss parses them (:func:`check_factory`), because faiss does not check
+every parameter itself and some values crash or hang the process: every number in the string must be ≥ 1
+(``IVF0``: every query fails; ``PCA0``: every query ties; ``HNSW0``: abort; ``RR0``, ``OPQ4_0``: crash), an HNSW
+graph needs M ≥ 2 (``HNSW1``: segfault) and an NSG graph R ≥ :data:`MIN_NSG_R` (``NSG0`` to ``NSG4`` never
+finish building, ``NSG5`` misses exact matches).
+
 ``nlist=None`` picks ``min(4·√n, n / 39)`` (at least 1) from the n vectors of the first add: about 4·√n
 lists (faiss's guideline), never fewer than 39 training points per list (faiss's warning limit).
 
@@ -22,6 +28,10 @@ lists (faiss's guideline), never fewer than 39 training points per list (faiss's
 'IVF10,PQ16x8np'
 >>> auto_nlist(100_000), auto_nlist(1797), auto_nlist(10)
 (1265, 46, 1)
+>>> check_factory("HNSW1,Flat")
+Traceback (most recent call last):
+    ...
+ValueError: kind 'HNSW1,Flat': HNSW1 needs M >= 2 (faiss crashes below it), got 1; use e.g. 'HNSW32,Flat'
 """
 
 from __future__ import annotations
@@ -33,6 +43,42 @@ import faiss
 
 KINDS = ("flat", "ivf", "hnsw", "pq")
 METRIC_TYPES = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT}
+
+
+MIN_HNSW_M = 2  # HNSW1 segfaults and HNSW0 aborts in faiss 1.x
+MIN_NSG_R = 8  # NSG1..NSG4 never finish building (nndescent), NSG5 loses exact matches
+_NUMBER = re.compile(r"\d+")
+_GRAPH = re.compile(r"(HNSW|NSG)(\d+)")
+
+
+def check_factory(factory: str) -> str:
+    """Return ``factory`` if the numbers in it are ones faiss can build from, else a ``ValueError`` naming it.
+
+    Checked: every number is ≥ 1 (nlist, PCA/OPQ/RR dimensions, PQ sub-quantizers and bits, IMI bits...),
+    HNSW M ≥ :data:`MIN_HNSW_M` and NSG R ≥ :data:`MIN_NSG_R`, wherever they appear (``IVF64_HNSW1`` too).
+    What faiss itself refuses (unknown components, dimensions that do not divide) is left to
+    :func:`build`, which turns faiss's error into a ``ValueError``.
+    """
+    for number in _NUMBER.finditer(factory):
+        if int(number.group()) == 0:
+            start = factory.rfind(",", 0, number.start()) + 1
+            end = factory.find(",", number.end())
+            part = factory[start : end if end >= 0 else len(factory)]
+            raise ValueError(
+                f"kind {factory!r}: every number in a factory string must be at least 1, got 0 in {part!r} "
+                "(faiss does not check it and then crashes or answers nonsense)"
+            )
+    for graph in _GRAPH.finditer(factory):
+        name, value = graph.group(1), int(graph.group(2))
+        low = MIN_HNSW_M if name == "HNSW" else MIN_NSG_R
+        if value < low:
+            why = ("faiss crashes below it" if name == "HNSW"
+                   else "faiss's build never ends or loses neighbours below it")
+            raise ValueError(
+                f"kind {factory!r}: {name}{value} needs {'M' if name == 'HNSW' else 'R'} >= {low} ({why}), "
+                f"got {value}; use e.g. '{name}32,Flat'"
+            )
+    return factory
 
 
 def auto_nlist(n: int) -> int:
@@ -86,7 +132,8 @@ def min_training_points(kind: str, nlist: int | None, pq_nbits: int = 8) -> int:
 
 
 def build(factory: str, dim: int, metric: str) -> faiss.Index:
-    """``faiss.index_factory`` with faiss's parse errors turned into a ``ValueError`` naming the kind."""
+    """``faiss.index_factory`` after :func:`check_factory`, with faiss's parse errors turned into a ``ValueError``."""
+    check_factory(factory)
     try:
         return faiss.index_factory(dim, factory, METRIC_TYPES[metric])
     except RuntimeError as exc:

@@ -10,7 +10,10 @@ scheme as faiss's ``contrib/exhaustive_search.py``):
 
 - ``"l2"``: squared Euclidean distance ``‖q‖² + ‖x‖² − 2·q·x`` (clamped at 0), smallest first;
 - ``"ip"``: inner product ``q·x``, largest first;
-- ``"cosine"``: inner product of L2-normalised rows, largest first (zero rows stay zero).
+- ``"cosine"``: inner product of L2-normalised rows, largest first (zero rows stay zero; rows of any finite
+  magnitude, 1e-30 or 1e20 alike, are normalised exactly: see :mod:`metriclearn._scale`).
+
+``"l2"`` and ``"ip"`` take rows of L2 norm up to 1e18 (:func:`metriclearn._scale.check_norm_range`).
 
 Where the reference holds fewer than k rows, the missing neighbours have index −1 and distance +inf
 (``"l2"``) or −inf (``"ip"``, ``"cosine"``).
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from metriclearn._checks import check_choice, check_matrix, check_positive_int
+from metriclearn._scale import check_norm_range, unit_rows
 
 METRICS = ("l2", "ip", "cosine")
 DEFAULT_BLOCK_SIZE = 1 << 23  # score-matrix entries per tile (32 MiB of float32)
@@ -41,13 +45,12 @@ _MAX_QUERY_BLOCK = 4096
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """A copy of ``x`` with every row scaled to unit L2 norm (all-zero rows stay zero).
+    """A copy of ``x`` with every row scaled to unit L2 norm (all-zero rows stay zero), at any finite scale.
 
     >>> normalize_rows(np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32)).tolist()
     [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
     """
-    norms = np.linalg.norm(x, axis=1, keepdims=True)  # (n, 1)
-    return (x / np.where(norms > 0, norms, 1)).astype(np.float32, copy=False)
+    return unit_rows(x)
 
 
 def missing_distance(metric: str) -> float:
@@ -89,6 +92,7 @@ def exact_search(
     block_size = check_positive_int(block_size, "block_size")
     xq = check_matrix(queries, "queries", allow_empty=True)
     xb = check_matrix(reference, "reference", dim=xq.shape[1], allow_empty=True)
+    check_norm_range(xq, "queries", metric), check_norm_range(xb, "reference", metric)
     if metric == "cosine":
         xq, xb = normalize_rows(xq), normalize_rows(xb)
     norms = None if reference_sq_norms is None else torch.as_tensor(reference_sq_norms, dtype=torch.float32)

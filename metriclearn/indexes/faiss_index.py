@@ -40,6 +40,7 @@ import numpy as np
 
 from metriclearn._checks import check_choice, check_matrix, check_positive_int
 from metriclearn._progress import progress
+from metriclearn._scale import check_norm_range
 from metriclearn.indexes import _factory, _gpu, _persist, _structure
 from metriclearn.indexes._search import Searcher, single_step
 from metriclearn.indexes._table import IdTable, as_ids
@@ -57,7 +58,9 @@ class EmbeddingIndex:
     dim : int
         Embedding dimension.
     metric : {"cosine", "l2", "ip"}
-        ``"cosine"`` L2-normalises added and query vectors and ranks by inner product.
+        ``"cosine"`` L2-normalises added and query vectors (at any finite scale; zero rows stay zero and are
+        similar to nothing) and ranks by inner product. ``"l2"`` and ``"ip"`` take rows of L2 norm up to
+        1e18: their distances are float32.
     kind : {"flat", "ivf", "hnsw", "pq"} or str
         Index structure, or any faiss factory string (e.g. ``"IVF256,SQ8"``, ``"PQ16"``).
     device : {"auto", "cpu", "cuda"}
@@ -68,7 +71,7 @@ class EmbeddingIndex:
     nprobe : int, optional
         Lists scanned per query (IVF kinds); ``None`` means max(8, √nlist). ``nprobe >= nlist`` is exact.
     hnsw_m, ef_search, ef_construction : int
-        HNSW graph degree and search / construction beam widths.
+        HNSW graph degree (at least 2) and search / construction beam widths.
     pq_m, pq_nbits : int
         PQ sub-quantizers (``None``: dim / 4 or the nearest divisor below) and bits per code.
     k_factor : int, optional
@@ -115,6 +118,9 @@ class EmbeddingIndex:
         self.nlist = None if nlist is None else check_positive_int(nlist, "nlist")
         self._nprobe = None if nprobe is None else check_positive_int(nprobe, "nprobe")
         self.hnsw_m = check_positive_int(hnsw_m, "hnsw_m")
+        if self.hnsw_m < _factory.MIN_HNSW_M:  # faiss segfaults on HNSW1 and aborts on HNSW0
+            raise ValueError(f"hnsw_m must be at least {_factory.MIN_HNSW_M} (faiss crashes below it), "
+                             f"got {self.hnsw_m}")
         self._ef_search = check_positive_int(ef_search, "ef_search")
         self.ef_construction = check_positive_int(ef_construction, "ef_construction")
         self.pq_m = None if pq_m is None else check_positive_int(pq_m, "pq_m")
@@ -226,7 +232,7 @@ class EmbeddingIndex:
         required on every add once the first add had them, and refused if it had not. ``metadata`` is a
         sequence of n JSON-serialisable objects. IVF/PQ kinds train on the first add's vectors.
         """
-        xb = check_matrix(x, "x", dim=self.dim)
+        xb = check_norm_range(check_matrix(x, "x", dim=self.dim), "x", self.metric)
         n = xb.shape[0]
         new_ids, labels_arr, meta = self._table.check_new(ids, labels, metadata, n)
         if self.metric == "cosine":
@@ -320,7 +326,7 @@ class EmbeddingIndex:
         (ascending) for ``"l2"``, similarities (descending) for ``"cosine"``/``"ip"``, ±inf where the id
         is −1. ``k`` above the index size is clamped to it.
         """
-        xq = check_matrix(q, "queries", dim=self.dim)
+        xq = check_norm_range(check_matrix(q, "queries", dim=self.dim), "queries", self.metric)
         k = check_positive_int(k, "k")
         bs = self.batch_size if batch_size is None else check_positive_int(batch_size, "batch_size")
         if self.metric == "cosine":

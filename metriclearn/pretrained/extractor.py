@@ -221,6 +221,26 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def input_width(model: nn.Module) -> int | None:
+    """The features per row the model's first weight matrix takes (``Linear.in_features``), if it has one
+    (TorchScript models too); ``None`` for models whose first parameter is not a 2-D weight (embeddings,
+    convolutions)."""
+    for name, param in model.named_parameters():
+        if name.endswith("weight") and param.dim() == 2 and "embed" not in name:
+            return int(param.shape[1])
+        return None
+    return None
+
+
+def _width_error(model: nn.Module, batch: Any, exc: RuntimeError) -> ValueError | None:
+    """A one-line ``ValueError`` when ``exc`` came from rows of the wrong width for the model, else ``None``."""
+    width = input_width(model)
+    if not isinstance(batch, Tensor) or batch.dim() != 2 or width is None or batch.shape[1] == width:
+        return None
+    return ValueError(f"X has {batch.shape[1]} features per row, but the model's first layer takes {width}; "
+                      "give inputs of the width the model was trained on")
+
+
 def _call(model: nn.Module, batch: Any) -> Any:
     return model(**batch) if isinstance(batch, Mapping) else model(batch)
 
@@ -295,7 +315,10 @@ class FeatureExtractor:
                 for batch in progress(batches, desc="extracting features", total=total, unit="batch"):
                     n = _batch_rows(batch)
                     batch = _to_device(batch, device)
-                    output, captured = run(batch)
+                    try:
+                        output, captured = run(batch)
+                    except RuntimeError as exc:  # torch's "mat1 and mat2 shapes cannot be multiplied (...)"
+                        raise _width_error(self.model, batch, exc) or exc
                     logits = _logits(output, n)
                     if probs and logits.shape[1] != probs[0].shape[1]:
                         raise ValueError(f"the model returned {logits.shape[1]} logits per row, earlier batches "

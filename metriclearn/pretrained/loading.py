@@ -99,6 +99,13 @@ def _load_huggingface(path: Path) -> LoadedModel:
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"Hugging Face model directory {str(path)!r} could not be loaded offline: {first}") from None
+    except RuntimeError as exc:  # transformers: "You set `ignore_mismatched_sizes` to `False` ..."
+        if "mismatched" not in str(exc):
+            raise
+        why = ("it has no id2label (nor num_labels), so transformers assumes 2 classes"
+               if not (config.get("id2label") or config.get("num_labels")) else "its id2label names another number")
+        raise ValueError(f"Hugging Face model directory {str(path)!r}: the classifier weights do not match "
+                         f"config.json ({why}); give config.json an id2label with one name per output class") from None
     finally:
         logging.set_verbosity(verbosity)
         if bar_was_on:

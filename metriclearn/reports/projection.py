@@ -40,6 +40,7 @@ from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
 from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
+from metriclearn._scale import rescaled
 from metriclearn.data import stratified_subsample
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS, MIN_POINTS
 
@@ -143,7 +144,7 @@ def project(
     max_points : at most this many rows are projected. seed : seeds the cap, PCA and the projection.
     tsne_iter : t-SNE iterations (>= 250). umap_epochs : UMAP optimisation epochs (None: UMAP's default).
     """
-    x = check_matrix(x, "embeddings")
+    x = rescaled(check_matrix(x, "embeddings"))  # 1e20 or 1e-30 entries: the same points as at scale 1
     labels = check_labels(labels, "labels", n=len(x))
     check_choice(method, METHODS, "method")
     indices = stratified_subsample(labels, max_points, seed)

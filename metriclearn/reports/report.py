@@ -9,7 +9,8 @@ Files written to ``out_dir`` (atomically):
   :func:`~metriclearn.metrics.separation_metrics`, both on the full-dimensional embeddings (not on the 2-D
   pictures), over at most ``metric_max_points`` rows (stratified subsample beyond, as for projections).
   Without labels (``labels=None``) the points are drawn in one colour and ``metrics.json`` holds ``data`` only;
-* ``report.html`` — the pictures (base64 data URIs), the metrics table and the run configuration.
+* ``report.html`` — the pictures (base64 data URIs), the metrics table and the run configuration;
+* ``explorer.html`` — the interactive, offline page over the projected points (:mod:`metriclearn.reports.explorer`).
 
 All numeric work runs with one BLAS/OpenMP thread (``threadpoolctl``): results do not depend on the
 machine's thread count, and OpenMP threads no longer compete for the cores of a busy machine
@@ -24,7 +25,7 @@ Example
 >>> out = pathlib.Path(tempfile.mkdtemp())
 >>> metrics = write_report(x, y, out, method="tsne", classes=["a", "b", "c"], tsne_iter=250)
 >>> sorted(p.name for p in out.iterdir())
-['metrics.json', 'report.html', 'tsne.png']
+['explorer.html', 'metrics.json', 'report.html', 'tsne.png']
 >>> metrics["retrieval"]["precision_at_1"]
 1.0
 """
@@ -114,8 +115,14 @@ def write_report(
     metric_max_points: int = METRIC_MAX_POINTS,
     source: str | None = None,
     calibration: Mapping[str, Any] | None = None,
+    explorer: bool = True,
+    texts: Sequence[str] | None = None,
+    ids: Sequence[Any] | None = None,
+    thumbnails: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
+    training_log: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Write ``<method>.png``, ``metrics.json`` and ``report.html`` for ``embeddings`` to ``out_dir``.
+    """Write ``<method>.png``, ``metrics.json``, ``report.html`` and ``explorer.html`` for ``embeddings``.
 
     Parameters
     ----------
@@ -129,6 +136,9 @@ def write_report(
     source : where the embeddings came from (shown in titles and the HTML).
     calibration : an index's ``attrs["calibration"]`` (``{"knn": ..., "cache": ...}``); each method's
         reliability diagram is written as ``reliability-<method>.png`` and shown in the HTML.
+    explorer : also write ``explorer.html`` (:func:`metriclearn.reports.explorer.write_explorer`) over the
+        projected points: texts, ids, thumbnails, confidence (one per row of ``embeddings``) are what it shows
+        of each item; training_log is a run's ``log.csv`` (training curves).
 
     Returns
     -------
@@ -156,8 +166,12 @@ def write_report(
         shown_codes = np.zeros(len(x), np.int64) if codes is None else codes  # one colour without labels
         shown_classes = ["unlabelled"] if codes is None else classes
         images = []
+        layouts: dict[str, np.ndarray] = {}
+        rows = stratified_subsample(shown_codes, max_points, seed)  # what project() keeps: the explorer's items
         for name in progress(report_methods(method), desc="projecting"):
             proj = project(x, shown_codes, name, max_points, seed, tsne_iter=tsne_iter, umap_epochs=umap_epochs)
+            assert np.array_equal(proj.indices, rows)
+            layouts[METHOD_NAMES[name]] = proj.points
             title, subtitle = _titles(name, proj.indices.size, x.shape, len(classes), metrics, source)
             png = png_bytes(scatter_figure(proj.points, shown_codes[proj.indices], shown_classes, title, subtitle))
             write_bytes(out / f"{name}.png", png)
@@ -170,6 +184,16 @@ def write_report(
         png = png_bytes(reliability_figure(state["reliability_before"], state["reliability_after"], title))
         write_bytes(out / f"reliability-{name}.png", png)
         images.append((f"Reliability diagram, {name} (the calibration stored in the index)", png))
+    if explorer:
+        from metriclearn.reports.explorer import write_explorer
+
+        with threadpool_limits(limits=1):
+            write_explorer(out / "explorer.html", x[rows], None if codes is None else codes[rows], layouts,
+                           classes=classes, rows=rows, n_total=len(x), metric=metric, texts=texts, ids=ids,
+                           thumbnails=thumbnails, confidence=confidence, calibration=calibration,
+                           training_log=training_log, config=config,
+                           title=f"metriclearn explorer: {source or 'embeddings'}")
+        data["explorer_points"] = len(rows)
     result = {**metrics, "data": data}
     write_json(out / "metrics.json", result)
     summary = {k: v for k, v in data.items() if k != "classes" and v is not None}

@@ -38,9 +38,9 @@ from typing import Any
 import tomli_w
 
 from metriclearn._atomic import write_text
-from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int
+from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int, check_seed
 from metriclearn._device import DEVICES
-from metriclearn.training.objectives import COMBINES, LOSSES
+from metriclearn.training.objectives import COMBINES, LOSSES, build_loss
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
 from metriclearn.training.splits import VAL_SPLITS
 
@@ -163,10 +163,16 @@ class TrainConfig:
             if not isinstance(options, dict):
                 raise TypeError(f"loss_options.{name} must be a table, got {options!r}")
         tuned = {name: dict(spec.tuned) for name, spec in LOSSES.items() if spec.tuned}
+        given = [name for name, options in self.loss_options.items() if options]
         self.loss_options = {
             name: {**tuned.get(name, {}), **self.loss_options.get(name, {})}
             for name in [*tuned, *(k for k in self.loss_options if k not in tuned)]
         }
+        for name in given:  # the loss checks its own options: now, so that from_toml can name the file
+            try:
+                build_loss(name, check_positive_int(self.embedding_dim, "embedding_dim"), 2, self.loss_options[name])
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"loss_options.{name}: {exc}") from None
         check_encoder_spec(self.encoder)
         if not isinstance(self.encoder_options, dict):
             raise TypeError(f"encoder_options must be a table, got {self.encoder_options!r}")
@@ -188,7 +194,7 @@ class TrainConfig:
         check_choice(self.device, DEVICES, "device")
         check_choice(self.monitor, MONITORS, "monitor")
         check_choice(self.val_split, VAL_SPLITS, "val_split")
-        check_positive_int(self.seed, "seed", allow_zero=True)
+        check_seed(self.seed, "seed")
         check_positive_int(self.patience, "patience", allow_zero=True)
         check_positive_int(self.threads, "threads", allow_zero=True)
         check_positive_int(self.checkpoint_every, "checkpoint_every", allow_zero=True)

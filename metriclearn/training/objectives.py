@@ -326,7 +326,7 @@ def build_loss(
 
 
 def build_objective(
-    terms: Iterable[tuple[str, float]] | None,
+    terms: Iterable[tuple[str, float] | str] | None,
     embedding_dim: int,
     num_classes: int,
     combine: str = "sum",
@@ -334,18 +334,24 @@ def build_objective(
 ) -> Objective:
     """The :class:`Objective` for ``[(name, weight), ...]`` as parsed from ``--loss NAME[:WEIGHT]``.
 
+    A term may also be given as a bare string, ``"neighborhood"`` (weight 1) or ``"cache:0.5"``.
+
     ``terms=None`` is the default objective of ``metriclearn train`` (``TrainConfig().loss``), so
     ``build_objective(None, 64, 10)`` with a default ``Trainer`` trains the same run as the CLI with no
     options. Head losses (``softmax``, ``complement``) share one ``nn.Linear(embedding_dim, num_classes)``.
 
     >>> build_objective(None, 64, 10).terms["neighborhood"]
     NeighborhoodSoftmaxLoss(temperature=0.15, distance='cosine', reduction='mean')
+    >>> build_objective(["neighborhood", "cache:0.5"], 64, 10).weights
+    {'neighborhood': 1.0, 'cache': 0.5}
     """
-    if terms is None:
-        from metriclearn.training.config import TrainConfig
+    from metriclearn.training.config import TrainConfig, parse_loss_term
 
+    if terms is None:
         terms = TrainConfig().terms()
-    terms = list(terms)
+    if isinstance(terms, str):  # one term: "neighborhood" would otherwise be read letter by letter
+        terms = [terms]
+    terms = [parse_loss_term(term) if isinstance(term, str) else _weighted_term(term) for term in terms]
     names = [name for name, _ in terms]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -358,6 +364,15 @@ def build_objective(
         name: build_loss(name, embedding_dim, num_classes, loss_options.get(name), head=head) for name in names
     }
     return Objective(modules, dict(terms), combine=combine)
+
+
+def _weighted_term(term: Any) -> tuple[str, float]:
+    """A ``(name, weight)`` pair, checked: a ``TypeError`` / ``ValueError`` that shows the term otherwise."""
+    if not isinstance(term, (tuple, list)) or len(term) != 2:
+        raise TypeError(f"a loss term must be 'NAME', 'NAME:WEIGHT' or (NAME, WEIGHT), got {term!r}")
+    name, weight = term
+    return check_choice(str(name).strip().lower(), tuple(LOSSES), "loss name"), check_positive_float(
+        weight, f"weight of loss {name!r}")
 
 
 def expected_initial_loss(name: str, batch_size: int, samples_per_class: int, num_classes: int) -> float | None:

@@ -8,6 +8,8 @@ The rule
   both values) and every edit made to ``config.toml`` since the run started. Only :data:`RUNTIME_KEYS`
   (where the run computes, not what it computes) may change.
 * :func:`run_state` tells a finished run (``model.pt`` is written last) from one that can continue.
+* :func:`data_stamp` records what ``--data`` held when the run started (in every checkpoint's metadata);
+  :func:`check_same_data` refuses, naming the file, to continue on data that changed since.
 * :func:`clean_stale_temp_files` removes the temporary files a killed atomic write left behind.
 
 Example
@@ -26,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from metriclearn._atomic import sha256
 from metriclearn.training.config import TrainConfig
 from metriclearn.training.trainer import load_checkpoint
 
@@ -96,6 +99,31 @@ def resume_config(run_dir: str | os.PathLike[str], requested: Mapping[str, Any] 
         raise ValueError(f"--resume continues {run_dir} with the settings it started with, but these differ: "
                          f"{'; '.join(changed)}; drop them, or start a new run in another --out")
     return config
+
+
+def data_stamp(source: str, n: int, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
+    """What the training data is: its source, size, sample shape, classes and, for a file, its SHA-256."""
+    stamp: dict[str, Any] = {"source": str(source), "n": int(n), "shape": [int(s) for s in input_shape],
+                             "classes": int(num_classes)}
+    if Path(source).is_file():
+        stamp["sha256"] = sha256(source)
+    return stamp
+
+
+def check_same_data(checkpoint: Mapping[str, Any] | None, now: Mapping[str, Any]) -> None:
+    """Refuse to resume on data other than the run's: a ``ValueError`` naming the file and what changed.
+
+    Checkpoints written before the data was recorded carry no stamp and are not checked.
+    """
+    before = None if checkpoint is None else checkpoint.get("metadata", {}).get("data")
+    if before is None or dict(before) == dict(now):
+        return
+    def shape(s: Mapping[str, Any]) -> str:
+        return f"{s['n']} samples of shape {tuple(s['shape'])} in {s['classes']} classes"
+    what = (f"{shape(before)} then, {shape(now)} now" if shape(before) != shape(now)
+            else "same size, other contents: its SHA-256 differs")
+    raise ValueError(f"--data {now['source']} changed since the run started ({what}); restore the file to resume, "
+                     "or start a new run in another --out")
 
 
 def clean_stale_temp_files(run_dir: str | os.PathLike[str]) -> list[Path]:

@@ -49,8 +49,10 @@ from metriclearn.training.objectives import build_objective
 from metriclearn.training.embedding import embed_array
 from metriclearn.training.resume import (
     RUNTIME_KEYS,
+    check_same_data,
     checkpoint_path,
     clean_stale_temp_files,
+    data_stamp,
     differences,
     load_checkpoint,
     run_state,
@@ -149,10 +151,13 @@ def train_run(
     seed_everything(config.seed)
     data, train, val = _load_splits(config)
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
+    _check_encoder_fits(config, data.is_text)
+    stamp = data_stamp(config.data, len(data), input_shape, data.num_classes)
+    check_same_data(checkpoint, stamp)  # before the model is built for data it was not trained on
     model = build_model(config, input_shape)
     all_callbacks = _run_callbacks(config, out, val, callbacks)
     trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
-    trainer.metadata = {"config": config.to_dict()}  # a resumed run gets the copy from its checkpoint back
+    trainer.metadata = {"config": config.to_dict(), "data": stamp}  # a resumed run gets its checkpoint's copy back
     claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, writes=_RUN_FILES,
                               hint="--resume to continue it or --overwrite")
              if trainer.is_main_process else contextlib.nullcontext(out))
@@ -190,9 +195,11 @@ def train_run(
         write_json(out / "metrics.json", metrics)
         if config.report:
             from metriclearn.reports import write_report
+            from metriclearn.reports.explorer import item_content
 
+            texts, thumbnails = item_content(held_out)
             write_report(held_out_emb, held_out.y, out / "report", classes=list(data.classes),
-                         config=config.to_dict())
+                         config=config.to_dict(), texts=texts, thumbnails=thumbnails, training_log=out / "log.csv")
         save_model(out / "model.pt", model, config, input_shape,  # last: its presence marks a finished run
                    head=classification_head(trainer.objective))
     return metrics
@@ -263,6 +270,17 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
             f"--val-fraction 0 (measure on the training data)"
         )
     return data, train, val
+
+
+def _check_encoder_fits(config: TrainConfig, text_data: bool) -> None:
+    """Texts need the sentence encoder and numeric features one of the others: say which, naming --data."""
+    text_encoder = config.encoder.split(":", 1)[0] == "sentence"
+    if text_data and not text_encoder:
+        raise ValueError(f"{config.data} holds texts, which --encoder {config.encoder} cannot embed; "
+                         "use --encoder sentence (or sentence:MODEL_DIR)")
+    if text_encoder and not text_data:
+        raise ValueError(f"{config.data} holds numeric features, but --encoder {config.encoder} embeds texts; "
+                         "use --encoder mlp (or cnn), or give a .jsonl of texts")
 
 
 class _MovieSnapshots(Callback):

@@ -533,19 +533,33 @@ def _take(X: Any, idx: Tensor) -> Any:
     return [X[i] for i in idx.tolist()]
 
 
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file that cannot be read back (truncated, overwritten, not a checkpoint): bad input, not usage."""
+
+
+_CHECKPOINT_FIX = "restore the file, or start the run again with --overwrite"
+
+
 def load_checkpoint(source: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint (a path, or an already loaded dict) as a dict; a damaged file raises ``ValueError`` naming it."""
+    """A checkpoint (a path, or an already loaded dict) as a dict; a damaged file raises :class:`DamagedCheckpoint`
+    naming it, with the first sentence of torch's reason (its own text runs to 7 lines)."""
     if isinstance(source, dict):
         return source
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory (no checkpoint to resume from)", str(path))
+    if not path.is_file():
+        raise DamagedCheckpoint(f"{path}: not a metriclearn checkpoint (not a regular file); {_CHECKPOINT_FIX}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise ValueError(f"{path}: not a readable metriclearn checkpoint ({exc})") from exc
+        lines = str(exc).strip().splitlines()
+        why = lines[0].split(". ")[0].rstrip(".") if lines else ("the file is empty" if path.stat().st_size == 0
+                                                                 else type(exc).__name__)
+        raise DamagedCheckpoint(f"{path}: damaged, or not a metriclearn checkpoint ({why}); {_CHECKPOINT_FIX}") from exc
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a metriclearn checkpoint (it holds a {type(state).__name__})")
+        raise DamagedCheckpoint(f"{path}: not a metriclearn checkpoint (it holds a {type(state).__name__}); "
+                                f"{_CHECKPOINT_FIX}")
     return state
 
 

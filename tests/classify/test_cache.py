@@ -163,7 +163,7 @@ def test_bad_parameters_are_named(params: dict, match: str) -> None:
         CacheClassifier(**params).fit(np.eye(3), [0, 1, 1])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_gpu_matches_cpu(digits) -> None:
     X, y, Xt, _ = digits
     cpu = CacheClassifier(theta=40.0, device="cpu").fit(X, y).predict_proba(Xt)

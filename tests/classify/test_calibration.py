@@ -125,15 +125,30 @@ def test_sets_follow_classes_order_and_calibration_keeps_knn_predictions(train) 
     np.testing.assert_array_equal(sets, proba >= 1 - knn.calibration_["conformal"]["threshold"])
 
 
+def _ece(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE written out bin by bin (Guo et al. 2017), independent of ``conformal.reliability``."""
+    confidence, correct = proba.max(axis=1), proba.argmax(axis=1) == y
+    total = 0.0
+    for lo, hi in zip(np.linspace(0, 1, bins + 1)[:-1], np.linspace(0, 1, bins + 1)[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            total += in_bin.sum() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return total / len(y)
+
+
 def test_calibration_lowers_ece_on_held_out_rows() -> None:
+    """ECE measured here, on rows ``calibrate`` never saw, falls well below the uncalibrated classifier's."""
     X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32)
-    knn = KNNClassifier(10, device="cpu").fit(X[:900], y[:900]).calibrate(X[900:], y[900:])
-    state = knn.calibration_
-    assert state["ece_after"] < state["ece_before"]
-    cache = CacheClassifier(theta=50.0, device="cpu").fit(X[:900], y[:900]).calibrate(X[900:], y[900:])
-    assert cache.calibration_["ece_after"] < cache.calibration_["ece_before"]
-    assert cache.theta_ == cache.calibration_["probability"]["theta"] != 50.0
+    order = np.random.default_rng(0).permutation(len(X))  # the file is sorted by writer: mix before splitting
+    X, y = (X[order] / 16.0).astype(np.float32), y[order]
+    fit, cal, held_out = slice(0, 700), slice(700, 1200), slice(1200, None)  # 597 held-out rows
+    for clf in (KNNClassifier(10, device="cpu"), CacheClassifier(theta=50.0, device="cpu")):
+        clf.fit(X[fit], y[fit])
+        before = _ece(clf.predict_proba(X[held_out]), y[held_out])
+        clf.calibrate(X[cal], y[cal])
+        after = _ece(clf.predict_proba(X[held_out]), y[held_out])
+        assert after < 0.6 * before, (type(clf).__name__, before, after)  # measured: 0.041 → 0.015, 0.062 → 0.012
+    assert clf.theta_ == clf.calibration_["probability"]["theta"] != 50.0
 
 
 # ---------------------------------------------------------------------------------------------- refusals, errors
@@ -345,4 +360,11 @@ def test_twin_classifiers_are_bounded(train, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(calibration, "MAX_TWIN_CLASSES", 2)
     knn = KNNClassifier(10, device="cpu").fit(X, y).calibrate(Xc, yc, target_precision=0.9)
     assert len(built) == 2 and len(set(built)) == 2
-    assert knn.calibration_["rejection"]["precision"] >= 0.9
+    # the bounded rule still holds its precision on fresh rows, where the plain argmax does not
+    Xt, yt = blobs(3000, seed=10)
+    labels, rejected = knn.predict_with_rejection(Xt)
+    plain = (labels == yt).mean()
+    precision = (labels == yt)[~rejected].mean()
+    sd = np.sqrt(0.9 * 0.1 / (~rejected).sum())
+    assert precision >= 0.9 - 4 * sd and precision > plain + 0.05, (plain, precision)  # measured: 0.88 → 0.98
+    assert (~rejected).mean() > 0.3  # and still answers for many rows (measured: 47 %)

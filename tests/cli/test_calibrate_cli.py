@@ -204,7 +204,7 @@ def test_classify_errors_on_uncalibrated_or_mismatched_use(files, index_copy: Pa
         (("--k", "301"), 1, ("k=301 is larger than the index",)),
         (("--features", "missing"), 1, ("missing.npy",)),
         (("--method", "cache", "--weights", "uniform"), 2, ("--weights applies to --method knn only",)),
-        (("--seed", "-1"), 2, ("must be a non-negative integer, got -1",)),
+        (("--seed", "-1"), 2, ("-1 is not in the range 0<=x<=4294967295",)),
         (("--method", "svm"), 2, ("'svm' is not one of 'knn', 'cache'",)),
         (("--score", "raps"), 2, ("'raps' is not one of 'lac', 'aps'",)),
     ],

@@ -184,12 +184,14 @@ def test_a_folder_that_is_not_a_text_encoder_is_one_line(tmp_path, texts) -> Non
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("kind", ["distilbert", "roberta"])
+@pytest.mark.parametrize("kind", ["distilbert", "roberta", "mpnet"])
 def test_other_encoder_families_fine_tune_their_top_block(tmp_path, tiny_bert_dir, kind) -> None:
     from transformers import (
         AutoTokenizer,
         DistilBertConfig,
         DistilBertModel,
+        MPNetConfig,
+        MPNetModel,
         RobertaConfig,
         RobertaModel,
     )
@@ -200,6 +202,10 @@ def test_other_encoder_families_fine_tune_their_top_block(tmp_path, tiny_bert_di
     if kind == "distilbert":
         model = DistilBertModel(DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=16, n_layers=2, n_heads=2,
                                                  hidden_dim=32, max_position_embeddings=64))
+    elif kind == "mpnet":
+        model = MPNetModel(MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=32, max_position_embeddings=66,
+                                       pad_token_id=tokenizer.pad_token_id))
     else:
         model = RobertaModel(RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
                                            num_attention_heads=2, intermediate_size=32, max_position_embeddings=66,
@@ -207,8 +213,10 @@ def test_other_encoder_families_fine_tune_their_top_block(tmp_path, tiny_bert_di
     model.save_pretrained(tmp_path / kind)
     tokenizer.save_pretrained(tmp_path / kind)
     enc = SentenceEncoder(tmp_path / kind, embedding_dim=4, freeze=False, unfreeze=1).train()
-    positions = 64 if kind == "distilbert" else 66 - tokenizer.pad_token_id - 1  # RoBERTa counts from pad + 1
-    assert enc.max_length == positions
+    # RoBERTa and MPNet number positions from padding_idx + 1 (RoBERTa's pad id, 0 here; MPNet's is always 1)
+    assert enc.max_length == {"distilbert": 64, "roberta": 66 - 1, "mpnet": 66 - 2}[kind]
+    with pytest.warns(UserWarning, match="longer than max_length"):  # the longest text the model can take runs
+        assert enc([" ".join(["word"] * 300)]).shape == (1, 4)
     trainable = {n for n, p in enc.transformer.named_parameters() if p.requires_grad}
     assert trainable and all(".layer.1." in f".{n}" for n in trainable)  # the top block of 2 only
     enc(["a short text", "a somewhat longer text than that"]).sum().backward()
@@ -268,3 +276,21 @@ def test_fine_tuning_batches_are_bucketed_by_token_count(tiny_bert_dir, texts) -
             assert lengths is None
         else:
             assert lengths.tolist() == [len(model.tokenizer(t)["input_ids"]) for t in data.X]
+
+
+def test_linear_schedule_warms_up_then_decays_every_group() -> None:
+    from metriclearn.training.optim import build_optimizer, build_scheduler
+
+    body, head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)
+    opt = build_optimizer("adamw", [*body.parameters(), *head.parameters()], 1e-3, 0.01, list(body.parameters()),
+                          encoder_lr=2e-5)
+    schedule = build_scheduler("linear", opt, total_steps=50)  # warm-up: the first 5 steps
+    rates = []
+    for _ in range(50):
+        rates.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        schedule.step()
+    rates = np.array(rates)  # (steps, groups)
+    np.testing.assert_allclose(rates[:6, 0], [0, 2e-4, 4e-4, 6e-4, 8e-4, 1e-3], rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(rates / rates[5], np.repeat(rates[:, :1] / rates[5, 0], 4, axis=1))  # same shape
+    assert (np.diff(rates[5:, 0]) < 0).all() and rates[-1, 0] == pytest.approx(1e-3 / 45)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import invoke as run
+from reports.test_explorer import page_data
 
 
 def image(path: object) -> Image.Image:
@@ -117,6 +118,9 @@ def test_train_report_and_report_from_the_run_end_to_end(tmp_path) -> None:
     assert image(report_dir / "centroids.gif").n_frames == 2  # one frame per epoch
     assert image(report_dir / "centroids.png").format == "PNG"
     assert json.loads((report_dir / "metrics.json").read_text())["data"]["n_points"] == 360  # the val split
+    explorer = page_data(report_dir / "explorer.html")  # the explorer of the val split, with its training curves
+    assert explorer["n_shown"] == 360 and explorer["thumbs"]["w"] == 8 and len(explorer["log"]["rows"]) == 2
+    assert explorer["config"]["epochs"] == 2 and explorer["config"]["embedding_dim"] == 8
     result = run("report", "--model", tmp_path / "run", "--data", "digits", "--method", "tsne", "--max-points", 300,
                  "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
@@ -135,3 +139,5 @@ def test_report_without_labels_draws_one_colour_and_measures_nothing(files, tmp_
     assert set(metrics) == {"data"} and metrics["data"]["n_points"] == 120 and metrics["data"]["classes"] == []
     assert image(tmp_path / "r" / "tsne.png").format == "PNG"
     assert "precision" not in (tmp_path / "r" / "report.html").read_text().lower()
+    explorer = page_data(tmp_path / "r" / "explorer.html")  # map and neighbours, no failures
+    assert explorer["codes"] is None and explorer["failures"] == [] and explorer["n_shown"] == 120

@@ -230,7 +230,7 @@ def test_report_flag_calls_reports_each_epoch_and_at_the_end(tmp_path, monkeypat
         def load_state_dict(self, state):
             raise AssertionError("a fresh run restores no movie")
 
-    def fake_write_report(embeddings, labels, out_dir, method="both", classes=None, config=None):
+    def fake_write_report(embeddings, labels, out_dir, method="both", classes=None, config=None, **explorer):
         calls["write_report"].append((embeddings.shape, out_dir, classes, config["epochs"]))
         return {}
 

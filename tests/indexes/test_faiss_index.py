@@ -16,9 +16,7 @@ from metriclearn.indexes import EmbeddingIndex, _flat_search, exact_search
 from metriclearn.indexes._search import Searcher
 
 DIM = 16
-NO_GPU = pytest.mark.skipif(
-    not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0, reason="needs faiss-gpu and a GPU"
-)
+NEEDS_FAISS_GPU = pytest.mark.gpu(faiss=True)  # skipped unless faiss-gpu sees a GPU (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True)
@@ -481,7 +479,7 @@ def test_cuda_without_gpu_is_a_clear_error() -> None:
         EmbeddingIndex(DIM, device="cuda")
 
 
-@NO_GPU
+@NEEDS_FAISS_GPU
 @pytest.mark.parametrize("kind", ["flat", "ivf", "pq"])
 def test_gpu_search_matches_cpu(tmp_path: Path, rng: np.random.Generator, kind: str) -> None:
     xb = rng.standard_normal((3000, DIM), dtype=np.float32)
@@ -494,27 +492,27 @@ def test_gpu_search_matches_cpu(tmp_path: Path, rng: np.random.Generator, kind: 
     D_cpu, I_cpu = cpu.search(queries, 10)
     D_gpu, I_gpu = gpu.search(queries, 10)
     assert _recall(I_gpu, I_cpu) >= (0.99 if kind != "pq" else 0.8)
-    assert gpu._gpu_index is not None
+    assert gpu._searcher._gpu_index is not None  # the search above ran on the GPU copy
     big_k = gpu.search(queries[:2], 2100)[1]  # above the GPU k limit: searched on CPU
     assert big_k.shape == (2, 2100) and (big_k[:, :2000] >= 0).all()
     gpu.save(tmp_path)  # the CPU index is saved; it answers as the GPU copy did
     np.testing.assert_array_equal(EmbeddingIndex.load(tmp_path, device="cpu").search(queries, 10)[1], I_cpu)
 
 
-@NO_GPU
+@NEEDS_FAISS_GPU
 def test_index_types_without_a_gpu_version(x, q) -> None:
     auto = EmbeddingIndex(DIM, kind="PQ4np", device="auto")
     auto.add(x)
     with pytest.warns(UserWarning, match="faiss cannot put 'PQ4np' on the GPU"):
         I = auto.search(q, 5)[1]
-    assert (I >= 0).all() and auto._gpu_index is None
+    assert (I >= 0).all() and auto._searcher._gpu_index is None and auto._searcher.gpu_unsupported  # CPU answered
     cuda = EmbeddingIndex(DIM, kind="PQ4np", device="cuda")
     cuda.add(x)
     with pytest.raises(ValueError, match="faiss cannot put 'PQ4np' on the GPU"):
         cuda.search(q, 5)
 
 
-@NO_GPU
+@NEEDS_FAISS_GPU
 def test_cuda_refuses_hnsw() -> None:
     with pytest.raises(ValueError, match="kind 'hnsw' has no faiss GPU implementation"):
         EmbeddingIndex(DIM, kind="hnsw", device="cuda")

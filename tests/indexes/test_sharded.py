@@ -220,11 +220,8 @@ def test_torchrun_query_and_classify_hold_one_shard_per_rank(folders, torchrun, 
         assert np.abs(np.array(one["probabilities"]) - np.array(two["probabilities"])).max() < 1e-5
 
 
+@pytest.mark.gpu(faiss=True)
 def test_sharded_search_on_gpus_equals_cpu() -> None:
-    import faiss
-
-    if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
-        pytest.skip("needs faiss-gpu and a GPU; CI has none")
     x, y, q = _data()
     cpu = ShardedIndex.build(x, labels=y, num_shards=2, metric="l2", device="cpu")
     gpu = ShardedIndex.build(x, labels=y, num_shards=2, metric="l2", device="cuda")

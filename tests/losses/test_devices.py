@@ -30,7 +30,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], int, int, int, float]] = {
 }
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", list(CASES))
 def test_cuda_matches_cpu(case: str) -> None:
     make, b, d, k, scale = CASES[case]

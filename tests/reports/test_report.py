@@ -43,7 +43,8 @@ def report(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_writes_two_pngs_html_and_json(report) -> None:
     out, _ = report
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.html", "tsne.png", "umap.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["explorer.html", "metrics.json", "report.html", "tsne.png",
+                                                      "umap.png"]
     for name in ("tsne.png", "umap.png"):
         picture = image(out / name)
         assert picture.format == "PNG" and picture.size == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))

@@ -333,7 +333,7 @@ def test_torchrun_embed_and_index_build_equal_one_process(digits_runs, torchrun,
     assert np.allclose(a.vectors(), b.vectors(), atol=1e-5) and np.allclose(b.vectors(), one, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA GPUs (NCCL, AMP); CI has none")
+@pytest.mark.gpu  # NCCL, AMP
 def test_torchrun_on_gpus_with_nccl_and_amp(torchrun, tmp_path) -> None:
     """NCCL, SyncBatchNorm and mixed precision on 1 or 2 GPUs reach the accuracy of the CPU test above."""
     done = torchrun("train", "--epochs", "2", "--device", "cuda", "--quiet", "--out", tmp_path / "gpu",

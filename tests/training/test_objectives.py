@@ -131,17 +131,48 @@ def test_every_named_loss_starts_at_its_chance_level_and_trains(name: str) -> No
     assert moved.grad is not None and moved.grad.abs().sum() > 0
 
 
-def test_registry_rows_drive_building_by_name() -> None:
-    assert LOSS_NAMES == tuple(LOSSES) and set(LOSS_NAMES) == {"neighborhood", "snn", "prototype", "cache",
-                                                                "softmax", "complement", "uniformity"}
-    for name, spec in LOSSES.items():
-        term = build_loss(name, 8, 5)
-        criterion = term.criterion if spec.head else term
-        assert isinstance(criterion, spec.cls) and isinstance(term, HeadLoss) == spec.head
-        for option, value in spec.tuned.items():
-            assert getattr(criterion, option) == value, (name, option)
-    assert build_loss("cache", 8, 5).temperature == LOSSES["neighborhood"].tuned["temperature"]  # class default
-    assert build_loss("neighborhood", 8, 5, {"temperature": 0.5}).temperature == 0.5  # options win over tuned
+class _ScaledPull(nn.Module):
+    """A loss for a registry row added by the test: ``scale · mean ‖e‖²`` (its ``dim`` is filled from the data)."""
+
+    def __init__(self, dim: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.dim, self.scale = dim, scale
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        assert embeddings.shape[1] == self.dim
+        return self.scale * embeddings.pow(2).sum(dim=1).mean()
+
+
+def test_registry_rows_drive_building_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row added to LOSSES is built by name with its required arguments, tuned options and head: the loss
+    values show it, not the attributes the row itself set."""
+    from metriclearn.training.config import TrainConfig
+    from metriclearn.training.objectives import LossSpec
+
+    monkeypatch.setitem(LOSSES, "pull", LossSpec(_ScaledPull, required=("dim",), tuned={"scale": 3.0}))
+    monkeypatch.setitem(LOSSES, "smooth", LossSpec(nn.CrossEntropyLoss, tuned={"label_smoothing": 0.2}, head=True))
+    e = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2])  # uneven classes
+    mean_sq = e.pow(2).sum(dim=1).mean()
+    assert build_loss("pull", 4, 3)(e, y).item() == pytest.approx(3.0 * mean_sq.item(), rel=1e-6)  # tuned
+    assert build_loss("pull", 4, 3, {"scale": 0.5})(e, y).item() == pytest.approx(0.5 * mean_sq.item(), rel=1e-6)
+    objective = build_objective([("pull", 2.0), ("smooth", 1.0)], 4, 3)
+    head = objective.terms["smooth"].head
+    smoothed = nn.functional.cross_entropy(head(e), y, label_smoothing=0.2)
+    assert smoothed.item() != pytest.approx(nn.functional.cross_entropy(head(e), y).item(), rel=1e-3)
+    assert objective(e, y).item() == pytest.approx(6.0 * mean_sq.item() + smoothed.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="set by the trainer"):
+        build_loss("pull", 4, 3, {"dim": 2})
+    assert TrainConfig(loss=["pull:2", "smooth"]).terms() == [("pull", 2.0), ("smooth", 1.0)]  # the config too
+    monkeypatch.delitem(LOSSES, "pull")
+    with pytest.raises(ValueError, match=r"loss name must be one of .*'smooth'; got 'pull'"):
+        build_loss("pull", 4, 3)
+    # the built-in rows' tuned options are in effect: the default neighbourhood loss is not the class default
+    from metriclearn.losses import NeighborhoodSoftmaxLoss
+
+    tuned, default = build_loss("neighborhood", 4, 3)(e, y).item(), NeighborhoodSoftmaxLoss()(e, y).item()
+    assert tuned == pytest.approx(NeighborhoodSoftmaxLoss(temperature=0.15, distance="cosine")(e, y).item(), rel=1e-6)
+    assert tuned != pytest.approx(default, rel=1e-3)
 
 
 def test_expected_initial_loss_matches_uniform_softmax() -> None:

@@ -170,7 +170,7 @@ def test_train_evaluate_embed_on_pairs(tmp_path, pair_file, tiny_bert_dir) -> No
     run = tmp_path / "run"
     result = invoke("train", "--data", pair_file, "--encoder", f"sentence:{tiny_bert_dir}", *FAST, "--out", run)
     assert result.exit_code == 0, result.output
-    assert "pairs" in result.output and "recall_at_10" in result.output
+    assert "held-out metrics (val, 7 pairs)" in result.output and "recall_at_10" in result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n_eval"] == 7 and metrics["n_train"] == 16  # 30 % of 23 pairs held out, by whole pairs
     assert set(metrics["pairs"]) == {"recall_at_1", "recall_at_10", "mrr_at_10", "ndcg_at_10"}
@@ -246,3 +246,24 @@ def test_finetune_pairs_example_on_a_tiny_slice(tmp_path, tiny_bert_dir, capsys)
     lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
     assert len(lines) == 24 and all(json.loads(line)["anchor"] and json.loads(line)["positive"] for line in lines)
     assert "6 held-out pairs, each anchor against all 6 positives" in capsys.readouterr().out
+
+
+def test_pairs_with_hard_negatives_and_no_validation_split(tmp_path, tiny_bert_dir, monkeypatch) -> None:
+    from metriclearn.losses import NeighborhoodSoftmaxLoss
+
+    rows = [{"anchor": f"what is a {w}?", "positive": f"a {w} is a thing called {w}",
+             "negative": f"a {w} is never a {WORDS[i - 1]}"} for i, w in enumerate(WORDS)]
+    path = _write(tmp_path / "triplets.jsonl", rows)
+    batches = []
+    original = NeighborhoodSoftmaxLoss.compute
+    monkeypatch.setattr(NeighborhoodSoftmaxLoss, "compute",
+                        lambda self, e, labels: batches.append(labels.tolist()) or original(self, e, labels))
+    result = invoke("train", "--data", path, "--encoder", f"sentence:{tiny_bert_dir}", *FAST, "--val-fraction", "0",
+                    "--epochs", "1", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert len(batches) == 6 and sum(map(len, batches)) == 3 * 23  # 4 whole triplets per batch, the last 3
+    for labels in batches:  # per pair: anchor and positive share its id, its negative has an id of its own
+        pairs = {v for v in labels if v < 23}
+        assert all(labels.count(v) == 2 for v in pairs) and sorted(v - 23 for v in labels if v >= 23) == sorted(pairs)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["split"] == "train" and metrics["n_eval"] == 23  # measured on the training pairs, negatives aside
