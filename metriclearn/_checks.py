@@ -16,19 +16,28 @@ ValueError: k must be a positive integer, got 0
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 _EXACT_FLOAT_INT = 2.0**53  # every integer up to this is exactly a float64
 _NOT_LABELS = {"S": "bytes", "M": "dates", "m": "time spans", "V": "raw records"}  # dtype kinds
 
 
+def is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a ``torch.Tensor``, without importing torch (no tensor exists before it is imported)."""
+    torch_module = sys.modules.get("torch")
+    return torch_module is not None and isinstance(value, torch_module.Tensor)
+
+
 def describe(value: Any, limit: int = 60) -> str:
     """A short ``repr`` of ``value`` for error messages (arrays show shape and dtype, not data)."""
-    if isinstance(value, (np.ndarray, torch.Tensor)):
+    if isinstance(value, np.ndarray) or is_tensor(value):
         return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -116,7 +125,7 @@ def check_matrix(
     (unless ``allow_empty``), NaN/inf values and finite values beyond ``dtype``'s range (1e39 as float32);
     ``TypeError`` for non-numeric data.
     """
-    if isinstance(x, torch.Tensor):
+    if is_tensor(x):
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
@@ -160,7 +169,7 @@ def check_labels(y: Any, name: str, n: int | None = None) -> np.ndarray:
         ...
     ValueError: y must hold integer or string labels; position 1 holds the float 1e+20, which is not an integer a float represents exactly (|label| <= 2**53)
     """
-    if isinstance(y, torch.Tensor):
+    if is_tensor(y):
         y = y.detach().cpu().numpy()
     arr = np.asarray(y)
     if arr.ndim != 1:
@@ -214,7 +223,7 @@ def check_probabilities(proba: Any, name: str, n: int | None = None, num_classes
 
 def check_embeddings_tensor(embeddings: Any, name: str = "embeddings") -> torch.Tensor:
     """Validate a (B, D) floating-point tensor (losses' boundary check; finiteness is not scanned)."""
-    if not isinstance(embeddings, torch.Tensor):
+    if not is_tensor(embeddings):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(embeddings).__name__}")
     if embeddings.dim() != 2:
         raise ValueError(f"{name} must have shape (B, D), got {tuple(embeddings.shape)}")
@@ -225,10 +234,10 @@ def check_embeddings_tensor(embeddings: Any, name: str = "embeddings") -> torch.
 
 def check_labels_tensor(labels: Any, batch_size: int, name: str = "labels") -> torch.Tensor:
     """Validate a (B,) integer label tensor that matches a batch of ``batch_size`` rows."""
-    if not isinstance(labels, torch.Tensor):
+    if not is_tensor(labels):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() != 1 or labels.shape[0] != batch_size:
         raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == sys.modules["torch"].bool:
         raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
     return labels

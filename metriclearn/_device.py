@@ -12,9 +12,12 @@ ValueError: device must be one of 'auto', 'cpu', 'cuda'; got 'tpu'
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from metriclearn._checks import check_choice
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda")  # the device names every --device option and ``device=`` argument accepts
 
@@ -24,6 +27,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
     Raises ``TypeError`` for a non-string, ``ValueError`` for an unknown name or for CUDA without a GPU.
     """
+    import torch  # here, not at module level: the CLI's option lists import DEVICES without torch
+
     if isinstance(device, torch.device):
         return device
     if not isinstance(device, str):

@@ -11,9 +11,10 @@ Example
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tqdm.auto import tqdm
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 T = TypeVar("T")
 _QUIET = False
@@ -32,6 +33,8 @@ def is_quiet() -> bool:
 
 def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
     """``tqdm(iterable, **kwargs)``, off with :func:`set_quiet` and (``disable=None``) when not a TTY."""
+    from tqdm.auto import tqdm  # here: importing tqdm.auto costs CLI start-up time before any bar is shown
+
     kwargs.setdefault("disable", True if _QUIET else None)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)

@@ -29,8 +29,12 @@ ValueError: x has rows of L2 norm up to 1e+19, but metric 'l2' takes norms up to
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_NORM = 1e18
 _SAFE_BAND = (2.0**-20, 2.0**20)  # largest |entry| inside it: no rescale
@@ -55,6 +59,8 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 def unit_rows_tensor(x: torch.Tensor) -> torch.Tensor:
     """:func:`unit_rows` for a (n, d) tensor, on its device."""
+    import torch  # here: the CLI imports this module (via indexes.exact) for --help, without torch
+
     peak = x.abs().amax(dim=1, keepdim=True)  # (n, 1)
     scaled = x / torch.where(peak > 0, peak, torch.ones_like(peak))
     return torch.nn.functional.normalize(scaled, dim=1)  # norms are 0 or >= 1: the eps never matters

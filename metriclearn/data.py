@@ -3,7 +3,8 @@
 Formats (see DESIGN.md):
 
 - ``.npz`` with arrays ``X`` (n, ...) and ``y`` (n,); labels int or str; loaded with ``allow_pickle=False``.
-- ``.csv`` with a header, a ``label`` column and numeric feature columns (every other column).
+- ``.csv`` with a header, a ``label`` column (another name: ``CsvColumns(label=...)``, ``--label-column``) and
+  numeric feature columns (every other column, except an id and metadata columns named by :class:`CsvColumns`).
 - ``.jsonl``: one JSON object per line with ``text`` (str) and ``label`` (int or str; ``group`` is another name
   for it: rows of one group are equivalent texts); blank lines skipped.
 - pair ``.jsonl`` (sentence-transformers' columns): ``anchor`` and ``positive`` (and optionally ``negative``, on
@@ -55,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from metriclearn._checks import (
     check_choice,
@@ -70,6 +70,8 @@ from metriclearn.sampler import ClassBalancedSampler
 __all__ = [
     "ClassBalancedSampler",
     "LabeledData",
+    "CsvColumns",
+    "csv_extras",
     "encode_labels",
     "make_pairs",
     "load_data",
@@ -334,26 +336,88 @@ def _integral(value: int, where: str, text: str) -> int:
     return value
 
 
-def _read_csv(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+@dataclass(frozen=True)
+class CsvColumns:
+    """The columns of a ``.csv`` that are not features: the label (``--label-column``), an id (``--id-column``:
+    integer ids that go into an index) and metadata kept as text (``--keep-columns A,B``). Every other column
+    is a numeric feature.
+
+    >>> CsvColumns(label="species", keep=("name",)).special()
+    ['species', 'name']
+    """
+
+    label: str = "label"
+    id: str | None = None
+    keep: tuple[str, ...] = ()
+
+    def special(self) -> list[str]:
+        """The non-feature column names, label first."""
+        return [self.label, *([self.id] if self.id else []), *self.keep]
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """``(header, [(line, fields), ...])`` of a CSV file, blank lines dropped, row widths checked."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [(line, r) for line, r in enumerate(csv.reader(f), start=1) if r]  # blank lines dropped
     if not rows:
         raise ValueError(f"{path} is empty")
     header = [h.strip() for h in rows[0][1]]
-    label_cols = [i for i, h in enumerate(header) if h == "label"]
-    if len(label_cols) > 1:
-        where = " and ".join(str(i + 1) for i in label_cols)
-        raise ValueError(f"{path} has {len(label_cols)} 'label' columns (columns {where}); keep exactly one")
-    if not label_cols and require_labels:
-        raise ValueError(f"{path} has no 'label' column (columns: {header})")
     body = rows[1:]
-    width = len(header)
     for line, row in body:
-        if len(row) != width:
-            raise ValueError(f"{path}, line {line}: {len(row)} fields, but the header has {width}")
-    feature_cols = [i for i in range(width) if i not in label_cols]
+        if len(row) != len(header):
+            raise ValueError(f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}")
+    return header, body
+
+
+def _column(header: list[str], name: str, path: Path, option: str, required: bool = True) -> int | None:
+    """The index of column ``name`` (exactly one), or ``None`` when absent and not ``required``."""
+    found = [i for i, h in enumerate(header) if h == name]
+    if len(found) > 1:
+        where = " and ".join(str(i + 1) for i in found)
+        raise ValueError(f"{path} has {len(found)} {name!r} columns (columns {where}); keep exactly one")
+    if not found and required:
+        raise ValueError(f"{path} has no {name!r} column (columns: {header}); {option}")
+    return found[0] if found else None
+
+
+def csv_extras(path: str | os.PathLike[str], columns: CsvColumns) -> tuple[np.ndarray | None, list[dict] | None]:
+    """``(ids, metadata)`` of a CSV: the ``columns.id`` column as int64 ids (``None`` without one) and one dict
+    ``{name: text}`` per row of the ``columns.keep`` columns (``None`` without any); errors name the column."""
+    path = Path(path)
+    header, body = _csv_rows(path)
+    ids = None
+    if columns.id:
+        at = _column(header, columns.id, path, "see --id-column")
+        values = []
+        for line, row in body:
+            text = row[at].strip()
+            try:
+                values.append(int(text))
+            except ValueError:
+                raise ValueError(f"{path}, line {line}: id column {columns.id!r} holds {text!r}; ids must be "
+                                 "integers") from None
+        ids = np.array(values, dtype=np.int64)
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError(f"{path}: id column {columns.id!r} repeats ids; each row needs its own")
+    metadata = None
+    if columns.keep:
+        where = {name: _column(header, name, path, "see --keep-columns") for name in columns.keep}
+        metadata = [{name: row[at] for name, at in where.items()} for _, row in body]
+    return ids, metadata
+
+
+def _read_csv(path: Path, require_labels: bool,
+              columns: CsvColumns = CsvColumns()) -> tuple[np.ndarray, np.ndarray | None]:
+    header, body = _csv_rows(path)
+    named = columns.label != CsvColumns.label  # a label column named by the user must be there
+    label_at = _column(header, columns.label, path, "--label-column NAME names the label column",
+                       required=require_labels or named)
+    label_cols = [] if label_at is None else [label_at]
+    skipped = {_column(header, name, path, "see --id-column / --keep-columns") for name in columns.special()[1:]}
+    width = len(header)
+    feature_cols = [i for i in range(width) if i not in label_cols and i not in skipped]
     if not feature_cols:
-        raise ValueError(f"{path} has no feature columns besides 'label'")
+        raise ValueError(f"{path} has no feature columns besides {', '.join(repr(n) for n in columns.special())}")
     if not body:
         return np.zeros((0, len(feature_cols)), np.float32), None if not label_cols else np.zeros(0, np.int64)
     cells = np.array([row for _, row in body], dtype=str)  # (n, width)
@@ -366,8 +430,9 @@ def _read_csv(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray 
                     float(value)
                 except ValueError:
                     raise ValueError(
-                        f"{path}: column {header[col]!r} is not numeric (line {line} holds {value!r}); "
-                        "every column other than 'label' must be a number"
+                        f"{path}: feature column {header[col]!r} is not numeric (line {line} holds {value!r}); "
+                        f"every column other than the label ({columns.label!r}) is a feature: name it with "
+                        f"--label-column, --id-column or --keep-columns, or remove it"
                     ) from None
         raise
     if not label_cols:
@@ -484,6 +549,7 @@ def load_data(
     *,
     require_labels: bool = True,
     unseen: str = "error",
+    columns: CsvColumns | None = None,
 ) -> LabeledData:
     """Load a data set from ``source`` (a path or ``"digits"``).
 
@@ -500,6 +566,10 @@ def load_data(
     unseen : {"error", "append"}
         With ``classes``: a label outside it is a ``ValueError`` naming it, or (``"append"``) a new class
         after the known ones (see :func:`encode_labels`).
+    columns : CsvColumns, optional
+        For a ``.csv``: the label column's name (default ``label``) and the id / metadata columns that are not
+        features (:func:`csv_extras` reads them). Given for another kind of file, it is a ``ValueError``
+        unless it is the default.
 
     Raises
     ------
@@ -539,11 +609,15 @@ def load_data(
             )
         if path.stat().st_size == 0:
             raise ValueError(f"{path} is empty")
+        if columns not in (None, CsvColumns()) and suffix != ".csv":
+            raise ValueError(f"{path}: --label-column, --id-column and --keep-columns apply to .csv files only")
         try:
             if suffix == ".jsonl" and _is_pair_file(path):
                 return _read_pairs(path)
             if suffix == ".npy":
                 X, y = _read_raw_npy(path)
+            elif suffix == ".csv":
+                X, y = _read_csv(path, require_labels, columns or CsvColumns())
             else:
                 reader = {".npz": _read_npz, ".csv": _read_csv, ".jsonl": _read_jsonl}[suffix]
                 X, y = reader(path, require_labels)
@@ -693,6 +767,8 @@ def train_val_split(
     y = data.y[splittable]
     n_classes = len(np.unique(y))
     stratify = y if min(n_val, len(splittable) - n_val) >= n_classes else None
+    from sklearn.model_selection import train_test_split  # here: scikit-learn costs seconds of start-up
+
     train_idx, val_idx = train_test_split(splittable, test_size=n_val, random_state=seed, stratify=stratify)
     train_idx = np.sort(np.concatenate([train_idx, np.flatnonzero(singles)]))
     return data.subset(train_idx), data.subset(np.sort(val_idx))

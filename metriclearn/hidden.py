@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metriclearn._checks import check_choice
-
-LAYERS = ("embedding", "hidden")
+from metriclearn._choices import LAYERS  # the --layer values, listed by the CLI without torch
 
 
 class HiddenFeatures(nn.Module):

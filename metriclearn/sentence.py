@@ -21,7 +21,9 @@ Frozen (default) vs fine-tuned
 ``freeze=True``: the transformer is fixed (no gradients, always in eval mode so dropout is off) and only
 the head trains — fast on a CPU. Its pooled outputs are then a pure function of the text and are cached
 (up to ``cache_size`` texts), so every epoch after the first only runs the head; :meth:`precompute` fills
-the cache in length-sorted chunks (the trainer calls it on the training and validation texts).
+the cache in length-sorted chunks (the trainer calls it on the training and validation texts). They are
+also kept on disk (:mod:`metriclearn.feature_cache`, keyed by the weights' fingerprint and each text's
+hash), so ``train``, ``embed`` and ``evaluate`` on the same texts encode them once.
 ``state_dict()`` then holds only the head (a few hundred kB instead of ~90 MB); loading fills the
 transformer weights from the model folder, so a run directory is rebuilt from the spec (the folder) plus
 the head. ``freeze=False`` fine-tunes the transformer (``unfreeze=N``: only its top N blocks) and saves all
@@ -47,6 +49,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -227,6 +230,7 @@ class SentenceEncoder(nn.Module):
             raise ValueError(f"unfreeze={self.unfreeze} needs freeze=False (fine-tuning; --finetune)")
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self._cache: dict[str, Tensor] = {}
+        self._disk: Any = None  # the FeatureCache of a frozen encoder, made on first use
         self.token_ids: dict[str, list[int]] = {}
         self._pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         if self.freeze:
@@ -330,13 +334,31 @@ class SentenceEncoder(nn.Module):
             return self._encode(texts)
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
-            fresh = self._encode(missing).detach()  # (m, H)
+            fresh = self._encode_frozen(missing)  # (m, H)
             room = max(self.cache_size - len(self._cache), 0)
             self._cache.update(zip(missing[:room], fresh[:room]))
             if room < len(missing):  # cache full: use the fresh rows directly
                 extra = dict(zip(missing[room:], fresh[room:]))
                 return torch.stack([self._cache.get(t, extra.get(t)) for t in texts]).to(self._device())
         return torch.stack([self._cache[t] for t in texts]).to(self._device())  # (n, H)
+
+    def _encode_frozen(self, texts: list[str]) -> Tensor:
+        """Pooled outputs (n, H) of the frozen transformer: read from the disk cache where there, else encoded
+        and stored (:mod:`metriclearn.feature_cache`, keyed by the weights' fingerprint and the settings)."""
+        if self._disk is None:
+            from metriclearn.feature_cache import FeatureCache
+            from metriclearn.fingerprint import model_fingerprint
+
+            key = "|".join(map(str, (type(self).__name__, model_fingerprint(self.transformer), self.max_length,
+                                      self.pooled_normalize, self.pooling)))
+            self._disk = FeatureCache(key, self.hidden_size)
+        found = self._disk.get(texts)
+        todo = [t for t in texts if t not in found]
+        if todo:
+            fresh = self._encode(todo).detach().float().cpu().numpy()  # (m, H)
+            self._disk.put(todo, fresh)
+            found.update(zip(todo, fresh))
+        return torch.from_numpy(np.stack([found[t] for t in texts])).to(self._device())  # (n, H)
 
     def precompute(self, texts: Sequence[str]) -> None:
         """Tokenise ``texts`` once; a frozen encoder also fills its cache (length-sorted, with a progress bar)."""
@@ -357,6 +379,7 @@ class SentenceEncoder(nn.Module):
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> SentenceEncoder:
         self._cache.clear()  # moved / cast: recompute on the new device
+        self._disk = None  # a cast changes the weights' fingerprint
         return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:

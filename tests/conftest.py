@@ -41,6 +41,12 @@ def _seed() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _feature_cache(tmp_path_factory, monkeypatch) -> None:
+    """Each test its own, empty disk cache of frozen-encoder features (never the user's ~/.cache)."""
+    monkeypatch.setenv("METRICLEARN_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
+
+
 # --------------------------------------------------------------------------------------------- shared helpers
 # Plain functions, imported by test modules (``from conftest import invoke``): pytest puts tests/ on sys.path.
 def make_blobs(counts: dict, dim: int = 8, seed: int = 0, spread: float = 6.0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,14 @@ Both are scikit-learn estimators (``fit`` / ``predict`` / ``predict_proba`` / ``
 
 from __future__ import annotations
 
-from metriclearn.classify.cache import CacheClassifier, cache_probabilities, topk_cache_probabilities
-from metriclearn.classify.knn import KNNClassifier
+from metriclearn._lazy import lazy_exports
 
-__all__ = ["CacheClassifier", "KNNClassifier", "cache_probabilities", "topk_cache_probabilities"]
+# public name -> the module that defines it, imported on first use (scikit-learn only when needed)
+_EXPORTS = {
+    "CacheClassifier": "metriclearn.classify.cache",
+    "cache_probabilities": "metriclearn.classify.cache",
+    "topk_cache_probabilities": "metriclearn.classify.cache",
+    "KNNClassifier": "metriclearn.classify.knn",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -389,9 +389,13 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
     def _proba_with(self, X: np.ndarray, params: dict[str, Any] | None) -> np.ndarray:
         return self._cache_proba(X, self.theta_ if params is None else params["theta"])
 
-    def _probability_candidates(self, X: np.ndarray) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
-        for theta in CALIBRATION_THETAS:
-            yield {"theta": theta}, self._cache_proba(X, theta)
+    def _probability_grids(self) -> dict[str, tuple[float, ...]]:
+        return {"theta": CALIBRATION_THETAS}
+
+    def _probability_candidates(self, X: np.ndarray, grids: dict[str, tuple[float, ...]]
+                                ) -> Iterator[tuple[dict[str, Any], dict[str, float], np.ndarray]]:
+        for theta in grids["theta"]:
+            yield {"theta": theta}, {"theta": theta}, self._cache_proba(X, theta)
 
     def _apply_probability(self, params: dict[str, Any]) -> None:
         self.theta_ = float(params["theta"])

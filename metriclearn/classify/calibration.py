@@ -58,6 +58,7 @@ Example
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,6 +75,8 @@ FEATURES = ("log_top_probability", "margin", "nearest_distance", "mean_distance"
             "mean_distance_by_class")
 NEIGHBOURS_FOR_FEATURES = 10  # m: distances to the m nearest stored vectors feed the acceptance score
 SCALE_SAMPLE = 256  # stored vectors per class whose own neighbour distances give the class's distance scale
+BOOTSTRAP = 200  # resamples that measure the rejection threshold's spread
+WIDEN_STEPS = 3  # times a probability grid is widened when the chosen value sits on its edge
 MAX_TWIN_CLASSES = 20  # leave-one-class-out classifiers built at most (a random subset of classes beyond)
 DUPLICATE_TOLERANCE = {"l2": 1e-6, "cosine": 1e-9}  # relative L2 distance / cosine distance: float round-off
 
@@ -82,7 +85,7 @@ class CalibrationMixin:
     """``calibrate`` / ``predict_sets`` / ``predict_or_reject`` for a fitted neighbour classifier.
 
     The classifier provides the hooks: ``_method`` ("knn" or "cache"), ``_classifier_params()``,
-    ``_probability_candidates(X)``, ``_proba_with(X, params)``, ``_apply_probability(params)``,
+    ``_probability_grids()``, ``_probability_candidates(X, grids)``, ``_proba_with(X, params)``, ``_apply_probability(params)``,
     ``_neighbour_distances(X, m)``, ``_reference()``, ``_reference_size()``, ``_without_class(code)`` and
     ``_distance_metric``.
     """
@@ -154,7 +157,7 @@ class CalibrationMixin:
                 f"and leaves {len(conf_rows)} for the conformal threshold: {exc}"
             ) from None
 
-        params, nll = _best_by_nll(self._probability_candidates(X[fit_rows]), codes[fit_rows])
+        params, nll, grid_notes = self._fit_probability(X[fit_rows], codes[fit_rows])
         before = self._proba_with(X[conf_rows], None)  # (n_conf, K) the probabilities as they were
         after = self._proba_with(X[conf_rows], params)  # (n_conf, K) calibrated
         cc = codes[conf_rows]
@@ -184,6 +187,7 @@ class CalibrationMixin:
             "mean_set_size": float(sets.sum(axis=1).mean()),
             "empty_sets": float((~sets.any(axis=1)).mean()),
             "rejection": None,
+            "grid_notes": grid_notes,
         }
         state["ece_before"] = state["reliability_before"]["ece"]
         state["ece_after"] = state["reliability_after"]["ece"]
@@ -193,6 +197,47 @@ class CalibrationMixin:
         self._apply_probability(params)
         self.calibration_ = state
         return self
+
+    def _fit_probability(self, X: np.ndarray, codes: np.ndarray) -> tuple[dict[str, Any], float, list[str]]:
+        """The probability parameters of lowest NLL on ``(X, codes)``, the grid widened where the best sits on an edge.
+
+        Each parameter's grid (``_probability_grids``, geometric) is extended on the side where the chosen value
+        sits at its end, by half its length at the same ratio, up to ``WIDEN_STEPS`` times. An optimum found
+        inside a widened grid is taken. One that keeps running off the edge is degenerate (the likelihood
+        keeps improving without bound, e.g. when every fit row is already predicted right, so the temperature
+        runs to 0 and the probabilities to 0/1): the original grid's choice is then kept. Either way a warning
+        says so, and ``calibration_["grid_notes"]`` keeps it.
+        """
+        original = dict(self._probability_grids())
+        grids = dict(original)
+        first: tuple[dict[str, Any], float] | None = None
+        for step in range(WIDEN_STEPS + 1):
+            params, nll, point = _best_by_nll(self._probability_candidates(X, grids), codes)
+            first = first or (params, nll)
+            edges = {name: "low" if point[name] <= grid[0] else "high" for name, grid in grids.items()
+                     if len(grid) > 1 and point[name] in (grid[0], grid[-1])}
+            if not edges:
+                break
+            if step < WIDEN_STEPS:
+                grids.update({name: _widen(grids[name], side) for name, side in edges.items()})
+        notes = []
+        for name, grid in original.items():
+            if grids[name] == grid:
+                continue
+            at = f"{self._method} calibration: the best {name} was on the edge of its grid [{grid[0]:.4g}, {grid[-1]:.4g}]"
+            if edges:  # still on an edge after the last widening: degenerate, keep the original grid's choice
+                notes.append(f"{at} and kept running off it when widened to [{grids[name][0]:.4g}, "
+                             f"{grids[name][-1]:.4g}] (a degenerate fit: the calibration rows cannot pin it, e.g. every "
+                             f"fit row is already right); kept the original grid's choice: calibrate on more rows")
+            else:
+                notes.append(f"{at}; widened to [{grids[name][0]:.4g}, {grids[name][-1]:.4g}], "
+                             f"where the best is {point[name]:.4g}")
+        for note in notes:
+            warnings.warn(note, stacklevel=3)
+        if edges:
+            assert first is not None
+            return first[0], first[1], notes
+        return params, nll, notes
 
     def restore_calibration(self, state: dict[str, Any]) -> Any:
         """Use a calibration saved from ``calibration_`` (e.g. ``index.attrs["calibration"]["knn"]``); returns ``self``.
@@ -417,7 +462,9 @@ class CalibrationMixin:
             np.concatenate([np.ones(len(known)), np.full(len(unseen), weight)]),
         )
         rejection.update(threshold=threshold, precision=precision, known_kept=float(np.mean(known >= threshold)),
-                         unseen_rejected=float(np.mean(unseen < threshold)))
+                         unseen_rejected=float(np.mean(unseen < threshold)),
+                         **_threshold_spread(known, proba.argmax(axis=1) == cc, unseen, weight, target,
+                                             random_state))
         return rejection
 
 
@@ -502,16 +549,56 @@ def between_classes(X: np.ndarray, codes: np.ndarray, rng: np.random.Generator) 
     return mixed, np.column_stack([rows, partners]).astype(np.int64)
 
 
-def _best_by_nll(candidates: Iterator[tuple[dict[str, Any], np.ndarray]], codes: np.ndarray) -> tuple[dict, float]:
-    """The candidate parameters whose probabilities have the lowest mean negative log-likelihood on ``codes``."""
-    best: tuple[dict[str, Any], float] | None = None
+def _best_by_nll(candidates: Iterator[tuple[dict[str, Any], dict[str, float], np.ndarray]],
+                 codes: np.ndarray) -> tuple[dict[str, Any], float, dict[str, float]]:
+    """``(params, NLL, grid point)`` of the candidate whose probabilities have the lowest mean negative
+    log-likelihood on ``codes``; candidates are ``(params, grid point, probabilities)``."""
+    best: tuple[dict[str, Any], float, dict[str, float]] | None = None
     rows = np.arange(len(codes))
-    for params, proba in candidates:
+    for params, point, proba in candidates:
         nll = float(-np.mean(np.log(np.clip(proba[rows, codes], 1e-15, 1.0))))
         if best is None or nll < best[1] - 1e-12:
-            best = (params, nll)
+            best = (params, nll, point)
     assert best is not None
     return best
+
+
+def _threshold_spread(known: np.ndarray, correct: np.ndarray, unseen: np.ndarray, weight: float, target: float,
+                      random_state: int) -> dict[str, Any]:
+    """How much the rejection threshold depends on which calibration rows were drawn: the threshold of
+    ``BOOTSTRAP`` resamples (rows and stand-ins, with replacement) → ``threshold_se`` (their standard deviation)
+    and ``threshold_interval`` (5th and 95th percentiles); resamples that cannot reach ``target`` are counted in
+    ``threshold_unreached``. Small calibration sets give wide intervals: report them with the threshold."""
+    rng = np.random.default_rng(random_state + 1)
+    thresholds, unreached = [], 0
+    for _ in range(BOOTSTRAP):
+        i = rng.integers(0, len(known), len(known))
+        j = rng.integers(0, len(unseen), len(unseen))
+        try:
+            t, _, _ = conformal.precision_threshold(
+                np.concatenate([known[i], unseen[j]]), np.concatenate([correct[i], np.zeros(len(j), dtype=bool)]),
+                target, np.concatenate([np.ones(len(i)), np.full(len(j), weight)]))
+        except ValueError:
+            unreached += 1
+            continue
+        thresholds.append(t)
+    if len(thresholds) < 2:
+        return {"threshold_se": None, "threshold_interval": None, "threshold_unreached": unreached / BOOTSTRAP}
+    low, high = np.percentile(thresholds, [5, 95])
+    return {"threshold_se": float(np.std(thresholds, ddof=1)), "threshold_interval": [float(low), float(high)],
+            "threshold_unreached": unreached / BOOTSTRAP}
+
+
+def _widen(grid: tuple[float, ...], side: str) -> tuple[float, ...]:
+    """A geometric ``grid`` extended on ``side`` (``"low"`` / ``"high"``) by half its length at the same ratio.
+
+    >>> _widen((1.0, 2.0, 4.0, 8.0), "low")
+    (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    """
+    ratio, extra = grid[1] / grid[0], max(len(grid) // 2, 2)
+    if side == "low":
+        return tuple(grid[0] / ratio**k for k in range(extra, 0, -1)) + tuple(grid)
+    return tuple(grid) + tuple(grid[-1] * ratio**k for k in range(1, extra + 1))
 
 
 def _logistic(rejection: dict[str, Any], features: np.ndarray) -> np.ndarray:

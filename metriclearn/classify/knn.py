@@ -260,13 +260,18 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
             return self._votes(X)
         return calibrated_votes(self._votes(X, normalize=False), params["temperature"], params["smoothing"])
 
-    def _probability_candidates(self, X: np.ndarray) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    def _probability_grids(self) -> dict[str, tuple[float, ...]]:
+        return {"temperature": TEMPERATURES, "relative smoothing": RELATIVE_SMOOTHINGS}
+
+    def _probability_candidates(self, X: np.ndarray, grids: dict[str, tuple[float, ...]]
+                                ) -> Iterator[tuple[dict[str, Any], dict[str, float], np.ndarray]]:
         weights = self._votes(X, normalize=False)  # (n, K)
         scale = float(np.median(weights.sum(axis=1)))
-        for relative in RELATIVE_SMOOTHINGS:
-            for temperature in TEMPERATURES:
+        for relative in grids["relative smoothing"]:
+            for temperature in grids["temperature"]:
                 params = {"temperature": temperature, "smoothing": relative * scale}
-                yield params, calibrated_votes(weights, temperature, relative * scale)
+                point = {"temperature": temperature, "relative smoothing": relative}
+                yield params, point, calibrated_votes(weights, temperature, relative * scale)
 
     def _apply_probability(self, params: dict[str, Any]) -> None:
         """Nothing to set: :meth:`predict_proba` reads ``calibration_``."""

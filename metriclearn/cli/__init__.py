@@ -18,7 +18,7 @@ import click
 
 from metriclearn import __version__
 from metriclearn._progress import set_quiet
-from metriclearn.cli._inputs import quiet_option
+from metriclearn.cli._inputs import examples, quiet_option
 
 
 class CommandFailed(click.ClickException):
@@ -44,11 +44,41 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     click.echo(f"warning: {' '.join(str(message).split())}", err=True)
 
 
+# Every command, in workflow order: (name, module under metriclearn.cli, attribute, one-line help). A command's
+# module is imported only when that command runs or shows its help, so ``metriclearn --help`` and
+# ``metriclearn COMMAND --help`` import no torch, faiss or scikit-learn (benchmarks/bench_startup.py).
+COMMANDS = (
+    ("train", "train", "train", "Train an embedding model and write a run directory."),
+    ("embed", "embed", "embed", "Embed data with a trained run into a .npy file."),
+    ("evaluate", "evaluate", "evaluate", "Retrieval and separation metrics of a trained run."),
+    ("index", "index", "index", "Build, query and describe FAISS indexes of embeddings."),
+    ("calibrate", "calibrate", "calibrate", "Calibrate an index's classifier on held-out rows."),
+    ("classify", "classify", "classify", "Classify queries with the labelled vectors of an index."),
+    ("second-opinion", "second_opinion", "second_opinion", "Blend a model's probabilities with a cache's."),
+    ("report", "report", "report", "t-SNE / UMAP pictures and class-separation metrics."),
+)
+
+
 class MetricLearnGroup(click.Group):
     """A click group that turns any non-click exception into one clean line (unless ``--debug``).
 
-    Python warnings raised while a command runs are printed as one ``warning: ...`` line each.
+    Python warnings raised while a command runs are printed as one ``warning: ...`` line each. Commands are
+    loaded lazily from :data:`COMMANDS` and listed in workflow order.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, *_ in COMMANDS] + sorted(self.commands)  # then any added with @cli.command
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for name, module, attr, _ in COMMANDS:
+            if name == cmd_name:
+                return getattr(importlib.import_module(f"metriclearn.cli.{module}"), attr)  # type: ignore[no-any-return]
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from :data:`COMMANDS`, without importing any command's module."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, _, _, short in COMMANDS])
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -64,7 +94,11 @@ class MetricLearnGroup(click.Group):
             raise CommandFailed(format_error(exc)) from exc
 
 
-@click.group(cls=MetricLearnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MetricLearnGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=examples(
+    "metriclearn train --data digits --out runs/digits",
+    "metriclearn index build --model runs/digits --data digits --out idx",
+    "metriclearn classify --index idx --model runs/digits --data digits --method knn --out pred.csv",
+))
 @click.version_option(__version__, prog_name="metriclearn")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @quiet_option
@@ -75,21 +109,6 @@ def cli(debug: bool, quiet: bool) -> None:
         from metriclearn.training.distributed import init_from_env
 
         init_from_env()
-
-
-# (module, attribute) of every command; each module owns one command group of DESIGN.md.
-_COMMANDS = (
-    ("train", "train"),
-    ("embed", "embed"),
-    ("evaluate", "evaluate"),
-    ("index", "index"),
-    ("classify", "classify"),
-    ("second_opinion", "second_opinion"),
-    ("calibrate", "calibrate"),
-    ("report", "report"),
-)
-for _module, _attr in _COMMANDS:
-    cli.add_command(getattr(importlib.import_module(f"metriclearn.cli.{_module}"), _attr))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,8 @@
 """What several commands read from their options, decided once.
 
-- **Vectors** (:func:`vector_options`, :func:`read_vectors`): ``index build`` and ``report`` take ``--embeddings
-  FILE.npy [--labels FILE.npy]``; ``index query`` and ``classify`` take ``--queries FILE.npy``; every one of them
-  also takes ``--model DIR --data PATH`` instead, which loads the trained run once and embeds the data on the fly
+- **Vectors** (:func:`vector_options`, :func:`read_vectors`): ``index build``, ``index query``, ``classify``,
+  ``calibrate`` and ``report`` take ``--embeddings FILE.npy [--labels FILE.npy]`` (``--queries`` and
+  ``--features``, the older names, still work); every one of them also takes ``--model DIR --data PATH`` instead, which loads the trained run once and embeds the data on the fly
   (labels optional, classes the run never saw welcome). Exactly one source, or a usage error (exit 2).
 - **Same model** (:func:`check_same_model`): an index built with ``--model`` records the model's fingerprint;
   vectors embedded by another model are refused. A ``.npy`` file carries no fingerprint, so ``--queries`` /
@@ -29,7 +29,7 @@ ValueError: k=3 is larger than the index idx (2 vectors)
 Traceback (most recent call last):
     ...
 click.exceptions.UsageError: --sets is the same file as --out ('./s.npy'); give each output its own file
->>> check_source(None, None, "new.csv", "--queries")
+>>> check_source(None, None, "new.csv", "--embeddings")
 Traceback (most recent call last):
     ...
 click.exceptions.UsageError: --data PATH needs --model DIR (the trained run that embeds it)
@@ -60,6 +60,34 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, callback=_set_quiet,
                             help="No progress bars (nor, for train, per-epoch lines).")
 
 
+def examples(*lines: str) -> str:
+    """A command's ``--help`` epilog: ``Examples:`` and the command lines, kept as written (click's ``\\b``)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+label_column_option = click.option("--label-column", metavar="NAME", default="label", show_default=True,
+                                   help="The label column of a .csv --data (every other column is a feature).")
+
+
+def parse_columns(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    """``--keep-columns A,B`` → ``("A", "B")``; an empty name is a usage error."""
+    if value is None:
+        return ()
+    names = tuple(name.strip() for name in value.split(","))
+    if not all(names):
+        raise click.BadParameter(f"expected column names separated by commas, got {value!r}")
+    return names
+
+
+def csv_columns(label_column: str = "label", id_column: str | None = None, keep: tuple[str, ...] = ()) -> Any:
+    """The :class:`~metriclearn.data.CsvColumns` of the options, or ``None`` when they are all the defaults."""
+    if (label_column, id_column, keep) == ("label", None, ()):
+        return None
+    from metriclearn.data import CsvColumns
+
+    return CsvColumns(label=label_column, id=id_column, keep=keep)
+
+
 @dataclass(frozen=True, eq=False)
 class Vectors:
     """Vectors read from a ``.npy`` file or embedded by a trained run.
@@ -87,13 +115,17 @@ class Vectors:
         return None if self.run is None else self.run.fingerprint
 
 
-def vector_options(matrix_flag: str, matrix_help: str, labels_flag: str | None = None) -> Callable[[Any], Any]:
+def vector_options(matrix_flag: str, matrix_help: str, labels_flag: str | None = None,
+                   aliases: tuple[str, ...] = ()) -> Callable[[Any], Any]:
     """Add ``MATRIX_FLAG FILE.npy [LABELS_FLAG FILE.npy]`` and ``--model DIR --data PATH`` to a command.
 
-    The values arrive as ``matrix``, ``labels`` (when ``labels_flag``), ``model`` and ``data``.
+    ``aliases`` are older names of ``MATRIX_FLAG`` that keep working (``--queries`` / ``--features`` for
+    ``--embeddings``: one name for a ``.npy`` of embeddings on every command). The values arrive as ``matrix``,
+    ``labels`` (when ``labels_flag``), ``model`` and ``data``.
     """
     options = [
-        click.option(matrix_flag, "matrix", type=click.Path(dir_okay=False, path_type=Path), help=matrix_help),
+        click.option(matrix_flag, *aliases, "matrix", type=click.Path(dir_okay=False, path_type=Path),
+                     help=matrix_help),
         click.option("--model", type=click.Path(file_okay=False, path_type=Path),
                      help=f"A trained run directory that embeds --data (instead of {matrix_flag})."),
         click.option("--data", metavar="PATH|digits",
@@ -103,6 +135,7 @@ def vector_options(matrix_flag: str, matrix_help: str, labels_flag: str | None =
     if labels_flag:
         options.insert(1, click.option(labels_flag, "labels", type=click.Path(dir_okay=False, path_type=Path),
                                        help=f"Labels (n,) .npy (ints or strings) for {matrix_flag}."))
+        options.append(label_column_option)
 
     def decorate(command: Any) -> Any:
         for option in reversed(options):
@@ -139,10 +172,12 @@ def read_vectors(
     labels_flag: str | None = None,
     device: str = "auto",
     batch_size: int = 1024,
+    columns: Any = None,
 ) -> Vectors:
     """Check the source (:func:`check_source`), then read the ``.npy`` files or embed ``data`` with the run.
 
-    ``what`` names the matrix in messages (``"embeddings"``, ``"queries"``).
+    ``what`` names the matrix in messages (``"embeddings"``, ``"queries"``); ``columns``
+    (:class:`~metriclearn.data.CsvColumns`) names the label, id and metadata columns of a ``.csv`` ``data``.
     """
     check_source(matrix, model, data, matrix_flag, labels, labels_flag)
     from metriclearn.data import load_labels, load_matrix
@@ -156,7 +191,13 @@ def read_vectors(
 
     assert model is not None and data is not None
     run = load_run(model)
-    embedded = run.embed(data, batch_size=batch_size, device=device)
+    if columns is not None:  # read here, with the columns named; the run embeds the LabeledData
+        from metriclearn.data import load_data
+
+        source: Any = load_data(data, classes=run.classes, require_labels=False, unseen="append", columns=columns)
+    else:
+        source = data
+    embedded = run.embed(source, batch_size=batch_size, device=device)
     classes = embedded.classes if embedded.labels is not None else None
     return Vectors(embedded.embeddings, embedded.label_values(), classes, f"run {str(model)!r} on {data!r}", run,
                    embedded)

@@ -12,23 +12,28 @@ from typing import Any
 
 import click
 
-from metriclearn.cli._inputs import check_k
-from metriclearn.cli.classify import (
-    DEFAULT_K,
-    _calibrated_model,
-    _device_option,
-    _load_features,
-    _load_index,
-    _model,
+from metriclearn.cli._inputs import (
+    csv_columns,
+    examples,
+    check_dim,
+    check_k,
+    check_same_model,
+    check_source,
+    quiet_option,
+    read_vectors,
+    vector_options,
 )
+from metriclearn.cli.classify import DEFAULT_K, _calibrated_model, _device_option, _load_index, _model
 
 
-@click.command("calibrate")
+@click.command("calibrate", epilog=examples(
+    'metriclearn calibrate --index idx --embeddings cal.npy --labels cal_labels.npy --method knn',
+    'metriclearn calibrate --index idx --model runs/digits --data cal.csv --method cache --target-precision 0.95',
+))
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path),
               help="Labelled index directory (metriclearn index build ... --labels FILE.npy); updated in place.")
-@click.option("--features", required=True, type=click.Path(path_type=Path),
-              help="Held-out embeddings (n, d) .npy: rows that neither the model nor the index saw.")
-@click.option("--labels", required=True, type=click.Path(path_type=Path), help="Their labels (n,) .npy.")
+@vector_options("--embeddings", "Held-out embeddings (n, d) .npy: rows that neither the model nor the index saw "
+                "(--features: its older name).", labels_flag="--labels", aliases=("--features",))
 @click.option("--method", required=True, type=click.Choice(["knn", "cache"]), help="Which classifier to calibrate.")
 @click.option("--alpha", type=float, default=0.1, show_default=True,
               help="Miscoverage α: prediction sets hold the true class with probability ≥ 1 − α.")
@@ -49,10 +54,14 @@ from metriclearn.cli.classify import (
               help="Share of the rows that fit the probability calibration; the rest set the thresholds.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Seed of that split.")
 @_device_option
+@quiet_option
 def calibrate(
     index_dir: Path,
-    features: Path,
-    labels: Path,
+    matrix: Path | None,
+    labels: Path | None,
+    model: Path | None,
+    data: str | None,
+    label_column: str,
     method: str,
     alpha: float,
     target_precision: float | None,
@@ -64,35 +73,45 @@ def calibrate(
     fit_fraction: float,
     seed: int,
     device: str,
+    quiet: bool,
 ) -> None:
     """Calibrate an index's kNN or cache classifier on held-out rows and store the result in the index.
 
-    Prints the expected calibration error before and after, and the coverage and mean prediction-set size
-    on the calibration rows that set the threshold.
+    The rows come from --embeddings FILE.npy --labels FILE.npy, or --model DIR --data PATH (labelled data the
+    run embeds; an index built by another model is refused). Prints the expected calibration error before
+    and after, the coverage and mean prediction-set size on the calibration rows that set the threshold, and
+    the rejection threshold with its bootstrap uncertainty. A parameter chosen on the edge of its grid is a
+    warning (the grid is widened).
     """
     if method == "cache" and weights is not None:
         raise click.UsageError("--weights applies to --method knn only")
-    from metriclearn.data import load_labels
-
+    check_source(matrix, model, data, "--embeddings", labels, "--labels")
+    if matrix is not None and labels is None:
+        raise click.UsageError("--embeddings needs --labels FILE.npy (calibration rows must be labelled)")
     index = _load_index(index_dir, device)
-    x = _load_features(features, "features", index.dim)
-    y = load_labels(labels, n=len(x))
-    model = _model(index, method, check_k(k, index, index_dir) if k is not None else None, None, weights, device)
+    vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
+                           labels_flag="--labels", device=device, columns=csv_columns(label_column))
+    if vectors.labels is None:
+        raise ValueError(f"{vectors.origin} has no labels; calibration rows must be labelled")
+    check_same_model(index, index_dir, vectors)
+    x, y = check_dim(vectors, index, index_dir), vectors.labels
+    classifier = _model(index, method, check_k(k, index, index_dir) if k is not None else None, None, weights,
+                        device)
     try:
-        model.calibrate(x, y, alpha=alpha, target_precision=target_precision, score=score, coverage=coverage,
+        classifier.calibrate(x, y, alpha=alpha, target_precision=target_precision, score=score, coverage=coverage,
                         unseen_share=unseen_share,
                         fit_fraction=fit_fraction, random_state=seed)
     except ValueError as exc:
-        raise ValueError(f"calibrating {str(index_dir)!r} on {str(features)!r}: {exc}") from None
+        raise ValueError(f"calibrating {str(index_dir)!r} on {vectors.origin}: {exc}") from None
     from metriclearn.training.distributed import is_main_process
 
     if not is_main_process():  # under torchrun every rank calibrated (a sharded index searches collectively);
         return  # rank 0 alone stores it and prints
     stored = dict(index.attrs.get("calibration") or {})
-    stored[method] = model.calibration_
+    stored[method] = classifier.calibration_
     index.attrs["calibration"] = stored
     index.save_attrs(index_dir)  # the manifest only: the vectors are as they were loaded
-    for line in summary_lines(model.calibration_):
+    for line in summary_lines(classifier.calibration_):
         click.echo(line)
     click.echo(f"calibration stored in {index_dir} (attrs['calibration']['{method}'] of its manifest)")
 
@@ -123,6 +142,14 @@ def summary_lines(state: dict[str, Any]) -> list[str]:
             f"(with {rejection['unseen_share']:.0%} never-seen stand-ins), knowns kept {rejection['known_kept']:.2%}, "
             f"stand-ins rejected {rejection['unseen_rejected']:.2%}"
         )
+        if rejection.get("threshold_interval") is not None:
+            low, high = rejection["threshold_interval"]
+            unreached = rejection.get("threshold_unreached") or 0.0
+            lines.append(
+                f"rejection threshold uncertainty ({state['n_calibration']} calibration rows): ± "
+                f"{rejection['threshold_se']:.4f} (bootstrap SE), 90% of resamples within [{low:.4f}, {high:.4f}]"
+                + (f"; {unreached:.0%} of resamples could not reach the target" if unreached else "")
+            )
     return lines
 
 

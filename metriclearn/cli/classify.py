@@ -32,10 +32,13 @@ from metriclearn.cli._inputs import (
     check_k,
     check_same_model,
     check_source,
+    csv_columns,
+    examples,
+    quiet_option,
     read_vectors,
     vector_options,
 )
-from metriclearn.indexes import DEVICES
+from metriclearn._device import DEVICES
 
 OUTPUT_FORMATS = (".npy", ".csv", ".json")
 DEFAULT_K = 10
@@ -52,9 +55,13 @@ _device_option = click.option(
 )
 
 
-@click.command("classify")
+@click.command("classify", epilog=examples(
+    'metriclearn classify --index idx --embeddings emb.npy --labels labels.npy --method knn --out pred.npy',
+    'metriclearn classify --index idx --model runs/digits --data digits --method cache --out pred.csv --reject',
+))
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help=_INDEX_HELP)
-@vector_options("--queries", "Query embeddings (n, d) .npy (carries no model fingerprint: not checked).")
+@vector_options("--embeddings", "Query embeddings (n, d) .npy (carries no model fingerprint: not checked).",
+                labels_flag="--labels", aliases=("--queries",))
 @click.option("--method", required=True, type=click.Choice(["knn", "cache"]), help="kNN vote or cache model.")
 @click.option(
     "--k",
@@ -71,10 +78,10 @@ _device_option = click.option(
 @click.option(
     "--out",
     required=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Predictions: .npy labels, or .csv / .json with probabilities.",
 )
-@click.option("--sets", "sets_out", type=click.Path(path_type=Path), default=None,
+@click.option("--sets", "sets_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write conformal prediction sets (n, K) bool .npy (needs a calibrated index).")
 @click.option("--reject", is_flag=True,
               help="Mark the predictions whose calibrated acceptance score is too low as rejected: a 'rejected' "
@@ -82,11 +89,14 @@ _device_option = click.option(
 @click.option("--rejected-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --reject and a .npy --out: write the (n,) bool array of rejections here.")
 @_device_option
+@quiet_option
 def classify(
     index_dir: Path,
     matrix: Path | None,
+    labels: Path | None,
     model: Path | None,
     data: str | None,
+    label_column: str,
     method: str,
     k: int | None,
     theta: float | None,
@@ -96,26 +106,29 @@ def classify(
     reject: bool,
     rejected_out: Path | None,
     device: str,
+    quiet: bool,
 ) -> None:
     """Classify query embeddings with the labelled vectors of an index: kNN vote or Orhan's cache model.
 
-    Queries come from --queries FILE.npy, or --model DIR --data PATH embeds them on the fly (an index built by
-    another model is then refused).
+    Queries come from --embeddings FILE.npy [--labels FILE.npy] (--queries: its older name), or --model DIR --data PATH embeds them on the fly
+    (an index built by another model is then refused). With labels, prints the accuracy and the recall of
+    each class, lowest first.
     """
     _check_output(out, OUTPUT_FORMATS)
     if sets_out is not None:
         _check_output(sets_out, (".npy",), "--sets")
     _check_rejection_output(out, reject, rejected_out)
     check_distinct_files([("--out", out), ("--sets", sets_out), ("--rejected-out", rejected_out)],
-                         [("--queries", matrix), ("--data", data)])
-    check_source(matrix, model, data, "--queries")
+                         [("--embeddings", matrix), ("--labels", labels), ("--data", data)])
+    check_source(matrix, model, data, "--embeddings", labels, "--labels")
     if method == "knn" and theta is not None:
         raise click.UsageError("--theta applies to --method cache only")
     if method == "cache" and weights is not None:
         raise click.UsageError("--weights applies to --method knn only")
     index = _load_index(index_dir, device)
     k = check_k(k, index, index_dir) if k is not None else None
-    vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", device=device)
+    vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="queries", labels=labels,
+                           labels_flag="--labels", device=device, columns=csv_columns(label_column))
     check_same_model(index, index_dir, vectors)
     q = check_dim(vectors, index, index_dir)
     trusted = sets_out is not None or reject
@@ -152,6 +165,10 @@ def classify(
         click.echo(f"rejected as unknown: {int(rejected.sum())} of {len(q)} (marked in {where})")
     if sets_out is not None:
         click.echo(f"prediction sets written to {sets_out}")
+    if vectors.labels is not None:  # labelled queries: say how well it did
+        from metriclearn.cli._accuracy import accuracy_lines
+
+        click.echo(accuracy_lines(vectors.labels, predictions, classifier.classes_.tolist()))
 
 
 def _model(index: Any, method: str, k: int | None, theta: float | None, weights: str | None, device: str) -> Any:
@@ -180,7 +197,7 @@ def _usable_calibration(
         if trusted:
             raise ValueError(
                 f"index {str(index_dir)!r} is not calibrated for --method {method}, so --sets/--reject have no "
-                f"threshold: run `metriclearn calibrate --index {index_dir} --features ... --labels ... "
+                f"threshold: run `metriclearn calibrate --index {index_dir} --embeddings ... --labels ... "
                 f"--method {method}` first"
             )
         return None

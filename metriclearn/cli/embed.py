@@ -13,12 +13,14 @@ from typing import Any
 
 import click
 
-from metriclearn.cli._inputs import check_distinct_files, quiet_option
-from metriclearn.hidden import LAYERS
-from metriclearn.training.config import DEVICES
+from metriclearn._choices import LAYERS
+from metriclearn._device import DEVICES
+from metriclearn.cli._inputs import check_distinct_files, csv_columns, examples, label_column_option, quiet_option
 
 
-@click.command("embed")
+@click.command("embed", epilog=examples(
+    'metriclearn embed --model runs/digits --data digits --out emb.npy --labels-out labels.npy',
+))
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
 @click.option("--data", required=True, metavar="PATH|digits",
               help="Data to embed: .npz / .csv / .jsonl (labels optional), a .npy of raw inputs, or 'digits'.")
@@ -33,9 +35,10 @@ from metriclearn.training.config import DEVICES
 @click.option("--layer", type=click.Choice(LAYERS), default="embedding", show_default=True,
               help="'hidden': the MLP's last hidden layer (before its ReLU), which retrieves new classes better.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@label_column_option
 @quiet_option
 def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives_out: str | None, batch_size: int,
-          layer: str, device: str, quiet: bool) -> None:
+          layer: str, device: str, label_column: str, quiet: bool) -> None:
     """Embed DATA with a trained run and save the embeddings as .npy."""
     from metriclearn._atomic import save_npy
     from metriclearn.data import load_data
@@ -47,7 +50,8 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
             raise click.BadParameter(f"must end in .npy, got {path!r}", param_hint=flag)
     check_distinct_files([("--out", out), ("--labels-out", labels_out)], [("--data", data)])
     run = load_run(model_dir)
-    inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append")
+    inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append",
+                       columns=csv_columns(label_column))
     if inputs.is_pairs != (positives_out is not None):
         raise click.UsageError(f"{data} is a pair file: give --positives-out P.npy for its positives (--out gets "
                                "the anchors)" if inputs.is_pairs else

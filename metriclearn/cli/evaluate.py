@@ -18,9 +18,9 @@ from typing import Any
 import click
 import numpy as np
 
-from metriclearn.cli._inputs import check_distinct_files, quiet_option
-from metriclearn.hidden import LAYERS
-from metriclearn.training.config import DEVICES
+from metriclearn._choices import LAYERS
+from metriclearn._device import DEVICES
+from metriclearn.cli._inputs import check_distinct_files, csv_columns, examples, label_column_option, quiet_option
 
 SECTIONS = ("pairs", "retrieval", "retrieval_vs_reference", "retrieval_seen", "retrieval_unseen", "separation")
 
@@ -53,7 +53,10 @@ def _few(values: list[Any], limit: int = 8) -> str:
     return ", ".join(map(str, values[:limit])) + (", ..." if len(values) > limit else "") if values else "none"
 
 
-@click.command("evaluate")
+@click.command("evaluate", epilog=examples(
+    'metriclearn evaluate --model runs/digits --data digits',
+    'metriclearn evaluate --model runs/mine --data test.csv --reference train.csv --json',
+))
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
 @click.option("--data", required=True, metavar="PATH|digits",
               help="Labelled queries; their classes may be the run's or new ones.")
@@ -69,9 +72,10 @@ def _few(values: list[Any], limit: int = 8) -> str:
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
               help="A calibrated index of this model's embeddings: also report ECE, coverage and mean set size "
               "(and the rejection rule's precision) of each calibration it holds.")
+@label_column_option
 @quiet_option
 def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, as_json: bool, batch_size: int,
-             layer: str, device: str, index_dir: Path | None, quiet: bool) -> None:
+             layer: str, device: str, index_dir: Path | None, label_column: str, quiet: bool) -> None:
     """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
     from metriclearn._atomic import write_json
     from metriclearn.data import load_data
@@ -83,7 +87,8 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     check_distinct_files([("--out", out)], [("--data", data), ("--reference", reference)])
     run = load_run(model_dir)
     sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
-    loaded = [load_data(s, classes=run.classes, unseen="append") for s in sources]
+    loaded = [load_data(s, classes=run.classes, unseen="append", columns=csv_columns(label_column))
+              for s in sources]
     if any(d.is_pairs for d in loaded):
         if reference is not None or index_dir is not None or layer != "embedding":
             raise click.UsageError("a pair file is measured on its own pairs (each anchor against all its "

@@ -23,11 +23,15 @@ from metriclearn.cli._inputs import (
     check_k,
     check_same_model,
     check_source,
+    csv_columns,
+    examples,
+    parse_columns,
     quiet_option,
     read_vectors,
     vector_options,
 )
-from metriclearn.indexes import DEVICES, KINDS
+from metriclearn._device import DEVICES
+from metriclearn.indexes._factory import KINDS
 from metriclearn.indexes.exact import METRICS
 
 
@@ -36,7 +40,10 @@ def index() -> None:
     """Build and query FAISS indexes of embeddings."""
 
 
-@index.command("build")
+@index.command("build", epilog=examples(
+    'metriclearn index build --embeddings emb.npy --labels labels.npy --out idx',
+    'metriclearn index build --model runs/digits --data digits --kind hnsw --target-recall 0.95 --out idx',
+))
 @vector_options("--embeddings", "Embeddings (n, d) .npy.", labels_flag="--labels")
 @click.option("--kind", default="flat", show_default=True, help=f"{', '.join(KINDS)} or a faiss factory string.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
@@ -60,12 +67,20 @@ def index() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Held-out queries (q, d) .npy for --target-recall (default: a sample of the data, left out of the truth).",
 )
+@click.option("--id-column", metavar="NAME",
+              help="With --model --data FILE.csv: integer ids from this column go into the index (not a feature).")
+@click.option("--keep-columns", metavar="A,B", callback=parse_columns,
+              help="With --model --data FILE.csv: these columns are stored with the vectors as metadata (shown by "
+                   "index query), not used as features.")
 @quiet_option
 def build(
     matrix: Path | None,
     labels: Path | None,
     model: Path | None,
     data: str | None,
+    label_column: str,
+    id_column: str | None,
+    keep_columns: tuple[str, ...],
     kind: str,
     metric: str,
     nlist: int | None,
@@ -84,16 +99,26 @@ def build(
     With --model, the data's labels (if any) go into the index, whatever their classes, and the index
     records the model's fingerprint so that queries embedded by another model are refused.
     """
-    from metriclearn._outdir import claim_output_dir
+    from metriclearn._outdir import check_output_dir, claim_output_dir
+    from metriclearn.data import csv_extras, load_matrix
     from metriclearn.indexes import EmbeddingIndex
 
     if target_recall is None and tune_queries is not None:
         raise click.UsageError("--tune-queries goes with --target-recall R")
     if target_recall is not None and shards > 1:
         raise click.UsageError("--target-recall tunes one index; build it without --shards")
+    check_source(matrix, model, data, "--embeddings", labels, "--labels")
+    columns = csv_columns(label_column, id_column, keep_columns)
+    if (id_column or keep_columns) and (data is None or not str(data).lower().endswith(".csv")):
+        raise click.UsageError("--id-column and --keep-columns read a .csv given as --model DIR --data FILE.csv")
+    if (id_column or keep_columns) and shards > 1:
+        raise click.UsageError("--id-column and --keep-columns build one index; build it without --shards")
+    check_output_dir(out, "index", overwrite=overwrite)  # before embedding or tuning
+    queries = None if tune_queries is None else load_matrix(tune_queries, name="tune queries")
+    ids, metadata = csv_extras(data, columns) if id_column or keep_columns else (None, None)
 
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
-                           labels_flag="--labels", device=device)  # under torchrun: each rank embeds a shard
+                           labels_flag="--labels", device=device, columns=columns)  # torchrun: a shard a rank
     if not _is_main_process():  # under torchrun rank 0 builds and writes
         return
     if shards > 1:
@@ -103,9 +128,9 @@ def build(
                                       device=device, nlist=nlist, nprobe=nprobe)
     else:
         idx = EmbeddingIndex(vectors.x.shape[1], metric=metric, kind=kind, device=device, nlist=nlist, nprobe=nprobe)
-        idx.add(vectors.x, labels=vectors.labels)
+        idx.add(vectors.x, labels=vectors.labels, ids=ids, metadata=metadata)
     if target_recall is not None:
-        _tune(idx, vectors.x, target_recall, tune_k, tune_queries)
+        _tune(idx, vectors.x, target_recall, tune_k, queries, tune_queries)
     if vectors.fingerprint is not None:
         idx.attrs["model_fingerprint"] = vectors.fingerprint
     with claim_output_dir(out, "index", overwrite=overwrite):
@@ -114,9 +139,13 @@ def build(
     click.echo(f"indexed {len(idx)} vectors of dimension {idx.dim} ({idx.factory}, {metric}{sharding}) -> {out}")
 
 
-@index.command("query")
+@index.command("query", epilog=examples(
+    'metriclearn index query --index idx --embeddings queries.npy -k 5',
+    'metriclearn index query --index idx --model runs/digits --data digits -k 10 --json',
+))
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index directory.")
-@vector_options("--queries", "Queries (q, d) .npy (carries no model fingerprint: not checked against the index).")
+@vector_options("--embeddings", "Query embeddings (q, d) .npy (carries no model fingerprint: not checked against "
+                "the index).", aliases=("--queries",))
 @click.option("-k", "--k", "k", required=True, type=int, help="Neighbours per query (1 .. index size).")
 @click.option("--json", "as_json", is_flag=True, help="Print ids / distances / labels as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON result here.")
@@ -126,16 +155,16 @@ def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | 
           out: Path | None, device: str, quiet: bool) -> None:
     """Print the k nearest neighbours of every query (a table, or JSON with --json).
 
-    Queries come from --queries FILE.npy, or --model DIR --data PATH embeds them on the fly; an index built
+    Queries come from --embeddings FILE.npy (or --queries, its older name), or --model DIR --data PATH embeds them on the fly; an index built
     by another model (index build --model) is then refused.
     """
     from metriclearn.indexes import EmbeddingIndex
 
-    check_source(matrix, model, data, "--queries")
-    check_distinct_files([("--out", out)], [("--queries", matrix), ("--data", data)])
+    check_source(matrix, model, data, "--embeddings")
+    check_distinct_files([("--out", out)], [("--embeddings", matrix), ("--data", data)])
     idx = EmbeddingIndex.load(index_dir, device=device)
     k = check_k(k, idx, index_dir)
-    vectors = read_vectors(matrix, model, data, matrix_flag="--queries", what="queries", device=device)
+    vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="queries", device=device)
     check_same_model(idx, index_dir, vectors)
     D, I = idx.search(check_dim(vectors, idx, index_dir), k)  # collective on a sharded index under torchrun
     if not _is_main_process():  # rank 0 prints and writes
@@ -158,14 +187,13 @@ def _is_main_process() -> bool:
     return is_main_process()
 
 
-def _tune(idx: Any, x: np.ndarray, target_recall: float, k: int, queries_path: Path | None) -> None:
+def _tune(idx: Any, x: np.ndarray, target_recall: float, k: int, queries: np.ndarray | None,
+          queries_path: Path | None) -> None:
     """``EmbeddingIndex.tune`` for ``index build --target-recall``: its notes and result as lines."""
     import warnings
 
-    from metriclearn.data import load_matrix
     from metriclearn.indexes.tuning import TuningWarning
 
-    queries = None if queries_path is None else load_matrix(queries_path, name="tune queries")
     if queries is not None and queries.shape[1] != idx.dim:
         raise ValueError(f"{queries_path} has dimension {queries.shape[1]} but the embeddings have dimension {idx.dim}")
     with warnings.catch_warnings():
@@ -181,10 +209,14 @@ def _tune(idx: Any, x: np.ndarray, target_recall: float, k: int, queries_path: P
     )
 
 
-@index.command("info")
+@index.command("info", epilog=examples(
+    'metriclearn index info --index idx',
+    'metriclearn index info --index idx --json',
+))
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object.")
-def info(index_dir: Path, as_json: bool) -> None:
+@quiet_option
+def info(index_dir: Path, as_json: bool, quiet: bool) -> None:
     """What an index directory holds: kind, size, measured recall and speed, parameters, provenance."""
     from metriclearn.indexes import describe
 
@@ -212,7 +244,7 @@ def _info_text(facts: dict[str, Any]) -> str:
     lines += [
         ("labels", "yes" if facts["labels"] else "no"),
         ("metadata", "yes" if facts["metadata"] else "no"),
-        ("parameters", ", ".join(f"{k}={v}" for k, v in facts["params"].items() if v is not None)),
+        ("parameters", _kind_params(facts["kind"], facts["params"]) or "none (exact search)"),
     ]
     if facts["params"].get("k_factor") is not None:
         lines.append(("re-ranking", f"exact distances over the top k·{facts['params']['k_factor']} candidates"))
@@ -236,6 +268,21 @@ def _info_text(facts: dict[str, Any]) -> str:
     return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in lines)
 
 
+# the parameters that mean something for each named kind (a faiss factory string shows all that are set)
+_KIND_PARAMS = {
+    "flat": (),
+    "ivf": ("nlist", "nprobe"),
+    "hnsw": ("hnsw_m", "ef_search", "ef_construction"),
+    "pq": ("nlist", "nprobe", "pq_m", "pq_nbits", "k_factor"),
+}
+
+
+def _kind_params(kind: str, params: dict[str, Any]) -> str:
+    """``name=value, ...`` of the parameters of ``kind`` only (``index info`` shows no HNSW settings for IVF)."""
+    names = _KIND_PARAMS.get(kind, tuple(params))
+    return ", ".join(f"{k}={params[k]}" for k in names if params.get(k) is not None)
+
+
 def _result(idx: Any, D: np.ndarray, I: np.ndarray) -> dict[str, Any]:
     """The JSON-able query result; non-finite distances (missing neighbours) become null."""
     result: dict[str, Any] = {
@@ -245,6 +292,9 @@ def _result(idx: Any, D: np.ndarray, I: np.ndarray) -> dict[str, Any]:
         "ids": I.tolist(),
         "distances": [[float(v) if math.isfinite(v) else None for v in row] for row in D.tolist()],
     }
+    metadata = idx.metadata_for(I) if _has_metadata(idx) else None
+    if metadata is not None:  # what --keep-columns stored: shown with every neighbour
+        result["metadata"] = metadata
     if idx.labels is not None:
         labels = idx.labels_for(I).tolist()
         result["labels"] = [
@@ -254,10 +304,19 @@ def _result(idx: Any, D: np.ndarray, I: np.ndarray) -> dict[str, Any]:
     return result
 
 
+def _has_metadata(idx: Any) -> bool:
+    """Whether the index stores metadata with its vectors (``index build --keep-columns``)."""
+    if not hasattr(idx, "metadata_for"):  # a sharded index stores no metadata
+        return False
+    ids = idx.ids
+    return len(ids) > 0 and idx.metadata_for(ids[:1])[0] is not None
+
+
 def _table(result: dict[str, Any]) -> str:
     """A fixed-width table: one line per (query, rank)."""
     score = "distance" if result["score"] == "squared_l2_distance" else "similarity"
     header = ["query", "rank", "id", score] + (["label"] if "labels" in result else [])
+    header += ["metadata"] if "metadata" in result else []
     rows = []
     for qi, (ids, dists) in enumerate(zip(result["ids"], result["distances"], strict=True)):
         for rank, (i, dist) in enumerate(zip(ids, dists, strict=True), start=1):
@@ -265,6 +324,9 @@ def _table(result: dict[str, Any]) -> str:
             if "labels" in result:
                 label = result["labels"][qi][rank - 1]
                 row.append("-" if label is None else str(label))
+            if "metadata" in result:
+                meta = result["metadata"][qi][rank - 1]
+                row.append("-" if meta is None else json.dumps(meta, ensure_ascii=False))
             rows.append(row)
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     return "\n".join(

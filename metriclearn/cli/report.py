@@ -12,12 +12,15 @@ from typing import Any
 import click
 import numpy as np
 
-from metriclearn.cli._inputs import quiet_option, read_vectors, vector_options
+from metriclearn.cli._inputs import check_source, csv_columns, examples, quiet_option, read_vectors, vector_options
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
-from metriclearn.training.config import DEVICES
+from metriclearn._device import DEVICES
 
 
-@click.command("report")
+@click.command("report", epilog=examples(
+    'metriclearn report --embeddings emb.npy --labels labels.npy --out report',
+    'metriclearn report --model runs/digits --data digits --method umap --out report',
+))
 @vector_options("--embeddings", "Embeddings (n, d) as a float .npy file.", labels_flag="--labels")
 @click.option("--method", type=click.Choice([*METHODS, "both"]), default="both", show_default=True,
               help="Which 2-D projection(s) to draw.")
@@ -42,6 +45,7 @@ def report(
     labels: Path | None,
     model: Path | None,
     data: str | None,
+    label_column: str,
     method: str,
     out: Path,
     overwrite: bool,
@@ -60,12 +64,14 @@ def report(
     metrics.json and explorer.html (interactive and offline: the map with hover, neighbours and search, the
     retrieval failures, per-class scores, training curves of a run) to --out.
     """
-    from metriclearn._outdir import claim_output_dir
+    from metriclearn._outdir import check_output_dir, claim_output_dir
     from metriclearn.reports import write_report
     from metriclearn.reports.report import check_report_inputs
 
+    check_source(matrix, model, data, "--embeddings", labels, "--labels")
+    check_output_dir(out, "report", overwrite=overwrite)  # before embedding
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
-                           labels_flag="--labels", device=device)
+                           labels_flag="--labels", device=device, columns=csv_columns(label_column))
     codes, classes = vectors.labels, vectors.classes
     if vectors.embedded is not None and codes is not None:
         codes = vectors.embedded.labels  # int codes into the run's classes (then new ones)

@@ -24,19 +24,25 @@ import click
 import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy
-from metriclearn.classify.cache import LAM_GRID, THETA_GRID
-from metriclearn.cli._inputs import check_distinct_files, load_probabilities
+from metriclearn.cli._inputs import check_distinct_files, examples, load_probabilities, quiet_option
 from metriclearn.cli.classify import DEFAULT_LAM, DEFAULT_THETA, _check_output, _device_option, _load_features, _load_index
 
 _MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
-_FEATURES_ONLY = ("index_dir", "features", "probs", "tune")
+_FEATURES_ONLY = ("index_dir", "features", "probs", "labels", "tune")
+_FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # parameter -> its option's name
 
 
-@click.command("second-opinion")
+@click.command("second-opinion", epilog=examples(
+    'metriclearn second-opinion --index idx --embeddings feats.npy --probs probs.npy --labels labels.npy --out blend.npy',
+    'metriclearn second-opinion --model my-classifier --cache train.jsonl --data test.jsonl --out blend.npy',
+))
 @click.option("--index", "index_dir", type=click.Path(path_type=Path),
               help="Features form: labelled index directory (the cache).")
-@click.option("--features", type=click.Path(path_type=Path), help="Features form: features (n, d) .npy.")
+@click.option("--embeddings", "--features", "features", type=click.Path(path_type=Path),
+              help="Features form: the model's features / embeddings (n, d) .npy (--features: its older name).")
 @click.option("--probs", type=click.Path(path_type=Path), help="Features form: the model's probabilities (n, K) .npy.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="Features form: the rows' labels (n,) .npy, to print the accuracy of the model and of the blend.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
               help="Model form: a metriclearn run directory with a classification head, a Hugging Face model "
                    "directory or a TorchScript file.")
@@ -54,22 +60,23 @@ _FEATURES_ONLY = ("index_dir", "features", "probs", "tune")
               help="Features form: choose θ and λ on held-out data (not the index's own vectors).")
 @click.option("--tune-data", type=click.Path(path_type=Path), default=None,
               help="Model form: labelled held-out data to choose θ, λ (and the layer when no --layer) on.")
-@click.option("--audit", type=click.Path(path_type=Path), default=None,
+@click.option("--audit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Model form: write the rows whose decision the blend changed, with evidence, as .jsonl.")
 @click.option("--save", type=click.Path(path_type=Path), default=None,
               help="Model form: save the cache (an index directory with θ, λ, layers and the model's fingerprint).")
 @click.option("--overwrite", is_flag=True, help="Replace what an earlier --save wrote there.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Model form: inputs per forward pass.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Blended probabilities (n, K) .npy.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Blended probabilities (n, K) .npy.")
 @_device_option
-def second_opinion(out: Path, **opts: Any) -> None:
+@quiet_option
+def second_opinion(out: Path, quiet: bool, **opts: Any) -> None:
     """Blend a model's probabilities with the cache's: (1 − λ)·p_model + λ·p_cache (Orhan 2018).
 
-    Give either --index/--features/--probs (features you already have) or --model/--cache/--data.
+    Give either --index/--embeddings/--probs (features you already have) or --model/--cache/--data.
     """
     _check_output(out, (".npy",))
     check_distinct_files([("--out", out), ("--audit", opts["audit"]), ("--save", opts["save"])],
-                         [(f"--{name}", opts[name]) for name in ("features", "probs", "data")])
+                         [(f"--{_FLAGS.get(name, name)}", opts[name]) for name in ("features", "probs", "labels", "data")])
     if opts["tune"] and (opts["theta"] is not None or opts["lam"] is not None):
         raise click.UsageError("--tune chooses θ and λ itself: give either --tune or --theta/--lam, not both")
     if opts["model_path"] is not None:
@@ -79,7 +86,7 @@ def second_opinion(out: Path, **opts: Any) -> None:
         _check_form(opts, "--index", needs=("features", "probs"), refused=_MODEL_ONLY)
         _from_features(out, opts)
     else:
-        raise click.UsageError("give --index DIR --features F --probs P, or --model MODEL --cache PATH --data PATH")
+        raise click.UsageError("give --index DIR --embeddings F --probs P, or --model MODEL --cache PATH --data PATH")
 
 
 def _check_form(opts: dict[str, Any], form: str, needs: tuple[str, ...], refused: tuple[str, ...]) -> None:
@@ -87,25 +94,26 @@ def _check_form(opts: dict[str, Any], form: str, needs: tuple[str, ...], refused
     _refuse(opts, refused, form)
     for name in needs:
         if opts[name] is None:
-            raise click.UsageError(f"{form} needs --{name}")
+            raise click.UsageError(f"{form} needs --{_FLAGS.get(name, name)}")
 
 
 def _refuse(opts: dict[str, Any], names: tuple[str, ...], form: str) -> None:
     given = [n for n in names if opts[n] not in (None, (), False)]
     if given:
-        flag = {"index_dir": "index", "layers": "layer"}.get(given[0], given[0]).replace("_", "-")
+        flag = _FLAGS.get(given[0], given[0]).replace("_", "-")
         raise click.UsageError(f"--{flag} does not go with {form}")
 
 
 # ---------------------------------------------------------------------------------------------- features form
 def _from_features(out: Path, opts: dict[str, Any]) -> None:
-    from metriclearn.classify import CacheClassifier
+    from metriclearn.classify.cache import LAM_GRID, THETA_GRID, CacheClassifier
     from metriclearn.data import load_labels
 
     index = _load_index(opts["index_dir"], opts["device"])
     x = _load_features(opts["features"], "features", index.dim)
     num_classes = len(np.unique(index.labels))
     p = load_probabilities(opts["probs"], "--probs", len(x), num_classes)
+    y = None if opts["labels"] is None else load_labels(opts["labels"], n=len(x))  # read before any work
     theta = DEFAULT_THETA if opts["theta"] is None else opts["theta"]
     lam = DEFAULT_LAM if opts["lam"] is None else opts["lam"]
     cache = CacheClassifier.from_index(index, theta=theta, lam=lam, device=opts["device"])
@@ -121,6 +129,11 @@ def _from_features(out: Path, opts: dict[str, Any]) -> None:
     blended = cache.second_opinion(x, p)
     save_npy(out, blended.astype(np.float32))
     click.echo(f"second opinion (theta={cache.theta_:g}, lam={cache.lam_:g}): {len(x)} rows written to {out}")
+    if y is not None:
+        from metriclearn.cli._accuracy import blend_lines
+
+        classes = cache.classes_
+        click.echo(blend_lines(y, classes[p.argmax(1)], classes[blended.argmax(1)], classes.tolist()))
 
 
 # ---------------------------------------------------------------------------------------------- model form
@@ -131,7 +144,14 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
 
     if opts["audit"] is not None and Path(opts["audit"]).suffix.lower() != ".jsonl":
         raise click.BadParameter(f"{str(opts['audit'])!r} must end in .jsonl", param_hint="--audit")
+    if opts["save"] is not None:  # refused before the model is loaded or anything is computed
+        from metriclearn._outdir import check_output_dir
+
+        check_output_dir(opts["save"], "index", overwrite=opts["overwrite"])
     loaded = load_model(opts["model_path"])
+    for flag, path in (("--cache", opts["cache"]), ("--tune-data", opts["tune_data"]), ("--data", opts["data"])):
+        if path is not None and not (flag == "--cache" and Path(path).is_dir()):  # before the cache is built
+            check_input_kind(Path(path), loaded, flag)
     device = str(resolve_device(opts["device"]))
     loaded.model.to(device)
     options = {"tokenizer": loaded.tokenizer, "batch_size": opts["batch_size"], "device": device}
@@ -161,13 +181,13 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     click.echo(f"second opinion: layer {', '.join(opinion.layers_)}, theta={opinion.theta_:g}, "
                f"lam={opinion.lam_:g}; {len(p_blend)} rows x {p_blend.shape[1]} classes written to {out}")
     if y is not None:
+        from metriclearn.cli._accuracy import blend_lines
         from metriclearn.pretrained.second_opinion import align_labels
 
         codes = align_labels(y, opinion.classes_, p_model.shape[1], f"--data {opts['data']}")
-        acc_model = float(np.mean(p_model.argmax(1) == codes))
-        acc_blend = float(np.mean(p_blend.argmax(1) == codes))
-        click.echo(f"accuracy on {len(codes)} labelled rows: model {acc_model:.4f}, second opinion {acc_blend:.4f} "
-                   f"({100 * (acc_blend - acc_model):+.2f} points)")
+        names = np.array(list(opinion.classes_) if opinion.classes_ is not None else range(p_model.shape[1]),
+                         dtype=object)
+        click.echo(blend_lines(names[codes], names[p_model.argmax(1)], names[p_blend.argmax(1)], names.tolist()))
     if opts["audit"] is not None:
         rows = opinion.audit_opinions(opinions, y)
         with atomic_open(opts["audit"], "w", encoding="utf-8") as fh:
@@ -193,19 +213,24 @@ def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, l
     from metriclearn.data import load_data
 
     path = Path(path)
-    suffix = path.suffix.lower()
-    if loaded.text and suffix != ".jsonl":
-        raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads texts, give a .jsonl file "
-                         f"(one {{\"text\": ..., \"label\": ...}} per line)")
-    if not loaded.text and suffix == ".jsonl":
-        raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads arrays (.npz, .csv or .npy), "
-                         "not texts")
+    check_input_kind(path, loaded, flag)
     data = load_data(path, require_labels=False)
     if labels == "required" and not data.is_labeled:
         raise ValueError(f"{flag} {str(path)!r} holds no labels; the cache and tuning data need them "
                          "(.npz with X and y, .csv with a label column, .jsonl with a label per line)")
     values = None if not data.is_labeled else data.label_values().tolist()
     return (data.X if data.is_text else _check_shape(data.X, loaded, flag, path)), values
+
+
+def check_input_kind(path: Path, loaded: Any, flag: str) -> None:
+    """A text model reads ``.jsonl``, an array model anything else: checked on the file name, before any work."""
+    suffix = Path(path).suffix.lower()
+    if loaded.text and suffix != ".jsonl":
+        raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads texts, give a .jsonl file "
+                         f"(one {{\"text\": ..., \"label\": ...}} per line)")
+    if not loaded.text and suffix == ".jsonl":
+        raise ValueError(f"{flag} {str(path)!r}: this {loaded.kind} model reads arrays (.npz, .csv or .npy), "
+                         "not texts")
 
 
 def _check_shape(x: np.ndarray, loaded: Any, flag: str, path: Path) -> np.ndarray:

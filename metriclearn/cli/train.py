@@ -8,6 +8,7 @@ flags (flags win), trains into a run directory and prints the held-out metrics (
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 
 import click
 
+from metriclearn._choices import BUILTIN_LOSSES, COMBINES
 from metriclearn._progress import is_quiet, set_quiet
-from metriclearn.cli._inputs import quiet_option
+from metriclearn.cli._inputs import examples, quiet_option
 from metriclearn.cli.evaluate import format_metrics
 from metriclearn.training.config import (
     DEVICES,
@@ -25,7 +27,6 @@ from metriclearn.training.config import (
     parse_loss_term,
     read_toml,
 )
-from metriclearn.training.objectives import COMBINES, LOSS_NAMES
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
 from metriclearn.training.splits import VAL_SPLITS
 
@@ -54,23 +55,32 @@ def _parse_encoder_options(ctx: click.Context, param: click.Parameter, value: tu
     return options or None
 
 
-_DEFAULTS = TrainConfig()
+def _default(key: str) -> Any:
+    """The config's default for ``key``, read from the dataclass field (making a config would import torch)."""
+    spec = TrainConfig.__dataclass_fields__[key]
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default  # type: ignore[misc]
 
 
 def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A ``--NAME`` option for the config key NAME: no default of its own (only given flags reach the config);
     its help text ends with the config's default, so the two never disagree."""
     key = name.lstrip("-").split("/")[0].replace("-", "_")
-    default = getattr(_DEFAULTS, key)
+    default = _default(key)
     shown = " ".join(default) if isinstance(default, list) else ("on" if default is True else
                                                                  "off" if default is False else default)
     return click.option(name, help=f"{help} [default: {shown}]", **({"default": None} if "/" in name else {}),
                         **kwargs)
 
 
-@click.command("train")
+@click.command("train", epilog=examples(
+    'metriclearn train --data digits --out runs/digits',
+    'metriclearn train --data train.csv --label-column species --epochs 30 --out runs/mine',
+    'metriclearn train --data train.csv --out runs/mine --resume',
+))
 @_setting("--data", "Training data (.npz/.csv/.jsonl) or 'digits'.", metavar="PATH|digits")
-@_setting("--loss", f"Loss term; repeat to combine: {', '.join(LOSS_NAMES)}.", multiple=True,
+@_setting("--label-column", "The label column of a .csv --data (every other column is a numeric feature).",
+          metavar="NAME")
+@_setting("--loss", f"Loss term; repeat to combine: {', '.join(BUILTIN_LOSSES)}.", multiple=True,
           metavar="NAME[:WEIGHT]", callback=_check_losses)
 @_setting("--combine", "How several losses combine.", type=click.Choice(COMBINES))
 @_setting("--encoder", "Encoder spec, e.g. 'mlp:512,256'.", metavar="mlp|cnn|sentence[:PATH]")
@@ -96,6 +106,8 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @_setting("--scheduler", "Learning-rate schedule.", type=click.Choice(SCHEDULERS))
 @_setting("--grad-clip", "Max gradient norm (0: off).", type=float)
 @_setting("--patience", "Early stopping patience in epochs (0: off).", type=int)
+@_setting("--restore-best/--no-restore-best", "model.pt holds the epoch with the best validation --monitor "
+          "(checkpoints/best.pt), not the last.")
 @_setting("--monitor", "Validation metric for early stopping, best.pt, plateau.", type=click.Choice(MONITORS))
 @_setting("--seed", "Random seed (runs are deterministic on CPU).", type=click.IntRange(0, 2**32 - 1))
 @_setting("--device", "auto (CUDA when available), cpu or cuda.", type=click.Choice(DEVICES))

@@ -1,6 +1,7 @@
 """Similarity search over embeddings: :class:`EmbeddingIndex` (faiss) and exact torch ground truth.
 
 >>> import numpy as np
+>>> from metriclearn.indexes import EmbeddingIndex
 >>> index = EmbeddingIndex(dim=2, metric="l2")
 >>> index.add(np.eye(2, dtype=np.float32)).tolist()
 [0, 1]
@@ -10,11 +11,16 @@
 
 from __future__ import annotations
 
-from metriclearn.indexes._factory import KINDS
-from metriclearn.indexes._gpu import DEVICES
-from metriclearn.indexes._persist import describe
-from metriclearn.indexes.exact import exact_search
-from metriclearn.indexes.faiss_index import EmbeddingIndex
-from metriclearn.indexes.tuning import TuningWarning
+from metriclearn._lazy import lazy_exports
 
-__all__ = ["DEVICES", "KINDS", "EmbeddingIndex", "TuningWarning", "describe", "exact_search"]
+# public name -> the module that defines it, imported on first use (faiss and torch only when needed)
+_EXPORTS = {
+    "DEVICES": "metriclearn._device",
+    "KINDS": "metriclearn.indexes._factory",
+    "EmbeddingIndex": "metriclearn.indexes.faiss_index",
+    "TuningWarning": "metriclearn.indexes.tuning",
+    "describe": "metriclearn.indexes._persist",
+    "exact_search": "metriclearn.indexes.exact",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -38,11 +38,22 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
-import faiss
+if TYPE_CHECKING:
+    import faiss
 
 KINDS = ("flat", "ivf", "hnsw", "pq")
-METRIC_TYPES = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT}
+
+
+def metric_type(metric: str) -> int:
+    """faiss's metric constant for ``metric``: ``METRIC_L2`` for ``"l2"``, else ``METRIC_INNER_PRODUCT``.
+
+    faiss is imported here, not at module level, so that the CLI lists :data:`KINDS` without loading it.
+    """
+    import faiss
+
+    return int(faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
 
 
 MIN_HNSW_M = 2  # HNSW1 segfaults and HNSW0 aborts in faiss 1.x
@@ -133,9 +144,11 @@ def min_training_points(kind: str, nlist: int | None, pq_nbits: int = 8) -> int:
 
 def build(factory: str, dim: int, metric: str) -> faiss.Index:
     """``faiss.index_factory`` after :func:`check_factory`, with faiss's parse errors turned into a ``ValueError``."""
+    import faiss
+
     check_factory(factory)
     try:
-        return faiss.index_factory(dim, factory, METRIC_TYPES[metric])
+        return faiss.index_factory(dim, factory, metric_type(metric))
     except RuntimeError as exc:
         raise ValueError(f"kind {factory!r} is not a faiss index factory string: {faiss_reason(exc)}") from exc
 

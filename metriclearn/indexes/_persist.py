@@ -94,7 +94,7 @@ def _load(cls: type[EmbeddingIndex], path: str | os.PathLike[str], device: str) 
     if metadata is not None:
         sizes[METADATA_FILE] = len(metadata)
     wrong = [f"{name} holds {size}" for name, size in sizes.items() if size != n]
-    if structure.d != obj.dim or wrong or structure.metric_type != _factory.METRIC_TYPES[obj.metric]:
+    if structure.d != obj.dim or wrong or structure.metric_type != _factory.metric_type(obj.metric):
         raise ValueError(f"{damaged}: its files disagree (manifest: {n} vectors of dim {obj.dim}; {wrong})")
     expected, found = _structure.signature(obj._build()), _structure.signature(structure)
     if found != expected:

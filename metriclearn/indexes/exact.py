@@ -31,13 +31,15 @@ Example
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from metriclearn._checks import check_choice, check_matrix, check_positive_int
 from metriclearn._scale import check_norm_range, unit_rows
+
+if TYPE_CHECKING:
+    import torch
 
 METRICS = ("l2", "ip", "cosine")
 DEFAULT_BLOCK_SIZE = 1 << 23  # score-matrix entries per tile (32 MiB of float32)
@@ -87,6 +89,8 @@ def exact_search(
     D : float32 array (Q, k)
     I : int64 array (Q, k), row positions in ``reference``.
     """
+    import torch  # here, not at module level: the CLI lists METRICS without importing torch
+
     metric = check_choice(metric, METRICS, "metric")
     k = check_positive_int(k, "k")
     block_size = check_positive_int(block_size, "block_size")
@@ -113,6 +117,8 @@ def exact_topk(
 
     ``l2=True`` ranks by squared L2 distance, ``False`` by inner product (normalise first for cosine).
     """
+    import torch
+
     n, nq = x.shape[0], q.shape[0]
     D = np.full((nq, k), float("inf") if l2 else float("-inf"), dtype=np.float32)
     I = np.full((nq, k), -1, dtype=np.int64)
@@ -148,4 +154,6 @@ def exact_topk(
 
 def _sq_norms(x: torch.Tensor) -> torch.Tensor:
     """Row-wise squared L2 norms (n,) of an (n, d) tensor."""
+    import torch
+
     return torch.einsum("ij,ij->i", x, x)  # (n,)

@@ -58,15 +58,21 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 
 
 def format_value(value: Any) -> str:
-    """Floats with 4 decimals, everything else as ``str`` (not escaped).
+    """Floats by magnitude, everything else as ``str`` (not escaped).
 
-    >>> format_value(0.123456), format_value(3), format_value(None)
-    ('0.1235', '3', '—')
+    Floats in [0.001, 10⁴) (metrics, most settings) get 4 decimals; smaller or larger ones (a learning rate
+    of 1e-5, a weight decay, a large count as a float) 4 significant digits in ``%g`` form, so no setting
+    prints as ``0.0000``.
+
+    >>> format_value(0.123456), format_value(1e-5), format_value(3e-4), format_value(0.0), format_value(3)
+    ('0.1235', '1e-05', '0.0003', '0.0000', '3')
+    >>> format_value(123456.0), format_value(None)
+    ('1.235e+05', '—')
     """
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.4g}"
     return str(value)
 
 

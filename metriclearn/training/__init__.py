@@ -7,56 +7,36 @@ See DESIGN.md: ``Trainer(model, objective, optimizer, ...)``, ``.fit(train, val=
 
 from __future__ import annotations
 
-from metriclearn.training.callbacks import (
-    Callback,
-    CSVLogger,
-    EarlyStopping,
-    HealthMonitor,
-    LambdaCallback,
-    ModelCheckpoint,
-    TensorBoardLogger,
-)
-from metriclearn.training.config import TrainConfig, parse_loss_term
-from metriclearn.training.objectives import Objective, build_loss, build_objective, expected_initial_loss, pcgrad
-from metriclearn.training.run import (
-    RunEmbeddings,
-    TrainedRun,
-    embed_from_run,
-    evaluate_embeddings,
-    load_run,
-    train_run,
-)
-from metriclearn.training import distributed
-from metriclearn.training.resume import resume_config, run_state
-from metriclearn.training.rng import seed_everything
-from metriclearn.training.trainer import Trainer
-from metriclearn._device import resolve_device
+from metriclearn._lazy import lazy_exports
 
-__all__ = [
-    "CSVLogger",
-    "Callback",
-    "EarlyStopping",
-    "HealthMonitor",
-    "LambdaCallback",
-    "ModelCheckpoint",
-    "RunEmbeddings",
-    "Objective",
-    "TensorBoardLogger",
-    "TrainConfig",
-    "TrainedRun",
-    "Trainer",
-    "build_loss",
-    "distributed",
-    "build_objective",
-    "embed_from_run",
-    "evaluate_embeddings",
-    "expected_initial_loss",
-    "load_run",
-    "parse_loss_term",
-    "pcgrad",
-    "resolve_device",
-    "resume_config",
-    "run_state",
-    "seed_everything",
-    "train_run",
-]
+# public name -> the module that defines it; imported on first use, so the CLI's --help needs no torch
+_EXPORTS = {
+    "Callback": "metriclearn.training.callbacks",
+    "CSVLogger": "metriclearn.training.callbacks",
+    "EarlyStopping": "metriclearn.training.callbacks",
+    "HealthMonitor": "metriclearn.training.callbacks",
+    "LambdaCallback": "metriclearn.training.callbacks",
+    "ModelCheckpoint": "metriclearn.training.callbacks",
+    "TensorBoardLogger": "metriclearn.training.callbacks",
+    "TrainConfig": "metriclearn.training.config",
+    "parse_loss_term": "metriclearn.training.config",
+    "Objective": "metriclearn.training.objectives",
+    "build_loss": "metriclearn.training.objectives",
+    "build_objective": "metriclearn.training.objectives",
+    "expected_initial_loss": "metriclearn.training.objectives",
+    "pcgrad": "metriclearn.training.objectives",
+    "RunEmbeddings": "metriclearn.training.run",
+    "TrainedRun": "metriclearn.training.run",
+    "embed_from_run": "metriclearn.training.run",
+    "evaluate_embeddings": "metriclearn.training.run",
+    "load_run": "metriclearn.training.run",
+    "train_run": "metriclearn.training.run",
+    "distributed": "metriclearn.training.distributed",
+    "resume_config": "metriclearn.training.resume",
+    "run_state": "metriclearn.training.resume",
+    "seed_everything": "metriclearn.training.rng",
+    "Trainer": "metriclearn.training.trainer",
+    "resolve_device": "metriclearn._device",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

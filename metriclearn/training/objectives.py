@@ -34,9 +34,8 @@ from torch import Tensor, nn
 
 from metriclearn import losses
 from metriclearn._checks import check_choice, check_positive_float
+from metriclearn._choices import COMBINES  # importable without torch, for the CLI's --help
 from metriclearn.losses.base import MetricLoss
-
-COMBINES = ("sum", "alternate", "pcgrad")
 
 
 # ---------------------------------------------------------------------------- the loss registry
@@ -97,7 +96,7 @@ LOSSES: dict[str, LossSpec] = {
     # label-free regulariser (Wang & Isola 2020); BENCHMARKS.md "Unseen classes" measured its weight, not t
     "uniformity": LossSpec(losses.UniformityLoss),
 }
-LOSS_NAMES = tuple(LOSSES)  # the built-in names (validation reads LOSSES itself)
+LOSS_NAMES = tuple(LOSSES)  # the built-in names (validation reads LOSSES itself; --help: _choices.BUILTIN_LOSSES)
 
 
 class HeadLoss(nn.Module):

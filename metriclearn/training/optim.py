@@ -19,11 +19,12 @@ Example
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from metriclearn._checks import check_choice
+
+if TYPE_CHECKING:
+    import torch
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "linear", "plateau", "none")
@@ -54,6 +55,8 @@ def build_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, 
     >>> [(len(g["params"]), g["lr"], g["weight_decay"]) for g in opt.param_groups]
     [(1, 0.001, 0.01), (1, 0.001, 0.0), (1, 2e-05, 0.01), (1, 2e-05, 0.0)]
     """
+    import torch  # here, not at module level: the CLI lists OPTIMIZERS without importing torch
+
     check_choice(name, OPTIMIZERS, "optimizer")
     slow = {id(p) for p in encoder_params} if encoder_lr is not None else set()
     groups = [{**g, "lr": lr} for g in parameter_groups([p for p in params if id(p) not in slow], weight_decay)]
@@ -75,6 +78,8 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: in
     ``get_linear_schedule_with_warmup``); ``plateau`` halves the rate after 2 epochs without
     improvement of a metric that should go ``mode`` (``"max"`` or ``"min"``).
     """
+    import torch
+
     check_choice(name, SCHEDULERS, "scheduler")
     if name == "onecycle":
         max_lr = [group["lr"] for group in optimizer.param_groups]

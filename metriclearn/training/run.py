@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -64,6 +66,7 @@ from metriclearn.training.trainer import Trainer
 from metriclearn._device import resolve_device
 
 MODEL_FORMAT_VERSION = 1
+_RUN_HINT = "--resume to continue it or --overwrite"
 _RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "checkpoints",
               "checkpoints/last.pt", "checkpoints/best.pt")  # recorded in the marker before training starts
 
@@ -94,10 +97,10 @@ def overfit_batch_check(config: TrainConfig, steps: int = 200, verbose: bool = T
     A sound model/objective drives the loss of a single batch to at most 10 % of its first value (or, for
     a loss that starts at 0, below it); if it cannot, something between data, model and loss is broken.
     """
-    from metriclearn.data import load_data
+    from metriclearn.data import CsvColumns, load_data
 
     seed_everything(config.seed)
-    data = load_data(config.data)
+    data = load_data(config.data, columns=CsvColumns(label=config.label_column))
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     trainer = make_trainer(config, build_model(config, input_shape), data.num_classes, verbose=verbose)
     losses = trainer.overfit_batch(data, steps=steps)
@@ -142,8 +145,11 @@ def train_run(
     out = Path(out)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
-    if resume:  # a folder without metriclearn's marker is never taken for a run, whatever its files
-        check_output_dir(out, "run", resume=True)
+    # before reading, loading or training anything: a folder without metriclearn's marker is never taken for a
+    # run (whatever its files), and one that holds a run needs --resume or --overwrite. Only the rank that
+    # writes checks (torchrun sets RANK; the process group is joined below), so no rank sees its claim.
+    if distributed.is_main_process() and int(os.environ.get("RANK", "0")) == 0:
+        check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
     distributed.init_from_env()  # a no-op unless started by torchrun
     if config.threads:
@@ -159,7 +165,7 @@ def train_run(
     trainer = make_trainer(config, model, data.num_classes, all_callbacks, verbose=verbose)
     trainer.metadata = {"config": config.to_dict(), "data": stamp}  # a resumed run gets its checkpoint's copy back
     claim = (claim_output_dir(out, "run", overwrite=overwrite, resume=resume, writes=_RUN_FILES,
-                              hint="--resume to continue it or --overwrite")
+                              hint=_RUN_HINT)
              if trainer.is_main_process else contextlib.nullcontext(out))
     with claim:
         if trainer.is_main_process:
@@ -175,11 +181,13 @@ def train_run(
         seconds = time.perf_counter() - start
         if not trainer.is_main_process:
             return {}
+        best = _best_epoch(config, trainer, all_callbacks, val)
         held_out = val if val is not None else train
         if data.is_pairs:
             metrics = _pair_run_metrics(trainer, held_out)
             metrics.update(split="val" if val is not None else "train", n_train=len(train.pairs),
                            n_eval=len(held_out.pairs), epochs=trainer.epoch, train_seconds=seconds)
+            metrics.update(best or {})
             write_json(out / "metrics.json", metrics)
             save_model(out / "model.pt", model, config, input_shape, head=classification_head(trainer.objective))
             return metrics
@@ -190,6 +198,8 @@ def train_run(
         metrics = evaluate_embeddings(held_out_emb, held_out.y, *reference)
         metrics.update(split="val" if val is not None else "train", n_train=len(train), n_eval=len(held_out),
                        epochs=trainer.epoch, train_seconds=seconds, val_split=config.val_split)
+        if best is not None:
+            metrics.update(best)
         if unseen:
             metrics["val_classes"] = [data.classes[c] for c in np.unique(held_out.y)]
         write_json(out / "metrics.json", metrics)
@@ -203,6 +213,35 @@ def train_run(
         save_model(out / "model.pt", model, config, input_shape,  # last: its presence marks a finished run
                    head=classification_head(trainer.objective))
     return metrics
+
+
+def _best_epoch(config: TrainConfig, trainer: Trainer, callbacks: Sequence[Callback], val: Any) -> dict[str, Any] | None:
+    """Warn when the last epoch's validation metric is below the best by more than noise; with
+    ``config.restore_best``, load the best epoch's weights (``checkpoints/best.pt``) into the trainer's model and
+    objective. Returns ``{"best_epoch", "best_<monitor>", "restored_best"}``, or ``None`` without validation.
+
+    Noise is two standard errors of a mean over the n validation queries of per-query scores in [0, 1]:
+    2·√(m(1 − m)/n) at the best value m (the largest spread such scores can have).
+    """
+    checkpoint = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint)), None)
+    monitor = f"val_{config.monitor}"
+    values = [row.get(monitor) for row in trainer.history]
+    if val is None or config.monitor == "loss" or checkpoint is None or not values or values[-1] is None:
+        return None
+    best_at = max(range(len(values)), key=lambda i: (values[i] if values[i] is not None else -math.inf, -i))
+    best, last = float(values[best_at]), float(values[-1])
+    restore = config.restore_best and best_at != len(values) - 1 and checkpoint.best_path.is_file()
+    noise = 2 * math.sqrt(max(best * (1 - best), 0.0) / max(len(val), 1))
+    if best - last > noise:
+        kept = ("model.pt holds the best epoch's weights (--no-restore-best keeps the last)" if restore else
+                "model.pt holds the last epoch's weights (--restore-best keeps the best)")
+        warnings.warn(f"the last epoch's {monitor} {last:.4f} is below the best, {best:.4f} at epoch {best_at + 1}, "
+                      f"by more than noise ({noise:.4f}); {kept}", stacklevel=2)
+    if restore:
+        state = load_checkpoint(checkpoint.best_path)
+        trainer.model.load_state_dict(state["model"])
+        trainer.objective.load_state_dict(state["objective"])  # a classification head belongs to the model
+    return {"best_epoch": best_at + 1, f"best_{monitor}": best, "restored_best": bool(restore)}
 
 
 def _pair_run_metrics(trainer: Trainer, held_out: Any) -> dict[str, Any]:
@@ -250,9 +289,9 @@ def _run_callbacks(config: TrainConfig, out: Path, val: Any, extra: Sequence[Cal
 
 def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
     """``(data, train, val or None)`` of ``config``, checked so that training can finish and be evaluated."""
-    from metriclearn.data import load_data
+    from metriclearn.data import CsvColumns, load_data
 
-    data = load_data(config.data)
+    data = load_data(config.data, columns=CsvColumns(label=config.label_column))
     train, val = data, None
     if config.val_fraction > 0:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)

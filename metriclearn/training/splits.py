@@ -30,24 +30,26 @@ VAL_SPLITS = ("samples", "classes")
 def class_disjoint_split(data: Any, val_fraction: float = 0.2, seed: int = 0) -> tuple[Any, Any]:
     """Seeded split of a LabeledData into (train, val) with no class in both; each keeps the row order.
 
-    ``round(val_fraction · C)`` of the C classes (at least 1, and at most C − 2 so that training keeps
-    two classes) are drawn at random with ``seed`` among the classes that have at least two samples
-    (a held-out class needs a pair for leave-one-out retrieval); all their samples form ``val``.
-    ``val_fraction=0`` gives an empty ``val``.
+    ``round(val_fraction · C)`` of the C classes (at least 2, so that validation measures retrieval among
+    several unseen classes, and at most C − 2 so that training keeps two classes) are drawn at random with
+    ``seed`` among the classes that have at least two samples (a held-out class needs a pair for
+    leave-one-out retrieval); all their samples form ``val``. ``val_fraction=0`` gives an empty ``val``.
+    Data that cannot give 2 held-out and 2 training classes is refused (``ValueError``) before any work.
     """
     val_fraction = check_fraction(val_fraction, "val_fraction")
     present = np.unique(data.y)
     if val_fraction == 0:
         return data.subset(np.arange(len(data))), data.subset(np.zeros(0, np.int64))
-    if len(present) < 3:
-        raise ValueError(f"val_split='classes' needs at least 3 classes (2 to train on, 1 to hold out); "
-                         f"{getattr(data, 'source', 'the data')} has {len(present)}")
     counts = np.bincount(data.y)[present]
     candidates = present[counts >= 2]
-    n_val = int(min(max(round(val_fraction * len(present)), 1), len(present) - 2, len(candidates)))
-    if n_val == 0:
-        raise ValueError(f"val_split='classes': no class of {getattr(data, 'source', 'the data')} has 2 or more "
-                         f"samples to hold out for retrieval")
+    n_val = int(min(max(round(val_fraction * len(present)), 2), len(present) - 2, len(candidates)))
+    if n_val < 2:
+        source = getattr(data, "source", "the data")
+        raise ValueError(
+            f"--val-split classes needs at least 2 held-out classes (each with 2 or more samples) and 2 training "
+            f"classes; {source} has {len(present)} classes ({len(candidates)} with 2 or more samples): pass "
+            f"--val-split samples (hold out samples of every class) or --val-fraction 0"
+        )
     held_out = np.random.default_rng(seed).choice(candidates, size=n_val, replace=False)
     in_val = np.isin(data.y, held_out)
     return data.subset(np.flatnonzero(~in_val)), data.subset(np.flatnonzero(in_val))

@@ -194,7 +194,7 @@ def test_classify_errors_on_uncalibrated_or_mismatched_use(files, index_copy: Pa
         (("--labels", "cal_y_short"), 1, ("has 239 entries but there are 240 samples",)),
         (("--labels", "cal_y_unknown"), 1, ("y_cal holds labels the classifier does not know, e.g. 7",)),
         (("--labels", "cal_names"), 1, ("y_cal holds string labels, but the classifier's classes are integers",)),
-        (("--features", "cal_5d"), 1, ("has dimension 5, but the index has dimension 6",)),
+        (("--features", "cal_5d"), 1, ("has dimension 5 but the index", "has dimension 6")),
         (("--alpha", "1.5"), 1, ("alpha must lie strictly between 0 and 1, got 1.5",)),
         (("--alpha", "0.001"), 1, ("alpha=0.001 needs at least 999 calibration rows",)),
         (("--target-precision", "1.5"), 1, ("target_precision must lie in (0, 1], got 1.5",)),

@@ -74,7 +74,7 @@ def test_a_directory_where_a_file_goes_is_named_not_a_temp_file(emb, tmp_path: P
     e, y = emb
     assert invoke("index", "build", "--embeddings", e, "--labels", y, "--out", tmp_path / "idx").exit_code == 0
     assert_one_line_error(invoke("classify", "--index", tmp_path / "idx", "--queries", e, "--method", "knn", "--out",
-                          tmp_path / "out.npy"), 1, f"Error: {tmp_path / 'out.npy'}: Is a directory (expected a file name)")
+                          tmp_path / "out.npy"), 2, f"Invalid value for '--out': File '{tmp_path / 'out.npy'}' is a directory")
     from metriclearn._atomic import save_npy
 
     with pytest.raises(IsADirectoryError) as info:

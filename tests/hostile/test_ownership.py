@@ -145,12 +145,12 @@ def test_two_outputs_or_an_output_over_an_input_are_refused_up_front(blobs, tmp_
         (["classify", "--index", idx, "--queries", blobs["e"], "--method", "knn", "--out", tmp_path / "s.npy", "--sets",
           tmp_path / "." / "s.npy"], "--sets is the same file as --out"),
         (["index", "query", "--index", idx, "--queries", blobs["e"], "-k", "3", "--out", blobs["e"]],
-         "--out is the same file as --queries"),
+         "--out is the same file as --embeddings"),
     ]
     for args, message in cases:
         assert_one_line_error(invoke(*args), 2, message)
     assert blobs["e"].read_bytes() == queries and not e.exists() and not (tmp_path / "s.npy").exists()
     os.link(blobs["e"], tmp_path / "hard.npy")  # another name for the same file
     assert_one_line_error(invoke("index", "query", "--index", idx, "--queries", blobs["e"], "-k", "3", "--out",
-                                 tmp_path / "hard.npy"), 2, "--out is the same file as --queries")
+                                 tmp_path / "hard.npy"), 2, "--out is the same file as --embeddings")
     assert np.load(blobs["e"]).shape == (67, 6)  # the queries are intact

@@ -232,3 +232,10 @@ def test_adding_a_loss_is_one_file_and_one_row_as_docs_losses_md_shows(tmp_path,
     assert 'margin = 0.3' in (out / "config.toml").read_text()  # the tuned option, resolved in the config
     assert json.loads((out / "metrics.json").read_text())["retrieval"]["precision_at_1"] > 0.5
     assert build_loss("margin", 8, 3).margin == 0.3
+
+
+def test_the_help_lists_the_shipped_loss_names() -> None:
+    """``train --help`` reads the loss names from metriclearn._choices (no torch): the shipped registry's keys."""
+    from metriclearn._choices import BUILTIN_LOSSES
+
+    assert BUILTIN_LOSSES == LOSS_NAMES == tuple(LOSSES)

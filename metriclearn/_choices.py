@@ -1,0 +1,17 @@
+"""The values of options that the CLI lists in ``--help``, importable without torch.
+
+The modules that implement them import them from here (``training.objectives``: how loss terms combine;
+``hidden``: the layer an embedding is read from), so ``metriclearn train --help`` starts without loading
+torch. ``BUILTIN_LOSSES`` is what ``train --help`` lists: the keys of
+:data:`metriclearn.training.objectives.LOSSES` as shipped (a test holds the two equal); the config checks
+names against ``LOSSES`` itself, so a row added there is usable at once.
+
+>>> "neighborhood" in BUILTIN_LOSSES, COMBINES[0], LAYERS
+(True, 'sum', ('embedding', 'hidden'))
+"""
+
+from __future__ import annotations
+
+BUILTIN_LOSSES = ("neighborhood", "snn", "prototype", "cache", "softmax", "complement", "uniformity")
+COMBINES = ("sum", "alternate", "pcgrad")
+LAYERS = ("embedding", "hidden")
