@@ -85,8 +85,12 @@ def check_output_dir(
 ) -> None:
     """Refuse ``path`` as :func:`claim_output_dir` would, without writing or locking anything.
 
-    For checks before slow work (``--resume`` reads the run's files: refuse a user's folder first).
+    For checks before slow work (``--resume`` reads the run's files: refuse a user's folder first). Under
+    torchrun only rank 0 checks (``RANK``): the other ranks never write, and their check would race with rank
+    0's claim of the folder; when rank 0 refuses, torchrun stops the others.
     """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     root = Path(path)
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} exists and is not a folder; choose a folder for the output")

@@ -49,6 +49,7 @@ def build_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, 
     the pretrained body learns far slower (2e-5) than a fresh head. The fused kernel is used where the
     installed torch has one.
 
+    >>> import torch
     >>> body, head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
     >>> params = [*body.parameters(), *head.parameters()]
     >>> opt = build_optimizer("adamw", params, 1e-3, 0.01, list(body.parameters()), encoder_lr=2e-5)

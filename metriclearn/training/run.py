@@ -146,10 +146,8 @@ def train_run(
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
     # before reading, loading or training anything: a folder without metriclearn's marker is never taken for a
-    # run (whatever its files), and one that holds a run needs --resume or --overwrite. Only the rank that
-    # writes checks (torchrun sets RANK; the process group is joined below), so no rank sees its claim.
-    if distributed.is_main_process() and int(os.environ.get("RANK", "0")) == 0:
-        check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
+    # run (whatever its files), and one that holds a run needs --resume or --overwrite (rank 0 alone checks).
+    check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
     distributed.init_from_env()  # a no-op unless started by torchrun
     if config.threads:
