@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = ("classify", "data", "encoders", "indexes", "losses", "metrics", "pretrained", "reports", "training")
 
-# public name -> the submodule that defines it (DESIGN.md's contract)
+# public name -> the submodule that defines it (the public API; guides in docs/)
 _EXPORTS = {
     "NeighborhoodSoftmaxLoss": "losses",
     "SoftNearestNeighborLoss": "losses",

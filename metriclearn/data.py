@@ -1,6 +1,6 @@
 """Loading labelled data (npz / csv / jsonl / npy / built-in ``digits``), label encoding, splitting.
 
-Formats (see DESIGN.md):
+Formats (guide: docs/data-and-metrics.md):
 
 - ``.npz`` with arrays ``X`` (n, ...) and ``y`` (n,); labels int or str; loaded with ``allow_pickle=False``.
 - ``.csv`` with a header, a ``label`` column (another name: ``CsvColumns(label=...)``, ``--label-column``) and

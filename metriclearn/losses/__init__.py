@@ -1,4 +1,4 @@
-"""metriclearn.losses (see DESIGN.md)."""
+"""metriclearn.losses: one loss per file (guide: docs/losses.md)."""
 
 from metriclearn.losses.base import MetricLoss
 from metriclearn.losses.cache import CacheLoss

@@ -1,6 +1,6 @@
 """metriclearn.training: the trainer, its callbacks, objectives, configuration and run directories.
 
-See DESIGN.md: ``Trainer(model, objective, optimizer, ...)``, ``.fit(train, val=None, epochs=...)``,
+Guide: docs/training.md. ``Trainer(model, objective, optimizer, ...)``, ``.fit(train, val=None, epochs=...)``,
 ``.embed(data)``; ``Objective`` (weighted sum / alternating steps / PCGrad); ``load_run`` and
 ``embed_from_run`` for trained run directories.
 """
