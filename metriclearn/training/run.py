@@ -146,8 +146,10 @@ def train_run(
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
     # before reading, loading or training anything: a folder without metriclearn's marker is never taken for a
-    # run (whatever its files), and one that holds a run needs --resume or --overwrite (rank 0 alone checks).
-    check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
+    # run (whatever its files), and one that holds a run needs --resume or --overwrite. Only the rank that
+    # writes checks (check_output_dir reads torchrun's RANK; the process group is joined below).
+    if distributed.is_main_process():
+        check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
     distributed.init_from_env()  # a no-op unless started by torchrun
     if config.threads:

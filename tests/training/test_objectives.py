@@ -218,7 +218,7 @@ def test_adding_a_loss_is_one_file_and_one_row_as_docs_losses_md_shows(tmp_path,
     from metriclearn.training.objectives import LossSpec
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "losses.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    blocks = re.findall(r"```(?:python|text)\n(.*?)```", doc, flags=re.S)  # the row is a ```text block
     namespace: dict = {}
     exec(next(b for b in blocks if "class MarginLoss" in b), namespace)  # the "one file"
     row = next(b for b in blocks if '"margin": LossSpec(' in b)
