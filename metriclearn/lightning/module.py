@@ -52,6 +52,7 @@ from metriclearn.training.config import TrainConfig
 from metriclearn.training.embedding import embed_array
 from metriclearn.training.objectives import Objective, build_objective
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
+from metriclearn.training.trainer import prepare_fresh_run
 
 CHECKPOINT_KEY = "metriclearn"  # where the module keeps what export_run needs inside a Lightning checkpoint
 CHECKPOINT_FORMAT = 1
@@ -177,13 +178,8 @@ class MetricLearningModule(L.LightningModule):
         Called by :meth:`on_train_start` with the training loader's data when it is an
         :class:`~metriclearn.lightning.IndexedDataset` (as metriclearn's trainer does before its first step).
         """
-        standardize = getattr(self.encoder, "standardize", None)
-        if standardize is not None and hasattr(standardize, "fit") and isinstance(X, np.ndarray):
-            standardize.fit(X.reshape(len(X), -1) if X.ndim > 2 else X)
-            standardize.to(self.device)
-        if any(callable(getattr(t, "init_centroids", None)) for t in self.objective.terms.values()):
-            embeddings = torch.from_numpy(self.embed(X)).to(self.device)
-            self.objective.prepare(embeddings, torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.device))
+        labels = torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.device)
+        prepare_fresh_run(self.encoder, self.objective, X, labels, self.embed, self.device)
         self.prepared = True
 
     def on_train_start(self) -> None:

@@ -295,13 +295,7 @@ class Trainer:
 
     def _prepare(self, X: Any, y: np.ndarray, X_dev: Any, y_dev: Tensor) -> None:
         """Fresh run: fit the encoder's input standardisation and initialise the objective from real outputs."""
-        standardize = getattr(self.model, "standardize", None)
-        if standardize is not None and hasattr(standardize, "fit") and isinstance(X, np.ndarray):
-            standardize.fit(X.reshape(len(X), -1) if X.ndim > 2 else X)
-            standardize.to(self.device)
-        if any(callable(getattr(t, "init_centroids", None)) for t in self.objective.terms.values()):
-            embeddings = torch.from_numpy(self.embed(X)).to(self.device)
-            self.objective.prepare(embeddings, y_dev)
+        prepare_fresh_run(self.model, self.objective, X, y_dev, self.embed, self.device)
 
     def _run_epoch(self, X: Any, y: Tensor, val: tuple[Any, np.ndarray] | None, epochs: int) -> None:
         # One source of truth for where the run stands: ``self.epoch`` (completed epochs) and
@@ -568,3 +562,17 @@ def _format_epoch(epoch: int, epochs: int, logs: Logs) -> str:
     parts += [f"{k} {v:.4f}" for k, v in logs.items() if k.startswith("val_")]
     parts.append(f"{logs['samples_per_s']:.0f} samples/s")
     return "  ".join(parts)
+
+
+def prepare_fresh_run(model: nn.Module, objective: Any, X: Any, labels: Tensor, embed: Any,
+                      device: torch.device | str) -> None:
+    """Before a fresh run's first step: fit ``model.standardize`` on the raw inputs ``X`` (arrays only), then,
+    when a loss term has ``init_centroids``, initialise the objective from ``embed(X)`` (real outputs) and
+    ``labels``. Shared by :class:`Trainer` and the Lightning module."""
+    standardize = getattr(model, "standardize", None)
+    if standardize is not None and hasattr(standardize, "fit") and isinstance(X, np.ndarray):
+        standardize.fit(X.reshape(len(X), -1) if X.ndim > 2 else X)
+        standardize.to(device)
+    if any(callable(getattr(t, "init_centroids", None)) for t in objective.terms.values()):
+        embeddings = torch.from_numpy(embed(X)).to(device)  # (n, D)
+        objective.prepare(embeddings, labels)
