@@ -51,7 +51,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
     check_distinct_files([("--out", out), ("--labels-out", labels_out)], [("--data", data)])
     run = load_run(model_dir)
     inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append",
-                       columns=csv_columns(label_column))
+                       columns=csv_columns(label_column), images=run.image_options())
     if inputs.is_pairs != (positives_out is not None):
         raise click.UsageError(f"{data} is a pair file: give --positives-out P.npy for its positives (--out gets "
                                "the anchors)" if inputs.is_pairs else

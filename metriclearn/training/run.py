@@ -100,7 +100,7 @@ def overfit_batch_check(config: TrainConfig, steps: int = 200, verbose: bool = T
     from metriclearn.data import CsvColumns, load_data
 
     seed_everything(config.seed)
-    data = load_data(config.data, columns=CsvColumns(label=config.label_column))
+    data = load_data(config.data, columns=CsvColumns(label=config.label_column), images=image_options(config))
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     trainer = make_trainer(config, build_model(config, input_shape), data.num_classes, verbose=verbose)
     losses = trainer.overfit_batch(data, steps=steps)
@@ -158,6 +158,7 @@ def train_run(
     data, train, val = _load_splits(config)
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     _check_encoder_fits(config, data.is_text)
+    _check_images_fit(config, data)
     stamp = data_stamp(config.data, len(data), input_shape, data.num_classes)
     check_same_data(checkpoint, stamp)  # before the model is built for data it was not trained on
     model = build_model(config, input_shape)
@@ -291,7 +292,7 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
     """``(data, train, val or None)`` of ``config``, checked so that training can finish and be evaluated."""
     from metriclearn.data import CsvColumns, load_data
 
-    data = load_data(config.data, columns=CsvColumns(label=config.label_column))
+    data = load_data(config.data, columns=CsvColumns(label=config.label_column), images=image_options(config))
     train, val = data, None
     if config.val_fraction > 0:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
@@ -309,6 +310,25 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
             f"--val-fraction 0 (measure on the training data)"
         )
     return data, train, val
+
+
+def image_options(config: TrainConfig) -> Any:
+    """How ``config``'s image data is decoded: at ``image_size``, else the backbone's input size, else the
+    first image's (:class:`metriclearn.images.ImageOptions`)."""
+    from metriclearn.images import ImageOptions
+    from metriclearn.images.backbones import input_size
+
+    size = config.image_size or (input_size(config.encoder) if config.is_vision_encoder else None)
+    return ImageOptions(size=size, workers=config.workers, skip_bad=config.skip_bad_images)
+
+
+def _check_images_fit(config: TrainConfig, data: Any) -> None:
+    """A vision backbone or augmentation needs image data (X (n, C, H, W)): say so, naming --data."""
+    images = isinstance(data.X, np.ndarray) and data.X.ndim == 4
+    if (config.is_vision_encoder or config.augment != "none") and not images:
+        raise ValueError(f"{config.data} holds {'texts' if data.is_text else 'numeric features'}, but "
+                         f"{'--encoder ' + config.encoder if config.is_vision_encoder else '--augment'} needs images: "
+                         "give --data a folder of class subfolders or a .csv with a path column")
 
 
 def _check_encoder_fits(config: TrainConfig, text_data: bool) -> None:
@@ -401,6 +421,16 @@ class TrainedRun:
         """:func:`metriclearn.fingerprint.model_fingerprint` of the weights (recorded by indexes)."""
         return model_fingerprint(self.model)
 
+    def image_options(self, workers: int = 0, skip_bad: bool = False) -> Any:
+        """How image data is decoded for this run: at the size and channels it was trained on
+        (:class:`metriclearn.images.ImageOptions`; for a run on other data, the automatic options)."""
+        from metriclearn.images import ImageOptions
+
+        shape = tuple(getattr(self.model, "input_shape", ()))
+        if len(shape) == 3 and shape[0] in (1, 3):
+            return ImageOptions(size=int(shape[-1]), channels=int(shape[0]), workers=workers, skip_bad=skip_bad)
+        return ImageOptions(workers=workers, skip_bad=skip_bad)
+
     def embed(
         self,
         data: Any,
@@ -430,7 +460,8 @@ class TrainedRun:
                 values, self.classes, unseen)
             X, source = data.X, data.source
         else:
-            loaded = load_data(data, classes=self.classes, require_labels=require_labels, unseen=unseen)
+            loaded = load_data(data, classes=self.classes, require_labels=require_labels, unseen=unseen,
+                               images=self.image_options())
             X, codes, source = loaded.X, loaded.y, loaded.source
             classes = loaded.classes if codes is not None else list(self.classes)
         if require_labels and codes is None:
