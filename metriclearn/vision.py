@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metriclearn._checks import check_bool, check_positive_int, describe
+from metriclearn._checks import check_bool, check_choice, check_positive_int, describe
 from metriclearn.images.backbones import load_backbone
 from metriclearn.images.transforms import AUGMENTS, Normalize, augmentation, match_channels, resize_batch
 
@@ -79,9 +79,7 @@ class VisionEncoder(nn.Module):
         self.unfreeze = None if unfreeze is None else check_positive_int(unfreeze, "unfreeze")
         if self.unfreeze is not None and self.freeze:
             raise ValueError(f"unfreeze={self.unfreeze} needs freeze=False (fine-tuning; --finetune)")
-        if augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {describe(augment)}")
-        self.augment_preset = augment
+        self.augment_preset = check_choice(augment, AUGMENTS, "augment")
         self._backbone = load_backbone(self.spec)
         self.backbone = self._backbone.module
         self.input_size = self._backbone.size
