@@ -35,8 +35,10 @@ from torch import nn
 
 from metriclearn._atomic import save_with, write_json
 from metriclearn._checks import check_positive_int, describe
+from metriclearn._device import resolve_device
 from metriclearn._outdir import check_output_dir, claim_output_dir, remove_recorded
 from metriclearn.fingerprint import model_fingerprint
+from metriclearn.training import distributed
 from metriclearn.training.callbacks import (
     Callback,
     CSVLogger,
@@ -45,10 +47,9 @@ from metriclearn.training.callbacks import (
     ModelCheckpoint,
     TensorBoardLogger,
 )
-from metriclearn.training import distributed
 from metriclearn.training.config import TrainConfig
-from metriclearn.training.objectives import build_objective
 from metriclearn.training.embedding import embed_array
+from metriclearn.training.objectives import build_objective
 from metriclearn.training.resume import (
     RUNTIME_KEYS,
     check_same_data,
@@ -63,7 +64,6 @@ from metriclearn.training.resume import (
 from metriclearn.training.rng import seed_everything
 from metriclearn.training.splits import split_for_validation
 from metriclearn.training.trainer import Trainer
-from metriclearn._device import resolve_device
 
 MODEL_FORMAT_VERSION = 1
 _RUN_HINT = "--resume to continue it or --overwrite"
@@ -215,7 +215,9 @@ def train_run(
     return metrics
 
 
-def _best_epoch(config: TrainConfig, trainer: Trainer, callbacks: Sequence[Callback], val: Any) -> dict[str, Any] | None:
+def _best_epoch(
+    config: TrainConfig, trainer: Trainer, callbacks: Sequence[Callback], val: Any
+) -> dict[str, Any] | None:
     """Warn when the last epoch's validation metric is below the best by more than noise; with
     ``config.restore_best``, load the best epoch's weights (``checkpoints/best.pt``) into the trainer's model and
     objective. Returns ``{"best_epoch", "best_<monitor>", "restored_best"}``, or ``None`` without validation.
