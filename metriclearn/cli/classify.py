@@ -169,6 +169,10 @@ def classify(
         from metriclearn.cli._accuracy import accuracy_lines
 
         click.echo(accuracy_lines(vectors.labels, predictions, classifier.classes_.tolist()))
+        if rejected is not None:
+            from metriclearn.cli._accuracy import rejection_line
+
+            click.echo(rejection_line(vectors.labels, predictions, rejected, classifier.classes_.tolist()))
 
 
 def _model(index: Any, method: str, k: int | None, theta: float | None, weights: str | None, device: str) -> Any:
