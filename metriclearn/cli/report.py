@@ -12,9 +12,9 @@ from typing import Any
 import click
 import numpy as np
 
+from metriclearn._device import DEVICES
 from metriclearn.cli._inputs import check_source, csv_columns, examples, quiet_option, read_vectors, vector_options
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
-from metriclearn._device import DEVICES
 
 
 @click.command("report", epilog=examples(

@@ -183,7 +183,8 @@ class EmbeddingIndex:
     def empty_structure(self) -> faiss.Index:
         """A new, empty faiss structure for this kind and these parameters (what :meth:`add` fills)."""
         return _structure.build(
-            self.factory or "", self.dim, self.metric, ef_construction=self.ef_construction, refine=self.k_factor is not None
+            self.factory or "", self.dim, self.metric, ef_construction=self.ef_construction,
+            refine=self.k_factor is not None
         )
 
     def use_structure(self, index: faiss.Index) -> None:
@@ -359,12 +360,13 @@ class EmbeddingIndex:
         stored vectors (default min(5000, max(50, n/10))) excluded from the ground-truth set — and sets
         the cheapest search parameter (``nprobe``, ``ef_search``) reaching the target, after trying a few
         build parameters (``nlist`` for ivf, ``hnsw_m`` for hnsw, the re-ranking depth ``k_factor`` for PQ)
-        and keeping the fastest; the index is rebuilt when those change. Kinds that store lossy codes (``pq``, factory strings) need
-        ``vectors=`` (the added embeddings, in :attr:`ids` order). A :class:`~metriclearn.indexes.tuning.
-        TuningWarning` says when no setting reaches the target (the most accurate is kept) and when flat
-        search is faster. Returns the record also stored in ``attrs["tuning"]``: ``recall_at_k`` and its
-        standard error ``recall_se``, ``qps``, ``flat_qps``, ``speed_vs_flat``, ``params``, ``held_out_queries``, ``reached``,
-        ``flat_faster``, ``tried``. See :mod:`metriclearn.indexes.tuning` for the method.
+        and keeping the fastest; the index is rebuilt when those change. Kinds that store lossy codes
+        (``pq``, factory strings) need ``vectors=`` (the added embeddings, in :attr:`ids` order).
+        A :class:`~metriclearn.indexes.tuning.TuningWarning` says when no setting reaches the target (the most
+        accurate is kept) and when flat search is faster. Returns the record also stored in
+        ``attrs["tuning"]``: ``recall_at_k`` and its standard error ``recall_se``, ``qps``, ``flat_qps``,
+        ``speed_vs_flat``, ``params``, ``held_out_queries``, ``reached``, ``flat_faster``, ``tried``. See
+        :mod:`metriclearn.indexes.tuning` for the method.
         """
         from metriclearn.indexes.tuning import tune_index
 

@@ -245,7 +245,9 @@ class ShardedIndex:
         self._manifest_checksum = _storage.write_directory(path, writers, fields, FORMAT, FORMAT_VERSION)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str = "auto", held: Sequence[int] | None = None) -> ShardedIndex:
+    def load(
+        cls, path: str | os.PathLike[str], device: str = "auto", held: Sequence[int] | None = None
+    ) -> ShardedIndex:
         """Read a sharded directory; ``held``: the shards to load (default: under torch.distributed with
         W ranks, rank r loads shards ``r, r + W, ...``; else every shard). Ids and labels of all shards are read.
 
