@@ -2,8 +2,9 @@
 
 - **Vectors** (:func:`vector_options`, :func:`read_vectors`): ``index build``, ``index query``, ``classify``,
   ``calibrate`` and ``report`` take ``--embeddings FILE.npy [--labels FILE.npy]`` (``--queries`` and
-  ``--features``, the older names, still work); every one of them also takes ``--model DIR --data PATH`` instead, which loads the trained run once and embeds the data on the fly
-  (labels optional, classes the run never saw welcome). Exactly one source, or a usage error (exit 2).
+  ``--features``, the older names, still work); every one of them also takes ``--model DIR --data PATH``
+  instead, which loads the trained run once and embeds the data on the fly (labels optional, classes the run
+  never saw welcome). Exactly one source, or a usage error (exit 2).
 - **Same model** (:func:`check_same_model`): an index built with ``--model`` records the model's fingerprint;
   vectors embedded by another model are refused. A ``.npy`` file carries no fingerprint, so ``--queries`` /
   ``--embeddings`` are never checked (nor is an index built from them).

@@ -60,7 +60,8 @@ def _few(values: list[Any], limit: int = 8) -> str:
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
 @click.option("--data", required=True, metavar="PATH|digits",
               help="Labelled queries; their classes may be the run's or new ones.")
-@click.option("--reference", metavar="PATH", help="Labelled reference set to search (default: leave-one-out in --data).")
+@click.option("--reference", metavar="PATH",
+              help="Labelled reference set to search (default: leave-one-out in --data).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Where to write the metrics JSON "
               "(default DIR/evaluate.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")

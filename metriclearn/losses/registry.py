@@ -62,8 +62,8 @@ class LossSpec:
         Constructor arguments the trainer fills in from the data: ``"dim"`` (embedding size) and/or
         ``"num_classes"``; they cannot be set in ``loss_options``.
     tuned:
-        Options used when the loss is built by name (:func:`~metriclearn.training.objectives.build_loss`, ``--loss NAME``), over the class
-        defaults — measured in BENCHMARKS.md. ``loss_options`` override them.
+        Options used when the loss is built by name (:func:`~metriclearn.training.objectives.build_loss`,
+        ``--loss NAME``), over the class defaults — measured in BENCHMARKS.md. ``loss_options`` override them.
     chance:
         ``f(batch_size, samples_per_class, num_classes)`` → the expected first-batch loss of an
         untrained model (checked by :class:`~metriclearn.training.callbacks.HealthMonitor`), or ``None``.

@@ -321,7 +321,8 @@ class HealthMonitor(Callback):
             if not math.isfinite(grad_norm):
                 self._warn(trainer, f"gradient norm is {grad_norm} at step {trainer.global_step}")
             elif grad_norm > self.max_grad_norm:
-                self._warn(trainer, f"gradient norm {grad_norm:.3g} exceeds {self.max_grad_norm:g} at step {trainer.global_step}")
+                self._warn(trainer, f"gradient norm {grad_norm:.3g} exceeds {self.max_grad_norm:g} "
+                                    f"at step {trainer.global_step}")
         if self._dead:
             self._epoch["dead_relu"].append(sum(self._dead) / len(self._dead))
             self._dead = []

@@ -158,7 +158,7 @@ class Objective(nn.Module):
             grads = torch.autograd.grad(
                 self.weights[name] * value * scale, params, retain_graph=True, allow_unused=True
             )
-            vector = torch.cat([_flat(g, p) for g, p in zip(grads, params)])  # (P,)
+            vector = torch.cat([_flat(g, p) for g, p in zip(grads, params, strict=True)])  # (P,)
             flat.append(reduce(vector) if reduce is not None else vector)
         combined = pcgrad(flat, generator=generator)
         offset = 0

@@ -30,6 +30,7 @@ from metriclearn.runs import (  # noqa: F401  (re-exported: the old import paths
     load_run,
     save_model,
 )
+from metriclearn.training import distributed
 from metriclearn.training.callbacks import (
     Callback,
     CSVLogger,
@@ -38,7 +39,6 @@ from metriclearn.training.callbacks import (
     ModelCheckpoint,
     TensorBoardLogger,
 )
-from metriclearn.training import distributed
 from metriclearn.training.config import TrainConfig
 from metriclearn.training.objectives import build_objective
 from metriclearn.training.resume import (
@@ -205,7 +205,9 @@ def train_run(
     return metrics
 
 
-def _best_epoch(config: TrainConfig, trainer: Trainer, callbacks: Sequence[Callback], val: Any) -> dict[str, Any] | None:
+def _best_epoch(
+    config: TrainConfig, trainer: Trainer, callbacks: Sequence[Callback], val: Any
+) -> dict[str, Any] | None:
     """Warn when the last epoch's validation metric is below the best by more than noise; with
     ``config.restore_best``, load the best epoch's weights (``checkpoints/best.pt``) into the trainer's model and
     objective. Returns ``{"best_epoch", "best_<monitor>", "restored_best"}``, or ``None`` without validation.
