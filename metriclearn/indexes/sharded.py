@@ -86,7 +86,7 @@ class ShardedIndex:
         self,
         shards: Sequence[EmbeddingIndex | None],
         ids: Sequence[np.ndarray],
-        labels: Sequence[np.ndarray] | None,
+        labels: Sequence[np.ndarray | None] | None,
         dim: int,
         metric: str,
         kind: str,
@@ -101,7 +101,7 @@ class ShardedIndex:
         self.attrs: dict[str, Any] = dict(attrs or {})
         self._manifest_checksum: str | None = None  # of the directory this index was loaded from / saved to
         self._ids = np.concatenate(self._shard_ids)
-        self._labels = None if labels is None else np.concatenate(self._shard_labels)
+        self._labels = None if self._shard_labels is None else np.concatenate(self._shard_labels)
         self._order = np.argsort(self._ids, kind="stable")
         # collective search when the shards are spread over the ranks of a process group
         self.collective = distributed.world_size() > 1 and any(s is None for s in self.shards)
@@ -247,12 +247,13 @@ class ShardedIndex:
         missing = [r for r, s in enumerate(self.shards) if s is None]
         if missing:
             raise ValueError(f"cannot save: this process does not hold shards {missing}")
+        shards = [s for s in self.shards if s is not None]  # all of them
 
         def writer(shard: EmbeddingIndex) -> Any:  # saves the shard; its manifest is the file checksummed
             return lambda manifest_path: shard.save(Path(manifest_path).parent)
 
-        writers = {f"{shard_name(r)}/{_storage.MANIFEST}": writer(s) for r, s in enumerate(self.shards)}
-        entries = [{"path": shard_name(r), "count": len(s)} for r, s in enumerate(self.shards)]  # type: ignore[arg-type]
+        writers = {f"{shard_name(r)}/{_storage.MANIFEST}": writer(s) for r, s in enumerate(shards)}
+        entries = [{"path": shard_name(r), "count": len(s)} for r, s in enumerate(shards)]
         fields = {"dim": self.dim, "metric": self.metric, "kind": self.kind, "count": len(self),
                   "has_labels": self._labels is not None, "attrs": self.attrs, "shards": entries}
         # the whole directory is written in a hidden sibling and swapped in (metriclearn.indexes._storage)
@@ -278,12 +279,12 @@ class ShardedIndex:
             raise ValueError(f"index directory {root} is damaged: its manifest lists no shards")
         if held is None:
             held = range(distributed.rank(), len(entries), distributed.world_size())
-        held = set(held)
+        mine = set(held)
         shards: list[EmbeddingIndex | None] = []
         ids, labels = [], []
         for r, entry in enumerate(entries):
             shard_dir = root / entry["path"]  # its manifest was checked against the sidecar above
-            if r in held:
+            if r in mine:
                 shard = EmbeddingIndex.load(shard_dir, device=device)
                 shards.append(shard)
                 ids.append(shard.ids)
@@ -330,9 +331,11 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _read_table(shard_dir: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """ids.npy and labels.npy of a shard this rank does not search, checked against the shard's manifest."""
     manifest = json.loads((shard_dir / _storage.MANIFEST).read_text(encoding="utf-8"))
-    arrays = []
+    arrays: list[np.ndarray | None] = []
     for name in ("ids.npy", "labels.npy"):
         info = manifest["files"].get(name)
+        if info is None and name == "ids.npy":
+            raise ValueError(f"index directory {shard_dir} is damaged: its manifest lists no ids.npy")
         if info is None:
             arrays.append(None)
             continue
@@ -340,4 +343,6 @@ def _read_table(shard_dir: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if not file.is_file() or sha256(file) != info["sha256"]:
             raise ValueError(f"index directory {shard_dir} is damaged: {name} does not match its checksum")
         arrays.append(np.load(file, allow_pickle=False))
-    return arrays[0], arrays[1]
+    ids, labels = arrays
+    assert ids is not None  # checked above
+    return ids, labels
