@@ -271,9 +271,9 @@ def _check_output(out: Path, formats: tuple[str, ...], option: str = "--out") ->
 
 
 def _load_index(index_dir: Path, device: str) -> Any:
-    from metriclearn.indexes import EmbeddingIndex
+    from metriclearn.indexes import load_index
 
-    index = EmbeddingIndex.load(index_dir, device=device)
+    index = load_index(index_dir, device=device)
     if index.labels is None or len(index) == 0:
         problem = "carries no labels" if index.labels is None else "is empty"
         raise ValueError(f"index {str(index_dir)!r} {problem}; build it with labels "

@@ -159,11 +159,11 @@ def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | 
     Queries come from --embeddings FILE.npy (or --queries, its older name), or --model DIR --data PATH
     embeds them on the fly; an index built by another model (index build --model) is then refused.
     """
-    from metriclearn.indexes import EmbeddingIndex
+    from metriclearn.indexes import load_index
 
     check_source(matrix, model, data, "--embeddings")
     check_distinct_files([("--out", out)], [("--embeddings", matrix), ("--data", data)])
-    idx = EmbeddingIndex.load(index_dir, device=device)
+    idx = load_index(index_dir, device=device)
     k = check_k(k, idx, index_dir)
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="queries", device=device)
     check_same_model(idx, index_dir, vectors)

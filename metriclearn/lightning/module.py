@@ -137,7 +137,8 @@ class MetricLearningModule(L.LightningModule):
         ``changes`` override fields of the run's configuration (e.g. ``lr=1e-4``, ``scheduler="none"``) for
         further training.
         """
-        from metriclearn.training.run import classification_head, load_run
+        from metriclearn.runs import load_run
+        from metriclearn.training.run import classification_head
 
         run = load_run(run_dir)
         config = TrainConfig.from_dict({k: v for k, v in run.config.items() if k in TrainConfig.keys()})  # noqa: SIM118 - a classmethod, not a dict
