@@ -1,7 +1,9 @@
 """``metriclearn report``: t-SNE / UMAP pictures, ``report.html`` and ``metrics.json`` for embeddings.
 
-Heavy imports (scikit-learn, matplotlib, umap, the trainer) happen inside the command, so ``metriclearn
---help`` stays fast.
+Heavy imports (torch, scikit-learn, matplotlib, faiss; umap only for ``--method umap``) happen inside the
+command, so ``metriclearn --help`` stays fast, and a run directory is read with :mod:`metriclearn.runs`, so the
+trainer is never imported (measured with ``python -X importtime``; tests/test_runs.py and
+tests/cli/test_startup_cli.py check it).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from typing import Any
 import click
 import numpy as np
 
+from metriclearn._device import DEVICES
 from metriclearn.cli._inputs import check_source, csv_columns, examples, quiet_option, read_vectors, vector_options
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
-from metriclearn._device import DEVICES
 
 
 @click.command("report", epilog=examples(
@@ -114,9 +116,9 @@ def _calibration(index_dir: Path, vectors: Any) -> tuple[dict[str, Any], np.ndar
     of the first calibrated classifier, kNN before cache); an uncalibrated index is an error (why pass it?)."""
     from metriclearn.cli._inputs import check_dim, check_same_model
     from metriclearn.cli.classify import _calibrated_model
-    from metriclearn.indexes import EmbeddingIndex
+    from metriclearn.indexes import load_index
 
-    index = EmbeddingIndex.load(index_dir, device="cpu")
+    index = load_index(index_dir, device="cpu")
     calibration = index.attrs.get("calibration")
     if not calibration:
         raise ValueError(
