@@ -367,7 +367,7 @@ def _vision_encoder(spec: str, input_shape: tuple[int, ...] | int, embedding_dim
         spec = f"{kind}:{name}:{Path(weights).expanduser().resolve()}"
     model = VisionEncoder(spec, check_positive_int(embedding_dim, "embedding_dim"), normalize,
                           image_size=shape[-1] if shape else None, **options)
-    model.input_shape = shape
+    model.input_shape = shape  # the decoded images' (C, S, S): a run decodes new images at it
     return model
 
 

@@ -80,6 +80,7 @@ class VisionEncoder(nn.Module):
         if self.unfreeze is not None and self.freeze:
             raise ValueError(f"unfreeze={self.unfreeze} needs freeze=False (fine-tuning; --finetune)")
         self.augment_preset = check_choice(augment, AUGMENTS, "augment")
+        self.input_shape: tuple[int, ...] = ()  # set by build_encoder: the decoded images' (C, S, S)
         self._backbone = load_backbone(self.spec)
         self.backbone = self._backbone.module
         self.input_size = self._backbone.size
@@ -103,7 +104,7 @@ class VisionEncoder(nn.Module):
             for block in blocks[len(blocks) - self.unfreeze:]:
                 block.requires_grad_(True)
         if self.channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
+            self.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.register_state_dict_post_hook(_drop_frozen)
         self.register_load_state_dict_pre_hook(_fill_frozen)
         self.train(True)

@@ -79,8 +79,8 @@ def read_images(source: Path, label_column: str = "label", require_labels: bool 
     items = list_folder(source) if source.is_dir() else list_csv(source, label_column)
     labelled = items[0].label is not None
     if require_labels and not labelled:
-        raise ValueError(f"{source} has no labels ({'no class subfolders' if source.is_dir() else 'no ' + repr(label_column) + ' column'}), "
-                         "but they are needed here")
+        missing = "no class subfolders" if source.is_dir() else f"no {label_column!r} column"
+        raise ValueError(f"{source} has no labels ({missing}), but they are needed here")
     size = options.size
     if size is None:
         size = min(_first_side(items, image_side, options.skip_bad), DEFAULT_MAX_SIDE)

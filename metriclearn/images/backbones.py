@@ -122,7 +122,8 @@ def _side(value: Any) -> int | None:
 
 
 def _hf_size(processor: dict[str, Any], config: dict[str, Any]) -> int | None:
-    vision = config.get("vision_config") if isinstance(config.get("vision_config"), dict) else config
+    nested = config.get("vision_config")
+    vision: dict[str, Any] = nested if isinstance(nested, dict) else config
     for value in (processor.get("crop_size"), processor.get("size"), vision.get("image_size")):
         side = _side(value)
         if side is not None:
@@ -134,7 +135,8 @@ def _blocks(module: nn.Module) -> list[nn.Module]:
     """The longest ModuleList named layer/layers/stages/blocks (bottom to top), else the top-level children."""
     lists = [m for name, m in module.named_modules()
              if isinstance(m, nn.ModuleList) and name.rsplit(".", 1)[-1] in _BLOCK_NAMES]
-    return list(max(lists, key=len)) if lists else list(module.children())
+    longest = max(lists, key=lambda m: len(m)) if lists else None
+    return list(longest) if longest is not None else list(module.children())
 
 
 def _hf(folder_text: str, _: str | None) -> Backbone:
@@ -161,9 +163,8 @@ def _hf(folder_text: str, _: str | None) -> Backbone:
     tokens = getattr(module.config, "model_type", "") not in ("resnet", "convnext", "convnextv2", "regnet",
                                                                "efficientnet", "mobilenet_v2", "bit")
     pool = "pooler" if not tokens or "clip" in str(model_type) or "siglip" in str(model_type) else "cls"
-    return Backbone(module, "hf-vision", _hf_size(processor, config), channels,
-                    tuple(processor.get("image_mean") or IMAGENET_MEAN), tuple(processor.get("image_std") or IMAGENET_STD),
-                    _blocks(module), True, pool)
+    mean, std = tuple(processor.get("image_mean") or IMAGENET_MEAN), tuple(processor.get("image_std") or IMAGENET_STD)
+    return Backbone(module, "hf-vision", _hf_size(processor, config), channels, mean, std, _blocks(module), True, pool)
 
 
 class _quiet_transformers:
@@ -191,8 +192,9 @@ def _state_dict(path_text: str) -> dict[str, Tensor]:
         raise ValueError(f"weights file {path_text!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged or foreign file
-        raise ValueError(f"weights file {path_text!r} is not a readable state dict ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: one line naming it
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"weights file {path_text!r} is not a readable state dict ({why})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise ValueError(f"weights file {path_text!r} holds a {type(state).__name__}, not a state dict")

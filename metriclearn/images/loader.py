@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import DataLoader, Dataset
 
 from metriclearn._checks import check_positive_int
 from metriclearn.images.decode import BadImage, decode_image
@@ -60,7 +61,7 @@ class DecodedImages:
     skipped: list[tuple[ImageItem, str]]
 
 
-class _Decode:
+class _Decode(Dataset[tuple[int, "np.ndarray | None", "str | None"]]):
     """The map-style dataset: item i → (i, pixels or None, error or None). Errors are returned, not raised,
     so one bad file does not stop the workers and every bad file can be listed."""
 
@@ -85,8 +86,6 @@ def decode_all(items: Sequence[ImageItem], size: int, channels: int | None, work
                skip_bad: bool = False, cache: bool = True) -> DecodedImages:
     """Decode ``items`` at ``size`` × ``size`` with ``channels`` (1 or 3; ``None``: 1 when every image is grey,
     else 3). See the module docstring."""
-    from torch.utils.data import DataLoader
-
     from metriclearn._progress import progress
 
     size = check_positive_int(size, "image_size")
@@ -97,8 +96,8 @@ def decode_all(items: Sequence[ImageItem], size: int, channels: int | None, work
     cached = _read_cache(path, len(items))
     if cached is not None:
         return DecodedImages(cached, np.arange(len(items)), [])
-    loader = DataLoader(_Decode(items, size, channels or 3), batch_size=BATCH, num_workers=workers,
-                        collate_fn=_collate)
+    loader: DataLoader[Any] = DataLoader(_Decode(items, size, channels or 3), batch_size=BATCH,
+                                         num_workers=workers, collate_fn=_collate)
     pixels: list[np.ndarray | None] = [None] * len(items)
     errors: dict[int, str] = {}
     for batch in progress(loader, desc="decoding images", unit="batch", total=len(loader)):
@@ -115,7 +114,7 @@ def decode_all(items: Sequence[ImageItem], size: int, channels: int | None, work
     skipped = [(items[i], errors[i]) for i in sorted(errors)]
     if not len(kept):
         raise ValueError(f"none of the {len(items)} images could be read; the first: {skipped[0][1]}")
-    stacked = np.stack([pixels[i] for i in kept])  # type: ignore[misc]
+    stacked = np.stack([pixels[i] for i in kept])
     if channels is None and (stacked[:, 0:1] == stacked).all():  # every image grey: keep one channel
         stacked = np.ascontiguousarray(stacked[:, :1])
     if skipped:

@@ -57,7 +57,7 @@ def augmentation(preset: str, size: int, channels: int) -> nn.Module:
             steps += [K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2)]
         else:
             steps += [K.ColorJitter(0.4, 0.4, p=0.8)]
-    return K.AugmentationSequential(*steps)
+    return K.AugmentationSequential(*steps)  # type: ignore[arg-type]
 
 
 def resize_batch(x: Tensor, size: int) -> Tensor:
@@ -80,6 +80,9 @@ def match_channels(x: Tensor, channels: int) -> Tensor:
 
 class Normalize(nn.Module):
     """``(x − mean) / std`` over the channel axis of (N, C, H, W); one value broadcasts to every channel."""
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

@@ -130,7 +130,8 @@ def write_explorer(
 
 def item_content(data: Any) -> tuple[list[str] | None, np.ndarray | None]:
     """``(texts, images)`` to show for the rows of a :class:`~metriclearn.data.LabeledData`: its texts (``.jsonl``),
-    or its images (features shaped (n, h, w[, 3]), an image folder's (n, C, h, w), or the built-in 8×8 ``digits``), else ``(None, None)``.
+    or its images (features shaped (n, h, w[, 3]), an image folder's (n, C, h, w), or the
+    built-in 8×8 ``digits``), else ``(None, None)``.
 
     >>> from metriclearn.data import load_data
     >>> texts, images = item_content(load_data("digits"))
