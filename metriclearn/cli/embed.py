@@ -68,7 +68,9 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
     n, d = embedded.embeddings.shape
     click.echo(f"wrote {out}: {n} x {d} float32")
     if labels_out:
-        save_npy(labels_out, embedded.label_values())
+        label_values = embedded.label_values()
+        assert label_values is not None  # checked before embedding
+        save_npy(labels_out, label_values)
         seen, unseen = embedded.present_classes()
         click.echo(f"wrote {labels_out}: {n} labels, {len(seen)} class(es) seen in training, "
                    f"{len(unseen)} new")

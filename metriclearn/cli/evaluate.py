@@ -117,6 +117,7 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
                                                               (ref.embeddings, ref.label_values())))
     metrics.update(_by_group(query, ref))
     seen, unseen = query.present_classes()
+    assert query.labels is not None  # embedded with require_labels=True
     metrics["data"].update(source=str(data), reference=reference, layer=layer, seen_classes=seen,
                            unseen_classes=unseen,
                            n_seen=int((query.labels < query.known).sum()),

@@ -58,6 +58,7 @@ class MetricLoss(nn.Module, ABC):
         embeddings, labels = self.validate(embeddings, labels)
         ids = self.validate_ids(ids, labels)
         if self.uses_ids:
+            # until #20 item 6: the id-aware losses' compute takes ids, the base signature does not say so
             per_anchor, counts = self.compute(embeddings, labels, ids)  # type: ignore[call-arg]
         else:
             per_anchor, counts = self.compute(embeddings, labels)  # (B,), (B,) bool
