@@ -56,7 +56,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
         raise click.UsageError(f"{data} is a pair file: give --positives-out P.npy for its positives (--out gets "
                                "the anchors)" if inputs.is_pairs else
                                f"--positives-out is for pair files (anchor/positive lines); {data} is not one")
-    if inputs.is_pairs:
+    if inputs.is_pairs and positives_out is not None:  # (checked just above: they go together)
         _embed_pairs(run, inputs, out, positives_out, labels_out, batch_size, layer, device)
         return
     if labels_out and not inputs.is_labeled:  # say so before the (long) embedding

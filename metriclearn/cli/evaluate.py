@@ -105,7 +105,8 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
         from metriclearn.indexes import describe
 
         check_built_by(describe(index_dir)["model_fingerprint"], index_dir, run)
-    if reference is None and not (np.bincount(loaded[0].y) > 1).any():
+    labels = loaded[0].y
+    if reference is None and labels is not None and not (np.bincount(labels) > 1).any():
         raise ValueError(f"{data}: no class has two or more rows, so leave-one-out retrieval measures nothing; "
                          "add rows or give --reference PATH")
     query, *refs = [run.embed(d, batch_size=batch_size, device=device, require_labels=True, layer=layer)

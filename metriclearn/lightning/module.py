@@ -211,6 +211,7 @@ class MetricLearningModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x, y, ids = _unpack_batch(batch)
         optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers returns one optimizer
         logs: dict[str, float] = {"lr": float(optimizer.param_groups[0]["lr"])}  # the rate this batch's steps use
         self.last_logs = logs
         if self.automatic_optimization:
