@@ -47,9 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from metriclearn._checks import check_choice, check_positive_float
+from metriclearn._embedding import embed_array
 from metriclearn.training import distributed as dist_utils
 from metriclearn.training.config import TrainConfig
-from metriclearn.training.embedding import embed_array
 from metriclearn.training.objectives import Objective, build_objective
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from metriclearn.training.trainer import prepare_fresh_run

@@ -73,7 +73,7 @@ class ComplementEntropyLoss(MetricLoss):
             )
         return logits, labels
 
-    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logits = embeddings  # (B, K)
         target = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)  # (B, K)
         complement = logits.masked_fill(target, float("-inf"))  # (B, K) the target drops out

@@ -175,7 +175,7 @@ class PrototypeLoss(MetricLoss):
         return present
 
     # ------------------------------------------------------------------ the loss
-    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.mode == "batch":
             return self._batch_prototypes(embeddings, labels)
         if self.mode == "learned":
