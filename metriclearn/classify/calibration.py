@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from metriclearn._checks import check_choice, check_labels, check_positive_int, describe
+from metriclearn._checks import check_choice, check_labels, check_positive_int, check_probabilities, describe
 from metriclearn.classify import conformal
 from metriclearn.classify._validation import query_data
 
@@ -257,31 +257,39 @@ class CalibrationMixin:
         self.calibration_ = state
         return self
 
-    def predict_sets(self, X: Any) -> np.ndarray:
-        """Conformal prediction sets: (n, K) bool, column j ↔ ``classes_[j]``; rows may be empty."""
+    def predict_sets(self, X: Any, proba: Any = None) -> np.ndarray:
+        """Conformal prediction sets: (n, K) bool, column j ↔ ``classes_[j]``; rows may be empty.
+
+        ``proba``: the rows' calibrated probabilities when already computed (``predict_proba(X)``), so the
+        neighbours are not searched again for them.
+        """
         state = self._calibration("predict_sets")
-        proba = self.predict_proba(X)  # calibrated
+        proba = self.predict_proba(X) if proba is None else self._given_proba(proba, X)  # calibrated
         return conformal.prediction_sets(proba, state["conformal"]["threshold"], state["conformal"]["score"])
 
-    def acceptance_score(self, X: Any) -> np.ndarray:
-        """The open-set acceptance score in [0, 1] of each row's prediction (higher: more trustworthy)."""
+    def acceptance_score(self, X: Any, proba: Any = None) -> np.ndarray:
+        """The open-set acceptance score in [0, 1] of each row's prediction (higher: more trustworthy).
+
+        ``proba``: as in :meth:`predict_sets`.
+        """
         self._rejection("acceptance_score")
         X = query_data(self, X)
-        return self._acceptance(X, self._proba_with(X, self.calibration_["probability"]))
+        return self._acceptance(X, self._calibrated_proba(X, proba))
 
-    def predict_with_rejection(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    def predict_with_rejection(self, X: Any, proba: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, rejected)``: the predicted label of every row, and a bool array, ``True`` where the
         acceptance score is below the calibrated threshold (the prediction is not to be trusted).
 
         The rejection never takes the place of a label, so no class can be mistaken for "rejected". Needs
-        ``calibrate(..., target_precision=P)``.
+        ``calibrate(..., target_precision=P)``. ``proba``: as in :meth:`predict_sets`.
         """
-        return self._with_rejection(X, "predict_with_rejection")
+        return self._with_rejection(X, "predict_with_rejection", proba)
 
-    def predict_or_reject(self, X: Any, unknown_label: Any = -1) -> np.ndarray:
+    def predict_or_reject(self, X: Any, unknown_label: Any = -1, proba: Any = None) -> np.ndarray:
         """The predicted label, or ``unknown_label`` where the acceptance score is below the calibrated threshold.
 
-        Needs ``calibrate(..., target_precision=P)``. ``unknown_label`` must not be one of ``classes_``
+        Needs ``calibrate(..., target_precision=P)``. ``proba``: as in :meth:`predict_sets`.
+        ``unknown_label`` must not be one of ``classes_``
         (in a ±1 task the default ``-1`` is a class: pass another value, or use
         :meth:`predict_with_rejection`, which keeps the rejection in a separate bool array). The output dtype
         holds both the labels and ``unknown_label`` (``object`` when one is a string and the other is not).
@@ -293,7 +301,7 @@ class CalibrationMixin:
         if any(c == fill.item() for c in self.classes_.tolist()):
             raise ValueError(f"unknown_label={fill.item()!r} is one of the classes, so a rejection could not be told "
                              "from a prediction: choose a value that is not a class, or use predict_with_rejection")
-        labels, rejected = self._with_rejection(X, "predict_or_reject")
+        labels, rejected = self._with_rejection(X, "predict_or_reject", proba)
         if (fill.dtype.kind in "US") != (labels.dtype.kind in "US"):
             out = labels.astype(object)
         else:
@@ -302,12 +310,20 @@ class CalibrationMixin:
         return out
 
     # ------------------------------------------------------------------ internals
-    def _with_rejection(self, X: Any, caller: str) -> tuple[np.ndarray, np.ndarray]:
+    def _with_rejection(self, X: Any, caller: str, proba: Any = None) -> tuple[np.ndarray, np.ndarray]:
         rejection = self._rejection(caller)
         X = query_data(self, X)
-        proba = self._proba_with(X, self.calibration_["probability"])
+        proba = self._calibrated_proba(X, proba)
         rejected = self._acceptance(X, proba) < rejection["threshold"]
         return self.classes_[np.argmax(proba, axis=1)], rejected
+
+    def _calibrated_proba(self, X: np.ndarray, proba: Any) -> np.ndarray:
+        """The calibrated probabilities of validated rows ``X``: ``proba`` checked when given, else computed."""
+        return self._proba_with(X, self.calibration_["probability"]) if proba is None else self._given_proba(proba, X)
+
+    def _given_proba(self, proba: Any, X: Any) -> np.ndarray:
+        """``proba`` checked as the (n, K) probabilities of the rows of ``X``."""
+        return check_probabilities(proba, "proba", n=len(X), num_classes=len(self.classes_), rows="rows of X")
 
     def _calibration(self, caller: str) -> dict[str, Any]:
         check_is_fitted(self)

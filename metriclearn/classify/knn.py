@@ -36,6 +36,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from metriclearn._checks import check_choice, check_positive_int
 from metriclearn.classify._validation import encode_targets, fit_data, index_labels, query_data
 from metriclearn.classify.calibration import CalibrationMixin
+from metriclearn.classify.defaults import DEFAULT_K
 
 WEIGHTS = ("distance", "uniform")
 METRICS = ("l2", "cosine")
@@ -120,7 +121,7 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_neighbors: int = 10,
+        n_neighbors: int = DEFAULT_K,
         weights: str = "distance",
         metric: str = "l2",
         kind: str = "flat",
@@ -146,7 +147,7 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         return self
 
     @classmethod
-    def from_index(cls, index: Any, n_neighbors: int = 10, weights: str = "distance") -> KNNClassifier:
+    def from_index(cls, index: Any, n_neighbors: int = DEFAULT_K, weights: str = "distance") -> KNNClassifier:
         """A fitted classifier over an existing, labelled EmbeddingIndex (e.g. ``EmbeddingIndex.load(dir)``).
 
         The index's ``metric`` (``"l2"`` or ``"cosine"``), ``kind`` and ``device`` become the parameters.

@@ -289,3 +289,38 @@ def test_from_index_reads_keys_back(digits) -> None:
     unlabelled.add(X)
     with pytest.raises(ValueError, match="the index carries no labels"):
         CacheClassifier.from_index(unlabelled)
+
+
+def test_from_index_searches_the_loaded_index_instead_of_a_copy(digits) -> None:
+    from metriclearn.indexes import EmbeddingIndex
+
+    X, y, Xt, yt = digits
+    ids = np.arange(len(X))[::-1] * 3 + 7  # ids are not row numbers: the cache maps them back to its keys
+    flat = EmbeddingIndex(X.shape[1], metric="cosine", device="cpu")
+    flat.add(X, labels=y, ids=ids)
+    top = CacheClassifier.from_index(flat, theta=30.0, top_k=7, device="cpu")
+    assert top.index_ is flat  # no second index over copied vectors
+    own = CacheClassifier(theta=30.0, top_k=7, device="cpu").fit(X, y)  # its own flat cosine index over the keys
+    assert_f32_close(top.predict_proba(Xt[:50]), own.predict_proba(Xt[:50]), gain=30.0)
+    exact = CacheClassifier.from_index(flat, theta=30.0, device="cpu")
+    assert exact._neighbour_index is flat  # the calibration's nearest keys come from it too
+    cal = slice(50, 350)
+    for cache in (exact, top, own):
+        cache.calibrate(Xt[cal], yt[cal], alpha=0.1, target_precision=0.9, random_state=0)
+    built = CacheClassifier(theta=30.0, device="cpu").fit(X, y)  # builds its own flat index for the calibration
+    built.calibrate(Xt[cal], yt[cal], alpha=0.1, target_precision=0.9, random_state=0)
+    assert_f32_close(np.array(exact.calibration_["rejection"]["class_scales"]),
+                     np.array(built.calibration_["rejection"]["class_scales"]))
+    np.testing.assert_array_equal(top.predict_or_reject(Xt[:50]), own.predict_or_reject(Xt[:50]))
+    pq = EmbeddingIndex(X.shape[1], metric="cosine", kind="pq", pq_nbits=4, nlist=4, device="cpu")
+    pq.add(X, labels=y, ids=ids)
+    trained = pq.faiss_index
+    lossy = CacheClassifier.from_index(pq, theta=30.0, top_k=7, device="cpu")
+    assert lossy.index_ is pq and pq.faiss_index is trained  # PQ codes are not retrained on their reconstructions
+    assert np.mean(lossy.predict(Xt[:100]) == yt[:100]) > 0.8
+    l2 = EmbeddingIndex(X.shape[1], metric="l2", device="cpu")
+    l2.add(X, labels=y, ids=ids)
+    ranked = CacheClassifier.from_index(l2, theta=30.0, top_k=7, device="cpu")
+    assert ranked.index_ is not l2 and ranked.index_.metric == "cosine"  # l2 ranks otherwise: a cosine index
+    fresh = CacheClassifier(theta=30.0, top_k=7, device="cpu").fit(X, y)  # `own` was calibrated: another θ
+    assert_f32_close(ranked.predict_proba(Xt[:50]), fresh.predict_proba(Xt[:50]), gain=30.0)
