@@ -2,8 +2,9 @@
 
 Every encoder that :func:`build_encoder` returns is an :class:`Encoder`: a :class:`Standardize` layer
 (``model.standardize``, identity until the trainer calls ``.fit`` on the training split; its mean/std
-are buffers, so they travel in the state dict; ``"mlp"`` uses ``scope="auto"``, ``"cnn"`` ``"global"``) followed by the body (``model.body``). A model is
-rebuilt from ``(spec, input_shape, embedding_dim, normalize)`` and then ``load_state_dict``.
+are buffers, so they travel in the state dict; ``"mlp"`` uses ``scope="auto"``, ``"cnn"`` ``"global"``)
+followed by the body (``model.body``). A model is rebuilt from ``(spec, input_shape, embedding_dim, normalize)``
+and then ``load_state_dict``.
 
 Spec grammar
 ------------
@@ -86,6 +87,8 @@ class Standardize(nn.Module):
     """
 
     AUTO_SPREAD = 10.0
+    mean: Tensor  # (F,) buffers
+    std: Tensor
 
     def __init__(self, num_features: int, scope: str = "auto", min_std: float = 0.1) -> None:
         super().__init__()
@@ -252,9 +255,9 @@ def _parse_sizes(spec: str, text: str) -> tuple[int, ...]:
 
 def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) == 3:
-        return input_shape  # type: ignore[return-value]
+        return input_shape
     if len(input_shape) == 2:
-        return (1, *input_shape)  # type: ignore[return-value]
+        return (1, *input_shape)
     if len(input_shape) == 1:
         side = math.isqrt(input_shape[0])
         if side * side != input_shape[0]:

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -51,8 +50,8 @@ from metriclearn._checks import (
     check_positive_int,
 )
 from metriclearn._device import resolve_device
-from metriclearn._scale import unit_rows_tensor
 from metriclearn._progress import progress
+from metriclearn._scale import unit_rows_tensor
 from metriclearn.classify._validation import (
     encode_targets,
     fit_data,
@@ -114,6 +113,7 @@ def cache_probabilities(
 
     Example
     -------
+    >>> import torch.nn.functional as F
     >>> q = F.normalize(torch.randn(5, 8), dim=1); k = F.normalize(torch.randn(300, 8), dim=1)
     >>> y = torch.randint(0, 3, (300,))
     >>> p = cache_probabilities(q, k, y, 3, theta=30.0, query_block=2, key_block=64)
@@ -488,6 +488,7 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         return proba.cpu().numpy()
 
     def _topk_proba(self, queries: torch.Tensor, theta: float) -> torch.Tensor:
+        assert self.top_k is not None  # the caller checked
         if self.top_k > len(self.keys_):
             raise ValueError(f"top_k={self.top_k} is larger than the cache ({len(self.keys_)} keys)")
         _, ids = self.index_.search(queries.cpu().numpy(), self.top_k)  # (n, k) key ids, -1 if none

@@ -26,6 +26,7 @@ import click
 import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy, write_json
+from metriclearn._device import DEVICES
 from metriclearn.cli._inputs import (
     check_dim,
     check_distinct_files,
@@ -38,7 +39,6 @@ from metriclearn.cli._inputs import (
     read_vectors,
     vector_options,
 )
-from metriclearn._device import DEVICES
 from metriclearn.classify.defaults import DEFAULT_K, DEFAULT_THETA
 
 OUTPUT_FORMATS = (".npy", ".csv", ".json")
@@ -108,9 +108,9 @@ def classify(
 ) -> None:
     """Classify query embeddings with the labelled vectors of an index: kNN vote or Orhan's cache model.
 
-    Queries come from --embeddings FILE.npy [--labels FILE.npy] (--queries: its older name), or --model DIR --data PATH embeds them on the fly
-    (an index built by another model is then refused). With labels, prints the accuracy and the recall of
-    each class, lowest first.
+    Queries come from --embeddings FILE.npy [--labels FILE.npy] (--queries: its older name), or
+    --model DIR --data PATH embeds them on the fly (an index built by another model is then refused).
+    With labels, prints the accuracy and the recall of each class, lowest first.
     """
     _check_output(out, OUTPUT_FORMATS)
     if sets_out is not None:
@@ -142,6 +142,7 @@ def classify(
         return
     rejected = None
     if reject:
+        assert calibration is not None  # --reject is trusted: _usable_calibration refused a missing one
         if calibration["rejection"] is None:
             raise ValueError(
                 f"index {str(index_dir)!r} was calibrated for {method} without a target precision, so --reject "
@@ -187,7 +188,8 @@ def _check_rejection_output(out: Path, reject: bool, rejected_out: Path | None) 
             raise click.UsageError("--rejected-out goes with --reject")
         _check_output(rejected_out, (".npy",), "--rejected-out")
         if out.suffix.lower() != ".npy":
-            raise click.UsageError(f"--rejected-out goes with a .npy --out; {out.suffix} output has a 'rejected' column")
+            raise click.UsageError(f"--rejected-out goes with a .npy --out; "
+                                   f"{out.suffix} output has a 'rejected' column")
     elif reject and out.suffix.lower() == ".npy":
         raise click.UsageError("--reject with a .npy --out needs --rejected-out FILE.npy (the bool array of "
                                "rejections; a .npy of labels has no room for it)")
@@ -237,6 +239,6 @@ def _write_predictions(out: Path, method: str, classes: np.ndarray, predictions:
             writer = csv.writer(fh)
             writer.writerow(["prediction", *(["rejected"] if rejected is not None else []),
                              *(f"p_{c}" for c in classes.tolist())])
-            for label, flag, row in zip(predictions.tolist(), flags, proba):
+            for label, flag, row in zip(predictions.tolist(), flags, proba, strict=True):
                 writer.writerow([label, *flag, *(repr(float(v)) for v in row)])
 

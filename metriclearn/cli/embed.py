@@ -42,7 +42,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
     """Embed DATA with a trained run and save the embeddings as .npy."""
     from metriclearn._atomic import save_npy
     from metriclearn.data import load_data
-    from metriclearn.training import load_run
+    from metriclearn.runs import load_run
     from metriclearn.training.distributed import is_main_process
 
     for flag, path in (("--out", out), ("--labels-out", labels_out), ("--positives-out", positives_out)):
@@ -56,7 +56,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
         raise click.UsageError(f"{data} is a pair file: give --positives-out P.npy for its positives (--out gets "
                                "the anchors)" if inputs.is_pairs else
                                f"--positives-out is for pair files (anchor/positive lines); {data} is not one")
-    if inputs.is_pairs:
+    if inputs.is_pairs and positives_out is not None:  # (checked just above: they go together)
         _embed_pairs(run, inputs, out, positives_out, labels_out, batch_size, layer, device)
         return
     if labels_out and not inputs.is_labeled:  # say so before the (long) embedding

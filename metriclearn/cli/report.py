@@ -1,7 +1,9 @@
 """``metriclearn report``: t-SNE / UMAP pictures, ``report.html`` and ``metrics.json`` for embeddings.
 
-Heavy imports (scikit-learn, matplotlib, umap, the trainer) happen inside the command, so ``metriclearn
---help`` stays fast.
+Heavy imports (torch, scikit-learn, matplotlib, faiss; umap only for ``--method umap``) happen inside the
+command, so ``metriclearn --help`` stays fast, and a run directory is read with :mod:`metriclearn.runs`, so the
+trainer is never imported (measured with ``python -X importtime``; tests/test_runs.py and
+tests/cli/test_startup_cli.py check it).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from typing import Any
 import click
 import numpy as np
 
+from metriclearn._device import DEVICES
 from metriclearn.cli._inputs import check_source, csv_columns, examples, quiet_option, read_vectors, vector_options
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
-from metriclearn._device import DEVICES
 
 
 @click.command("report", epilog=examples(

@@ -34,7 +34,8 @@ _FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # 
 
 
 @click.command("second-opinion", epilog=examples(
-    'metriclearn second-opinion --index idx --embeddings feats.npy --probs probs.npy --labels labels.npy --out blend.npy',
+    'metriclearn second-opinion --index idx --embeddings feats.npy --probs probs.npy --labels labels.npy '
+    '--out blend.npy',
     'metriclearn second-opinion --model my-classifier --cache train.jsonl --data test.jsonl --out blend.npy',
 ))
 @click.option("--index", "index_dir", type=click.Path(path_type=Path),
@@ -67,7 +68,8 @@ _FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # 
               help="Model form: save the cache (an index directory with θ, λ, layers and the model's fingerprint).")
 @click.option("--overwrite", is_flag=True, help="Replace what an earlier --save wrote there.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Model form: inputs per forward pass.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Blended probabilities (n, K) .npy.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Blended probabilities (n, K) .npy.")
 @_device_option
 @quiet_option
 def second_opinion(out: Path, quiet: bool, **opts: Any) -> None:
@@ -77,7 +79,8 @@ def second_opinion(out: Path, quiet: bool, **opts: Any) -> None:
     """
     _check_output(out, (".npy",))
     check_distinct_files([("--out", out), ("--audit", opts["audit"]), ("--save", opts["save"])],
-                         [(f"--{_FLAGS.get(name, name)}", opts[name]) for name in ("features", "probs", "labels", "data")])
+                         [(f"--{_FLAGS.get(name, name)}", opts[name])
+                          for name in ("features", "probs", "labels", "data")])
     if opts["tune"] and (opts["theta"] is not None or opts["lam"] is not None):
         raise click.UsageError("--tune chooses θ and λ itself: give either --tune or --theta/--lam, not both")
     if opts["model_path"] is not None:
@@ -124,7 +127,7 @@ def _from_features(out: Path, opts: dict[str, Any]) -> None:
         p_val = load_probabilities(tune[1], "--tune PROBS_VAL", len(x_val), num_classes)
         y_val = load_labels(tune[2], n=len(x_val))
         cache.tune(x_val, p_val, y_val, THETA_GRID, LAM_GRID)
-        best = cache.tuning_["accuracy"].max()
+        best = np.asarray(cache.tuning_["accuracy"]).max()
         click.echo(f"tuned on {len(x_val)} held-out rows: theta={cache.theta_:g}, lam={cache.lam_:g} "
                    f"(validation accuracy {best:.4f})")
     blended = cache.second_opinion(x, p)
@@ -170,6 +173,7 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
         opinion = SecondOpinion(loaded.model, layers, opts["theta"], opts["lam"], classes=loaded.classes, **options)
         opinion.fit(x_cache, y_cache)
     if opts["tune_data"] is not None:
+        assert y_val is not None  # read with labels="required"
         opinion.tune(x_val, y_val)
         scores = opinion.tuning_["layers"]
         click.echo(f"tuned on {len(y_val)} held-out rows: layer {opinion.tuning_['chosen']} "
@@ -219,8 +223,9 @@ def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, l
     if labels == "required" and not data.is_labeled:
         raise ValueError(f"{flag} {str(path)!r} holds no labels; the cache and tuning data need them "
                          "(.npz with X and y, .csv with a label column, .jsonl with a label per line)")
-    values = None if not data.is_labeled else data.label_values().tolist()
-    return (data.X if data.is_text else _check_shape(data.X, loaded, flag, path)), values
+    label_values = data.label_values()
+    values = None if label_values is None else label_values.tolist()
+    return (data.X if isinstance(data.X, list) else _check_shape(data.X, loaded, flag, path)), values
 
 
 def check_input_kind(path: Path, loaded: Any, flag: str) -> None:

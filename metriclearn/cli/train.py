@@ -24,15 +24,16 @@ from metriclearn.training.config import (
     DEVICES,
     MONITORS,
     TrainConfig,
-    parse_loss_term,
     read_toml,
 )
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
 from metriclearn.training.splits import VAL_SPLITS
 
 
-
 def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Each ``--loss`` term through the one parser, so a bad one names the flag (exit 2)."""
+    from metriclearn.losses.registry import parse_loss_term  # imports torch: only when --loss is given
+
     for term in value:
         try:
             parse_loss_term(term)
@@ -58,7 +59,9 @@ def _parse_encoder_options(ctx: click.Context, param: click.Parameter, value: tu
 def _default(key: str) -> Any:
     """The config's default for ``key``, read from the dataclass field (making a config would import torch)."""
     spec = TrainConfig.__dataclass_fields__[key]
-    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default  # type: ignore[misc]
+    if spec.default is dataclasses.MISSING and callable(spec.default_factory):
+        return spec.default_factory()
+    return spec.default
 
 
 def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

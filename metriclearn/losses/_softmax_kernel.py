@@ -41,7 +41,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
 _scratch = threading.local()
 
 
@@ -139,7 +138,7 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         refs: Tensor,
@@ -180,7 +179,7 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx: Any, upstream: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, upstream: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True: this backward is not itself differentiable
             raise RuntimeError(
                 "the neighbourhood-softmax losses have a hand-written first-order backward; "

@@ -107,8 +107,8 @@ def write_explorer(
         "layouts": {name: _b64(np.asarray(p, "<f4")) for name, p in layouts.items()},
         "rows": _b64(rows.astype("<i4")), "codes": None if codes is None else _b64(np.asarray(codes, "<i4")),
         "nn": _b64(retrieval.neighbours.astype("<i4")), "nd": _b64(retrieval.distances.astype("<f4")),
-        "ids": None if ids is None else [str(ids[r]) for r in rows],
-        "texts": None if texts is None else [_cut(texts[r]) for r in rows],
+        "ids": None if ids is None else [str(ids[r]) for r in rows.tolist()],
+        "texts": None if texts is None else [_cut(texts[r]) for r in rows.tolist()],
         "thumbs": None if thumbnails is None else encode_thumbnails(np.asarray(thumbnails)[rows]),
         "confidence": None if confidence is None else _b64(np.asarray(confidence, "<f4")[rows]),
         "failures": retrieval.failures.tolist(), "margins": [round(v, 6) for v in retrieval.margins.tolist()],
@@ -213,7 +213,7 @@ def _coverage_by_class(calibration: Mapping[str, Any] | None, classes: Sequence[
     if not calibration:
         return {}
     state = next(iter(calibration.values()))
-    by_name = {str(c): v for c, v in zip(state.get("classes", []), state.get("coverage_by_class") or [])}
+    by_name = {str(c): v for c, v in zip(state.get("classes", []), state.get("coverage_by_class") or [], strict=False)}
     return {code: by_name.get(str(c)) for code, c in enumerate(classes) if str(c) in by_name}
 
 
