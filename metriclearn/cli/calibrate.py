@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from metriclearn.classify.defaults import DEFAULT_K
 from metriclearn.cli._inputs import (
     check_dim,
     check_k,
@@ -23,7 +24,6 @@ from metriclearn.cli._inputs import (
     read_vectors,
     vector_options,
 )
-from metriclearn.classify.defaults import DEFAULT_K
 from metriclearn.cli.classify import _device_option, _load_index
 
 
@@ -104,9 +104,9 @@ def calibrate(
     except OptionClash as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        classifier.calibrate(x, y, alpha=alpha, target_precision=target_precision, score=score, coverage=coverage,
-                        unseen_share=unseen_share,
-                        fit_fraction=fit_fraction, random_state=seed)
+        state = classifier.calibrate(x, y, alpha=alpha, target_precision=target_precision, score=score,
+                                     coverage=coverage, unseen_share=unseen_share, fit_fraction=fit_fraction,
+                                     random_state=seed).calibration_
     except ValueError as exc:
         raise ValueError(f"calibrating {str(index_dir)!r} on {vectors.origin}: {exc}") from None
     from metriclearn.training.distributed import is_main_process
@@ -114,10 +114,10 @@ def calibrate(
     if not is_main_process():  # under torchrun every rank calibrated (a sharded index searches collectively);
         return  # rank 0 alone stores it and prints
     stored = dict(index.attrs.get("calibration") or {})
-    stored[method] = classifier.calibration_
+    stored[method] = state
     index.attrs["calibration"] = stored
     index.save_attrs(index_dir)  # the manifest only: the vectors are as they were loaded
-    for line in summary_lines(classifier.calibration_):
+    for line in summary_lines(state):
         click.echo(line)
     click.echo(f"calibration stored in {index_dir} (attrs['calibration']['{method}'] of its manifest)")
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy, write_json
 from metriclearn._device import DEVICES
+from metriclearn.classify.defaults import DEFAULT_K, DEFAULT_THETA
 from metriclearn.cli._inputs import (
     check_dim,
     check_distinct_files,
@@ -39,7 +40,6 @@ from metriclearn.cli._inputs import (
     read_vectors,
     vector_options,
 )
-from metriclearn.classify.defaults import DEFAULT_K, DEFAULT_THETA
 
 OUTPUT_FORMATS = (".npy", ".csv", ".json")
 

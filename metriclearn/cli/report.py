@@ -113,8 +113,8 @@ def report(
 def _calibration(index_dir: Path, vectors: Any) -> tuple[dict[str, Any], np.ndarray]:
     """The calibrations stored in an index directory, and each row's calibrated confidence (the top probability
     of the first calibrated classifier, kNN before cache); an uncalibrated index is an error (why pass it?)."""
-    from metriclearn.cli._inputs import check_dim, check_same_model
     from metriclearn.classify.from_index import calibrated_classifier
+    from metriclearn.cli._inputs import check_dim, check_same_model
     from metriclearn.indexes import load_index
 
     index = load_index(index_dir, device="cpu")
