@@ -44,10 +44,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from metriclearn._checks import (
     check_fraction,
-    check_labels,
     check_matrix,
     check_positive_float,
     check_positive_int,
+    check_probabilities,
 )
 from metriclearn._device import resolve_device
 from metriclearn._progress import progress
@@ -56,6 +56,7 @@ from metriclearn.classify._validation import (
     encode_targets,
     fit_data,
     index_labels,
+    known_codes,
     query_data,
 )
 from metriclearn.classify.calibration import CalibrationMixin
@@ -384,7 +385,7 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         features_val, proba_val = self._check_opinion_inputs(features_val, proba_val, "features_val", "proba_val")
-        codes = self._encode_known(y_val, len(features_val))
+        codes = known_codes(self.classes_, y_val, "y_val", len(features_val))
         thetas = [check_positive_float(t, "thetas") for t in _non_empty(thetas, "thetas")]
         lams = [check_fraction(lam, "lams") for lam in _non_empty(lams, "lams")]
         rows = np.arange(len(codes))
@@ -507,29 +508,9 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         self, features: Any, proba: Any, features_name: str, proba_name: str
     ) -> tuple[np.ndarray, np.ndarray]:
         features = check_matrix(features, features_name, dim=self.n_features_in_)
-        num_classes = len(self.classes_)
-        proba = check_matrix(proba, proba_name, dtype=np.float64)
-        if proba.shape != (len(features), num_classes):
-            raise ValueError(
-                f"{proba_name} must have shape ({len(features)}, {num_classes}) = ({features_name} rows, "
-                f"len(classes_)), got {proba.shape}"
-            )
-        sums = proba.sum(axis=1)
-        if (proba < 0).any() or not np.allclose(sums, 1.0, atol=1e-3):
-            worst = int(np.argmax(np.abs(sums - 1.0)))
-            raise ValueError(
-                f"{proba_name} rows must be non-negative and sum to 1; row {worst} sums to {sums[worst]:.6g}"
-            )
+        proba = check_probabilities(proba, proba_name, n=len(features), num_classes=len(self.classes_),
+                                    rows=f"rows of {features_name}", columns="classes in classes_")
         return features, proba
-
-    def _encode_known(self, y: Any, n: int) -> np.ndarray:
-        y = check_labels(y, "y_val", n=n)
-        codes = np.searchsorted(self.classes_, y)
-        codes = np.clip(codes, 0, len(self.classes_) - 1)
-        unknown = self.classes_[codes] != y
-        if unknown.any():
-            raise ValueError(f"y_val holds labels the cache has never seen, e.g. {y[unknown][0].tolist()!r}")
-        return codes.astype(np.int64)
 
 
 def _non_empty(values: Sequence[float], name: str) -> Sequence[float]:

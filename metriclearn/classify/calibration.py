@@ -57,7 +57,6 @@ Example
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -65,9 +64,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from metriclearn._checks import check_choice, check_labels, check_positive_int, check_probabilities, describe
+from metriclearn._checks import (
+    check_choice,
+    check_interval,
+    check_labels,
+    check_positive_int,
+    check_probabilities,
+    describe,
+)
 from metriclearn.classify import conformal
-from metriclearn.classify._validation import query_data
+from metriclearn.classify._validation import class_codes, known_codes, query_data
 
 CALIBRATION_VERSION = 1
 COVERAGES = ("marginal", "class")
@@ -147,18 +153,19 @@ class CalibrationMixin:
         directory; :meth:`restore_calibration` reads it back).
         """
         check_is_fitted(self)
-        alpha = _check_open_fraction(alpha, "alpha")
+        alpha = check_interval(alpha, "alpha", open_low=True, open_high=True)
         if target_precision is not None:
-            target_precision = _check_precision(target_precision)
+            target_precision = check_interval(target_precision, "target_precision", open_low=True)
         check_choice(score, conformal.SCORES, "score")
         check_choice(coverage, COVERAGES, "coverage")
-        unseen_share = _check_fraction_below_one(unseen_share, "unseen_share")
-        fit_fraction = _check_open_fraction(fit_fraction, "fit_fraction")
+        unseen_share = check_interval(unseen_share, "unseen_share", open_high=True)
+        fit_fraction = check_interval(fit_fraction, "fit_fraction", open_low=True, open_high=True)
         check_positive_int(random_state, "random_state", allow_zero=True)
         if len(self.classes_) < 2:
             raise ValueError(f"calibration needs at least 2 classes, the classifier has {len(self.classes_)}")
         X = _named(lambda: query_data(self, X_cal), "X_cal")
-        codes = self._known_codes(y_cal, len(X))
+        codes = known_codes(self.classes_, y_cal, "y_cal", len(X),
+                            ": calibration rows must come from the indexed classes")
         self._refuse_reference_rows(X)
         self.__dict__.pop("calibration_", None)
 
@@ -365,20 +372,6 @@ class CalibrationMixin:
         features = self._features(self, X, state["probability"], state["rejection"]["class_scales"], proba)
         return _logistic(state["rejection"], features)
 
-    def _known_codes(self, y: Any, n: int) -> np.ndarray:
-        y = check_labels(y, "y_cal", n=n)
-        if (y.dtype.kind in "US") != (self.classes_.dtype.kind in "US"):
-            kinds = ["string" if a.dtype.kind in "US" else "integer" for a in (y, self.classes_)]
-            raise ValueError(f"y_cal holds {kinds[0]} labels, but the classifier's classes are {kinds[1]}s")
-        codes = np.clip(np.searchsorted(self.classes_, y), 0, len(self.classes_) - 1)
-        unknown = self.classes_[codes] != y
-        if unknown.any():
-            raise ValueError(
-                f"y_cal holds labels the classifier does not know, e.g. {y[unknown][0].tolist()!r}: "
-                "calibration rows must come from the indexed classes"
-            )
-        return codes.astype(np.int64)
-
     def _refuse_reference_rows(self, X: np.ndarray) -> None:
         """``ValueError`` if any row of ``X`` is (up to float round-off) a vector the classifier stores."""
         nearest = self._neighbour_distances(X, 1)[:, 0]  # (n,)
@@ -532,8 +525,7 @@ def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
     y = check_labels(y, "y", n=len(X))
     if (y.dtype.kind in "US") != (clf.classes_.dtype.kind in "US"):
         y = y.astype(str) if clf.classes_.dtype.kind in "US" else y
-    codes = np.clip(np.searchsorted(clf.classes_, y), 0, len(clf.classes_) - 1)
-    known = clf.classes_[codes] == y
+    codes, known = class_codes(clf.classes_, y)
     proba = clf._proba_with(X, state["probability"])  # (n, K)
     report: dict[str, Any] = {"n": len(X), "n_unseen": int((~known).sum()), "classes": clf.classes_.tolist()}
     if known.any():
@@ -639,30 +631,6 @@ def _widen(grid: tuple[float, ...], side: str) -> tuple[float, ...]:
 def _logistic(rejection: dict[str, Any], features: np.ndarray) -> np.ndarray:
     z = ((features - np.asarray(rejection["mean"])) / np.asarray(rejection["scale"])) @ np.asarray(rejection["coef"])
     return 1.0 / (1.0 + np.exp(-(z + rejection["intercept"])))
-
-
-def _check_open_fraction(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number in (0, 1), got {describe(value)}")
-    if not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
-    return float(value)
-
-
-def _check_fraction_below_one(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number in [0, 1), got {describe(value)}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {value}")
-    return float(value)
-
-
-def _check_precision(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"target_precision must be a number in (0, 1], got {describe(value)}")
-    if not 0.0 < float(value) <= 1.0 or math.isnan(float(value)):
-        raise ValueError(f"target_precision must lie in (0, 1], got {value}")
-    return float(value)
 
 
 def _named(validate: Any, name: str) -> np.ndarray:
