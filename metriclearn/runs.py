@@ -160,6 +160,7 @@ class TrainedRun:
         if text_model != text_data:
             raise ValueError(f"{source}: the data holds {'texts' if text_data else 'numeric features'} but the model "
                              f"in {self.path} embeds {'texts (.jsonl)' if text_model else 'numeric features'}")
+        # load_run sets input_shape on every model it returns; nn.Module types an unknown attribute as Tensor | Module
         expected = tuple(self.model.input_shape)  # type: ignore[arg-type]
         if isinstance(X, np.ndarray) and expected and tuple(X.shape[1:]) != expected:
             raise ValueError(f"{source}: samples have shape {tuple(X.shape[1:])} but the model in {self.path} "
@@ -239,7 +240,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> TrainedRun:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{run_dir / 'config.toml'} is not valid TOML ({exc}); restore it from the run") from None
     classes = _read_classes(run_dir / "classes.json")
-    model.input_shape = tuple(payload["input_shape"])  # type: ignore[assignment]
+    model.input_shape = tuple(payload["input_shape"])  # type: ignore[assignment]  # an attribute of our own on the model
     return TrainedRun(run_dir, model, config, classes)
 
 

@@ -147,7 +147,7 @@ class TensorBoardLogger(Callback):
     def available() -> bool:
         """Whether the ``tensorboard`` package is installed."""
         try:
-            import torch.utils.tensorboard  # noqa: F401
+            import torch.utils.tensorboard  # noqa: F401 - only whether it imports
         except ImportError:
             return False
         return True

@@ -130,6 +130,7 @@ class Objective(nn.Module):
 
     def total(self, losses: Mapping[str, Tensor]) -> Tensor:
         """``Σ w_t · L_t`` over the given term losses."""
+        # sum() starts from the int 0; with at least one term (an Objective has one) the result is a Tensor
         return sum(self.weights[name] * value for name, value in losses.items())  # type: ignore[return-value]
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
