@@ -14,6 +14,9 @@ Formats (guide: docs/data-and-metrics.md):
 - ``.npy``: a matrix (embeddings, features, probabilities) via :func:`load_matrix`, a 1-D label vector via
   :func:`load_labels`, or raw model inputs (n, ...) without labels via ``load_data(path, require_labels=False)``
   (a ``.npy`` alone cannot be training data: it has no labels, use ``.npz``).
+- a folder of class subfolders of PNG/JPEG/WebP images, a folder of images (unlabelled), or a ``.csv`` with a
+  ``path`` column (and ``label``, optional ``split``/``is_query``/``is_gallery``): images, decoded by
+  :mod:`metriclearn.images` into X (n, C, S, S) float32 in [0, 1] (``images=ImageOptions(...)``).
 - ``"digits"``: scikit-learn's bundled digits set, X (1797, 64) float32 raw 0..16 pixel values, 10 classes.
 
 Labels are optional where they are not needed: ``load_data(..., require_labels=False)`` also reads an ``.npz``
@@ -53,7 +56,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
@@ -66,6 +69,9 @@ from metriclearn._checks import (
     describe,
 )
 from metriclearn.sampler import ClassBalancedSampler
+
+if TYPE_CHECKING:
+    from metriclearn.images import ImageOptions
 
 __all__ = [
     "ClassBalancedSampler",
@@ -555,6 +561,7 @@ def load_data(
     require_labels: bool = True,
     unseen: str = "error",
     columns: CsvColumns | None = None,
+    images: ImageOptions | None = None,
 ) -> LabeledData:
     """Load a data set from ``source`` (a path or ``"digits"``).
 
@@ -575,6 +582,10 @@ def load_data(
         For a ``.csv``: the label column's name (default ``label``) and the id / metadata columns that are not
         features (:func:`csv_extras` reads them). Given for another kind of file, it is a ``ValueError``
         unless it is the default.
+    images : ImageOptions, optional
+        How a folder of images, or a ``.csv`` with a ``path`` column, is decoded (size, channels, workers,
+        bad files, cache; :class:`metriclearn.images.ImageOptions`): ``X`` is then (n, C, S, S) float32 in
+        [0, 1] (guide: docs/images.md).
 
     Raises
     ------
@@ -602,6 +613,11 @@ def load_data(
     y: np.ndarray | None
     if source_name == DIGITS:
         X, y = _digits()
+    elif _is_images(Path(source)):
+        from metriclearn.images import ImageOptions, read_images
+
+        label = (columns or CsvColumns()).label
+        X, y = read_images(Path(source), label, require_labels, images or ImageOptions())
     else:
         path = _existing_file(source)
         suffix = path.suffix.lower()
@@ -632,6 +648,13 @@ def load_data(
         except UnicodeDecodeError as err:
             raise ValueError(f"{path} is not UTF-8 text: {err}") from None
     return _assemble(X, y, classes, source_name, unseen)
+
+
+def _is_images(path: Path) -> bool:
+    """A folder, or a ``.csv`` with a ``path`` column: images (:mod:`metriclearn.images`)."""
+    from metriclearn.images import is_image_source
+
+    return is_image_source(path)
 
 
 def _assemble(
