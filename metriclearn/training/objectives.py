@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from metriclearn import losses
 from metriclearn._checks import check_choice, check_positive_float
 from metriclearn._choices import COMBINES  # importable without torch, for the CLI's --help
+from metriclearn.losses._neighborhood_uniformity import can_fuse, neighborhood_and_uniformity
 from metriclearn.losses.base import MetricLoss
 
 
@@ -178,11 +179,32 @@ class Objective(nn.Module):
         ``ids`` (B,) sample ids go to every :class:`~metriclearn.losses.MetricLoss` term (``CacheLoss``
         uses them); other modules are called ``term(embeddings, labels)``.
         """
+        names = list(names or self.names)
+        pair = self.fused
+        both = None
+        if pair is not None and pair[0] in names and pair[1] in names:  # one Gram matrix for the two terms
+            both = dict(zip(pair, neighborhood_and_uniformity(self.terms[pair[0]], self.terms[pair[1]],
+                                                               embeddings, labels)))
         out = {}
-        for name in names or self.names:
+        for name in names:
             term = self.terms[name]
-            out[name] = term(embeddings, labels, ids) if isinstance(term, MetricLoss) else term(embeddings, labels)
+            if both is not None and name in both:
+                out[name] = both[name]
+            else:
+                out[name] = term(embeddings, labels, ids) if isinstance(term, MetricLoss) else term(embeddings, labels)
         return out
+
+    @property
+    def fused(self) -> tuple[str, str] | None:
+        """The names of a cosine neighbourhood-softmax term and a uniformity term that
+        :meth:`term_losses` computes together from one Gram matrix
+        (:mod:`metriclearn.losses._neighborhood_uniformity`: the default objective), or ``None``."""
+        kinds = [n for n, t in self.terms.items() if type(t) is losses.NeighborhoodSoftmaxLoss]
+        spread = [n for n, t in self.terms.items() if type(t) is losses.UniformityLoss]
+        for name in kinds:
+            if spread and can_fuse(self.terms[name], self.terms[spread[0]]):
+                return name, spread[0]
+        return None
 
     def total(self, losses: Mapping[str, Tensor]) -> Tensor:
         """``Σ w_t · L_t`` over the given term losses."""
