@@ -42,11 +42,11 @@ from metriclearn._device import resolve_device
 from metriclearn._progress import progress
 from metriclearn.training import distributed as dist_utils
 from metriclearn.training.callbacks import Callback, Logs
-from metriclearn.training.embedding import embed_array, to_device
-from metriclearn.training.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (seed_everything: re-export)
 from metriclearn.training.config import TrainConfig
+from metriclearn.training.embedding import embed_array, to_device
 from metriclearn.training.objectives import Objective
 from metriclearn.training.optim import SCHEDULERS, build_optimizer, build_scheduler
+from metriclearn.training.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (seed_everything: re-export)
 
 CHECKPOINT_VERSION = 2  # 2: callback states keyed by Callback.state_key, should_stop, metadata
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]
@@ -426,8 +426,8 @@ class Trainer:
         keys = [k for k, v in pending[0][2].items() if isinstance(v, Tensor)]
         table = torch.stack([torch.stack([logs[k].double() for k in keys]) for _, _, logs in pending]).tolist()
         sums = self._progress["sums"]
-        for (epoch, step, _), row in zip(pending, table):
-            values = dict(zip(keys, row))
+        for (epoch, step, _), row in zip(pending, table, strict=True):
+            values = dict(zip(keys, row, strict=True))
             if not math.isfinite(values["loss"]):
                 terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k not in ("loss", "grad_norm"))
                 raise FloatingPointError(
