@@ -93,6 +93,9 @@ class TrainConfig:
         validation metric (or the training loss without a validation split).
     grad_clip:
         Maximum global gradient norm; 0 turns clipping off.
+    compile:
+        ``torch.compile`` the encoder's training forward (and so its backward). Off by default: on CPU it
+        lost on both the first epoch (compilation included) and a 15-epoch MNIST run (BENCHMARKS.md).
     patience:
         Early stopping after this many epochs without improvement of ``monitor``; 0 turns it off. The default,
         8, lost no validation MAP@R against training every epoch on 9 small-data runs (digits, breast cancer,
@@ -138,6 +141,7 @@ class TrainConfig:
     scheduler: str = "onecycle"
     grad_clip: float = 10.0
     amp: bool = True
+    compile: bool = False
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -218,7 +222,7 @@ class TrainConfig:
         self.val_fraction = check_fraction(self.val_fraction, "val_fraction")
         if self.val_fraction >= 1:
             raise ValueError(f"val_fraction must be below 1, got {self.val_fraction}")
-        for name in ("normalize", "amp", "report", "restore_best", "finetune", "gradient_checkpointing"):
+        for name in ("normalize", "amp", "compile", "report", "restore_best", "finetune", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
         return self

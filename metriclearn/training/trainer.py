@@ -72,6 +72,9 @@ class Trainer:
         Class-balanced batches of ``batch_size // samples_per_class`` classes × ``samples_per_class``.
     grad_clip:
         Maximum global gradient norm (0: no clipping; the norm is still logged).
+    compile:
+        ``torch.compile`` the model (the DDP wrapper under torchrun) for the training steps; embedding and
+        validation run the plain model. Off by default (slower on CPU: BENCHMARKS.md).
     amp:
         Mixed precision on CUDA (bfloat16 where supported, else float16 with a gradient scaler); on CPU
         bf16 autocast only for a fine-tuned transformer on a CPU with native bf16 (see ``_amp_dtype``).
@@ -107,6 +110,7 @@ class Trainer:
         samples_per_class: int = _DEFAULTS.samples_per_class,
         grad_clip: float = _DEFAULTS.grad_clip,
         amp: bool = _DEFAULTS.amp,
+        compile: bool = _DEFAULTS.compile,
         device: str | torch.device = _DEFAULTS.device,
         seed: int = _DEFAULTS.seed,
         monitor: str = _DEFAULTS.monitor,
@@ -144,6 +148,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.verbose = verbose
         self.amp_dtype = _amp_dtype(self.device, model) if amp else None
+        self.compile = bool(compile)
+        self._compiled: Any = None  # torch.compile of the training model, made once by fit
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.scheduler: Any = None
         self.sampler: Any = None
@@ -246,6 +252,7 @@ class Trainer:
             self._prepare(X, y, X_dev, y_dev)
         dist_utils.broadcast_module(self.objective)  # heads, centroids, caches start as rank 0's
         self._ddp = dist_utils.wrap_model(self.model, self.device)
+        self._compiled = torch.compile(self._ddp or self.model) if self.compile else None  # not `or`: no bool()
         self._params = self.parameters()
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -381,7 +388,7 @@ class Trainer:
         """
         logs: dict[str, Any] = {"lr": self.optimizer.param_groups[0]["lr"]}  # the rate this batch's step(s) use
         params = self._params or self.parameters()
-        model = self._ddp or self.model
+        model = self._compiled if self._compiled is not None else (self._ddp or self.model)
         for group in self.objective.groups():
             self.optimizer.zero_grad(set_to_none=True)
             surgery = self.objective.uses_surgery(group)
