@@ -53,7 +53,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -135,8 +135,9 @@ class LabeledData:
         if self.pairs is None:
             raise ValueError(f"{self.source} holds no pairs")
         picked = np.asarray(indices, dtype=np.int64).reshape(-1)
-        return make_pairs(*([[self.X[r] for r in self.pairs[picked, c]] for c in range(self.pairs.shape[1])]
-                            [: 3 if negatives else 2]), source=self.source)
+        texts = [[self.X[r] for r in self.pairs[picked, c]] for c in range(self.pairs.shape[1])]
+        negative_texts = texts[2] if negatives and len(texts) > 2 else None
+        return make_pairs(texts[0], texts[1], negative_texts, source=self.source)
 
     def __len__(self) -> int:
         return len(self.X)
@@ -235,14 +236,14 @@ def encode_labels(labels: Any, classes: Sequence | None = None, unseen: str = "e
     check_choice(unseen, UNSEEN, "unseen")
     arr = check_labels(labels, "labels")
     if classes is None:
-        values, codes = np.unique(arr, return_inverse=True)
-        return codes.astype(np.int64).reshape(-1), _python_values(values)
+        found, codes = np.unique(arr, return_inverse=True)
+        return codes.astype(np.int64).reshape(-1), _python_values(found)
     classes = _python_values(list(classes))
     mapping = {value: code for code, value in enumerate(classes)}
     if len(mapping) != len(classes):
         raise ValueError(f"classes contains duplicate values: {describe(classes)}")
-    values, inverse = np.unique(arr, return_inverse=True)
-    values = _python_values(values)
+    uniques, inverse = np.unique(arr, return_inverse=True)
+    values = _python_values(uniques)
     unknown = [v for v in values if v not in mapping]
     if unknown and unseen == "error":
         shown = ", ".join(repr(v) for v in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
@@ -369,6 +370,10 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return header, body
 
 
+@overload
+def _column(header: list[str], name: str, path: Path, option: str, required: Literal[True] = True) -> int: ...
+@overload
+def _column(header: list[str], name: str, path: Path, option: str, required: bool) -> int | None: ...
 def _column(header: list[str], name: str, path: Path, option: str, required: bool = True) -> int | None:
     """The index of column ``name`` (exactly one), or ``None`` when absent and not ``required``."""
     found = [i for i, h in enumerate(header) if h == name]
@@ -534,7 +539,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
 
 
-def _existing_file(source: str | Path) -> Path:
+def _existing_file(source: str | os.PathLike[str]) -> Path:
     path = Path(source)
     if not path.exists():
         raise ValueError(f"data file {str(path)!r} does not exist")
@@ -593,6 +598,8 @@ def load_data(
         raise TypeError(f"source must be a file path or {DIGITS!r}, got {describe(source)}")
     check_choice(unseen, UNSEEN, "unseen")
     source_name = str(source)
+    X: np.ndarray | list[str]
+    y: np.ndarray | None
     if source_name == DIGITS:
         X, y = _digits()
     else:
@@ -618,9 +625,10 @@ def load_data(
                 X, y = _read_raw_npy(path)
             elif suffix == ".csv":
                 X, y = _read_csv(path, require_labels, columns or CsvColumns())
+            elif suffix == ".npz":
+                X, y = _read_npz(path, require_labels)
             else:
-                reader = {".npz": _read_npz, ".csv": _read_csv, ".jsonl": _read_jsonl}[suffix]
-                X, y = reader(path, require_labels)
+                X, y = _read_jsonl(path, require_labels)
         except UnicodeDecodeError as err:
             raise ValueError(f"{path} is not UTF-8 text: {err}") from None
     return _assemble(X, y, classes, source_name, unseen)
@@ -758,6 +766,8 @@ def train_val_split(
     if val_fraction >= 1:
         raise ValueError(f"val_fraction must be below 1 (train would be empty), got {val_fraction}")
     n = len(data)
+    if data.y is None:
+        raise ValueError(f"train_val_split stratifies by label, but {data.source} has no labels")
     _, counts = np.unique(data.y, return_counts=True)
     singles = np.isin(data.y, np.unique(data.y)[counts == 1])
     splittable = np.flatnonzero(~singles)

@@ -87,6 +87,8 @@ class Standardize(nn.Module):
     """
 
     AUTO_SPREAD = 10.0
+    mean: Tensor  # (F,) buffers
+    std: Tensor
 
     def __init__(self, num_features: int, scope: str = "auto", min_std: float = 0.1) -> None:
         super().__init__()
@@ -253,9 +255,9 @@ def _parse_sizes(spec: str, text: str) -> tuple[int, ...]:
 
 def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) == 3:
-        return input_shape  # type: ignore[return-value]
+        return input_shape
     if len(input_shape) == 2:
-        return (1, *input_shape)  # type: ignore[return-value]
+        return (1, *input_shape)
     if len(input_shape) == 1:
         side = math.isqrt(input_shape[0])
         if side * side != input_shape[0]:

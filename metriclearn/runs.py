@@ -42,7 +42,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,17 +51,25 @@ from torch import nn
 from metriclearn._atomic import save_with
 from metriclearn._checks import check_positive_int, describe
 from metriclearn._device import resolve_device
+from metriclearn._embedding import embed_array
 from metriclearn.fingerprint import model_fingerprint
 from metriclearn.training import distributed
-from metriclearn.training.embedding import embed_array
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-if TYPE_CHECKING:
-    from metriclearn.training.config import TrainConfig
+
+class ModelSettings(Protocol):
+    """What :func:`save_model` reads of a configuration (a :class:`~metriclearn.training.TrainConfig` has it)."""
+
+    encoder: str
+    embedding_dim: int
+    normalize: bool
+
+    def encoder_kwargs(self) -> dict[str, Any]: ...
+
 
 MODEL_FORMAT_VERSION = 1
 
@@ -69,7 +77,7 @@ MODEL_FORMAT_VERSION = 1
 def save_model(
     path: str | os.PathLike[str],
     model: nn.Module,
-    config: TrainConfig,
+    config: ModelSettings,
     input_shape: Sequence[int],
     head: nn.Module | None = None,
 ) -> None:

@@ -176,6 +176,7 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
     def _bucket(self, batch_parts: list[list[tuple[int, np.ndarray]]]) -> list[np.ndarray]:
         """Exchange same-class full groups between the batches of each window: shortest to the first batches."""
         lengths = self._lengths
+        assert lengths is not None  # bucketing is on only with lengths
         for start in range(0, len(batch_parts), self.BUCKET_WINDOW):
             window = batch_parts[start : start + self.BUCKET_WINDOW]
             slots: dict[int, list[tuple[int, int]]] = {}  # class -> the (batch, part) places of its groups

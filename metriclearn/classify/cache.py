@@ -111,6 +111,7 @@ def cache_probabilities(
 
     Example
     -------
+    >>> import torch.nn.functional as F
     >>> q = F.normalize(torch.randn(5, 8), dim=1); k = F.normalize(torch.randn(300, 8), dim=1)
     >>> y = torch.randint(0, 3, (300,))
     >>> p = cache_probabilities(q, k, y, 3, theta=30.0, query_block=2, key_block=64)
@@ -464,6 +465,7 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         return proba.cpu().numpy()
 
     def _topk_proba(self, queries: torch.Tensor, theta: float) -> torch.Tensor:
+        assert self.top_k is not None  # the caller checked
         if self.top_k > len(self.keys_):
             raise ValueError(f"top_k={self.top_k} is larger than the cache ({len(self.keys_)} keys)")
         _, ids = self.index_.search(queries.cpu().numpy(), self.top_k)  # (n, k) key positions, -1 if none

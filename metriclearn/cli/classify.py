@@ -142,6 +142,7 @@ def classify(
         return
     rejected = None
     if reject:
+        assert calibration is not None  # --reject is trusted: _usable_calibration refused a missing one
         if calibration["rejection"] is None:
             raise ValueError(
                 f"index {str(index_dir)!r} was calibrated for {method} without a target precision, so --reject "

@@ -56,7 +56,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
         raise click.UsageError(f"{data} is a pair file: give --positives-out P.npy for its positives (--out gets "
                                "the anchors)" if inputs.is_pairs else
                                f"--positives-out is for pair files (anchor/positive lines); {data} is not one")
-    if inputs.is_pairs:
+    if inputs.is_pairs and positives_out is not None:  # (checked just above: they go together)
         _embed_pairs(run, inputs, out, positives_out, labels_out, batch_size, layer, device)
         return
     if labels_out and not inputs.is_labeled:  # say so before the (long) embedding
@@ -67,8 +67,9 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
     save_npy(out, embedded.embeddings)
     n, d = embedded.embeddings.shape
     click.echo(f"wrote {out}: {n} x {d} float32")
-    if labels_out:
-        save_npy(labels_out, embedded.label_values())
+    values = embedded.label_values()
+    if labels_out and values is not None:  # labelled data (checked above)
+        save_npy(labels_out, values)
         seen, unseen = embedded.present_classes()
         click.echo(f"wrote {labels_out}: {n} labels, {len(seen)} class(es) seen in training, "
                    f"{len(unseen)} new")

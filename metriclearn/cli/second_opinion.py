@@ -133,7 +133,7 @@ def _from_features(out: Path, opts: dict[str, Any]) -> None:
         p_val = load_probabilities(tune[1], "--tune PROBS_VAL", len(x_val), num_classes)
         y_val = load_labels(tune[2], n=len(x_val))
         cache.tune(x_val, p_val, y_val, THETA_GRID, LAM_GRID)
-        best = cache.tuning_["accuracy"].max()
+        best = np.asarray(cache.tuning_["accuracy"]).max()
         click.echo(f"tuned on {len(x_val)} held-out rows: theta={cache.theta_:g}, lam={cache.lam_:g} "
                    f"(validation accuracy {best:.4f})")
     blended = cache.second_opinion(x, p)
@@ -179,6 +179,7 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
         opinion = SecondOpinion(loaded.model, layers, opts["theta"], opts["lam"], classes=loaded.classes, **options)
         opinion.fit(x_cache, y_cache)
     if opts["tune_data"] is not None:
+        assert y_val is not None  # read with labels="required"
         opinion.tune(x_val, y_val)
         scores = opinion.tuning_["layers"]
         click.echo(f"tuned on {len(y_val)} held-out rows: layer {opinion.tuning_['chosen']} "
@@ -228,8 +229,9 @@ def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, l
     if labels == "required" and not data.is_labeled:
         raise ValueError(f"{flag} {str(path)!r} holds no labels; the cache and tuning data need them "
                          "(.npz with X and y, .csv with a label column, .jsonl with a label per line)")
-    values = None if not data.is_labeled else data.label_values().tolist()
-    return (data.X if data.is_text else _check_shape(data.X, loaded, flag, path)), values
+    label_values = data.label_values()
+    values = None if label_values is None else label_values.tolist()
+    return (data.X if isinstance(data.X, list) else _check_shape(data.X, loaded, flag, path)), values
 
 
 def check_input_kind(path: Path, loaded: Any, flag: str) -> None:

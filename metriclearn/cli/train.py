@@ -59,7 +59,9 @@ def _parse_encoder_options(ctx: click.Context, param: click.Parameter, value: tu
 def _default(key: str) -> Any:
     """The config's default for ``key``, read from the dataclass field (making a config would import torch)."""
     spec = TrainConfig.__dataclass_fields__[key]
-    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default  # type: ignore[misc]
+    if spec.default is dataclasses.MISSING and callable(spec.default_factory):
+        return spec.default_factory()
+    return spec.default
 
 
 def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

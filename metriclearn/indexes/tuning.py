@@ -131,13 +131,14 @@ def tune_index(
     gt_scores = exact_search(xq, base, k, metric="ip" if index.metric == "cosine" else index.metric)[0]  # (Q, k)
     flat = _candidate(index, base, {"kind": "flat"})
     trials: list[dict[str, Any]] = []
+    best: dict[str, Any]
     if index.kind == "flat":
         recall, se = _recall(flat, xq, base, gt_scores, k, index.metric)
         best = {"build": {}, "search": {}, "recall": recall, "se": se, "qps": _qps_many([flat], xq, k)[0]}
         flat_qps = best["qps"]
         trials.append(best)
     else:
-        finalists = []
+        finalists: list[dict[str, Any]] = []
         for build in _build_grid(index, base.shape[0]):
             found = _sweep(_candidate(index, base, build), xq, base, gt_scores, k, target, index.metric)
             trials.extend(found["tried"])

@@ -109,7 +109,7 @@ class DistributedClassBalancedSampler(DistributedSampler):
     def __len__(self) -> int:
         return len(self.batches) - self.lone_last_batch
 
-    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[list[int]]:
         shards = dist_utils.ShardedBatchSampler(self.batches, rank=self.rank, world_size=self.num_replicas)
         for step, shard in enumerate(shards):
             if step < len(self):

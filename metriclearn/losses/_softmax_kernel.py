@@ -180,7 +180,7 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         refs: Tensor,
@@ -199,7 +199,7 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx: Any, upstream: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, upstream: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True: this backward is not itself differentiable
             raise RuntimeError(
                 "the neighbourhood-softmax losses have a hand-written first-order backward; "

@@ -88,7 +88,7 @@ def check_report_inputs(
         check_enough_points(len(x), m)
         if max_points < MIN_POINTS[m]:
             raise ValueError(f"max_points must be at least {MIN_POINTS[m]} for {m}, got {max_points}")
-    return x, codes, list(classes)
+    return x, codes, list(classes or [])
 
 
 def compute_metrics(

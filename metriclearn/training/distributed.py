@@ -160,13 +160,13 @@ class _GatherWithGrad(torch.autograd.Function):
     """Variable-size all_gather whose backward all-reduces (sums) the gradient and returns this rank's rows."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:
         ctx.start = sum(sizes[: dist.get_rank()])
         ctx.rows = x.shape[0]
         return _gather_padded(x, sizes)  # (Σ sizes, ...)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.start : ctx.start + ctx.rows], None  # (b_r, ...)
@@ -271,13 +271,13 @@ class _AllReduceSum(torch.autograd.Function):
     """Σ over ranks; the gradient of a sum of every rank's loss w.r.t. each input is again the Σ over ranks."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor) -> Tensor:
         x = x.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
         return x
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad
@@ -310,13 +310,14 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = all_reduce(input.sum(dim=dims)) / count  # (C,)
         centred = input - mean.reshape(shape)
         var = all_reduce(centred.square().sum(dim=dims)) / count  # (C,) biased
-        if self.running_mean is not None:
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        if tracked is not None and running_mean is not None and running_var is not None:  # track_running_stats
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                tracked.add_(1)
+                factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
                 unbiased = var.detach() * count / (count - 1).clamp(min=1)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+                running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
+                running_var.lerp_(unbiased.to(running_var.dtype), factor)
         out = centred * torch.rsqrt(var + self.eps).reshape(shape)
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
@@ -348,7 +349,7 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def wrap_model(model: nn.Module, device: torch.device) -> nn.Module | None:
+def wrap_model(model: nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel | None:
     """``DistributedDataParallel(model)`` when running on several processes, else ``None``.
 
     Batch norms are first made global (:func:`convert_batchnorm`), so the shards of a step are

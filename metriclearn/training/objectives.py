@@ -257,7 +257,8 @@ def lambda_loss(fn: Any) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- building from names
-def _construct(cls: type, name: str, required: dict[str, Any], options: Mapping[str, Any]) -> nn.Module:
+def _construct(cls: Callable[..., nn.Module], name: str, required: dict[str, Any], options: Mapping[str, Any]
+               ) -> nn.Module:
     """``cls(**required, **options)`` after checking every option is a parameter of ``cls``."""
     params = inspect.signature(cls).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -317,16 +318,16 @@ def build_objective(
         terms = DEFAULT_LOSS
     if isinstance(terms, str):  # one term: "neighborhood" would otherwise be read letter by letter
         terms = [terms]
-    terms = [parse_loss_term(term) for term in terms]
-    names = [name for name, _ in terms]
+    parsed = [parse_loss_term(term) for term in terms]
+    names = [name for name, _ in parsed]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"loss {duplicates} given more than once; give each loss once with a weight")
-    if combine == "alternate" and len(terms) < 2:
+    if combine == "alternate" and len(parsed) < 2:
         raise ValueError(f"combine='alternate' needs at least two losses, got {names}")
     loss_options = loss_options or {}
     head = nn.Linear(embedding_dim, num_classes) if any(LOSSES[n].head for n in names if n in LOSSES) else None
     modules = {
         name: build_loss(name, embedding_dim, num_classes, loss_options.get(name), head=head) for name in names
     }
-    return Objective(modules, dict(terms), combine=combine)
+    return Objective(modules, dict(parsed), combine=combine)

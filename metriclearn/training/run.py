@@ -220,8 +220,9 @@ def _best_epoch(
     values = [row.get(monitor) for row in trainer.history]
     if val is None or config.monitor == "loss" or checkpoint is None or not values or values[-1] is None:
         return None
-    best_at = max(range(len(values)), key=lambda i: (values[i] if values[i] is not None else -math.inf, -i))
-    best, last = float(values[best_at]), float(values[-1])
+    scores = [v if v is not None else -math.inf for v in values]
+    best_at = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    best, last = float(scores[best_at]), float(scores[-1])
     restore = config.restore_best and best_at != len(values) - 1 and checkpoint.best_path.is_file()
     noise = 2 * math.sqrt(max(best * (1 - best), 0.0) / max(len(val), 1))
     if best - last > noise:
@@ -290,9 +291,11 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
         val = val if val is not None and len(val) > 0 else None  # too small a fraction to hold anything out
     if data.is_pairs:  # every pair is a class of its own texts: nothing more can go wrong
         return data, train, val
+    assert train.y is not None  # load_data requires labels by default
     if len(np.unique(train.y)) < 2:
         raise ValueError(f"{config.data}: the training split holds a single class; metric learning needs at least 2")
     held_out, name = (val, "validation split") if val is not None else (train, "training data")
+    assert held_out.y is not None
     counts = np.bincount(held_out.y)
     if not (counts >= 2).any():
         raise ValueError(

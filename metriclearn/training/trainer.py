@@ -161,7 +161,7 @@ class Trainer:
         self.num_classes = 0
         self.num_samples = 0
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
-        self._ddp: nn.Module | None = None
+        self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self._params: list[nn.Parameter] = []
         self._ids: Tensor | None = None  # pair data: the pair id of every row (the cache's ids)
         self._lone_last_batch = False
@@ -220,7 +220,7 @@ class Trainer:
         epochs = check_positive_int(epochs, "epochs")
         X, y = _unpack(train, "train")
         self.num_classes, self.num_samples = int(y.max()) + 1, len(y)
-        val_xy = _unpack(val, "val") if val is not None else None
+        val_xy: tuple[Any, ...] | None = _unpack(val, "val") if val is not None else None
         if val_xy is not None and getattr(val, "pairs", None) is not None:
             val_xy = (*val_xy, val.pairs)
         pair_ids = getattr(train, "pair_ids", None)
