@@ -77,7 +77,7 @@ def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callba
         model, objective, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
         scheduler=config.scheduler, batch_size=config.batch_size, samples_per_class=config.samples_per_class,
         grad_clip=config.grad_clip, amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor,
-        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr,
+        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr, compile=config.compile,
     )
 
 
