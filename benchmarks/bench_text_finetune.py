@@ -73,7 +73,9 @@ from _text_data import fortunes, wordnet_pairs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LR, WEIGHT_DECAY, WARMUP, CLIP = 2e-5, 0.01, 0.1, 1.0
-SETTINGS = {"amp": False}  # --amp: metriclearn's bf16 CPU autocast (the sentence-transformers loop stays float32)
+SETTINGS: dict[str, Any] = {"amp": False, "cache_warmup": WARMUP}
+# amp (--amp): metriclearn's bf16 CPU autocast (the sentence-transformers loop stays float32);
+# cache_warmup (--cache-warmup): the share of the steps before the cache is scored against
 
 
 # ---------------------------------------------------------------------------- shared set-up
@@ -106,6 +108,30 @@ def save(part: str, payload: dict[str, Any], out: str | None) -> None:
     write_json(Path(out or os.environ.get("BENCH_OUT", HERE)) / f"results_text_finetune_{part}.json", payload)
 
 
+def step_log(every: int = 32) -> Any:
+    """A Trainer callback: every ``every`` steps, the mean loss and gradient norm (before clipping) since the last
+    row, printed to stderr and kept in ``.rows`` (the runs' JSON records them: how each contender trained)."""
+    from metriclearn.training.callbacks import Callback
+
+    class StepLog(Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict[str, float]] = []
+            self._seen: list[tuple[float, float]] = []
+            self._start = time.perf_counter()
+
+        def on_batch_end(self, trainer: Any, batch: int, logs: dict[str, float]) -> None:
+            self._seen.append((logs["loss"], logs.get("grad_norm", math.nan)))
+            if len(self._seen) == every:
+                loss, norm = (statistics.mean(v) for v in zip(*self._seen))
+                row = {"step": trainer.global_step, "loss": round(loss, 4), "grad_norm": round(norm, 3),
+                       "seconds": round(time.perf_counter() - self._start, 1)}
+                self.rows.append(row)
+                self._seen = []
+                print(json.dumps(row), file=sys.stderr, flush=True)
+
+    return StepLog()
+
+
 def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str, slots: int,
                temperature: float, num_classes: int, total_steps: int) -> Any:
     """metriclearn: SentenceEncoder(freeze=False) (no head: the pooled, normalised MiniLM) + Trainer."""
@@ -116,11 +142,11 @@ def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str
     encoder = SentenceEncoder(embedding_dim=None, freeze=False, max_length=max_length)
     options: dict[str, Any] = {"temperature": temperature, "distance": "cosine"}
     if loss == "cache":
-        options.update(size=slots, warmup_steps=max(1, int(WARMUP * total_steps)))
+        options.update(size=slots, warmup_steps=max(1, int(SETTINGS["cache_warmup"] * total_steps)))
     objective = build_objective([(loss, 1.0)], encoder.out_features, num_classes, loss_options={loss: options})
     return Trainer(encoder, objective, "adamw", lr=LR, weight_decay=WEIGHT_DECAY, scheduler=linear_warmup,
                    batch_size=batch, samples_per_class=per_class, grad_clip=CLIP, amp=SETTINGS["amp"], seed=seed,
-                   device="cpu", verbose=False)
+                   device="cpu", verbose=False, callbacks=[step_log()])
 
 
 class STLoop:
@@ -322,7 +348,8 @@ def run_pairs(args: argparse.Namespace) -> None:
     texts, y = anchors + positives, np.concatenate([np.arange(n), np.arange(n)])  # pair id = label
     result: dict[str, Any] = {"machine": machine(), "settings": {
         "train_pairs": n, "test_pairs": len(test), "batches": args.batches, "epochs": args.epochs,
-        "max_length": args.max_length, "temperature": args.temperature, "cache_slots": args.slots, "lr": LR},
+        "max_length": args.max_length, "temperature": args.temperature, "cache_slots": args.slots,
+        "cache_warmup": args.cache_warmup, "lr": LR},
         "runs": []}
     previous = Path(os.environ.get("BENCH_OUT", HERE)) / "results_text_finetune_pairs.json"
     if args.resume and previous.exists():
@@ -361,7 +388,8 @@ def run_pairs(args: argparse.Namespace) -> None:
                     history = trainer.fit((texts, y), epochs=args.epochs)
                     return (ml_embed(trainer.model, test_a), ml_embed(trainer.model, test_p),
                             {"train_loss": [h["loss"] for h in history],
-                             "samples_per_s": history[-1]["samples_per_s"]})
+                             "samples_per_s": history[-1]["samples_per_s"],
+                             "steps": trainer.callbacks[0].rows})
                 return go
 
             def st(loss: str) -> Callable[[], tuple[np.ndarray, np.ndarray, dict]]:
@@ -561,12 +589,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache-warmup", type=float, default=WARMUP,
+                        help="share of the steps before the cache is scored against (default: the lr warm-up's)")
     parser.add_argument("--amp", action="store_true", help="metriclearn with its bf16 CPU autocast (the CLI default)")
     parser.add_argument("--only", nargs="*", help="run only these contenders (names as in the JSON)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in the results JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     SETTINGS["amp"] = args.amp
+    SETTINGS["cache_warmup"] = args.cache_warmup
     from metriclearn._progress import set_quiet
 
     set_quiet(True)
