@@ -297,6 +297,9 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
         val = val if val is not None and len(val) > 0 else None  # too small a fraction to hold anything out
     if data.is_pairs:  # every pair is a class of its own texts: nothing more can go wrong
+        if config.report:
+            raise ValueError(f"{config.data}: --report plots classes, and pair data has none (each pair is a class "
+                             "of its own texts); train without --report: the pair metrics go to metrics.json")
         return data, train, val
     if len(np.unique(train.y)) < 2:
         raise ValueError(f"{config.data}: the training split holds a single class; metric learning needs at least 2")

@@ -269,6 +269,13 @@ def test_pairs_with_hard_negatives_and_no_validation_split(tmp_path, tiny_bert_d
     assert metrics["split"] == "train" and metrics["n_eval"] == 23  # measured on the training pairs, negatives aside
 
 
+def test_report_on_pairs_is_refused_before_training(tmp_path, pair_file, tiny_bert_dir) -> None:
+    result = invoke("train", "--data", pair_file, "--encoder", f"sentence:{tiny_bert_dir}", *FAST, "--report",
+                    "--out", tmp_path / "run")
+    assert_one_line_error(result, 1, "--report plots classes, and pair data has none")
+    assert not (tmp_path / "run" / "log.csv").exists()  # refused before the first step
+
+
 # ----------------------------------------------------------------------------------------------- torchrun
 def test_torchrun_on_pairs_with_the_cache_equals_one_process(tmp_path, pair_file, tiny_bert_dir, torchrun) -> None:
     """Pair fine-tuning with the cache on 2 processes (each a shard of every batch; pairs may straddle the ranks;
