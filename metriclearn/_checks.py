@@ -164,10 +164,10 @@ def check_labels(y: Any, name: str, n: int | None = None) -> np.ndarray:
 
     >>> check_labels(np.array([3.0, 1.0]), "y").tolist()
     [3, 1]
-    >>> check_labels(np.array([1.0, 1e20]), "y")
+    >>> check_labels(np.array([1.0, 1e20]), "y")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
         ...
-    ValueError: y must hold integer or string labels; position 1 holds the float 1e+20, which is not an integer a float represents exactly (|label| <= 2**53)
+    ValueError: y must hold integer or string labels; position 1 holds the float 1e+20, which is not an integer ...
     """
     if is_tensor(y):
         y = y.detach().cpu().numpy()
@@ -186,7 +186,8 @@ def check_labels(y: Any, name: str, n: int | None = None) -> np.ndarray:
         if not exact.all():
             at = int(np.flatnonzero(~exact)[0])
             raise ValueError(
-                f"{name} must hold integer or string labels; position {at} holds the float {float(arr[at])!r}, which is "
+                f"{name} must hold integer or string labels; position {at} holds the float {float(arr[at])!r}, "
+                f"which is "
                 "not an integer a float represents exactly (|label| <= 2**53)"
             )
         arr = arr.astype(np.int64)

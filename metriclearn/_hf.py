@@ -15,7 +15,7 @@ Example
 >>> check_model_folder(folder)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: model folder ... asks to run its own code (auto_map in config.json); metriclearn never runs code from a model folder
+ValueError: model folder ... asks to run its own code (auto_map in config.json); metriclearn never runs code ...
 """
 
 from __future__ import annotations

@@ -279,7 +279,8 @@ def _check(root: Path, kind: str, marker: dict[str, Any] | None, replace: bool, 
     """Refuse ``root`` (``ValueError``) unless it may hold an output of ``kind``."""
     found = None if marker is None else marker["kind"]
     if found is not None and found != kind:
-        raise ValueError(f"{root} holds a metriclearn {found} output (this command writes a {kind}); choose another folder")
+        raise ValueError(f"{root} holds a metriclearn {found} output (this command writes a {kind}); "
+                         "choose another folder")
     entries = sorted(p.name for p in root.iterdir() if p.name not in _OWN)
     if found is None and entries:
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")

@@ -425,7 +425,7 @@ def _read_csv(path: Path, require_labels: bool,
         X = np.char.strip(cells[:, feature_cols]).astype(np.float64)
     except ValueError:
         for col in feature_cols:  # find the column to blame
-            for (line, _), value in zip(body, np.char.strip(cells[:, col]).tolist()):
+            for (line, _), value in zip(body, np.char.strip(cells[:, col]).tolist(), strict=True):
                 try:
                     float(value)
                 except ValueError:
@@ -479,7 +479,7 @@ def _read_pairs(path: Path) -> LabeledData:
         elif bool(negatives_from) != ("negative" in record):
             raise ValueError(f"{where}: {'no' if negatives_from else 'a'} 'negative', unlike the first line; give "
                              f"every line a 'negative' or none")
-        for column, name in zip(columns, PAIR_COLUMNS[: 3 if negatives_from else 2]):
+        for column, name in zip(columns, PAIR_COLUMNS[: 3 if negatives_from else 2], strict=False):
             text = record[name]
             if not isinstance(text, str):
                 raise ValueError(f"{where}: {name!r} must be a string, got {describe(text)}")

@@ -2,8 +2,9 @@
 
 Every encoder that :func:`build_encoder` returns is an :class:`Encoder`: a :class:`Standardize` layer
 (``model.standardize``, identity until the trainer calls ``.fit`` on the training split; its mean/std
-are buffers, so they travel in the state dict; ``"mlp"`` uses ``scope="auto"``, ``"cnn"`` ``"global"``) followed by the body (``model.body``). A model is
-rebuilt from ``(spec, input_shape, embedding_dim, normalize)`` and then ``load_state_dict``.
+are buffers, so they travel in the state dict; ``"mlp"`` uses ``scope="auto"``, ``"cnn"`` ``"global"``)
+followed by the body (``model.body``). A model is rebuilt from ``(spec, input_shape, embedding_dim, normalize)``
+and then ``load_state_dict``.
 
 Spec grammar
 ------------

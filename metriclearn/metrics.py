@@ -163,7 +163,7 @@ def retrieval_metrics(
             labels = r_codes_t[nearest]  # (b, kk)
             totals += _block_sums(labels, torch.from_numpy(q_codes[block]), r_block, k)
     means = totals / len(rows)
-    return {key: float(v) for key, v in zip(RETRIEVAL_KEYS, means)}
+    return {key: float(v) for key, v in zip(RETRIEVAL_KEYS, means, strict=True)}
 
 
 def _joint_codes(qy: np.ndarray, ry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

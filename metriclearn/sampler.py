@@ -104,7 +104,7 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
         self._by_class = np.split(order, np.cumsum(sizes)[:-1])  # C arrays of sample indices
         self._sizes = sizes
         self._digest = hashlib.sha1(np.ascontiguousarray(codes, dtype=np.int64).tobytes()).hexdigest()
-        self.num_samples = int(len(codes))
+        self.num_samples = len(codes)
         self._lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(-1)
         if self._lengths is not None and len(self._lengths) != self.num_samples:
             raise ValueError(f"lengths has {len(self._lengths)} entries but labels has {self.num_samples}")
@@ -113,7 +113,7 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
         self._restored = False
 
     def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
+        return (self.num_samples + self.batch_size - 1) // self.batch_size  # ceil
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` from its first batch (kept mid-epoch right after :meth:`load_state_dict`)."""

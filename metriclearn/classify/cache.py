@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -51,8 +50,8 @@ from metriclearn._checks import (
     check_positive_int,
 )
 from metriclearn._device import resolve_device
-from metriclearn._scale import unit_rows_tensor
 from metriclearn._progress import progress
+from metriclearn._scale import unit_rows_tensor
 from metriclearn.classify._validation import (
     encode_targets,
     fit_data,

@@ -85,9 +85,9 @@ class CalibrationMixin:
     """``calibrate`` / ``predict_sets`` / ``predict_or_reject`` for a fitted neighbour classifier.
 
     The classifier provides the hooks: ``_method`` ("knn" or "cache"), ``_classifier_params()``,
-    ``_probability_grids()``, ``_probability_candidates(X, grids)``, ``_proba_with(X, params)``, ``_apply_probability(params)``,
-    ``_neighbour_distances(X, m)``, ``_reference()``, ``_reference_size()``, ``_without_class(code)`` and
-    ``_distance_metric``.
+    ``_probability_grids()``, ``_probability_candidates(X, grids)``, ``_proba_with(X, params)``,
+    ``_apply_probability(params)``, ``_neighbour_distances(X, m)``, ``_reference()``, ``_reference_size()``,
+    ``_without_class(code)`` and ``_distance_metric``.
     """
 
     _method: str
@@ -176,9 +176,9 @@ class CalibrationMixin:
             "probability": params,
             "fit_nll": nll,
             "conformal": {"score": score, "alpha": alpha, "coverage": coverage, "threshold": threshold,
-                          "rank": rank, "n": int(len(conf_rows))},
+                          "rank": rank, "n": len(conf_rows)},
             "n_fit": int(n_fit),
-            "n_calibration": int(len(conf_rows)),
+            "n_calibration": len(conf_rows),
             "random_state": int(random_state),
             "reliability_before": conformal.reliability(before, codes[conf_rows]),
             "reliability_after": conformal.reliability(after, codes[conf_rows]),
@@ -224,11 +224,13 @@ class CalibrationMixin:
         for name, grid in original.items():
             if grids[name] == grid:
                 continue
-            at = f"{self._method} calibration: the best {name} was on the edge of its grid [{grid[0]:.4g}, {grid[-1]:.4g}]"
+            at = (f"{self._method} calibration: the best {name} was on the edge of its grid "
+                  f"[{grid[0]:.4g}, {grid[-1]:.4g}]")
             if edges:  # still on an edge after the last widening: degenerate, keep the original grid's choice
                 notes.append(f"{at} and kept running off it when widened to [{grids[name][0]:.4g}, "
-                             f"{grids[name][-1]:.4g}] (a degenerate fit: the calibration rows cannot pin it, e.g. every "
-                             f"fit row is already right); kept the original grid's choice: calibrate on more rows")
+                             f"{grids[name][-1]:.4g}] (a degenerate fit: the calibration rows cannot pin it, e.g. "
+                             f"every fit row is already right); kept the original grid's choice: "
+                             f"calibrate on more rows")
             else:
                 notes.append(f"{at}; widened to [{grids[name][0]:.4g}, {grids[name][-1]:.4g}], "
                              f"where the best is {point[name]:.4g}")
@@ -251,7 +253,8 @@ class CalibrationMixin:
                           ("classifier", self._classifier_params())):
             if state.get(key) != mine:
                 raise ValueError(
-                    f"the calibration was made for {key} {describe(state.get(key))}, this classifier has {describe(mine)}"
+                    f"the calibration was made for {key} {describe(state.get(key))}, "
+                    f"this classifier has {describe(mine)}"
                 )
         self._apply_probability(state["probability"])
         self.calibration_ = state
@@ -500,7 +503,7 @@ def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
     codes = np.clip(np.searchsorted(clf.classes_, y), 0, len(clf.classes_) - 1)
     known = clf.classes_[codes] == y
     proba = clf._proba_with(X, state["probability"])  # (n, K)
-    report: dict[str, Any] = {"n": int(len(X)), "n_unseen": int((~known).sum()), "classes": clf.classes_.tolist()}
+    report: dict[str, Any] = {"n": len(X), "n_unseen": int((~known).sum()), "classes": clf.classes_.tolist()}
     if known.any():
         pk, ck = proba[known], codes[known]
         sets = conformal.prediction_sets(pk, state["conformal"]["threshold"], state["conformal"]["score"])

@@ -154,8 +154,8 @@ def reliability(proba: np.ndarray, codes: np.ndarray, bins: int = ECE_BINS) -> d
     return {
         "ece": ece,
         "edges": edges.tolist(),
-        "confidence": [float(v) if c else None for v, c in zip(conf_sum / safe, count)],
-        "accuracy": [float(v) if c else None for v, c in zip(acc_sum / safe, count)],
+        "confidence": [float(v) if c else None for v, c in zip(conf_sum / safe, count, strict=True)],
+        "accuracy": [float(v) if c else None for v, c in zip(acc_sum / safe, count, strict=True)],
         "count": count.astype(int).tolist(),
     }
 

@@ -13,12 +13,12 @@ from typing import Any
 import click
 
 from metriclearn.cli._inputs import (
-    csv_columns,
-    examples,
     check_dim,
     check_k,
     check_same_model,
     check_source,
+    csv_columns,
+    examples,
     quiet_option,
     read_vectors,
     vector_options,
@@ -155,7 +155,7 @@ def summary_lines(state: dict[str, Any]) -> list[str]:
 
 def lowest_class_coverage(by_class: list[float | None] | None, classes: list[Any]) -> str:
     """``lowest class coverage 0.8123 (class 'dog')``, or ``""`` when there is nothing per class."""
-    pairs = [(value, label) for value, label in zip(by_class or [], classes) if value is not None]
+    pairs = [(value, label) for value, label in zip(by_class or [], classes, strict=False) if value is not None]
     if not pairs:
         return ""
     value, label = min(pairs, key=lambda pair: pair[0])
@@ -190,7 +190,8 @@ def format_calibration_metrics(metrics: dict[str, Any]) -> str:
                      f"empty {m['empty_sets']:.2%}")
             lowest = lowest_class_coverage(m.get("coverage_by_class"), m.get("classes", []))
             head += f"  ({lowest})" if lowest else ""
-        lines.append(head + (f"  ({m['n_unseen']} of {m['n']} rows of classes not in the index)" if m["n_unseen"] else ""))
+        unseen = f"  ({m['n_unseen']} of {m['n']} rows of classes not in the index)" if m["n_unseen"] else ""
+        lines.append(head + unseen)
         if "known_kept" in m:
             parts = [f"{key.replace('_', ' ')} {m[key]:.4f}" for key in ("accepted_precision", "known_kept",
                                                                         "unseen_rejected") if m[key] is not None]

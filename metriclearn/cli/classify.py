@@ -26,6 +26,7 @@ import click
 import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy, write_json
+from metriclearn._device import DEVICES
 from metriclearn.cli._inputs import (
     check_dim,
     check_distinct_files,
@@ -38,7 +39,6 @@ from metriclearn.cli._inputs import (
     read_vectors,
     vector_options,
 )
-from metriclearn._device import DEVICES
 
 OUTPUT_FORMATS = (".npy", ".csv", ".json")
 DEFAULT_K = 10
@@ -110,9 +110,9 @@ def classify(
 ) -> None:
     """Classify query embeddings with the labelled vectors of an index: kNN vote or Orhan's cache model.
 
-    Queries come from --embeddings FILE.npy [--labels FILE.npy] (--queries: its older name), or --model DIR --data PATH embeds them on the fly
-    (an index built by another model is then refused). With labels, prints the accuracy and the recall of
-    each class, lowest first.
+    Queries come from --embeddings FILE.npy [--labels FILE.npy] (--queries: its older name), or
+    --model DIR --data PATH embeds them on the fly (an index built by another model is then refused).
+    With labels, prints the accuracy and the recall of each class, lowest first.
     """
     _check_output(out, OUTPUT_FORMATS)
     if sets_out is not None:
@@ -169,6 +169,10 @@ def classify(
         from metriclearn.cli._accuracy import accuracy_lines
 
         click.echo(accuracy_lines(vectors.labels, predictions, classifier.classes_.tolist()))
+        if rejected is not None:
+            from metriclearn.cli._accuracy import rejection_line
+
+            click.echo(rejection_line(vectors.labels, predictions, rejected, classifier.classes_.tolist()))
 
 
 def _model(index: Any, method: str, k: int | None, theta: float | None, weights: str | None, device: str) -> Any:
@@ -251,7 +255,8 @@ def _check_rejection_output(out: Path, reject: bool, rejected_out: Path | None) 
             raise click.UsageError("--rejected-out goes with --reject")
         _check_output(rejected_out, (".npy",), "--rejected-out")
         if out.suffix.lower() != ".npy":
-            raise click.UsageError(f"--rejected-out goes with a .npy --out; {out.suffix} output has a 'rejected' column")
+            raise click.UsageError(f"--rejected-out goes with a .npy --out; "
+                                   f"{out.suffix} output has a 'rejected' column")
     elif reject and out.suffix.lower() == ".npy":
         raise click.UsageError("--reject with a .npy --out needs --rejected-out FILE.npy (the bool array of "
                                "rejections; a .npy of labels has no room for it)")
@@ -265,9 +270,9 @@ def _check_output(out: Path, formats: tuple[str, ...], option: str = "--out") ->
 
 
 def _load_index(index_dir: Path, device: str) -> Any:
-    from metriclearn.indexes import EmbeddingIndex
+    from metriclearn.indexes import load_index
 
-    index = EmbeddingIndex.load(index_dir, device=device)
+    index = load_index(index_dir, device=device)
     if index.labels is None or len(index) == 0:
         problem = "carries no labels" if index.labels is None else "is empty"
         raise ValueError(f"index {str(index_dir)!r} {problem}; build it with labels "
@@ -301,6 +306,6 @@ def _write_predictions(out: Path, method: str, classes: np.ndarray, predictions:
             writer = csv.writer(fh)
             writer.writerow(["prediction", *(["rejected"] if rejected is not None else []),
                              *(f"p_{c}" for c in classes.tolist())])
-            for label, flag, row in zip(predictions.tolist(), flags, proba):
+            for label, flag, row in zip(predictions.tolist(), flags, proba, strict=True):
                 writer.writerow([label, *flag, *(repr(float(v)) for v in row)])
 

@@ -42,7 +42,7 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
     """Embed DATA with a trained run and save the embeddings as .npy."""
     from metriclearn._atomic import save_npy
     from metriclearn.data import load_data
-    from metriclearn.training import load_run
+    from metriclearn.runs import load_run
     from metriclearn.training.distributed import is_main_process
 
     for flag, path in (("--out", out), ("--labels-out", labels_out), ("--positives-out", positives_out)):

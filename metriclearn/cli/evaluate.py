@@ -60,7 +60,8 @@ def _few(values: list[Any], limit: int = 8) -> str:
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
 @click.option("--data", required=True, metavar="PATH|digits",
               help="Labelled queries; their classes may be the run's or new ones.")
-@click.option("--reference", metavar="PATH", help="Labelled reference set to search (default: leave-one-out in --data).")
+@click.option("--reference", metavar="PATH",
+              help="Labelled reference set to search (default: leave-one-out in --data).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Where to write the metrics JSON "
               "(default DIR/evaluate.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
@@ -79,7 +80,8 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
     from metriclearn._atomic import write_json
     from metriclearn.data import load_data
-    from metriclearn.training import evaluate_embeddings, load_run
+    from metriclearn.metrics import embedding_metrics
+    from metriclearn.runs import load_run
 
     if index_dir is not None and layer != "embedding":
         raise click.BadParameter("an index holds the model's output embeddings; use --index with --layer embedding",
@@ -110,8 +112,8 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
                     for d in loaded]
     ref = refs[0] if refs else None
     q_labels = query.label_values()
-    metrics = evaluate_embeddings(query.embeddings, q_labels, *(() if ref is None else
-                                                                 (ref.embeddings, ref.label_values())))
+    metrics = embedding_metrics(query.embeddings, q_labels, *(() if ref is None else
+                                                              (ref.embeddings, ref.label_values())))
     metrics.update(_by_group(query, ref))
     seen, unseen = query.present_classes()
     metrics["data"].update(source=str(data), reference=reference, layer=layer, seen_classes=seen,

@@ -12,9 +12,9 @@ from typing import Any
 import click
 import numpy as np
 
+from metriclearn._device import DEVICES
 from metriclearn.cli._inputs import check_source, csv_columns, examples, quiet_option, read_vectors, vector_options
 from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS
-from metriclearn._device import DEVICES
 
 
 @click.command("report", epilog=examples(
@@ -113,9 +113,9 @@ def _calibration(index_dir: Path, vectors: Any) -> tuple[dict[str, Any], np.ndar
     of the first calibrated classifier, kNN before cache); an uncalibrated index is an error (why pass it?)."""
     from metriclearn.cli._inputs import check_dim, check_same_model
     from metriclearn.cli.classify import _calibrated_model
-    from metriclearn.indexes import EmbeddingIndex
+    from metriclearn.indexes import load_index
 
-    index = EmbeddingIndex.load(index_dir, device="cpu")
+    index = load_index(index_dir, device="cpu")
     calibration = index.attrs.get("calibration")
     if not calibration:
         raise ValueError(

@@ -25,7 +25,14 @@ import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy
 from metriclearn.cli._inputs import check_distinct_files, examples, load_probabilities, quiet_option
-from metriclearn.cli.classify import DEFAULT_LAM, DEFAULT_THETA, _check_output, _device_option, _load_features, _load_index
+from metriclearn.cli.classify import (
+    DEFAULT_LAM,
+    DEFAULT_THETA,
+    _check_output,
+    _device_option,
+    _load_features,
+    _load_index,
+)
 
 _MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
 _FEATURES_ONLY = ("index_dir", "features", "probs", "labels", "tune")
@@ -33,7 +40,8 @@ _FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # 
 
 
 @click.command("second-opinion", epilog=examples(
-    'metriclearn second-opinion --index idx --embeddings feats.npy --probs probs.npy --labels labels.npy --out blend.npy',
+    'metriclearn second-opinion --index idx --embeddings feats.npy --probs probs.npy --labels labels.npy '
+    '--out blend.npy',
     'metriclearn second-opinion --model my-classifier --cache train.jsonl --data test.jsonl --out blend.npy',
 ))
 @click.option("--index", "index_dir", type=click.Path(path_type=Path),
@@ -66,7 +74,8 @@ _FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # 
               help="Model form: save the cache (an index directory with θ, λ, layers and the model's fingerprint).")
 @click.option("--overwrite", is_flag=True, help="Replace what an earlier --save wrote there.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Model form: inputs per forward pass.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Blended probabilities (n, K) .npy.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Blended probabilities (n, K) .npy.")
 @_device_option
 @quiet_option
 def second_opinion(out: Path, quiet: bool, **opts: Any) -> None:
@@ -76,7 +85,8 @@ def second_opinion(out: Path, quiet: bool, **opts: Any) -> None:
     """
     _check_output(out, (".npy",))
     check_distinct_files([("--out", out), ("--audit", opts["audit"]), ("--save", opts["save"])],
-                         [(f"--{_FLAGS.get(name, name)}", opts[name]) for name in ("features", "probs", "labels", "data")])
+                         [(f"--{_FLAGS.get(name, name)}", opts[name])
+                          for name in ("features", "probs", "labels", "data")])
     if opts["tune"] and (opts["theta"] is not None or opts["lam"] is not None):
         raise click.UsageError("--tune chooses θ and λ itself: give either --tune or --theta/--lam, not both")
     if opts["model_path"] is not None:

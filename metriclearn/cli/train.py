@@ -24,15 +24,16 @@ from metriclearn.training.config import (
     DEVICES,
     MONITORS,
     TrainConfig,
-    parse_loss_term,
     read_toml,
 )
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
 from metriclearn.training.splits import VAL_SPLITS
 
 
-
 def _check_losses(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Each ``--loss`` term through the one parser, so a bad one names the flag (exit 2)."""
+    from metriclearn.losses.registry import parse_loss_term  # imports torch: only when --loss is given
+
     for term in value:
         try:
             parse_loss_term(term)

@@ -27,6 +27,7 @@ the BLAS path too, which changes its speed, not its results.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -66,7 +67,7 @@ def flat_search(
             return np.concatenate(D), np.concatenate(I)
         slices = max(1, min(tasks, n // MIN_SLICE))  # few queries: each task takes a slice of the vectors
         bounds = np.linspace(0, n, slices + 1).astype(int).tolist()
-        parts = zip(bounds[:-1], bounds[1:], strict=True)
+        parts = itertools.pairwise(bounds)
         results = list(_workers().map(lambda b: _knn(xb, xq, k, l2, xb_sq_norms, *b), parts))
     if len(results) == 1:
         return results[0]

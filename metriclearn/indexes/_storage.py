@@ -230,6 +230,33 @@ def _update_fields(root: Path, updates: Mapping[str, Any], format_name: str, exp
     return manifest["checksum"]
 
 
+def manifest_format(path: str | os.PathLike[str]) -> str | None:
+    """The ``format`` its manifest names (e.g. ``"metriclearn.EmbeddingIndex"``), ``None`` when unreadable.
+
+    Not verified: what it names is then read (and checked) by the loader of that format.
+    """
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def json_attrs(attrs: Any) -> dict[str, Any]:
+    """``attrs`` after a JSON round trip; a ``TypeError`` when it is not a dict of JSON values.
+
+    >>> json_attrs({"n": 1, "t": (1, 2)})
+    {'n': 1, 't': [1, 2]}
+    """
+    if not isinstance(attrs, dict):
+        raise TypeError(f"attrs must be a dict of JSON-serialisable values, got {type(attrs).__name__}")
+    try:
+        return json.loads(json.dumps(attrs))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"attrs must be JSON-serialisable: {exc}") from exc
+
+
 def read_stable(path: str | os.PathLike[str], read: Callable[[], T]) -> T:
     """``read()`` (a load of the directory ``path``), repeated while a save replaces the directory under it.
 

@@ -78,7 +78,9 @@ def refine(index: faiss.Index | None) -> Any:
     return found if isinstance(found, faiss.IndexRefine) else None
 
 
-def apply_search_params(index: faiss.Index | None, nprobe: int | None, ef_search: int, k_factor: int | None = None) -> None:
+def apply_search_params(
+    index: faiss.Index | None, nprobe: int | None, ef_search: int, k_factor: int | None = None
+) -> None:
     """Set ``nprobe`` (``None``: :func:`default_nprobe`, capped at nlist), HNSW ``efSearch``, re-rank ``k_factor``."""
     reranker = refine(index)
     if reranker is not None and k_factor is not None:

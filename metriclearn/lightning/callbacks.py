@@ -196,7 +196,7 @@ class _TrainerView:
 
     def log(self, message: str) -> None:
         if self.trainer.is_global_zero:
-            print(message, file=sys.stderr)
+            print(message, file=sys.stderr)  # noqa: T201 - the module's log line, on rank 0 only, to stderr
 
 
 class HealthMonitorCallback(L.Callback):

@@ -137,10 +137,11 @@ class MetricLearningModule(L.LightningModule):
         ``changes`` override fields of the run's configuration (e.g. ``lr=1e-4``, ``scheduler="none"``) for
         further training.
         """
-        from metriclearn.training.run import classification_head, load_run
+        from metriclearn.runs import load_run
+        from metriclearn.training.run import classification_head
 
         run = load_run(run_dir)
-        config = TrainConfig.from_dict({k: v for k, v in run.config.items() if k in TrainConfig.keys()})
+        config = TrainConfig.from_dict({k: v for k, v in run.config.items() if k in TrainConfig.keys()})  # noqa: SIM118 - a classmethod, not a dict
         config = config.replace(**changes) if changes else config
         objective = build_objective(config.terms(), config.embedding_dim, len(run.classes), config.combine,
                                     config.loss_options)
@@ -344,7 +345,7 @@ def _average_gradients(params: Sequence[Tensor]) -> None:
         return
     present = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)  # (P,)
     present = dist_utils.all_reduce_mean(present) > 0
-    used = [p for p, flag in zip(params, present.tolist()) if flag]
+    used = [p for p, flag in zip(params, present.tolist(), strict=True) if flag]
     if not used:
         return
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in used])

@@ -41,7 +41,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
 _scratch = threading.local()
 
 

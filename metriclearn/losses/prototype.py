@@ -137,7 +137,8 @@ class PrototypeLoss(MetricLoss):
     def validate(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         embeddings, labels = super().validate(embeddings, labels)
         if embeddings.shape[1] != self.dim:
-            raise ValueError(f"embeddings have dimension {embeddings.shape[1]} but PrototypeLoss was built with dim={self.dim}")
+            raise ValueError(f"embeddings have dimension {embeddings.shape[1]} "
+                             f"but PrototypeLoss was built with dim={self.dim}")
         if self.centroids is not None and self.centroids.device != embeddings.device:
             raise ValueError(
                 f"embeddings are on {embeddings.device} but the centroids are on {self.centroids.device}; "
@@ -155,7 +156,8 @@ class PrototypeLoss(MetricLoss):
         Returns the (K,) bool mask of the classes that were set. Not available in ``"batch"`` mode.
         """
         if self.centroids is None:
-            raise ValueError("init_centroids needs stored centroids; mode='batch' builds its prototypes from each batch")
+            raise ValueError("init_centroids needs stored centroids; "
+                             "mode='batch' builds its prototypes from each batch")
         embeddings, labels = self.validate(embeddings, labels)
         if not torch.isfinite(embeddings).all():
             bad = int((~torch.isfinite(embeddings)).any(dim=1).sum())
@@ -166,7 +168,8 @@ class PrototypeLoss(MetricLoss):
             self.initialized |= present
         if not bool(present.all()):
             missing = (~present).nonzero().flatten().tolist()
-            warnings.warn(f"init_centroids: no samples of classes {missing}; their centroids were left as they were", stacklevel=2)
+            warnings.warn(f"init_centroids: no samples of classes {missing}; their centroids were left as they were",
+                          stacklevel=2)
         return present
 
     # ------------------------------------------------------------------ the loss
@@ -235,7 +238,8 @@ class PrototypeLoss(MetricLoss):
     @torch.no_grad()
     def _ema_step(self, means: Tensor, present: Tensor) -> None:
         """Momentum step toward the batch means, then the repulsion step (classes in the batch only)."""
-        moved = torch.where(present.unsqueeze(1), self.centroids * self.momentum + means * (1 - self.momentum), self.centroids)
+        blended = self.centroids * self.momentum + means * (1 - self.momentum)
+        moved = torch.where(present.unsqueeze(1), blended, self.centroids)
         if self.repulsion > 0 and int(self.initialized.sum()) >= 2:
             seen = self.initialized.nonzero().flatten()  # (S,)
             pts = moved[seen]  # (S, D)

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from metriclearn._checks import check_positive_float
-from metriclearn.losses._softmax_kernel import NeighborhoodSoftmaxFunction, label_codes
 from metriclearn.losses._pairwise import squared_distances
+from metriclearn.losses._softmax_kernel import NeighborhoodSoftmaxFunction, label_codes
 from metriclearn.losses.base import MetricLoss
 
 

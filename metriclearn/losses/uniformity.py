@@ -11,7 +11,6 @@ from torch.autograd.function import once_differentiable
 
 from metriclearn._checks import check_embeddings_tensor, check_labels_tensor, check_positive_float
 
-
 _EPS = 1e-12  # F.normalize's floor on the norm
 
 

@@ -92,6 +92,6 @@ def layer_runner(model: torch.jit.ScriptModule, layers: Sequence[str]) -> Callab
 
     def run(x: Tensor) -> tuple[Any, dict[str, Any]]:
         output, *recorded = function(model._c, x)
-        return output, dict(zip(layers, recorded))
+        return output, dict(zip(layers, recorded, strict=True))
 
     return run

@@ -318,7 +318,10 @@ class FeatureExtractor:
                     try:
                         output, captured = run(batch)
                     except RuntimeError as exc:  # torch's "mat1 and mat2 shapes cannot be multiplied (...)"
-                        raise _width_error(self.model, batch, exc) or exc
+                        clearer = _width_error(self.model, batch, exc)
+                        if clearer is None:
+                            raise
+                        raise clearer from exc
                     logits = _logits(output, n)
                     if probs and logits.shape[1] != probs[0].shape[1]:
                         raise ValueError(f"the model returned {logits.shape[1]} logits per row, earlier batches "

@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from metriclearn._checks import check_fraction, check_positive_float, check_positive_int, describe
@@ -219,7 +218,8 @@ class SecondOpinion:
         for key, best in scores.items():
             cache = self._cache_for(self._features[key], best["theta"])
             blend = (1.0 - best["lam"]) * probs + best["lam"] * self._cache_proba(cache, _join(per_layer, key))
-            out[key] = {"theta": best["theta"], "lam": best["lam"], "accuracy": float(np.mean(blend.argmax(1) == codes))}
+            accuracy = float(np.mean(blend.argmax(1) == codes))
+            out[key] = {"theta": best["theta"], "lam": best["lam"], "accuracy": accuracy}
         return out
 
     # ------------------------------------------------------------------ predict
@@ -270,7 +270,7 @@ class SecondOpinion:
             row["neighbors"] = [
                 {"id": int(k), "label": self.classes_[int(self.codes_[k])], "similarity": round(float(s), 6),
                  "metadata": None if self.metadata_ is None else self.metadata_[k]}
-                for s, k in zip(sims[j], ids[j]) if k >= 0
+                for s, k in zip(sims[j], ids[j], strict=True) if k >= 0
             ]
             if codes is not None:
                 truth = int(codes[i])
@@ -334,7 +334,7 @@ class SecondOpinion:
         opinion = cls(model, layers=info["layers"], theta=theta, lam=lam, classes=info["classes"], **options)
         opinion.classes_ = list(info["classes"])
         opinion.codes_ = index.labels.astype(np.int64)
-        opinion.metadata_ = [m for m in index.metadata_for(index.ids)] if _has_metadata(index) else None
+        opinion.metadata_ = list(index.metadata_for(index.ids)) if _has_metadata(index) else None
         opinion._features = {"|".join(info["layers"]): index.vectors()}
         opinion.fingerprint_ = saved
         opinion.tuning_ = {k: v for k, v in tuning.items() if k not in ("theta", "lam")}

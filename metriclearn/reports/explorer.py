@@ -213,7 +213,7 @@ def _coverage_by_class(calibration: Mapping[str, Any] | None, classes: Sequence[
     if not calibration:
         return {}
     state = next(iter(calibration.values()))
-    by_name = {str(c): v for c, v in zip(state.get("classes", []), state.get("coverage_by_class") or [])}
+    by_name = {str(c): v for c, v in zip(state.get("classes", []), state.get("coverage_by_class") or [], strict=False)}
     return {code: by_name.get(str(c)) for code, c in enumerate(classes) if str(c) in by_name}
 
 

@@ -44,10 +44,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
-from metriclearn._checks import check_labels, check_matrix, check_positive_int
 from metriclearn._atomic import atomic_path
-from metriclearn.reports.plots import as_codes, class_centroids, class_colors, draw_classes, save_png
+from metriclearn._checks import check_labels, check_matrix, check_positive_int
 from metriclearn.data import stratified_subsample
+from metriclearn.reports.plots import as_codes, class_centroids, class_colors, draw_classes, save_png
 
 MAX_LABELLED_CLASSES = 20  # more centroid labels than this overlap in a small panel
 
@@ -228,7 +228,7 @@ class CentroidMovie:
         [0, 3, 6, 9]
         """
         count = min(self.max_panels, len(self))
-        return sorted({int(round(i)) for i in np.linspace(0, len(self) - 1, count)})
+        return sorted({round(float(i)) for i in np.linspace(0, len(self) - 1, count)})
 
     def _save_strip(self, path: Path) -> None:
         frames = self.panel_frames()
@@ -236,7 +236,7 @@ class CentroidMovie:
         nrows = -(-len(frames) // ncols)
         fig = Figure(figsize=(3.0 * ncols, 3.0 * nrows + 0.3), dpi=90, layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        for ax, frame in zip(axes, frames):
+        for ax, frame in zip(axes, frames, strict=False):
             self.draw(ax, frame, small=True)
         for ax in axes[len(frames):]:
             ax.set_axis_off()

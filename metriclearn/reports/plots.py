@@ -29,8 +29,8 @@ from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from metriclearn._checks import check_labels, check_matrix
 from metriclearn._atomic import atomic_path
+from metriclearn._checks import check_labels, check_matrix
 
 FIGSIZE = (8.0, 6.4)  # inches; at DPI this is 880 x 704 pixels
 DPI = 110

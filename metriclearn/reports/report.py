@@ -40,14 +40,14 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
 from metriclearn._atomic import write_bytes, write_json, write_text
+from metriclearn._checks import check_choice, check_labels, check_matrix, check_positive_int
 from metriclearn._progress import progress
+from metriclearn.data import stratified_subsample
 from metriclearn.metrics import embedding_metrics
+from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS, MIN_POINTS
 from metriclearn.reports.html import render_html
 from metriclearn.reports.plots import as_codes, png_bytes, scatter_figure
-from metriclearn.reports import DEFAULT_MAX_POINTS, METHODS, MIN_POINTS
-from metriclearn.data import stratified_subsample
 from metriclearn.reports.projection import check_enough_points, project
 
 METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}

@@ -277,8 +277,8 @@ class HealthMonitor(Callback):
       units that output 0 for every sample of the batch, measured with forward hooks every
       ``every`` batches) into the epoch logs;
     * compares the first batch's loss of each term (read from the step's logs) with its chance level
-      for an untrained model (the ``chance`` of its row in :data:`~metriclearn.training.objectives.LOSSES`,
-      via :func:`~metriclearn.training.objectives.expected_initial_loss`; kept in ``initial``) and warns
+      for an untrained model (the ``chance`` of its row in :data:`~metriclearn.losses.registry.LOSSES`,
+      via :func:`~metriclearn.losses.registry.expected_initial_loss`; kept in ``initial``) and warns
       when it is more than
       ``tolerance`` (relative) above it — over-confident wrong predictions before any training point to a
       bug in the labels, the input scale or the initialisation. Below chance is fine (a random encoder
@@ -320,7 +320,8 @@ class HealthMonitor(Callback):
             if not math.isfinite(grad_norm):
                 self._warn(trainer, f"gradient norm is {grad_norm} at step {trainer.global_step}")
             elif grad_norm > self.max_grad_norm:
-                self._warn(trainer, f"gradient norm {grad_norm:.3g} exceeds {self.max_grad_norm:g} at step {trainer.global_step}")
+                self._warn(trainer, f"gradient norm {grad_norm:.3g} exceeds {self.max_grad_norm:g} "
+                                    f"at step {trainer.global_step}")
         if self._dead:
             self._epoch["dead_relu"].append(sum(self._dead) / len(self._dead))
             self._dead = []
@@ -344,7 +345,7 @@ class HealthMonitor(Callback):
 
     def _check_initial(self, trainer: Trainer, logs: Logs) -> None:
         """Compare each term's loss of the first step (in ``logs``) with its chance level."""
-        from metriclearn.training.objectives import expected_initial_loss
+        from metriclearn.losses.registry import expected_initial_loss
 
         batch_size = min(trainer.batch_size, trainer.num_samples or trainer.batch_size)
         for name in trainer.objective.names:

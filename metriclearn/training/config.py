@@ -39,7 +39,7 @@ import tomli_w
 
 from metriclearn._atomic import write_text
 from metriclearn._checks import check_choice, check_fraction, check_positive_float, check_positive_int, check_seed
-from metriclearn._choices import COMBINES
+from metriclearn._choices import COMBINES, DEFAULT_LOSS
 from metriclearn._device import DEVICES
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS
 from metriclearn.training.splits import VAL_SPLITS
@@ -73,7 +73,7 @@ class TrainConfig:
         (one optimiser step per term on the same batch, in order: the COT recipe) or ``"pcgrad"``.
     loss_options:
         Per-loss keyword arguments, e.g. ``{"neighborhood": {"temperature": 0.1}}``; merged over
-        the tuned options of :data:`~metriclearn.training.objectives.LOSSES` (the tuned temperatures), so
+        the tuned options of :data:`~metriclearn.losses.registry.LOSSES` (the tuned temperatures), so
         the resolved config shows every value used.
     encoder, embedding_dim, normalize:
         Passed to :func:`metriclearn.encoders.build_encoder`.
@@ -116,7 +116,7 @@ class TrainConfig:
 
     data: str = "digits"
     label_column: str = "label"
-    loss: list[str] = field(default_factory=lambda: ["neighborhood", "uniformity:0.05"])
+    loss: list[str] = field(default_factory=lambda: list(DEFAULT_LOSS))
     combine: str = "sum"
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     encoder: str = "mlp"
@@ -164,13 +164,16 @@ class TrainConfig:
             self.loss = [self.loss]
         if not isinstance(self.loss, (list, tuple)) or not self.loss:
             raise ValueError(f"loss must be a non-empty list of NAME[:WEIGHT], got {self.loss!r}")
+        # torch: when a config is made, not for --help
+        from metriclearn.losses.registry import LOSSES, parse_loss_term
+        from metriclearn.training.objectives import build_loss
+
         # canonical spelling ("Cache:.50" -> "cache:0.5", "snn:1" -> "snn"), so equal settings compare equal
         self.loss = [name if weight == 1 else f"{name}:{weight!r}"
                      for name, weight in (parse_loss_term(str(term)) for term in self.loss)]
         check_choice(self.combine, COMBINES, "combine")
         if not isinstance(self.loss_options, dict):
             raise TypeError(f"loss_options must be a table of tables, got {self.loss_options!r}")
-        from metriclearn.training.objectives import LOSSES, build_loss  # torch: when a config is made, not --help
 
         for name, options in self.loss_options.items():
             check_choice(name, tuple(LOSSES), "loss_options key")
@@ -306,7 +309,9 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     def terms(self) -> list[tuple[str, float]]:
-        """``loss`` parsed into ``(name, weight)`` pairs."""
+        """``loss`` parsed into ``(name, weight)`` pairs (:func:`~metriclearn.losses.registry.parse_loss_term`)."""
+        from metriclearn.losses.registry import parse_loss_term
+
         return [parse_loss_term(term) for term in self.loss]
 
 
@@ -349,23 +354,11 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path}: not a UTF-8 TOML file ({exc})") from exc
 
 
-def parse_loss_term(term: str) -> tuple[str, float]:
-    """Parse ``"NAME"`` or ``"NAME:WEIGHT"`` into ``(name, weight)``.
+def __getattr__(name: str) -> Any:
+    """``parse_loss_term`` moved to :mod:`metriclearn.losses.registry` (which imports torch): the old import path
+    keeps working, imported on first use so that ``train --help`` stays torch-free."""
+    if name == "parse_loss_term":
+        from metriclearn.losses.registry import parse_loss_term
 
-    >>> parse_loss_term("cache:0.5")
-    ('cache', 0.5)
-    >>> parse_loss_term("neighborhood")
-    ('neighborhood', 1.0)
-    """
-    name, sep, weight_text = str(term).partition(":")
-    name = name.strip().lower()
-    from metriclearn.training.objectives import LOSSES
-
-    check_choice(name, tuple(LOSSES), "loss name")
-    if not sep:
-        return name, 1.0
-    try:
-        weight = float(weight_text)
-    except ValueError:
-        raise ValueError(f"loss weight in {term!r} must be a number, got {weight_text!r}") from None
-    return name, check_positive_float(weight, f"loss weight in {term!r}")
+        return parse_loss_term
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -191,7 +191,7 @@ def _gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
         x = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))])
     parts = [torch.empty_like(x) for _ in sizes]
     dist.all_gather(parts, x)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)], dim=0)
 
 
 def all_gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:

@@ -42,11 +42,11 @@ from metriclearn._device import resolve_device
 from metriclearn._progress import progress
 from metriclearn.training import distributed as dist_utils
 from metriclearn.training.callbacks import Callback, Logs
-from metriclearn.training.embedding import embed_array, to_device
-from metriclearn.training.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (seed_everything: re-export)
 from metriclearn.training.config import TrainConfig
+from metriclearn.training.embedding import embed_array, to_device
 from metriclearn.training.objectives import Objective
 from metriclearn.training.optim import SCHEDULERS, build_optimizer, build_scheduler
+from metriclearn.training.rng import rng_state, seed_everything, set_rng_state  # noqa: F401 (seed_everything: re-export)
 
 CHECKPOINT_VERSION = 2  # 2: callback states keyed by Callback.state_key, should_stop, metadata
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]

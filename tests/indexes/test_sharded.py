@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from metriclearn.classify import CacheClassifier, KNNClassifier
 from metriclearn.classify.sharded_cache import sharded_cache_proba
 from metriclearn.cli import cli
-from metriclearn.indexes import EmbeddingIndex
+from metriclearn.indexes import EmbeddingIndex, describe, load_index
 from metriclearn.indexes.sharded import ShardedIndex, is_sharded
 
 
@@ -45,7 +45,7 @@ def test_sharded_search_equals_unsharded(metric, kind, shards, tmp_path) -> None
     assert sum(sizes) == len(x) and max(sizes) - min(sizes) <= 1
     assert sorted(np.concatenate([s.ids for s in sharded.shards]).tolist()) == list(range(len(x)))
     sharded.save(tmp_path / "idx")
-    loaded = EmbeddingIndex.load(tmp_path / "idx", device="cpu")  # a sharded directory loads as one index
+    loaded = load_index(tmp_path / "idx", device="cpu")  # a sharded directory opens as one index
     assert isinstance(loaded, ShardedIndex) and is_sharded(tmp_path / "idx") and len(loaded) == len(x)
     for k in (1, 10, len(x) + 5):  # beyond the index: clamped like EmbeddingIndex
         D0, I0 = whole.search(q, k)
@@ -70,6 +70,30 @@ def test_hnsw_shards_search_each_graph(tmp_path) -> None:
     flat.add(x)
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(I, flat.search(q, 5)[1])])
     assert recall > 0.95
+
+
+def test_one_way_to_open_either_kind_of_directory(tmp_path) -> None:
+    x, y, _ = _data()
+    x, y = x[:23], y[:23]  # 23 rows over 3 shards: 8, 8, 7
+    sharded = ShardedIndex.build(x, labels=y, num_shards=3, metric="l2", device="cpu")
+    sharded.attrs = {"note": "n"}
+    sharded.save(tmp_path / "sharded")
+    single = EmbeddingIndex(x.shape[1], metric="l2", device="cpu")
+    single.add(x, labels=y, metadata=[{"i": i} for i in range(len(x))])
+    single.save(tmp_path / "single")
+    assert type(load_index(tmp_path / "single", device="cpu")) is EmbeddingIndex
+    assert type(load_index(tmp_path / "sharded", device="cpu")) is ShardedIndex
+    with pytest.raises(ValueError, match="is a sharded index directory: open it with metriclearn.indexes.load_index"):
+        EmbeddingIndex.load(tmp_path / "sharded", device="cpu")  # EmbeddingIndex.load gives only EmbeddingIndex
+    one, many = describe(tmp_path / "single"), describe(tmp_path / "sharded")
+    assert list(one) == list(many)  # one description, built in one place
+    assert (one["shards"], many["shards"], one["metadata"], many["metadata"]) == (None, 3, True, False)
+    assert one["size"] == many["size"] == 23 and one["labels"] and many["labels"] and many["attrs"] == ["note"]
+    assert one["params"] == many["params"] and one["factory"] == many["factory"] == "Flat"
+    np.testing.assert_array_equal(load_index(tmp_path / "sharded", device="cpu").labels_for([[22, -1, 0]]),
+                                  [[y[22], "", y[0]]])  # the id -> label look-up of EmbeddingIndex
+    with pytest.raises(ValueError, match=r"ids not in the index: \[99\]"):
+        sharded.labels_for([99])
 
 
 def test_damaged_shards_are_named(tmp_path) -> None:
