@@ -291,6 +291,9 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
         val = val if val is not None and len(val) > 0 else None  # too small a fraction to hold anything out
     if data.is_pairs:  # every pair is a class of its own texts: nothing more can go wrong
+        if config.report:
+            raise ValueError(f"{config.data}: --report plots classes, and pair data has none (each pair is a class "
+                             "of its own texts); train without --report: the pair metrics go to metrics.json")
         return data, train, val
     assert train.y is not None  # load_data requires labels by default
     if len(np.unique(train.y)) < 2:
