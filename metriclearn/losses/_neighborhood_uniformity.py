@@ -88,7 +88,7 @@ class _NeighborhoodUniformity(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, codes: Tensor, counted: Tensor, inv_t: float, t: float  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, codes: Tensor, counted: Tensor, inv_t: float, t: float
                 ) -> tuple[Tensor, Tensor]:
         b = x.shape[0]
         norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)  # (B, 1)
@@ -108,7 +108,7 @@ class _NeighborhoodUniformity(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, upstream: Tensor, upstream_uniform: Tensor  # type: ignore[override]
+    def backward(ctx: Any, upstream: Tensor, upstream_uniform: Tensor
                  ) -> tuple[Tensor, None, None, None, None]:
         z, norm, grad, weights, total = ctx.saved_tensors
         _, kernel = scaled_symmetric(grad, upstream)  # (B, B) A + Aᵀ, A = diag(g) G (scratch memory)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -129,7 +129,10 @@ class Objective(nn.Module):
         pair = self.fused
         both = None
         if pair is not None and pair[0] in names and pair[1] in names:  # one Gram matrix for the two terms
-            values = neighborhood_and_uniformity(self.terms[pair[0]], self.terms[pair[1]], embeddings, labels)
+            # `fused` picked the two by their exact types
+            neighborhood = cast(NeighborhoodSoftmaxLoss, self.terms[pair[0]])
+            uniformity = cast(UniformityLoss, self.terms[pair[1]])
+            values = neighborhood_and_uniformity(neighborhood, uniformity, embeddings, labels)
             both = dict(zip(pair, values, strict=True))
         out = {}
         for name in names:
