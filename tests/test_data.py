@@ -153,7 +153,7 @@ def test_npz_errors(tmp_path: Path, arrays: dict, match: str) -> None:
 def test_file_level_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"data file '.*missing\.npz' does not exist"):
         load_data(tmp_path / "missing.npz")
-    with pytest.raises(ValueError, match=r"is not a file"):
+    with pytest.raises(ValueError, match=r"image folder .* holds no image"):  # a folder is read as images
         load_data(tmp_path)
     (tmp_path / "e.npz").write_bytes(b"")
     with pytest.raises(ValueError, match=r"e\.npz is empty"):
