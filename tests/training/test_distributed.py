@@ -52,6 +52,40 @@ def test_without_process_group() -> None:
     assert distributed.init_from_env() is False  # no torchrun variables
 
 
+def _group_worker(rank: int, port: int, out: str) -> None:
+    """Rank 0 writes a file slowly inside ``process_group()``; rank 1 has nothing to do and leaves at once."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    with distributed.process_group(backend="gloo") as joined:
+        assert joined and distributed.world_size() == 2
+        with distributed.process_group(backend="gloo"):  # the group exists: the inner block neither makes nor leaves it
+            pass
+        assert distributed.is_distributed()
+        model = nn.parallel.DistributedDataParallel(nn.Linear(3, 2))  # DDP keeps a reference to the group
+        model(torch.ones(4, 3)).sum().backward()
+        if rank == 0:
+            time.sleep(1.0)
+            Path(out, "written").write_text("rank 0")
+    # every rank waited at the barrier, so rank 1 sees rank 0's file; the group is gone on both
+    Path(out, f"after.{rank}").write_text(f"{Path(out, 'written').exists()} {distributed.is_distributed()}")
+    with pytest.raises(KeyError), distributed.process_group(backend="gloo"):
+        raise KeyError("no barrier after an error: the other ranks may never reach it")
+    assert distributed.is_distributed()  # left to torchrun, which stops every rank of a failed command
+    dist.destroy_process_group()
+
+
+def test_process_group_ranks_leave_together_after_rank_0s_writes(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_group_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"after.{r}").read_text() for r in range(2)] == ["True False", "True False"]
+
+
+def test_process_group_without_torchrun_is_a_no_op(monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with distributed.process_group() as joined:
+        assert joined is False and not distributed.is_distributed()
+
+
 def test_sharded_batch_sampler_partitions_each_batch() -> None:
     batches = [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]]
     shards = [list(distributed.ShardedBatchSampler(batches, rank=r, world_size=3)) for r in range(3)]
