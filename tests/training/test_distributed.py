@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from conftest import assert_f32_close
 from metriclearn.training import Objective, Trainer, distributed
 from metriclearn.training.objectives import lambda_loss
 
@@ -214,13 +215,14 @@ def _compare_with_one_process(name: str, ranks: list[dict[str, dict[str, torch.T
     assert one["grad"] and set(one["grad"]) == set(ranks[0]["grad"])
     for key, grad in one["grad"].items():
         assert grad.abs().max() > 0, key  # a gradient that could be wrong
-        assert torch.allclose(grad, ranks[0]["grad"][key], atol=1e-5, rtol=1e-4), (name, key)
+        assert_f32_close(ranks[0]["grad"][key], grad, err_msg=f"{name} {key}")  # measured: at most 6.5 ulps
     for key, value in one["state"].items():
         # every rank holds identical weights, caches, centroids and batch-norm statistics
         assert all(torch.equal(ranks[0]["state"][key], r["state"][key]) for r in ranks[1:]), (name, key)
         if key.endswith(("cache_embeddings", "cache_labels", "cache_ids")):
             continue  # same slots, filled in another order (rank order vs sampler order): compared below
-        assert torch.allclose(value.float(), ranks[0]["state"][key].float(), atol=1e-5), (name, key)
+        # an epoch of SGD steps compounds each step's round-off: gain 8 (measured: at most 55 ulps, 3 ranks)
+        assert_f32_close(ranks[0]["state"][key].float(), value.float(), gain=8, err_msg=f"{name} {key}")
     if "objective.terms.cache.cache_ids" in one["state"]:
         ids_one, ids_two = one["state"]["objective.terms.cache.cache_ids"], ranks[0]["state"]["objective.terms.cache.cache_ids"]
         order_one, order_two = ids_one.argsort(), ids_two.argsort()
@@ -228,7 +230,7 @@ def _compare_with_one_process(name: str, ranks: list[dict[str, dict[str, torch.T
         for buffer in ("cache_embeddings", "cache_labels"):
             a = one["state"][f"objective.terms.cache.{buffer}"][order_one]
             b = ranks[0]["state"][f"objective.terms.cache.{buffer}"][order_two]
-            assert torch.allclose(a.float(), b.float(), atol=1e-5), buffer
+            assert_f32_close(b.float(), a.float(), gain=8, err_msg=f"{name} {buffer}")  # as the weights above
 
 
 # ---------------------------------------------------------------------------- the real CLI through torchrun
@@ -260,6 +262,7 @@ def test_torchrun_on_digits_reaches_the_single_process_accuracy(digits_runs) -> 
     one, two = _metrics(digits_runs["one"]), _metrics(digits_runs["two"])
     assert two["epochs"] == 2 and two["n_eval"] == one["n_eval"] == 360
     assert two["knn_accuracy_k5"] >= one["knn_accuracy_k5"] - 0.005 and two["knn_accuracy_k5"] > 0.9
+    # two trainings (gathered vs one-process batches), not one computation: a metric in [0, 1] within 0.002
     assert two["retrieval"]["map_at_r"] == pytest.approx(one["retrieval"]["map_at_r"], abs=2e-3)
     log = (digits_runs["two"] / "log.csv").read_text().splitlines()
     assert len(log) == 3  # header + one row per epoch, written once
@@ -360,11 +363,13 @@ def test_torchrun_embed_and_index_build_equal_one_process(digits_runs, torchrun,
                         "--out", tmp_path / f"{tag}-idx")
         assert getattr(result, "exit_code", getattr(result, "returncode", None)) == 0, result
     one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
-    assert one.shape == two.shape == (1797, 64) and np.allclose(one, two, atol=1e-5)
+    assert one.shape == two.shape == (1797, 64)
+    assert_f32_close(two, one)  # the same weights on other batch shapes (bitwise equal on the dev machine)
     assert np.array_equal(np.load(tmp_path / "one-labels.npy"), np.load(tmp_path / "two-labels.npy"))
     a, b = (EmbeddingIndex.load(tmp_path / f"{tag}-idx", device="cpu") for tag in ("one", "two"))
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels)
-    assert np.allclose(a.vectors(), b.vectors(), atol=1e-5) and np.allclose(b.vectors(), one, atol=1e-5)
+    assert_f32_close(b.vectors(), a.vectors())
+    assert_f32_close(b.vectors(), one)
 
 
 @pytest.mark.gpu  # NCCL, AMP
