@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= dev,text
 
-.PHONY: setup demo test bench gpu-check clean
+.PHONY: setup demo lint test bench gpu-check clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -19,7 +19,13 @@ demo: setup
 	rm -rf runs/demo
 	$(VENV)/bin/metriclearn train --out runs/demo
 
-test: setup
+# Static checks on the package (config in pyproject.toml): lint and import order, types, layer contracts.
+lint: setup
+	$(VENV)/bin/ruff check metriclearn
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q -n 2 --doctest-modules metriclearn tests
 
 bench: setup

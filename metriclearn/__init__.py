@@ -19,7 +19,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("classify", "data", "encoders", "indexes", "losses", "metrics", "pretrained", "reports", "training")
+_SUBMODULES = (
+    "classify", "data", "encoders", "indexes", "losses", "metrics", "pretrained", "reports", "runs", "training",
+)
 
 # public name -> the submodule that defines it (the public API; guides in docs/)
 _EXPORTS = {

@@ -59,7 +59,7 @@ from metriclearn._atomic import write_json
 try:  # POSIX advisory locks; on platforms without fcntl the folder is used unlocked
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no such module on this platform
 
 MARKER = ".metriclearn.json"
 LOCK = ".metriclearn.lock"
@@ -279,7 +279,8 @@ def _check(root: Path, kind: str, marker: dict[str, Any] | None, replace: bool, 
     """Refuse ``root`` (``ValueError``) unless it may hold an output of ``kind``."""
     found = None if marker is None else marker["kind"]
     if found is not None and found != kind:
-        raise ValueError(f"{root} holds a metriclearn {found} output (this command writes a {kind}); choose another folder")
+        raise ValueError(f"{root} holds a metriclearn {found} output (this command writes a {kind}); "
+                         "choose another folder")
     entries = sorted(p.name for p in root.iterdir() if p.name not in _OWN)
     if found is None and entries:
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")

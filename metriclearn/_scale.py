@@ -21,10 +21,10 @@ Example
 [[0.6, 0.8], [0.6, 0.8], [0.0, 0.0]]
 >>> rescaled(np.array([[2.0**70, 0.0]], dtype=np.float32)).tolist()
 [[0.5, 0.0]]
->>> check_norm_range(np.array([[1e19, 0]], dtype=np.float32), "x", "l2")
+>>> check_norm_range(np.array([[1e19, 0]], dtype=np.float32), "x", "l2")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
     ...
-ValueError: x has rows of L2 norm up to 1e+19, but metric 'l2' takes norms up to 1e+18 (its squared distances are float32); divide the vectors by a common factor, or use metric 'cosine'
+ValueError: x has rows of L2 norm up to 1e+19, but metric 'l2' takes norms up to 1e+18 (its squared distances ...
 """
 
 from __future__ import annotations

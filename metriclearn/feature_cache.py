@@ -79,11 +79,12 @@ class FeatureCache:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 hashes, features = stored["hashes"], stored["features"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, truncated, not an npz, another layout
+        # missing, truncated, not an npz, another layout
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return {}
         ok = (features.dtype == np.float32 and features.ndim == 2 and features.shape == (len(hashes), self.dim)
               and hashes.ndim == 1 and bool(np.isfinite(features).all()))
-        return dict(zip(hashes.tolist(), features)) if ok else {}
+        return dict(zip(hashes.tolist(), features, strict=True)) if ok else {}
 
     def get(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """``{text: (H,) float32}`` for the ``texts`` found on disk."""
@@ -107,11 +108,11 @@ class FeatureCache:
         if features.shape != (len(texts), self.dim):
             raise ValueError(f"features must have shape ({len(texts)}, {self.dim}), got {features.shape}")
         by_shard: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
-        for text, row in zip(texts, features):
+        for text, row in zip(texts, features, strict=True):
             h = text_hash(text)
             by_shard[h[:2]][h] = row
         for prefix, rows in by_shard.items():
             merged = {**self._read(prefix), **rows}
-            with contextlib.suppress(OSError):  # a cache that cannot be written (read-only, full) is only slower
-                with atomic_open(self._shard(prefix), "wb") as fh:
-                    np.savez(fh, hashes=np.array(list(merged)), features=np.stack(list(merged.values())))
+            # a cache that cannot be written (read-only, full) is only slower
+            with contextlib.suppress(OSError), atomic_open(self._shard(prefix), "wb") as fh:
+                np.savez(fh, hashes=np.array(list(merged)), features=np.stack(list(merged.values())))

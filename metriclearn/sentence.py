@@ -128,7 +128,7 @@ def check_texts(texts: Any) -> list[str]:
     if isinstance(texts, str):
         raise TypeError(f"SentenceEncoder input must be a list of str, got one str {describe(texts)}: "
                         "wrap it in a list")
-    if isinstance(texts, (bytes, Tensor)) or not isinstance(texts, Sequence) and not hasattr(texts, "__array__"):
+    if isinstance(texts, (bytes, Tensor)) or (not isinstance(texts, Sequence) and not hasattr(texts, "__array__")):
         raise TypeError(f"SentenceEncoder input must be a list of str, got {describe(texts)}")
     texts = list(texts)
     bad = next((t for t in texts if not isinstance(t, str)), None)
@@ -176,6 +176,9 @@ class SentenceEncoder(nn.Module):
     Every text is tokenised once: its token ids are kept (``token_ids``) and later batches are padded from
     them. A text longer than ``max_length`` tokens is truncated, with one warning that counts them.
     """
+
+    spec: str  # set by build_encoder, like an Encoder's
+    input_shape: tuple[int, ...]
 
     def __init__(
         self,
@@ -244,6 +247,9 @@ class SentenceEncoder(nn.Module):
             self.transformer.requires_grad_(False)
             for block in blocks[len(blocks) - self.unfreeze :]:
                 block.requires_grad_(True)
+        pooler = getattr(self.transformer, "pooler", None)  # BERT/RoBERTa/MPNet's tanh head over [CLS]: never used
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)  # a trainable unused weight stops DistributedDataParallel under torchrun
         if self.gradient_checkpointing and not self.freeze:
             self.transformer.config.use_cache = False  # an encoder keeps no key/value cache (and no warning)
             enable = getattr(self.transformer, "activation_checkpointing_enable", None)  # transformers >= 5.x
@@ -295,11 +301,11 @@ class SentenceEncoder(nn.Module):
             long = [i for i, ids in enumerate(probe) if len(ids) > self.max_length]
             if long:  # tokenised again at the limit, so the tokenizer's own truncation (special tokens kept) applies
                 cut = self.tokenizer([missing[i] for i in long], truncation=True, max_length=self.max_length)
-                for i, ids in zip(long, cut["input_ids"]):
+                for i, ids in zip(long, cut["input_ids"], strict=True):
                     probe[i] = ids
                 warnings.warn(f"{len(long)} of {len(missing)} texts are longer than max_length={self.max_length} "
                               f"tokens and were truncated (e.g. {_clip(missing[long[0]])})", stacklevel=3)
-            self.token_ids.update(zip(missing, (list(ids) for ids in probe)))
+            self.token_ids.update(zip(missing, (list(ids) for ids in probe), strict=True))
         return [self.token_ids[t] for t in texts]
 
     def _batch(self, ids: list[list[int]], device: torch.device) -> dict[str, Tensor]:
@@ -336,10 +342,10 @@ class SentenceEncoder(nn.Module):
         if missing:
             fresh = self._encode_frozen(missing)  # (m, H)
             room = max(self.cache_size - len(self._cache), 0)
-            self._cache.update(zip(missing[:room], fresh[:room]))
+            self._cache.update(zip(missing[:room], fresh[:room], strict=True))
             if room < len(missing):  # cache full: use the fresh rows directly
-                extra = dict(zip(missing[room:], fresh[room:]))
-                return torch.stack([self._cache.get(t, extra.get(t)) for t in texts]).to(self._device())
+                extra = dict(zip(missing[room:], fresh[room:], strict=True))
+                return torch.stack([self._cache[t] if t in self._cache else extra[t] for t in texts]).to(self._device())
         return torch.stack([self._cache[t] for t in texts]).to(self._device())  # (n, H)
 
     def _encode_frozen(self, texts: list[str]) -> Tensor:
@@ -357,7 +363,7 @@ class SentenceEncoder(nn.Module):
         if todo:
             fresh = self._encode(todo).detach().float().cpu().numpy()  # (m, H)
             self._disk.put(todo, fresh)
-            found.update(zip(todo, fresh))
+            found.update(zip(todo, fresh, strict=True))
         return torch.from_numpy(np.stack([found[t] for t in texts])).to(self._device())  # (n, H)
 
     def precompute(self, texts: Sequence[str]) -> None:
@@ -403,7 +409,7 @@ def _clip(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _load_transformer(folder: Path) -> tuple[Any, nn.Module]:
+def _load_transformer(folder: Path) -> tuple[Any, Any]:  # a tokenizer and a transformers PreTrainedModel
     try:
         import transformers
         from transformers import AutoModel, AutoTokenizer

@@ -83,7 +83,7 @@ class MetricLearnGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         for name, module, attr, _ in COMMANDS:
             if name == cmd_name:
-                return getattr(importlib.import_module(f"metriclearn.cli.{module}"), attr)  # type: ignore[no-any-return]
+                return getattr(importlib.import_module(f"metriclearn.cli.{module}"), attr)
         return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -34,6 +34,27 @@ def accuracy_lines(true: np.ndarray, predicted: np.ndarray, known: Sequence[Any]
     return f"{head}\n{recall_line(true, predicted, known, shown)}"
 
 
+def rejection_line(true: np.ndarray, predicted: np.ndarray, rejected: np.ndarray, known: Sequence[Any]) -> str:
+    """``classify --reject`` with labels: accuracy among the accepted rows, and who was turned away.
+
+    Accepted precision is what the calibrated threshold promises (``--target-precision``); a rejected row of a
+    class the classifier does not know is a rejection done right, a rejected row of a known class is one lost.
+
+    >>> print(rejection_line(np.array(["a", "a", "b", "c"]), np.array(["a", "b", "b", "a"]),
+    ...                      np.array([False, True, False, True]), known=["a", "b"]))
+    accuracy among accepted rows 1.0000 (2 of 4 accepted); rejected: 1 of 1 of unknown classes, 1 of 3 of known ones
+    """
+    true, rejected = np.asarray(true), np.asarray(rejected, dtype=bool)
+    accepted = ~rejected
+    correct = _correct(true, np.asarray(predicted))
+    known_set = {str(c) for c in known}
+    unknown = np.array([str(v) not in known_set for v in true.tolist()], dtype=bool)
+    precision = f"{correct[accepted].mean():.4f}" if accepted.any() else "n/a"
+    return (f"accuracy among accepted rows {precision} ({int(accepted.sum())} of {len(true)} accepted); rejected: "
+            f"{int(rejected[unknown].sum())} of {int(unknown.sum())} of unknown classes, "
+            f"{int(rejected[~unknown].sum())} of {int((~unknown).sum())} of known ones")
+
+
 def blend_lines(true: np.ndarray, model: np.ndarray, blended: np.ndarray, known: Sequence[Any]) -> str:
     """``second-opinion``: the model's accuracy, the blend's, the gain in points, and the blend's recall by class.
 

@@ -2,8 +2,9 @@
 
 - **Vectors** (:func:`vector_options`, :func:`read_vectors`): ``index build``, ``index query``, ``classify``,
   ``calibrate`` and ``report`` take ``--embeddings FILE.npy [--labels FILE.npy]`` (``--queries`` and
-  ``--features``, the older names, still work); every one of them also takes ``--model DIR --data PATH`` instead, which loads the trained run once and embeds the data on the fly
-  (labels optional, classes the run never saw welcome). Exactly one source, or a usage error (exit 2).
+  ``--features``, the older names, still work); every one of them also takes ``--model DIR --data PATH``
+  instead, which loads the trained run once and embeds the data on the fly (labels optional, classes the run
+  never saw welcome). Exactly one source, or a usage error (exit 2).
 - **Same model** (:func:`check_same_model`): an index built with ``--model`` records the model's fingerprint;
   vectors embedded by another model are refused. A ``.npy`` file carries no fingerprint, so ``--queries`` /
   ``--embeddings`` are never checked (nor is an index built from them).
@@ -98,8 +99,8 @@ class Vectors:
     labels : (n,) label values (ints or strings), or ``None``.
     classes : the class order to show (a run's classes, then new ones), or ``None`` (sorted labels).
     origin : where they came from, for messages (``"embeddings 'e.npy'"``, ``"run 'r' on 'd.csv'"``).
-    run : the :class:`~metriclearn.training.TrainedRun` that embedded them, if any.
-    embedded : the run's :class:`~metriclearn.training.RunEmbeddings`, if any (seen / unseen classes).
+    run : the :class:`~metriclearn.runs.TrainedRun` that embedded them, if any.
+    embedded : the run's :class:`~metriclearn.runs.RunEmbeddings`, if any (seen / unseen classes).
     """
 
     x: np.ndarray
@@ -187,14 +188,15 @@ def read_vectors(
         y = None if labels is None else load_labels(labels, n=x.shape[0])
         origin = f"{what} {str(matrix)!r}" + ("" if labels is None else f" with labels {str(labels)!r}")
         return Vectors(x, y, None, origin)
-    from metriclearn.training import load_run
+    from metriclearn.runs import load_run
 
     assert model is not None and data is not None
     run = load_run(model)
     if columns is not None:  # read here, with the columns named; the run embeds the LabeledData
         from metriclearn.data import load_data
 
-        source: Any = load_data(data, classes=run.classes, require_labels=False, unseen="append", columns=columns)
+        source: Any = load_data(data, classes=run.classes, require_labels=False, unseen="append", columns=columns,
+                                images=run.image_options())
     else:
         source = data
     embedded = run.embed(source, batch_size=batch_size, device=device)

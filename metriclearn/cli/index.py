@@ -17,6 +17,7 @@ import click
 import numpy as np
 
 from metriclearn._atomic import write_text
+from metriclearn._device import DEVICES
 from metriclearn.cli._inputs import (
     check_dim,
     check_distinct_files,
@@ -30,7 +31,6 @@ from metriclearn.cli._inputs import (
     read_vectors,
     vector_options,
 )
-from metriclearn._device import DEVICES
 from metriclearn.indexes._factory import KINDS
 from metriclearn.indexes.exact import METRICS
 
@@ -61,7 +61,8 @@ def index() -> None:
     type=click.FloatRange(0, 1, min_open=True),
     help="Tune the index to this recall@k against exact search (cheapest nprobe/efSearch, a few nlist/M).",
 )
-@click.option("--k", "tune_k", type=click.IntRange(min=1), default=10, show_default=True, help="k of recall@k for --target-recall.")
+@click.option("--k", "tune_k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="k of recall@k for --target-recall.")
 @click.option(
     "--tune-queries",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -115,7 +116,7 @@ def build(
         raise click.UsageError("--id-column and --keep-columns build one index; build it without --shards")
     check_output_dir(out, "index", overwrite=overwrite)  # before embedding or tuning
     queries = None if tune_queries is None else load_matrix(tune_queries, name="tune queries")
-    ids, metadata = csv_extras(data, columns) if id_column or keep_columns else (None, None)
+    ids, metadata = csv_extras(data, columns) if (id_column or keep_columns) and data is not None else (None, None)
 
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
                            labels_flag="--labels", device=device, columns=columns)  # torchrun: a shard a rank
@@ -155,14 +156,14 @@ def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | 
           out: Path | None, device: str, quiet: bool) -> None:
     """Print the k nearest neighbours of every query (a table, or JSON with --json).
 
-    Queries come from --embeddings FILE.npy (or --queries, its older name), or --model DIR --data PATH embeds them on the fly; an index built
-    by another model (index build --model) is then refused.
+    Queries come from --embeddings FILE.npy (or --queries, its older name), or --model DIR --data PATH
+    embeds them on the fly; an index built by another model (index build --model) is then refused.
     """
-    from metriclearn.indexes import EmbeddingIndex
+    from metriclearn.indexes import load_index
 
     check_source(matrix, model, data, "--embeddings")
     check_distinct_files([("--out", out)], [("--embeddings", matrix), ("--data", data)])
-    idx = EmbeddingIndex.load(index_dir, device=device)
+    idx = load_index(index_dir, device=device)
     k = check_k(k, idx, index_dir)
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="queries", device=device)
     check_same_model(idx, index_dir, vectors)

@@ -19,8 +19,10 @@ _EXPORTS = {
     "KINDS": "metriclearn.indexes._factory",
     "EmbeddingIndex": "metriclearn.indexes.faiss_index",
     "TuningWarning": "metriclearn.indexes.tuning",
-    "describe": "metriclearn.indexes._persist",
+    "ShardedIndex": "metriclearn.indexes.sharded",
+    "describe": "metriclearn.indexes._open",
     "exact_search": "metriclearn.indexes.exact",
+    "load_index": "metriclearn.indexes._open",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

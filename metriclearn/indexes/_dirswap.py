@@ -13,7 +13,8 @@ clash with a name of the new directory, the old directory is left under its hidd
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
->>> (root / "idx").mkdir(); _ = (root / "idx" / "old.bin").write_text("1"); _ = (root / "idx" / "notes").write_text("mine")
+>>> (root / "idx").mkdir(); _ = (root / "idx" / "old.bin").write_text("1")
+>>> _ = (root / "idx" / "notes").write_text("mine")
 >>> (root / ".idx.new").mkdir(); _ = (root / ".idx.new" / "new.bin").write_text("2")
 >>> swap_in(root / ".idx.new", root / "idx", owned={"old.bin"})
 >>> sorted(p.name for p in (root / "idx").iterdir()), (root / ".idx.new").exists()

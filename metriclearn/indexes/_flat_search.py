@@ -27,6 +27,7 @@ the BLAS path too, which changes its speed, not its results.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -61,12 +62,12 @@ def flat_search(
     with _blas_forced(nq >= MIN_QUERIES):
         if nq >= tasks * MIN_QUERY_CHUNK:  # many queries: each task takes a block of them, no merge
             chunks = np.array_split(np.arange(nq), tasks)
-            results = _workers().map(lambda c: _knn(xb, xq[c[0] : c[-1] + 1], k, l2, xb_sq_norms, 0, n), chunks)
-            D, I = zip(*results, strict=True)
+            blocks = _workers().map(lambda c: _knn(xb, xq[c[0] : c[-1] + 1], k, l2, xb_sq_norms, 0, n), chunks)
+            D, I = zip(*blocks, strict=True)
             return np.concatenate(D), np.concatenate(I)
         slices = max(1, min(tasks, n // MIN_SLICE))  # few queries: each task takes a slice of the vectors
         bounds = np.linspace(0, n, slices + 1).astype(int).tolist()
-        parts = zip(bounds[:-1], bounds[1:], strict=True)
+        parts = itertools.pairwise(bounds)
         results = list(_workers().map(lambda b: _knn(xb, xq, k, l2, xb_sq_norms, *b), parts))
     if len(results) == 1:
         return results[0]

@@ -16,6 +16,7 @@ import faiss
 
 from metriclearn._checks import check_choice
 from metriclearn._device import DEVICES  # re-exported as metriclearn.indexes.DEVICES
+
 GPU_MAX_K = 2048  # faiss GPU k-selection limit (GPU_MAX_SELECTION_K); larger k searches on CPU
 _CPU_ONLY_KINDS = ("hnsw",)
 

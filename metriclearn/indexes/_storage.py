@@ -65,7 +65,7 @@ T = TypeVar("T")
 
 def write_directory(
     path: str | os.PathLike[str],
-    writers: Mapping[str, Callable[[str], None]],
+    writers: Mapping[str, Callable[[str], object]],
     fields: Mapping[str, Any],
     format_name: str,
     format_version: int,
@@ -85,7 +85,7 @@ def write_directory(
         return _write_directory(root, writers, fields, format_name, format_version)
 
 
-def _write_directory(root: Path, writers: Mapping[str, Callable[[str], None]], fields: Mapping[str, Any],
+def _write_directory(root: Path, writers: Mapping[str, Callable[[str], object]], fields: Mapping[str, Any],
                      format_name: str, format_version: int) -> str:
     owned = _check_target(root, format_name, writers)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def _check_target(root: Path, format_name: str, writers: Mapping[str, Any]) -> s
             f"cannot save an index to {root}: it is not empty and not a metriclearn index (it holds {shown}); "
             "choose a new or empty folder"
         )
-    listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    listed: dict[str, Any] = manifest["files"] if isinstance(manifest.get("files"), dict) else {}
     owned = {MANIFEST, *listed} | {name for name in entries if name.startswith(".") and name.endswith(".tmp")}
     clash = sorted((entries - owned) & set(writers))
     if clash:
@@ -228,6 +228,33 @@ def _update_fields(root: Path, updates: Mapping[str, Any], format_name: str, exp
     manifest["checksum"] = _manifest_checksum(manifest)
     write_json(root / MANIFEST, manifest)
     return manifest["checksum"]
+
+
+def manifest_format(path: str | os.PathLike[str]) -> str | None:
+    """The ``format`` its manifest names (e.g. ``"metriclearn.EmbeddingIndex"``), ``None`` when unreadable.
+
+    Not verified: what it names is then read (and checked) by the loader of that format.
+    """
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def json_attrs(attrs: Any) -> dict[str, Any]:
+    """``attrs`` after a JSON round trip; a ``TypeError`` when it is not a dict of JSON values.
+
+    >>> json_attrs({"n": 1, "t": (1, 2)})
+    {'n': 1, 't': [1, 2]}
+    """
+    if not isinstance(attrs, dict):
+        raise TypeError(f"attrs must be a dict of JSON-serialisable values, got {type(attrs).__name__}")
+    try:
+        return json.loads(json.dumps(attrs))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"attrs must be JSON-serialisable: {exc}") from exc
 
 
 def read_stable(path: str | os.PathLike[str], read: Callable[[], T]) -> T:

@@ -69,7 +69,8 @@ class IdTable:
         self._order = None
 
     def restore(
-        self, ids: np.ndarray, labels: np.ndarray | None, metadata: list[Any] | None, has_labels: bool | None, next_id: int
+        self, ids: np.ndarray, labels: np.ndarray | None, metadata: list[Any] | None, has_labels: bool | None,
+        next_id: int,
     ) -> None:
         """Set the whole table (from a saved index)."""
         self.ids, self.labels, self.metadata = ids.astype(np.int64), labels, metadata

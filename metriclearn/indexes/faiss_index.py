@@ -41,12 +41,13 @@ import numpy as np
 from metriclearn._checks import check_choice, check_matrix, check_positive_int
 from metriclearn._progress import progress
 from metriclearn._scale import check_norm_range
-from metriclearn.indexes import _factory, _gpu, _persist, _structure
+from metriclearn.indexes import _factory, _gpu, _persist, _storage, _structure
 from metriclearn.indexes._search import Searcher, single_step
 from metriclearn.indexes._table import IdTable, as_ids
 from metriclearn.indexes.exact import METRICS, normalize_rows
 
 FORMAT, FORMAT_VERSION = _persist.FORMAT, _persist.FORMAT_VERSION
+SHARDED_FORMAT = "metriclearn.ShardedIndex"  # the format of metriclearn.indexes.sharded (which builds on this class)
 _ADD_CHUNK = 65536  # vectors per add() step (progress bar granularity)
 
 
@@ -136,7 +137,7 @@ class EmbeddingIndex:
         self.attrs: dict[str, Any] = {}
         self._manifest_checksum: str | None = None  # of the directory this index was loaded from / saved to
         if not (_factory.needs_nlist(self.kind) and self.nlist is None):
-            self._set_structure(self._build())
+            self.use_structure(self.empty_structure())
 
     # ------------------------------------------------------------------ structure
     @property
@@ -179,23 +180,32 @@ class EmbeddingIndex:
         self._ef_search = check_positive_int(value, "ef_search")
         self._apply_search_params()
 
-    def _build(self) -> faiss.Index:
-        """A new, empty faiss structure for this kind and these parameters."""
+    def empty_structure(self) -> faiss.Index:
+        """A new, empty faiss structure for this kind and these parameters (what :meth:`add` fills)."""
         return _structure.build(
-            self.factory or "", self.dim, self.metric, ef_construction=self.ef_construction, refine=self.k_factor is not None
+            self.factory or "", self.dim, self.metric, ef_construction=self.ef_construction,
+            refine=self.k_factor is not None
         )
 
-    def _set_structure(self, index: faiss.Index) -> None:
-        """Use ``index`` as the faiss structure (with this object's search parameters)."""
+    def use_structure(self, index: faiss.Index) -> None:
+        """Search ``index`` from now on (with this object's search parameters), e.g. one rebuilt by tuning or read
+        from a file; it must hold exactly the ids of :attr:`table`."""
         self._index = index
         self._apply_search_params()
+
+    def _built(self) -> faiss.Index:
+        """The faiss structure; ivf/pq kinds with ``nlist=None`` build it on their first add."""
+        if self._index is None:
+            raise ValueError(f"kind {self.kind!r} with nlist=None holds nothing before its first add")
+        return self._index
 
     def _apply_search_params(self) -> None:
         _structure.apply_search_params(self._index, self._nprobe, self._ef_search, self.k_factor)
         self._searcher.reset()
 
-    def _params(self) -> dict[str, Any]:
-        """The constructor's keyword parameters (what the manifest records)."""
+    @property
+    def params(self) -> dict[str, Any]:
+        """The constructor's keyword parameters (what the manifest records), a new dict."""
         return {
             "nlist": self.nlist,
             "nprobe": self._nprobe,
@@ -208,6 +218,12 @@ class EmbeddingIndex:
             "shard": self.shard,
             "batch_size": self.batch_size,
         }
+
+    @property
+    def table(self) -> IdTable:
+        """The id / label / metadata table (:class:`~metriclearn.indexes._table.IdTable`); read it, change the
+        index through :meth:`add` and :meth:`remove`."""
+        return self._table
 
     # ------------------------------------------------------------------ adding and removing
     def __len__(self) -> int:
@@ -240,10 +256,11 @@ class EmbeddingIndex:
         fresh = self._index is None
         if fresh:  # nlist chosen from the first add
             self.nlist = _factory.auto_nlist(n)
-            self._set_structure(self._build())
-        if not self._index.is_trained:
+            self.use_structure(self.empty_structure())
+        index = self._built()
+        if not index.is_trained:
             try:
-                _structure.train(self._index, xb, self.kind, self.nlist, self.pq_nbits, self.factory or "")
+                _structure.train(index, xb, self.kind, self.nlist, self.pq_nbits, self.factory or "")
             except ValueError:
                 if fresh:  # leave the index as it was: nlist still to be chosen
                     self.nlist, self._index = None, None
@@ -251,7 +268,7 @@ class EmbeddingIndex:
             self._apply_search_params()
         steps = range(0, n, _ADD_CHUNK)
         for i0 in progress(steps, desc="adding", unit="chunk", **single_step(steps)):
-            self._index.add_with_ids(xb[i0 : i0 + _ADD_CHUNK], new_ids[i0 : i0 + _ADD_CHUNK])
+            index.add_with_ids(xb[i0 : i0 + _ADD_CHUNK], new_ids[i0 : i0 + _ADD_CHUNK])
         self._table.append(new_ids, labels_arr, meta)
         self._searcher.reset()
         self.attrs = {}
@@ -269,7 +286,8 @@ class EmbeddingIndex:
         if drop.size == 0:
             return 0
         try:
-            removed = int(self._index.remove_ids(drop))
+            # faiss's Python wrapper takes an id array; its stubs list only an IDSelector
+            removed = int(self._built().remove_ids(drop))  # type: ignore[arg-type]
         except RuntimeError as exc:
             raise ValueError(
                 f"kind {self.kind!r} cannot remove vectors ({_factory.faiss_reason(exc)}); "
@@ -316,7 +334,7 @@ class EmbeddingIndex:
             raise ValueError(f"ids not in the index: {want[rows < 0][:5].tolist()}")
         if want.size == 0:
             return np.empty((0, self.dim), dtype=np.float32)
-        return _structure.reconstruct(self._index, want, self.kind)
+        return _structure.reconstruct(self._built(), want, self.kind)
 
     # ------------------------------------------------------------------ search
     def search(self, q: Any, k: int, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -350,12 +368,13 @@ class EmbeddingIndex:
         stored vectors (default min(5000, max(50, n/10))) excluded from the ground-truth set — and sets
         the cheapest search parameter (``nprobe``, ``ef_search``) reaching the target, after trying a few
         build parameters (``nlist`` for ivf, ``hnsw_m`` for hnsw, the re-ranking depth ``k_factor`` for PQ)
-        and keeping the fastest; the index is rebuilt when those change. Kinds that store lossy codes (``pq``, factory strings) need
-        ``vectors=`` (the added embeddings, in :attr:`ids` order). A :class:`~metriclearn.indexes.tuning.
-        TuningWarning` says when no setting reaches the target (the most accurate is kept) and when flat
-        search is faster. Returns the record also stored in ``attrs["tuning"]``: ``recall_at_k`` and its
-        standard error ``recall_se``, ``qps``, ``flat_qps``, ``speed_vs_flat``, ``params``, ``held_out_queries``, ``reached``,
-        ``flat_faster``, ``tried``. See :mod:`metriclearn.indexes.tuning` for the method.
+        and keeping the fastest; the index is rebuilt when those change. Kinds that store lossy codes
+        (``pq``, factory strings) need ``vectors=`` (the added embeddings, in :attr:`ids` order).
+        A :class:`~metriclearn.indexes.tuning.TuningWarning` says when no setting reaches the target (the most
+        accurate is kept) and when flat search is faster. Returns the record also stored in
+        ``attrs["tuning"]``: ``recall_at_k`` and its standard error ``recall_se``, ``qps``, ``flat_qps``,
+        ``speed_vs_flat``, ``params``, ``held_out_queries``, ``reached``, ``flat_faster``, ``tried``. See
+        :mod:`metriclearn.indexes.tuning` for the method.
         """
         from metriclearn.indexes.tuning import tune_index
 
@@ -369,7 +388,7 @@ class EmbeddingIndex:
         holds normalised vectors under inner product), beside ``ids.npy``, ``labels.npy``,
         ``metadata.json`` and the manifest ``index.json`` with SHA-256 checksums of them all.
         """
-        _persist.save(self, path)
+        self._manifest_checksum = _persist.save(self, path)
 
     def save_attrs(self, path: str | os.PathLike[str]) -> None:
         """Store :attr:`attrs` in the directory this index was loaded from or saved to: only its manifest is rewritten.
@@ -378,16 +397,18 @@ class EmbeddingIndex:
         costs the same for a large index as for a small one. A ``ValueError`` when the vectors, ids or
         parameters changed since loading (use :meth:`save`), or the directory was saved again since.
         """
-        _persist.save_attrs(self, path)
+        self._manifest_checksum = _persist.save_attrs(self, path, self._manifest_checksum)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto") -> EmbeddingIndex:
         """Read an index saved by :meth:`save`, after checking every file against its checksum.
 
-        A sharded directory (``index build --shards N``) gives a :class:`~metriclearn.indexes.sharded.ShardedIndex`.
+        A sharded directory (``index build --shards N``) is a ``ValueError`` that says to open it with
+        :func:`metriclearn.indexes.load_index` (which opens either kind, by the manifest's format).
         """
-        from metriclearn.indexes import sharded  # the sharded format (it builds on this class)
-
-        if sharded.is_sharded(path):
-            return sharded.ShardedIndex.load(path, device=device)  # type: ignore[return-value]
-        return _persist.load(cls, path, device)
+        if _storage.manifest_format(path) == SHARDED_FORMAT:
+            raise ValueError(f"{os.fspath(path)!r} is a sharded index directory: open it with "
+                             "metriclearn.indexes.load_index (or ShardedIndex.load)")
+        index, checksum = _persist.load(cls, path, device)
+        index._manifest_checksum = checksum
+        return index

@@ -51,13 +51,12 @@ import numpy as np
 from metriclearn._atomic import sha256
 from metriclearn._checks import check_matrix, check_positive_int
 from metriclearn.indexes import _storage
-from metriclearn.indexes._persist import FORMAT as _SHARD_FORMAT
-from metriclearn.indexes._persist import FORMAT_VERSION as _SHARD_VERSION
+from metriclearn.indexes._table import IdTable
 from metriclearn.indexes.exact import missing_distance
-from metriclearn.indexes.faiss_index import EmbeddingIndex
+from metriclearn.indexes.faiss_index import SHARDED_FORMAT, EmbeddingIndex
 from metriclearn.training import distributed
 
-FORMAT = "metriclearn.ShardedIndex"
+FORMAT = SHARDED_FORMAT
 FORMAT_VERSION = 1
 
 
@@ -68,11 +67,7 @@ def shard_name(r: int) -> str:
 
 def is_sharded(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a directory written by :meth:`ShardedIndex.save` (by its manifest's format)."""
-    manifest = Path(path) / _storage.MANIFEST
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return _storage.manifest_format(path) == FORMAT
 
 
 class ShardedIndex:
@@ -86,7 +81,7 @@ class ShardedIndex:
         self,
         shards: Sequence[EmbeddingIndex | None],
         ids: Sequence[np.ndarray],
-        labels: Sequence[np.ndarray] | None,
+        labels: Sequence[np.ndarray | None] | None,
         dim: int,
         metric: str,
         kind: str,
@@ -100,9 +95,10 @@ class ShardedIndex:
         self.dim, self.metric, self.kind = dim, metric, kind
         self.attrs: dict[str, Any] = dict(attrs or {})
         self._manifest_checksum: str | None = None  # of the directory this index was loaded from / saved to
-        self._ids = np.concatenate(self._shard_ids)
-        self._labels = None if labels is None else np.concatenate(self._shard_labels)
-        self._order = np.argsort(self._ids, kind="stable")
+        self._table = IdTable()  # every shard's ids and labels: the id -> label look-up of EmbeddingIndex
+        every = np.concatenate(self._shard_ids)
+        self._table.restore(every, None if self._shard_labels is None else np.concatenate(self._shard_labels), None,
+                            labels is not None, int(every.max()) + 1 if every.size else 0)
         # collective search when the shards are spread over the ranks of a process group
         self.collective = distributed.world_size() > 1 and any(s is None for s in self.shards)
 
@@ -151,7 +147,7 @@ class ShardedIndex:
 
     # ------------------------------------------------------------------ the EmbeddingIndex surface
     def __len__(self) -> int:
-        return int(self._ids.shape[0])
+        return len(self._table)
 
     def __repr__(self) -> str:
         held = [r for r, s in enumerate(self.shards) if s is not None]
@@ -175,12 +171,12 @@ class ShardedIndex:
     @property
     def ids(self) -> np.ndarray:
         """Every shard's ids, shard after shard (a copy)."""
-        return self._ids.copy()
+        return self._table.ids.copy()
 
     @property
     def labels(self) -> np.ndarray | None:
         """Labels aligned with :attr:`ids` (a copy), or ``None``."""
-        return None if self._labels is None else self._labels.copy()
+        return None if self._table.labels is None else self._table.labels.copy()
 
     def shard_labels(self, r: int) -> np.ndarray | None:
         """Labels of shard ``r``, aligned with its ids."""
@@ -188,32 +184,22 @@ class ShardedIndex:
 
     def labels_for(self, ids: Any, missing: Any = None) -> np.ndarray:
         """Labels of ``ids`` (any shape, e.g. the ``I`` of :meth:`search`); id −1 maps to ``missing``."""
-        if self._labels is None:
+        if self._table.labels is None:
             raise ValueError("this index holds no labels (build it with labels)")
-        arr = np.asarray(ids, dtype=np.int64)
-        sorted_ids = self._ids[self._order]
-        j = np.minimum(np.searchsorted(sorted_ids, arr), len(self) - 1)
-        found = sorted_ids[j] == arr
-        unknown = arr[~found & (arr != -1)]
-        if unknown.size:
-            raise ValueError(f"ids not in the index: {unknown[:5].tolist()}")
-        fill = missing if missing is not None else ("" if self._labels.dtype.kind == "U" else -1)
-        out = self._labels[self._order[j]]
-        out = out.astype(np.result_type(out.dtype, np.asarray(fill).dtype), copy=False)
-        out[~found] = fill
-        return out
+        return self._table.labels_for(ids, missing)
 
     def vectors(self, ids: Any = None) -> np.ndarray:
         """The stored vectors of every shard (in :attr:`ids` order); all shards must be held here."""
         missing = [r for r, s in enumerate(self.shards) if s is None]
         if missing:
             raise ValueError(f"this process holds only some shards (not {missing}); vectors() needs them all")
-        every = np.concatenate([s.vectors() for s in self.shards])  # type: ignore[union-attr]
+        every = np.concatenate([s.vectors() for s in self.shards if s is not None])  # all of them (checked above)
         if ids is None:
             return every
-        want = np.asarray(ids, dtype=np.int64)
-        pos = np.searchsorted(self._ids[self._order], want)
-        return every[self._order[np.minimum(pos, len(self) - 1)]]
+        rows = self._table.rows_for(ids)
+        if (rows < 0).any():
+            raise ValueError("id -1 (a missing neighbour) has no vector")
+        return every[rows]
 
     # ------------------------------------------------------------------ search
     def search(self, q: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,19 +233,22 @@ class ShardedIndex:
         missing = [r for r, s in enumerate(self.shards) if s is None]
         if missing:
             raise ValueError(f"cannot save: this process does not hold shards {missing}")
+        shards = [s for s in self.shards if s is not None]  # all of them
 
         def writer(shard: EmbeddingIndex) -> Any:  # saves the shard; its manifest is the file checksummed
             return lambda manifest_path: shard.save(Path(manifest_path).parent)
 
-        writers = {f"{shard_name(r)}/{_storage.MANIFEST}": writer(s) for r, s in enumerate(self.shards)}
-        entries = [{"path": shard_name(r), "count": len(s)} for r, s in enumerate(self.shards)]  # type: ignore[arg-type]
+        writers = {f"{shard_name(r)}/{_storage.MANIFEST}": writer(s) for r, s in enumerate(shards)}
+        entries = [{"path": shard_name(r), "count": len(s)} for r, s in enumerate(shards)]
         fields = {"dim": self.dim, "metric": self.metric, "kind": self.kind, "count": len(self),
-                  "has_labels": self._labels is not None, "attrs": self.attrs, "shards": entries}
+                  "has_labels": self._table.labels is not None, "attrs": self.attrs, "shards": entries}
         # the whole directory is written in a hidden sibling and swapped in (metriclearn.indexes._storage)
         self._manifest_checksum = _storage.write_directory(path, writers, fields, FORMAT, FORMAT_VERSION)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str = "auto", held: Sequence[int] | None = None) -> ShardedIndex:
+    def load(
+        cls, path: str | os.PathLike[str], device: str = "auto", held: Sequence[int] | None = None
+    ) -> ShardedIndex:
         """Read a sharded directory; ``held``: the shards to load (default: under torch.distributed with
         W ranks, rank r loads shards ``r, r + W, ...``; else every shard). Ids and labels of all shards are read.
 
@@ -276,12 +265,12 @@ class ShardedIndex:
             raise ValueError(f"index directory {root} is damaged: its manifest lists no shards")
         if held is None:
             held = range(distributed.rank(), len(entries), distributed.world_size())
-        held = set(held)
+        mine = set(held)
         shards: list[EmbeddingIndex | None] = []
         ids, labels = [], []
         for r, entry in enumerate(entries):
             shard_dir = root / entry["path"]  # its manifest was checked against the sidecar above
-            if r in held:
+            if r in mine:
                 shard = EmbeddingIndex.load(shard_dir, device=device)
                 shards.append(shard)
                 ids.append(shard.ids)
@@ -303,34 +292,18 @@ class ShardedIndex:
     def save_attrs(self, path: str | os.PathLike[str]) -> None:
         """Store :attr:`attrs` in the directory this index was loaded from or saved to: only the sidecar manifest
         is rewritten (see :meth:`EmbeddingIndex.save_attrs`)."""
-        from metriclearn.indexes._persist import json_attrs
-
-        self._manifest_checksum = _storage.update_fields(path, {"attrs": json_attrs(self.attrs)}, FORMAT,
+        self._manifest_checksum = _storage.update_fields(path, {"attrs": _storage.json_attrs(self.attrs)}, FORMAT,
                                                          self._manifest_checksum, {"count": len(self)})
-
-
-def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``index info`` of a sharded directory: the keys of :func:`metriclearn.indexes.describe`, ``shards`` = N."""
-    root = Path(path)
-    manifest = _storage.read_directory(root, FORMAT, FORMAT_VERSION)
-    first = _storage.read_directory(root / manifest["shards"][0]["path"], _SHARD_FORMAT, _SHARD_VERSION)
-    attrs = manifest.get("attrs") or {}
-    return {
-        "path": str(path), "format_version": manifest["format_version"], "kind": manifest["kind"],
-        "factory": first.get("factory"), "metric": manifest["metric"], "size": manifest["count"],
-        "dim": manifest["dim"], "shards": len(manifest["shards"]), "labels": bool(manifest["has_labels"]),
-        "metadata": False, "params": first.get("params") or {}, "tuning": attrs.get("tuning"),
-        "calibration": attrs.get("calibration"), "model_fingerprint": attrs.get("model_fingerprint"),
-        "attrs": sorted(attrs),
-    }
 
 
 def _read_table(shard_dir: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """ids.npy and labels.npy of a shard this rank does not search, checked against the shard's manifest."""
     manifest = json.loads((shard_dir / _storage.MANIFEST).read_text(encoding="utf-8"))
-    arrays = []
+    arrays: list[np.ndarray | None] = []
     for name in ("ids.npy", "labels.npy"):
         info = manifest["files"].get(name)
+        if info is None and name == "ids.npy":
+            raise ValueError(f"index directory {shard_dir} is damaged: its manifest lists no ids.npy")
         if info is None:
             arrays.append(None)
             continue
@@ -338,4 +311,6 @@ def _read_table(shard_dir: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if not file.is_file() or sha256(file) != info["sha256"]:
             raise ValueError(f"index directory {shard_dir} is damaged: {name} does not match its checksum")
         arrays.append(np.load(file, allow_pickle=False))
-    return arrays[0], arrays[1]
+    ids, labels = arrays
+    assert ids is not None  # checked above
+    return ids, labels

@@ -51,17 +51,14 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import faiss
 import numpy as np
 
-from metriclearn._checks import check_matrix, check_positive_int
+from metriclearn._checks import check_interval, check_matrix, check_positive_int
 from metriclearn.indexes import _factory, _structure
 from metriclearn.indexes.exact import exact_search, normalize_rows
-
-if TYPE_CHECKING:
-    from metriclearn.indexes.faiss_index import EmbeddingIndex
 
 EPS = 1e-5
 HNSW_M_GRID = (16, 32, 48)
@@ -72,12 +69,46 @@ MIN_POINTS_PER_LIST = 20  # ivf nlist tried at most n/20: coarser k-means than f
 _REPEATS = 3
 
 
+class Tunable(Protocol):
+    """The public surface of an ``EmbeddingIndex`` that tuning reads and sets (its class builds the candidates)."""
+
+    dim: int
+    metric: str
+    kind: str
+    nlist: int | None
+    hnsw_m: int
+    pq_nbits: int
+    k_factor: int | None
+    attrs: dict[str, Any]
+
+    def __init__(self, dim: int, metric: str, kind: str, device: str, **params: Any) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def factory(self) -> str | None: ...
+    @property
+    def faiss_index(self) -> faiss.Index | None: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def ids(self) -> np.ndarray: ...
+    @property
+    def ef_search(self) -> int: ...
+    def add(self, x: Any) -> np.ndarray: ...
+    def vectors(self) -> np.ndarray: ...
+    def search(self, q: Any, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def empty_structure(self) -> faiss.Index: ...
+    def use_structure(self, index: faiss.Index) -> None: ...
+
+
+T = TypeVar("T", bound=Tunable)
+
+
 class TuningWarning(UserWarning):
     """The target recall cannot be reached, or exact search is faster than the tuned index."""
 
 
 def tune_index(
-    index: EmbeddingIndex,
+    index: Tunable,
     target_recall: float,
     k: int = 10,
     queries: Any = None,
@@ -87,7 +118,7 @@ def tune_index(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Tune ``index`` in place (see :meth:`EmbeddingIndex.tune`); return what is stored in ``attrs["tuning"]``."""
-    target = _check_target(target_recall)
+    target = check_interval(target_recall, "target_recall", open_low=True)
     k = check_positive_int(k, "k")
     data = _data(index, vectors)
     if queries is None:
@@ -100,13 +131,14 @@ def tune_index(
     gt_scores = exact_search(xq, base, k, metric="ip" if index.metric == "cosine" else index.metric)[0]  # (Q, k)
     flat = _candidate(index, base, {"kind": "flat"})
     trials: list[dict[str, Any]] = []
+    best: dict[str, Any]
     if index.kind == "flat":
         recall, se = _recall(flat, xq, base, gt_scores, k, index.metric)
         best = {"build": {}, "search": {}, "recall": recall, "se": se, "qps": _qps_many([flat], xq, k)[0]}
         flat_qps = best["qps"]
         trials.append(best)
     else:
-        finalists = []
+        finalists: list[dict[str, Any]] = []
         for build in _build_grid(index, base.shape[0]):
             found = _sweep(_candidate(index, base, build), xq, base, gt_scores, k, target, index.metric)
             trials.extend(found["tried"])
@@ -158,15 +190,7 @@ def tune_index(
     return record
 
 
-def _check_target(target_recall: Any) -> float:
-    if isinstance(target_recall, bool) or not isinstance(target_recall, (int, float, np.floating)):
-        raise TypeError(f"target_recall must be a number in (0, 1], got {target_recall!r}")
-    if not 0 < float(target_recall) <= 1:
-        raise ValueError(f"target_recall must be in (0, 1], got {target_recall!r}")
-    return float(target_recall)
-
-
-def _data(index: EmbeddingIndex, vectors: Any) -> np.ndarray:
+def _data(index: Tunable, vectors: Any) -> np.ndarray:
     """The exact stored vectors in ids order: given, or read back from a kind that stores them exactly."""
     if len(index) == 0:
         raise ValueError("cannot tune an empty index: add vectors first")
@@ -195,7 +219,7 @@ def _held_out(data: np.ndarray, k: int, n_queries: int | None, seed: int) -> tup
     return data[held], data[~held]
 
 
-def _build_grid(index: EmbeddingIndex, n: int) -> list[dict[str, Any]]:
+def _build_grid(index: Tunable, n: int) -> list[dict[str, Any]]:
     """The build parameters to try for this kind."""
     if index.kind == "ivf":  # around the index's own nlist, at least MIN_POINTS_PER_LIST training points per list
         own = index.nlist or _factory.auto_nlist(n)
@@ -214,9 +238,9 @@ def _is_pq(kind: str) -> bool:
     return kind == "pq" or "PQ" in kind
 
 
-def _candidate(index: EmbeddingIndex, base: np.ndarray, build: dict[str, Any]) -> EmbeddingIndex:
+def _candidate(index: T, base: np.ndarray, build: dict[str, Any]) -> T:
     """A CPU index like ``index`` but with ``build``'s parameters, holding ``base`` (ids = rows)."""
-    params = {**index._params(), **{key: value for key, value in build.items() if key != "kind"}}
+    params = {**index.params, **{key: value for key, value in build.items() if key != "kind"}}
     candidate = type(index)(index.dim, index.metric, build.get("kind", index.kind), "cpu", **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PQ's "few training points" warning is the index's, not the tuner's
@@ -225,12 +249,12 @@ def _candidate(index: EmbeddingIndex, base: np.ndarray, build: dict[str, Any]) -
 
 
 def _sweep(
-    candidate: EmbeddingIndex, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, k: int, target: float, metric: str
+    candidate: Tunable, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, k: int, target: float, metric: str
 ) -> dict[str, Any]:
     """The smallest search parameter reaching ``target`` (else the most accurate one), with its speed."""
     ivf = _structure.ivf(candidate.faiss_index)
     name = "nprobe" if ivf is not None else ("ef_search" if _structure.hnsw(candidate.faiss_index) else None)
-    build = {key: value for key, value in candidate._params().items() if key in ("nlist", "hnsw_m", "pq_m", "k_factor")}
+    build = {key: value for key, value in candidate.params.items() if key in ("nlist", "hnsw_m", "pq_m", "k_factor")}
     build = {key: value for key, value in build.items() if value is not None and _matters(candidate.kind, key)}
     if name is None:  # nothing to tune at search time
         recall, se = _recall(candidate, xq, base, gt, k, metric)
@@ -274,7 +298,7 @@ def _matters(kind: str, key: str) -> bool:
 
 
 def _recall(
-    candidate: EmbeddingIndex, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, k: int, metric: str
+    candidate: Tunable, xq: np.ndarray, base: np.ndarray, gt: np.ndarray, k: int, metric: str
 ) -> tuple[float, float]:
     """recall@k of ``candidate`` (ids = rows of ``base``) against the exact scores ``gt`` (Q, k), and its
     standard error over the queries (the per-query recalls' standard deviation / √Q)."""
@@ -311,7 +335,7 @@ def recall_per_query(rows: np.ndarray, xq: np.ndarray, base: np.ndarray, gt: np.
     return (hit & (rows >= 0)).mean(axis=1)  # (Q,)
 
 
-def _qps_many(candidates: list[EmbeddingIndex], xq: np.ndarray, k: int) -> list[float]:
+def _qps_many(candidates: list[Tunable], xq: np.ndarray, k: int) -> list[float]:
     """Queries/s of each candidate, timed in turn within each of a few rounds (best round each), after a warm-up.
 
     Timing the candidates side by side means a load change on a shared machine hits them alike.
@@ -325,28 +349,28 @@ def _qps_many(candidates: list[EmbeddingIndex], xq: np.ndarray, k: int) -> list[
     return best
 
 
-def _qps(candidate: EmbeddingIndex, xq: np.ndarray, k: int) -> float:
+def _qps(candidate: Tunable, xq: np.ndarray, k: int) -> float:
     """Queries per second of one search of the whole batch."""
     start = time.perf_counter()
     candidate.search(xq, k)
     return xq.shape[0] / max(time.perf_counter() - start, 1e-9)
 
 
-def _apply(index: EmbeddingIndex, data: np.ndarray, best: dict[str, Any]) -> None:
+def _apply(index: Tunable, data: np.ndarray, best: dict[str, Any]) -> None:
     """Give ``index`` the chosen build parameters (rebuilding it from ``data`` when they differ) and search ones."""
     wanted = {"k_factor": None, **best["build"]} if _is_pq(index.kind) else best["build"]  # no key: no re-ranking
     changed = {key: value for key, value in wanted.items() if getattr(index, key) != value}
     if changed:
         for key, value in changed.items():
             setattr(index, key, value)
-        structure = index._build()
+        structure = index.empty_structure()
         _structure.apply_search_params(structure, None, index.ef_search)
         if not structure.is_trained:
             with warnings.catch_warnings():  # few points per list: chosen knowingly, its recall was measured
                 warnings.filterwarnings("ignore", _structure.FEW_POINTS_PER_LIST)
                 _structure.train(structure, data, index.kind, index.nlist, index.pq_nbits, index.factory or "")
         structure.add_with_ids(data, index.ids)
-        index._set_structure(structure)
+        index.use_structure(structure)
     for key, value in best["search"].items():
         setattr(index, key, value)
 

@@ -1,7 +1,7 @@
 """A Lightning checkpoint of a :class:`MetricLearningModule` → a metriclearn run directory.
 
 :func:`export_run` writes ``model.pt``, ``config.toml`` and ``classes.json`` exactly as ``metriclearn train``
-does (:func:`metriclearn.training.run.save_model`), so ``metriclearn embed --model``, ``evaluate``,
+does (:func:`metriclearn.runs.save_model`), so ``metriclearn embed --model``, ``evaluate``,
 ``index build --model``, ``report --model`` and — for a run with a ``softmax``/``complement`` head —
 ``second-opinion --model`` read it. The way back is :meth:`MetricLearningModule.from_run`.
 
@@ -61,7 +61,7 @@ def export_run(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[st
     and the encoder rebuilt and loaded, before anything is written. Returns ``out_dir`` as a ``Path``.
     """
     from metriclearn.encoders import build_encoder
-    from metriclearn.training.run import save_model
+    from metriclearn.runs import save_model
 
     path = Path(checkpoint)
     state = _read_checkpoint(path)

@@ -47,9 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from metriclearn._checks import check_choice, check_positive_float
+from metriclearn._embedding import embed_array
 from metriclearn.training import distributed as dist_utils
 from metriclearn.training.config import TrainConfig
-from metriclearn.training.embedding import embed_array
 from metriclearn.training.objectives import Objective, build_objective
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from metriclearn.training.trainer import prepare_fresh_run
@@ -137,10 +137,11 @@ class MetricLearningModule(L.LightningModule):
         ``changes`` override fields of the run's configuration (e.g. ``lr=1e-4``, ``scheduler="none"``) for
         further training.
         """
-        from metriclearn.training.run import classification_head, load_run
+        from metriclearn.runs import load_run
+        from metriclearn.training.run import classification_head
 
         run = load_run(run_dir)
-        config = TrainConfig.from_dict({k: v for k, v in run.config.items() if k in TrainConfig.keys()})
+        config = TrainConfig.from_dict({k: v for k, v in run.config.items() if k in TrainConfig.keys()})  # noqa: SIM118 - a classmethod, not a dict
         config = config.replace(**changes) if changes else config
         objective = build_objective(config.terms(), config.embedding_dim, len(run.classes), config.combine,
                                     config.loss_options)
@@ -210,6 +211,7 @@ class MetricLearningModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x, y, ids = _unpack_batch(batch)
         optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers returns one optimizer
         logs: dict[str, float] = {"lr": float(optimizer.param_groups[0]["lr"])}  # the rate this batch's steps use
         self.last_logs = logs
         if self.automatic_optimization:
@@ -235,7 +237,7 @@ class MetricLearningModule(L.LightningModule):
             logs.update({name: float(v.detach()) for name, v in losses.items()})
         scheduler = self.lr_schedulers()
         if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step()  # type: ignore[union-attr]
+            scheduler.step()  # type: ignore[union-attr]  # one scheduler (configure_optimizers), not a list
         self.batches_done += 1
         return None
 
@@ -344,7 +346,7 @@ def _average_gradients(params: Sequence[Tensor]) -> None:
         return
     present = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)  # (P,)
     present = dist_utils.all_reduce_mean(present) > 0
-    used = [p for p, flag in zip(params, present.tolist()) if flag]
+    used = [p for p, flag in zip(params, present.tolist(), strict=True) if flag]
     if not used:
         return
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in used])

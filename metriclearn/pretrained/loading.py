@@ -58,7 +58,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
 
 
 def _load_run(path: Path) -> LoadedModel:
-    from metriclearn.training.run import load_run
+    from metriclearn.runs import load_run
 
     encoder, _, classes = load_run(path)
     payload = torch.load(path / "model.pt", map_location="cpu", weights_only=True)

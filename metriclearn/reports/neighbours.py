@@ -128,7 +128,7 @@ def per_class_scores(
     out = []
     for c in np.unique(codes):
         members = np.flatnonzero(codes == c)
-        row: dict[str, Any] = {"code": int(c), "size": int(len(members)), "p_at_1": None, "map_at_r": None}
+        row: dict[str, Any] = {"code": int(c), "size": len(members), "p_at_1": None, "map_at_r": None}
         if len(members) > 1:
             order = np.concatenate([members, np.flatnonzero(codes != c)])  # queries first: exclude_self
             scores = retrieval_metrics(x[members], codes[members], x[order], codes[order], metric=metric, k=1,
@@ -151,7 +151,7 @@ def confused_pairs(codes: np.ndarray, retrieval: ItemRetrieval, top: int = 20) -
     q = codes[retrieval.failures]
     got = codes[retrieval.neighbours[retrieval.failures, 0]]
     counts: dict[tuple[int, int], list[int]] = {}
-    for a, b in zip(q.tolist(), got.tolist()):
+    for a, b in zip(q.tolist(), got.tolist(), strict=True):
         pair = counts.setdefault((min(a, b), max(a, b)), [0, 0])
         pair[0 if a < b else 1] += 1
     rows = [{"a": a, "b": b, "a_to_b": ab, "b_to_a": ba, "total": ab + ba} for (a, b), (ab, ba) in counts.items()]

@@ -29,7 +29,7 @@ from metriclearn.reports.plots import DPI
 def reliability_figure(before: Mapping[str, Any], after: Mapping[str, Any], title: str | None = None) -> Figure:
     """Two reliability diagrams side by side: the probabilities before and after calibration."""
     fig = Figure(figsize=(8.0, 3.8), dpi=DPI)
-    for ax, table, name in zip(fig.subplots(1, 2), (before, after), ("before", "after")):
+    for ax, table, name in zip(fig.subplots(1, 2), (before, after), ("before", "after"), strict=True):
         edges = np.asarray(table["edges"])
         width = np.diff(edges)
         accuracy = np.array([np.nan if a is None else a for a in table["accuracy"]])

@@ -1,8 +1,8 @@
 """metriclearn.training: the trainer, its callbacks, objectives, configuration and run directories.
 
 Guide: docs/training.md. ``Trainer(model, objective, optimizer, ...)``, ``.fit(train, val=None, epochs=...)``,
-``.embed(data)``; ``Objective`` (weighted sum / alternating steps / PCGrad); ``load_run`` and
-``embed_from_run`` for trained run directories.
+``.embed(data)``; ``Objective`` (weighted sum / alternating steps / PCGrad); ``train_run``. ``load_run`` and
+``embed_from_run`` (trained run directories) live in :mod:`metriclearn.runs` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ _EXPORTS = {
     "ModelCheckpoint": "metriclearn.training.callbacks",
     "TensorBoardLogger": "metriclearn.training.callbacks",
     "TrainConfig": "metriclearn.training.config",
-    "parse_loss_term": "metriclearn.training.config",
+    "parse_loss_term": "metriclearn.losses.registry",
     "Objective": "metriclearn.training.objectives",
     "build_loss": "metriclearn.training.objectives",
     "build_objective": "metriclearn.training.objectives",
-    "expected_initial_loss": "metriclearn.training.objectives",
+    "expected_initial_loss": "metriclearn.losses.registry",
     "pcgrad": "metriclearn.training.objectives",
-    "RunEmbeddings": "metriclearn.training.run",
-    "TrainedRun": "metriclearn.training.run",
-    "embed_from_run": "metriclearn.training.run",
+    "RunEmbeddings": "metriclearn.runs",
+    "TrainedRun": "metriclearn.runs",
+    "embed_from_run": "metriclearn.runs",
     "evaluate_embeddings": "metriclearn.training.run",
-    "load_run": "metriclearn.training.run",
+    "load_run": "metriclearn.runs",
     "train_run": "metriclearn.training.run",
     "distributed": "metriclearn.training.distributed",
     "resume_config": "metriclearn.training.resume",

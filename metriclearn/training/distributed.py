@@ -157,7 +157,7 @@ class ShardedBatchSampler:
             yield batch[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        return len(self.batch_sampler)  # type: ignore[arg-type]
+        return len(self.batch_sampler)  # type: ignore[arg-type]  # a sized batch sampler, typed by what __iter__ needs
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.batch_sampler, "set_epoch"):
@@ -194,13 +194,13 @@ class _GatherWithGrad(torch.autograd.Function):
     """Variable-size all_gather whose backward all-reduces (sums) the gradient and returns this rank's rows."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:
         ctx.start = sum(sizes[: dist.get_rank()])
         ctx.rows = x.shape[0]
         return _gather_padded(x, sizes)  # (Σ sizes, ...)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.start : ctx.start + ctx.rows], None  # (b_r, ...)
@@ -225,7 +225,7 @@ def _gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
         x = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))])
     parts = [torch.empty_like(x) for _ in sizes]
     dist.all_gather(parts, x)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)], dim=0)
 
 
 def all_gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
@@ -305,13 +305,13 @@ class _AllReduceSum(torch.autograd.Function):
     """Σ over ranks; the gradient of a sum of every rank's loss w.r.t. each input is again the Σ over ranks."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor) -> Tensor:
         x = x.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
         return x
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad
@@ -344,13 +344,14 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = all_reduce(input.sum(dim=dims)) / count  # (C,)
         centred = input - mean.reshape(shape)
         var = all_reduce(centred.square().sum(dim=dims)) / count  # (C,) biased
-        if self.running_mean is not None:
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        if tracked is not None and running_mean is not None and running_var is not None:  # track_running_stats
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                tracked.add_(1)
+                factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
                 unbiased = var.detach() * count / (count - 1).clamp(min=1)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+                running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
+                running_var.lerp_(unbiased.to(running_var.dtype), factor)
         out = centred * torch.rsqrt(var + self.eps).reshape(shape)
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
@@ -382,7 +383,7 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def wrap_model(model: nn.Module, device: torch.device) -> nn.Module | None:
+def wrap_model(model: nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel | None:
     """``DistributedDataParallel(model)`` when running on several processes, else ``None``.
 
     Batch norms are first made global (:func:`convert_batchnorm`), so the shards of a step are
@@ -410,7 +411,7 @@ def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
     if world_size() == 1:
         assert array is not None
         return array
-    header = broadcast_object(None if rank() != src else (array.shape, array.dtype.str))
+    header = broadcast_object(None if rank() != src or array is None else (array.shape, array.dtype.str))
     shape, dtype = header
     if rank() == src:
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_comm_device())

@@ -24,79 +24,26 @@ Example
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from metriclearn import losses
 from metriclearn._checks import check_choice, check_positive_float
-from metriclearn._choices import COMBINES  # importable without torch, for the CLI's --help
+from metriclearn.losses._neighborhood_uniformity import can_fuse, neighborhood_and_uniformity
 from metriclearn.losses.base import MetricLoss
-
-
-# ---------------------------------------------------------------------------- the loss registry
-def chance_over_classes(batch_size: int, samples_per_class: int, num_classes: int) -> float | None:
-    """First-batch loss of a softmax over K classes with an untrained model: uniform, so ``log K``."""
-    return math.log(num_classes) if num_classes >= 2 else None
-
-
-def chance_over_neighbours(batch_size: int, samples_per_class: int, num_classes: int) -> float | None:
-    """First-batch loss of a softmax over the B − 1 other batch members, M − 1 of them positives.
-
-    With an untrained model every candidate looks alike, so p_i ≈ (M − 1)/(B − 1) and the loss ≈
-    ``log((B − 1)/(M − 1))`` (an empty cache adds nothing on the first batch).
-    """
-    if samples_per_class < 2 or batch_size < 2:
-        return None
-    return math.log((batch_size - 1) / (samples_per_class - 1))
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """One row of :data:`LOSSES`: everything the trainer, the config and the CLI need to know of a loss.
-
-    Attributes
-    ----------
-    cls:
-        The loss class; on a head (``head=True``) it takes logits (B, K) instead of embeddings.
-    required:
-        Constructor arguments the trainer fills in from the data: ``"dim"`` (embedding size) and/or
-        ``"num_classes"``; they cannot be set in ``loss_options``.
-    tuned:
-        Options used when the loss is built by name (``build_loss``, ``--loss NAME``), over the class
-        defaults — measured in BENCHMARKS.md. ``loss_options`` override them.
-    chance:
-        ``f(batch_size, samples_per_class, num_classes)`` → the expected first-batch loss of an
-        untrained model (checked by :class:`~metriclearn.training.callbacks.HealthMonitor`), or ``None``.
-    head:
-        Whether the loss sits on a linear classification head over the embedding (shared by all such terms).
-    """
-
-    cls: Callable[..., nn.Module]
-    required: tuple[str, ...] = ()
-    tuned: Mapping[str, Any] = field(default_factory=dict)
-    chance: Callable[[int, int, int], float | None] | None = None
-    head: bool = False
-
-
-# Tuned options (BENCHMARKS.md, MNIST-5000 + digits): cosine neighbourhood softmax at T = 0.15 on
-# L2-normalised embeddings. SNN works on squared distances, 2(1 - cos) on unit vectors: T = 0.3 matches.
-LOSSES: dict[str, LossSpec] = {
-    "neighborhood": LossSpec(losses.NeighborhoodSoftmaxLoss, tuned={"temperature": 0.15, "distance": "cosine"},
-                             chance=chance_over_neighbours),
-    "snn": LossSpec(losses.SoftNearestNeighborLoss, tuned={"temperature": 0.3}, chance=chance_over_neighbours),
-    "prototype": LossSpec(losses.PrototypeLoss, required=("num_classes", "dim"), chance=chance_over_classes),
-    "cache": LossSpec(losses.CacheLoss, required=("dim",), chance=chance_over_neighbours),
-    "softmax": LossSpec(nn.CrossEntropyLoss, chance=chance_over_classes, head=True),
-    "complement": LossSpec(losses.ComplementEntropyLoss, required=("num_classes",), head=True),
-    # label-free regulariser (Wang & Isola 2020); BENCHMARKS.md "Unseen classes" measured its weight, not t
-    "uniformity": LossSpec(losses.UniformityLoss),
-}
-LOSS_NAMES = tuple(LOSSES)  # the built-in names (validation reads LOSSES itself; --help: _choices.BUILTIN_LOSSES)
+from metriclearn.losses.neighborhood import NeighborhoodSoftmaxLoss
+from metriclearn.losses.registry import (  # noqa: F401  (LossSpec, LOSS_NAMES, expected_initial_loss: re-exported)
+    COMBINES,
+    DEFAULT_LOSS,
+    LOSS_NAMES,
+    LOSSES,
+    LossSpec,
+    expected_initial_loss,
+    parse_loss_term,
+)
+from metriclearn.losses.uniformity import UniformityLoss
 
 
 class HeadLoss(nn.Module):
@@ -178,14 +125,39 @@ class Objective(nn.Module):
         ``ids`` (B,) sample ids go to every :class:`~metriclearn.losses.MetricLoss` term (``CacheLoss``
         uses them); other modules are called ``term(embeddings, labels)``.
         """
+        names = list(names or self.names)
+        pair = self.fused
+        both = None
+        if pair is not None and pair[0] in names and pair[1] in names:  # one Gram matrix for the two terms
+            # `fused` picked the two by their exact types
+            neighborhood = cast(NeighborhoodSoftmaxLoss, self.terms[pair[0]])
+            uniformity = cast(UniformityLoss, self.terms[pair[1]])
+            values = neighborhood_and_uniformity(neighborhood, uniformity, embeddings, labels)
+            both = dict(zip(pair, values, strict=True))
         out = {}
-        for name in names or self.names:
+        for name in names:
             term = self.terms[name]
-            out[name] = term(embeddings, labels, ids) if isinstance(term, MetricLoss) else term(embeddings, labels)
+            if both is not None and name in both:
+                out[name] = both[name]
+            else:
+                out[name] = term(embeddings, labels, ids) if isinstance(term, MetricLoss) else term(embeddings, labels)
         return out
+
+    @property
+    def fused(self) -> tuple[str, str] | None:
+        """The names of a cosine neighbourhood-softmax term and a uniformity term that
+        :meth:`term_losses` computes together from one Gram matrix
+        (:mod:`metriclearn.losses._neighborhood_uniformity`: the default objective), or ``None``."""
+        kinds = [n for n, t in self.terms.items() if type(t) is NeighborhoodSoftmaxLoss]
+        spread = [n for n, t in self.terms.items() if type(t) is UniformityLoss]
+        for name in kinds:
+            if spread and can_fuse(self.terms[name], self.terms[spread[0]]):
+                return name, spread[0]
+        return None
 
     def total(self, losses: Mapping[str, Tensor]) -> Tensor:
         """``Σ w_t · L_t`` over the given term losses."""
+        # sum() starts from the int 0; with at least one term (an Objective has one) the result is a Tensor
         return sum(self.weights[name] * value for name, value in losses.items())  # type: ignore[return-value]
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
@@ -214,7 +186,7 @@ class Objective(nn.Module):
             grads = torch.autograd.grad(
                 self.weights[name] * value * scale, params, retain_graph=True, allow_unused=True
             )
-            vector = torch.cat([_flat(g, p) for g, p in zip(grads, params)])  # (P,)
+            vector = torch.cat([_flat(g, p) for g, p in zip(grads, params, strict=True)])  # (P,)
             flat.append(reduce(vector) if reduce is not None else vector)
         combined = pcgrad(flat, generator=generator)
         offset = 0
@@ -289,7 +261,8 @@ def lambda_loss(fn: Any) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- building from names
-def _construct(cls: type, name: str, required: dict[str, Any], options: Mapping[str, Any]) -> nn.Module:
+def _construct(cls: Callable[..., nn.Module], name: str, required: dict[str, Any], options: Mapping[str, Any]
+               ) -> nn.Module:
     """``cls(**required, **options)`` after checking every option is a parameter of ``cls``."""
     params = inspect.signature(cls).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -335,7 +308,8 @@ def build_objective(
 
     A term may also be given as a bare string, ``"neighborhood"`` (weight 1) or ``"cache:0.5"``.
 
-    ``terms=None`` is the default objective of ``metriclearn train`` (``TrainConfig().loss``), so
+    ``terms=None`` is the default objective of ``metriclearn train`` (:data:`~metriclearn.losses.registry.DEFAULT_LOSS`,
+    ``TrainConfig().loss``), so
     ``build_objective(None, 64, 10)`` with a default ``Trainer`` trains the same run as the CLI with no
     options. Head losses (``softmax``, ``complement``) share one ``nn.Linear(embedding_dim, num_classes)``.
 
@@ -344,48 +318,20 @@ def build_objective(
     >>> build_objective(["neighborhood", "cache:0.5"], 64, 10).weights
     {'neighborhood': 1.0, 'cache': 0.5}
     """
-    from metriclearn.training.config import TrainConfig, parse_loss_term
-
     if terms is None:
-        terms = TrainConfig().terms()
+        terms = DEFAULT_LOSS
     if isinstance(terms, str):  # one term: "neighborhood" would otherwise be read letter by letter
         terms = [terms]
-    terms = [parse_loss_term(term) if isinstance(term, str) else _weighted_term(term) for term in terms]
-    names = [name for name, _ in terms]
+    parsed = [parse_loss_term(term) for term in terms]
+    names = [name for name, _ in parsed]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"loss {duplicates} given more than once; give each loss once with a weight")
-    if combine == "alternate" and len(terms) < 2:
+    if combine == "alternate" and len(parsed) < 2:
         raise ValueError(f"combine='alternate' needs at least two losses, got {names}")
     loss_options = loss_options or {}
     head = nn.Linear(embedding_dim, num_classes) if any(LOSSES[n].head for n in names if n in LOSSES) else None
     modules = {
         name: build_loss(name, embedding_dim, num_classes, loss_options.get(name), head=head) for name in names
     }
-    return Objective(modules, dict(terms), combine=combine)
-
-
-def _weighted_term(term: Any) -> tuple[str, float]:
-    """A ``(name, weight)`` pair, checked: a ``TypeError`` / ``ValueError`` that shows the term otherwise."""
-    if not isinstance(term, (tuple, list)) or len(term) != 2:
-        raise TypeError(f"a loss term must be 'NAME', 'NAME:WEIGHT' or (NAME, WEIGHT), got {term!r}")
-    name, weight = term
-    return check_choice(str(name).strip().lower(), tuple(LOSSES), "loss name"), check_positive_float(
-        weight, f"weight of loss {name!r}")
-
-
-def expected_initial_loss(name: str, batch_size: int, samples_per_class: int, num_classes: int) -> float | None:
-    """The loss a term named ``name`` should show on the first batch of an untrained model, when known.
-
-    From the term's row in :data:`LOSSES` (``None`` for unknown names and losses without a chance level,
-    e.g. ``complement``, whose value depends on its normalisation).
-
-    >>> round(expected_initial_loss("neighborhood", 128, 8, 10), 4)  # log(127 / 7)
-    2.8983
-    >>> round(expected_initial_loss("softmax", 128, 8, 10), 4)  # log(10)
-    2.3026
-    """
-    spec = LOSSES.get(name)
-    if spec is None or spec.chance is None:
-        return None
-    return spec.chance(batch_size, samples_per_class, num_classes)
+    return Objective(modules, dict(parsed), combine=combine)

@@ -1,31 +1,18 @@
-"""Run directories: train one from a :class:`TrainConfig`, load it back, embed and evaluate with it.
+"""Training a run directory from a :class:`TrainConfig` (:func:`train_run`), and the one-batch sanity check.
 
-A run directory holds::
-
-    config.toml        the resolved configuration (re-read by --resume)
-    classes.json       label values in code order (code i means classes[i])
-    model.pt           {"format_version", "encoder", "input_shape", "embedding_dim", "normalize",
-                        "encoder_options", "state_dict"} and, for softmax/complement runs, "head" (the
-                        classification head's weights); a frozen sentence transformer is not in the
-                        state_dict (only its projection head): it is re-read from the model folder the spec names
-    metrics.json       held-out retrieval + separation metrics
-    log.csv            one row per epoch
-    checkpoints/       last.pt and best.pt: full training state for --resume
-
-Everything loads with ``torch.load(weights_only=True)``; every file is written atomically.
+The run directory's layout, ``save_model`` and ``load_run`` live in :mod:`metriclearn.runs` (what inference
+reads, without the trainer); they are re-exported here for the import paths that predate that module.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +20,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from metriclearn._atomic import save_with, write_json
-from metriclearn._checks import check_positive_int, describe
+from metriclearn._atomic import write_json
 from metriclearn._outdir import check_output_dir, claim_output_dir, remove_recorded
-from metriclearn.fingerprint import model_fingerprint
+from metriclearn.runs import (  # noqa: F401  (re-exported: the old import paths keep working)
+    MODEL_FORMAT_VERSION,
+    RunEmbeddings,
+    TrainedRun,
+    embed_from_run,
+    load_run,
+    save_model,
+)
+from metriclearn.training import distributed
 from metriclearn.training.callbacks import (
     Callback,
     CSVLogger,
@@ -45,10 +39,8 @@ from metriclearn.training.callbacks import (
     ModelCheckpoint,
     TensorBoardLogger,
 )
-from metriclearn.training import distributed
 from metriclearn.training.config import TrainConfig
 from metriclearn.training.objectives import build_objective
-from metriclearn.training.embedding import embed_array
 from metriclearn.training.resume import (
     RUNTIME_KEYS,
     check_same_data,
@@ -63,9 +55,7 @@ from metriclearn.training.resume import (
 from metriclearn.training.rng import seed_everything
 from metriclearn.training.splits import split_for_validation
 from metriclearn.training.trainer import Trainer
-from metriclearn._device import resolve_device
 
-MODEL_FORMAT_VERSION = 1
 _RUN_HINT = "--resume to continue it or --overwrite"
 _RUN_FILES = ("model.pt", "config.toml", "classes.json", "metrics.json", "log.csv", "checkpoints",
               "checkpoints/last.pt", "checkpoints/best.pt")  # recorded in the marker before training starts
@@ -87,7 +77,7 @@ def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callba
         model, objective, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
         scheduler=config.scheduler, batch_size=config.batch_size, samples_per_class=config.samples_per_class,
         grad_clip=config.grad_clip, amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor,
-        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr,
+        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr, compile=config.compile,
     )
 
 
@@ -100,7 +90,7 @@ def overfit_batch_check(config: TrainConfig, steps: int = 200, verbose: bool = T
     from metriclearn.data import CsvColumns, load_data
 
     seed_everything(config.seed)
-    data = load_data(config.data, columns=CsvColumns(label=config.label_column))
+    data = load_data(config.data, columns=CsvColumns(label=config.label_column), images=image_options(config))
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     trainer = make_trainer(config, build_model(config, input_shape), data.num_classes, verbose=verbose)
     losses = trainer.overfit_batch(data, steps=steps)
@@ -165,6 +155,7 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, ca
     data, train, val = _load_splits(config)
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     _check_encoder_fits(config, data.is_text)
+    _check_images_fit(config, data)
     stamp = data_stamp(config.data, len(data), input_shape, data.num_classes)
     check_same_data(checkpoint, stamp)  # before the model is built for data it was not trained on
     model = build_model(config, input_shape)
@@ -222,7 +213,9 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, ca
     return metrics
 
 
-def _best_epoch(config: TrainConfig, trainer: Trainer, callbacks: Sequence[Callback], val: Any) -> dict[str, Any] | None:
+def _best_epoch(
+    config: TrainConfig, trainer: Trainer, callbacks: Sequence[Callback], val: Any
+) -> dict[str, Any] | None:
     """Warn when the last epoch's validation metric is below the best by more than noise; with
     ``config.restore_best``, load the best epoch's weights (``checkpoints/best.pt``) into the trainer's model and
     objective. Returns ``{"best_epoch", "best_<monitor>", "restored_best"}``, or ``None`` without validation.
@@ -235,8 +228,9 @@ def _best_epoch(config: TrainConfig, trainer: Trainer, callbacks: Sequence[Callb
     values = [row.get(monitor) for row in trainer.history]
     if val is None or config.monitor == "loss" or checkpoint is None or not values or values[-1] is None:
         return None
-    best_at = max(range(len(values)), key=lambda i: (values[i] if values[i] is not None else -math.inf, -i))
-    best, last = float(values[best_at]), float(values[-1])
+    scores = [v if v is not None else -math.inf for v in values]
+    best_at = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    best, last = float(scores[best_at]), float(scores[-1])
     restore = config.restore_best and best_at != len(values) - 1 and checkpoint.best_path.is_file()
     noise = 2 * math.sqrt(max(best * (1 - best), 0.0) / max(len(val), 1))
     if best - last > noise:
@@ -298,16 +292,21 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
     """``(data, train, val or None)`` of ``config``, checked so that training can finish and be evaluated."""
     from metriclearn.data import CsvColumns, load_data
 
-    data = load_data(config.data, columns=CsvColumns(label=config.label_column))
+    data = load_data(config.data, columns=CsvColumns(label=config.label_column), images=image_options(config))
     train, val = data, None
     if config.val_fraction > 0:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
         val = val if val is not None and len(val) > 0 else None  # too small a fraction to hold anything out
     if data.is_pairs:  # every pair is a class of its own texts: nothing more can go wrong
+        if config.report:
+            raise ValueError(f"{config.data}: --report plots classes, and pair data has none (each pair is a class "
+                             "of its own texts); train without --report: the pair metrics go to metrics.json")
         return data, train, val
+    assert train.y is not None  # load_data requires labels by default
     if len(np.unique(train.y)) < 2:
         raise ValueError(f"{config.data}: the training split holds a single class; metric learning needs at least 2")
     held_out, name = (val, "validation split") if val is not None else (train, "training data")
+    assert held_out.y is not None
     counts = np.bincount(held_out.y)
     if not (counts >= 2).any():
         raise ValueError(
@@ -316,6 +315,25 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
             f"--val-fraction 0 (measure on the training data)"
         )
     return data, train, val
+
+
+def image_options(config: TrainConfig) -> Any:
+    """How ``config``'s image data is decoded: at ``image_size``, else the backbone's input size, else the
+    first image's (:class:`metriclearn.images.ImageOptions`)."""
+    from metriclearn.images import ImageOptions
+    from metriclearn.images.backbones import input_size
+
+    size = config.image_size or (input_size(config.encoder) if config.is_vision_encoder else None)
+    return ImageOptions(size=size, workers=config.workers, skip_bad=config.skip_bad_images)
+
+
+def _check_images_fit(config: TrainConfig, data: Any) -> None:
+    """A vision backbone or augmentation needs image data (X (n, C, H, W)): say so, naming --data."""
+    images = isinstance(data.X, np.ndarray) and data.X.ndim == 4
+    if (config.is_vision_encoder or config.augment != "none") and not images:
+        raise ValueError(f"{config.data} holds {'texts' if data.is_text else 'numeric features'}, but "
+                         f"{'--encoder ' + config.encoder if config.is_vision_encoder else '--augment'} needs images: "
+                         "give --data a folder of class subfolders or a .csv with a path column")
 
 
 def _check_encoder_fits(config: TrainConfig, text_data: bool) -> None:
@@ -358,206 +376,6 @@ def classification_head(objective: nn.Module) -> nn.Module | None:
     from metriclearn.training.objectives import HeadLoss
 
     return next((term.head for term in getattr(objective, "terms", {}).values() if isinstance(term, HeadLoss)), None)
-
-
-def save_model(
-    path: str | os.PathLike[str],
-    model: nn.Module,
-    config: TrainConfig,
-    input_shape: Sequence[int],
-    head: nn.Module | None = None,
-) -> None:
-    """Write ``model.pt``: the encoder spec, input shape, embedding size and the weights (CPU tensors).
-
-    ``head``: the classification head of a ``softmax``/``complement`` run, saved as ``"head"`` (its
-    state_dict: ``weight`` (K, D), ``bias`` (K,)), so the run can be used as a classifier
-    (:func:`metriclearn.pretrained.load_model`).
-    """
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {
-        "format_version": MODEL_FORMAT_VERSION,
-        "encoder": getattr(model, "spec", config.encoder),  # a sentence model folder as an absolute path
-        "input_shape": [int(s) for s in input_shape],
-        "embedding_dim": int(config.embedding_dim),
-        "normalize": bool(config.normalize),
-        "encoder_options": config.encoder_kwargs(),
-        "state_dict": state,
-    }
-    if head is not None:
-        payload["head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-    save_with(path, lambda f: torch.save(payload, f))
-
-
-@dataclass(frozen=True, eq=False)
-class TrainedRun:
-    """A trained run directory loaded once: its model (eval mode, CPU), configuration and classes.
-
-    Unpacks as ``model, config, classes`` (what :func:`load_run` has always returned).
-    """
-
-    path: Path
-    model: nn.Module
-    config: dict[str, Any]
-    classes: list[Any]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.model, self.config, self.classes))
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """:func:`metriclearn.fingerprint.model_fingerprint` of the weights (recorded by indexes)."""
-        return model_fingerprint(self.model)
-
-    def embed(
-        self,
-        data: Any,
-        batch_size: int = 1024,
-        device: str = "auto",
-        *,
-        require_labels: bool = False,
-        unseen: str = "append",
-        layer: str = "embedding",
-    ) -> RunEmbeddings:
-        """Embed ``data`` (a path, ``"digits"`` or :class:`~metriclearn.data.LabeledData`) with this run.
-
-        Labels are optional (``require_labels``) and classes the run never saw are welcome (``unseen=
-        "append"``: they follow the run's classes); ``unseen="error"`` refuses them, naming them, for what
-        needs the training classes. ``layer="hidden"`` embeds with the MLP's last hidden layer
-        (:class:`metriclearn.hidden.HiddenFeatures`), which transfers better to new classes.
-        """
-        from metriclearn.data import LabeledData, encode_labels, load_data
-        from metriclearn.hidden import select_layer
-
-        model = select_layer(self.model, layer)
-
-        batch_size = check_positive_int(batch_size, "batch_size")
-        if isinstance(data, LabeledData):
-            values = data.label_values()
-            codes, classes = (None, list(self.classes)) if values is None else encode_labels(
-                values, self.classes, unseen)
-            X, source = data.X, data.source
-        else:
-            loaded = load_data(data, classes=self.classes, require_labels=require_labels, unseen=unseen)
-            X, codes, source = loaded.X, loaded.y, loaded.source
-            classes = loaded.classes if codes is not None else list(self.classes)
-        if require_labels and codes is None:
-            raise ValueError(f"{source} has no labels, but they are needed here")
-        text_model, text_data = bool(getattr(self.model, "is_text", False)), not isinstance(X, np.ndarray)
-        if text_model != text_data:
-            raise ValueError(f"{source}: the data holds {'texts' if text_data else 'numeric features'} but the model "
-                             f"in {self.path} embeds {'texts (.jsonl)' if text_model else 'numeric features'}")
-        expected = tuple(self.model.input_shape)  # type: ignore[arg-type]
-        if isinstance(X, np.ndarray) and expected and tuple(X.shape[1:]) != expected:
-            raise ValueError(f"{source}: samples have shape {tuple(X.shape[1:])} but the model in {self.path} "
-                             f"expects {expected}")
-        device_ = resolve_device(device)
-        # under torchrun each rank embeds a strided shard; every rank gets all rows in input order
-        model = model.to(device_)  # the encoder, or its hidden layer (--layer)
-        embeddings = distributed.embed_strided(lambda part: embed_array(model, part, batch_size, device_), X)
-        self.model.to("cpu")
-        return RunEmbeddings(embeddings, codes, classes, len(self.classes), source)
-
-
-@dataclass(frozen=True, eq=False)
-class RunEmbeddings:
-    """Data embedded by a trained run.
-
-    Attributes
-    ----------
-    embeddings : (n, D) float32.
-    labels : (n,) int64 codes into ``classes``, or ``None`` for unlabelled data.
-    classes : the run's classes, then (sorted) the classes of the data that the run never saw.
-    known : how many of ``classes`` the run was trained on: codes below it are classes seen in training.
-    source : where the data came from.
-
-    Example
-    -------
-    >>> e = RunEmbeddings(np.zeros((3, 2), np.float32), np.array([0, 2, 3]), ["a", "b", "c", "d"], 2, "new.csv")
-    >>> e.present_classes(), e.label_values().tolist()
-    ((['a'], ['c', 'd']), ['a', 'c', 'd'])
-    """
-
-    embeddings: np.ndarray
-    labels: np.ndarray | None
-    classes: list[Any]
-    known: int
-    source: str
-
-    def label_values(self) -> np.ndarray | None:
-        """The labels as their values (ints or strings), or ``None``."""
-        return None if self.labels is None else np.asarray(self.classes)[self.labels]
-
-    def present_classes(self) -> tuple[list[Any], list[Any]]:
-        """``(seen, unseen)``: the classes present in the data that the run was / was not trained on."""
-        present = [] if self.labels is None else np.unique(self.labels).tolist()
-        return ([self.classes[c] for c in present if c < self.known],
-                [self.classes[c] for c in present if c >= self.known])
-
-
-def load_run(run_dir: str | os.PathLike[str]) -> TrainedRun:
-    """Load a trained run directory: ``(model in eval mode on CPU, config dict, classes)`` as a :class:`TrainedRun`.
-
-    A missing, damaged or foreign ``model.pt``, ``config.toml`` or ``classes.json`` is a ``ValueError`` (or
-    ``FileNotFoundError``) that names the file.
-    """
-    from metriclearn.encoders import build_encoder
-    from metriclearn.training.config import tomllib
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(2, "No such run directory", str(run_dir))
-    for name in ("model.pt", "config.toml", "classes.json"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(2, "No such file or directory (not a trained run directory?)", str(run_dir / name))
-    try:
-        payload = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-        version = payload["format_version"]
-    except Exception as exc:
-        raise ValueError(f"{run_dir / 'model.pt'}: not a readable metriclearn model ({exc})") from exc
-    if version != MODEL_FORMAT_VERSION:
-        raise ValueError(f"{run_dir / 'model.pt'}: format_version {version!r} is not supported")
-    model = build_encoder(payload["encoder"], tuple(payload["input_shape"]), payload["embedding_dim"],
-                          normalize=payload["normalize"], **payload.get("encoder_options", {}))
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    try:
-        with open(run_dir / "config.toml", "rb") as fh:
-            config = tomllib.load(fh)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{run_dir / 'config.toml'} is not valid TOML ({exc}); restore it from the run") from None
-    classes = _read_classes(run_dir / "classes.json")
-    model.input_shape = tuple(payload["input_shape"])  # type: ignore[assignment]
-    return TrainedRun(run_dir, model, config, classes)
-
-
-def _read_classes(path: Path) -> list[Any]:
-    """``classes.json``: a JSON list of distinct ints or strings (label values in code order)."""
-    try:
-        classes = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); restore it from the run") from None
-    if (not isinstance(classes, list) or len(classes) < 2
-            or not all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in classes)
-            or len(set(classes)) != len(classes)):
-        raise ValueError(f"{path} must hold a list of at least 2 distinct integer or string labels, "
-                         f"got {describe(classes)}")
-    return classes
-
-
-def embed_from_run(
-    run_dir: str | os.PathLike[str],
-    data: Any,
-    batch_size: int = 1024,
-    device: str = "auto",
-) -> tuple[np.ndarray, np.ndarray | None, list[Any]]:
-    """Embed ``data`` (path, ``"digits"`` or LabeledData) with a trained run: :meth:`TrainedRun.embed`.
-
-    Returns ``(embeddings float32 (n, D), labels int64 (n,) or None for unlabelled data, classes)``; labels are
-    codes into ``classes``: the run's classes, then the classes it never saw (welcome: learned spaces
-    exist to serve new classes).
-    """
-    embedded = load_run(run_dir).embed(data, batch_size=batch_size, device=device)
-    return embedded.embeddings, embedded.labels, embedded.classes
 
 
 def evaluate_embeddings(

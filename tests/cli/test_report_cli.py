@@ -44,18 +44,18 @@ def test_report_from_embeddings_writes_every_file(files, tmp_path) -> None:
 
 
 def test_report_from_a_run_loads_it_once_and_shows_its_config(tmp_path, monkeypatch) -> None:
-    import metriclearn.training as training
+    import metriclearn.runs as runs
 
     fast = ["--epochs", "1", "--batch-size", "40", "--encoder", "mlp:16", "--embedding-dim", "4", "--device", "cpu"]
     assert run("--quiet", "train", *fast, "--out", tmp_path / "run").exit_code == 0
     calls = []
-    real = training.load_run
+    real = runs.load_run
 
     def counting_load_run(run_dir):
         calls.append(Path(run_dir))
         return real(run_dir)
 
-    monkeypatch.setattr(training, "load_run", counting_load_run)
+    monkeypatch.setattr(runs, "load_run", counting_load_run)
     result = run("report", "--model", tmp_path / "run", "--data", "digits", "--method", "tsne", "--max-points", 200,
                  "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output

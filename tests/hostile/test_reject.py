@@ -92,3 +92,23 @@ def test_unknown_label_is_refused_when_it_is_a_class(make) -> None:
     with pytest.raises(ValueError, match="unknown_label='unknown' is one of the classes"):
         named.predict_or_reject(xq, unknown_label="unknown")
     assert named.predict_or_reject(xq, unknown_label="rejected").dtype.kind == "U"
+
+
+def test_labelled_queries_report_accuracy_among_accepted_rows(tmp_path: Path) -> None:
+    """With labels, ``--reject`` also says how accurate the accepted rows are and whom it turned away."""
+    files = _task(("a", "b"), tmp_path)
+    _, truth = make_blobs({"a": 30, "b": 17, "never seen": 23}, dim=5, seed=3, spread=1.2)
+    np.save(tmp_path / "q_y.npy", truth)
+    pred, rejected = tmp_path / "pred.npy", tmp_path / "rejected.npy"
+    result = invoke("classify", "--index", files["idx"], "--queries", files["q"], "--labels", tmp_path / "q_y.npy",
+                    "--method", "knn", "--out", pred, "--reject", "--rejected-out", rejected)
+    assert result.exit_code == 0, result.output
+    labels, flags = np.load(pred), np.load(rejected)
+    accepted = ~flags
+    expected = (labels[accepted] == truth[accepted]).mean()
+    line = re.search(r"accuracy among accepted rows ([\d.]+) \((\d+) of 70 accepted\); rejected: (\d+) of 23 of "
+                     r"unknown classes, (\d+) of 47 of known ones", result.output)
+    assert line is not None, result.output
+    assert float(line.group(1)) == pytest.approx(expected, abs=5e-5) and int(line.group(2)) == accepted.sum()
+    assert int(line.group(3)) == flags[truth == "never seen"].sum() and int(line.group(4)) == flags[truth != "never seen"].sum()
+    assert float(line.group(1)) > (labels == truth).mean()  # rejection raised the accuracy of what is kept

@@ -244,12 +244,13 @@ def test_save_attrs_refuses_a_changed_index_or_directory(tmp_path: Path, x) -> N
 
 
 def test_save_attrs_of_a_sharded_index(tmp_path: Path, x) -> None:
+    from metriclearn.indexes import load_index
     from metriclearn.indexes.sharded import ShardedIndex
 
     ShardedIndex.build(x, labels=np.arange(len(x)) % 3, num_shards=2, metric="l2", device="cpu").save(tmp_path / "idx")
-    loaded = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
+    loaded = load_index(tmp_path / "idx", device="cpu")
     assert isinstance(loaded, ShardedIndex)
     loaded.attrs["calibration"] = {"cache": {"theta": 5.0}}
     loaded.save_attrs(tmp_path / "idx")
-    back = EmbeddingIndex.load(tmp_path / "idx", device="cpu")
+    back = load_index(tmp_path / "idx", device="cpu")
     assert back.attrs == {"calibration": {"cache": {"theta": 5.0}}} and len(back) == len(x)

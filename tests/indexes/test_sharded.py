@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,11 @@ import torch
 import torch.distributed as dist
 from click.testing import CliRunner
 
+from conftest import assert_one_line_error
 from metriclearn.classify import CacheClassifier, KNNClassifier
 from metriclearn.classify.sharded_cache import sharded_cache_proba
 from metriclearn.cli import cli
-from metriclearn.indexes import EmbeddingIndex
+from metriclearn.indexes import EmbeddingIndex, describe, load_index
 from metriclearn.indexes.sharded import ShardedIndex, is_sharded
 
 
@@ -45,7 +47,7 @@ def test_sharded_search_equals_unsharded(metric, kind, shards, tmp_path) -> None
     assert sum(sizes) == len(x) and max(sizes) - min(sizes) <= 1
     assert sorted(np.concatenate([s.ids for s in sharded.shards]).tolist()) == list(range(len(x)))
     sharded.save(tmp_path / "idx")
-    loaded = EmbeddingIndex.load(tmp_path / "idx", device="cpu")  # a sharded directory loads as one index
+    loaded = load_index(tmp_path / "idx", device="cpu")  # a sharded directory opens as one index
     assert isinstance(loaded, ShardedIndex) and is_sharded(tmp_path / "idx") and len(loaded) == len(x)
     for k in (1, 10, len(x) + 5):  # beyond the index: clamped like EmbeddingIndex
         D0, I0 = whole.search(q, k)
@@ -70,6 +72,30 @@ def test_hnsw_shards_search_each_graph(tmp_path) -> None:
     flat.add(x)
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(I, flat.search(q, 5)[1])])
     assert recall > 0.95
+
+
+def test_one_way_to_open_either_kind_of_directory(tmp_path) -> None:
+    x, y, _ = _data()
+    x, y = x[:23], y[:23]  # 23 rows over 3 shards: 8, 8, 7
+    sharded = ShardedIndex.build(x, labels=y, num_shards=3, metric="l2", device="cpu")
+    sharded.attrs = {"note": "n"}
+    sharded.save(tmp_path / "sharded")
+    single = EmbeddingIndex(x.shape[1], metric="l2", device="cpu")
+    single.add(x, labels=y, metadata=[{"i": i} for i in range(len(x))])
+    single.save(tmp_path / "single")
+    assert type(load_index(tmp_path / "single", device="cpu")) is EmbeddingIndex
+    assert type(load_index(tmp_path / "sharded", device="cpu")) is ShardedIndex
+    with pytest.raises(ValueError, match="is a sharded index directory: open it with metriclearn.indexes.load_index"):
+        EmbeddingIndex.load(tmp_path / "sharded", device="cpu")  # EmbeddingIndex.load gives only EmbeddingIndex
+    one, many = describe(tmp_path / "single"), describe(tmp_path / "sharded")
+    assert list(one) == list(many)  # one description, built in one place
+    assert (one["shards"], many["shards"], one["metadata"], many["metadata"]) == (None, 3, True, False)
+    assert one["size"] == many["size"] == 23 and one["labels"] and many["labels"] and many["attrs"] == ["note"]
+    assert one["params"] == many["params"] and one["factory"] == many["factory"] == "Flat"
+    np.testing.assert_array_equal(load_index(tmp_path / "sharded", device="cpu").labels_for([[22, -1, 0]]),
+                                  [[y[22], "", y[0]]])  # the id -> label look-up of EmbeddingIndex
+    with pytest.raises(ValueError, match=r"ids not in the index: \[99\]"):
+        sharded.labels_for([99])
 
 
 def test_damaged_shards_are_named(tmp_path) -> None:
@@ -193,6 +219,32 @@ def test_cli_query_and_classify_on_a_sharded_index_in_one_process(folders) -> No
     result = _invoke("classify", "--index", folders / "sharded", "--queries", folders / "q.npy", "--method", "cache",
                      "--k", 5, "--out", folders / "x.json")
     assert result.exit_code == 2 and "--k (top-k cache) needs an unsharded index" in result.output
+
+
+def test_calibrating_a_sharded_index_knn_works_and_cache_refuses_in_one_line(folders, tmp_path) -> None:
+    x, y, _ = _data()
+    rows = np.random.default_rng(5).choice(len(x), 90, replace=False)  # held-out stand-ins near indexed rows
+    np.save(tmp_path / "cal.npy", x[rows] + np.random.default_rng(6).normal(0, 0.3, (90, x.shape[1])).astype(np.float32))
+    np.save(tmp_path / "cal_y.npy", y[rows])
+    stored = {}
+    for name in ("whole", "sharded"):
+        index = shutil.copytree(folders / name, tmp_path / name)
+        calibrate = ("calibrate", "--index", index, "--embeddings", tmp_path / "cal.npy", "--labels",
+                     tmp_path / "cal_y.npy", "--device", "cpu")
+        if name == "sharded":  # was: Error: 'ShardedCache' object has no attribute 'calibrate'
+            assert_one_line_error(_invoke(*calibrate, "--method", "cache"), 1,
+                                  "a calibration of the cache classifier needs an unsharded index")
+        result = _invoke(*calibrate, "--method", "knn", "--target-precision", "0.9")
+        assert result.exit_code == 0, result.output
+        stored[name] = load_index(index, device="cpu").attrs["calibration"]["knn"]
+        result = _invoke("classify", "--index", index, "--queries", folders / "q.npy", "--method", "knn", "--device",
+                         "cpu", "--reject", "--sets", tmp_path / f"{name}-sets.npy", "--out", tmp_path / f"{name}.json")
+        assert result.exit_code == 0, result.output
+    assert stored["whole"]["rejection"]["threshold"] == pytest.approx(stored["sharded"]["rejection"]["threshold"],
+                                                                      rel=1e-6)
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "sharded"))
+    assert a["predictions"] == b["predictions"] and a["rejected"] == b["rejected"]
+    np.testing.assert_array_equal(np.load(tmp_path / "whole-sets.npy"), np.load(tmp_path / "sharded-sets.npy"))
 
 
 def test_torchrun_query_and_classify_hold_one_shard_per_rank(folders, torchrun, tmp_path) -> None:
