@@ -102,6 +102,7 @@ def report(
     names = [f"{m}.png" for m in (METHODS if method == "both" else (method,))] + ["report.html", "metrics.json",
                                                                                    "explorer.html"]
     names += [f"reliability-{name}.png" for name in calibration or {}]
+    names += ["neighbours.png"] if thumbnails is not None else []
     click.echo(f"wrote {', '.join(names)} to {out}")
     if "retrieval" in metrics:
         ret, sep = metrics["retrieval"], metrics["separation"]
@@ -131,8 +132,11 @@ def _calibration(index_dir: Path, vectors: Any) -> tuple[dict[str, Any], np.ndar
 
 
 def _item_content(data: str) -> tuple[list[str] | None, np.ndarray | None]:
-    """The texts (.jsonl) or images (digits, image-shaped .npz) of ``--data``, for the explorer to show."""
-    if data != "digits" and Path(data).suffix.lower() not in (".jsonl", ".npz"):
+    """The texts (.jsonl) or images (digits, image-shaped .npz, an image folder or path CSV) of ``--data``, for the
+    explorer to show."""
+    from metriclearn.images import is_image_source
+
+    if data != "digits" and Path(data).suffix.lower() not in (".jsonl", ".npz") and not is_image_source(Path(data)):
         return None, None
     from metriclearn.data import load_data
     from metriclearn.reports.explorer import item_content
