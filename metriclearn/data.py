@@ -68,6 +68,7 @@ from metriclearn._checks import (
     check_positive_int,
     describe,
 )
+from metriclearn._labels import label_value as _label_value
 from metriclearn.sampler import ClassBalancedSampler
 
 if TYPE_CHECKING:
@@ -305,42 +306,6 @@ def _check_inputs(X: np.ndarray, path: Path, what: str) -> np.ndarray:
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise ValueError(f"{path}: {what} must be numeric, got dtype {X.dtype}")
     return X
-
-
-def _label_value(value: Any, where: str) -> int | str:
-    """A label read from text: an int (also from an integral float such as ``1.0``) or a string.
-
-    A number that is not an exact int64 integer (``1.5``, ``nan``, ``1e20``) is refused: silently keeping it
-    as text, or rounding it, would corrupt the classes.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            raise ValueError(f"{where}: the label is blank; give every row a label (or none, for unlabelled data)")
-        try:
-            integer = int(text)
-        except ValueError:
-            integer = None
-        if integer is not None:
-            return _integral(integer, where, text)
-        try:
-            number = float(text)
-        except ValueError:
-            return text
-    else:
-        number, text = value, repr(value)
-        if isinstance(value, int):
-            return _integral(value, where, text)
-    if not (math.isfinite(number) and number == round(number) and abs(number) <= 2**53):
-        raise ValueError(f"{where}: label {text} is a number but not an integer that can be represented exactly; "
-                         "labels are integers or names")
-    return int(number)
-
-
-def _integral(value: int, where: str, text: str) -> int:
-    if not _INT64.min <= value <= _INT64.max:
-        raise ValueError(f"{where}: label {text} does not fit in a 64-bit integer")
-    return value
 
 
 @dataclass(frozen=True)

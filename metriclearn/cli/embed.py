@@ -71,8 +71,9 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
     save_npy(out, embedded.embeddings)
     n, d = embedded.embeddings.shape
     click.echo(f"wrote {out}: {n} x {d} float32")
-    if labels_out:
-        save_npy(labels_out, embedded.label_values())
+    values = embedded.label_values()
+    if labels_out and values is not None:  # labelled data (checked above)
+        save_npy(labels_out, values)
         seen, unseen = embedded.present_classes()
         click.echo(f"wrote {labels_out}: {n} labels, {len(seen)} class(es) seen in training, "
                    f"{len(unseen)} new")

@@ -117,10 +117,10 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
                                                               (ref.embeddings, ref.label_values())))
     metrics.update(_by_group(query, ref))
     seen, unseen = query.present_classes()
+    assert query.labels is not None  # embedded with require_labels=True
+    n_seen = int(np.count_nonzero(query.labels < query.known))
     metrics["data"].update(source=str(data), reference=reference, layer=layer, seen_classes=seen,
-                           unseen_classes=unseen,
-                           n_seen=int((query.labels < query.known).sum()),
-                           n_unseen=int((query.labels >= query.known).sum()))
+                           unseen_classes=unseen, n_seen=n_seen, n_unseen=len(query.labels) - n_seen)
     if index_dir is not None:
         from metriclearn.cli.calibrate import calibration_metrics
 

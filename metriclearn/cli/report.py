@@ -114,8 +114,8 @@ def report(
 def _calibration(index_dir: Path, vectors: Any) -> tuple[dict[str, Any], np.ndarray]:
     """The calibrations stored in an index directory, and each row's calibrated confidence (the top probability
     of the first calibrated classifier, kNN before cache); an uncalibrated index is an error (why pass it?)."""
+    from metriclearn.classify.from_index import calibrated_classifier
     from metriclearn.cli._inputs import check_dim, check_same_model
-    from metriclearn.cli.classify import _calibrated_model
     from metriclearn.indexes import load_index
 
     index = load_index(index_dir, device="cpu")
@@ -126,7 +126,7 @@ def _calibration(index_dir: Path, vectors: Any) -> tuple[dict[str, Any], np.ndar
         )
     check_same_model(index, index_dir, vectors)
     method = "knn" if "knn" in calibration else next(iter(calibration))
-    classifier = _calibrated_model(index, index_dir, method, calibration[method], "cpu")
+    classifier = calibrated_classifier(index, method, calibration[method], "cpu", index_dir)
     confidence = classifier.predict_proba(check_dim(vectors, index, index_dir)).max(axis=1)
     return dict(calibration), np.asarray(confidence, dtype=np.float32)
 

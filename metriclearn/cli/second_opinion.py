@@ -24,15 +24,9 @@ import click
 import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy
+from metriclearn.classify.defaults import DEFAULT_LAM, DEFAULT_THETA
 from metriclearn.cli._inputs import check_distinct_files, examples, load_probabilities, quiet_option
-from metriclearn.cli.classify import (
-    DEFAULT_LAM,
-    DEFAULT_THETA,
-    _check_output,
-    _device_option,
-    _load_features,
-    _load_index,
-)
+from metriclearn.cli.classify import _check_output, _device_option, _load_features, _load_index
 
 _MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
 _FEATURES_ONLY = ("index_dir", "features", "probs", "labels", "tune")

@@ -126,6 +126,7 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @_setting("--seed", "Random seed (runs are deterministic on CPU).", type=click.IntRange(0, 2**32 - 1))
 @_setting("--device", "auto (CUDA when available), cpu or cuda.", type=click.Choice(DEVICES))
 @_setting("--amp/--no-amp", "Mixed precision on CUDA; bf16 on a CPU with native bf16 when fine-tuning a transformer.")
+@_setting("--compile/--no-compile", "torch.compile the encoder for training (slower on CPU so far: BENCHMARKS.md).")
 @_setting("--checkpoint-every", "Also checkpoint every N batches (0: each epoch end).", type=int)
 @_setting("--threads", "CPU threads for torch (0: torch's default).", type=int)
 @_setting("--val-fraction", "Held-out share for validation metrics.", type=float)

@@ -60,7 +60,7 @@ def list_folder(folder: Path) -> list[ImageItem]:
     Raises ``ValueError`` naming the folder when it holds no image at all, or images both at its top and in
     class subfolders (which label would the top ones have?).
     """
-    from metriclearn.data import _label_value
+    from metriclearn._labels import label_value as _label_value
 
     top = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -88,7 +88,7 @@ def is_image_csv(path: Path) -> bool:
 def list_csv(path: Path, label_column: str = "label") -> list[ImageItem]:
     """The images a CSV names (see the module docstring); ``ValueError`` naming the row for a blank path or
     label, or a ``split``/``is_query``/``is_gallery`` value outside its choices."""
-    from metriclearn.data import _label_value
+    from metriclearn._labels import label_value as _label_value
 
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))

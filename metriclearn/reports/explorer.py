@@ -196,8 +196,10 @@ def read_training_log(path: str | os.PathLike[str] | None) -> dict[str, Any] | N
 
 
 def _float_or_none(text: str | None) -> float | None:
+    if text is None:
+        return None
     try:
-        value = float(text)  # type: ignore[arg-type]
+        value = float(text)
     except (TypeError, ValueError):
         return None
     return value if np.isfinite(value) else None

@@ -99,6 +99,9 @@ class TrainConfig:
         validation metric (or the training loss without a validation split).
     grad_clip:
         Maximum global gradient norm; 0 turns clipping off.
+    compile:
+        ``torch.compile`` the encoder's training forward (and so its backward). Off by default: on CPU it
+        lost on both the first epoch (compilation included) and a 15-epoch MNIST run (BENCHMARKS.md).
     patience:
         Early stopping after this many epochs without improvement of ``monitor``; 0 turns it off. The default,
         8, lost no validation MAP@R against training every epoch on 9 small-data runs (digits, breast cancer,
@@ -148,6 +151,7 @@ class TrainConfig:
     scheduler: str = "onecycle"
     grad_clip: float = 10.0
     amp: bool = True
+    compile: bool = False
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -236,7 +240,7 @@ class TrainConfig:
         if self.augment != "none" and (self.is_text_encoder or self.encoder.strip().lower().startswith("mlp")):
             raise ValueError(f"augment={self.augment!r} applies to images (--encoder cnn or a vision backbone), "
                              f"got encoder {self.encoder!r}")
-        for name in ("normalize", "amp", "report", "restore_best", "finetune", "gradient_checkpointing",
+        for name in ("normalize", "amp", "compile", "report", "restore_best", "finetune", "gradient_checkpointing",
                      "skip_bad_images"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -77,7 +77,7 @@ def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callba
         model, objective, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
         scheduler=config.scheduler, batch_size=config.batch_size, samples_per_class=config.samples_per_class,
         grad_clip=config.grad_clip, amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor,
-        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr,
+        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr, compile=config.compile,
     )
 
 
@@ -141,7 +141,14 @@ def train_run(
     if distributed.is_main_process():
         check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
-    distributed.init_from_env()  # a no-op unless started by torchrun
+    # under torchrun: the CLI's group, else one made here; its maker makes every rank wait for rank 0's writes
+    with distributed.process_group():
+        return _train(config, out, checkpoint, callbacks, verbose, overwrite, resume)
+
+
+def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, callbacks: Sequence[Callback],
+           verbose: bool, overwrite: bool, resume: bool) -> dict[str, Any]:
+    """:func:`train_run` once the folder and the checkpoint to resume are checked (every rank runs it)."""
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -170,7 +177,7 @@ def train_run(
         start = time.perf_counter()
         trainer.fit(train, val, epochs=config.epochs, resume_from=checkpoint)
         seconds = time.perf_counter() - start
-        if not trainer.is_main_process:
+        if not trainer.is_main_process:  # no collective follows: the others wait for rank 0 as the group ends
             return {}
         best = _best_epoch(config, trainer, all_callbacks, val)
         held_out = val if val is not None else train
@@ -291,6 +298,9 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
         val = val if val is not None and len(val) > 0 else None  # too small a fraction to hold anything out
     if data.is_pairs:  # every pair is a class of its own texts: nothing more can go wrong
+        if config.report:
+            raise ValueError(f"{config.data}: --report plots classes, and pair data has none (each pair is a class "
+                             "of its own texts); train without --report: the pair metrics go to metrics.json")
         return data, train, val
     assert train.y is not None  # load_data requires labels by default
     if len(np.unique(train.y)) < 2:
