@@ -27,7 +27,8 @@ strs); passing ``classes=`` (e.g. a trained run's ``classes.json``) encodes with
 Whole-number floats (``1.0``) become integers losslessly; other floats, complex numbers and out-of-range integers
 are refused.
 
-The batch sampler :class:`ClassBalancedSampler` lives in :mod:`metriclearn.sampler` and is re-exported here.
+The batch sampler :class:`ClassBalancedSampler` lives in :mod:`metriclearn.sampler` and is re-exported here
+(imported on first use: it needs torch, the rest of this module does not).
 
 Example
 -------
@@ -53,7 +54,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
@@ -65,7 +66,10 @@ from metriclearn._checks import (
     check_positive_int,
     describe,
 )
-from metriclearn.sampler import ClassBalancedSampler
+from metriclearn._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from metriclearn.sampler import ClassBalancedSampler
 
 __all__ = [
     "ClassBalancedSampler",
@@ -80,6 +84,8 @@ __all__ = [
     "stratified_subsample",
     "train_val_split",
 ]
+# the sampler is a torch Sampler: imported on first use, so reading .npy files does not import torch
+__getattr__, _ = lazy_exports(__name__, {"ClassBalancedSampler": "metriclearn.sampler"})
 
 SUFFIXES = (".npz", ".csv", ".jsonl")
 DIGITS = "digits"

@@ -178,9 +178,9 @@ def classify(
 
 def _model(index: Any, method: str, k: int | None, theta: float | None, weights: str | None, device: str) -> Any:
     """The uncalibrated classifier over ``index`` with the command-line parameters (``k`` already checked)."""
-    from metriclearn.classify import CacheClassifier, KNNClassifier
+    if method == "knn":  # numpy, faiss and scikit-learn: no torch (the cache model computes with torch)
+        from metriclearn.classify.knn import KNNClassifier
 
-    if method == "knn":
         k = k if k is not None else min(DEFAULT_K, len(index))
         return KNNClassifier.from_index(index, n_neighbors=k, weights=weights or "distance")
     theta = DEFAULT_THETA if theta is None else theta
@@ -190,6 +190,8 @@ def _model(index: Any, method: str, k: int | None, theta: float | None, weights:
         if k is not None:
             raise click.UsageError("--k (top-k cache) needs an unsharded index; a sharded one runs the exact cache")
         return ShardedCache(index, theta=theta, device=device)
+    from metriclearn.classify.cache import CacheClassifier
+
     return CacheClassifier.from_index(index, theta=theta, top_k=k, device=device)
 
 
@@ -243,7 +245,7 @@ def _calibrated_model(index: Any, index_dir: Path, method: str, calibration: dic
 
 def _is_main_process() -> bool:
     """Rank 0 under torchrun (which writes and prints), or a plain single process."""
-    from metriclearn.training.distributed import is_main_process
+    from metriclearn._distributed import is_main_process
 
     return is_main_process()
 
