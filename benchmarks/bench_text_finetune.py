@@ -73,7 +73,9 @@ from _text_data import fortunes, wordnet_pairs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LR, WEIGHT_DECAY, WARMUP, CLIP = 2e-5, 0.01, 0.1, 1.0
-SETTINGS = {"amp": False}  # --amp: metriclearn's bf16 CPU autocast (the sentence-transformers loop stays float32)
+SETTINGS: dict[str, Any] = {"amp": False, "cache_warmup": WARMUP}
+# amp (--amp): metriclearn's bf16 CPU autocast (the sentence-transformers loop stays float32);
+# cache_warmup (--cache-warmup): the share of the steps before the cache is scored against
 
 
 # ---------------------------------------------------------------------------- shared set-up
@@ -106,6 +108,41 @@ def save(part: str, payload: dict[str, Any], out: str | None) -> None:
     write_json(Path(out or os.environ.get("BENCH_OUT", HERE)) / f"results_text_finetune_{part}.json", payload)
 
 
+def step_log(every: int = 32) -> Any:
+    """A Trainer callback: every ``every`` steps, the mean loss and gradient norm (before clipping) since the last
+    row, printed to stderr and kept in ``.rows`` (the runs' JSON records them: how each contender trained). With a
+    cache: ``cache_mean_norm``, the length of the mean of the cached unit vectors (the square root of their mean
+    cosine: 0 spread evenly, 1 collapsed), and ``cache_mean_turn``, 1 − cos between that mean and the previous row's
+    (how far the cached cloud as a whole moved)."""
+    from metriclearn.training.callbacks import Callback
+
+    class StepLog(Callback):
+        def __init__(self) -> None:
+            self.rows: list[dict[str, float]] = []
+            self._seen: list[tuple[float, float]] = []
+            self._start = time.perf_counter()
+            self._mean: torch.Tensor | None = None
+
+        def on_batch_end(self, trainer: Any, batch: int, logs: dict[str, float]) -> None:
+            self._seen.append((logs["loss"], logs.get("grad_norm", math.nan)))
+            if len(self._seen) == every:
+                loss, norm = (statistics.mean(v) for v in zip(*self._seen))
+                row = {"step": trainer.global_step, "loss": round(loss, 4), "grad_norm": round(norm, 3),
+                       "seconds": round(time.perf_counter() - self._start, 1)}
+                cache = next((t for t in trainer.objective.terms.values() if hasattr(t, "cache_embeddings")), None)
+                if cache is not None and int(cache.filled):
+                    mean = cache.cache_embeddings[: int(cache.filled)].mean(0)  # (D,) of unit vectors
+                    row["cache_mean_norm"] = round(float(mean.norm()), 4)
+                    if self._mean is not None:
+                        row["cache_mean_turn"] = round(1 - float(torch.cosine_similarity(mean, self._mean, 0)), 4)
+                    self._mean = mean.clone()
+                self.rows.append(row)
+                self._seen = []
+                print(json.dumps(row), file=sys.stderr, flush=True)
+
+    return StepLog()
+
+
 def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str, slots: int,
                temperature: float, num_classes: int, total_steps: int) -> Any:
     """metriclearn: SentenceEncoder(freeze=False) (no head: the pooled, normalised MiniLM) + Trainer."""
@@ -116,11 +153,11 @@ def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str
     encoder = SentenceEncoder(embedding_dim=None, freeze=False, max_length=max_length)
     options: dict[str, Any] = {"temperature": temperature, "distance": "cosine"}
     if loss == "cache":
-        options.update(size=slots, warmup_steps=max(1, int(WARMUP * total_steps)))
+        options.update(size=slots, warmup_steps=max(1, int(SETTINGS["cache_warmup"] * total_steps)))
     objective = build_objective([(loss, 1.0)], encoder.out_features, num_classes, loss_options={loss: options})
     return Trainer(encoder, objective, "adamw", lr=LR, weight_decay=WEIGHT_DECAY, scheduler=linear_warmup,
                    batch_size=batch, samples_per_class=per_class, grad_clip=CLIP, amp=SETTINGS["amp"], seed=seed,
-                   device="cpu", verbose=False)
+                   device="cpu", verbose=False, callbacks=[step_log()])
 
 
 class STLoop:
@@ -313,6 +350,16 @@ def ir_metrics(anchors: np.ndarray, positives: np.ndarray, k: int = 10) -> dict[
             f"ndcg_at_{k}": float(np.where(hit, 1.0 / np.log2(rank + 1), 0.0).mean())}
 
 
+def spread(anchors: np.ndarray, positives: np.ndarray) -> dict[str, float]:
+    """How bunched the held-out embeddings are: the mean cosine of two different texts (0 for directions spread
+    evenly, 1 for a collapse; raw MiniLM ~0.1) and of the matching pairs, over all held-out anchors and positives."""
+    x = np.concatenate([anchors, positives])
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    n, total = len(x), np.linalg.norm(x.sum(0)) ** 2  # sum of all cosines, the n self-cosines included
+    return {"mean_cosine_other": float((total - n) / (n * (n - 1))),
+            "mean_cosine_pair": float((x[: len(anchors)] * x[len(anchors):]).sum(1).mean())}
+
+
 def run_pairs(args: argparse.Namespace) -> None:
     pairs = wordnet_pairs()
     train, test = pairs["train"][: args.pairs], pairs["test"][: args.held_out]
@@ -322,7 +369,8 @@ def run_pairs(args: argparse.Namespace) -> None:
     texts, y = anchors + positives, np.concatenate([np.arange(n), np.arange(n)])  # pair id = label
     result: dict[str, Any] = {"machine": machine(), "settings": {
         "train_pairs": n, "test_pairs": len(test), "batches": args.batches, "epochs": args.epochs,
-        "max_length": args.max_length, "temperature": args.temperature, "cache_slots": args.slots, "lr": LR},
+        "max_length": args.max_length, "temperature": args.temperature, "cache_slots": args.slots,
+        "cache_warmup": args.cache_warmup, "lr": LR},
         "runs": []}
     previous = Path(os.environ.get("BENCH_OUT", HERE)) / "results_text_finetune_pairs.json"
     if args.resume and previous.exists():
@@ -335,7 +383,7 @@ def run_pairs(args: argparse.Namespace) -> None:
             return
         start = time.perf_counter()
         a, p, extra = fn()
-        run = {"contender": name, "batch": batch, "seed": seed, **ir_metrics(a, p),
+        run = {"contender": name, "batch": batch, "seed": seed, **ir_metrics(a, p), **spread(a, p),
                "seconds": round(time.perf_counter() - start, 1), **extra}
         result["runs"].append(run)
         print(json.dumps(run), flush=True)
@@ -361,7 +409,8 @@ def run_pairs(args: argparse.Namespace) -> None:
                     history = trainer.fit((texts, y), epochs=args.epochs)
                     return (ml_embed(trainer.model, test_a), ml_embed(trainer.model, test_p),
                             {"train_loss": [h["loss"] for h in history],
-                             "samples_per_s": history[-1]["samples_per_s"]})
+                             "samples_per_s": history[-1]["samples_per_s"],
+                             "steps": trainer.callbacks[0].rows})
                 return go
 
             def st(loss: str) -> Callable[[], tuple[np.ndarray, np.ndarray, dict]]:
@@ -503,6 +552,41 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n={len(values)})"
 
 
+def pairs_table(path: Path) -> None:
+    """The (b) table of one results file, then the cache's gain per seed (cache − no cache, same batches)."""
+    result = json.loads(path.read_text())
+    runs, keys = result["runs"], ("recall_at_1", "recall_at_10", "mrr_at_10", "ndcg_at_10")
+    print(f"\n{path.name}: {result['settings'].get('train_pairs')} training pairs\n\n"
+          "| contender | batch (pairs) | seeds | Recall@1 | Recall@10 | MRR@10 | NDCG@10 | texts/s (training) |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for name, batch in dict.fromkeys((r["contender"], r["batch"]) for r in runs):
+        rs = [r for r in runs if r["contender"] == name and r["batch"] == batch]
+        rate = [r["samples_per_s"] for r in rs if "samples_per_s" in r]
+        print(f"| {name} | {batch or '–'} | {', '.join(str(r['seed']) for r in rs)} | "
+              + " | ".join(mean_sd([r[k] for r in rs]) for k in keys)
+              + (f" | {statistics.mean(rate):.1f} |" if rate else " | |"))
+    plain = {(r["batch"], r["seed"]): r for r in runs if r["contender"] == "metriclearn neighborhood (pair ids)"}
+    for r in runs:
+        base = plain.get((r["batch"], r["seed"]))
+        if r["contender"].startswith("metriclearn neighborhood + cache") and base is not None:
+            print(f"- {r['contender']} − no cache, batch {r['batch']}, seed {r['seed']}: "
+                  + ", ".join(f"{k} {r[k] - base[k]:+.4f}" for k in ("recall_at_10", "mrr_at_10")))
+
+
+def merge_results(args: argparse.Namespace) -> None:
+    """One results file from the runs of several ``BENCH_OUT`` folders (runs made side by side, 2 at a time)."""
+    from metriclearn._atomic import write_json
+
+    parts = [json.loads((Path(d) / "results_text_finetune_pairs.json").read_text()) for d in args.dirs]
+    settings = [{k: v for k, v in p["settings"].items() if k not in ("batches", "cache_slots")} for p in parts]
+    if any(s != settings[0] for s in settings):
+        raise SystemExit(f"the runs have different settings: {settings}")
+    merged = {"machines": [p["machine"] for p in parts], "settings": settings[0],
+              "runs": sorted((r for p in parts for r in p["runs"]), key=lambda r: (r["batch"], r["seed"]))}
+    write_json(Path(args.into), merged)
+    print(f"{len(merged['runs'])} runs -> {args.into}")
+
+
 def run_tables(args: argparse.Namespace) -> None:
     """Markdown tables from the results JSON files (mean ± sample SD over the seeds measured)."""
     folder = Path(os.environ.get("BENCH_OUT", HERE))
@@ -516,18 +600,8 @@ def run_tables(args: argparse.Namespace) -> None:
             print(f"| {name} | {', '.join(str(r['seed']) for r in rs)} | "
                   + " | ".join(mean_sd([r[k] for r in rs]) for k in ("knn_accuracy", "precision_at_1", "map_at_r"))
                   + (f" | {statistics.mean(rate):.1f} |" if rate else " | |"))
-    path = folder / "results_text_finetune_pairs.json"
-    if path.exists():
-        runs = json.loads(path.read_text())["runs"]
-        keys = ("recall_at_1", "recall_at_10", "mrr_at_10", "ndcg_at_10")
-        print("\n| contender | batch (pairs) | seeds | Recall@1 | Recall@10 | MRR@10 | NDCG@10 | texts/s (training) |\n"
-              "|---|---|---|---|---|---|---|---|")
-        for name, batch in dict.fromkeys((r["contender"], r["batch"]) for r in runs):
-            rs = [r for r in runs if r["contender"] == name and r["batch"] == batch]
-            rate = [r["samples_per_s"] for r in rs if "samples_per_s" in r]
-            print(f"| {name} | {batch or '–'} | {', '.join(str(r['seed']) for r in rs)} | "
-                  + " | ".join(mean_sd([r[k] for r in rs]) for k in keys)
-                  + (f" | {statistics.mean(rate):.1f} |" if rate else " | |"))
+    for path in sorted(folder.glob("results_text_finetune_pairs*.json")):  # the 512-pair runs, then the larger sets
+        pairs_table(path)
     path = folder / "results_text_finetune_speed.json"
     if path.exists():
         speed = json.loads(path.read_text())
@@ -548,7 +622,9 @@ def run_tables(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["classes", "pairs", "speed", "memory", "memory-child", "tables"])
+    parser.add_argument("part", choices=["classes", "pairs", "speed", "memory", "memory-child", "tables", "merge"])
+    parser.add_argument("dirs", nargs="*", help="merge: the BENCH_OUT folders whose pair results to merge")
+    parser.add_argument("--into", help="merge: the results file to write")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=32, help="classes / memory-child: texts per batch")
@@ -561,12 +637,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache-warmup", type=float, default=WARMUP,
+                        help="share of the steps before the cache is scored against (default: the lr warm-up's)")
     parser.add_argument("--amp", action="store_true", help="metriclearn with its bf16 CPU autocast (the CLI default)")
     parser.add_argument("--only", nargs="*", help="run only these contenders (names as in the JSON)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in the results JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     SETTINGS["amp"] = args.amp
+    SETTINGS["cache_warmup"] = args.cache_warmup
     from metriclearn._progress import set_quiet
 
     set_quiet(True)
@@ -576,7 +655,7 @@ def main() -> None:
         memory_child(args.batch, args.slots, args.steps, args.max_length)
         return
     parts = {"classes": run_classes, "pairs": run_pairs, "speed": run_speed, "memory": run_memory,
-             "tables": run_tables}
+             "tables": run_tables, "merge": merge_results}
     parts[args.part](args)
 
 

@@ -14,6 +14,9 @@ Formats (guide: docs/data-and-metrics.md):
 - ``.npy``: a matrix (embeddings, features, probabilities) via :func:`load_matrix`, a 1-D label vector via
   :func:`load_labels`, or raw model inputs (n, ...) without labels via ``load_data(path, require_labels=False)``
   (a ``.npy`` alone cannot be training data: it has no labels, use ``.npz``).
+- a folder of class subfolders of PNG/JPEG/WebP images, a folder of images (unlabelled), or a ``.csv`` with a
+  ``path`` column (and ``label``, optional ``split``/``is_query``/``is_gallery``): images, decoded by
+  :mod:`metriclearn.images` into X (n, C, S, S) float32 in [0, 1] (``images=ImageOptions(...)``).
 - ``"digits"``: scikit-learn's bundled digits set, X (1797, 64) float32 raw 0..16 pixel values, 10 classes.
 
 Labels are optional where they are not needed: ``load_data(..., require_labels=False)`` also reads an ``.npz``
@@ -66,9 +69,11 @@ from metriclearn._checks import (
     check_positive_int,
     describe,
 )
+from metriclearn._labels import label_value as _label_value
 from metriclearn._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from metriclearn.images import ImageOptions
     from metriclearn.sampler import ClassBalancedSampler
 
 __all__ = [
@@ -307,42 +312,6 @@ def _check_inputs(X: np.ndarray, path: Path, what: str) -> np.ndarray:
     return X
 
 
-def _label_value(value: Any, where: str) -> int | str:
-    """A label read from text: an int (also from an integral float such as ``1.0``) or a string.
-
-    A number that is not an exact int64 integer (``1.5``, ``nan``, ``1e20``) is refused: silently keeping it
-    as text, or rounding it, would corrupt the classes.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            raise ValueError(f"{where}: the label is blank; give every row a label (or none, for unlabelled data)")
-        try:
-            integer = int(text)
-        except ValueError:
-            integer = None
-        if integer is not None:
-            return _integral(integer, where, text)
-        try:
-            number = float(text)
-        except ValueError:
-            return text
-    else:
-        number, text = value, repr(value)
-        if isinstance(value, int):
-            return _integral(value, where, text)
-    if not (math.isfinite(number) and number == round(number) and abs(number) <= 2**53):
-        raise ValueError(f"{where}: label {text} is a number but not an integer that can be represented exactly; "
-                         "labels are integers or names")
-    return int(number)
-
-
-def _integral(value: int, where: str, text: str) -> int:
-    if not _INT64.min <= value <= _INT64.max:
-        raise ValueError(f"{where}: label {text} does not fit in a 64-bit integer")
-    return value
-
-
 @dataclass(frozen=True)
 class CsvColumns:
     """The columns of a ``.csv`` that are not features: the label (``--label-column``), an id (``--id-column``:
@@ -561,6 +530,7 @@ def load_data(
     require_labels: bool = True,
     unseen: str = "error",
     columns: CsvColumns | None = None,
+    images: ImageOptions | None = None,
 ) -> LabeledData:
     """Load a data set from ``source`` (a path or ``"digits"``).
 
@@ -581,6 +551,10 @@ def load_data(
         For a ``.csv``: the label column's name (default ``label``) and the id / metadata columns that are not
         features (:func:`csv_extras` reads them). Given for another kind of file, it is a ``ValueError``
         unless it is the default.
+    images : ImageOptions, optional
+        How a folder of images, or a ``.csv`` with a ``path`` column, is decoded (size, channels, workers,
+        bad files, cache; :class:`metriclearn.images.ImageOptions`): ``X`` is then (n, C, S, S) float32 in
+        [0, 1] (guide: docs/images.md).
 
     Raises
     ------
@@ -608,6 +582,11 @@ def load_data(
     y: np.ndarray | None
     if source_name == DIGITS:
         X, y = _digits()
+    elif _is_images(Path(source)):
+        from metriclearn.images import ImageOptions, read_images
+
+        label = (columns or CsvColumns()).label
+        X, y = read_images(Path(source), label, require_labels, images or ImageOptions())
     else:
         path = _existing_file(source)
         suffix = path.suffix.lower()
@@ -638,6 +617,13 @@ def load_data(
         except UnicodeDecodeError as err:
             raise ValueError(f"{path} is not UTF-8 text: {err}") from None
     return _assemble(X, y, classes, source_name, unseen)
+
+
+def _is_images(path: Path) -> bool:
+    """A folder, or a ``.csv`` with a ``path`` column: images (:mod:`metriclearn.images`)."""
+    from metriclearn.images import is_image_source
+
+    return is_image_source(path)
 
 
 def _assemble(

@@ -247,6 +247,9 @@ class SentenceEncoder(nn.Module):
             self.transformer.requires_grad_(False)
             for block in blocks[len(blocks) - self.unfreeze :]:
                 block.requires_grad_(True)
+        pooler = getattr(self.transformer, "pooler", None)  # BERT/RoBERTa/MPNet's tanh head over [CLS]: never used
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)  # a trainable unused weight stops DistributedDataParallel under torchrun
         if self.gradient_checkpointing and not self.freeze:
             self.transformer.config.use_cache = False  # an encoder keeps no key/value cache (and no warning)
             enable = getattr(self.transformer, "activation_checkpointing_enable", None)  # transformers >= 5.x

@@ -195,3 +195,14 @@ def test_importing_encoders_does_not_import_transformers() -> None:
             "print('transformers' in sys.modules, 'sentence_transformers' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_fine_tuning_leaves_no_trainable_weight_without_a_gradient(tiny_bert_dir) -> None:
+    """DistributedDataParallel (torchrun) stops at a trainable weight that gets no gradient: BERT's pooler (a tanh
+    layer over [CLS] that masked-mean or CLS pooling of the last hidden state never calls) is frozen."""
+    from metriclearn.sentence import SentenceEncoder
+
+    enc = SentenceEncoder(tiny_bert_dir, embedding_dim=4, freeze=False).train()
+    enc(["a short text", "a somewhat longer text than that"]).sum().backward()
+    assert [n for n, p in enc.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert enc.transformer.pooler is not None and not any(p.requires_grad for p in enc.transformer.pooler.parameters())

@@ -89,8 +89,8 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     check_distinct_files([("--out", out)], [("--data", data), ("--reference", reference)])
     run = load_run(model_dir)
     sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
-    loaded = [load_data(s, classes=run.classes, unseen="append", columns=csv_columns(label_column))
-              for s in sources]
+    loaded = [load_data(s, classes=run.classes, unseen="append", columns=csv_columns(label_column),
+                        images=run.image_options()) for s in sources]
     if any(d.is_pairs for d in loaded):
         if reference is not None or index_dir is not None or layer != "embedding":
             raise click.UsageError("a pair file is measured on its own pairs (each anchor against all its "

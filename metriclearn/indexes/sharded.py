@@ -193,7 +193,7 @@ class ShardedIndex:
         missing = [r for r, s in enumerate(self.shards) if s is None]
         if missing:
             raise ValueError(f"this process holds only some shards (not {missing}); vectors() needs them all")
-        every = np.concatenate([s.vectors() for s in self.shards])  # type: ignore[union-attr]
+        every = np.concatenate([s.vectors() for s in self.shards if s is not None])  # all of them (checked above)
         if ids is None:
             return every
         rows = self._table.rows_for(ids)

@@ -56,7 +56,7 @@ from typing import Any, Protocol, TypeVar
 import faiss
 import numpy as np
 
-from metriclearn._checks import check_matrix, check_positive_int
+from metriclearn._checks import check_interval, check_matrix, check_positive_int
 from metriclearn.indexes import _factory, _structure
 from metriclearn.indexes.exact import exact_search, normalize_rows
 
@@ -118,7 +118,7 @@ def tune_index(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Tune ``index`` in place (see :meth:`EmbeddingIndex.tune`); return what is stored in ``attrs["tuning"]``."""
-    target = _check_target(target_recall)
+    target = check_interval(target_recall, "target_recall", open_low=True)
     k = check_positive_int(k, "k")
     data = _data(index, vectors)
     if queries is None:
@@ -188,14 +188,6 @@ def tune_index(
     }
     index.attrs = {**index.attrs, "tuning": record}
     return record
-
-
-def _check_target(target_recall: Any) -> float:
-    if isinstance(target_recall, bool) or not isinstance(target_recall, (int, float, np.floating)):
-        raise TypeError(f"target_recall must be a number in (0, 1], got {target_recall!r}")
-    if not 0 < float(target_recall) <= 1:
-        raise ValueError(f"target_recall must be in (0, 1], got {target_recall!r}")
-    return float(target_recall)
 
 
 def _data(index: Tunable, vectors: Any) -> np.ndarray:

@@ -237,7 +237,7 @@ class MetricLearningModule(L.LightningModule):
             logs.update({name: float(v.detach()) for name, v in losses.items()})
         scheduler = self.lr_schedulers()
         if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step()  # type: ignore[union-attr]
+            scheduler.step()  # type: ignore[union-attr]  # one scheduler (configure_optimizers), not a list
         self.batches_done += 1
         return None
 

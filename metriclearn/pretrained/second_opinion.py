@@ -39,11 +39,10 @@ from torch import nn
 
 from metriclearn._checks import check_fraction, check_positive_float, check_positive_int, describe
 from metriclearn.classify.cache import LAM_GRID, THETA_GRID, CacheClassifier
+from metriclearn.classify.defaults import DEFAULT_LAM, DEFAULT_THETA
 from metriclearn.fingerprint import model_fingerprint
 from metriclearn.pretrained.extractor import FeatureExtractor, candidate_layers, resolve_layers
 
-DEFAULT_THETA = 50.0
-DEFAULT_LAM = 0.5
 FORMAT = "metriclearn.second_opinion"
 FORMAT_VERSION = 1
 AUDIT_NEIGHBORS = 5

@@ -130,7 +130,8 @@ def write_explorer(
 
 def item_content(data: Any) -> tuple[list[str] | None, np.ndarray | None]:
     """``(texts, images)`` to show for the rows of a :class:`~metriclearn.data.LabeledData`: its texts (``.jsonl``),
-    or its images (features shaped (n, h, w[, 3]), or the built-in 8×8 ``digits``), else ``(None, None)``.
+    or its images (features shaped (n, h, w[, 3]), an image folder's (n, C, h, w), or the
+    built-in 8×8 ``digits``), else ``(None, None)``.
 
     >>> from metriclearn.data import load_data
     >>> texts, images = item_content(load_data("digits"))
@@ -140,6 +141,9 @@ def item_content(data: Any) -> tuple[list[str] | None, np.ndarray | None]:
     X = data.X
     if isinstance(X, list):
         return list(X), None
+    if X.ndim == 4 and X.shape[1] in (1, 3) and X.shape[3] not in (1, 3):  # decoded images (n, C, H, W)
+        X = X.transpose(0, 2, 3, 1)
+        return None, X[..., 0] if X.shape[3] == 1 else X
     if X.ndim in (3, 4):
         return None, X
     if data.source == "digits" and X.ndim == 2 and X.shape[1] == 64:
@@ -192,8 +196,10 @@ def read_training_log(path: str | os.PathLike[str] | None) -> dict[str, Any] | N
 
 
 def _float_or_none(text: str | None) -> float | None:
+    if text is None:
+        return None
     try:
-        value = float(text)  # type: ignore[arg-type]
+        value = float(text)
     except (TypeError, ValueError):
         return None
     return value if np.isfinite(value) else None

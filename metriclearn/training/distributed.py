@@ -123,7 +123,7 @@ class ShardedBatchSampler:
             yield batch[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        return len(self.batch_sampler)  # type: ignore[arg-type]
+        return len(self.batch_sampler)  # type: ignore[arg-type]  # a sized batch sampler, typed by what __iter__ needs
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.batch_sampler, "set_epoch"):
@@ -377,7 +377,7 @@ def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
     if world_size() == 1:
         assert array is not None
         return array
-    header = broadcast_object(None if rank() != src else (array.shape, array.dtype.str))
+    header = broadcast_object(None if rank() != src or array is None else (array.shape, array.dtype.str))
     shape, dtype = header
     if rank() == src:
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_comm_device())

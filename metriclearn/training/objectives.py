@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from metriclearn._checks import check_choice, check_positive_float
+from metriclearn.losses._neighborhood_uniformity import can_fuse, neighborhood_and_uniformity
 from metriclearn.losses.base import MetricLoss
+from metriclearn.losses.neighborhood import NeighborhoodSoftmaxLoss
 from metriclearn.losses.registry import (  # noqa: F401  (LossSpec, LOSS_NAMES, expected_initial_loss: re-exported)
     COMBINES,
     DEFAULT_LOSS,
@@ -41,6 +43,7 @@ from metriclearn.losses.registry import (  # noqa: F401  (LossSpec, LOSS_NAMES, 
     expected_initial_loss,
     parse_loss_term,
 )
+from metriclearn.losses.uniformity import UniformityLoss
 
 
 class HeadLoss(nn.Module):
@@ -122,14 +125,39 @@ class Objective(nn.Module):
         ``ids`` (B,) sample ids go to every :class:`~metriclearn.losses.MetricLoss` term (``CacheLoss``
         uses them); other modules are called ``term(embeddings, labels)``.
         """
+        names = list(names or self.names)
+        pair = self.fused
+        both = None
+        if pair is not None and pair[0] in names and pair[1] in names:  # one Gram matrix for the two terms
+            # `fused` picked the two by their exact types
+            neighborhood = cast(NeighborhoodSoftmaxLoss, self.terms[pair[0]])
+            uniformity = cast(UniformityLoss, self.terms[pair[1]])
+            values = neighborhood_and_uniformity(neighborhood, uniformity, embeddings, labels)
+            both = dict(zip(pair, values, strict=True))
         out = {}
-        for name in names or self.names:
+        for name in names:
             term = self.terms[name]
-            out[name] = term(embeddings, labels, ids) if isinstance(term, MetricLoss) else term(embeddings, labels)
+            if both is not None and name in both:
+                out[name] = both[name]
+            else:
+                out[name] = term(embeddings, labels, ids) if isinstance(term, MetricLoss) else term(embeddings, labels)
         return out
+
+    @property
+    def fused(self) -> tuple[str, str] | None:
+        """The names of a cosine neighbourhood-softmax term and a uniformity term that
+        :meth:`term_losses` computes together from one Gram matrix
+        (:mod:`metriclearn.losses._neighborhood_uniformity`: the default objective), or ``None``."""
+        kinds = [n for n, t in self.terms.items() if type(t) is NeighborhoodSoftmaxLoss]
+        spread = [n for n, t in self.terms.items() if type(t) is UniformityLoss]
+        for name in kinds:
+            if spread and can_fuse(self.terms[name], self.terms[spread[0]]):
+                return name, spread[0]
+        return None
 
     def total(self, losses: Mapping[str, Tensor]) -> Tensor:
         """``Σ w_t · L_t`` over the given term losses."""
+        # sum() starts from the int 0; with at least one term (an Objective has one) the result is a Tensor
         return sum(self.weights[name] * value for name, value in losses.items())  # type: ignore[return-value]
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:

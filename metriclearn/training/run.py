@@ -77,7 +77,7 @@ def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callba
         model, objective, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
         scheduler=config.scheduler, batch_size=config.batch_size, samples_per_class=config.samples_per_class,
         grad_clip=config.grad_clip, amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor,
-        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr,
+        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr, compile=config.compile,
     )
 
 
@@ -90,7 +90,7 @@ def overfit_batch_check(config: TrainConfig, steps: int = 200, verbose: bool = T
     from metriclearn.data import CsvColumns, load_data
 
     seed_everything(config.seed)
-    data = load_data(config.data, columns=CsvColumns(label=config.label_column))
+    data = load_data(config.data, columns=CsvColumns(label=config.label_column), images=image_options(config))
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     trainer = make_trainer(config, build_model(config, input_shape), data.num_classes, verbose=verbose)
     losses = trainer.overfit_batch(data, steps=steps)
@@ -148,6 +148,7 @@ def train_run(
     data, train, val = _load_splits(config)
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     _check_encoder_fits(config, data.is_text)
+    _check_images_fit(config, data)
     stamp = data_stamp(config.data, len(data), input_shape, data.num_classes)
     check_same_data(checkpoint, stamp)  # before the model is built for data it was not trained on
     model = build_model(config, input_shape)
@@ -284,12 +285,15 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
     """``(data, train, val or None)`` of ``config``, checked so that training can finish and be evaluated."""
     from metriclearn.data import CsvColumns, load_data
 
-    data = load_data(config.data, columns=CsvColumns(label=config.label_column))
+    data = load_data(config.data, columns=CsvColumns(label=config.label_column), images=image_options(config))
     train, val = data, None
     if config.val_fraction > 0:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
         val = val if val is not None and len(val) > 0 else None  # too small a fraction to hold anything out
     if data.is_pairs:  # every pair is a class of its own texts: nothing more can go wrong
+        if config.report:
+            raise ValueError(f"{config.data}: --report plots classes, and pair data has none (each pair is a class "
+                             "of its own texts); train without --report: the pair metrics go to metrics.json")
         return data, train, val
     assert train.y is not None  # load_data requires labels by default
     if len(np.unique(train.y)) < 2:
@@ -304,6 +308,25 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
             f"--val-fraction 0 (measure on the training data)"
         )
     return data, train, val
+
+
+def image_options(config: TrainConfig) -> Any:
+    """How ``config``'s image data is decoded: at ``image_size``, else the backbone's input size, else the
+    first image's (:class:`metriclearn.images.ImageOptions`)."""
+    from metriclearn.images import ImageOptions
+    from metriclearn.images.backbones import input_size
+
+    size = config.image_size or (input_size(config.encoder) if config.is_vision_encoder else None)
+    return ImageOptions(size=size, workers=config.workers, skip_bad=config.skip_bad_images)
+
+
+def _check_images_fit(config: TrainConfig, data: Any) -> None:
+    """A vision backbone or augmentation needs image data (X (n, C, H, W)): say so, naming --data."""
+    images = isinstance(data.X, np.ndarray) and data.X.ndim == 4
+    if (config.is_vision_encoder or config.augment != "none") and not images:
+        raise ValueError(f"{config.data} holds {'texts' if data.is_text else 'numeric features'}, but "
+                         f"{'--encoder ' + config.encoder if config.is_vision_encoder else '--augment'} needs images: "
+                         "give --data a folder of class subfolders or a .csv with a path column")
 
 
 def _check_encoder_fits(config: TrainConfig, text_data: bool) -> None:

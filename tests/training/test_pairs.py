@@ -249,15 +249,15 @@ def test_finetune_pairs_example_on_a_tiny_slice(tmp_path, tiny_bert_dir, capsys)
 
 
 def test_pairs_with_hard_negatives_and_no_validation_split(tmp_path, tiny_bert_dir, monkeypatch) -> None:
-    from metriclearn.losses import NeighborhoodSoftmaxLoss
+    from metriclearn.training.objectives import Objective
 
     rows = [{"anchor": f"what is a {w}?", "positive": f"a {w} is a thing called {w}",
              "negative": f"a {w} is never a {WORDS[i - 1]}"} for i, w in enumerate(WORDS)]
     path = _write(tmp_path / "triplets.jsonl", rows)
     batches = []
-    original = NeighborhoodSoftmaxLoss.compute
-    monkeypatch.setattr(NeighborhoodSoftmaxLoss, "compute",
-                        lambda self, e, labels: batches.append(labels.tolist()) or original(self, e, labels))
+    original = Objective.term_losses  # the loss terms' labels (the default objective's terms are computed fused)
+    monkeypatch.setattr(Objective, "term_losses", lambda self, e, labels, *args, **kwargs: batches.append(
+        labels.tolist()) or original(self, e, labels, *args, **kwargs))
     result = invoke("train", "--data", path, "--encoder", f"sentence:{tiny_bert_dir}", *FAST, "--val-fraction", "0",
                     "--epochs", "1", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
@@ -267,3 +267,44 @@ def test_pairs_with_hard_negatives_and_no_validation_split(tmp_path, tiny_bert_d
         assert all(labels.count(v) == 2 for v in pairs) and sorted(v - 23 for v in labels if v >= 23) == sorted(pairs)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["split"] == "train" and metrics["n_eval"] == 23  # measured on the training pairs, negatives aside
+
+
+def test_report_on_pairs_is_refused_before_training(tmp_path, pair_file, tiny_bert_dir) -> None:
+    result = invoke("train", "--data", pair_file, "--encoder", f"sentence:{tiny_bert_dir}", *FAST, "--report",
+                    "--out", tmp_path / "run")
+    assert_one_line_error(result, 1, "--report plots classes, and pair data has none")
+    assert not (tmp_path / "run" / "log.csv").exists()  # refused before the first step
+
+
+# ----------------------------------------------------------------------------------------------- torchrun
+def test_torchrun_on_pairs_with_the_cache_equals_one_process(tmp_path, pair_file, tiny_bert_dir, torchrun) -> None:
+    """Pair fine-tuning with the cache on 2 processes (each a shard of every batch; pairs may straddle the ranks;
+    3 pairs a batch, so the last batch of 16 pairs is 1 pair, one text per rank) ends with one process's weights
+    and metrics: the gathered batch, the pair ids and the cache are the global ones. Dropout is off, so both runs
+    compute the same function; the tiny BERT's unused pooler no longer stops DistributedDataParallel."""
+    model = tmp_path / "bert"
+    model.mkdir()
+    for path in tiny_bert_dir.iterdir():
+        (model / path.name).write_bytes(path.read_bytes())
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    command = ["train", "--data", pair_file, "--encoder", f"sentence:{model}", *FAST, "--batch-size", "3",
+               "--samples-per-class", "1", "--loss", "cache", "--no-amp"]  # (pairs ignore --samples-per-class)
+    one = invoke(*command, "--out", tmp_path / "one")
+    assert one.exit_code == 0, one.output
+    done = torchrun(*command, "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("held-out metrics (val, 7 pairs)") == 1  # rank 0 reports
+    a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["state_dict"]
+    from transformers import AutoModel
+
+    start = AutoModel.from_pretrained(str(model)).state_dict()
+    moved = max(float((a[k] - start[k.removeprefix("transformer.")]).abs().max()) for k in a if k.startswith("tr"))
+    assert moved > 1e-3 and a.keys() == b.keys()  # 12 AdamW steps moved the transformer (seen: 3.5e-3)
+    for key in a:  # the gradients are summed in another order (seen: 1e-6 apart), far below what training moved
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=3e-5, msg=key)
+    one_m, two_m = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    assert two_m["n_train"] == one_m["n_train"] == 16 and two_m["n_eval"] == 7
+    assert two_m["pairs"] == pytest.approx(one_m["pairs"], abs=1e-6)  # 7 queries: a rank moves by 1/7
