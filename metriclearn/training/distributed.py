@@ -33,7 +33,7 @@ Example
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -68,8 +68,9 @@ def is_main_process() -> bool:
 def init_from_env(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
     """Initialise the process group from torchrun's ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``.
 
-    Returns ``True`` when a group was initialised, ``False`` when the variables are absent (a plain
-    single-process run). ``backend="auto"`` picks NCCL with CUDA, else gloo.
+    Returns ``True`` when a group is initialised (now or before), ``False`` when the variables are absent
+    (a plain single-process run). ``backend="auto"`` picks NCCL with CUDA, else gloo. The caller owns a
+    group it made: leave it with :func:`leave_group`, or use :func:`process_group`, which does both.
     """
     if is_distributed():
         return True
@@ -80,7 +81,6 @@ def init_from_env(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
-    atexit.register(_shutdown)  # a process that exits with a live group aborts (gloo's threads)
     if dist.get_rank() != 0:
         from metriclearn._progress import set_quiet
 
@@ -88,9 +88,43 @@ def init_from_env(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
     return True
 
 
-def _shutdown() -> None:
-    if is_distributed():
-        dist.destroy_process_group()
+def leave_group() -> None:
+    """Wait for every rank at a barrier, then destroy the process group (no-op without one).
+
+    Why the barrier: a gloo worker thread frees each finished collective after the caller has moved on,
+    and freeing one can need the GIL (the collective's saved thread-local state holds Python objects).
+    A rank that leaves its last collective and exits at once (rank 1 while rank 0 still writes the
+    run) can reach interpreter shutdown first; the worker thread then dies inside a destructor and the
+    process aborts ("terminate called without an active exception"). ``destroy_process_group`` does
+    not join those threads (DDP keeps a reference to the group), so waiting at a barrier, with the GIL
+    released, is what lets them finish. Every rank must call it, after its last collective.
+    """
+    if not is_distributed():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(backend: str = "auto", timeout_s: float = 1800.0) -> Iterator[bool]:
+    """Join torchrun's process group for a block; the block that made the group also leaves it.
+
+    Yields whether a group is in use. A group made here is left with :func:`leave_group` when the
+    block ends normally (every rank waits for the others, e.g. for rank 0's writes, then tears it down);
+    when the block raises, no barrier is entered (the other ranks may never reach it: torchrun stops
+    them). A group that already existed is left to its maker. Without torchrun's variables it is a no-op.
+
+    >>> with process_group() as distributed:  # a single process
+    ...     distributed
+    False
+    """
+    made = not is_distributed() and init_from_env(backend, timeout_s)
+    yield is_distributed()  # an exception in the block propagates from here: no barrier
+    if made:
+        leave_group()
 
 
 def local_device() -> torch.device:

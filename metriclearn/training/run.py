@@ -141,7 +141,14 @@ def train_run(
     if distributed.is_main_process():
         check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
-    distributed.init_from_env()  # a no-op unless started by torchrun
+    # under torchrun: the CLI's group, else one made here; its maker makes every rank wait for rank 0's writes
+    with distributed.process_group():
+        return _train(config, out, checkpoint, callbacks, verbose, overwrite, resume)
+
+
+def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, callbacks: Sequence[Callback],
+           verbose: bool, overwrite: bool, resume: bool) -> dict[str, Any]:
+    """:func:`train_run` once the folder and the checkpoint to resume are checked (every rank runs it)."""
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -170,7 +177,7 @@ def train_run(
         start = time.perf_counter()
         trainer.fit(train, val, epochs=config.epochs, resume_from=checkpoint)
         seconds = time.perf_counter() - start
-        if not trainer.is_main_process:
+        if not trainer.is_main_process:  # no collective follows: the others wait for rank 0 as the group ends
             return {}
         best = _best_epoch(config, trainer, all_callbacks, val)
         held_out = val if val is not None else train
