@@ -166,7 +166,7 @@ def main() -> None:
         references = {name: round((first[name] + timed(code, args.repeats, [HERE], folder)[0][0]) / 2, 3)
                       for name, code in REFERENCES.items()}
     for name, seconds in references.items():
-        print(f"{name:<40} {seconds:6.3f} s  (before and after the calls: {first[name]:.3f} s at first)")
+        print(f"{name:<40} {seconds:6.3f} s  (mean of the medians before and after the calls; before: {first[name]:.3f} s)")
     print(json.dumps({"repeats": args.repeats, "references": references, "rows": rows}))
 
 
