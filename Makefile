@@ -19,9 +19,11 @@ demo: setup
 	rm -rf runs/demo
 	$(VENV)/bin/metriclearn train --out runs/demo
 
-# Static checks on the package (config in pyproject.toml): lint and import order.
+# Static checks on the package (config in pyproject.toml): lint and import order, types, layer contracts.
 lint: setup
 	$(VENV)/bin/ruff check metriclearn
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(PY) -m pytest -q -n 2 --doctest-modules metriclearn tests

@@ -220,6 +220,38 @@ def bench_uniformity(repeats: int, sizes: tuple[int, ...] = (128, 512)) -> list[
     return rows
 
 
+def bench_default_objective(repeats: int, sizes: tuple[int, ...] = (128, 512)) -> list[dict[str, object]]:
+    """The default objective's loss (cosine neighbourhood softmax at T = 0.15 + 0.05 · uniformity): the fused
+    kernel (one Gram matrix, forward and backward) against the two terms apart, and pml's ``NCALoss``.
+
+    Floor of the fused step: one (B, B, D) GEMM forward and one backward (4·B²·D flops) and 2·B² exponentials
+    (the softmax and the uniformity weights).
+    """
+    from pytorch_metric_learning.losses import NCALoss
+
+    from metriclearn.losses import UniformityLoss
+    from metriclearn.losses._neighborhood_uniformity import neighborhood_and_uniformity
+
+    nb, un = NeighborhoodSoftmaxLoss(0.15, "cosine"), UniformityLoss()
+
+    def fused(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        value, spread = neighborhood_and_uniformity(nb, un, x, labels)
+        return value + 0.05 * spread
+
+    rows = []
+    for b in sizes:
+        x, labels = batch(b)
+        floor = 4 * b * b * D / GEMM_RATE + 2 * b * b / EXP_RATE
+        contenders = {"fused": step(fused, x, labels), "apart": step(lambda e, y: nb(e, y) + 0.05 * un(e), x, labels),
+                      "pml": step(NCALoss(), x, labels)}
+        t = interleaved(contenders, max(10, repeats * 512 // b))
+        rows += [row(f"default objective, fused kernel, vs NCALoss, B={b}", t["fused"], t["pml"], floor),
+                 row(f"default objective, the two terms apart, vs NCALoss, B={b}", t["apart"], t["pml"], floor)]
+        print_row(rows[-2])
+        print_row(rows[-1])
+    return rows
+
+
 def print_row(r: dict[str, object]) -> None:
     def cell(key: str, fmt: str = ".2f") -> str:
         return format(r[key], fmt) if key in r else ""
@@ -261,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=200, help="calls per contender at B=512 (scaled by size)")
     parser.add_argument("--quick", action="store_true", help="B in (512, 2048), 4096 slots, fewer repeats")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--only-default-objective", action="store_true",
+                        help="only the default objective's loss, fused and apart (B = 128, 512)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     repeats = 60 if args.quick else args.repeats
@@ -273,8 +307,11 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|---:|---:|")
     sizes = [512, 2048] if args.quick else [256, 512, 1024, 2048]
     slots = [4096] if args.quick else [1024, 4096, 16384]
-    rows = bench_neighborhood(sizes, repeats) + bench_cache(slots, repeats) + bench_others(repeats)
-    rows += bench_uniformity(repeats)
+    if args.only_default_objective:
+        rows = bench_default_objective(repeats)
+    else:
+        rows = bench_neighborhood(sizes, repeats) + bench_cache(slots, repeats) + bench_others(repeats)
+        rows += bench_uniformity(repeats) + bench_default_objective(repeats)
     env["load_average_at_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"\n- load average at end: {env['load_average_at_end']} (1, 5, 15 min; {os.cpu_count()} cores)")
     if args.json is not None:

@@ -14,7 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from metriclearn.training import TrainConfig, embed_from_run, train_run
+from metriclearn.runs import embed_from_run
+from metriclearn.training import TrainConfig, train_run
 
 RECIPES = {
     "cot": dict(loss=["softmax", "complement"], combine="alternate"),

@@ -23,8 +23,9 @@ import torch
 from metriclearn.data import load_data
 from metriclearn.encoders import SentenceEncoder
 from metriclearn.metrics import retrieval_metrics
+from metriclearn.runs import embed_from_run
 from metriclearn.training.config import TrainConfig
-from metriclearn.training.run import embed_from_run, train_run
+from metriclearn.training.run import train_run
 
 TOPICS = {
     "sport": (["The striker", "Our goalkeeper", "The coach", "The tennis player", "The team"],

@@ -112,6 +112,36 @@ def check_fraction(value: Any, name: str) -> float:
     return value
 
 
+def check_interval(value: Any, name: str, low: float = 0.0, high: float = 1.0, *, open_low: bool = False,
+                   open_high: bool = False) -> float:
+    """Return ``value`` as ``float`` if it is a real number in the interval from ``low`` to ``high``.
+
+    ``open_low`` / ``open_high`` leave the end out: ``(0, 1]`` is ``open_low=True``. A non-number (a bool, a
+    string) is a ``TypeError``, a number outside (or NaN) a ``ValueError``, both naming the interval.
+
+    >>> check_interval(0.95, "target_precision", open_low=True)
+    0.95
+    >>> check_interval(1.0, "unseen_share", open_high=True)
+    Traceback (most recent call last):
+        ...
+    ValueError: unseen_share must lie in [0, 1), got 1.0
+    >>> check_interval(0, "alpha", open_low=True, open_high=True)
+    Traceback (most recent call last):
+        ...
+    ValueError: alpha must lie strictly between 0 and 1, got 0
+    """
+    interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in {interval}, got {describe(value)}")
+    number = float(value)
+    below = number <= low if open_low else number < low
+    above = number >= high if open_high else number > high
+    if np.isnan(number) or below or above:
+        where = f"strictly between {low:g} and {high:g}" if open_low and open_high else f"in {interval}"
+        raise ValueError(f"{name} must lie {where}, got {value}")
+    return number
+
+
 def check_matrix(
     x: Any,
     name: str,

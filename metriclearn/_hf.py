@@ -24,7 +24,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-SAFE_LOAD = {"trust_remote_code": False, "local_files_only": True}  # every from_pretrained call passes these
+# every from_pretrained call passes these
+SAFE_LOAD: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
 _CODE_KEYS = ("auto_map",)
 _CONFIG_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
 

@@ -59,7 +59,7 @@ from metriclearn._atomic import write_json
 try:  # POSIX advisory locks; on platforms without fcntl the folder is used unlocked
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no such module on this platform
 
 MARKER = ".metriclearn.json"
 LOCK = ".metriclearn.lock"

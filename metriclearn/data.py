@@ -14,6 +14,9 @@ Formats (guide: docs/data-and-metrics.md):
 - ``.npy``: a matrix (embeddings, features, probabilities) via :func:`load_matrix`, a 1-D label vector via
   :func:`load_labels`, or raw model inputs (n, ...) without labels via ``load_data(path, require_labels=False)``
   (a ``.npy`` alone cannot be training data: it has no labels, use ``.npz``).
+- a folder of class subfolders of PNG/JPEG/WebP images, a folder of images (unlabelled), or a ``.csv`` with a
+  ``path`` column (and ``label``, optional ``split``/``is_query``/``is_gallery``): images, decoded by
+  :mod:`metriclearn.images` into X (n, C, S, S) float32 in [0, 1] (``images=ImageOptions(...)``).
 - ``"digits"``: scikit-learn's bundled digits set, X (1797, 64) float32 raw 0..16 pixel values, 10 classes.
 
 Labels are optional where they are not needed: ``load_data(..., require_labels=False)`` also reads an ``.npz``
@@ -53,7 +56,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
@@ -65,7 +68,11 @@ from metriclearn._checks import (
     check_positive_int,
     describe,
 )
+from metriclearn._labels import label_value as _label_value
 from metriclearn.sampler import ClassBalancedSampler
+
+if TYPE_CHECKING:
+    from metriclearn.images import ImageOptions
 
 __all__ = [
     "ClassBalancedSampler",
@@ -135,8 +142,9 @@ class LabeledData:
         if self.pairs is None:
             raise ValueError(f"{self.source} holds no pairs")
         picked = np.asarray(indices, dtype=np.int64).reshape(-1)
-        return make_pairs(*([[self.X[r] for r in self.pairs[picked, c]] for c in range(self.pairs.shape[1])]
-                            [: 3 if negatives else 2]), source=self.source)
+        texts = [[self.X[r] for r in self.pairs[picked, c]] for c in range(self.pairs.shape[1])]
+        negative_texts = texts[2] if negatives and len(texts) > 2 else None
+        return make_pairs(texts[0], texts[1], negative_texts, source=self.source)
 
     def __len__(self) -> int:
         return len(self.X)
@@ -235,14 +243,14 @@ def encode_labels(labels: Any, classes: Sequence | None = None, unseen: str = "e
     check_choice(unseen, UNSEEN, "unseen")
     arr = check_labels(labels, "labels")
     if classes is None:
-        values, codes = np.unique(arr, return_inverse=True)
-        return codes.astype(np.int64).reshape(-1), _python_values(values)
+        found, codes = np.unique(arr, return_inverse=True)
+        return codes.astype(np.int64).reshape(-1), _python_values(found)
     classes = _python_values(list(classes))
     mapping = {value: code for code, value in enumerate(classes)}
     if len(mapping) != len(classes):
         raise ValueError(f"classes contains duplicate values: {describe(classes)}")
-    values, inverse = np.unique(arr, return_inverse=True)
-    values = _python_values(values)
+    uniques, inverse = np.unique(arr, return_inverse=True)
+    values = _python_values(uniques)
     unknown = [v for v in values if v not in mapping]
     if unknown and unseen == "error":
         shown = ", ".join(repr(v) for v in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
@@ -300,42 +308,6 @@ def _check_inputs(X: np.ndarray, path: Path, what: str) -> np.ndarray:
     return X
 
 
-def _label_value(value: Any, where: str) -> int | str:
-    """A label read from text: an int (also from an integral float such as ``1.0``) or a string.
-
-    A number that is not an exact int64 integer (``1.5``, ``nan``, ``1e20``) is refused: silently keeping it
-    as text, or rounding it, would corrupt the classes.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            raise ValueError(f"{where}: the label is blank; give every row a label (or none, for unlabelled data)")
-        try:
-            integer = int(text)
-        except ValueError:
-            integer = None
-        if integer is not None:
-            return _integral(integer, where, text)
-        try:
-            number = float(text)
-        except ValueError:
-            return text
-    else:
-        number, text = value, repr(value)
-        if isinstance(value, int):
-            return _integral(value, where, text)
-    if not (math.isfinite(number) and number == round(number) and abs(number) <= 2**53):
-        raise ValueError(f"{where}: label {text} is a number but not an integer that can be represented exactly; "
-                         "labels are integers or names")
-    return int(number)
-
-
-def _integral(value: int, where: str, text: str) -> int:
-    if not _INT64.min <= value <= _INT64.max:
-        raise ValueError(f"{where}: label {text} does not fit in a 64-bit integer")
-    return value
-
-
 @dataclass(frozen=True)
 class CsvColumns:
     """The columns of a ``.csv`` that are not features: the label (``--label-column``), an id (``--id-column``:
@@ -369,6 +341,10 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return header, body
 
 
+@overload
+def _column(header: list[str], name: str, path: Path, option: str, required: Literal[True] = True) -> int: ...
+@overload
+def _column(header: list[str], name: str, path: Path, option: str, required: bool) -> int | None: ...
 def _column(header: list[str], name: str, path: Path, option: str, required: bool = True) -> int | None:
     """The index of column ``name`` (exactly one), or ``None`` when absent and not ``required``."""
     found = [i for i, h in enumerate(header) if h == name]
@@ -534,7 +510,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
 
 
-def _existing_file(source: str | Path) -> Path:
+def _existing_file(source: str | os.PathLike[str]) -> Path:
     path = Path(source)
     if not path.exists():
         raise ValueError(f"data file {str(path)!r} does not exist")
@@ -550,6 +526,7 @@ def load_data(
     require_labels: bool = True,
     unseen: str = "error",
     columns: CsvColumns | None = None,
+    images: ImageOptions | None = None,
 ) -> LabeledData:
     """Load a data set from ``source`` (a path or ``"digits"``).
 
@@ -570,6 +547,10 @@ def load_data(
         For a ``.csv``: the label column's name (default ``label``) and the id / metadata columns that are not
         features (:func:`csv_extras` reads them). Given for another kind of file, it is a ``ValueError``
         unless it is the default.
+    images : ImageOptions, optional
+        How a folder of images, or a ``.csv`` with a ``path`` column, is decoded (size, channels, workers,
+        bad files, cache; :class:`metriclearn.images.ImageOptions`): ``X`` is then (n, C, S, S) float32 in
+        [0, 1] (guide: docs/images.md).
 
     Raises
     ------
@@ -593,8 +574,15 @@ def load_data(
         raise TypeError(f"source must be a file path or {DIGITS!r}, got {describe(source)}")
     check_choice(unseen, UNSEEN, "unseen")
     source_name = str(source)
+    X: np.ndarray | list[str]
+    y: np.ndarray | None
     if source_name == DIGITS:
         X, y = _digits()
+    elif _is_images(Path(source)):
+        from metriclearn.images import ImageOptions, read_images
+
+        label = (columns or CsvColumns()).label
+        X, y = read_images(Path(source), label, require_labels, images or ImageOptions())
     else:
         path = _existing_file(source)
         suffix = path.suffix.lower()
@@ -618,12 +606,20 @@ def load_data(
                 X, y = _read_raw_npy(path)
             elif suffix == ".csv":
                 X, y = _read_csv(path, require_labels, columns or CsvColumns())
+            elif suffix == ".npz":
+                X, y = _read_npz(path, require_labels)
             else:
-                reader = {".npz": _read_npz, ".csv": _read_csv, ".jsonl": _read_jsonl}[suffix]
-                X, y = reader(path, require_labels)
+                X, y = _read_jsonl(path, require_labels)
         except UnicodeDecodeError as err:
             raise ValueError(f"{path} is not UTF-8 text: {err}") from None
     return _assemble(X, y, classes, source_name, unseen)
+
+
+def _is_images(path: Path) -> bool:
+    """A folder, or a ``.csv`` with a ``path`` column: images (:mod:`metriclearn.images`)."""
+    from metriclearn.images import is_image_source
+
+    return is_image_source(path)
 
 
 def _assemble(
@@ -758,6 +754,8 @@ def train_val_split(
     if val_fraction >= 1:
         raise ValueError(f"val_fraction must be below 1 (train would be empty), got {val_fraction}")
     n = len(data)
+    if data.y is None:
+        raise ValueError(f"train_val_split stratifies by label, but {data.source} has no labels")
     _, counts = np.unique(data.y, return_counts=True)
     singles = np.isin(data.y, np.unique(data.y)[counts == 1])
     splittable = np.flatnonzero(~singles)

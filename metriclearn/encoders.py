@@ -18,6 +18,12 @@ Spec grammar
                      go to ``SentenceEncoder`` (``freeze``, ``max_length``, ``chunk_size``, ``cache_size``,
                      ``unfreeze``, ``pooling``, ``gradient_checkpointing``)
 ``"sentence:PATH"``  the same on a local sentence-transformers / Hugging Face model folder
+``"hf-vision:DIR"``  :class:`~metriclearn.vision.VisionEncoder` on a local Hugging Face vision model folder
+                     (also ``"torchvision:NAME[:WEIGHTS.pth]"``, ``"timm:NAME[:WEIGHTS]"``); inputs are image
+                     batches (N, C, S, S), ``**options``: ``freeze``, ``unfreeze``, ``augment``, ``channels_last``
+
+``"cnn"`` on images (``input_shape`` (C, H, W)) also takes the option ``augment`` (``none``, ``light``,
+``strong``: :mod:`metriclearn.images.transforms`, applied to training batches only).
 
 Example
 -------
@@ -43,11 +49,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metriclearn._checks import check_choice, check_matrix, check_positive_float, check_positive_int, describe
+from metriclearn.images.backbones import is_vision_spec
 from metriclearn.sentence import SentenceEncoder
 
 __all__ = ["MLP", "ConvNet", "Encoder", "SentenceEncoder", "Standardize", "build_encoder"]
 
-SPEC_FORMS = "'mlp', 'mlp:H1,H2,...', 'cnn', 'cnn:C1,C2,...' or 'sentence[:PATH]'"
+SPEC_FORMS = ("'mlp', 'mlp:H1,H2,...', 'cnn', 'cnn:C1,C2,...', 'sentence[:PATH]', 'hf-vision:DIR', "
+              "'torchvision:NAME[:WEIGHTS.pth]' or 'timm:NAME[:WEIGHTS]'")
 DEFAULT_HIDDEN = (256,)
 SCOPES = ("auto", "feature", "global")
 DEFAULT_CHANNELS = (32, 64)
@@ -87,6 +95,8 @@ class Standardize(nn.Module):
     """
 
     AUTO_SPREAD = 10.0
+    mean: Tensor  # (F,) buffers
+    std: Tensor
 
     def __init__(self, num_features: int, scope: str = "auto", min_std: float = 0.1) -> None:
         super().__init__()
@@ -225,6 +235,7 @@ class Encoder(nn.Module):
         input_shape: tuple[int, ...],
         embedding_dim: int,
         normalize: bool,
+        augment: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.standardize = standardize
@@ -233,8 +244,11 @@ class Encoder(nn.Module):
         self.input_shape = input_shape
         self.embedding_dim = embedding_dim
         self.normalize = normalize
+        self.augment = augment  # image batches, training only (metriclearn.images.transforms)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.augment is not None and self.training:
+            x = self.augment(x.reshape(x.shape[0], *self.input_shape))  # (N, C, H, W)
         return self.body(self.standardize(x))  # (N, embedding_dim)
 
     def extra_repr(self) -> str:
@@ -253,9 +267,9 @@ def _parse_sizes(spec: str, text: str) -> tuple[int, ...]:
 
 def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) == 3:
-        return input_shape  # type: ignore[return-value]
+        return input_shape
     if len(input_shape) == 2:
-        return (1, *input_shape)  # type: ignore[return-value]
+        return (1, *input_shape)
     if len(input_shape) == 1:
         side = math.isqrt(input_shape[0])
         if side * side != input_shape[0]:
@@ -297,6 +311,9 @@ def build_encoder(
     name, _, args = spec.strip().partition(":")
     if name.lower() == "sentence":
         return _sentence_encoder(spec, args, embedding_dim, normalize, options)
+    if is_vision_spec(spec):
+        return _vision_encoder(spec, input_shape, embedding_dim, normalize, options)
+    augment = options.pop("augment", "none") if name.lower() == "cnn" else "none"
     if options:
         raise ValueError(f"encoder spec {spec!r} takes no encoder options, got {sorted(options)}")
     if isinstance(input_shape, (int, np.integer)):
@@ -318,7 +335,40 @@ def build_encoder(
         channels = _parse_sizes(spec, args) if args else DEFAULT_CHANNELS
         standardize = Standardize(num_features, scope="global")
         body = ConvNet(_image_shape(shape), embedding_dim, channels, normalize)
+    if augment != "none":
+        from metriclearn.images.transforms import augmentation
+
+        if len(shape) != 3:
+            raise ValueError(f"augment={augment!r} needs images (input_shape (C, H, W)), got input_shape {shape}")
+        return Encoder(standardize, body, spec, shape, embedding_dim, bool(normalize),
+                       augmentation(augment, shape[-1], shape[0]))
     return Encoder(standardize, body, spec, shape, embedding_dim, bool(normalize))
+
+
+def _vision_encoder(spec: str, input_shape: tuple[int, ...] | int, embedding_dim: int, normalize: bool,
+                    options: dict[str, Any]) -> nn.Module:
+    from pathlib import Path
+
+    from metriclearn.images.backbones import parse_spec
+    from metriclearn.vision import VisionEncoder
+
+    known = ("freeze", "unfreeze", "augment", "channels_last")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown encoder option(s) {unknown} for {spec!r}; known: {', '.join(known)}")
+    shape = (int(input_shape),) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
+    if shape and len(shape) != 3:
+        raise ValueError(f"encoder {spec!r} embeds images (C, H, W), but the samples have shape {shape}; give "
+                         "--data an image folder or a .csv with a path column")
+    kind, name, weights = parse_spec(spec)
+    if kind == "hf-vision":  # an absolute folder, so a saved run is rebuilt from any working directory
+        spec = f"hf-vision:{Path(name).expanduser().resolve()}"
+    elif weights:
+        spec = f"{kind}:{name}:{Path(weights).expanduser().resolve()}"
+    model = VisionEncoder(spec, check_positive_int(embedding_dim, "embedding_dim"), normalize,
+                          image_size=shape[-1] if shape else None, **options)
+    model.input_shape = shape  # the decoded images' (C, S, S): a run decodes new images at it
+    return model
 
 
 def _sentence_encoder(spec: str, path: str, embedding_dim: int, normalize: bool, options: dict[str, Any]) -> nn.Module:

@@ -22,6 +22,8 @@ Example
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -48,11 +50,12 @@ class HiddenFeatures(nn.Module):
                              f"got {spec!r}")
         self.encoder = encoder
         self.pre_activation = layers[:-1]  # every hidden block, then the last one's Linear and BatchNorm
-        self.embedding_dim = int(layers[-2].num_features)
+        self.embedding_dim = int(cast(nn.BatchNorm1d, layers[-2]).num_features)
         self.input_shape = getattr(encoder, "input_shape", ())
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.pre_activation(self.encoder.standardize(x)), dim=1)  # (N, H)
+        standardize = cast(nn.Module, self.encoder.standardize)
+        return F.normalize(self.pre_activation(standardize(x)), dim=1)  # (N, H)
 
 
 def select_layer(encoder: nn.Module, layer: str) -> nn.Module:

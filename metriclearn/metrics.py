@@ -205,14 +205,14 @@ def _nearest(
     """
     b, available = len(rows), len(r) - int(exclude_self)
     probe = min(k + 1, available) + int(exclude_self)
-    dist, idx = _knn(q[rows].numpy(), r.numpy(), probe, metric)  # (b, probe), (b, probe)
+    found_dist, found_idx = _knn(q[rows].numpy(), r.numpy(), probe, metric)  # (b, probe), (b, probe)
     if metric == "cosine":
-        dist = -dist  # similarity -> smaller is nearer
+        found_dist = -found_dist  # similarity -> smaller is nearer
     if exclude_self:
-        is_self = idx == rows[:, None]  # (b, probe)
+        is_self = found_idx == rows[:, None]  # (b, probe)
         is_self[~is_self.any(1), -1] = True  # self lies beyond the probe: drop the farthest instead
-        dist, idx = dist[~is_self].reshape(b, -1), idx[~is_self].reshape(b, -1)
-    dist, idx = torch.from_numpy(dist), torch.from_numpy(idx)
+        found_dist, found_idx = found_dist[~is_self].reshape(b, -1), found_idx[~is_self].reshape(b, -1)
+    dist, idx = torch.from_numpy(found_dist), torch.from_numpy(found_idx)
     if idx.shape[1] > k:
         straddle = dist[:, k - 1] == dist[:, k]  # (b,)
         dist, idx = dist[:, :k].contiguous(), idx[:, :k].contiguous()

@@ -42,7 +42,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,17 +51,25 @@ from torch import nn
 from metriclearn._atomic import save_with
 from metriclearn._checks import check_positive_int, describe
 from metriclearn._device import resolve_device
+from metriclearn._embedding import embed_array
 from metriclearn.fingerprint import model_fingerprint
 from metriclearn.training import distributed
-from metriclearn.training.embedding import embed_array
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-if TYPE_CHECKING:
-    from metriclearn.training.config import TrainConfig
+
+class ModelSettings(Protocol):
+    """What :func:`save_model` reads of a configuration (a :class:`~metriclearn.training.TrainConfig` has it)."""
+
+    encoder: str
+    embedding_dim: int
+    normalize: bool
+
+    def encoder_kwargs(self) -> dict[str, Any]: ...
+
 
 MODEL_FORMAT_VERSION = 1
 
@@ -69,7 +77,7 @@ MODEL_FORMAT_VERSION = 1
 def save_model(
     path: str | os.PathLike[str],
     model: nn.Module,
-    config: TrainConfig,
+    config: ModelSettings,
     input_shape: Sequence[int],
     head: nn.Module | None = None,
 ) -> None:
@@ -114,6 +122,16 @@ class TrainedRun:
         """:func:`metriclearn.fingerprint.model_fingerprint` of the weights (recorded by indexes)."""
         return model_fingerprint(self.model)
 
+    def image_options(self, workers: int = 0, skip_bad: bool = False) -> Any:
+        """How image data is decoded for this run: at the size and channels it was trained on
+        (:class:`metriclearn.images.ImageOptions`; for a run on other data, the automatic options)."""
+        from metriclearn.images import ImageOptions
+
+        shape = tuple(getattr(self.model, "input_shape", ()))
+        if len(shape) == 3 and shape[0] in (1, 3):
+            return ImageOptions(size=int(shape[-1]), channels=int(shape[0]), workers=workers, skip_bad=skip_bad)
+        return ImageOptions(workers=workers, skip_bad=skip_bad)
+
     def embed(
         self,
         data: Any,
@@ -143,7 +161,8 @@ class TrainedRun:
                 values, self.classes, unseen)
             X, source = data.X, data.source
         else:
-            loaded = load_data(data, classes=self.classes, require_labels=require_labels, unseen=unseen)
+            loaded = load_data(data, classes=self.classes, require_labels=require_labels, unseen=unseen,
+                               images=self.image_options())
             X, codes, source = loaded.X, loaded.y, loaded.source
             classes = loaded.classes if codes is not None else list(self.classes)
         if require_labels and codes is None:
@@ -152,6 +171,7 @@ class TrainedRun:
         if text_model != text_data:
             raise ValueError(f"{source}: the data holds {'texts' if text_data else 'numeric features'} but the model "
                              f"in {self.path} embeds {'texts (.jsonl)' if text_model else 'numeric features'}")
+        # load_run sets input_shape on every model it returns; nn.Module types an unknown attribute as Tensor | Module
         expected = tuple(self.model.input_shape)  # type: ignore[arg-type]
         if isinstance(X, np.ndarray) and expected and tuple(X.shape[1:]) != expected:
             raise ValueError(f"{source}: samples have shape {tuple(X.shape[1:])} but the model in {self.path} "
@@ -231,7 +251,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> TrainedRun:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{run_dir / 'config.toml'} is not valid TOML ({exc}); restore it from the run") from None
     classes = _read_classes(run_dir / "classes.json")
-    model.input_shape = tuple(payload["input_shape"])  # type: ignore[assignment]
+    model.input_shape = tuple(payload["input_shape"])  # type: ignore[assignment]  # an attribute of our own on the model
     return TrainedRun(run_dir, model, config, classes)
 
 

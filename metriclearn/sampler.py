@@ -63,6 +63,10 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
         Together with the epoch, fixes every batch: the same (seed, epoch) always gives the same batches.
     lengths : array-like (n,), optional
         The cost of each sample (a text's token count): batches of similar lengths (see "Length buckets").
+    as_tensors : bool
+        Yield each batch as an int64 tensor (a view of the batch's index array, no per-index Python objects:
+        what a loop that indexes device tensors in place wants) instead of a list of ints (what
+        ``DataLoader(batch_sampler=...)`` wants).
 
     Notes
     -----
@@ -77,7 +81,7 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
     BUCKET_WINDOW = 50
 
     def __init__(self, labels: Any, batch_size: int, samples_per_class: int = 4, seed: int = 0,
-                 lengths: Any = None) -> None:
+                 lengths: Any = None, as_tensors: bool = False) -> None:
         labels = check_labels(labels, "labels")
         if len(labels) == 0:
             raise ValueError("labels is empty: the sampler needs at least one sample")
@@ -108,6 +112,7 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
         self._lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(-1)
         if self._lengths is not None and len(self._lengths) != self.num_samples:
             raise ValueError(f"lengths has {len(self._lengths)} entries but labels has {self.num_samples}")
+        self.as_tensors = bool(as_tensors)
         self.epoch = 0
         self.position = 0
         self._restored = False
@@ -123,13 +128,13 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = epoch
         self._restored = False
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[Any]:
         self._restored = False
         batches = self.batches(self.epoch)
         while self.position < len(batches):
             batch = batches[self.position]
             self.position += 1
-            yield batch.tolist()
+            yield torch.from_numpy(batch) if self.as_tensors else batch.tolist()
         self.epoch += 1
         self.position = 0
 
@@ -171,6 +176,7 @@ class ClassBalancedSampler(torch.utils.data.Sampler[list[int]]):
     def _bucket(self, batch_parts: list[list[tuple[int, np.ndarray]]]) -> list[np.ndarray]:
         """Exchange same-class full groups between the batches of each window: shortest to the first batches."""
         lengths = self._lengths
+        assert lengths is not None  # bucketing is on only with lengths
         for start in range(0, len(batch_parts), self.BUCKET_WINDOW):
             window = batch_parts[start : start + self.BUCKET_WINDOW]
             slots: dict[int, list[tuple[int, int]]] = {}  # class -> the (batch, part) places of its groups

@@ -177,6 +177,9 @@ class SentenceEncoder(nn.Module):
     them. A text longer than ``max_length`` tokens is truncated, with one warning that counts them.
     """
 
+    spec: str  # set by build_encoder, like an Encoder's
+    input_shape: tuple[int, ...]
+
     def __init__(
         self,
         model_path: str | os.PathLike[str] | None = None,
@@ -342,7 +345,7 @@ class SentenceEncoder(nn.Module):
             self._cache.update(zip(missing[:room], fresh[:room], strict=True))
             if room < len(missing):  # cache full: use the fresh rows directly
                 extra = dict(zip(missing[room:], fresh[room:], strict=True))
-                return torch.stack([self._cache.get(t, extra.get(t)) for t in texts]).to(self._device())
+                return torch.stack([self._cache[t] if t in self._cache else extra[t] for t in texts]).to(self._device())
         return torch.stack([self._cache[t] for t in texts]).to(self._device())  # (n, H)
 
     def _encode_frozen(self, texts: list[str]) -> Tensor:
@@ -406,7 +409,7 @@ def _clip(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _load_transformer(folder: Path) -> tuple[Any, nn.Module]:
+def _load_transformer(folder: Path) -> tuple[Any, Any]:  # a tokenizer and a transformers PreTrainedModel
     try:
         import transformers
         from transformers import AutoModel, AutoTokenizer

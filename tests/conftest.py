@@ -66,14 +66,14 @@ def make_blobs(counts: dict, dim: int = 8, seed: int = 0, spread: float = 6.0) -
 F32_EPS = float(np.finfo(np.float32).eps)  # 1.19e-7
 
 
-def assert_f32_close(actual, expected, gain: float = 1.0, ulps: float = 16) -> None:
+def assert_f32_close(actual, expected, gain: float = 1.0, ulps: float = 16, err_msg: str = "") -> None:
     """Two float32 computations of one quantity along different paths (another BLAS kernel or thread split,
     another CPU, a saved-and-loaded copy) agree to a relative error of ``ulps`` float32 epsilons times ``gain``,
     the computation's error amplification (θ for a softmax over θ·cos), measured against the array's largest
     magnitude: a tolerance that holds on any CPU, unlike a fixed ``atol`` tuned on one machine."""
     actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     scale = max(float(np.abs(expected).max(initial=0.0)), float(np.finfo(np.float32).tiny))
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=ulps * F32_EPS * gain * scale)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=ulps * F32_EPS * gain * scale, err_msg=err_msg)
 
 
 def invoke(*args: object):

@@ -153,7 +153,7 @@ def test_npz_errors(tmp_path: Path, arrays: dict, match: str) -> None:
 def test_file_level_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"data file '.*missing\.npz' does not exist"):
         load_data(tmp_path / "missing.npz")
-    with pytest.raises(ValueError, match=r"is not a file"):
+    with pytest.raises(ValueError, match=r"image folder .* holds no image"):  # a folder is read as images
         load_data(tmp_path)
     (tmp_path / "e.npz").write_bytes(b"")
     with pytest.raises(ValueError, match=r"e\.npz is empty"):
@@ -384,3 +384,10 @@ def test_load_data_names_a_bad_source_argument() -> None:
         from metriclearn._checks import check_matrix
 
         check_matrix(np.ones((2, 2), np.complex64), "embeddings")
+
+
+def test_split_needs_labels(tmp_path) -> None:
+    np.save(tmp_path / "raw.npy", np.random.default_rng(0).normal(size=(7, 3)).astype(np.float32))
+    unlabelled = load_data(tmp_path / "raw.npy", require_labels=False)
+    with pytest.raises(ValueError, match=r"train_val_split stratifies by label, but .*raw\.npy has no labels"):
+        train_val_split(unlabelled, val_fraction=0.3)

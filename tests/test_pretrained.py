@@ -263,3 +263,10 @@ def test_tune_keeps_given_theta_and_lam(digits) -> None:
     assert list(opinion.tuning_["layers"]) == ["head:input"]
     with pytest.raises(ValueError, match="not fitted yet"):
         SecondOpinion(model).predict(X[:3])
+
+
+def test_tune_needs_a_value_in_each_grid(digits) -> None:
+    X, y, model = digits
+    opinion = SecondOpinion(model, layers="head:input").fit(X[:200], y[:200])
+    with pytest.raises(ValueError, match=r"thetas and lams need at least one value each, got thetas=\[\], lams="):
+        opinion.tune(X[200:260], y[200:260], thetas=[])

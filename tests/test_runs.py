@@ -32,28 +32,35 @@ def _run_dir(root: Path) -> tuple[Path, Path]:
     return run, root / "data.npz"
 
 
-_QUERY = """
+_COMMANDS = """
 import json, sys
 from click.testing import CliRunner
 from metriclearn.cli import cli
-result = CliRunner().invoke(cli, sys.argv[1:])
-print(json.dumps({"code": result.exit_code, "output": result.output,
-                  "trainer": "metriclearn.training.trainer" in sys.modules,
-                  "objectives": "metriclearn.training.objectives" in sys.modules}))
+for args in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(cli, args)
+    print(json.dumps({"code": result.exit_code, "output": result.output,
+                      "loaded": [m for m in ("metriclearn.training.trainer", "metriclearn.training.objectives",
+                                             "umap") if m in sys.modules]}))
 """
 
 
-def test_index_query_with_a_run_does_not_import_the_trainer(tmp_path) -> None:
+def test_inference_commands_on_a_run_do_not_import_the_trainer(tmp_path) -> None:
+    """``index query`` and ``report`` read the run with metriclearn.runs: neither the trainer nor the objectives
+    is imported, nor umap for a t-SNE report (what cli/report.py's docstring says)."""
     run, data = _run_dir(tmp_path)
     assert invoke("index", "build", "--model", run, "--data", data, "--out", tmp_path / "idx", "--device", "cpu",
                   "--quiet").exit_code == 0
-    done = subprocess.run([sys.executable, "-c", _QUERY, "index", "query", "--index", str(tmp_path / "idx"),
-                           "--model", str(run), "--data", str(data), "-k", "4", "--json", "--device", "cpu",
-                           "--quiet"], capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["code"] == 0, result["output"]
-    assert len(json.loads(result["output"])["ids"]) == 31  # every query row (9 + 14 + 5 + 3) got its neighbours
-    assert not result["trainer"] and not result["objectives"]
+    commands = [["index", "query", "--index", str(tmp_path / "idx"), "--model", str(run), "--data", str(data),
+                 "-k", "4", "--json", "--device", "cpu", "--quiet"],
+                ["report", "--model", str(run), "--data", str(data), "--method", "tsne", "--out", str(tmp_path / "r"),
+                 "--device", "cpu", "--quiet"]]
+    done = subprocess.run([sys.executable, "-c", _COMMANDS, json.dumps(commands)], capture_output=True, text=True,
+                          check=True)
+    query, report = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
+    assert query["code"] == 0 and report["code"] == 0, (query["output"], report["output"])
+    assert len(json.loads(query["output"])["ids"]) == 31  # every query row (9 + 14 + 5 + 3) got its neighbours
+    assert (tmp_path / "r" / "tsne.png").is_file()
+    assert query["loaded"] == report["loaded"] == []
 
 
 def test_old_import_paths_are_the_same_objects() -> None:

@@ -194,3 +194,15 @@ def test_length_buckets_keep_every_batch_s_classes_and_cut_padding() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(again, bucketed.batches(epoch=2)))  # deterministic: resumable
     with pytest.raises(ValueError, match="lengths has 3 entries but labels has 374"):
         ClassBalancedSampler(labels, 24, 4, lengths=[1, 2, 3])
+
+
+def test_as_tensors_yields_the_same_batches_as_int64_tensors() -> None:
+    labels = np.array([0] * 7 + [1] * 5 + [2] * 3 + [3])  # uneven, one singleton
+    lists = ClassBalancedSampler(labels, 6, 2, seed=3)
+    tensors = ClassBalancedSampler(labels, 6, 2, seed=3, as_tensors=True)
+    for epoch in (0, 1):
+        lists.set_epoch(epoch)
+        tensors.set_epoch(epoch)
+        got = list(tensors)
+        assert all(isinstance(b, torch.Tensor) and b.dtype == torch.int64 for b in got)
+        assert [b.tolist() for b in got] == list(lists)

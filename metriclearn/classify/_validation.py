@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from metriclearn._checks import check_matrix
+from metriclearn._checks import check_labels, check_matrix
 
 
 def encode_targets(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +47,32 @@ def query_data(estimator: Any, X: Any) -> np.ndarray:
 def _finite(X: np.ndarray, name: str) -> np.ndarray:
     """``X`` when every value is finite; else our one-line message (not scikit-learn's advice on imputers)."""
     return check_matrix(X, name, allow_empty=True)
+
+
+def class_codes(classes: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, known)``: each label's int64 position in the sorted ``classes``, and whether it is one of them.
+
+    The one "label in ``classes_``" look-up; where ``known`` is false the code is meaningless.
+
+    >>> codes, known = class_codes(np.array(["a", "c"]), np.array(["c", "b", "a"]))
+    >>> codes.tolist(), known.tolist()
+    ([1, 1, 0], [True, False, True])
+    """
+    codes = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1).astype(np.int64)
+    return codes, classes[codes] == y
+
+
+def known_codes(classes: np.ndarray, y: Any, name: str, n: int, hint: str = "") -> np.ndarray:
+    """:func:`class_codes` of labels that must all be classes: a ``ValueError`` naming the first that is not
+    (``hint`` appended to it), or labels of the other type (strings for integer classes, or the reverse)."""
+    y = check_labels(y, name, n=n)
+    if (y.dtype.kind in "US") != (classes.dtype.kind in "US"):
+        kinds = ["string" if a.dtype.kind in "US" else "integer" for a in (y, classes)]
+        raise ValueError(f"{name} holds {kinds[0]} labels, but the classifier's classes are {kinds[1]}s")
+    codes, known = class_codes(classes, y)
+    if not known.all():
+        raise ValueError(f"{name} holds labels the classifier does not know, e.g. {y[~known][0].tolist()!r}{hint}")
+    return codes
 
 
 def index_labels(index: Any) -> np.ndarray:

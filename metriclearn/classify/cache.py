@@ -44,10 +44,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from metriclearn._checks import (
     check_fraction,
-    check_labels,
     check_matrix,
     check_positive_float,
     check_positive_int,
+    check_probabilities,
 )
 from metriclearn._device import resolve_device
 from metriclearn._progress import progress
@@ -56,9 +56,12 @@ from metriclearn.classify._validation import (
     encode_targets,
     fit_data,
     index_labels,
+    known_codes,
     query_data,
 )
 from metriclearn.classify.calibration import CalibrationMixin
+from metriclearn.classify.defaults import DEFAULT_LAM, DEFAULT_THETA
+from metriclearn.indexes._table import IdTable
 
 _LOG2E = 1.0 / math.log(2.0)
 _SHIFT_SLACK = 32.0  # a query's shift only moves when a block's max exceeds it by 2^32 (sums stay < 2^60)
@@ -111,6 +114,7 @@ def cache_probabilities(
 
     Example
     -------
+    >>> import torch.nn.functional as F
     >>> q = F.normalize(torch.randn(5, 8), dim=1); k = F.normalize(torch.randn(300, 8), dim=1)
     >>> y = torch.randint(0, 3, (300,))
     >>> p = cache_probabilities(q, k, y, 3, theta=30.0, query_block=2, key_block=64)
@@ -245,7 +249,8 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
     key_codes_ : (N,) int64 array, each key's position in ``classes_``.
     theta_, lam_ : float — θ and λ in use: the parameters after ``fit``, the best pair after :meth:`tune`.
     tuning_ : dict with the grid searched by :meth:`tune` (``thetas``, ``lams``, ``accuracy``, ``log_loss``).
-    index_ : EmbeddingIndex over ``keys_`` (``top_k`` mode only).
+    index_ : EmbeddingIndex over ``keys_`` (``top_k`` mode only): the index of :meth:`from_index` itself when
+        it ranks by cosine, else one built over ``keys_``.
     calibration_ : dict, after :meth:`calibrate` (or :meth:`restore_calibration`): θ chosen by negative
         log-likelihood (also set as ``theta_``), the conformal threshold, the rejection rule and what was
         measured (ECE before/after, coverage, set size). :meth:`fit` and :meth:`tune` drop it.
@@ -262,8 +267,8 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        theta: float = 50.0,
-        lam: float = 0.5,
+        theta: float = DEFAULT_THETA,
+        lam: float = DEFAULT_LAM,
         top_k: int | None = None,
         kind: str = "flat",
         device: str = "auto",
@@ -281,15 +286,26 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit / predict
     def fit(self, X: Any, y: Any) -> CacheClassifier:
         """Store the L2-normalised rows of ``X`` as keys with labels ``y``; returns ``self``."""
+        return self._fit(X, y, None)
+
+    def _fit(self, X: Any, y: Any, index: Any) -> CacheClassifier:
+        """:meth:`fit`; ``index``: a cosine index holding the rows of ``X`` (its ids in row order) to search with."""
         self._check_params()
         X, y = fit_data(self, X, y)
-        self.__dict__.pop("calibration_", None)
-        self.__dict__.pop("_neighbour_index", None)
+        for stale in ("calibration_", "_neighbour_index", "_key_rows", "index_"):
+            self.__dict__.pop(stale, None)
         self.classes_, self.key_codes_ = encode_targets(y)
         self.keys_ = unit_rows_tensor(torch.from_numpy(X)).numpy()
         self.theta_ = float(self.theta)
         self.lam_ = float(self.lam)
-        if self.top_k is not None:
+        if index is not None:  # its ids -> rows of keys_ (searches give ids)
+            self._key_rows = IdTable()
+            self._key_rows.restore(index.ids, None, None, False, 0)
+            if self.top_k is not None:
+                self.index_ = index
+            elif index.kind == "flat":  # exact: it also finds the calibration's nearest keys
+                self._neighbour_index = index
+        elif self.top_k is not None:
             self.index_ = self._build_index(self.keys_)
         return self
 
@@ -299,7 +315,9 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
 
         The vectors are read back from the index (normalised again, so any metric works; a PQ index gives
         its lossy reconstruction) and passed to :meth:`fit` with ``params`` (``theta``, ``lam``, ``top_k``,
-        ...; ``kind`` defaults to the index's kind).
+        ...; ``kind`` defaults to the index's kind). A ``"cosine"`` index of that kind is not copied: ``top_k``
+        searches it (and a flat one finds the calibration's nearest keys); other metrics rank otherwise, so
+        a cosine index is built over the keys.
 
         Example
         -------
@@ -311,7 +329,9 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         """
         labels = index_labels(index)  # aligned with index.ids, like index.vectors()
         params.setdefault("kind", index.kind)
-        return cls(**params).fit(index.vectors(), labels)
+        cache = cls(**params)
+        reuse = index.metric == "cosine" and cache.kind == index.kind
+        return cache._fit(index.vectors(), labels, index if reuse else None)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``p_cache(y|x)`` for each row of ``X``: (n, K) float64, columns in ``classes_`` order."""
@@ -365,7 +385,7 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         features_val, proba_val = self._check_opinion_inputs(features_val, proba_val, "features_val", "proba_val")
-        codes = self._encode_known(y_val, len(features_val))
+        codes = known_codes(self.classes_, y_val, "y_val", len(features_val))
         thetas = [check_positive_float(t, "thetas") for t in _non_empty(thetas, "thetas")]
         lams = [check_fraction(lam, "lams") for lam in _non_empty(lams, "lams")]
         rows = np.arange(len(codes))
@@ -415,7 +435,7 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         if index is None:
             index = self._neighbour_index = self._build_index(self.keys_, kind="flat")
         _, ids = index.search(X, m)
-        distances = exact_distances(X, self.keys_, np.asarray(ids, dtype=np.int64), "cosine")
+        distances = exact_distances(X, self.keys_, self._rows(ids), "cosine")
         return np.sort(distances, axis=1)
 
     def _reference(self) -> tuple[np.ndarray, np.ndarray]:
@@ -449,6 +469,11 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         index.add(keys, ids=np.arange(len(keys), dtype=np.int64))
         return index
 
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of ``keys_`` (int64, −1 stays −1) of the ids a search of ``index_`` / ``_neighbour_index`` gave."""
+        table = getattr(self, "_key_rows", None)
+        return np.asarray(ids, dtype=np.int64) if table is None else table.rows_for(ids)
+
     def _cache_proba(self, X: np.ndarray, theta: float) -> np.ndarray:
         """p_cache for validated float32 features ``X`` (n, d) at inverse temperature ``theta``."""
         device = resolve_device(self.device)
@@ -464,10 +489,11 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         return proba.cpu().numpy()
 
     def _topk_proba(self, queries: torch.Tensor, theta: float) -> torch.Tensor:
+        assert self.top_k is not None  # the caller checked
         if self.top_k > len(self.keys_):
             raise ValueError(f"top_k={self.top_k} is larger than the cache ({len(self.keys_)} keys)")
-        _, ids = self.index_.search(queries.cpu().numpy(), self.top_k)  # (n, k) key positions, -1 if none
-        ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(queries.device)
+        _, ids = self.index_.search(queries.cpu().numpy(), self.top_k)  # (n, k) key ids, -1 if none
+        ids = torch.from_numpy(self._rows(ids)).to(queries.device)  # (n, k) rows of keys_, -1 if none
         keys = torch.from_numpy(self.keys_).to(queries.device)
         codes = torch.from_numpy(self.key_codes_).to(queries.device)
         sims = torch.empty(ids.shape, device=queries.device)  # (n, k)
@@ -482,29 +508,9 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         self, features: Any, proba: Any, features_name: str, proba_name: str
     ) -> tuple[np.ndarray, np.ndarray]:
         features = check_matrix(features, features_name, dim=self.n_features_in_)
-        num_classes = len(self.classes_)
-        proba = check_matrix(proba, proba_name, dtype=np.float64)
-        if proba.shape != (len(features), num_classes):
-            raise ValueError(
-                f"{proba_name} must have shape ({len(features)}, {num_classes}) = ({features_name} rows, "
-                f"len(classes_)), got {proba.shape}"
-            )
-        sums = proba.sum(axis=1)
-        if (proba < 0).any() or not np.allclose(sums, 1.0, atol=1e-3):
-            worst = int(np.argmax(np.abs(sums - 1.0)))
-            raise ValueError(
-                f"{proba_name} rows must be non-negative and sum to 1; row {worst} sums to {sums[worst]:.6g}"
-            )
+        proba = check_probabilities(proba, proba_name, n=len(features), num_classes=len(self.classes_),
+                                    rows=f"rows of {features_name}", columns="classes in classes_")
         return features, proba
-
-    def _encode_known(self, y: Any, n: int) -> np.ndarray:
-        y = check_labels(y, "y_val", n=n)
-        codes = np.searchsorted(self.classes_, y)
-        codes = np.clip(codes, 0, len(self.classes_) - 1)
-        unknown = self.classes_[codes] != y
-        if unknown.any():
-            raise ValueError(f"y_val holds labels the cache has never seen, e.g. {y[unknown][0].tolist()!r}")
-        return codes.astype(np.int64)
 
 
 def _non_empty(values: Sequence[float], name: str) -> Sequence[float]:

@@ -57,17 +57,23 @@ Example
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from metriclearn._checks import check_choice, check_labels, check_positive_int, describe
+from metriclearn._checks import (
+    check_choice,
+    check_interval,
+    check_labels,
+    check_positive_int,
+    check_probabilities,
+    describe,
+)
 from metriclearn.classify import conformal
-from metriclearn.classify._validation import query_data
+from metriclearn.classify._validation import class_codes, known_codes, query_data
 
 CALIBRATION_VERSION = 1
 COVERAGES = ("marginal", "class")
@@ -91,6 +97,22 @@ class CalibrationMixin:
     """
 
     _method: str
+    classes_: np.ndarray
+
+    if TYPE_CHECKING:  # the hooks, for the type checker only: each classifier defines them
+        @property
+        def _distance_metric(self) -> str: ...
+        def predict_proba(self, X: Any) -> np.ndarray: ...
+        def _classifier_params(self) -> dict[str, Any]: ...
+        def _probability_grids(self) -> dict[str, tuple[float, ...]]: ...
+        def _probability_candidates(self, X: np.ndarray, grids: dict[str, tuple[float, ...]]
+                                    ) -> Iterator[tuple[dict[str, Any], dict[str, float], np.ndarray]]: ...
+        def _proba_with(self, X: np.ndarray, params: dict[str, Any] | None) -> np.ndarray: ...
+        def _apply_probability(self, params: dict[str, Any]) -> None: ...
+        def _neighbour_distances(self, X: np.ndarray, m: int) -> np.ndarray: ...
+        def _reference(self) -> tuple[np.ndarray, np.ndarray]: ...
+        def _reference_size(self) -> int: ...
+        def _without_class(self, code: int) -> CalibrationMixin: ...
 
     # ------------------------------------------------------------------ public API
     def calibrate(
@@ -131,18 +153,19 @@ class CalibrationMixin:
         directory; :meth:`restore_calibration` reads it back).
         """
         check_is_fitted(self)
-        alpha = _check_open_fraction(alpha, "alpha")
+        alpha = check_interval(alpha, "alpha", open_low=True, open_high=True)
         if target_precision is not None:
-            target_precision = _check_precision(target_precision)
+            target_precision = check_interval(target_precision, "target_precision", open_low=True)
         check_choice(score, conformal.SCORES, "score")
         check_choice(coverage, COVERAGES, "coverage")
-        unseen_share = _check_fraction_below_one(unseen_share, "unseen_share")
-        fit_fraction = _check_open_fraction(fit_fraction, "fit_fraction")
+        unseen_share = check_interval(unseen_share, "unseen_share", open_high=True)
+        fit_fraction = check_interval(fit_fraction, "fit_fraction", open_low=True, open_high=True)
         check_positive_int(random_state, "random_state", allow_zero=True)
         if len(self.classes_) < 2:
             raise ValueError(f"calibration needs at least 2 classes, the classifier has {len(self.classes_)}")
         X = _named(lambda: query_data(self, X_cal), "X_cal")
-        codes = self._known_codes(y_cal, len(X))
+        codes = known_codes(self.classes_, y_cal, "y_cal", len(X),
+                            ": calibration rows must come from the indexed classes")
         self._refuse_reference_rows(X)
         self.__dict__.pop("calibration_", None)
 
@@ -260,31 +283,39 @@ class CalibrationMixin:
         self.calibration_ = state
         return self
 
-    def predict_sets(self, X: Any) -> np.ndarray:
-        """Conformal prediction sets: (n, K) bool, column j ↔ ``classes_[j]``; rows may be empty."""
+    def predict_sets(self, X: Any, proba: Any = None) -> np.ndarray:
+        """Conformal prediction sets: (n, K) bool, column j ↔ ``classes_[j]``; rows may be empty.
+
+        ``proba``: the rows' calibrated probabilities when already computed (``predict_proba(X)``), so the
+        neighbours are not searched again for them.
+        """
         state = self._calibration("predict_sets")
-        proba = self.predict_proba(X)  # calibrated
+        proba = self.predict_proba(X) if proba is None else self._given_proba(proba, X)  # calibrated
         return conformal.prediction_sets(proba, state["conformal"]["threshold"], state["conformal"]["score"])
 
-    def acceptance_score(self, X: Any) -> np.ndarray:
-        """The open-set acceptance score in [0, 1] of each row's prediction (higher: more trustworthy)."""
+    def acceptance_score(self, X: Any, proba: Any = None) -> np.ndarray:
+        """The open-set acceptance score in [0, 1] of each row's prediction (higher: more trustworthy).
+
+        ``proba``: as in :meth:`predict_sets`.
+        """
         self._rejection("acceptance_score")
         X = query_data(self, X)
-        return self._acceptance(X, self._proba_with(X, self.calibration_["probability"]))
+        return self._acceptance(X, self._calibrated_proba(X, proba))
 
-    def predict_with_rejection(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    def predict_with_rejection(self, X: Any, proba: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, rejected)``: the predicted label of every row, and a bool array, ``True`` where the
         acceptance score is below the calibrated threshold (the prediction is not to be trusted).
 
         The rejection never takes the place of a label, so no class can be mistaken for "rejected". Needs
-        ``calibrate(..., target_precision=P)``.
+        ``calibrate(..., target_precision=P)``. ``proba``: as in :meth:`predict_sets`.
         """
-        return self._with_rejection(X, "predict_with_rejection")
+        return self._with_rejection(X, "predict_with_rejection", proba)
 
-    def predict_or_reject(self, X: Any, unknown_label: Any = -1) -> np.ndarray:
+    def predict_or_reject(self, X: Any, unknown_label: Any = -1, proba: Any = None) -> np.ndarray:
         """The predicted label, or ``unknown_label`` where the acceptance score is below the calibrated threshold.
 
-        Needs ``calibrate(..., target_precision=P)``. ``unknown_label`` must not be one of ``classes_``
+        Needs ``calibrate(..., target_precision=P)``. ``proba``: as in :meth:`predict_sets`.
+        ``unknown_label`` must not be one of ``classes_``
         (in a ±1 task the default ``-1`` is a class: pass another value, or use
         :meth:`predict_with_rejection`, which keeps the rejection in a separate bool array). The output dtype
         holds both the labels and ``unknown_label`` (``object`` when one is a string and the other is not).
@@ -296,7 +327,7 @@ class CalibrationMixin:
         if any(c == fill.item() for c in self.classes_.tolist()):
             raise ValueError(f"unknown_label={fill.item()!r} is one of the classes, so a rejection could not be told "
                              "from a prediction: choose a value that is not a class, or use predict_with_rejection")
-        labels, rejected = self._with_rejection(X, "predict_or_reject")
+        labels, rejected = self._with_rejection(X, "predict_or_reject", proba)
         if (fill.dtype.kind in "US") != (labels.dtype.kind in "US"):
             out = labels.astype(object)
         else:
@@ -305,12 +336,20 @@ class CalibrationMixin:
         return out
 
     # ------------------------------------------------------------------ internals
-    def _with_rejection(self, X: Any, caller: str) -> tuple[np.ndarray, np.ndarray]:
+    def _with_rejection(self, X: Any, caller: str, proba: Any = None) -> tuple[np.ndarray, np.ndarray]:
         rejection = self._rejection(caller)
         X = query_data(self, X)
-        proba = self._proba_with(X, self.calibration_["probability"])
+        proba = self._calibrated_proba(X, proba)
         rejected = self._acceptance(X, proba) < rejection["threshold"]
         return self.classes_[np.argmax(proba, axis=1)], rejected
+
+    def _calibrated_proba(self, X: np.ndarray, proba: Any) -> np.ndarray:
+        """The calibrated probabilities of validated rows ``X``: ``proba`` checked when given, else computed."""
+        return self._proba_with(X, self.calibration_["probability"]) if proba is None else self._given_proba(proba, X)
+
+    def _given_proba(self, proba: Any, X: Any) -> np.ndarray:
+        """``proba`` checked as the (n, K) probabilities of the rows of ``X``."""
+        return check_probabilities(proba, "proba", n=len(X), num_classes=len(self.classes_), rows="rows of X")
 
     def _calibration(self, caller: str) -> dict[str, Any]:
         check_is_fitted(self)
@@ -332,20 +371,6 @@ class CalibrationMixin:
         state = self.calibration_
         features = self._features(self, X, state["probability"], state["rejection"]["class_scales"], proba)
         return _logistic(state["rejection"], features)
-
-    def _known_codes(self, y: Any, n: int) -> np.ndarray:
-        y = check_labels(y, "y_cal", n=n)
-        if (y.dtype.kind in "US") != (self.classes_.dtype.kind in "US"):
-            kinds = ["string" if a.dtype.kind in "US" else "integer" for a in (y, self.classes_)]
-            raise ValueError(f"y_cal holds {kinds[0]} labels, but the classifier's classes are {kinds[1]}s")
-        codes = np.clip(np.searchsorted(self.classes_, y), 0, len(self.classes_) - 1)
-        unknown = self.classes_[codes] != y
-        if unknown.any():
-            raise ValueError(
-                f"y_cal holds labels the classifier does not know, e.g. {y[unknown][0].tolist()!r}: "
-                "calibration rows must come from the indexed classes"
-            )
-        return codes.astype(np.int64)
 
     def _refuse_reference_rows(self, X: np.ndarray) -> None:
         """``ValueError`` if any row of ``X`` is (up to float round-off) a vector the classifier stores."""
@@ -500,8 +525,7 @@ def evaluate_calibration(clf: Any, X: Any, y: Any) -> dict[str, Any]:
     y = check_labels(y, "y", n=len(X))
     if (y.dtype.kind in "US") != (clf.classes_.dtype.kind in "US"):
         y = y.astype(str) if clf.classes_.dtype.kind in "US" else y
-    codes = np.clip(np.searchsorted(clf.classes_, y), 0, len(clf.classes_) - 1)
-    known = clf.classes_[codes] == y
+    codes, known = class_codes(clf.classes_, y)
     proba = clf._proba_with(X, state["probability"])  # (n, K)
     report: dict[str, Any] = {"n": len(X), "n_unseen": int((~known).sum()), "classes": clf.classes_.tolist()}
     if known.any():
@@ -607,30 +631,6 @@ def _widen(grid: tuple[float, ...], side: str) -> tuple[float, ...]:
 def _logistic(rejection: dict[str, Any], features: np.ndarray) -> np.ndarray:
     z = ((features - np.asarray(rejection["mean"])) / np.asarray(rejection["scale"])) @ np.asarray(rejection["coef"])
     return 1.0 / (1.0 + np.exp(-(z + rejection["intercept"])))
-
-
-def _check_open_fraction(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number in (0, 1), got {describe(value)}")
-    if not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
-    return float(value)
-
-
-def _check_fraction_below_one(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number in [0, 1), got {describe(value)}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {value}")
-    return float(value)
-
-
-def _check_precision(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"target_precision must be a number in (0, 1], got {describe(value)}")
-    if not 0.0 < float(value) <= 1.0 or math.isnan(float(value)):
-        raise ValueError(f"target_precision must lie in (0, 1], got {value}")
-    return float(value)
 
 
 def _named(validate: Any, name: str) -> np.ndarray:

@@ -121,7 +121,8 @@ def prediction_sets(proba: np.ndarray, threshold: float | list[float | None], sc
     ``threshold``: one ``q̂``, or a list of K per-class thresholds (:func:`class_thresholds`; ``None``: always in).
     """
     if isinstance(threshold, (list, tuple, np.ndarray)):
-        threshold = np.array([np.inf if t is None else t for t in threshold], dtype=np.float64)  # (K,)
+        per_class = np.array([np.inf if t is None else t for t in threshold], dtype=np.float64)  # (K,)
+        return class_scores(proba, score) <= per_class
     return class_scores(proba, score) <= threshold
 
 

@@ -34,8 +34,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from metriclearn._checks import check_choice, check_positive_int
-from metriclearn.classify._validation import encode_targets, fit_data, index_labels, query_data
+from metriclearn.classify._validation import class_codes, encode_targets, fit_data, index_labels, query_data
 from metriclearn.classify.calibration import CalibrationMixin
+from metriclearn.classify.defaults import DEFAULT_K
 
 WEIGHTS = ("distance", "uniform")
 METRICS = ("l2", "cosine")
@@ -120,7 +121,7 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_neighbors: int = 10,
+        n_neighbors: int = DEFAULT_K,
         weights: str = "distance",
         metric: str = "l2",
         kind: str = "flat",
@@ -146,7 +147,7 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         return self
 
     @classmethod
-    def from_index(cls, index: Any, n_neighbors: int = 10, weights: str = "distance") -> KNNClassifier:
+    def from_index(cls, index: Any, n_neighbors: int = DEFAULT_K, weights: str = "distance") -> KNNClassifier:
         """A fitted classifier over an existing, labelled EmbeddingIndex (e.g. ``EmbeddingIndex.load(dir)``).
 
         The index's ``metric`` (``"l2"`` or ``"cosine"``), ``kind`` and ``device`` become the parameters.
@@ -167,9 +168,7 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"a kNN classifier needs an index with metric 'l2' or 'cosine', got {index.metric!r}")
         knn = cls(n_neighbors=n_neighbors, weights=weights, metric=index.metric, kind=index.kind, device=index.device)
         knn._check_params()
-        knn.classes_, id_codes = encode_targets(index_labels(index))
-        order = np.argsort(index.ids)
-        knn.index_ids_, knn.index_codes_ = index.ids[order], id_codes[order]  # sorted ids -> class code
+        knn.classes_ = encode_targets(index_labels(index))[0]
         knn.index_, knn.fit_X_, knn.n_features_in_ = index, None, index.dim
         return knn
 
@@ -245,8 +244,8 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         if self.fit_X_ is not None:
             codes = self.fit_codes_[np.clip(ids, 0, None)]  # (n, k) ids are training rows
         else:
-            pos = np.clip(np.searchsorted(self.index_ids_, ids), 0, len(self.index_ids_) - 1)
-            codes = self.index_codes_[pos]  # (n, k)
+            labels = self.index_.labels_for(ids, missing=self.classes_[0])  # (n, k); missing ones weigh 0
+            codes = class_codes(self.classes_, labels)[0]  # (n, k)
         if normalize:
             weights = neighbor_weights(distances, self.weights)  # (n, k) missing: weight 0
         elif self.weights == "uniform":
@@ -293,7 +292,7 @@ class KNNClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
         """The stored vectors (N, d) and their class codes (N,)."""
         if self.fit_X_ is not None:
             return self.fit_X_, self.fit_codes_
-        return self.index_.vectors(self.index_ids_), self.index_codes_
+        return self.index_.vectors(), class_codes(self.classes_, self.index_.labels)[0]
 
     def _without_class(self, code: int) -> KNNClassifier:
         """An uncalibrated exact kNN over the stored vectors of every class but ``code`` (codes as labels)."""

@@ -37,7 +37,11 @@ from metriclearn._device import resolve_device
 from metriclearn._scale import unit_rows_tensor
 from metriclearn.classify._validation import index_labels
 from metriclearn.classify.cache import _LOG2E, _cache_block_sums
+from metriclearn.classify.defaults import DEFAULT_THETA
 from metriclearn.training import distributed
+
+NO_CALIBRATION = ("a calibration of the cache classifier needs an unsharded index (build it without --shards, "
+                  "or calibrate --method knn)")
 
 
 def shard_sums(
@@ -104,14 +108,15 @@ def sharded_cache_proba(
 
 
 class ShardedCache:
-    """The exact cache classifier over a sharded index, with the surface ``classify`` uses.
+    """The exact cache classifier over a sharded index: :class:`~metriclearn.classify.from_index.IndexClassifier`.
 
-    ``classes_`` are the index's sorted distinct labels; :meth:`predict_proba` is
-    :func:`sharded_cache_proba` (collective under torch.distributed). Calibration needs the keys in one
-    place, so :meth:`restore_calibration` refuses.
+    ``classes_`` are the index's sorted distinct labels; :meth:`predict_proba` is :func:`sharded_cache_proba`
+    (collective under torch.distributed). Calibration needs every key in one place (its acceptance score
+    reads each query's nearest keys and rebuilds the cache without each class), so :meth:`calibrate`,
+    :meth:`restore_calibration` and what needs a calibration refuse in one line.
     """
 
-    def __init__(self, index: Any, theta: float = 50.0, device: str = "auto") -> None:
+    def __init__(self, index: Any, theta: float = DEFAULT_THETA, device: str = "auto") -> None:
         self.index, self.theta, self.device = index, check_positive_float(theta, "theta"), device
         self.classes_ = np.unique(index_labels(index))
 
@@ -123,5 +128,15 @@ class ShardedCache:
         """The most probable class of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
-    def restore_calibration(self, calibration: Any) -> ShardedCache:
-        raise ValueError("a calibration of the cache classifier needs an unsharded index (build it without --shards)")
+    def calibrate(self, X_cal: Any, y_cal: Any, alpha: float = 0.1, target_precision: float | None = None,
+                  **options: Any) -> ShardedCache:
+        raise ValueError(NO_CALIBRATION)
+
+    def restore_calibration(self, state: dict[str, Any]) -> ShardedCache:
+        raise ValueError(NO_CALIBRATION)
+
+    def predict_sets(self, X: Any, proba: np.ndarray | None = None) -> np.ndarray:
+        raise ValueError(NO_CALIBRATION)
+
+    def predict_with_rejection(self, X: Any, proba: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        raise ValueError(NO_CALIBRATION)

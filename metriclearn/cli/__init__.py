@@ -7,6 +7,7 @@ Python warnings are one ``warning: ...`` line each (with ``--debug``, Python's o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
@@ -59,6 +60,16 @@ COMMANDS = (
 )
 
 
+def _torchrun_group() -> contextlib.AbstractContextManager[Any]:
+    """Started by torchrun: the command runs in the process group, which every rank leaves together
+    (:func:`~metriclearn.training.distributed.process_group`; docs/SCALING.md). Else nothing (no torch import)."""
+    if "WORLD_SIZE" not in os.environ:
+        return contextlib.nullcontext()
+    from metriclearn.training.distributed import process_group
+
+    return process_group()
+
+
 class MetricLearnGroup(click.Group):
     """A click group that turns any non-click exception into one clean line (unless ``--debug``).
 
@@ -72,7 +83,7 @@ class MetricLearnGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         for name, module, attr, _ in COMMANDS:
             if name == cmd_name:
-                return getattr(importlib.import_module(f"metriclearn.cli.{module}"), attr)  # type: ignore[no-any-return]
+                return getattr(importlib.import_module(f"metriclearn.cli.{module}"), attr)
         return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -82,7 +93,7 @@ class MetricLearnGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _torchrun_group():
                 if not ctx.params.get("debug"):
                     warnings.showwarning = _one_line_warning
                 return super().invoke(ctx)
@@ -104,11 +115,7 @@ class MetricLearnGroup(click.Group):
 @quiet_option
 def cli(debug: bool, quiet: bool) -> None:
     """metriclearn: learn embeddings where same-class points are neighbours, then use them."""
-    set_quiet(quiet)
-    if "WORLD_SIZE" in os.environ:  # started by torchrun: join the process group (docs/SCALING.md)
-        from metriclearn.training.distributed import init_from_env
-
-        init_from_env()
+    set_quiet(quiet or os.environ.get("RANK", "0") != "0")  # under torchrun one progress bar: rank 0's
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -195,7 +195,8 @@ def read_vectors(
     if columns is not None:  # read here, with the columns named; the run embeds the LabeledData
         from metriclearn.data import load_data
 
-        source: Any = load_data(data, classes=run.classes, require_labels=False, unseen="append", columns=columns)
+        source: Any = load_data(data, classes=run.classes, require_labels=False, unseen="append", columns=columns,
+                                images=run.image_options())
     else:
         source = data
     embedded = run.embed(source, batch_size=batch_size, device=device)

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from metriclearn.classify.defaults import DEFAULT_K
 from metriclearn.cli._inputs import (
     check_dim,
     check_k,
@@ -23,7 +24,7 @@ from metriclearn.cli._inputs import (
     read_vectors,
     vector_options,
 )
-from metriclearn.cli.classify import DEFAULT_K, _calibrated_model, _device_option, _load_index, _model
+from metriclearn.cli.classify import _device_option, _load_index
 
 
 @click.command("calibrate", epilog=examples(
@@ -95,12 +96,17 @@ def calibrate(
         raise ValueError(f"{vectors.origin} has no labels; calibration rows must be labelled")
     check_same_model(index, index_dir, vectors)
     x, y = check_dim(vectors, index, index_dir), vectors.labels
-    classifier = _model(index, method, check_k(k, index, index_dir) if k is not None else None, None, weights,
-                        device)
+    from metriclearn.classify.from_index import OptionClash, classifier_for
+
     try:
-        classifier.calibrate(x, y, alpha=alpha, target_precision=target_precision, score=score, coverage=coverage,
-                        unseen_share=unseen_share,
-                        fit_fraction=fit_fraction, random_state=seed)
+        classifier = classifier_for(index, method, check_k(k, index, index_dir) if k is not None else None, None,
+                                    weights, device)
+    except OptionClash as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        state = classifier.calibrate(x, y, alpha=alpha, target_precision=target_precision, score=score,
+                                     coverage=coverage, unseen_share=unseen_share, fit_fraction=fit_fraction,
+                                     random_state=seed).calibration_
     except ValueError as exc:
         raise ValueError(f"calibrating {str(index_dir)!r} on {vectors.origin}: {exc}") from None
     from metriclearn.training.distributed import is_main_process
@@ -108,10 +114,10 @@ def calibrate(
     if not is_main_process():  # under torchrun every rank calibrated (a sharded index searches collectively);
         return  # rank 0 alone stores it and prints
     stored = dict(index.attrs.get("calibration") or {})
-    stored[method] = classifier.calibration_
+    stored[method] = state
     index.attrs["calibration"] = stored
     index.save_attrs(index_dir)  # the manifest only: the vectors are as they were loaded
-    for line in summary_lines(classifier.calibration_):
+    for line in summary_lines(state):
         click.echo(line)
     click.echo(f"calibration stored in {index_dir} (attrs['calibration']['{method}'] of its manifest)")
 
@@ -165,6 +171,7 @@ def lowest_class_coverage(by_class: list[float | None] | None, classes: list[Any
 def calibration_metrics(index_dir: Path, embeddings: Any, labels: Any, device: str) -> dict[str, Any]:
     """``evaluate --index``: :func:`evaluate_calibration` of every calibration stored in the index."""
     from metriclearn.classify.calibration import evaluate_calibration
+    from metriclearn.classify.from_index import calibrated_classifier
 
     index = _load_index(index_dir, device)
     calibrations = index.attrs.get("calibration") or {}
@@ -175,7 +182,7 @@ def calibration_metrics(index_dir: Path, embeddings: Any, labels: Any, device: s
     if index.dim != embeddings.shape[1]:
         raise ValueError(f"index {str(index_dir)!r} has dimension {index.dim}, but the model embeds to "
                          f"{embeddings.shape[1]}: it was built from another model's embeddings")
-    return {method: evaluate_calibration(_calibrated_model(index, index_dir, method, state, device), embeddings,
+    return {method: evaluate_calibration(calibrated_classifier(index, method, state, device, index_dir), embeddings,
                                          labels)
             for method, state in calibrations.items()}
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy, write_json
 from metriclearn._device import DEVICES
+from metriclearn.classify.defaults import DEFAULT_K, DEFAULT_THETA
 from metriclearn.cli._inputs import (
     check_dim,
     check_distinct_files,
@@ -41,9 +42,6 @@ from metriclearn.cli._inputs import (
 )
 
 OUTPUT_FORMATS = (".npy", ".csv", ".json")
-DEFAULT_K = 10
-DEFAULT_THETA = 50.0
-DEFAULT_LAM = 0.5
 
 _INDEX_HELP = "Index directory built with labels (metriclearn index build ... --labels FILE.npy)."
 _device_option = click.option(
@@ -131,30 +129,30 @@ def classify(
                            labels_flag="--labels", device=device, columns=csv_columns(label_column))
     check_same_model(index, index_dir, vectors)
     q = check_dim(vectors, index, index_dir)
-    trusted = sets_out is not None or reject
-    calibration = _usable_calibration(index, index_dir, method, k, theta, weights, trusted)
-    if calibration is not None:
-        classifier = _calibrated_model(index, index_dir, method, calibration, device)
-    else:
-        classifier = _model(index, method, k, theta, weights, device)
+    from metriclearn.classify.from_index import OptionClash, classifier_from_index
+
+    try:  # the stored calibration for the method, unless an option contradicts it (metriclearn.classify.from_index)
+        classifier, calibration = classifier_from_index(index, method, k, theta, weights, device,
+                                                        need_calibration=sets_out is not None or reject,
+                                                        index_dir=index_dir)
+    except OptionClash as exc:
+        raise click.UsageError(str(exc)) from None
     proba = classifier.predict_proba(q)  # collective on a sharded index under torchrun
     if not _is_main_process():  # rank 0 writes and prints
         return
     rejected = None
     if reject:
+        assert calibration is not None  # --reject is trusted: _usable_calibration refused a missing one
         if calibration["rejection"] is None:
             raise ValueError(
                 f"index {str(index_dir)!r} was calibrated for {method} without a target precision, so --reject "
                 "has no threshold: rerun `metriclearn calibrate` with --target-precision P"
             )
-        predictions, rejected = classifier.predict_with_rejection(q)
+        predictions, rejected = classifier.predict_with_rejection(q, proba=proba)  # no second probability pass
     else:
         predictions = classifier.classes_[np.argmax(proba, axis=1)]
-    if sets_out is not None:  # = classifier.predict_sets(q), from the probabilities already computed
-        from metriclearn.classify.conformal import prediction_sets
-
-        conformal = classifier.calibration_["conformal"]
-        save_npy(sets_out, prediction_sets(proba, conformal["threshold"], conformal["score"]))
+    if sets_out is not None:
+        save_npy(sets_out, classifier.predict_sets(q, proba=proba))
     _write_predictions(out, method, classifier.classes_, predictions, proba, rejected)
     if rejected_out is not None and rejected is not None:
         save_npy(rejected_out, rejected)
@@ -173,71 +171,6 @@ def classify(
             from metriclearn.cli._accuracy import rejection_line
 
             click.echo(rejection_line(vectors.labels, predictions, rejected, classifier.classes_.tolist()))
-
-
-def _model(index: Any, method: str, k: int | None, theta: float | None, weights: str | None, device: str) -> Any:
-    """The uncalibrated classifier over ``index`` with the command-line parameters (``k`` already checked)."""
-    from metriclearn.classify import CacheClassifier, KNNClassifier
-
-    if method == "knn":
-        k = k if k is not None else min(DEFAULT_K, len(index))
-        return KNNClassifier.from_index(index, n_neighbors=k, weights=weights or "distance")
-    theta = DEFAULT_THETA if theta is None else theta
-    if hasattr(index, "shards"):  # sharded: per-shard sums combined exactly, rank r holds shard r (docs/SCALING.md)
-        from metriclearn.classify.sharded_cache import ShardedCache
-
-        if k is not None:
-            raise click.UsageError("--k (top-k cache) needs an unsharded index; a sharded one runs the exact cache")
-        return ShardedCache(index, theta=theta, device=device)
-    return CacheClassifier.from_index(index, theta=theta, top_k=k, device=device)
-
-
-def _usable_calibration(
-    index: Any, index_dir: Path, method: str, k: int | None, theta: float | None, weights: str | None, trusted: bool
-) -> dict[str, Any] | None:
-    """The calibration stored in ``index`` for ``method`` if the options allow it; errors for --sets/--reject."""
-    calibration = (index.attrs.get("calibration") or {}).get(method)
-    if calibration is None:
-        if trusted:
-            raise ValueError(
-                f"index {str(index_dir)!r} is not calibrated for --method {method}, so --sets/--reject have no "
-                f"threshold: run `metriclearn calibrate --index {index_dir} --embeddings ... --labels ... "
-                f"--method {method}` first"
-            )
-        return None
-    clash = _calibration_clash(calibration, method, k, theta, weights)
-    if clash and trusted:
-        raise click.UsageError(f"{clash}: drop it to use the calibration, or recalibrate")
-    return None if clash else calibration
-
-
-def _calibration_clash(
-    calibration: dict[str, Any], method: str, k: int | None, theta: float | None, weights: str | None
-) -> str | None:
-    """Which command-line option contradicts the calibration stored in the index, if any."""
-    params = calibration.get("classifier", {})
-    if method == "knn":
-        if k is not None and k != params.get("n_neighbors"):
-            return f"--k {k} differs from the k={params.get('n_neighbors')} the index was calibrated with"
-        if weights is not None and weights != params.get("weights"):
-            return f"--weights {weights} differs from the calibrated weights={params.get('weights')}"
-        return None
-    if theta is not None:
-        return f"--theta {theta:g} contradicts the calibrated theta={calibration['probability']['theta']:.4g}"
-    if k is not None and k != params.get("top_k"):
-        return f"--k {k} differs from the top_k={params.get('top_k')} the index was calibrated with"
-    return None
-
-
-def _calibrated_model(index: Any, index_dir: Path, method: str, calibration: dict[str, Any], device: str) -> Any:
-    """The classifier the calibration stored in ``index`` was made for, with that calibration restored."""
-    params = calibration.get("classifier", {})
-    k = params.get("n_neighbors") if method == "knn" else params.get("top_k")
-    classifier = _model(index, method, k, None, params.get("weights"), device)
-    try:
-        return classifier.restore_calibration(calibration)
-    except ValueError as exc:
-        raise ValueError(f"index {str(index_dir)!r}: its stored calibration does not fit it ({exc})") from None
 
 
 def _is_main_process() -> bool:

@@ -23,7 +23,8 @@ from metriclearn.cli._inputs import check_distinct_files, csv_columns, examples,
 ))
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
 @click.option("--data", required=True, metavar="PATH|digits",
-              help="Data to embed: .npz / .csv / .jsonl (labels optional), a .npy of raw inputs, or 'digits'.")
+              help="Data to embed: .npz / .csv / .jsonl (labels optional), a .npy of raw inputs, an image folder "
+                   "or a .csv with a path column, or 'digits'.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output FILE.npy (n, D) float32.")
 @click.option("--labels-out", type=click.Path(dir_okay=False),
               help="Also write the data's labels (.npy of their values, ints or strings).")
@@ -35,10 +36,13 @@ from metriclearn.cli._inputs import check_distinct_files, csv_columns, examples,
 @click.option("--layer", type=click.Choice(LAYERS), default="embedding", show_default=True,
               help="'hidden': the MLP's last hidden layer (before its ReLU), which retrieves new classes better.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes decoding image data (0: this one).")
+@click.option("--skip-bad-images", is_flag=True, help="Skip (and list) images that cannot be read.")
 @label_column_option
 @quiet_option
 def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives_out: str | None, batch_size: int,
-          layer: str, device: str, label_column: str, quiet: bool) -> None:
+          layer: str, device: str, workers: int, skip_bad_images: bool, label_column: str, quiet: bool) -> None:
     """Embed DATA with a trained run and save the embeddings as .npy."""
     from metriclearn._atomic import save_npy
     from metriclearn.data import load_data
@@ -51,12 +55,12 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
     check_distinct_files([("--out", out), ("--labels-out", labels_out)], [("--data", data)])
     run = load_run(model_dir)
     inputs = load_data(data, classes=run.classes, require_labels=False, unseen="append",
-                       columns=csv_columns(label_column))
+                       columns=csv_columns(label_column), images=run.image_options(workers, skip_bad_images))
     if inputs.is_pairs != (positives_out is not None):
         raise click.UsageError(f"{data} is a pair file: give --positives-out P.npy for its positives (--out gets "
                                "the anchors)" if inputs.is_pairs else
                                f"--positives-out is for pair files (anchor/positive lines); {data} is not one")
-    if inputs.is_pairs:
+    if inputs.is_pairs and positives_out is not None:  # (checked just above: they go together)
         _embed_pairs(run, inputs, out, positives_out, labels_out, batch_size, layer, device)
         return
     if labels_out and not inputs.is_labeled:  # say so before the (long) embedding
@@ -67,8 +71,9 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
     save_npy(out, embedded.embeddings)
     n, d = embedded.embeddings.shape
     click.echo(f"wrote {out}: {n} x {d} float32")
-    if labels_out:
-        save_npy(labels_out, embedded.label_values())
+    values = embedded.label_values()
+    if labels_out and values is not None:  # labelled data (checked above)
+        save_npy(labels_out, values)
         seen, unseen = embedded.present_classes()
         click.echo(f"wrote {labels_out}: {n} labels, {len(seen)} class(es) seen in training, "
                    f"{len(unseen)} new")

@@ -89,8 +89,8 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     check_distinct_files([("--out", out)], [("--data", data), ("--reference", reference)])
     run = load_run(model_dir)
     sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
-    loaded = [load_data(s, classes=run.classes, unseen="append", columns=csv_columns(label_column))
-              for s in sources]
+    loaded = [load_data(s, classes=run.classes, unseen="append", columns=csv_columns(label_column),
+                        images=run.image_options()) for s in sources]
     if any(d.is_pairs for d in loaded):
         if reference is not None or index_dir is not None or layer != "embedding":
             raise click.UsageError("a pair file is measured on its own pairs (each anchor against all its "
@@ -105,7 +105,8 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
         from metriclearn.indexes import describe
 
         check_built_by(describe(index_dir)["model_fingerprint"], index_dir, run)
-    if reference is None and not (np.bincount(loaded[0].y) > 1).any():
+    labels = loaded[0].y
+    if reference is None and labels is not None and not (np.bincount(labels) > 1).any():
         raise ValueError(f"{data}: no class has two or more rows, so leave-one-out retrieval measures nothing; "
                          "add rows or give --reference PATH")
     query, *refs = [run.embed(d, batch_size=batch_size, device=device, require_labels=True, layer=layer)
@@ -116,10 +117,10 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
                                                               (ref.embeddings, ref.label_values())))
     metrics.update(_by_group(query, ref))
     seen, unseen = query.present_classes()
+    assert query.labels is not None  # embedded with require_labels=True
+    n_seen = int(np.count_nonzero(query.labels < query.known))
     metrics["data"].update(source=str(data), reference=reference, layer=layer, seen_classes=seen,
-                           unseen_classes=unseen,
-                           n_seen=int((query.labels < query.known).sum()),
-                           n_unseen=int((query.labels >= query.known).sum()))
+                           unseen_classes=unseen, n_seen=n_seen, n_unseen=len(query.labels) - n_seen)
     if index_dir is not None:
         from metriclearn.cli.calibrate import calibration_metrics
 

@@ -116,7 +116,7 @@ def build(
         raise click.UsageError("--id-column and --keep-columns build one index; build it without --shards")
     check_output_dir(out, "index", overwrite=overwrite)  # before embedding or tuning
     queries = None if tune_queries is None else load_matrix(tune_queries, name="tune queries")
-    ids, metadata = csv_extras(data, columns) if id_column or keep_columns else (None, None)
+    ids, metadata = csv_extras(data, columns) if (id_column or keep_columns) and data is not None else (None, None)
 
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
                            labels_flag="--labels", device=device, columns=columns)  # torchrun: a shard a rank

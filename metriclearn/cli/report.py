@@ -1,7 +1,9 @@
 """``metriclearn report``: t-SNE / UMAP pictures, ``report.html`` and ``metrics.json`` for embeddings.
 
-Heavy imports (scikit-learn, matplotlib, umap, the trainer) happen inside the command, so ``metriclearn
---help`` stays fast.
+Heavy imports (torch, scikit-learn, matplotlib, faiss; umap only for ``--method umap``) happen inside the
+command, so ``metriclearn --help`` stays fast, and a run directory is read with :mod:`metriclearn.runs`, so the
+trainer is never imported (measured with ``python -X importtime``; tests/test_runs.py and
+tests/cli/test_startup_cli.py check it).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def report(
     names = [f"{m}.png" for m in (METHODS if method == "both" else (method,))] + ["report.html", "metrics.json",
                                                                                    "explorer.html"]
     names += [f"reliability-{name}.png" for name in calibration or {}]
+    names += ["neighbours.png"] if thumbnails is not None else []
     click.echo(f"wrote {', '.join(names)} to {out}")
     if "retrieval" in metrics:
         ret, sep = metrics["retrieval"], metrics["separation"]
@@ -111,8 +114,8 @@ def report(
 def _calibration(index_dir: Path, vectors: Any) -> tuple[dict[str, Any], np.ndarray]:
     """The calibrations stored in an index directory, and each row's calibrated confidence (the top probability
     of the first calibrated classifier, kNN before cache); an uncalibrated index is an error (why pass it?)."""
+    from metriclearn.classify.from_index import calibrated_classifier
     from metriclearn.cli._inputs import check_dim, check_same_model
-    from metriclearn.cli.classify import _calibrated_model
     from metriclearn.indexes import load_index
 
     index = load_index(index_dir, device="cpu")
@@ -123,14 +126,17 @@ def _calibration(index_dir: Path, vectors: Any) -> tuple[dict[str, Any], np.ndar
         )
     check_same_model(index, index_dir, vectors)
     method = "knn" if "knn" in calibration else next(iter(calibration))
-    classifier = _calibrated_model(index, index_dir, method, calibration[method], "cpu")
+    classifier = calibrated_classifier(index, method, calibration[method], "cpu", index_dir)
     confidence = classifier.predict_proba(check_dim(vectors, index, index_dir)).max(axis=1)
     return dict(calibration), np.asarray(confidence, dtype=np.float32)
 
 
 def _item_content(data: str) -> tuple[list[str] | None, np.ndarray | None]:
-    """The texts (.jsonl) or images (digits, image-shaped .npz) of ``--data``, for the explorer to show."""
-    if data != "digits" and Path(data).suffix.lower() not in (".jsonl", ".npz"):
+    """The texts (.jsonl) or images (digits, image-shaped .npz, an image folder or path CSV) of ``--data``, for the
+    explorer to show."""
+    from metriclearn.images import is_image_source
+
+    if data != "digits" and Path(data).suffix.lower() not in (".jsonl", ".npz") and not is_image_source(Path(data)):
         return None, None
     from metriclearn.data import load_data
     from metriclearn.reports.explorer import item_content

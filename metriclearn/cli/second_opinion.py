@@ -24,15 +24,9 @@ import click
 import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy
+from metriclearn.classify.defaults import DEFAULT_LAM, DEFAULT_THETA
 from metriclearn.cli._inputs import check_distinct_files, examples, load_probabilities, quiet_option
-from metriclearn.cli.classify import (
-    DEFAULT_LAM,
-    DEFAULT_THETA,
-    _check_output,
-    _device_option,
-    _load_features,
-    _load_index,
-)
+from metriclearn.cli.classify import _check_output, _device_option, _load_features, _load_index
 
 _MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
 _FEATURES_ONLY = ("index_dir", "features", "probs", "labels", "tune")
@@ -55,9 +49,10 @@ _FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # 
               help="Model form: a metriclearn run directory with a classification head, a Hugging Face model "
                    "directory or a TorchScript file.")
 @click.option("--cache", type=click.Path(path_type=Path),
-              help="Model form: labelled data for the cache (.jsonl / .npz / .csv), or a directory written by --save.")
+              help="Model form: labelled data for the cache (.jsonl / .npz / .csv, an image folder or path CSV), or a "
+                   "directory written by --save.")
 @click.option("--data", type=click.Path(path_type=Path),
-              help="Model form: the inputs to classify (.jsonl / .npz / .csv, or .npy without labels).")
+              help="Model form: the inputs to classify (.jsonl / .npz / .csv / image folder, or .npy without labels).")
 @click.option("--layer", "layers", multiple=True, metavar="NAME",
               help="Model form: layer(s) whose features make the cache (module names; NAME:input for a module's "
                    "input). Default: chosen by --tune-data, else the input of the last nn.Linear.")
@@ -133,7 +128,7 @@ def _from_features(out: Path, opts: dict[str, Any]) -> None:
         p_val = load_probabilities(tune[1], "--tune PROBS_VAL", len(x_val), num_classes)
         y_val = load_labels(tune[2], n=len(x_val))
         cache.tune(x_val, p_val, y_val, THETA_GRID, LAM_GRID)
-        best = cache.tuning_["accuracy"].max()
+        best = np.asarray(cache.tuning_["accuracy"]).max()
         click.echo(f"tuned on {len(x_val)} held-out rows: theta={cache.theta_:g}, lam={cache.lam_:g} "
                    f"(validation accuracy {best:.4f})")
     blended = cache.second_opinion(x, p)
@@ -160,7 +155,7 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
         check_output_dir(opts["save"], "index", overwrite=opts["overwrite"])
     loaded = load_model(opts["model_path"])
     for flag, path in (("--cache", opts["cache"]), ("--tune-data", opts["tune_data"]), ("--data", opts["data"])):
-        if path is not None and not (flag == "--cache" and Path(path).is_dir()):  # before the cache is built
+        if path is not None and not (flag == "--cache" and _saved_cache(Path(path))):  # before the cache is built
             check_input_kind(Path(path), loaded, flag)
     device = str(resolve_device(opts["device"]))
     loaded.model.to(device)
@@ -170,7 +165,7 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     x, y = read_inputs(opts["data"], loaded, "--data", labels="optional")
     if opts["tune_data"] is not None:
         x_val, y_val = read_inputs(opts["tune_data"], loaded, "--tune-data", labels="required")
-    if opts["cache"].is_dir():
+    if _saved_cache(opts["cache"]):
         if layers is not None:
             raise click.UsageError("--layer does not go with a saved --cache directory (its layers are fixed)")
         opinion = SecondOpinion.load(opts["cache"], loaded.model, theta=opts["theta"], lam=opts["lam"], **options)
@@ -179,6 +174,7 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
         opinion = SecondOpinion(loaded.model, layers, opts["theta"], opts["lam"], classes=loaded.classes, **options)
         opinion.fit(x_cache, y_cache)
     if opts["tune_data"] is not None:
+        assert y_val is not None  # read with labels="required"
         opinion.tune(x_val, y_val)
         scores = opinion.tuning_["layers"]
         click.echo(f"tuned on {len(y_val)} held-out rows: layer {opinion.tuning_['chosen']} "
@@ -213,6 +209,15 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
         click.echo(f"cache saved to {opts['save']} (load it again with --cache {opts['save']})")
 
 
+def _saved_cache(path: Path) -> bool:
+    """A ``--cache`` folder written by ``--save`` (an index directory), not a folder of class subfolders of images."""
+    if not path.is_dir() or (path / "index.json").exists():
+        return path.is_dir()
+    from metriclearn.images.listing import is_image_file
+
+    return not any(is_image_file(f) for sub in path.iterdir() if sub.is_dir() for f in sub.iterdir())
+
+
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
 
@@ -228,8 +233,9 @@ def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, l
     if labels == "required" and not data.is_labeled:
         raise ValueError(f"{flag} {str(path)!r} holds no labels; the cache and tuning data need them "
                          "(.npz with X and y, .csv with a label column, .jsonl with a label per line)")
-    values = None if not data.is_labeled else data.label_values().tolist()
-    return (data.X if data.is_text else _check_shape(data.X, loaded, flag, path)), values
+    label_values = data.label_values()
+    values = None if label_values is None else label_values.tolist()
+    return (data.X if isinstance(data.X, list) else _check_shape(data.X, loaded, flag, path)), values
 
 
 def check_input_kind(path: Path, loaded: Any, flag: str) -> None:

@@ -59,7 +59,9 @@ def _parse_encoder_options(ctx: click.Context, param: click.Parameter, value: tu
 def _default(key: str) -> Any:
     """The config's default for ``key``, read from the dataclass field (making a config would import torch)."""
     spec = TrainConfig.__dataclass_fields__[key]
-    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default  # type: ignore[misc]
+    if spec.default is dataclasses.MISSING and callable(spec.default_factory):
+        return spec.default_factory()
+    return spec.default
 
 
 def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -78,24 +80,35 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
     'metriclearn train --data train.csv --label-column species --epochs 30 --out runs/mine',
     'metriclearn train --data train.csv --out runs/mine --resume',
 ))
-@_setting("--data", "Training data (.npz/.csv/.jsonl) or 'digits'.", metavar="PATH|digits")
+@_setting("--data", "Training data (.npz/.csv/.jsonl, an image folder or a .csv with a path column) or 'digits'.",
+          metavar="PATH|digits")
 @_setting("--label-column", "The label column of a .csv --data (every other column is a numeric feature).",
           metavar="NAME")
 @_setting("--loss", f"Loss term; repeat to combine: {', '.join(BUILTIN_LOSSES)}.", multiple=True,
           metavar="NAME[:WEIGHT]", callback=_check_losses)
 @_setting("--combine", "How several losses combine.", type=click.Choice(COMBINES))
-@_setting("--encoder", "Encoder spec, e.g. 'mlp:512,256'.", metavar="mlp|cnn|sentence[:PATH]")
+@_setting("--encoder", "Encoder spec, e.g. 'mlp:512,256', 'sentence', 'hf-vision:DIR'.",
+          metavar="mlp|cnn|sentence[:PATH]|hf-vision:DIR|torchvision:NAME|timm:NAME")
 @click.option("--encoder-option", "encoder_options", multiple=True, metavar="KEY=VALUE",
               callback=_parse_encoder_options,
               help="Encoder keyword argument; repeat for several, e.g. chunk_size=32 or cache_size=0 (sentence).")
-@_setting("--finetune/--no-finetune", "Fine-tune the sentence encoder's transformer (else only the head trains).")
-@_setting("--unfreeze", "With --finetune: only the top N transformer blocks (0: all).", type=int, metavar="N")
-@_setting("--encoder-lr", "With --finetune: the transformer's (peak) learning rate (--lr: the head's).",
+@_setting("--finetune/--no-finetune", "Fine-tune the pretrained transformer or vision backbone (else only the head "
+          "trains).")
+@_setting("--unfreeze", "With --finetune: only the top N transformer blocks / backbone stages (0: all).", type=int,
+          metavar="N")
+@_setting("--encoder-lr", "With --finetune: the pretrained body's (peak) learning rate (--lr: the head's).",
           type=float)
 @_setting("--pooling", "Sentence pooling over the tokens.", type=click.Choice(("mean", "cls")))
 @_setting("--max-length", "Truncate texts to N tokens (0: the model's limit).", type=int, metavar="N")
 @_setting("--gradient-checkpointing/--no-gradient-checkpointing",
           "With --finetune: recompute activations in the backward pass (less memory, more time).")
+@_setting("--augment", "Training augmentation of images (random resized crop, flip; strong: colour jitter).",
+          type=click.Choice(("none", "light", "strong")))
+@_setting("--image-size", "Decode images at N x N (0: the backbone's input size, else the first image's).",
+          type=int, metavar="N")
+@_setting("--workers", "Processes decoding images (0: this one).", type=int, metavar="N")
+@_setting("--skip-bad-images/--no-skip-bad-images", "Skip (and list) images that cannot be read, instead of "
+          "stopping at the first.")
 @_setting("--embedding-dim", "Embedding size.", type=int)
 @_setting("--normalize/--no-normalize", "L2-normalise the embeddings.")
 @_setting("--epochs", "Training epochs.", type=int)
@@ -113,6 +126,7 @@ def _setting(name: str, help: str, **kwargs: Any) -> Callable[[Callable[..., Any
 @_setting("--seed", "Random seed (runs are deterministic on CPU).", type=click.IntRange(0, 2**32 - 1))
 @_setting("--device", "auto (CUDA when available), cpu or cuda.", type=click.Choice(DEVICES))
 @_setting("--amp/--no-amp", "Mixed precision on CUDA; bf16 on a CPU with native bf16 when fine-tuning a transformer.")
+@_setting("--compile/--no-compile", "torch.compile the encoder for training (slower on CPU so far: BENCHMARKS.md).")
 @_setting("--checkpoint-every", "Also checkpoint every N batches (0: each epoch end).", type=int)
 @_setting("--threads", "CPU threads for torch (0: torch's default).", type=int)
 @_setting("--val-fraction", "Held-out share for validation metrics.", type=float)

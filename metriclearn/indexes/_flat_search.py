@@ -62,8 +62,8 @@ def flat_search(
     with _blas_forced(nq >= MIN_QUERIES):
         if nq >= tasks * MIN_QUERY_CHUNK:  # many queries: each task takes a block of them, no merge
             chunks = np.array_split(np.arange(nq), tasks)
-            results = _workers().map(lambda c: _knn(xb, xq[c[0] : c[-1] + 1], k, l2, xb_sq_norms, 0, n), chunks)
-            D, I = zip(*results, strict=True)
+            blocks = _workers().map(lambda c: _knn(xb, xq[c[0] : c[-1] + 1], k, l2, xb_sq_norms, 0, n), chunks)
+            D, I = zip(*blocks, strict=True)
             return np.concatenate(D), np.concatenate(I)
         slices = max(1, min(tasks, n // MIN_SLICE))  # few queries: each task takes a slice of the vectors
         bounds = np.linspace(0, n, slices + 1).astype(int).tolist()

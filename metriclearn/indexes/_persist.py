@@ -67,14 +67,15 @@ def save(index: Persistable, path: str | os.PathLike[str]) -> str:
     structure, table = index.faiss_index, index.table
     if structure is None:
         raise ValueError(f"nothing to save: kind {index.kind!r} with nlist=None is built on the first add")
-    writers = {
+    labels, metadata = table.labels, table.metadata
+    writers: dict[str, Callable[[Any], object]] = {
         FAISS_FILE: lambda p: faiss.write_index(structure, p),
         IDS_FILE: lambda p: _write_npy(p, table.ids),
     }
-    if table.labels is not None:
-        writers[LABELS_FILE] = lambda p: _write_npy(p, table.labels)
-    if table.metadata is not None:
-        writers[METADATA_FILE] = lambda p: Path(p).write_text(json.dumps(table.metadata), encoding="utf-8")
+    if labels is not None:
+        writers[LABELS_FILE] = lambda p: _write_npy(p, labels)
+    if metadata is not None:
+        writers[METADATA_FILE] = lambda p: Path(p).write_text(json.dumps(metadata), encoding="utf-8")
     fields = {
         "dim": index.dim,
         "metric": index.metric,

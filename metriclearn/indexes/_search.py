@@ -24,7 +24,7 @@ Queries are searched ``batch_size`` rows at a time (a progress bar when there ar
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -57,7 +57,7 @@ class Searcher:
         k = min(k, 0 if index is None else int(index.ntotal))  # no work, no memory in proportion to a huge k
         D = np.full((xq.shape[0], k), missing_distance(self.metric), dtype=np.float32)
         I = np.full((xq.shape[0], k), -1, dtype=np.int64)
-        if k == 0:
+        if k == 0 or index is None:
             return D, I
         steps = range(0, xq.shape[0], batch_size)
         for i0 in progress(steps, desc="searching", unit="batch", **single_step(steps)):
@@ -78,7 +78,7 @@ class Searcher:
         if l2 and self._sq_norms is None:
             self._sq_norms = np.einsum("ij,ij->i", xb, xb)  # (N,)
         D, rows = _flat_search.flat_search(xb, xq, k, l2=l2, xb_sq_norms=self._sq_norms)
-        id_map = faiss.rev_swig_ptr(index.id_map.data(), n)  # (N,) faiss row -> id
+        id_map = faiss.rev_swig_ptr(cast(faiss.IndexIDMap, index).id_map.data(), n)  # (N,) faiss row -> id
         return D, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
 
     @staticmethod

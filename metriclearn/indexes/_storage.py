@@ -65,7 +65,7 @@ T = TypeVar("T")
 
 def write_directory(
     path: str | os.PathLike[str],
-    writers: Mapping[str, Callable[[str], None]],
+    writers: Mapping[str, Callable[[str], object]],
     fields: Mapping[str, Any],
     format_name: str,
     format_version: int,
@@ -85,7 +85,7 @@ def write_directory(
         return _write_directory(root, writers, fields, format_name, format_version)
 
 
-def _write_directory(root: Path, writers: Mapping[str, Callable[[str], None]], fields: Mapping[str, Any],
+def _write_directory(root: Path, writers: Mapping[str, Callable[[str], object]], fields: Mapping[str, Any],
                      format_name: str, format_version: int) -> str:
     owned = _check_target(root, format_name, writers)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def _check_target(root: Path, format_name: str, writers: Mapping[str, Any]) -> s
             f"cannot save an index to {root}: it is not empty and not a metriclearn index (it holds {shown}); "
             "choose a new or empty folder"
         )
-    listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    listed: dict[str, Any] = manifest["files"] if isinstance(manifest.get("files"), dict) else {}
     owned = {MANIFEST, *listed} | {name for name in entries if name.startswith(".") and name.endswith(".tmp")}
     clash = sorted((entries - owned) & set(writers))
     if clash:

@@ -34,14 +34,14 @@ def build(factory: str, dim: int, metric: str, *, ef_construction: int, refine: 
     base = _factory.build(factory, dim, metric)
     if refine:
         refined = faiss.IndexRefineFlat(base)
-        base.this.disown()  # the refine index now owns (and frees) the base index
+        base.this.disown()  # type: ignore[attr-defined]  # SWIG's handle; the refine index now owns the base
         refined.own_fields = True
         base = refined
     if faiss.try_extract_index_ivf(base) is not None and not refine:
         index = base
     else:
         index = faiss.IndexIDMap(base)
-        base.this.disown()  # the IDMap now owns (and frees) the wrapped index
+        base.this.disown()  # type: ignore[attr-defined]  # SWIG's handle; the IDMap now owns the wrapped index
         index.own_fields = True
     graph = hnsw(index)
     if graph is not None:
@@ -121,7 +121,7 @@ def train(index: faiss.Index, xb: np.ndarray, kind: str, nlist: int | None, pq_n
     if kind == "pq" and part is not None:
         # faiss prints one stderr line per sub-quantizer when codebooks see < 39 points per code;
         # say it once, as a Python warning, instead
-        faiss.downcast_index(part).pq.cp.min_points_per_centroid = 1
+        faiss.downcast_index(part).pq.cp.min_points_per_centroid = 1  # type: ignore[attr-defined]  # an IVFPQ/PQ
         if xb.shape[0] < 39 * 2**pq_nbits:
             warnings.warn(
                 f"PQ codebooks trained on {xb.shape[0]} vectors; faiss recommends at least "
@@ -143,11 +143,14 @@ def reconstruct(index: faiss.Index, ids: np.ndarray, kind: str) -> np.ndarray:
             id_map = faiss.vector_to_array(index.id_map)  # (N,)
             order = np.argsort(id_map, kind="stable")
             positions = order[np.searchsorted(id_map[order], ids)]  # (n,)
-            out = inner(index).reconstruct_batch(positions)
+            wrapped = inner(index)
+            assert wrapped is not None  # an IDMap always wraps an index
+            out = wrapped.reconstruct_batch(positions)
         else:  # IVF: ids live in the inverted lists; faiss keeps an id -> entry hash table from now on
             part = ivf(index)
-            if part.direct_map.type == faiss.DirectMap.NoMap:
-                part.set_direct_map_type(faiss.DirectMap.Hashtable)
+            direct_map = faiss.DirectMap  # type: ignore[attr-defined]  # in faiss, not in its stubs
+            if part.direct_map.type == direct_map.NoMap:
+                part.set_direct_map_type(direct_map.Hashtable)
             out = index.reconstruct_batch(ids)
     except RuntimeError as exc:
         raise ValueError(f"kind {kind!r} cannot give back its vectors ({_factory.faiss_reason(exc)})") from exc

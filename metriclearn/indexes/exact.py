@@ -135,16 +135,17 @@ def exact_topk(
             best_s, best_i = None, None
             for j0 in range(0, n, bn):
                 xt = x[j0 : j0 + bn].T  # (d, m)
-                if l2:  # ‖x‖² − 2 q·x: the per-row constant ‖q‖² is added after selection
+                if l2 and reference_sq_norms is not None:  # ‖x‖² − 2 q·x: ‖q‖² (per row) is added after selection
                     s = torch.addmm(reference_sq_norms[j0 : j0 + bn], qb, xt, beta=1, alpha=-2)  # (b, m)
                 else:
                     s = qb @ xt  # (b, m)
                 s, idx = torch.topk(s, min(kk, s.shape[1]), dim=1, largest=not l2)  # (b, ≤kk)
                 idx += j0
-                if best_s is not None:
+                if best_s is not None and best_i is not None:
                     s, pos = torch.topk(torch.cat([best_s, s], 1), kk, dim=1, largest=not l2)  # (b, kk)
                     idx = torch.gather(torch.cat([best_i, idx], 1), 1, pos)  # (b, kk)
                 best_s, best_i = s, idx
+            assert best_s is not None and best_i is not None  # n > 0: at least one block
             if l2:
                 best_s = (best_s + _sq_norms(qb)[:, None]).clamp_min_(0)  # (b, kk)
             D[i0 : i0 + bq, :kk] = best_s.numpy()

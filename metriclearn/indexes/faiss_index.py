@@ -193,6 +193,12 @@ class EmbeddingIndex:
         self._index = index
         self._apply_search_params()
 
+    def _built(self) -> faiss.Index:
+        """The faiss structure; ivf/pq kinds with ``nlist=None`` build it on their first add."""
+        if self._index is None:
+            raise ValueError(f"kind {self.kind!r} with nlist=None holds nothing before its first add")
+        return self._index
+
     def _apply_search_params(self) -> None:
         _structure.apply_search_params(self._index, self._nprobe, self._ef_search, self.k_factor)
         self._searcher.reset()
@@ -251,9 +257,10 @@ class EmbeddingIndex:
         if fresh:  # nlist chosen from the first add
             self.nlist = _factory.auto_nlist(n)
             self.use_structure(self.empty_structure())
-        if not self._index.is_trained:
+        index = self._built()
+        if not index.is_trained:
             try:
-                _structure.train(self._index, xb, self.kind, self.nlist, self.pq_nbits, self.factory or "")
+                _structure.train(index, xb, self.kind, self.nlist, self.pq_nbits, self.factory or "")
             except ValueError:
                 if fresh:  # leave the index as it was: nlist still to be chosen
                     self.nlist, self._index = None, None
@@ -261,7 +268,7 @@ class EmbeddingIndex:
             self._apply_search_params()
         steps = range(0, n, _ADD_CHUNK)
         for i0 in progress(steps, desc="adding", unit="chunk", **single_step(steps)):
-            self._index.add_with_ids(xb[i0 : i0 + _ADD_CHUNK], new_ids[i0 : i0 + _ADD_CHUNK])
+            index.add_with_ids(xb[i0 : i0 + _ADD_CHUNK], new_ids[i0 : i0 + _ADD_CHUNK])
         self._table.append(new_ids, labels_arr, meta)
         self._searcher.reset()
         self.attrs = {}
@@ -279,7 +286,8 @@ class EmbeddingIndex:
         if drop.size == 0:
             return 0
         try:
-            removed = int(self._index.remove_ids(drop))
+            # faiss's Python wrapper takes an id array; its stubs list only an IDSelector
+            removed = int(self._built().remove_ids(drop))  # type: ignore[arg-type]
         except RuntimeError as exc:
             raise ValueError(
                 f"kind {self.kind!r} cannot remove vectors ({_factory.faiss_reason(exc)}); "
@@ -326,7 +334,7 @@ class EmbeddingIndex:
             raise ValueError(f"ids not in the index: {want[rows < 0][:5].tolist()}")
         if want.size == 0:
             return np.empty((0, self.dim), dtype=np.float32)
-        return _structure.reconstruct(self._index, want, self.kind)
+        return _structure.reconstruct(self._built(), want, self.kind)
 
     # ------------------------------------------------------------------ search
     def search(self, q: Any, k: int, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:

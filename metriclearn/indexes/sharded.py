@@ -81,7 +81,7 @@ class ShardedIndex:
         self,
         shards: Sequence[EmbeddingIndex | None],
         ids: Sequence[np.ndarray],
-        labels: Sequence[np.ndarray] | None,
+        labels: Sequence[np.ndarray | None] | None,
         dim: int,
         metric: str,
         kind: str,
@@ -97,7 +97,7 @@ class ShardedIndex:
         self._manifest_checksum: str | None = None  # of the directory this index was loaded from / saved to
         self._table = IdTable()  # every shard's ids and labels: the id -> label look-up of EmbeddingIndex
         every = np.concatenate(self._shard_ids)
-        self._table.restore(every, None if labels is None else np.concatenate(self._shard_labels), None,
+        self._table.restore(every, None if self._shard_labels is None else np.concatenate(self._shard_labels), None,
                             labels is not None, int(every.max()) + 1 if every.size else 0)
         # collective search when the shards are spread over the ranks of a process group
         self.collective = distributed.world_size() > 1 and any(s is None for s in self.shards)
@@ -193,7 +193,7 @@ class ShardedIndex:
         missing = [r for r, s in enumerate(self.shards) if s is None]
         if missing:
             raise ValueError(f"this process holds only some shards (not {missing}); vectors() needs them all")
-        every = np.concatenate([s.vectors() for s in self.shards])  # type: ignore[union-attr]
+        every = np.concatenate([s.vectors() for s in self.shards if s is not None])  # all of them (checked above)
         if ids is None:
             return every
         rows = self._table.rows_for(ids)
@@ -233,12 +233,13 @@ class ShardedIndex:
         missing = [r for r, s in enumerate(self.shards) if s is None]
         if missing:
             raise ValueError(f"cannot save: this process does not hold shards {missing}")
+        shards = [s for s in self.shards if s is not None]  # all of them
 
         def writer(shard: EmbeddingIndex) -> Any:  # saves the shard; its manifest is the file checksummed
             return lambda manifest_path: shard.save(Path(manifest_path).parent)
 
-        writers = {f"{shard_name(r)}/{_storage.MANIFEST}": writer(s) for r, s in enumerate(self.shards)}
-        entries = [{"path": shard_name(r), "count": len(s)} for r, s in enumerate(self.shards)]  # type: ignore[arg-type]
+        writers = {f"{shard_name(r)}/{_storage.MANIFEST}": writer(s) for r, s in enumerate(shards)}
+        entries = [{"path": shard_name(r), "count": len(s)} for r, s in enumerate(shards)]
         fields = {"dim": self.dim, "metric": self.metric, "kind": self.kind, "count": len(self),
                   "has_labels": self._table.labels is not None, "attrs": self.attrs, "shards": entries}
         # the whole directory is written in a hidden sibling and swapped in (metriclearn.indexes._storage)
@@ -264,12 +265,12 @@ class ShardedIndex:
             raise ValueError(f"index directory {root} is damaged: its manifest lists no shards")
         if held is None:
             held = range(distributed.rank(), len(entries), distributed.world_size())
-        held = set(held)
+        mine = set(held)
         shards: list[EmbeddingIndex | None] = []
         ids, labels = [], []
         for r, entry in enumerate(entries):
             shard_dir = root / entry["path"]  # its manifest was checked against the sidecar above
-            if r in held:
+            if r in mine:
                 shard = EmbeddingIndex.load(shard_dir, device=device)
                 shards.append(shard)
                 ids.append(shard.ids)
@@ -298,9 +299,11 @@ class ShardedIndex:
 def _read_table(shard_dir: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """ids.npy and labels.npy of a shard this rank does not search, checked against the shard's manifest."""
     manifest = json.loads((shard_dir / _storage.MANIFEST).read_text(encoding="utf-8"))
-    arrays = []
+    arrays: list[np.ndarray | None] = []
     for name in ("ids.npy", "labels.npy"):
         info = manifest["files"].get(name)
+        if info is None and name == "ids.npy":
+            raise ValueError(f"index directory {shard_dir} is damaged: its manifest lists no ids.npy")
         if info is None:
             arrays.append(None)
             continue
@@ -308,4 +311,6 @@ def _read_table(shard_dir: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if not file.is_file() or sha256(file) != info["sha256"]:
             raise ValueError(f"index directory {shard_dir} is damaged: {name} does not match its checksum")
         arrays.append(np.load(file, allow_pickle=False))
-    return arrays[0], arrays[1]
+    ids, labels = arrays
+    assert ids is not None  # checked above
+    return ids, labels

@@ -56,7 +56,7 @@ from typing import Any, Protocol, TypeVar
 import faiss
 import numpy as np
 
-from metriclearn._checks import check_matrix, check_positive_int
+from metriclearn._checks import check_interval, check_matrix, check_positive_int
 from metriclearn.indexes import _factory, _structure
 from metriclearn.indexes.exact import exact_search, normalize_rows
 
@@ -118,7 +118,7 @@ def tune_index(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Tune ``index`` in place (see :meth:`EmbeddingIndex.tune`); return what is stored in ``attrs["tuning"]``."""
-    target = _check_target(target_recall)
+    target = check_interval(target_recall, "target_recall", open_low=True)
     k = check_positive_int(k, "k")
     data = _data(index, vectors)
     if queries is None:
@@ -131,13 +131,14 @@ def tune_index(
     gt_scores = exact_search(xq, base, k, metric="ip" if index.metric == "cosine" else index.metric)[0]  # (Q, k)
     flat = _candidate(index, base, {"kind": "flat"})
     trials: list[dict[str, Any]] = []
+    best: dict[str, Any]
     if index.kind == "flat":
         recall, se = _recall(flat, xq, base, gt_scores, k, index.metric)
         best = {"build": {}, "search": {}, "recall": recall, "se": se, "qps": _qps_many([flat], xq, k)[0]}
         flat_qps = best["qps"]
         trials.append(best)
     else:
-        finalists = []
+        finalists: list[dict[str, Any]] = []
         for build in _build_grid(index, base.shape[0]):
             found = _sweep(_candidate(index, base, build), xq, base, gt_scores, k, target, index.metric)
             trials.extend(found["tried"])
@@ -187,14 +188,6 @@ def tune_index(
     }
     index.attrs = {**index.attrs, "tuning": record}
     return record
-
-
-def _check_target(target_recall: Any) -> float:
-    if isinstance(target_recall, bool) or not isinstance(target_recall, (int, float, np.floating)):
-        raise TypeError(f"target_recall must be a number in (0, 1], got {target_recall!r}")
-    if not 0 < float(target_recall) <= 1:
-        raise ValueError(f"target_recall must be in (0, 1], got {target_recall!r}")
-    return float(target_recall)
 
 
 def _data(index: Tunable, vectors: Any) -> np.ndarray:

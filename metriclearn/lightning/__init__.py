@@ -20,7 +20,7 @@ Example
 from __future__ import annotations
 
 try:
-    import lightning  # noqa: F401
+    import lightning  # noqa: F401 - only whether it imports
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without lightning
     raise ImportError(
         "metriclearn.lightning needs PyTorch Lightning, which is not installed: "

@@ -80,10 +80,10 @@ class RetrievalValidation(L.Callback):
         """The retrieval metrics of the module's current embeddings of ``X``."""
         from metriclearn.metrics import retrieval_metrics
 
-        reference = (None, None) if self.reference is None else (_embed(module, self.reference[0]),
+        ref_x, ref_y = (None, None) if self.reference is None else (_embed(module, self.reference[0]),
                                                                    np.asarray(self.reference[1]))
-        metrics = retrieval_metrics(_embed(module, self.X), self.y, *reference, metric=self.metric)
-        return {k: float(v) for k, v in metrics.items() if np.isscalar(v)}
+        metrics = retrieval_metrics(_embed(module, self.X), self.y, ref_x, ref_y, metric=self.metric)
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.integer, np.floating))}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -230,27 +230,29 @@ class HealthMonitorCallback(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._view = None
-        self.monitor.on_fit_start(_TrainerView(trainer, pl_module, 0, 0, 0, 0))  # forward hooks on ReLUs
+        view = _TrainerView(trainer, pl_module, 0, 0, 0, 0)
+        self.monitor.on_fit_start(view)  # type: ignore[arg-type]  # a duck-typed view of the trainer; hooks on ReLUs
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.monitor.on_epoch_start(None, trainer.current_epoch)  # type: ignore[arg-type]
+        self.monitor.on_epoch_start(None, trainer.current_epoch)  # type: ignore[arg-type]  # the hook reads no trainer
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         logs = dict(getattr(pl_module, "last_logs", {}))
-        self.monitor.on_batch_end(self._view_of(trainer, pl_module, batch), batch_idx, logs)  # type: ignore[arg-type]
+        view = self._view_of(trainer, pl_module, batch)
+        self.monitor.on_batch_end(view, batch_idx, logs)  # type: ignore[arg-type]  # a duck-typed view of the trainer
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logs: dict[str, float] = {}
-        self.monitor.on_epoch_end(None, trainer.current_epoch, logs)  # type: ignore[arg-type]
+        self.monitor.on_epoch_end(None, trainer.current_epoch, logs)  # type: ignore[arg-type]  # the hook reads no trainer
         for key, value in logs.items():
             pl_module.log(f"health_{key}", float(value), on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.monitor.on_fit_end(None)  # type: ignore[arg-type]
+        self.monitor.on_fit_end(None)  # type: ignore[arg-type]  # the hook reads no trainer
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.monitor.on_fit_end(None)  # type: ignore[arg-type]  # remove the forward hooks
+        self.monitor.on_fit_end(None)  # type: ignore[arg-type]  # reads no trainer; removes the forward hooks
 
     def state_dict(self) -> dict[str, Any]:
         return self.monitor.state_dict()

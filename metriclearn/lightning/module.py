@@ -47,9 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from metriclearn._checks import check_choice, check_positive_float
+from metriclearn._embedding import embed_array
 from metriclearn.training import distributed as dist_utils
 from metriclearn.training.config import TrainConfig
-from metriclearn.training.embedding import embed_array
 from metriclearn.training.objectives import Objective, build_objective
 from metriclearn.training.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from metriclearn.training.trainer import prepare_fresh_run
@@ -211,6 +211,7 @@ class MetricLearningModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x, y, ids = _unpack_batch(batch)
         optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers returns one optimizer
         logs: dict[str, float] = {"lr": float(optimizer.param_groups[0]["lr"])}  # the rate this batch's steps use
         self.last_logs = logs
         if self.automatic_optimization:
@@ -236,7 +237,7 @@ class MetricLearningModule(L.LightningModule):
             logs.update({name: float(v.detach()) for name, v in losses.items()})
         scheduler = self.lr_schedulers()
         if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step()  # type: ignore[union-attr]
+            scheduler.step()  # type: ignore[union-attr]  # one scheduler (configure_optimizers), not a list
         self.batches_done += 1
         return None
 

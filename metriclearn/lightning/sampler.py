@@ -95,11 +95,11 @@ class DistributedClassBalancedSampler(DistributedSampler):
         self.lone_last_batch = self.batches.num_samples % batch_size == 1 and len(self.batches) > 1
 
     @property
-    def num_replicas(self) -> int:  # type: ignore[override]
+    def num_replicas(self) -> int:  # type: ignore[override]  # an attribute in DistributedSampler; read lazily here
         return self._num_replicas if self._num_replicas is not None else dist_utils.world_size()
 
     @property
-    def rank(self) -> int:  # type: ignore[override]
+    def rank(self) -> int:  # type: ignore[override]  # an attribute in DistributedSampler; read lazily here
         return self._rank if self._rank is not None else dist_utils.rank()
 
     def set_epoch(self, epoch: int) -> None:
@@ -109,7 +109,7 @@ class DistributedClassBalancedSampler(DistributedSampler):
     def __len__(self) -> int:
         return len(self.batches) - self.lone_last_batch
 
-    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[list[int]]:
         shards = dist_utils.ShardedBatchSampler(self.batches, rank=self.rank, world_size=self.num_replicas)
         for step, shard in enumerate(shards):
             if step < len(self):

@@ -125,6 +125,48 @@ def _masked_logits(
     return logits
 
 
+def softmax_loss_grad_(logits: Tensor, x: Tensor, z: Tensor, codes: Tensor, counted: Tensor, exclude: Tensor | None,
+                       inv_t: float, sqeuclidean: bool) -> Tensor:
+    """Per-anchor loss ``-log p_i`` (B,) of masked ``logits`` (B, N), turned in place into ``G = ∂loss_i/∂s_ij``.
+
+    ``G = W - [y_j = y_i] W / p_i`` with ``W = softmax(logits)`` (module docstring); rows whose positive mass
+    underflows are redone in the log domain from ``x``, ``z`` (so those must be the logits' inputs), rows
+    not ``counted`` get loss 0 and gradient 0. Shared by :class:`NeighborhoodSoftmaxFunction` and the fused
+    neighbourhood + uniformity kernel (:mod:`metriclearn.losses._neighborhood_uniformity`).
+
+    >>> logits = torch.tensor([[-math.inf, 0.0, 0.0], [0.0, -math.inf, 0.0], [0.0, 0.0, -math.inf]])
+    >>> codes, counted = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([True, True, False])
+    >>> x = torch.eye(3)
+    >>> softmax_loss_grad_(logits, x, x, codes, counted, None, 1.0, False)  # p = 1/2 for anchors 0 and 1
+    tensor([0.6931, 0.6931, 0.0000])
+    >>> logits[0]  # G: -W n / p = -1/2 on the positive, W = 1/2 on the negative
+    tensor([ 0.0000, -0.5000,  0.5000])
+    """
+    grad = torch.softmax(logits, 1, out=logits)  # (B, N) W in place, becomes G below
+    # The positive mask is written as 0/1 floats into a reused scratch matrix (no bool→float
+    # copy, no fresh (B, N) buffer) and then multiplied by W in place.
+    b, n_cols = logits.shape
+    pos_w = torch.eq(codes[:b, None], codes[None, :], out=scratch(b, n_cols, x)).mul_(grad)  # (B, N)
+    p = pos_w.sum(1)  # (B,)
+    grad.sub_(pos_w)  # (B, N) W on negatives
+    n = grad.sum(1)  # (B,)
+    tiny = torch.finfo(x.dtype).tiny
+    ratio = n / p.clamp_min(tiny)  # (B,)
+    grad.addcmul_(pos_w, ratio.neg().unsqueeze(1))  # (B, N) G = W - [pos] W / p
+    loss = torch.log1p(ratio)  # (B,)
+    del pos_w
+
+    weak = counted & (p < math.sqrt(tiny))  # positives underflow: redo those rows in the log domain
+    if bool(weak.any()):
+        rows = weak.nonzero().squeeze(1)  # (R,)
+        pos = codes[rows, None] == codes[None, :]  # (R, N)
+        loss[rows], grad[rows] = _exact_rows(_masked_logits(x, z, rows, exclude, inv_t, sqeuclidean), pos)
+    if not bool(counted.all()):
+        loss.masked_fill_(~counted, 0.0)
+        grad[~counted] = 0.0  # rows without a positive take no part (and may hold NaN)
+    return loss
+
+
 class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     """Per-anchor loss ``-log p_i`` (zero where ``counted`` is False); see the module docstring.
 
@@ -138,7 +180,7 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         refs: Tensor,
@@ -149,37 +191,15 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         sqeuclidean: bool,
     ) -> Tensor:
         z = torch.cat([x, refs]) if refs.shape[0] else x  # (N, D)
-        logits = _masked_logits(x, z, None, exclude, inv_t, sqeuclidean)  # (B, N)
-        grad = torch.softmax(logits, 1, out=logits)  # (B, N) W in place, becomes G below
-        # The positive mask is written as 0/1 floats into a reused scratch matrix (no bool→float
-        # copy, no fresh (B, N) buffer) and then multiplied by W in place.
-        b, n_cols = logits.shape
-        pos_w = torch.eq(codes[:b, None], codes[None, :], out=scratch(b, n_cols, x)).mul_(grad)  # (B, N)
-        p = pos_w.sum(1)  # (B,)
-        grad.sub_(pos_w)  # (B, N) W on negatives
-        n = grad.sum(1)  # (B,)
-        tiny = torch.finfo(x.dtype).tiny
-        ratio = n / p.clamp_min(tiny)  # (B,)
-        grad.addcmul_(pos_w, ratio.neg().unsqueeze(1))  # (B, N) G = W - [pos] W / p
-        loss = torch.log1p(ratio)  # (B,)
-        del pos_w
-
-        weak = counted & (p < math.sqrt(tiny))  # positives underflow: redo those rows in the log domain
-        if bool(weak.any()):
-            rows = weak.nonzero().squeeze(1)  # (R,)
-            pos = codes[rows, None] == codes[None, :]  # (R, N)
-            loss[rows], grad[rows] = _exact_rows(_masked_logits(x, z, rows, exclude, inv_t, sqeuclidean), pos)
-        if not bool(counted.all()):
-            loss.masked_fill_(~counted, 0.0)
-            grad[~counted] = 0.0  # rows without a positive take no part (and may hold NaN)
-
+        grad = _masked_logits(x, z, None, exclude, inv_t, sqeuclidean)  # (B, N) logits, G after the next line
+        loss = softmax_loss_grad_(grad, x, z, codes, counted, exclude, inv_t, sqeuclidean)  # (B,)
         ctx.save_for_backward(x, z, grad)  # z holds a snapshot of refs: the cache may change before backward
         ctx.alpha = (2.0 if sqeuclidean else 1.0) * inv_t
         ctx.col_coef = 2.0 * inv_t if sqeuclidean else 0.0
         return loss
 
     @staticmethod
-    def backward(ctx: Any, upstream: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, upstream: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True: this backward is not itself differentiable
             raise RuntimeError(
                 "the neighbourhood-softmax losses have a hand-written first-order backward; "

@@ -16,7 +16,7 @@ Example
 -------
 >>> import torch
 >>> class MeanNorm(MetricLoss):
-...     def compute(self, embeddings, labels):
+...     def compute(self, embeddings, labels, ids=None):
 ...         return embeddings.norm(dim=1), torch.ones_like(labels, dtype=torch.bool)
 >>> MeanNorm()(torch.tensor([[3.0, 4.0], [0.0, 1.0]]), torch.tensor([0, 1]))
 tensor(3.)
@@ -58,9 +58,9 @@ class MetricLoss(nn.Module, ABC):
         embeddings, labels = self.validate(embeddings, labels)
         ids = self.validate_ids(ids, labels)
         if self.uses_ids:
-            per_anchor, counts = self.compute(embeddings, labels, ids)  # type: ignore[call-arg]
-        else:
-            per_anchor, counts = self.compute(embeddings, labels)  # (B,), (B,) bool
+            per_anchor, counts = self.compute(embeddings, labels, ids)  # (B,), (B,) bool
+        else:  # a loss whose compute takes (embeddings, labels) only keeps working
+            per_anchor, counts = self.compute(embeddings, labels)
         loss = self.reduce(per_anchor, counts)
         self.update(embeddings, labels, ids)
         return loss
@@ -97,8 +97,12 @@ class MetricLoss(nn.Module, ABC):
         return embeddings, labels.long()
 
     @abstractmethod
-    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(per_anchor_loss (B,), counts (B,) bool)``."""
+    def compute(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Return ``(per_anchor_loss (B,), counts (B,) bool)``.
+
+        ``ids`` (B,) are the validated sample ids, passed only when the loss sets ``uses_ids = True`` (else
+        ``None``); losses that do not need them ignore them.
+        """
 
     def reduce(self, per_anchor: Tensor, counts: Tensor) -> Tensor:
         """Average (or add) the per-anchor losses over the anchors that count."""

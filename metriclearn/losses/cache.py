@@ -113,6 +113,12 @@ class CacheLoss(MetricLoss):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     uses_ids = True
+    cache_embeddings: Tensor  # (size, D) buffers
+    cache_labels: Tensor  # (size,)
+    cache_ids: Tensor  # (size,)
+    pointer: Tensor  # () counters
+    filled: Tensor
+    step: Tensor
 
     def compute(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-anchor losses against the batch and the cache (slots holding an anchor's id excluded)."""

@@ -73,14 +73,14 @@ class ComplementEntropyLoss(MetricLoss):
             )
         return logits, labels
 
-    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logits = embeddings  # (B, K)
         target = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)  # (B, K)
         complement = logits.masked_fill(target, float("-inf"))  # (B, K) the target drops out
         log_norm = complement.logsumexp(dim=1)  # (B,)
         probs = (complement - log_norm.unsqueeze(1)).exp()  # (B, K) p̃, exactly 0 at the target
         entropy = log_norm - (probs * logits.masked_fill(target, 0.0)).sum(dim=1)  # (B,)
-        return entropy / -self.num_classes, torch.ones_like(labels, dtype=torch.bool)
+        return entropy / -logits.shape[1], torch.ones_like(labels, dtype=torch.bool)  # K = num_classes (validated)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, {super().extra_repr()}"

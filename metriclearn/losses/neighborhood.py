@@ -66,7 +66,7 @@ class NeighborhoodSoftmaxLoss(MetricLoss):
         self.temperature = check_positive_float(temperature, "temperature")
         self.distance = check_choice(distance, DISTANCES, "distance")
 
-    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = F.normalize(embeddings, dim=1) if self.distance == "cosine" else embeddings  # (B, D)
         codes, positives = label_codes(labels, labels[:0], x.dtype)  # (B,), (B,)
         counted = positives > 0  # (B,)

@@ -101,6 +101,8 @@ class PrototypeLoss(MetricLoss):
         ``"ema"`` only: (K,) bool buffer, which classes have a centroid yet. Saved in the state dict.
     """
 
+    initialized: Tensor  # (K,) bool buffer of mode "ema"
+
     def __init__(
         self,
         num_classes: int,
@@ -173,18 +175,18 @@ class PrototypeLoss(MetricLoss):
         return present
 
     # ------------------------------------------------------------------ the loss
-    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.mode == "batch":
             return self._batch_prototypes(embeddings, labels)
         if self.mode == "learned":
-            return self._cross_entropy(embeddings, labels, self.centroids.to(embeddings.dtype), None)
+            return self._cross_entropy(embeddings, labels, self._stored().to(embeddings.dtype), None)
         if not self.training:
-            return self._cross_entropy(embeddings, labels, self.centroids.to(embeddings.dtype), self.initialized)
+            return self._cross_entropy(embeddings, labels, self._stored().to(embeddings.dtype), self.initialized)
         with torch.no_grad():
             means, present = self._class_means(embeddings.detach(), labels)  # (K, D), (K,)
-            means = means.to(self.centroids.dtype)
+            means = means.to(self._stored().dtype)
             self._initialise_new(means, present)
-        centroids = self.centroids.to(embeddings.dtype, copy=True)  # (K, D) snapshot: updated in place below
+        centroids = self._stored().to(embeddings.dtype, copy=True)  # (K, D) snapshot: updated in place below
         result = self._cross_entropy(embeddings, labels, centroids, self.initialized.clone())
         self._ema_step(means, present)
         return result
@@ -223,8 +225,9 @@ class PrototypeLoss(MetricLoss):
     # ------------------------------------------------------------------ EMA bookkeeping
     def _class_means(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Per-class means (K, D) of ``x`` (zeros for absent classes) and the (K,) presence mask."""
-        sums = x.new_zeros(self.num_classes, x.shape[1]).index_add_(0, labels, x)  # (K, D)
-        sizes = torch.bincount(labels, minlength=self.num_classes)  # (K,)
+        k = self._stored().shape[0]
+        sums = x.new_zeros(k, x.shape[1]).index_add_(0, labels, x)  # (K, D)
+        sizes = torch.bincount(labels, minlength=k)  # (K,)
         return sums / sizes.clamp(min=1).unsqueeze(1).to(x.dtype), sizes > 0
 
     @torch.no_grad()
@@ -232,14 +235,15 @@ class PrototypeLoss(MetricLoss):
         """A class seen for the first time starts at its batch mean."""
         fresh = present & ~self.initialized  # (K,)
         if bool(fresh.any()):
-            self.centroids[fresh] = means[fresh]
+            self._stored()[fresh] = means[fresh]
             self.initialized |= fresh
 
     @torch.no_grad()
     def _ema_step(self, means: Tensor, present: Tensor) -> None:
         """Momentum step toward the batch means, then the repulsion step (classes in the batch only)."""
-        blended = self.centroids * self.momentum + means * (1 - self.momentum)
-        moved = torch.where(present.unsqueeze(1), blended, self.centroids)
+        centroids = self._stored()
+        blended = centroids * self.momentum + means * (1 - self.momentum)
+        moved = torch.where(present.unsqueeze(1), blended, centroids)
         if self.repulsion > 0 and int(self.initialized.sum()) >= 2:
             seen = self.initialized.nonzero().flatten()  # (S,)
             pts = moved[seen]  # (S, D)
@@ -248,7 +252,13 @@ class PrototypeLoss(MetricLoss):
             weights = logits.softmax(dim=1)  # (S, S)
             push = (pts - weights @ pts) * self.repulsion  # (S, D)
             moved[seen] += push * present[seen].unsqueeze(1).to(push.dtype)  # only present classes move
-        self.centroids.copy_(moved)
+        centroids.copy_(moved)
+
+    def _stored(self) -> Tensor:
+        """The stored (K, D) centroids of modes ``"learned"`` and ``"ema"``."""
+        if self.centroids is None:
+            raise RuntimeError("mode='batch' stores no centroids")
+        return self.centroids
 
     def extra_repr(self) -> str:
         text = f"num_classes={self.num_classes}, dim={self.dim}, mode={self.mode!r}, temperature={self.temperature:g}"

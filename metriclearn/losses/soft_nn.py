@@ -81,7 +81,7 @@ class SoftNearestNeighborLoss(MetricLoss):
         """The current temperature ``T`` (a 0-d trainable tensor when ``learn_temperature``)."""
         return self.log_temperature.exp() if self.learn_temperature else self.fixed_temperature
 
-    def compute(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if not self.learn_temperature:  # the same value as NCA at temperature T: use the fused kernel
             codes, positives = label_codes(labels, labels[:0], embeddings.dtype)  # (B,), (B,)
             counted = positives > 0  # (B,)

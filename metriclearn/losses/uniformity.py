@@ -91,7 +91,7 @@ class _Uniformity(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, t: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, t: float) -> Tensor:
         b = x.shape[0]
         norm = x.norm(dim=1, keepdim=True)  # (B, 1)
         z = x / norm.clamp_min(_EPS)  # (B, D)
@@ -106,7 +106,7 @@ class _Uniformity(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         z, norm, weights, total = ctx.saved_tensors
         grad_z = ((4.0 * ctx.t) * grad / total) * (weights @ z)  # (B, D)
         radial = (grad_z * z).sum(dim=1, keepdim=True)  # (B, 1)

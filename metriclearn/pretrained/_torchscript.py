@@ -25,7 +25,7 @@ Example
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import torch
 from torch import Tensor
@@ -33,7 +33,7 @@ from torch import Tensor
 INPUT_SUFFIX = ":input"
 
 
-def is_torchscript(model: Any) -> bool:
+def is_torchscript(model: Any) -> TypeGuard[torch.jit.ScriptModule]:
     """Whether ``model`` is a scripted or traced module (no Python hooks)."""
     return isinstance(model, torch.jit.ScriptModule)
 
@@ -62,14 +62,19 @@ def _calls(graph: Any) -> dict[str, Any]:
     return calls
 
 
+def _forward(model: torch.jit.ScriptModule) -> Any:
+    """The model's scripted ``forward`` method (a ``ScriptMethod`` with a ``graph``; the stubs say Callable)."""
+    return cast(Any, model.forward)
+
+
 def visible_layers(model: torch.jit.ScriptModule) -> list[str]:
     """Modules whose input and output the top-level forward exposes (called directly from it)."""
-    return list(_calls(model.forward.graph))
+    return list(_calls(_forward(model).graph))
 
 
 def layer_runner(model: torch.jit.ScriptModule, layers: Sequence[str]) -> Callable[[Tensor], tuple[Any, dict]]:
     """A function ``x -> (model(x), {layer: tensor})`` from one run of the model's rewritten forward graph."""
-    graph = model.forward.graph.copy()
+    graph = _forward(model).graph.copy()
     calls = _calls(graph)
     values = []
     for layer in layers:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -410,7 +410,7 @@ class FeatureExtractor:
         if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
             raise TypeError(f"inputs must be an array, a tensor, a list of texts or an iterable of batches, "
                             f"got {describe(inputs)}")
-        return inputs, None, len(inputs) if hasattr(inputs, "__len__") else None
+        return inputs, None, len(inputs) if isinstance(inputs, Sized) else None
 
     def _tokenized(self, chunks: list[list[str]]) -> Iterator[Any]:
         for chunk in chunks:

@@ -39,11 +39,10 @@ from torch import nn
 
 from metriclearn._checks import check_fraction, check_positive_float, check_positive_int, describe
 from metriclearn.classify.cache import LAM_GRID, THETA_GRID, CacheClassifier
+from metriclearn.classify.defaults import DEFAULT_LAM, DEFAULT_THETA
 from metriclearn.fingerprint import model_fingerprint
 from metriclearn.pretrained.extractor import FeatureExtractor, candidate_layers, resolve_layers
 
-DEFAULT_THETA = 50.0
-DEFAULT_LAM = 0.5
 FORMAT = "metriclearn.second_opinion"
 FORMAT_VERSION = 1
 AUDIT_NEIGHBORS = 5
@@ -187,8 +186,10 @@ class SecondOpinion:
             raise ValueError(f"y_val has {len(codes)} labels but X_val has {len(probs)} rows")
         thetas = [self.theta] if self.theta is not None else [check_positive_float(t, "thetas") for t in thetas]
         lams = [self.lam] if self.lam is not None else [check_fraction(v, "lams") for v in lams]
+        if not thetas or not lams:
+            raise ValueError(f"thetas and lams need at least one value each, got thetas={thetas}, lams={lams}")
         rows = np.arange(len(codes))
-        scores = {}
+        scores: dict[str, dict[str, float]] = {}
         for key in layers:
             val = _join(per_layer, key)
             best = None
@@ -200,6 +201,7 @@ class SecondOpinion:
                     loss = float(-np.mean(np.log(np.clip(blend[rows, codes], 1e-15, 1.0))))
                     if best is None or (acc, -loss) > (best["accuracy"], -best["log_loss"]):
                         best = {"theta": theta, "lam": lam, "accuracy": acc, "log_loss": loss}
+            assert best is not None  # thetas and lams are not empty
             scores[key] = best
         chosen = max(layers, key=lambda k: (scores[k]["accuracy"], -scores[k]["log_loss"], -layers.index(k)))
         self._use(chosen, scores[chosen]["theta"], scores[chosen]["lam"])
@@ -338,8 +340,8 @@ class SecondOpinion:
         opinion._features = {"|".join(info["layers"]): index.vectors()}
         opinion.fingerprint_ = saved
         opinion.tuning_ = {k: v for k, v in tuning.items() if k not in ("theta", "lam")}
-        opinion._use("|".join(info["layers"]), tuning["theta"] if theta is None else opinion.theta,
-                     tuning["lam"] if lam is None else opinion.lam)
+        opinion._use("|".join(info["layers"]), float(tuning["theta"] if theta is None else theta),
+                     float(tuning["lam"] if lam is None else lam))
         opinion._index = index
         return opinion
 
@@ -347,7 +349,7 @@ class SecondOpinion:
     def _layer_options(self) -> list[str]:
         """Keys of the layer choices: one per candidate with ``layers=None``, else the layers joined."""
         if self.layers is None:
-            return list(self.candidates)
+            return list(self.candidates or [])  # candidates are set whenever layers is None
         return ["|".join(self.extractor.layers)]
 
     @staticmethod

@@ -107,8 +107,8 @@ def write_explorer(
         "layouts": {name: _b64(np.asarray(p, "<f4")) for name, p in layouts.items()},
         "rows": _b64(rows.astype("<i4")), "codes": None if codes is None else _b64(np.asarray(codes, "<i4")),
         "nn": _b64(retrieval.neighbours.astype("<i4")), "nd": _b64(retrieval.distances.astype("<f4")),
-        "ids": None if ids is None else [str(ids[r]) for r in rows],
-        "texts": None if texts is None else [_cut(texts[r]) for r in rows],
+        "ids": None if ids is None else [str(ids[r]) for r in rows.tolist()],
+        "texts": None if texts is None else [_cut(texts[r]) for r in rows.tolist()],
         "thumbs": None if thumbnails is None else encode_thumbnails(np.asarray(thumbnails)[rows]),
         "confidence": None if confidence is None else _b64(np.asarray(confidence, "<f4")[rows]),
         "failures": retrieval.failures.tolist(), "margins": [round(v, 6) for v in retrieval.margins.tolist()],
@@ -130,7 +130,8 @@ def write_explorer(
 
 def item_content(data: Any) -> tuple[list[str] | None, np.ndarray | None]:
     """``(texts, images)`` to show for the rows of a :class:`~metriclearn.data.LabeledData`: its texts (``.jsonl``),
-    or its images (features shaped (n, h, w[, 3]), or the built-in 8×8 ``digits``), else ``(None, None)``.
+    or its images (features shaped (n, h, w[, 3]), an image folder's (n, C, h, w), or the
+    built-in 8×8 ``digits``), else ``(None, None)``.
 
     >>> from metriclearn.data import load_data
     >>> texts, images = item_content(load_data("digits"))
@@ -140,6 +141,9 @@ def item_content(data: Any) -> tuple[list[str] | None, np.ndarray | None]:
     X = data.X
     if isinstance(X, list):
         return list(X), None
+    if X.ndim == 4 and X.shape[1] in (1, 3) and X.shape[3] not in (1, 3):  # decoded images (n, C, H, W)
+        X = X.transpose(0, 2, 3, 1)
+        return None, X[..., 0] if X.shape[3] == 1 else X
     if X.ndim in (3, 4):
         return None, X
     if data.source == "digits" and X.ndim == 2 and X.shape[1] == 64:
@@ -192,8 +196,10 @@ def read_training_log(path: str | os.PathLike[str] | None) -> dict[str, Any] | N
 
 
 def _float_or_none(text: str | None) -> float | None:
+    if text is None:
+        return None
     try:
-        value = float(text)  # type: ignore[arg-type]
+        value = float(text)
     except (TypeError, ValueError):
         return None
     return value if np.isfinite(value) else None

@@ -56,8 +56,9 @@ class _GifWriter(PillowWriter):
     """``PillowWriter`` that names the format, so the (atomic, temporary) file name needs no .gif suffix."""
 
     def finish(self) -> None:
-        self._frames[0].save(self.outfile, format="GIF", save_all=True, append_images=self._frames[1:],
-                             duration=int(1000 / self.fps), loop=0)
+        frames = self._frames  # type: ignore[attr-defined]  # PillowWriter's own list, made in setup()
+        frames[0].save(self.outfile, format="GIF", save_all=True, append_images=frames[1:],
+                       duration=int(1000 / self.fps), loop=0)
 
 
 class CentroidMovie:
@@ -108,6 +109,7 @@ class CentroidMovie:
         else:
             self._check_same_points(x, labels)
         points = self._project(x)  # (n, 2)
+        assert self._codes is not None and self.classes is not None  # set by the first snapshot
         centroids = self._project(class_centroids(x, self._codes, len(self.classes)))  # (K, 2)
         self.epochs.append(int(epoch))
         self._points.append(points[self._sample])
@@ -143,7 +145,7 @@ class CentroidMovie:
         """
         if self._axes is None:
             return {}
-        assert self._labels is not None
+        assert self._labels is not None and self.classes is not None
         return {  # the codes and the sample follow from classes, labels, sample_size and seed
             "classes": [c.item() if isinstance(c, np.generic) else c for c in self.classes],
             "epochs": list(self.epochs),
@@ -177,7 +179,7 @@ class CentroidMovie:
 
     def draw(self, ax: Axes, frame: int, small: bool = False) -> None:
         """Draw snapshot ``frame`` on ``ax``: sample points, centroid trails so far, centroids, fixed limits."""
-        assert self._codes is not None and self._sample is not None
+        assert self._codes is not None and self._sample is not None and self.classes is not None
         names = [str(c) for c in self.classes]
         colors = class_colors(len(names))
         trails = np.stack(self._centroids[: frame + 1])  # (frame + 1, K, 2)
@@ -217,7 +219,8 @@ class CentroidMovie:
 
         animation = FuncAnimation(fig, update, frames=len(self), blit=False, repeat=False)
         with atomic_path(path) as tmp:
-            animation.save(tmp, writer=_GifWriter(fps=self.fps))
+            # matplotlib's stubs say int; the writer takes any positive rate
+            animation.save(tmp, writer=_GifWriter(fps=self.fps))  # type: ignore[arg-type]
 
     def panel_frames(self) -> list[int]:
         """Indices of the snapshots in the strip: at most ``max_panels``, evenly spaced, first and last kept.

@@ -116,21 +116,21 @@ def draw_classes(
     for c, name in enumerate(names):
         mask = codes == c
         if mask.any():
-            ax.scatter(*points[mask].T, s=size, color=colors[c], alpha=0.75, linewidths=0, label=name,
+            ax.scatter(points[mask, 0], points[mask, 1], s=size, color=colors[c], alpha=0.75, linewidths=0, label=name,
                        rasterized=True)
     if centroids is None:
         centroids = class_centroids(points, codes, len(names))
     present = ~np.isnan(centroids[:, 0])
     faces = colors[present].copy()
     faces[:, 3] = 0.7  # see-through, so a compact cluster under its centroid stays visible
-    ax.scatter(*centroids[present].T, s=centroid_size, c=faces, marker="o", edgecolors="black", linewidths=1.2,
-               zorder=3)
+    ax.scatter(centroids[present, 0], centroids[present, 1], s=centroid_size, c=faces, marker="o", edgecolors="black",
+               linewidths=1.2, zorder=3)
     if label_centroids:
         # names of up to 2 characters fit inside a big marker; longer ones go just above it
         inside = max((len(n) for n in names), default=1) <= 2 and centroid_size >= 150
         offset = (0.0, 0.0) if inside else (0.0, 0.6 * np.sqrt(centroid_size))
         fontsize = max(6.5, 0.45 * np.sqrt(centroid_size)) if inside else (8 if centroid_size >= 150 else 7)
-        for c in np.flatnonzero(present):
+        for c in np.flatnonzero(present).tolist():
             ax.annotate(names[c], centroids[c], xytext=offset, textcoords="offset points", ha="center",
                         va="center" if inside else "bottom", fontsize=fontsize, fontweight="bold", zorder=4,
                         path_effects=_HALO)

@@ -88,7 +88,7 @@ def check_report_inputs(
         check_enough_points(len(x), m)
         if max_points < MIN_POINTS[m]:
             raise ValueError(f"max_points must be at least {MIN_POINTS[m]} for {m}, got {max_points}")
-    return x, codes, list(classes)
+    return x, codes, list(classes or [])
 
 
 def compute_metrics(
@@ -122,7 +122,8 @@ def write_report(
     confidence: np.ndarray | None = None,
     training_log: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Write ``<method>.png``, ``metrics.json``, ``report.html`` and ``explorer.html`` for ``embeddings``.
+    """Write ``<method>.png``, ``metrics.json``, ``report.html`` and ``explorer.html`` for ``embeddings`` (and, with
+    ``thumbnails``, ``neighbours.png``: :func:`metriclearn.reports.neighbour_grid.neighbour_grid`).
 
     Parameters
     ----------
@@ -177,6 +178,13 @@ def write_report(
             write_bytes(out / f"{name}.png", png)
             data[f"{name}_points"] = len(proj.indices)
             images.append((f"{title} — {subtitle}", png))
+    if thumbnails is not None and len(x) > 1:  # pictures: a few queries and their nearest neighbours
+        from metriclearn.reports.neighbour_grid import neighbour_grid
+
+        png = png_bytes(neighbour_grid(np.asarray(thumbnails), x, codes, shown_classes if codes is None else classes,
+                                       metric=metric, seed=seed))
+        write_bytes(out / "neighbours.png", png)
+        images.append(("A few queries and their nearest neighbours (green: same class, red: another)", png))
     for name, state in (calibration or {}).items():
         from metriclearn.reports.reliability import reliability_figure
 

@@ -17,7 +17,7 @@ Example
 >>> class CountBatches(Callback):
 ...     def __init__(self):
 ...         self.n = 0
-...     def on_batch_end(self, trainer, batch, logs):
+...     def on_batch_end(self, trainer, batch_idx, logs):
 ...         self.n += 1
 >>> CountBatches().n
 0
@@ -30,6 +30,7 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +54,9 @@ class Callback:
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Before the batches of ``epoch`` (0-based)."""
 
-    def on_batch_end(self, trainer: Trainer, batch: int, logs: Logs) -> None:
-        """After the optimiser step(s) of one batch; ``logs`` holds loss, term losses, grad_norm, lr."""
+    def on_batch_end(self, trainer: Trainer, batch_idx: int, logs: Mapping[str, float]) -> None:
+        """After the optimiser step(s) of batch ``batch_idx`` (0-based within the epoch); ``logs`` holds loss, term
+        losses, grad_norm, lr."""
 
     def on_validation_end(self, trainer: Trainer, metrics: Logs) -> None:
         """After the epoch's validation metrics (every epoch; ``metrics`` is empty without a val split)."""
@@ -146,7 +148,7 @@ class TensorBoardLogger(Callback):
     def available() -> bool:
         """Whether the ``tensorboard`` package is installed."""
         try:
-            import torch.utils.tensorboard  # noqa: F401
+            import torch.utils.tensorboard  # noqa: F401 - only whether it imports
         except ImportError:
             return False
         return True
@@ -155,7 +157,7 @@ class TensorBoardLogger(Callback):
         if trainer.is_main_process:
             self.writer = self._writer_cls(self.log_dir, purge_step=trainer.global_step or None)
 
-    def on_batch_end(self, trainer: Trainer, batch: int, logs: Logs) -> None:
+    def on_batch_end(self, trainer: Trainer, batch_idx: int, logs: Mapping[str, float]) -> None:
         if self.writer is not None:
             for key in ("loss", "grad_norm", "lr"):
                 if key in logs:
@@ -234,7 +236,7 @@ class ModelCheckpoint(Callback):
     def state_key(self) -> str:
         return state_key(self, monitor=self.monitor, mode=self.mode)
 
-    def on_batch_end(self, trainer: Trainer, batch: int, logs: Logs) -> None:
+    def on_batch_end(self, trainer: Trainer, batch_idx: int, logs: Mapping[str, float]) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.is_main_process:
             self.save(self.last_path, trainer.state_dict())
 
@@ -311,7 +313,7 @@ class HealthMonitor(Callback):
         self._epoch = {"grad_norm": [], "weight_norm": [], "dead_relu": []}
         self._capture = True
 
-    def on_batch_end(self, trainer: Trainer, batch: int, logs: Logs) -> None:
+    def on_batch_end(self, trainer: Trainer, batch_idx: int, logs: Mapping[str, float]) -> None:
         if trainer.global_step == 1 and not self.initial:
             self._check_initial(trainer, logs)
         grad_norm = logs.get("grad_norm")
@@ -325,8 +327,8 @@ class HealthMonitor(Callback):
         if self._dead:
             self._epoch["dead_relu"].append(sum(self._dead) / len(self._dead))
             self._dead = []
-        self._capture = (batch + 1) % self.every == 0
-        if batch % self.every == 0:
+        self._capture = (batch_idx + 1) % self.every == 0
+        if batch_idx % self.every == 0:
             with torch.no_grad():
                 norm = math.sqrt(sum(float(p.detach().float().pow(2).sum()) for p in trainer.parameters()))
             self._epoch["weight_norm"].append(norm)
@@ -343,7 +345,7 @@ class HealthMonitor(Callback):
             handle.remove()
         self._handles = []
 
-    def _check_initial(self, trainer: Trainer, logs: Logs) -> None:
+    def _check_initial(self, trainer: Trainer, logs: Mapping[str, float]) -> None:
         """Compare each term's loss of the first step (in ``logs``) with its chance level."""
         from metriclearn.losses.registry import expected_initial_loss
 

@@ -86,6 +86,12 @@ class TrainConfig:
         rate ``encoder_lr`` (the head and the losses use ``lr``); ``"mean"`` or ``"cls"`` pooling; truncate
         texts to ``max_length`` tokens (0: the model's own limit); recompute activations in the backward
         pass (``gradient_checkpointing``: less memory, more time).
+    augment, image_size, workers, skip_bad_images:
+        Image data (a folder or a ``.csv`` with a ``path`` column; docs/images.md): the training augmentation
+        preset (``none``, ``light``, ``strong``), the side images are decoded at (0: the backbone's input size,
+        else the first image's shorter side, at most 224), decoding processes, and whether unreadable images
+        are skipped (and listed) rather than an error. ``finetune``/``unfreeze``/``encoder_lr`` apply to vision
+        backbones (``hf-vision:DIR``, ``torchvision:...``, ``timm:...``) as to sentence encoders.
     samples_per_class:
         M of the class-balanced batches (K = batch_size // M classes per batch).
     scheduler:
@@ -93,6 +99,9 @@ class TrainConfig:
         validation metric (or the training loss without a validation split).
     grad_clip:
         Maximum global gradient norm; 0 turns clipping off.
+    compile:
+        ``torch.compile`` the encoder's training forward (and so its backward). Off by default: on CPU it
+        lost on both the first epoch (compilation included) and a 15-epoch MNIST run (BENCHMARKS.md).
     patience:
         Early stopping after this many epochs without improvement of ``monitor``; 0 turns it off. The default,
         8, lost no validation MAP@R against training every epoch on 9 small-data runs (digits, breast cancer,
@@ -127,6 +136,10 @@ class TrainConfig:
     pooling: str = "mean"
     max_length: int = 0
     gradient_checkpointing: bool = False
+    augment: str = "none"
+    image_size: int = 0
+    workers: int = 0
+    skip_bad_images: bool = False
     embedding_dim: int = 64
     normalize: bool = True
     epochs: int = 20
@@ -138,6 +151,7 @@ class TrainConfig:
     scheduler: str = "onecycle"
     grad_clip: float = 10.0
     amp: bool = True
+    compile: bool = False
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -218,7 +232,16 @@ class TrainConfig:
         self.val_fraction = check_fraction(self.val_fraction, "val_fraction")
         if self.val_fraction >= 1:
             raise ValueError(f"val_fraction must be below 1, got {self.val_fraction}")
-        for name in ("normalize", "amp", "report", "restore_best", "finetune", "gradient_checkpointing"):
+        from metriclearn.images.transforms import AUGMENTS
+
+        check_choice(self.augment, AUGMENTS, "augment")
+        check_positive_int(self.image_size, "image_size", allow_zero=True)
+        check_positive_int(self.workers, "workers", allow_zero=True)
+        if self.augment != "none" and (self.is_text_encoder or self.encoder.strip().lower().startswith("mlp")):
+            raise ValueError(f"augment={self.augment!r} applies to images (--encoder cnn or a vision backbone), "
+                             f"got encoder {self.encoder!r}")
+        for name in ("normalize", "amp", "compile", "report", "restore_best", "finetune", "gradient_checkpointing",
+                     "skip_bad_images"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
         return self
@@ -231,7 +254,8 @@ class TrainConfig:
         self.encoder_lr = check_positive_float(self.encoder_lr, "encoder_lr")
         check_choice(self.pooling, POOLINGS, "pooling")
         given = [name for name in ("finetune", "unfreeze", "pooling", "max_length", "gradient_checkpointing")
-                 if getattr(self, name) != _TEXT_DEFAULTS[name]]
+                 if getattr(self, name) != _TEXT_DEFAULTS[name]
+                 and not (self.is_vision_encoder and name in ("finetune", "unfreeze"))]
         if given and not self.is_text_encoder:
             raise ValueError(f"{', '.join(given)} apply to sentence encoders only (--encoder sentence[:DIR]), "
                              f"got encoder {self.encoder!r}")
@@ -251,6 +275,13 @@ class TrainConfig:
         """Whether ``encoder`` is a sentence (text) encoder spec."""
         return isinstance(self.encoder, str) and self.encoder.strip().lower().partition(":")[0] == "sentence"
 
+    @property
+    def is_vision_encoder(self) -> bool:
+        """Whether ``encoder`` names a pretrained vision backbone (``hf-vision:``, ``torchvision:``, ``timm:``)."""
+        from metriclearn.images.backbones import is_vision_spec
+
+        return is_vision_spec(self.encoder)
+
     def encoder_kwargs(self) -> dict[str, Any]:
         """The encoder's keyword arguments: ``encoder_options`` plus the text settings that differ from their
         defaults (``finetune`` → ``freeze=False``), as ``model.pt`` records them.
@@ -264,6 +295,8 @@ class TrainConfig:
         for name in ("unfreeze", "pooling", "max_length", "gradient_checkpointing"):
             if getattr(self, name) != _TEXT_DEFAULTS[name]:
                 options[name] = getattr(self, name)
+        if self.augment != "none":
+            options["augment"] = self.augment
         return options
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -335,9 +368,10 @@ def check_encoder_spec(spec: Any) -> str:
         raise ValueError(f"encoder must be one of {SPEC_FORMS}; got {spec!r}")
     name, sep, args = spec.strip().partition(":")
     sizes_ok = not sep or all(part.strip().isdigit() and int(part) > 0 for part in args.split(","))
-    if name.lower() == "sentence":
+    if name.lower() in ("sentence", "hf-vision", "torchvision", "timm"):
         sizes_ok = not sep or bool(args.strip())
-    if name.lower() not in ("mlp", "cnn", "sentence") or not sizes_ok:
+        sizes_ok = sizes_ok and (name.lower() == "sentence" or bool(sep))
+    if name.lower() not in ("mlp", "cnn", "sentence", "hf-vision", "torchvision", "timm") or not sizes_ok:
         raise ValueError(f"encoder must be one of {SPEC_FORMS}; got {spec!r}")
     return spec
 

@@ -33,7 +33,7 @@ Example
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -68,8 +68,9 @@ def is_main_process() -> bool:
 def init_from_env(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
     """Initialise the process group from torchrun's ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``.
 
-    Returns ``True`` when a group was initialised, ``False`` when the variables are absent (a plain
-    single-process run). ``backend="auto"`` picks NCCL with CUDA, else gloo.
+    Returns ``True`` when a group is initialised (now or before), ``False`` when the variables are absent
+    (a plain single-process run). ``backend="auto"`` picks NCCL with CUDA, else gloo. The caller owns a
+    group it made: leave it with :func:`leave_group`, or use :func:`process_group`, which does both.
     """
     if is_distributed():
         return True
@@ -80,7 +81,6 @@ def init_from_env(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
-    atexit.register(_shutdown)  # a process that exits with a live group aborts (gloo's threads)
     if dist.get_rank() != 0:
         from metriclearn._progress import set_quiet
 
@@ -88,9 +88,43 @@ def init_from_env(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
     return True
 
 
-def _shutdown() -> None:
-    if is_distributed():
-        dist.destroy_process_group()
+def leave_group() -> None:
+    """Wait for every rank at a barrier, then destroy the process group (no-op without one).
+
+    Why the barrier: a gloo worker thread frees each finished collective after the caller has moved on,
+    and freeing one can need the GIL (the collective's saved thread-local state holds Python objects).
+    A rank that leaves its last collective and exits at once (rank 1 while rank 0 still writes the
+    run) can reach interpreter shutdown first; the worker thread then dies inside a destructor and the
+    process aborts ("terminate called without an active exception"). ``destroy_process_group`` does
+    not join those threads (DDP keeps a reference to the group), so waiting at a barrier, with the GIL
+    released, is what lets them finish. Every rank must call it, after its last collective.
+    """
+    if not is_distributed():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(backend: str = "auto", timeout_s: float = 1800.0) -> Iterator[bool]:
+    """Join torchrun's process group for a block; the block that made the group also leaves it.
+
+    Yields whether a group is in use. A group made here is left with :func:`leave_group` when the
+    block ends normally (every rank waits for the others, e.g. for rank 0's writes, then tears it down);
+    when the block raises, no barrier is entered (the other ranks may never reach it: torchrun stops
+    them). A group that already existed is left to its maker. Without torchrun's variables it is a no-op.
+
+    >>> with process_group() as distributed:  # a single process
+    ...     distributed
+    False
+    """
+    made = not is_distributed() and init_from_env(backend, timeout_s)
+    yield is_distributed()  # an exception in the block propagates from here: no barrier
+    if made:
+        leave_group()
 
 
 def local_device() -> torch.device:
@@ -123,7 +157,7 @@ class ShardedBatchSampler:
             yield batch[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        return len(self.batch_sampler)  # type: ignore[arg-type]
+        return len(self.batch_sampler)  # type: ignore[arg-type]  # a sized batch sampler, typed by what __iter__ needs
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.batch_sampler, "set_epoch"):
@@ -160,13 +194,13 @@ class _GatherWithGrad(torch.autograd.Function):
     """Variable-size all_gather whose backward all-reduces (sums) the gradient and returns this rank's rows."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:
         ctx.start = sum(sizes[: dist.get_rank()])
         ctx.rows = x.shape[0]
         return _gather_padded(x, sizes)  # (Σ sizes, ...)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.start : ctx.start + ctx.rows], None  # (b_r, ...)
@@ -271,13 +305,13 @@ class _AllReduceSum(torch.autograd.Function):
     """Σ over ranks; the gradient of a sum of every rank's loss w.r.t. each input is again the Σ over ranks."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor) -> Tensor:
         x = x.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
         return x
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad
@@ -310,13 +344,14 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = all_reduce(input.sum(dim=dims)) / count  # (C,)
         centred = input - mean.reshape(shape)
         var = all_reduce(centred.square().sum(dim=dims)) / count  # (C,) biased
-        if self.running_mean is not None:
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        if tracked is not None and running_mean is not None and running_var is not None:  # track_running_stats
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                tracked.add_(1)
+                factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
                 unbiased = var.detach() * count / (count - 1).clamp(min=1)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+                running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
+                running_var.lerp_(unbiased.to(running_var.dtype), factor)
         out = centred * torch.rsqrt(var + self.eps).reshape(shape)
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
@@ -348,7 +383,7 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def wrap_model(model: nn.Module, device: torch.device) -> nn.Module | None:
+def wrap_model(model: nn.Module, device: torch.device) -> torch.nn.parallel.DistributedDataParallel | None:
     """``DistributedDataParallel(model)`` when running on several processes, else ``None``.
 
     Batch norms are first made global (:func:`convert_batchnorm`), so the shards of a step are
@@ -376,7 +411,7 @@ def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
     if world_size() == 1:
         assert array is not None
         return array
-    header = broadcast_object(None if rank() != src else (array.shape, array.dtype.str))
+    header = broadcast_object(None if rank() != src or array is None else (array.shape, array.dtype.str))
     shape, dtype = header
     if rank() == src:
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_comm_device())

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from metriclearn._checks import check_choice, check_positive_float
+from metriclearn.losses._neighborhood_uniformity import can_fuse, neighborhood_and_uniformity
 from metriclearn.losses.base import MetricLoss
+from metriclearn.losses.neighborhood import NeighborhoodSoftmaxLoss
 from metriclearn.losses.registry import (  # noqa: F401  (LossSpec, LOSS_NAMES, expected_initial_loss: re-exported)
     COMBINES,
     DEFAULT_LOSS,
@@ -41,6 +43,7 @@ from metriclearn.losses.registry import (  # noqa: F401  (LossSpec, LOSS_NAMES, 
     expected_initial_loss,
     parse_loss_term,
 )
+from metriclearn.losses.uniformity import UniformityLoss
 
 
 class HeadLoss(nn.Module):
@@ -122,14 +125,39 @@ class Objective(nn.Module):
         ``ids`` (B,) sample ids go to every :class:`~metriclearn.losses.MetricLoss` term (``CacheLoss``
         uses them); other modules are called ``term(embeddings, labels)``.
         """
+        names = list(names or self.names)
+        pair = self.fused
+        both = None
+        if pair is not None and pair[0] in names and pair[1] in names:  # one Gram matrix for the two terms
+            # `fused` picked the two by their exact types
+            neighborhood = cast(NeighborhoodSoftmaxLoss, self.terms[pair[0]])
+            uniformity = cast(UniformityLoss, self.terms[pair[1]])
+            values = neighborhood_and_uniformity(neighborhood, uniformity, embeddings, labels)
+            both = dict(zip(pair, values, strict=True))
         out = {}
-        for name in names or self.names:
+        for name in names:
             term = self.terms[name]
-            out[name] = term(embeddings, labels, ids) if isinstance(term, MetricLoss) else term(embeddings, labels)
+            if both is not None and name in both:
+                out[name] = both[name]
+            else:
+                out[name] = term(embeddings, labels, ids) if isinstance(term, MetricLoss) else term(embeddings, labels)
         return out
+
+    @property
+    def fused(self) -> tuple[str, str] | None:
+        """The names of a cosine neighbourhood-softmax term and a uniformity term that
+        :meth:`term_losses` computes together from one Gram matrix
+        (:mod:`metriclearn.losses._neighborhood_uniformity`: the default objective), or ``None``."""
+        kinds = [n for n, t in self.terms.items() if type(t) is NeighborhoodSoftmaxLoss]
+        spread = [n for n, t in self.terms.items() if type(t) is UniformityLoss]
+        for name in kinds:
+            if spread and can_fuse(self.terms[name], self.terms[spread[0]]):
+                return name, spread[0]
+        return None
 
     def total(self, losses: Mapping[str, Tensor]) -> Tensor:
         """``Σ w_t · L_t`` over the given term losses."""
+        # sum() starts from the int 0; with at least one term (an Objective has one) the result is a Tensor
         return sum(self.weights[name] * value for name, value in losses.items())  # type: ignore[return-value]
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
@@ -233,7 +261,8 @@ def lambda_loss(fn: Any) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- building from names
-def _construct(cls: type, name: str, required: dict[str, Any], options: Mapping[str, Any]) -> nn.Module:
+def _construct(cls: Callable[..., nn.Module], name: str, required: dict[str, Any], options: Mapping[str, Any]
+               ) -> nn.Module:
     """``cls(**required, **options)`` after checking every option is a parameter of ``cls``."""
     params = inspect.signature(cls).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -293,16 +322,16 @@ def build_objective(
         terms = DEFAULT_LOSS
     if isinstance(terms, str):  # one term: "neighborhood" would otherwise be read letter by letter
         terms = [terms]
-    terms = [parse_loss_term(term) for term in terms]
-    names = [name for name, _ in terms]
+    parsed = [parse_loss_term(term) for term in terms]
+    names = [name for name, _ in parsed]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"loss {duplicates} given more than once; give each loss once with a weight")
-    if combine == "alternate" and len(terms) < 2:
+    if combine == "alternate" and len(parsed) < 2:
         raise ValueError(f"combine='alternate' needs at least two losses, got {names}")
     loss_options = loss_options or {}
     head = nn.Linear(embedding_dim, num_classes) if any(LOSSES[n].head for n in names if n in LOSSES) else None
     modules = {
         name: build_loss(name, embedding_dim, num_classes, loss_options.get(name), head=head) for name in names
     }
-    return Objective(modules, dict(terms), combine=combine)
+    return Objective(modules, dict(parsed), combine=combine)

@@ -19,7 +19,7 @@ Example
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from metriclearn._checks import check_choice
 
@@ -95,5 +95,8 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: in
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=2)
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        plateau_mode: Literal["min", "max"] = "min" if mode == "min" else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=plateau_mode, factor=0.5, patience=2)
     return None

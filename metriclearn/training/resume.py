@@ -32,7 +32,7 @@ from metriclearn._atomic import sha256
 from metriclearn.training.config import TrainConfig
 from metriclearn.training.trainer import load_checkpoint
 
-RUNTIME_KEYS = ("device", "threads", "amp")
+RUNTIME_KEYS = ("device", "threads", "amp", "compile")
 _TEMP_DIRS = ("", "checkpoints", "report")
 
 

@@ -77,7 +77,7 @@ def make_trainer(config: TrainConfig, model: nn.Module, num_classes: int, callba
         model, objective, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
         scheduler=config.scheduler, batch_size=config.batch_size, samples_per_class=config.samples_per_class,
         grad_clip=config.grad_clip, amp=config.amp, device=config.device, seed=config.seed, monitor=config.monitor,
-        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr,
+        callbacks=callbacks, verbose=verbose, encoder_lr=config.encoder_lr, compile=config.compile,
     )
 
 
@@ -90,7 +90,7 @@ def overfit_batch_check(config: TrainConfig, steps: int = 200, verbose: bool = T
     from metriclearn.data import CsvColumns, load_data
 
     seed_everything(config.seed)
-    data = load_data(config.data, columns=CsvColumns(label=config.label_column))
+    data = load_data(config.data, columns=CsvColumns(label=config.label_column), images=image_options(config))
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     trainer = make_trainer(config, build_model(config, input_shape), data.num_classes, verbose=verbose)
     losses = trainer.overfit_batch(data, steps=steps)
@@ -141,13 +141,21 @@ def train_run(
     if distributed.is_main_process():
         check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
     checkpoint = _checkpoint_to_resume(out, config) if resume else None
-    distributed.init_from_env()  # a no-op unless started by torchrun
+    # under torchrun: the CLI's group, else one made here; its maker makes every rank wait for rank 0's writes
+    with distributed.process_group():
+        return _train(config, out, checkpoint, callbacks, verbose, overwrite, resume)
+
+
+def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, callbacks: Sequence[Callback],
+           verbose: bool, overwrite: bool, resume: bool) -> dict[str, Any]:
+    """:func:`train_run` once the folder and the checkpoint to resume are checked (every rank runs it)."""
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     data, train, val = _load_splits(config)
     input_shape = tuple(np.shape(data.X)[1:]) if isinstance(data.X, np.ndarray) else ()
     _check_encoder_fits(config, data.is_text)
+    _check_images_fit(config, data)
     stamp = data_stamp(config.data, len(data), input_shape, data.num_classes)
     check_same_data(checkpoint, stamp)  # before the model is built for data it was not trained on
     model = build_model(config, input_shape)
@@ -169,7 +177,7 @@ def train_run(
         start = time.perf_counter()
         trainer.fit(train, val, epochs=config.epochs, resume_from=checkpoint)
         seconds = time.perf_counter() - start
-        if not trainer.is_main_process:
+        if not trainer.is_main_process:  # no collective follows: the others wait for rank 0 as the group ends
             return {}
         best = _best_epoch(config, trainer, all_callbacks, val)
         held_out = val if val is not None else train
@@ -220,8 +228,9 @@ def _best_epoch(
     values = [row.get(monitor) for row in trainer.history]
     if val is None or config.monitor == "loss" or checkpoint is None or not values or values[-1] is None:
         return None
-    best_at = max(range(len(values)), key=lambda i: (values[i] if values[i] is not None else -math.inf, -i))
-    best, last = float(values[best_at]), float(values[-1])
+    scores = [v if v is not None else -math.inf for v in values]
+    best_at = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    best, last = float(scores[best_at]), float(scores[-1])
     restore = config.restore_best and best_at != len(values) - 1 and checkpoint.best_path.is_file()
     noise = 2 * math.sqrt(max(best * (1 - best), 0.0) / max(len(val), 1))
     if best - last > noise:
@@ -283,7 +292,7 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
     """``(data, train, val or None)`` of ``config``, checked so that training can finish and be evaluated."""
     from metriclearn.data import CsvColumns, load_data
 
-    data = load_data(config.data, columns=CsvColumns(label=config.label_column))
+    data = load_data(config.data, columns=CsvColumns(label=config.label_column), images=image_options(config))
     train, val = data, None
     if config.val_fraction > 0:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
@@ -293,9 +302,11 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
             raise ValueError(f"{config.data}: --report plots classes, and pair data has none (each pair is a class "
                              "of its own texts); train without --report: the pair metrics go to metrics.json")
         return data, train, val
+    assert train.y is not None  # load_data requires labels by default
     if len(np.unique(train.y)) < 2:
         raise ValueError(f"{config.data}: the training split holds a single class; metric learning needs at least 2")
     held_out, name = (val, "validation split") if val is not None else (train, "training data")
+    assert held_out.y is not None
     counts = np.bincount(held_out.y)
     if not (counts >= 2).any():
         raise ValueError(
@@ -304,6 +315,25 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
             f"--val-fraction 0 (measure on the training data)"
         )
     return data, train, val
+
+
+def image_options(config: TrainConfig) -> Any:
+    """How ``config``'s image data is decoded: at ``image_size``, else the backbone's input size, else the
+    first image's (:class:`metriclearn.images.ImageOptions`)."""
+    from metriclearn.images import ImageOptions
+    from metriclearn.images.backbones import input_size
+
+    size = config.image_size or (input_size(config.encoder) if config.is_vision_encoder else None)
+    return ImageOptions(size=size, workers=config.workers, skip_bad=config.skip_bad_images)
+
+
+def _check_images_fit(config: TrainConfig, data: Any) -> None:
+    """A vision backbone or augmentation needs image data (X (n, C, H, W)): say so, naming --data."""
+    images = isinstance(data.X, np.ndarray) and data.X.ndim == 4
+    if (config.is_vision_encoder or config.augment != "none") and not images:
+        raise ValueError(f"{config.data} holds {'texts' if data.is_text else 'numeric features'}, but "
+                         f"{'--encoder ' + config.encoder if config.is_vision_encoder else '--augment'} needs images: "
+                         "give --data a folder of class subfolders or a .csv with a path column")
 
 
 def _check_encoder_fits(config: TrainConfig, text_data: bool) -> None:

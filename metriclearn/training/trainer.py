@@ -29,7 +29,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,9 @@ class Trainer:
         Class-balanced batches of ``batch_size // samples_per_class`` classes × ``samples_per_class``.
     grad_clip:
         Maximum global gradient norm (0: no clipping; the norm is still logged).
+    compile:
+        ``torch.compile`` the model (the DDP wrapper under torchrun) for the training steps; embedding and
+        validation run the plain model. Off by default (slower on CPU: BENCHMARKS.md).
     amp:
         Mixed precision on CUDA (bfloat16 where supported, else float16 with a gradient scaler); on CPU
         bf16 autocast only for a fine-tuned transformer on a CPU with native bf16 (see ``_amp_dtype``).
@@ -85,7 +88,14 @@ class Trainer:
 
     Every default is :class:`~metriclearn.training.config.TrainConfig`'s, so ``Trainer(model,
     build_objective(None, D, K)).fit(train, val)`` trains the run ``metriclearn train`` trains.
+
+    A step never waits for the device: its loss, term losses and gradient norm stay device tensors and are
+    read together every ``log_every`` steps (and at the end of an epoch, and for a checkpoint), where a
+    NaN/inf loss raises ``FloatingPointError`` naming its step. ``Callback.on_batch_end`` gets the step's
+    logs as a mapping that reads a value only when asked for.
     """
+
+    log_every = 50  # steps between reads of the step logs off the device (one sync each)
 
     def __init__(
         self,
@@ -100,6 +110,7 @@ class Trainer:
         samples_per_class: int = _DEFAULTS.samples_per_class,
         grad_clip: float = _DEFAULTS.grad_clip,
         amp: bool = _DEFAULTS.amp,
+        compile: bool = _DEFAULTS.compile,
         device: str | torch.device = _DEFAULTS.device,
         seed: int = _DEFAULTS.seed,
         monitor: str = _DEFAULTS.monitor,
@@ -137,6 +148,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.verbose = verbose
         self.amp_dtype = _amp_dtype(self.device, model) if amp else None
+        self.compile = bool(compile)
+        self._compiled: Any = None  # torch.compile of the training model, made once by fit
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.scheduler: Any = None
         self.sampler: Any = None
@@ -148,12 +161,14 @@ class Trainer:
         self.num_classes = 0
         self.num_samples = 0
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
-        self._ddp: nn.Module | None = None
+        self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self._params: list[nn.Parameter] = []
         self._ids: Tensor | None = None  # pair data: the pair id of every row (the cache's ids)
         self._lone_last_batch = False
         # running sums of the current epoch (checkpointed, so a mid-epoch resume logs the whole epoch)
         self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0, "lr": 0.0}
+        self._pending: list[tuple[int, int, dict[str, Any]]] = []  # (epoch, step, logs) not read off the device yet
+        self._last_loss = math.nan
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -205,19 +220,20 @@ class Trainer:
         epochs = check_positive_int(epochs, "epochs")
         X, y = _unpack(train, "train")
         self.num_classes, self.num_samples = int(y.max()) + 1, len(y)
-        val_xy = _unpack(val, "val") if val is not None else None
+        val_xy: tuple[Any, ...] | None = _unpack(val, "val") if val is not None else None
         if val_xy is not None and getattr(val, "pairs", None) is not None:
             val_xy = (*val_xy, val.pairs)
         pair_ids = getattr(train, "pair_ids", None)
         if pair_ids is not None:  # pair data: --batch-size pairs, each with all its texts (a "class" of 2 or 3)
             width = train.pairs.shape[1]
-            base_sampler = ClassBalancedSampler(pair_ids, self.batch_size * width, width, seed=self.seed)
+            base_sampler = ClassBalancedSampler(pair_ids, self.batch_size * width, width, seed=self.seed,
+                                                as_tensors=True)
             self._ids = torch.as_tensor(pair_ids, dtype=torch.long, device=self.device)
         else:  # a fine-tuned transformer's batches are bucketed by token count (see ClassBalancedSampler)
             lengths_of = getattr(self.model, "bucket_lengths", None)
             lengths = lengths_of(X) if callable(lengths_of) and not isinstance(X, (np.ndarray, Tensor)) else None
             base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed,
-                                                lengths=lengths)
+                                                lengths=lengths, as_tensors=True)
             self._ids = None
         self.sampler = dist_utils.shard_batches(base_sampler)
         # an epoch of n = k·B + 1 samples ends with a batch of one: nothing to compare it with and a
@@ -236,6 +252,7 @@ class Trainer:
             self._prepare(X, y, X_dev, y_dev)
         dist_utils.broadcast_module(self.objective)  # heads, centroids, caches start as rank 0's
         self._ddp = dist_utils.wrap_model(self.model, self.device)
+        self._compiled = torch.compile(self._ddp or self.model) if self.compile else None  # not `or`: no bool()
         self._params = self.parameters()
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -276,12 +293,14 @@ class Trainer:
         X_dev, y_dev = to_device(X, self.device), torch.as_tensor(y, dtype=torch.long, device=self.device)
         self._prepare(X, y, X_dev, y_dev)
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-        x_batch, y_batch = _take(X_dev, idx), y_dev[idx]
+        x_batch, y_batch = _take(X_dev, idx), y_dev.index_select(0, idx)
         self.scheduler = None
         self.model.train()
         losses = []
         for _ in progress(range(steps), desc="overfit one batch", unit="step"):
-            losses.append(self._train_step(x_batch, y_batch, idx)["loss"])
+            self._pending.append((1, self.global_step + 1, self._train_step(x_batch, y_batch, idx)))
+            self._read_logs()  # checks the loss each step
+            losses.append(self._last_loss)
             self.global_step += 1
         return losses
 
@@ -321,18 +340,21 @@ class Trainer:
             if self._lone_last_batch and batch == len(self.sampler) - 1:
                 progress_["count"] += 1
                 continue
-            idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-            logs = self._train_step(_take(X, idx), y[idx], idx if self._ids is None else self._ids[idx])
+            idx = torch.as_tensor(indices, dtype=torch.long).to(self.device, non_blocking=True)  # (b,) no copy on CPU
+            ids = idx if self._ids is None else self._ids.index_select(0, idx)
+            logs = self._train_step(_take(X, idx), y.index_select(0, idx), ids)
             self.global_step += 1
-            for key, value in logs.items():
-                progress_["sums"][key] = progress_["sums"].get(key, 0.0) + value
+            self._pending.append((self.epoch + 1, self.global_step, logs))
             progress_["count"] += 1
             progress_["seen"] += dist_utils.global_batch_size(self.sampler, indices)
-            progress_["seconds"] = time.perf_counter() - start
             progress_["lr"] = logs["lr"]
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+            if len(self._pending) >= self.log_every or batch == len(self.sampler) - 1:
+                self._read_logs()  # the one host-device sync of `log_every` steps
+                bar.set_postfix(loss=f"{self._last_loss:.4f}", refresh=False)
+            progress_["seconds"] = time.perf_counter() - start
             for cb in self.callbacks:
-                cb.on_batch_end(self, batch, logs)
+                cb.on_batch_end(self, batch, _StepLogs(logs))
+        self._read_logs()
         steps, seconds = max(progress_["count"] - self._lone_last_batch, 1), progress_["seconds"]
         epoch_logs: Logs = {k: v / steps for k, v in progress_["sums"].items() if k != "lr"}
         epoch_logs["lr"] = progress_["lr"]  # of the epoch's last step
@@ -354,16 +376,19 @@ class Trainer:
             cb.on_epoch_end(self, epoch, epoch_logs)
         self.should_stop = dist_utils.broadcast_object(self.should_stop)  # rank 0's early-stopping decision
 
-    def _train_step(self, x: Any, y: Tensor, ids: Tensor | None = None) -> Logs:
-        """The optimiser step(s) of one batch (one per group of terms).
+    def _train_step(self, x: Any, y: Tensor, ids: Tensor | None = None) -> dict[str, Any]:
+        """The optimiser step(s) of one batch (one per group of terms); its logs, left on the device.
+
+        ``lr`` is a float; loss, term losses and gradient norm are 0-d tensors, read (and the loss checked for
+        NaN/inf) by :meth:`_read_logs` every :attr:`log_every` steps, so a step never waits for the device.
 
         ``ids`` are the batch's dataset indices (pair data: its pair ids): terms that take them (``CacheLoss``)
         never match an anchor with a cached copy of the same sample (any text of its own pair) from an
         earlier step.
         """
-        logs: Logs = {"lr": self.optimizer.param_groups[0]["lr"]}  # the rate this batch's step(s) use
+        logs: dict[str, Any] = {"lr": self.optimizer.param_groups[0]["lr"]}  # the rate this batch's step(s) use
         params = self._params or self.parameters()
-        model = self._ddp or self.model
+        model = self._compiled if self._compiled is not None else (self._ddp or self.model)
         for group in self.objective.groups():
             self.optimizer.zero_grad(set_to_none=True)
             surgery = self.objective.uses_surgery(group)
@@ -376,14 +401,7 @@ class Trainer:
                 # the global batch of all ranks (shards may differ in size); gradients return to own rows
                 embeddings, labels, batch_ids = dist_utils.gather_batch(embeddings, y, ids)  # (B, D), (B,), (B,)
                 losses = self.objective.term_losses(embeddings, labels, group, ids=batch_ids)
-                total = self.objective.total(losses)
-                value = float(total.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"loss is {value} at epoch {self.epoch + 1}, step {self.global_step + 1} "
-                        f"(terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())}); "
-                        f"try a lower --lr, gradient clipping, or check the data for extreme values"
-                    )
+                total = self.objective.total(losses).detach()
                 scale: Any = self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0
                 reduce = dist_utils.all_reduce_mean if surgery and self._ddp is not None else None
                 self.objective.backward(losses, params, scale=scale, reduce=reduce)
@@ -396,12 +414,36 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
-            logs["loss"] = logs.get("loss", 0.0) + value
-            logs.update({name: float(v.detach()) for name, v in losses.items()})
-            logs["grad_norm"] = float(grad_norm)
+            logs["loss"] = total if "loss" not in logs else logs["loss"] + total
+            logs.update({name: v.detach() for name, v in losses.items()})
+            logs["grad_norm"] = grad_norm.detach()
         if self.scheduler is not None and not self._per_epoch_scheduler:
             self.scheduler.step()
         return logs
+
+    def _read_logs(self) -> None:
+        """Read the pending steps' logs off the device at once, check each loss, add them to the epoch sums.
+
+        One host-device sync for up to :attr:`log_every` steps instead of several per step. A NaN/inf loss
+        raises ``FloatingPointError`` naming its epoch and step (the steps after it, up to the read, were taken).
+        """
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        keys = [k for k, v in pending[0][2].items() if isinstance(v, Tensor)]
+        table = torch.stack([torch.stack([logs[k].double() for k in keys]) for _, _, logs in pending]).tolist()
+        sums = self._progress["sums"]
+        for (epoch, step, _), row in zip(pending, table, strict=True):
+            values = dict(zip(keys, row, strict=True))
+            if not math.isfinite(values["loss"]):
+                terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k not in ("loss", "grad_norm"))
+                raise FloatingPointError(
+                    f"loss is {values['loss']} at epoch {epoch}, step {step} (terms: {terms}); "
+                    f"try a lower --lr, gradient clipping, or check the data for extreme values"
+                )
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
+        self._last_loss = table[-1][keys.index("loss")]
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -426,7 +468,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (weights_only-safe)."""
+        """Everything needed to continue exactly (weights_only-safe); reads the pending step logs first."""
+        self._read_logs()
         return {
             "format_version": CHECKPOINT_VERSION,
             "model": self.model.state_dict(),
@@ -522,9 +565,26 @@ def _unpack(data: Any, name: str) -> tuple[Any, np.ndarray]:
 
 
 def _take(X: Any, idx: Tensor) -> Any:
+    """The rows ``idx`` of ``X``: ``index_select`` on a tensor (several times faster than ``X[idx]`` on CPU)."""
     if isinstance(X, torch.Tensor):
-        return X[idx]
+        return X.index_select(0, idx)
     return [X[i] for i in idx.tolist()]
+
+
+class _StepLogs(Mapping[str, float]):
+    """One step's logs for ``Callback.on_batch_end``: a value is read off the device (a sync) only when asked for."""
+
+    def __init__(self, logs: Mapping[str, Any]) -> None:
+        self._logs = logs
+
+    def __getitem__(self, key: str) -> float:
+        return float(self._logs[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._logs)
+
+    def __len__(self) -> int:
+        return len(self._logs)
 
 
 class DamagedCheckpoint(ValueError):

@@ -196,8 +196,8 @@ def test_second_opinion_is_the_blend(opinion_data) -> None:
     ("features", "proba", "lam", "match"),
     [
         (np.zeros((4, 63)), np.full((4, 10), 0.1), 0.5, "features has dimension 63, expected 64"),
-        (np.zeros((4, 64)), np.full((3, 10), 0.1), 0.5, r"model_proba must have shape \(4, 10\).*got \(3, 10\)"),
-        (np.zeros((4, 64)), np.full((4, 9), 1 / 9), 0.5, r"len\(classes_\)\), got \(4, 9\)"),
+        (np.zeros((4, 64)), np.full((3, 10), 0.1), 0.5, r"model_proba has 3 rows, but there are 4 rows of features"),
+        (np.zeros((4, 64)), np.full((4, 9), 1 / 9), 0.5, "model_proba has 9 columns, but there are 10 classes in classes_"),
         (np.zeros((4, 64)), np.full((4, 10), 0.2), 0.5, "rows must be non-negative and sum to 1; row 0 sums to 2"),
         (np.zeros((4, 64)), np.full((4, 10), 0.1), -0.1, "lam must be a finite non-negative number, got -0.1"),
         (np.zeros((4, 64, 1)), np.full((4, 10), 0.1), 0.5, "features must be a 2-D array"),
@@ -244,7 +244,7 @@ def test_tuning_on_the_cache_features_leaks(digits) -> None:
 
 def test_tune_rejects_unknown_labels_and_empty_grids(opinion_data) -> None:
     cache, Xt, proba, yt = opinion_data
-    with pytest.raises(ValueError, match="y_val holds labels the cache has never seen, e.g. 11"):
+    with pytest.raises(ValueError, match="y_val holds labels the classifier does not know, e.g. 11"):
         clone(cache).fit(cache.keys_, cache.key_codes_).tune(Xt[:3], proba[:3], [1, 2, 11])
     with pytest.raises(ValueError, match=r"y_val has 2 entries but there are 3 samples"):
         cache.tune(Xt[:3], proba[:3], [1, 2])
@@ -289,3 +289,38 @@ def test_from_index_reads_keys_back(digits) -> None:
     unlabelled.add(X)
     with pytest.raises(ValueError, match="the index carries no labels"):
         CacheClassifier.from_index(unlabelled)
+
+
+def test_from_index_searches_the_loaded_index_instead_of_a_copy(digits) -> None:
+    from metriclearn.indexes import EmbeddingIndex
+
+    X, y, Xt, yt = digits
+    ids = np.arange(len(X))[::-1] * 3 + 7  # ids are not row numbers: the cache maps them back to its keys
+    flat = EmbeddingIndex(X.shape[1], metric="cosine", device="cpu")
+    flat.add(X, labels=y, ids=ids)
+    top = CacheClassifier.from_index(flat, theta=30.0, top_k=7, device="cpu")
+    assert top.index_ is flat  # no second index over copied vectors
+    own = CacheClassifier(theta=30.0, top_k=7, device="cpu").fit(X, y)  # its own flat cosine index over the keys
+    assert_f32_close(top.predict_proba(Xt[:50]), own.predict_proba(Xt[:50]), gain=30.0)
+    exact = CacheClassifier.from_index(flat, theta=30.0, device="cpu")
+    assert exact._neighbour_index is flat  # the calibration's nearest keys come from it too
+    cal = slice(50, 350)
+    for cache in (exact, top, own):
+        cache.calibrate(Xt[cal], yt[cal], alpha=0.1, target_precision=0.9, random_state=0)
+    built = CacheClassifier(theta=30.0, device="cpu").fit(X, y)  # builds its own flat index for the calibration
+    built.calibrate(Xt[cal], yt[cal], alpha=0.1, target_precision=0.9, random_state=0)
+    assert_f32_close(np.array(exact.calibration_["rejection"]["class_scales"]),
+                     np.array(built.calibration_["rejection"]["class_scales"]))
+    np.testing.assert_array_equal(top.predict_or_reject(Xt[:50]), own.predict_or_reject(Xt[:50]))
+    pq = EmbeddingIndex(X.shape[1], metric="cosine", kind="pq", pq_nbits=4, nlist=4, device="cpu")
+    pq.add(X, labels=y, ids=ids)
+    trained = pq.faiss_index
+    lossy = CacheClassifier.from_index(pq, theta=30.0, top_k=7, device="cpu")
+    assert lossy.index_ is pq and pq.faiss_index is trained  # PQ codes are not retrained on their reconstructions
+    assert np.mean(lossy.predict(Xt[:100]) == yt[:100]) > 0.8
+    l2 = EmbeddingIndex(X.shape[1], metric="l2", device="cpu")
+    l2.add(X, labels=y, ids=ids)
+    ranked = CacheClassifier.from_index(l2, theta=30.0, top_k=7, device="cpu")
+    assert ranked.index_ is not l2 and ranked.index_.metric == "cosine"  # l2 ranks otherwise: a cosine index
+    fresh = CacheClassifier(theta=30.0, top_k=7, device="cpu").fit(X, y)  # `own` was calibrated: another θ
+    assert_f32_close(ranked.predict_proba(Xt[:50]), fresh.predict_proba(Xt[:50]), gain=30.0)

@@ -252,6 +252,14 @@ def test_bad_calibration_rows_and_uncalibrated_use(train) -> None:
     with pytest.raises(ValueError, match=r"predict_or_reject needs a rejection threshold: calibrate\(X_cal, y_cal, "
                                          r"target_precision=P\)"):
         knn.predict_or_reject(Xc)
+    proba = knn.predict_proba(Xc)  # precomputed (calibrated) probabilities: checked, then used as they are
+    np.testing.assert_array_equal(knn.predict_sets(Xc, proba=proba), knn.predict_sets(Xc))
+    with pytest.raises(ValueError, match="proba has 199 rows, but there are 200 rows of X"):
+        knn.predict_sets(Xc, proba=proba[1:])
+    with pytest.raises(ValueError, match="proba has 4 columns, but there are 5 classes"):
+        knn.predict_sets(Xc, proba=proba[:, :4])
+    with pytest.raises(ValueError, match="proba rows must be non-negative and sum to 1; row .* sums to 2"):
+        knn.predict_sets(Xc, proba=proba * 2)
     one = KNNClassifier(3, device="cpu").fit(X[y == 0], y[y == 0])
     with pytest.raises(ValueError, match="calibration needs at least 2 classes, the classifier has 1"):
         one.calibrate(Xc[yc == 0], yc[yc == 0])

@@ -279,3 +279,44 @@ def test_evaluate_reports_the_calibration_of_an_index_built_by_the_model(tmp_pat
     assert report["classes"] == list(range(8)) and len(report["coverage_by_class"]) == 8  # digits 0-7 known
     lowest = min(range(8), key=lambda c: report["coverage_by_class"][c])
     assert f"(lowest class coverage {report['coverage_by_class'][lowest]:.4f} (class {lowest}))" in result.output
+
+
+@pytest.mark.parametrize("method", ["knn", "cache"])
+def test_classify_reject_and_sets_compute_the_probabilities_once(files, index_copy: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    from metriclearn.classify import CacheClassifier, KNNClassifier
+    from metriclearn.classify.from_index import calibrated_classifier
+
+    assert calibrate(index_copy, files, "--method", method, "--k", "4", "--target-precision", "0.9").exit_code == 0
+    searches: list[int] = []  # k of every index search
+    probability_passes: list[int] = []  # rows of every cache probability computation
+    search, cache_proba = EmbeddingIndex.search, CacheClassifier._cache_proba
+
+    def counted_search(self, q, k, batch_size=None):
+        searches.append(k)
+        return search(self, q, k, batch_size)
+
+    def counted_cache(self, X, theta):
+        probability_passes.append(len(X))
+        return cache_proba(self, X, theta)
+
+    monkeypatch.setattr(EmbeddingIndex, "search", counted_search)
+    monkeypatch.setattr(CacheClassifier, "_cache_proba", counted_cache)
+    out, sets = tmp_path / "pred.json", tmp_path / "sets.npy"
+    result = run("classify", "--index", index_copy, "--queries", files["queries"], "--method", method, "--out", out,
+                 "--reject", "--sets", sets)
+    assert result.exit_code == 0, result.output
+    if method == "knn":  # the vote's search (k=4) once; the acceptance score's 10 nearest once
+        assert sorted(searches) == [4, 10]
+    else:  # top-k cache: its probabilities once (k=4), then the acceptance score's nearest keys
+        assert searches == [4, 10] and probability_passes == [60]
+    monkeypatch.undo()
+    index = EmbeddingIndex.load(index_copy, device="cpu")
+    clf = calibrated_classifier(index, method, index.attrs["calibration"][method], "cpu")
+    assert isinstance(clf, KNNClassifier if method == "knn" else CacheClassifier)
+    queries = np.load(files["queries"])
+    labels, rejected = clf.predict_with_rejection(queries)  # the same answers as when computed on their own
+    payload = json.loads(out.read_text())
+    assert payload["predictions"] == labels.tolist() and payload["rejected"] == rejected.tolist()
+    np.testing.assert_array_equal(np.load(sets), clf.predict_sets(queries))
+    assert 0 < rejected.sum() < len(rejected)

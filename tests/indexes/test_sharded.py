@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 from click.testing import CliRunner
 
+from conftest import assert_one_line_error
 from metriclearn.classify import CacheClassifier, KNNClassifier
 from metriclearn.classify.sharded_cache import sharded_cache_proba
 from metriclearn.cli import cli
@@ -217,6 +219,32 @@ def test_cli_query_and_classify_on_a_sharded_index_in_one_process(folders) -> No
     result = _invoke("classify", "--index", folders / "sharded", "--queries", folders / "q.npy", "--method", "cache",
                      "--k", 5, "--out", folders / "x.json")
     assert result.exit_code == 2 and "--k (top-k cache) needs an unsharded index" in result.output
+
+
+def test_calibrating_a_sharded_index_knn_works_and_cache_refuses_in_one_line(folders, tmp_path) -> None:
+    x, y, _ = _data()
+    rows = np.random.default_rng(5).choice(len(x), 90, replace=False)  # held-out stand-ins near indexed rows
+    np.save(tmp_path / "cal.npy", x[rows] + np.random.default_rng(6).normal(0, 0.3, (90, x.shape[1])).astype(np.float32))
+    np.save(tmp_path / "cal_y.npy", y[rows])
+    stored = {}
+    for name in ("whole", "sharded"):
+        index = shutil.copytree(folders / name, tmp_path / name)
+        calibrate = ("calibrate", "--index", index, "--embeddings", tmp_path / "cal.npy", "--labels",
+                     tmp_path / "cal_y.npy", "--device", "cpu")
+        if name == "sharded":  # was: Error: 'ShardedCache' object has no attribute 'calibrate'
+            assert_one_line_error(_invoke(*calibrate, "--method", "cache"), 1,
+                                  "a calibration of the cache classifier needs an unsharded index")
+        result = _invoke(*calibrate, "--method", "knn", "--target-precision", "0.9")
+        assert result.exit_code == 0, result.output
+        stored[name] = load_index(index, device="cpu").attrs["calibration"]["knn"]
+        result = _invoke("classify", "--index", index, "--queries", folders / "q.npy", "--method", "knn", "--device",
+                         "cpu", "--reject", "--sets", tmp_path / f"{name}-sets.npy", "--out", tmp_path / f"{name}.json")
+        assert result.exit_code == 0, result.output
+    assert stored["whole"]["rejection"]["threshold"] == pytest.approx(stored["sharded"]["rejection"]["threshold"],
+                                                                      rel=1e-6)
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "sharded"))
+    assert a["predictions"] == b["predictions"] and a["rejected"] == b["rejected"]
+    np.testing.assert_array_equal(np.load(tmp_path / "whole-sets.npy"), np.load(tmp_path / "sharded-sets.npy"))
 
 
 def test_torchrun_query_and_classify_hold_one_shard_per_rank(folders, torchrun, tmp_path) -> None:

@@ -210,8 +210,8 @@ def test_flat_is_exact(data) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"target_recall": 0}, ValueError, r"target_recall must be in \(0, 1\], got 0"),
-        ({"target_recall": 1.5}, ValueError, r"target_recall must be in \(0, 1\], got 1.5"),
+        ({"target_recall": 0}, ValueError, r"target_recall must lie in \(0, 1\], got 0"),
+        ({"target_recall": 1.5}, ValueError, r"target_recall must lie in \(0, 1\], got 1.5"),
         ({"target_recall": "high"}, TypeError, "target_recall must be a number in"),
         ({"target_recall": 0.9, "k": 0}, ValueError, "k must be"),
         ({"target_recall": 0.9, "n_queries": 4000}, ValueError, "too few to hold 4000 queries out"),

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from conftest import assert_f32_close
 from metriclearn.training import Objective, Trainer, distributed
 from metriclearn.training.objectives import lambda_loss
 
@@ -50,6 +51,40 @@ def test_without_process_group() -> None:
     assert not distributed.is_distributed()
     assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (0, 1, True)
     assert distributed.init_from_env() is False  # no torchrun variables
+
+
+def _group_worker(rank: int, port: int, out: str) -> None:
+    """Rank 0 writes a file slowly inside ``process_group()``; rank 1 has nothing to do and leaves at once."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    with distributed.process_group(backend="gloo") as joined:
+        assert joined and distributed.world_size() == 2
+        with distributed.process_group(backend="gloo"):  # the group exists: the inner block neither makes nor leaves it
+            pass
+        assert distributed.is_distributed()
+        model = nn.parallel.DistributedDataParallel(nn.Linear(3, 2))  # DDP keeps a reference to the group
+        model(torch.ones(4, 3)).sum().backward()
+        if rank == 0:
+            time.sleep(1.0)
+            Path(out, "written").write_text("rank 0")
+    # every rank waited at the barrier, so rank 1 sees rank 0's file; the group is gone on both
+    Path(out, f"after.{rank}").write_text(f"{Path(out, 'written').exists()} {distributed.is_distributed()}")
+    with pytest.raises(KeyError), distributed.process_group(backend="gloo"):
+        raise KeyError("no barrier after an error: the other ranks may never reach it")
+    assert distributed.is_distributed()  # left to torchrun, which stops every rank of a failed command
+    dist.destroy_process_group()
+
+
+def test_process_group_ranks_leave_together_after_rank_0s_writes(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_group_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"after.{r}").read_text() for r in range(2)] == ["True False", "True False"]
+
+
+def test_process_group_without_torchrun_is_a_no_op(monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with distributed.process_group() as joined:
+        assert joined is False and not distributed.is_distributed()
 
 
 def test_sharded_batch_sampler_partitions_each_batch() -> None:
@@ -180,13 +215,14 @@ def _compare_with_one_process(name: str, ranks: list[dict[str, dict[str, torch.T
     assert one["grad"] and set(one["grad"]) == set(ranks[0]["grad"])
     for key, grad in one["grad"].items():
         assert grad.abs().max() > 0, key  # a gradient that could be wrong
-        assert torch.allclose(grad, ranks[0]["grad"][key], atol=1e-5, rtol=1e-4), (name, key)
+        assert_f32_close(ranks[0]["grad"][key], grad, err_msg=f"{name} {key}")  # measured: at most 6.5 ulps
     for key, value in one["state"].items():
         # every rank holds identical weights, caches, centroids and batch-norm statistics
         assert all(torch.equal(ranks[0]["state"][key], r["state"][key]) for r in ranks[1:]), (name, key)
         if key.endswith(("cache_embeddings", "cache_labels", "cache_ids")):
             continue  # same slots, filled in another order (rank order vs sampler order): compared below
-        assert torch.allclose(value.float(), ranks[0]["state"][key].float(), atol=1e-5), (name, key)
+        # an epoch of SGD steps compounds each step's round-off: gain 8 (measured: at most 55 ulps, 3 ranks)
+        assert_f32_close(ranks[0]["state"][key].float(), value.float(), gain=8, err_msg=f"{name} {key}")
     if "objective.terms.cache.cache_ids" in one["state"]:
         ids_one, ids_two = one["state"]["objective.terms.cache.cache_ids"], ranks[0]["state"]["objective.terms.cache.cache_ids"]
         order_one, order_two = ids_one.argsort(), ids_two.argsort()
@@ -194,7 +230,7 @@ def _compare_with_one_process(name: str, ranks: list[dict[str, dict[str, torch.T
         for buffer in ("cache_embeddings", "cache_labels"):
             a = one["state"][f"objective.terms.cache.{buffer}"][order_one]
             b = ranks[0]["state"][f"objective.terms.cache.{buffer}"][order_two]
-            assert torch.allclose(a.float(), b.float(), atol=1e-5), buffer
+            assert_f32_close(b.float(), a.float(), gain=8, err_msg=f"{name} {buffer}")  # as the weights above
 
 
 # ---------------------------------------------------------------------------- the real CLI through torchrun
@@ -226,6 +262,7 @@ def test_torchrun_on_digits_reaches_the_single_process_accuracy(digits_runs) -> 
     one, two = _metrics(digits_runs["one"]), _metrics(digits_runs["two"])
     assert two["epochs"] == 2 and two["n_eval"] == one["n_eval"] == 360
     assert two["knn_accuracy_k5"] >= one["knn_accuracy_k5"] - 0.005 and two["knn_accuracy_k5"] > 0.9
+    # two trainings (gathered vs one-process batches), not one computation: a metric in [0, 1] within 0.002
     assert two["retrieval"]["map_at_r"] == pytest.approx(one["retrieval"]["map_at_r"], abs=2e-3)
     log = (digits_runs["two"] / "log.csv").read_text().splitlines()
     assert len(log) == 3  # header + one row per epoch, written once
@@ -326,11 +363,13 @@ def test_torchrun_embed_and_index_build_equal_one_process(digits_runs, torchrun,
                         "--out", tmp_path / f"{tag}-idx")
         assert getattr(result, "exit_code", getattr(result, "returncode", None)) == 0, result
     one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
-    assert one.shape == two.shape == (1797, 64) and np.allclose(one, two, atol=1e-5)
+    assert one.shape == two.shape == (1797, 64)
+    assert_f32_close(two, one)  # the same weights on other batch shapes (bitwise equal on the dev machine)
     assert np.array_equal(np.load(tmp_path / "one-labels.npy"), np.load(tmp_path / "two-labels.npy"))
     a, b = (EmbeddingIndex.load(tmp_path / f"{tag}-idx", device="cpu") for tag in ("one", "two"))
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels)
-    assert np.allclose(a.vectors(), b.vectors(), atol=1e-5) and np.allclose(b.vectors(), one, atol=1e-5)
+    assert_f32_close(b.vectors(), a.vectors())
+    assert_f32_close(b.vectors(), one)
 
 
 @pytest.mark.gpu  # NCCL, AMP

@@ -249,15 +249,15 @@ def test_finetune_pairs_example_on_a_tiny_slice(tmp_path, tiny_bert_dir, capsys)
 
 
 def test_pairs_with_hard_negatives_and_no_validation_split(tmp_path, tiny_bert_dir, monkeypatch) -> None:
-    from metriclearn.losses import NeighborhoodSoftmaxLoss
+    from metriclearn.training.objectives import Objective
 
     rows = [{"anchor": f"what is a {w}?", "positive": f"a {w} is a thing called {w}",
              "negative": f"a {w} is never a {WORDS[i - 1]}"} for i, w in enumerate(WORDS)]
     path = _write(tmp_path / "triplets.jsonl", rows)
     batches = []
-    original = NeighborhoodSoftmaxLoss.compute
-    monkeypatch.setattr(NeighborhoodSoftmaxLoss, "compute",
-                        lambda self, e, labels: batches.append(labels.tolist()) or original(self, e, labels))
+    original = Objective.term_losses  # the loss terms' labels (the default objective's terms are computed fused)
+    monkeypatch.setattr(Objective, "term_losses", lambda self, e, labels, *args, **kwargs: batches.append(
+        labels.tolist()) or original(self, e, labels, *args, **kwargs))
     result = invoke("train", "--data", path, "--encoder", f"sentence:{tiny_bert_dir}", *FAST, "--val-fraction", "0",
                     "--epochs", "1", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output

@@ -157,3 +157,50 @@ def test_a_lone_last_sample_is_passed_over_and_the_schedule_still_ends(scheduler
     last_used = trainer.history[-1]["lr"]  # the rate of the epoch's last step: the schedule's end
     expected = 0.1 / 25 / 1e4 if scheduler == "onecycle" else 0.05 * (1 + math.cos(math.pi * 5 / 6))
     assert last_used == pytest.approx(expected)
+
+
+def _default_run(log_every: int, callbacks=()) -> tuple[Trainer, list[dict[str, float]]]:
+    """The default objective on uneven blobs (classes of 13 / 9 / 7 / 5 / 3: batches of 16 do not divide 37)."""
+    X, y = make_blobs({0: 13, 1: 9, 2: 7, 3: 5, 4: 3}, dim=6, spread=3.0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+    trainer = Trainer(model, build_objective(None, 4, 5), batch_size=16, samples_per_class=4, device="cpu",
+                      verbose=False, callbacks=callbacks)
+    trainer.log_every = log_every
+    return trainer, trainer.fit((X, y), epochs=3)
+
+
+def test_step_logs_read_every_step_or_every_n_steps_give_the_same_run() -> None:
+    """Reading the logs off the device every step (the loop before issue 23) or every 2 or 50 steps changes
+    nothing: the same weights bit for bit and the same epoch logs, per-step values passed to callbacks alike."""
+    seen: dict[int, list[tuple[float, float]]] = {}
+    runs = {}
+    for every in (1, 2, 50):
+        record = LambdaCallback(on_batch_end=lambda t, b, logs, every=every: seen.setdefault(every, []).append(
+            (logs["loss"], logs["grad_norm"])))
+        runs[every] = _default_run(every, [record])
+    ref_trainer, ref_history = runs[1]
+    assert len(seen[1]) == 9 and all(math.isfinite(v) for row in seen[1] for v in row)  # 3 batches × 3 epochs
+    for every in (2, 50):
+        trainer, history = runs[every]
+        for mine, ref in zip(trainer.model.state_dict().values(), ref_trainer.model.state_dict().values()):
+            assert torch.equal(mine, ref)
+        assert [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in history] == [
+            {k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in ref_history]
+        assert seen[every] == seen[1]
+    assert set(ref_history[0]) >= {"loss", "neighborhood", "uniformity", "grad_norm", "lr"}
+
+
+def test_a_nan_loss_is_reported_at_its_own_step_when_logs_are_read_later() -> None:
+    X, y = _blobs()
+    calls = []
+
+    def loss(e: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return e.pow(2).mean() * (float("nan") if len(calls) == 2 else 1.0)
+
+    trainer = Trainer(nn.Linear(6, 3), Objective({"bad": lambda_loss(loss)}), batch_size=16, device="cpu",
+                      verbose=False)
+    assert trainer.log_every > 3  # the NaN of step 2 is read with step 3, at the end of the epoch
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1, step 2 \(terms: bad=nan\)"):
+        trainer.fit((X, y), epochs=1)

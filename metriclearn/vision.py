@@ -1,0 +1,168 @@
+"""``VisionEncoder``: a pretrained vision backbone, pooling and a trainable projection head, on image batches.
+
+Input: (N, C, S, S) float images in [0, 1] (what :func:`metriclearn.data.load_data` gives for an image folder).
+Per batch, as tensor operations::
+
+    x → [augmentation, training only] → channels to the backbone's → resize to its input size
+      → (x − mean) / std (its own normalisation) → backbone → pooled feature → Linear head → L2 normalisation
+
+The backbone comes from a spec (:mod:`metriclearn.images.backbones`: ``hf-vision:DIR``,
+``torchvision:NAME[:WEIGHTS.pth]``, ``timm:NAME[:WEIGHTS]``). As for the text encoder
+(:class:`~metriclearn.sentence.SentenceEncoder`): frozen by default (no gradients, always in eval mode, so its
+BatchNorm statistics and dropout stay as trained; only the head trains and a run saves only the head when the
+weights come from a file); ``freeze=False`` fine-tunes it (``unfreeze=N``: its top N blocks) at the trainer's
+``encoder_lr`` (:meth:`encoder_parameters`), under bf16 autocast on a CPU with native bf16 (``cpu_bf16``).
+``channels_last=True`` runs a convolutional backbone in the NHWC memory format.
+
+Example
+-------
+>>> import tempfile, torch
+>>> from transformers import ResNetConfig, ResNetModel
+>>> folder = tempfile.mkdtemp()
+>>> ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).save_pretrained(folder)
+>>> encoder = VisionEncoder(f"hf-vision:{folder}", embedding_dim=4)
+>>> encoder(torch.rand(3, 3, 16, 16)).shape
+torch.Size([3, 4])
+>>> sorted(encoder.state_dict())  # frozen: only the head; the backbone comes from the folder
+['head.bias', 'head.weight']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metriclearn._checks import check_bool, check_choice, check_positive_int, describe
+from metriclearn.images.backbones import load_backbone
+from metriclearn.images.transforms import AUGMENTS, Normalize, augmentation, match_channels, resize_batch
+
+__all__ = ["VisionEncoder"]
+
+PROBE_SIDE = 32  # the probe image's side for a backbone that takes any size
+
+
+class VisionEncoder(nn.Module):
+    """Backbone → pooled feature → optional linear head → optional L2 normalisation (see the module docstring).
+
+    Parameters
+    ----------
+    spec:
+        ``hf-vision:DIR``, ``torchvision:NAME[:WEIGHTS.pth]`` or ``timm:NAME[:WEIGHTS]``.
+    embedding_dim:
+        Width of the trainable head; ``None``: no head (the pooled feature itself).
+    normalize:
+        L2-normalise the output.
+    freeze:
+        Keep the backbone fixed and train only the head (default).
+    unfreeze:
+        With ``freeze=False``: fine-tune only the top ``unfreeze`` blocks; ``None``: all of it.
+    augment:
+        Training augmentation preset (``none``, ``light``, ``strong``: :mod:`metriclearn.images.transforms`),
+        applied in ``train()`` mode only: embedding never augments.
+    image_size:
+        The decoded images' side (the augmentation's crop size); ``None``: the backbone's input size.
+    channels_last:
+        Run the backbone in the channels-last memory format.
+    """
+
+    def __init__(self, spec: str, embedding_dim: int | None = 64, normalize: bool = True, freeze: bool = True,
+                 unfreeze: int | None = None, augment: str = "none", image_size: int | None = None,
+                 channels_last: bool = False) -> None:
+        super().__init__()
+        self.spec = spec.strip()
+        self.freeze = check_bool(freeze, "freeze")
+        self.normalize = check_bool(normalize, "normalize")
+        self.channels_last = check_bool(channels_last, "channels_last")
+        self.unfreeze = None if unfreeze is None else check_positive_int(unfreeze, "unfreeze")
+        if self.unfreeze is not None and self.freeze:
+            raise ValueError(f"unfreeze={self.unfreeze} needs freeze=False (fine-tuning; --finetune)")
+        self.augment_preset = check_choice(augment, AUGMENTS, "augment")
+        self.input_shape: tuple[int, ...] = ()  # set by build_encoder: the decoded images' (C, S, S)
+        self._backbone = load_backbone(self.spec)
+        self.backbone = self._backbone.module
+        self.input_size = self._backbone.size
+        side = image_size or self.input_size or PROBE_SIDE
+        self.image_size = check_positive_int(side, "image_size")
+        self.augment = augmentation(augment, self.image_size, self._backbone.channels)
+        self.preprocess = Normalize(self._backbone.mean, self._backbone.std)
+        with torch.no_grad():
+            probe = torch.zeros(2, self._backbone.channels, self.input_size or self.image_size,
+                                self.input_size or self.image_size)
+            self.hidden_size = int(self._backbone.features(self.preprocess(probe)).shape[1])
+        self.embedding_dim = None if embedding_dim is None else check_positive_int(embedding_dim, "embedding_dim")
+        self.head = nn.Linear(self.hidden_size, self.embedding_dim) if self.embedding_dim else nn.Identity()
+        if self.freeze:
+            self.backbone.requires_grad_(False)
+        elif self.unfreeze is not None:
+            blocks = self._backbone.blocks
+            if self.unfreeze > len(blocks):
+                raise ValueError(f"unfreeze={self.unfreeze} but the backbone {self.spec!r} has {len(blocks)} blocks")
+            self.backbone.requires_grad_(False)
+            for block in blocks[len(blocks) - self.unfreeze:]:
+                block.requires_grad_(True)
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.register_state_dict_post_hook(_drop_frozen)
+        self.register_load_state_dict_pre_hook(_fill_frozen)
+        self.train(True)
+
+    @property
+    def is_text(self) -> bool:
+        return False
+
+    @property
+    def out_features(self) -> int:
+        return self.embedding_dim or self.hidden_size
+
+    @property
+    def cpu_bf16(self) -> bool:
+        """A fine-tuned backbone trains under bf16 autocast on a CPU with native bf16 (the trainer's ``amp``);
+        a frozen one only trains the small head, which stays in float32."""
+        return not self.freeze
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The backbone's trainable parameters (they get the trainer's ``encoder_lr``)."""
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> VisionEncoder:
+        super().train(mode)
+        if self.freeze:
+            self.backbone.eval()  # a frozen backbone never updates its BatchNorm statistics
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise ValueError(f"VisionEncoder expects images (N, C, H, W), got {describe(x)}")
+        if self.training and self.augment_preset != "none":
+            x = self.augment(x)
+        x = match_channels(x, self._backbone.channels)
+        if self.input_size is not None:
+            x = resize_batch(x, self.input_size)
+        x = self.preprocess(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            features = self._backbone.features(x)  # (N, H)
+        out = self.head(features.float() if self.freeze else features)  # (N, D)
+        return F.normalize(out, dim=1) if self.normalize else out
+
+    def extra_repr(self) -> str:
+        return (f"spec={self.spec!r}, freeze={self.freeze}, augment={self.augment_preset!r}, "
+                f"image_size={self.image_size}")
+
+
+def _drop_frozen(module: VisionEncoder, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """A frozen backbone whose weights come from a file is not saved: it is rebuilt from the spec."""
+    if module.freeze and module._backbone.from_file:
+        for key in [k for k in state if k.startswith(prefix + "backbone.")]:
+            del state[key]
+
+
+def _fill_frozen(module: VisionEncoder, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Loading a head-only state keeps the file's backbone weights (only when frozen)."""
+    if module.freeze and module._backbone.from_file:
+        for key, value in module.backbone.state_dict().items():
+            state.setdefault(prefix + "backbone." + key, value)
