@@ -50,6 +50,7 @@ Example
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -74,6 +75,7 @@ from metriclearn._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from metriclearn.images import ImageOptions
+    from metriclearn.images.roles import Roles
     from metriclearn.sampler import ClassBalancedSampler
 
 __all__ = [
@@ -114,6 +116,10 @@ class LabeledData:
         empty for unlabelled data.
     source : str
         The path the data came from, or ``"digits"``.
+    pairs : np.ndarray or None
+        (P, 2 or 3) rows of each pair, for pair data (see :attr:`pair_ids`).
+    roles : Roles or None
+        An image CSV's ``split``/``is_query``/``is_gallery`` per row (:mod:`metriclearn.images.roles`).
     """
 
     X: np.ndarray | list[str]
@@ -121,6 +127,7 @@ class LabeledData:
     classes: list
     source: str
     pairs: np.ndarray | None = None
+    roles: Roles | None = None
 
     def __post_init__(self) -> None:
         if self.y is not None and len(self.X) != len(self.y):
@@ -180,7 +187,8 @@ class LabeledData:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         X = [self.X[i] for i in idx] if isinstance(self.X, list) else self.X[idx]
         y = None if self.y is None else self.y[idx]
-        return LabeledData(X=X, y=y, classes=list(self.classes), source=self.source)
+        roles = None if self.roles is None else self.roles.subset(idx)
+        return LabeledData(X=X, y=y, classes=list(self.classes), source=self.source, roles=roles)
 
 
 def make_pairs(anchors: Sequence[str], positives: Sequence[str], negatives: Sequence[str] | None = None,
@@ -583,10 +591,11 @@ def load_data(
     if source_name == DIGITS:
         X, y = _digits()
     elif _is_images(Path(source)):
-        from metriclearn.images import ImageOptions, read_images
+        from metriclearn.images import ImageOptions, read_image_rows
 
         label = (columns or CsvColumns()).label
-        X, y = read_images(Path(source), label, require_labels, images or ImageOptions())
+        X, y, roles = read_image_rows(Path(source), label, require_labels, images or ImageOptions())
+        return dataclasses.replace(_assemble(X, y, classes, source_name, unseen), roles=roles)
     else:
         path = _existing_file(source)
         suffix = path.suffix.lower()

@@ -62,8 +62,8 @@ from metriclearn._progress import progress
 from metriclearn._scale import rescaled, unit_rows_tensor
 from metriclearn.data import stratified_subsample
 
-__all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "embedding_metrics", "pair_metrics", "retrieval_metrics",
-           "separation_metrics"]
+__all__ = ["RETRIEVAL_KEYS", "SEPARATION_KEYS", "embedding_metrics", "pair_metrics", "query_gallery_metrics",
+           "retrieval_metrics", "separation_metrics"]
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r", "knn_accuracy")
 SEPARATION_KEYS = ("silhouette", "davies_bouldin", "calinski_harabasz", "nmi", "ami")
@@ -164,6 +164,50 @@ def retrieval_metrics(
             totals += _block_sums(labels, torch.from_numpy(q_codes[block]), r_block, k)
     means = totals / len(rows)
     return {key: float(v) for key, v in zip(RETRIEVAL_KEYS, means, strict=True)}
+
+
+def query_gallery_metrics(
+    embeddings: Any, labels: Any, is_query: Any, is_gallery: Any, metric: str = "l2", k: int = 5
+) -> dict[str, float]:
+    """:func:`retrieval_metrics` of the rows ``is_query`` searching the rows ``is_gallery``, where a row may be
+    both and is never its own neighbour (open-metric-learning's query/gallery protocol).
+
+    The queries also in the gallery search it with ``exclude_self`` (the reference is those queries, then the
+    other gallery rows, so ties between equal distances go to them first); the other queries search the gallery
+    as it is. Each metric is the mean over all queries with R ≥ 1, i.e. the two groups' means weighted by their
+    numbers of such queries. With every row both a query and in the gallery this is leave-one-out retrieval.
+
+    Example
+    -------
+    >>> x = np.array([[0.0], [0.1], [1.0], [1.1], [0.05]], dtype=np.float32)
+    >>> m = query_gallery_metrics(x, [0, 0, 1, 1, 0], [True, False, True, False, True], [True, True, True, True, False])
+    >>> m["precision_at_1"], m["map_at_r"]
+    (1.0, 1.0)
+    """
+    x = check_matrix(embeddings, "embeddings")
+    y = check_labels(labels, "labels", n=len(x))
+    query, gallery = (np.asarray(m, dtype=bool).reshape(-1) for m in (is_query, is_gallery))
+    for name, mask in (("is_query", query), ("is_gallery", gallery)):
+        if len(mask) != len(x):
+            raise ValueError(f"{name} must have one value per row ({len(x)}), got {len(mask)}")
+        if not mask.any():
+            raise ValueError(f"{name} selects no row")
+    both, only = np.flatnonzero(query & gallery), np.flatnonzero(query & ~gallery)
+    reference = np.concatenate([both, np.flatnonzero(gallery & ~query)])
+    codes = np.unique(y, return_inverse=True)[1].reshape(-1)
+    totals, counted = np.zeros(len(RETRIEVAL_KEYS)), 0
+    for rows, ref, exclude in ((both, reference, True), (only, np.flatnonzero(gallery), False)):
+        if not len(rows):
+            continue
+        relevant = np.bincount(codes[ref], minlength=int(codes.max()) + 1)[codes[rows]] - int(exclude)
+        n = int((relevant > 0).sum())
+        if n:
+            means = retrieval_metrics(x[rows], y[rows], x[ref], y[ref], metric, k, exclude_self=exclude)
+            totals += n * np.array([means[key] for key in RETRIEVAL_KEYS])
+            counted += n
+    if not counted:
+        raise ValueError("no query has a same-class item in the gallery, so no retrieval metric is defined")
+    return {key: float(v) for key, v in zip(RETRIEVAL_KEYS, totals / counted, strict=True)}
 
 
 def _joint_codes(qy: np.ndarray, ry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,10 @@
 A pair file (``anchor``/``positive`` lines) is measured on its own pairs: Recall@1/@10, MRR@10 and NDCG@10 of
 each anchor against all the file's positives (:func:`metriclearn.metrics.pair_metrics`).
 
+An image ``.csv`` with open-metric-learning's columns is measured their way (:mod:`metriclearn.images.roles`):
+only its ``split=validation`` rows when it has a ``split``, and with ``is_query``/``is_gallery`` its queries
+searching its gallery (an item never finding itself) instead of leave-one-out.
+
 The data's classes may be the run's own or new ones (the standard protocol of metric learning trains on some
 classes and measures retrieval on others): retrieval is leave-one-out within ``--data``, or searches
 ``--reference``. The output says which classes were seen in training, and when ``--data`` mixes both kinds
@@ -105,17 +109,25 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
         from metriclearn.indexes import describe
 
         check_built_by(describe(index_dir)["model_fingerprint"], index_dir, run)
+    masks = None
+    if reference is None and loaded[0].roles is not None:  # an image CSV's split / is_query / is_gallery
+        rows = loaded[0].roles.evaluated()
+        masks = loaded[0].roles.query_gallery(rows)
+        loaded[0] = loaded[0].subset(rows)
     labels = loaded[0].y
-    if reference is None and labels is not None and not (np.bincount(labels) > 1).any():
+    if masks is None and reference is None and labels is not None and not (np.bincount(labels) > 1).any():
         raise ValueError(f"{data}: no class has two or more rows, so leave-one-out retrieval measures nothing; "
                          "add rows or give --reference PATH")
     query, *refs = [run.embed(d, batch_size=batch_size, device=device, require_labels=True, layer=layer)
                     for d in loaded]
     ref = refs[0] if refs else None
     q_labels = query.label_values()
-    metrics = embedding_metrics(query.embeddings, q_labels, *(() if ref is None else
-                                                              (ref.embeddings, ref.label_values())))
-    metrics.update(_by_group(query, ref))
+    if masks is not None:
+        metrics = _query_gallery(query.embeddings, q_labels, *masks)
+    else:
+        metrics = embedding_metrics(query.embeddings, q_labels, *(() if ref is None else
+                                                                  (ref.embeddings, ref.label_values())))
+        metrics.update(_by_group(query, ref))
     seen, unseen = query.present_classes()
     assert query.labels is not None  # embedded with require_labels=True
     n_seen = int(np.count_nonzero(query.labels < query.known))
@@ -156,6 +168,20 @@ def _pair_metrics(run: Any, pairs: Any, batch_size: int, device: str) -> dict[st
     anchors, positives = embeddings[pairs.pairs[:, 0]], embeddings[pairs.pairs[:, 1]]
     return {"pairs": pair_metrics(anchors, positives), "retrieval": retrieval_metrics(embeddings, pairs.y),
             "data": {"source": pairs.source, "n_query": len(pairs.pairs), "n_pairs": len(pairs.pairs)}}
+
+
+def _query_gallery(embeddings: np.ndarray, labels: np.ndarray, is_query: np.ndarray,
+                   is_gallery: np.ndarray) -> dict[str, Any]:
+    """The metrics of an image CSV's queries searching its gallery (:func:`~metriclearn.metrics.query_gallery_metrics`),
+    in ``metrics.json``'s shape; separation is measured on every evaluated row."""
+    from metriclearn.metrics import query_gallery_metrics, separation_metrics
+
+    k = 5
+    return {"retrieval": query_gallery_metrics(embeddings, labels, is_query, is_gallery, k=k),
+            "separation": separation_metrics(embeddings, labels),
+            "data": {"n_query": int(is_query.sum()), "n_reference": int(is_gallery.sum()),
+                     "n_both": int((is_query & is_gallery).sum()), "protocol": "query/gallery",
+                     "dim": int(embeddings.shape[1]), "n_classes": len(np.unique(labels)), "metric": "l2", "k": k}}
 
 
 def _by_group(query: Any, ref: Any) -> dict[str, Any]:

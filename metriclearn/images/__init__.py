@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from metriclearn.images.listing import IMAGE_SUFFIXES, ImageItem, is_image_csv, list_csv, list_folder
+from metriclearn.images.roles import Roles
 
-__all__ = ["IMAGE_SUFFIXES", "DEFAULT_MAX_SIDE", "ImageOptions", "is_image_source", "read_images"]
+__all__ = ["IMAGE_SUFFIXES", "DEFAULT_MAX_SIDE", "ImageOptions", "is_image_source", "read_images", "read_image_rows"]
 
 DEFAULT_MAX_SIDE = 224  # an automatic size never exceeds this (ImageNet's input size)
 
@@ -72,11 +73,20 @@ def read_images(source: Path, label_column: str = "label", require_labels: bool 
     subfolders, a CSV without ``label_column``), a bad image (naming the file and its CSV row) unless
     ``options.skip_bad``.
     """
+    X, labels, _ = read_image_rows(source, label_column, require_labels, options)
+    return X, labels
+
+
+def read_image_rows(source: Path, label_column: str = "label", require_labels: bool = False,
+                    options: ImageOptions = ImageOptions()) -> tuple[np.ndarray, np.ndarray | None, Roles | None]:
+    """:func:`read_images` and the rows' roles (a CSV's ``split``/``is_query``/``is_gallery``:
+    :class:`~metriclearn.images.roles.Roles`, ``None`` for a folder or a CSV without them), of the images kept."""
     from metriclearn.images.decode import image_side
     from metriclearn.images.loader import decode_all
 
     source = Path(source)
     items = list_folder(source) if source.is_dir() else list_csv(source, label_column)
+    roles = Roles.from_items(items)  # checked before the (long) decoding
     labelled = items[0].label is not None
     if require_labels and not labelled:
         missing = "no class subfolders" if source.is_dir() else f"no {label_column!r} column"
@@ -86,12 +96,13 @@ def read_images(source: Path, label_column: str = "label", require_labels: bool 
         size = min(_first_side(items, image_side, options.skip_bad), DEFAULT_MAX_SIDE)
     decoded = decode_all(items, size, options.channels, options.workers, options.skip_bad, options.cache)
     X = decoded.pixels.astype(np.float32) / 255.0
+    roles = None if roles is None else roles.subset(decoded.kept)
     if not labelled:
-        return X, None
+        return X, None, roles
     labels = [items[i].label for i in decoded.kept]
     if len({type(v) for v in labels}) > 1:  # class folders "7" and "cat": all names as text
         labels = [str(v) for v in labels]
-    return X, np.array(labels)
+    return X, np.array(labels), roles
 
 
 def _first_side(items: list[ImageItem], image_side: object, skip_bad: bool) -> int:

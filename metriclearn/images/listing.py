@@ -7,7 +7,8 @@ Layouts
 - ``DIR/<image>`` with no class subfolders: unlabelled images (embedding, indexing, reports).
 - ``FILE.csv`` with columns ``path`` and ``label`` (another name: ``label_column``) and optionally ``split``
   (``train`` / ``validation``), ``is_query`` and ``is_gallery`` (``0``/``1``, ``true``/``false``):
-  open-metric-learning's columns. ``path`` is relative to the CSV's folder (or absolute). Without a label
+  open-metric-learning's columns (what ``train`` and ``evaluate`` do with them: :mod:`metriclearn.images.roles`).
+  ``path`` is relative to the CSV's folder (or absolute). Without a label
   column the images are unlabelled.
 
 Image files are those ending in :data:`IMAGE_SUFFIXES` (case-insensitive); hidden files are passed over.

@@ -53,7 +53,7 @@ from metriclearn.training.resume import (
     started_config,
 )
 from metriclearn.training.rng import seed_everything
-from metriclearn.training.splits import split_for_validation
+from metriclearn.training.splits import split_by_column, split_for_validation
 from metriclearn.training.trainer import Trainer
 
 _RUN_HINT = "--resume to continue it or --overwrite"
@@ -190,12 +190,15 @@ def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, ca
             save_model(out / "model.pt", model, config, input_shape, head=classification_head(trainer.objective))
             return metrics
         held_out_emb = trainer.embed(held_out)
-        unseen = val is not None and config.val_split == "classes"
+        by_column = data.roles is not None and data.roles.split is not None  # an image CSV's split column
+        unseen = val is not None and (config.val_split == "classes" or (by_column and not np.isin(held_out.y,
+                                                                                                   train.y).any()))
         # held-out classes have no same-class item among the training samples: leave-one-out among themselves
         reference = (None, None) if unseen else (trainer.embed(train), train.y)
         metrics = evaluate_embeddings(held_out_emb, held_out.y, *reference)
         metrics.update(split="val" if val is not None else "train", n_train=len(train), n_eval=len(held_out),
-                       epochs=trainer.epoch, train_seconds=seconds, val_split=config.val_split)
+                       epochs=trainer.epoch, train_seconds=seconds,
+                       val_split="column" if by_column else config.val_split)
         if best is not None:
             metrics.update(best)
         if unseen:
@@ -294,7 +297,10 @@ def _load_splits(config: TrainConfig) -> tuple[Any, Any, Any]:
 
     data = load_data(config.data, columns=CsvColumns(label=config.label_column), images=image_options(config))
     train, val = data, None
-    if config.val_fraction > 0:
+    by_column = split_by_column(data)  # an image CSV's split column decides, when it has one
+    if by_column is not None:
+        train, val = by_column
+    elif config.val_fraction > 0:
         train, val = split_for_validation(data, config.val_split, config.val_fraction, config.seed)
         val = val if val is not None and len(val) > 0 else None  # too small a fraction to hold anything out
     if data.is_pairs:  # every pair is a class of its own texts: nothing more can go wrong

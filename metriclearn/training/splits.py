@@ -87,3 +87,18 @@ def split_for_validation(data: Any, how: str, val_fraction: float, seed: int) ->
     if how == "classes":
         return class_disjoint_split(data, val_fraction, seed)
     return train_val_split(data, val_fraction=val_fraction, seed=seed)
+
+
+def split_by_column(data: Any) -> tuple[Any, Any] | None:
+    """``(train, val or None)`` by an image CSV's ``split`` column (:mod:`metriclearn.images.roles`): the
+    ``train`` rows and the ``validation`` rows (``None`` when there are none); ``None`` when ``data`` has no
+    such column. ``ValueError`` when no row has ``split=train``."""
+    roles = getattr(data, "roles", None)
+    rows = None if roles is None else roles.train_validation()
+    if rows is None:
+        return None
+    train_rows, val_rows = rows
+    if not len(train_rows):
+        raise ValueError(f"{data.source}: no row has split=train ({len(val_rows)} validation rows), so there is "
+                         "nothing to train on")
+    return data.subset(train_rows), data.subset(val_rows) if len(val_rows) else None
