@@ -70,6 +70,18 @@ label_column_option = click.option("--label-column", metavar="NAME", default="la
                                    help="The label column of a .csv --data (every other column is a feature).")
 
 
+workers_option = click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                              help="Processes decoding image data (0: this one).")
+skip_bad_images_option = click.option("--skip-bad-images", is_flag=True,
+                                      help="Skip (and list) images that cannot be read, instead of stopping.")
+
+
+def image_data_options(command: Any) -> Any:
+    """``--workers N`` and ``--skip-bad-images``: how a command decodes image ``--data`` (one definition for
+    ``embed``, ``evaluate``, ``second-opinion`` and every :func:`vector_options` command)."""
+    return workers_option(skip_bad_images_option(command))
+
+
 def parse_columns(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
     """``--keep-columns A,B`` → ``("A", "B")``; an empty name is a usage error."""
     if value is None:
@@ -137,6 +149,7 @@ def vector_options(matrix_flag: str, matrix_help: str, labels_flag: str | None =
         options.insert(1, click.option(labels_flag, "labels", type=click.Path(dir_okay=False, path_type=Path),
                                        help=f"Labels (n,) .npy (ints or strings) for {matrix_flag}."))
         options.append(label_column_option)
+    options += [workers_option, skip_bad_images_option]
 
     def decorate(command: Any) -> Any:
         for option in reversed(options):
@@ -174,11 +187,14 @@ def read_vectors(
     device: str = "auto",
     batch_size: int = 1024,
     columns: Any = None,
+    workers: int = 0,
+    skip_bad: bool = False,
 ) -> Vectors:
     """Check the source (:func:`check_source`), then read the ``.npy`` files or embed ``data`` with the run.
 
     ``what`` names the matrix in messages (``"embeddings"``, ``"queries"``); ``columns``
-    (:class:`~metriclearn.data.CsvColumns`) names the label, id and metadata columns of a ``.csv`` ``data``.
+    (:class:`~metriclearn.data.CsvColumns`) names the label, id and metadata columns of a ``.csv`` ``data``;
+    ``workers`` and ``skip_bad`` say how image ``data`` is decoded (:meth:`~metriclearn.runs.TrainedRun.image_options`).
     """
     check_source(matrix, model, data, matrix_flag, labels, labels_flag)
     from metriclearn.data import load_labels, load_matrix
@@ -192,11 +208,11 @@ def read_vectors(
 
     assert model is not None and data is not None
     run = load_run(model)
-    if columns is not None:  # read here, with the columns named; the run embeds the LabeledData
+    if columns is not None or workers or skip_bad:  # read here, as asked; the run embeds the LabeledData
         from metriclearn.data import load_data
 
         source: Any = load_data(data, classes=run.classes, require_labels=False, unseen="append", columns=columns,
-                                images=run.image_options())
+                                images=run.image_options(workers, skip_bad))
     else:
         source = data
     embedded = run.embed(source, batch_size=batch_size, device=device)

@@ -63,6 +63,8 @@ def calibrate(
     model: Path | None,
     data: str | None,
     label_column: str,
+    workers: int,
+    skip_bad_images: bool,
     method: str,
     alpha: float,
     target_precision: float | None,
@@ -91,7 +93,8 @@ def calibrate(
         raise click.UsageError("--embeddings needs --labels FILE.npy (calibration rows must be labelled)")
     index = _load_index(index_dir, device)
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
-                           labels_flag="--labels", device=device, columns=csv_columns(label_column))
+                           labels_flag="--labels", device=device, columns=csv_columns(label_column),
+                           workers=workers, skip_bad=skip_bad_images)
     if vectors.labels is None:
         raise ValueError(f"{vectors.origin} has no labels; calibration rows must be labelled")
     check_same_model(index, index_dir, vectors)

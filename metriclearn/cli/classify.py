@@ -95,6 +95,8 @@ def classify(
     model: Path | None,
     data: str | None,
     label_column: str,
+    workers: int,
+    skip_bad_images: bool,
     method: str,
     k: int | None,
     theta: float | None,
@@ -126,7 +128,8 @@ def classify(
     index = _load_index(index_dir, device)
     k = check_k(k, index, index_dir) if k is not None else None
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="queries", labels=labels,
-                           labels_flag="--labels", device=device, columns=csv_columns(label_column))
+                           labels_flag="--labels", device=device, columns=csv_columns(label_column),
+                           workers=workers, skip_bad=skip_bad_images)
     check_same_model(index, index_dir, vectors)
     q = check_dim(vectors, index, index_dir)
     from metriclearn.classify.from_index import OptionClash, classifier_from_index

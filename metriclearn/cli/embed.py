@@ -15,7 +15,14 @@ import click
 
 from metriclearn._choices import LAYERS
 from metriclearn._device import DEVICES
-from metriclearn.cli._inputs import check_distinct_files, csv_columns, examples, label_column_option, quiet_option
+from metriclearn.cli._inputs import (
+    check_distinct_files,
+    csv_columns,
+    examples,
+    image_data_options,
+    label_column_option,
+    quiet_option,
+)
 
 
 @click.command("embed", epilog=examples(
@@ -36,9 +43,7 @@ from metriclearn.cli._inputs import check_distinct_files, csv_columns, examples,
 @click.option("--layer", type=click.Choice(LAYERS), default="embedding", show_default=True,
               help="'hidden': the MLP's last hidden layer (before its ReLU), which retrieves new classes better.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Processes decoding image data (0: this one).")
-@click.option("--skip-bad-images", is_flag=True, help="Skip (and list) images that cannot be read.")
+@image_data_options
 @label_column_option
 @quiet_option
 def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives_out: str | None, batch_size: int,

@@ -24,7 +24,14 @@ import numpy as np
 
 from metriclearn._choices import LAYERS
 from metriclearn._device import DEVICES
-from metriclearn.cli._inputs import check_distinct_files, csv_columns, examples, label_column_option, quiet_option
+from metriclearn.cli._inputs import (
+    check_distinct_files,
+    csv_columns,
+    examples,
+    image_data_options,
+    label_column_option,
+    quiet_option,
+)
 
 SECTIONS = ("pairs", "retrieval", "retrieval_vs_reference", "retrieval_seen", "retrieval_unseen", "separation")
 
@@ -77,10 +84,12 @@ def _few(values: list[Any], limit: int = 8) -> str:
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
               help="A calibrated index of this model's embeddings: also report ECE, coverage and mean set size "
               "(and the rejection rule's precision) of each calibration it holds.")
+@image_data_options
 @label_column_option
 @quiet_option
 def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, as_json: bool, batch_size: int,
-             layer: str, device: str, index_dir: Path | None, label_column: str, quiet: bool) -> None:
+             layer: str, device: str, index_dir: Path | None, workers: int, skip_bad_images: bool, label_column: str,
+             quiet: bool) -> None:
     """Retrieval and separation metrics of a trained run on DATA (printed and written as JSON)."""
     from metriclearn._atomic import write_json
     from metriclearn.data import load_data
@@ -94,7 +103,7 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     run = load_run(model_dir)
     sources = [data] if reference is None else [data, reference]  # both read and checked before any embedding
     loaded = [load_data(s, classes=run.classes, unseen="append", columns=csv_columns(label_column),
-                        images=run.image_options()) for s in sources]
+                        images=run.image_options(workers, skip_bad_images)) for s in sources]
     if any(d.is_pairs for d in loaded):
         if reference is not None or index_dir is not None or layer != "embedding":
             raise click.UsageError("a pair file is measured on its own pairs (each anchor against all its "
@@ -123,6 +132,7 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
     ref = refs[0] if refs else None
     q_labels = query.label_values()
     if masks is not None:
+        assert q_labels is not None  # embedded with require_labels=True
         metrics = _query_gallery(query.embeddings, q_labels, *masks)
     else:
         metrics = embedding_metrics(query.embeddings, q_labels, *(() if ref is None else

@@ -82,6 +82,8 @@ def build(
     label_column: str,
     id_column: str | None,
     keep_columns: tuple[str, ...],
+    workers: int,
+    skip_bad_images: bool,
     kind: str,
     metric: str,
     nlist: int | None,
@@ -119,7 +121,8 @@ def build(
     ids, metadata = csv_extras(data, columns) if (id_column or keep_columns) and data is not None else (None, None)
 
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
-                           labels_flag="--labels", device=device, columns=columns)  # torchrun: a shard a rank
+                           labels_flag="--labels", device=device, columns=columns,  # torchrun: a shard a rank
+                           workers=workers, skip_bad=skip_bad_images)
     if not _is_main_process():  # under torchrun rank 0 builds and writes
         return
     if shards > 1:
@@ -152,8 +155,8 @@ def build(
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON result here.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @quiet_option
-def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | None, k: int, as_json: bool,
-          out: Path | None, device: str, quiet: bool) -> None:
+def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | None, workers: int,
+          skip_bad_images: bool, k: int, as_json: bool, out: Path | None, device: str, quiet: bool) -> None:
     """Print the k nearest neighbours of every query (a table, or JSON with --json).
 
     Queries come from --embeddings FILE.npy (or --queries, its older name), or --model DIR --data PATH
@@ -165,7 +168,8 @@ def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | 
     check_distinct_files([("--out", out)], [("--embeddings", matrix), ("--data", data)])
     idx = load_index(index_dir, device=device)
     k = check_k(k, idx, index_dir)
-    vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="queries", device=device)
+    vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="queries", device=device,
+                           workers=workers, skip_bad=skip_bad_images)
     check_same_model(idx, index_dir, vectors)
     D, I = idx.search(check_dim(vectors, idx, index_dir), k)  # collective on a sharded index under torchrun
     if not _is_main_process():  # rank 0 prints and writes

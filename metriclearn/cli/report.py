@@ -48,6 +48,8 @@ def report(
     model: Path | None,
     data: str | None,
     label_column: str,
+    workers: int,
+    skip_bad_images: bool,
     method: str,
     out: Path,
     overwrite: bool,
@@ -73,7 +75,8 @@ def report(
     check_source(matrix, model, data, "--embeddings", labels, "--labels")
     check_output_dir(out, "report", overwrite=overwrite)  # before embedding
     vectors = read_vectors(matrix, model, data, matrix_flag="--embeddings", what="embeddings", labels=labels,
-                           labels_flag="--labels", device=device, columns=csv_columns(label_column))
+                           labels_flag="--labels", device=device, columns=csv_columns(label_column),
+                           workers=workers, skip_bad=skip_bad_images)
     codes, classes = vectors.labels, vectors.classes
     if vectors.embedded is not None and codes is not None:
         codes = vectors.embedded.labels  # int codes into the run's classes (then new ones)
@@ -92,7 +95,7 @@ def report(
     if not is_main_process():  # under torchrun every rank embedded its shard of --data; rank 0 alone writes
         return
     calibration, confidence = _calibration(index_dir, vectors) if index_dir is not None else (None, None)
-    texts, thumbnails = _item_content(data) if data is not None else (None, None)
+    texts, thumbnails = _item_content(data, vectors.run, workers, skip_bad_images) if data is not None else (None, None)
     training_log = None if vectors.run is None else Path(vectors.run.path) / "log.csv"
     with claim_output_dir(out, "report", overwrite=overwrite):
         metrics = write_report(vectors.x, codes, out, method=method, classes=classes, config=config,
@@ -131,14 +134,16 @@ def _calibration(index_dir: Path, vectors: Any) -> tuple[dict[str, Any], np.ndar
     return dict(calibration), np.asarray(confidence, dtype=np.float32)
 
 
-def _item_content(data: str) -> tuple[list[str] | None, np.ndarray | None]:
+def _item_content(data: str, run: Any, workers: int, skip_bad: bool) -> tuple[list[str] | None, np.ndarray | None]:
     """The texts (.jsonl) or images (digits, image-shaped .npz, an image folder or path CSV) of ``--data``, for the
-    explorer to show."""
-    from metriclearn.images import is_image_source
+    explorer to show; images decoded as ``run`` decodes them (the same files skipped, the decoded cache reused)."""
+    from metriclearn.images import ImageOptions, is_image_source
 
     if data != "digits" and Path(data).suffix.lower() not in (".jsonl", ".npz") and not is_image_source(Path(data)):
         return None, None
     from metriclearn.data import load_data
     from metriclearn.reports.explorer import item_content
 
-    return item_content(load_data(data, require_labels=False))
+    images = run.image_options(workers, skip_bad) if run is not None else ImageOptions(workers=workers,
+                                                                                       skip_bad=skip_bad)
+    return item_content(load_data(data, require_labels=False, images=images))

@@ -25,10 +25,16 @@ import numpy as np
 
 from metriclearn._atomic import atomic_open, save_npy
 from metriclearn.classify.defaults import DEFAULT_LAM, DEFAULT_THETA
-from metriclearn.cli._inputs import check_distinct_files, examples, load_probabilities, quiet_option
+from metriclearn.cli._inputs import (
+    check_distinct_files,
+    examples,
+    image_data_options,
+    load_probabilities,
+    quiet_option,
+)
 from metriclearn.cli.classify import _check_output, _device_option, _load_features, _load_index
 
-_MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save")
+_MODEL_ONLY = ("cache", "data", "layers", "tune_data", "audit", "save", "workers", "skip_bad_images", "image_size")
 _FEATURES_ONLY = ("index_dir", "features", "probs", "labels", "tune")
 _FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # parameter -> its option's name
 
@@ -69,6 +75,10 @@ _FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # 
               help="Model form: save the cache (an index directory with θ, λ, layers and the model's fingerprint).")
 @click.option("--overwrite", is_flag=True, help="Replace what an earlier --save wrote there.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Model form: inputs per forward pass.")
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
+              help="Model form: decode image --cache / --data / --tune-data at N x N (default: the model's input "
+                   "size when it records one, else the first picture's shorter side, at most 224).")
+@image_data_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Blended probabilities (n, K) .npy.")
 @_device_option
@@ -162,15 +172,16 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     options = {"tokenizer": loaded.tokenizer, "batch_size": opts["batch_size"], "device": device}
     layers = list(opts["layers"]) or None
     # every input is read (and refused) before the cache's features are computed
-    x, y = read_inputs(opts["data"], loaded, "--data", labels="optional")
+    images = _image_options(loaded, opts)
+    x, y = read_inputs(opts["data"], loaded, "--data", labels="optional", images=images)
     if opts["tune_data"] is not None:
-        x_val, y_val = read_inputs(opts["tune_data"], loaded, "--tune-data", labels="required")
+        x_val, y_val = read_inputs(opts["tune_data"], loaded, "--tune-data", labels="required", images=images)
     if _saved_cache(opts["cache"]):
         if layers is not None:
             raise click.UsageError("--layer does not go with a saved --cache directory (its layers are fixed)")
         opinion = SecondOpinion.load(opts["cache"], loaded.model, theta=opts["theta"], lam=opts["lam"], **options)
     else:
-        x_cache, y_cache = read_inputs(opts["cache"], loaded, "--cache", labels="required")
+        x_cache, y_cache = read_inputs(opts["cache"], loaded, "--cache", labels="required", images=images)
         opinion = SecondOpinion(loaded.model, layers, opts["theta"], opts["lam"], classes=loaded.classes, **options)
         opinion.fit(x_cache, y_cache)
     if opts["tune_data"] is not None:
@@ -222,14 +233,25 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
 
 
-def read_inputs(path: Path, loaded: Any, flag: str, labels: str) -> tuple[Any, list[Any] | None]:
+def _image_options(loaded: Any, opts: dict[str, Any]) -> Any:
+    """How image inputs are decoded: at ``--image-size``, else the model's recorded (C, S, S) input size, else
+    automatically; with ``--workers`` and ``--skip-bad-images``."""
+    from metriclearn.images import ImageOptions
+
+    shape = tuple(loaded.input_shape or ())
+    size = opts["image_size"] or (int(shape[-1]) if len(shape) == 3 and shape[0] in (1, 3) else None)
+    return ImageOptions(size=size, workers=opts["workers"], skip_bad=opts["skip_bad_images"])
+
+
+def read_inputs(path: Path, loaded: Any, flag: str, labels: str, images: Any = None) -> tuple[Any, list[Any] | None]:
     """``(inputs, label values or None)`` of a data file for ``loaded``'s kind of input; ``labels="required"``
-    refuses a file without labels."""
+    refuses a file without labels; ``images`` (:class:`~metriclearn.images.ImageOptions`): how image data is
+    decoded."""
     from metriclearn.data import load_data
 
     path = Path(path)
     check_input_kind(path, loaded, flag)
-    data = load_data(path, require_labels=False)
+    data = load_data(path, require_labels=False, images=images)
     if labels == "required" and not data.is_labeled:
         raise ValueError(f"{flag} {str(path)!r} holds no labels; the cache and tuning data need them "
                          "(.npz with X and y, .csv with a label column, .jsonl with a label per line)")

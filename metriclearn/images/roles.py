@@ -74,8 +74,10 @@ class Roles:
     def subset(self, indices: np.ndarray) -> Roles:
         """The roles of rows ``indices``."""
         idx = np.asarray(indices, dtype=np.int64)
-        return Roles(*(None if a is None else a[idx] for a in (self.split, self.is_query, self.is_gallery)),
-                     where=self.where[idx])
+        def pick(column: np.ndarray | None) -> np.ndarray | None:
+            return None if column is None else column[idx]
+
+        return Roles(pick(self.split), pick(self.is_query), pick(self.is_gallery), self.where[idx])
 
     def train_validation(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(train rows, validation rows)`` by the ``split`` column, or ``None`` without it."""
