@@ -14,6 +14,11 @@ weights come from a file); ``freeze=False`` fine-tunes it (``unfreeze=N``: its t
 ``encoder_lr`` (:meth:`encoder_parameters`), under bf16 autocast on a CPU with native bf16 (``cpu_bf16``).
 ``channels_last=True`` runs a convolutional backbone in the NHWC memory format.
 
+A frozen backbone is a fixed function of its input, so its pooled features are computed once per picture and
+kept in memory (up to ``cache_size`` pictures, keyed by a BLAKE2b digest of the picture's pixels): every epoch
+after the first, and the validation passes, only run the head. Not when the input changes every time (training
+with augmentation) nor for pictures on a GPU (hashing them would copy them back; the GPU recomputes fast).
+
 Example
 -------
 >>> import tempfile, torch
@@ -29,6 +34,7 @@ torch.Size([3, 4])
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -66,12 +72,16 @@ class VisionEncoder(nn.Module):
         The decoded images' side (the augmentation's crop size); ``None``: the backbone's input size.
     channels_last:
         Run the backbone in the channels-last memory format.
+    cache_size:
+        Frozen backbone: how many pictures' features are kept in memory (0: none; see the module docstring).
     """
 
     def __init__(self, spec: str, embedding_dim: int | None = 64, normalize: bool = True, freeze: bool = True,
                  unfreeze: int | None = None, augment: str = "none", image_size: int | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, cache_size: int = 100_000) -> None:
         super().__init__()
+        self.cache_size = check_positive_int(cache_size, "cache_size", allow_zero=True)
+        self._memo: dict[bytes, Tensor] = {}  # picture digest -> frozen backbone features (H,)
         self.spec = spec.strip()
         self.freeze = check_bool(freeze, "freeze")
         self.normalize = check_bool(normalize, "normalize")
@@ -136,8 +146,19 @@ class VisionEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 4:
             raise ValueError(f"VisionEncoder expects images (N, C, H, W), got {describe(x)}")
-        if self.training and self.augment_preset != "none":
+        augmented = self.training and self.augment_preset != "none"
+        if augmented:
             x = self.augment(x)
+        memo = (self.freeze and self.cache_size > 0 and not augmented and x.device.type == "cpu"
+                and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_inference_mode_enabled())  # inference tensors could not train the head later
+        features = self._remembered_features(x) if memo else self._features(x)  # (N, H)
+        out = self.head(features.float() if self.freeze else features)  # (N, D)
+        return F.normalize(out, dim=1) if self.normalize else out
+
+    def _features(self, x: Tensor) -> Tensor:
+        """The backbone's pooled features of pictures ``x`` (N, C, S, S) in [0, 1]: channels, resize, its
+        normalisation, the backbone."""
         x = match_channels(x, self._backbone.channels)
         if self.input_size is not None:
             x = resize_batch(x, self.input_size)
@@ -145,9 +166,26 @@ class VisionEncoder(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            features = self._backbone.features(x)  # (N, H)
-        out = self.head(features.float() if self.freeze else features)  # (N, D)
-        return F.normalize(out, dim=1) if self.normalize else out
+            return self._backbone.features(x)
+
+    def _remembered_features(self, x: Tensor) -> Tensor:
+        """:meth:`_features` of a frozen backbone, from memory for the pictures seen before (the rest computed
+        once, and kept while fewer than ``cache_size`` are)."""
+        rows = x.detach().contiguous().numpy()
+        keys = [hashlib.blake2b(row, digest_size=16).digest() for row in rows]
+        missing = [i for i, key in enumerate(keys) if key not in self._memo]
+        computed = self._features(x[missing]).detach() if missing else None
+        out = torch.empty(len(keys), self.hidden_size, dtype=computed.dtype if computed is not None else
+                          next(iter(self._memo.values())).dtype)
+        for j, i in enumerate(missing):
+            assert computed is not None
+            out[i] = computed[j]
+            if len(self._memo) < self.cache_size:
+                self._memo[keys[i]] = computed[j].clone()
+        for i, key in enumerate(keys):
+            if key in self._memo:
+                out[i] = self._memo[key]
+        return out
 
     def extra_repr(self) -> str:
         return (f"spec={self.spec!r}, freeze={self.freeze}, augment={self.augment_preset!r}, "

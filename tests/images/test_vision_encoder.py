@@ -141,3 +141,39 @@ def test_same_image_same_vector_whatever_the_batch(tiny_resnet_dir: Path) -> Non
         whole = model(x).numpy()
         parts = np.concatenate([model(x[:2]).numpy(), model(x[2:]).numpy()])
     np.testing.assert_allclose(parts, whole, rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_features_are_computed_once_per_picture(tiny_resnet_dir: Path) -> None:
+    """A frozen backbone runs once per picture (then only the head), unless training augments; the outputs and
+    the head's gradients are those of a model that keeps nothing."""
+    torch.manual_seed(0)
+    model = VisionEncoder(f"hf-vision:{tiny_resnet_dir}", embedding_dim=4)
+    plain = VisionEncoder(f"hf-vision:{tiny_resnet_dir}", embedding_dim=4, cache_size=0)
+    plain.load_state_dict(model.state_dict())
+    seen: list[int] = []
+    model.backbone.register_forward_hook(lambda module, args, out: seen.append(1))
+    x = torch.rand(7, 3, 16, 16)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    for batch, runs in ((x[:5], 1), (x[2:], 1), (x[[6, 0, 3]], 0)):  # batches that overlap, in another order
+        calls = len(seen)
+        out, expected = model(batch), plain(batch)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        grads = [torch.autograd.grad(m(batch)[:, 0].sum(), m.head.weight)[0] for m in (model, plain)]
+        torch.testing.assert_close(grads[0], grads[1])
+        assert len(seen) - calls == runs  # the backbone runs on the new pictures only, once
+    assert len(model._memo) == 7
+    seen.clear()
+    model(x)
+    assert not seen  # every picture seen before: the backbone does not run
+    augmenting = VisionEncoder(f"hf-vision:{tiny_resnet_dir}", embedding_dim=4, augment="light")
+    augmenting.backbone.register_forward_hook(lambda module, args, out: seen.append(1))
+    augmenting.train()
+    augmenting(x), augmenting(x)
+    assert len(seen) == 2 and not augmenting._memo  # augmented pictures differ every time: nothing kept
+    augmenting.eval()
+    augmenting(x), augmenting(x)
+    assert len(seen) == 3 and len(augmenting._memo) == 7  # embedding does not augment: kept
+    small = VisionEncoder(f"hf-vision:{tiny_resnet_dir}", embedding_dim=4, cache_size=3)
+    small(x)
+    assert len(small._memo) == 3
+    _step(small, x, y)  # still trains with a full memory
