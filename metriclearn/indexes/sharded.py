@@ -48,13 +48,13 @@ from typing import Any
 import faiss
 import numpy as np
 
+from metriclearn import _distributed as distributed
 from metriclearn._atomic import sha256
 from metriclearn._checks import check_matrix, check_positive_int
 from metriclearn.indexes import _storage
 from metriclearn.indexes._table import IdTable
 from metriclearn.indexes.exact import missing_distance
 from metriclearn.indexes.faiss_index import SHARDED_FORMAT, EmbeddingIndex
-from metriclearn.training import distributed
 
 FORMAT = SHARDED_FORMAT
 FORMAT_VERSION = 1
