@@ -163,24 +163,25 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
             raise click.UsageError("--resume and --overwrite exclude each other: continue the run, or replace it")
         requested = {**(read_toml(config_file) if config_file else {}), **given}
         check_output_dir(out, "run", resume=True)  # a user's folder is not a run, whatever its files
-        try:
-            config = resume_config(out, requested)
+        if run_state(out) == "finished":
+            click.echo(f"{out} is already finished (model.pt written); nothing to resume")
+            return
+        try:  # loads the checkpoint and checks the settings once; train_run continues from it
+            point = resume_config(out, requested)
         except DamagedCheckpoint:  # the file is bad, not the command: exit 1, one line
             raise
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        if run_state(out) == "finished":
-            click.echo(f"{out} is already finished (model.pt written); nothing to resume")
-            return
+        config, resume_from = point.config, point
     else:
-        config = _build_config(config_file, given)
+        config, resume_from = _build_config(config_file, given), None
     verbose = not (quiet or is_quiet())
     if overfit_batch:
         _overfit(config, verbose)
         return
     run_dir = Path(out) if out else new_output_dir("runs")  # reserved: runs started in the same second differ
     try:
-        metrics = train_run(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
+        metrics = train_run(config, run_dir, resume=resume_from or False, verbose=verbose, overwrite=overwrite)
     except BaseException:
         if out is None:  # a refused default run leaves no empty runs/<timestamp> behind
             with contextlib.suppress(OSError):
