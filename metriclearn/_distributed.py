@@ -1,17 +1,29 @@
-"""Generic torch.distributed helpers, for training, search and classification alike.
+"""Generic torch.distributed helpers, for training, search and classification alike; importing it imports no torch.
 
-Joining torchrun's process group (:func:`process_group`, :func:`init_from_env`) and leaving it together
-(:func:`leave_group`), the rank and world size, decisions taken on rank 0 and given to every rank
-(:func:`decide_on_main`, :func:`broadcast_object`), numpy collectives for inference
-(:func:`broadcast_array`, :func:`all_gather_array`) and inference shared out over the ranks
-(:func:`embed_strided`). Every function works in a single process too, where it does the obvious thing.
+Rank, world size and main process without importing torch: a process group exists only after
+``torch.distributed`` was imported and initialised (the CLI does it when started by torchrun), so when
+``torch.distributed`` is not in ``sys.modules`` this is a plain single process, rank 0 of 1. Commands that
+never compute with torch (``index query`` / ``index info`` / ``classify --method knn`` on ``.npy`` files) ask
+here and stay free of torch's ~1.6 s import (BENCHMARKS.md, "CLI start-up"). The functions that compute
+import torch when called:
+
+- joining torchrun's process group and leaving it together (:func:`process_group`, :func:`init_from_env`,
+  :func:`leave_group`);
+- decisions taken on rank 0 and given to every rank (:func:`decide_on_main`, :func:`broadcast_object`);
+- numpy collectives for inference (:func:`broadcast_array`, :func:`all_gather_array`) and inference shared
+  out over the ranks (:func:`embed_strided`).
+
+    rank()            = dist.get_rank()       with a process group, else 0
+    world_size()      = dist.get_world_size() with a process group, else 1
+    is_main_process() = rank() == 0           (the only process that writes files and prints)
+
 The DDP training machinery (sharded batches, gathers with gradients, global batch norm) lives in
 :mod:`metriclearn.training.distributed`. ``docs/SCALING.md`` has the torchrun command lines.
 
 Example
 -------
->>> world_size(), rank(), is_main_process()  # without torch.distributed
-(1, 0, True)
+>>> rank(), world_size(), is_main_process()  # no process group in a plain interpreter
+(0, 1, True)
 >>> decide_on_main(max, 3, 4)
 4
 """
@@ -21,28 +33,31 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from torch import Tensor
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 
 def is_distributed() -> bool:
-    """Whether a process group is initialised."""
-    return dist.is_available() and dist.is_initialized()
+    """Whether a process group is initialised (``False`` when torch.distributed was never imported)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and bool(dist.is_available()) and bool(dist.is_initialized())
 
 
 def rank() -> int:
     """This process's rank (0 without a process group)."""
-    return dist.get_rank() if is_distributed() else 0
+    return int(sys.modules["torch.distributed"].get_rank()) if is_distributed() else 0
 
 
 def world_size() -> int:
     """Number of processes (1 without a process group)."""
-    return dist.get_world_size() if is_distributed() else 1
+    return int(sys.modules["torch.distributed"].get_world_size()) if is_distributed() else 1
 
 
 def is_main_process() -> bool:
@@ -57,6 +72,9 @@ def init_from_env(backend: str = "auto", timeout_s: float = 1800.0) -> bool:
     (a plain single-process run). ``backend="auto"`` picks NCCL with CUDA, else gloo. The caller owns a
     group it made: leave it with :func:`leave_group`, or use :func:`process_group`, which does both.
     """
+    import torch
+    import torch.distributed as dist
+
     if is_distributed():
         return True
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
@@ -80,6 +98,9 @@ def leave_group() -> None:
     not join those threads (DDP keeps a reference to the group), so waiting at a barrier, with the GIL
     released, is what lets them finish. Every rank must call it, after its last collective.
     """
+    import torch
+    import torch.distributed as dist
+
     if not is_distributed():
         return
     if dist.get_backend() == "nccl":
@@ -110,6 +131,8 @@ def process_group(backend: str = "auto", timeout_s: float = 1800.0) -> Iterator[
 
 def local_device() -> torch.device:
     """``cuda:LOCAL_RANK`` under torchrun with GPUs, else CPU."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
@@ -117,6 +140,9 @@ def local_device() -> torch.device:
 
 def _gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
     """Pad ``x`` to ``max(sizes)`` rows, all_gather, trim each part to its size and concatenate."""
+    import torch
+    import torch.distributed as dist
+
     longest = max(sizes)
     x = x.contiguous()
     if x.shape[0] < longest:
@@ -128,6 +154,8 @@ def _gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """``obj`` as rank ``src`` holds it, on every rank (picklable objects; ``obj`` itself in one process)."""
+    import torch.distributed as dist
+
     if world_size() == 1:
         return obj
     box = [obj]
@@ -159,6 +187,9 @@ def decide_on_main(fn: Callable[..., Any], *args: Any) -> Any:
 # ---------------------------------------------------------------------------- numpy arrays (inference)
 def _comm_device() -> torch.device:
     """Where collective tensors live: the current GPU for NCCL, else CPU."""
+    import torch
+    import torch.distributed as dist
+
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -166,6 +197,9 @@ def _comm_device() -> torch.device:
 
 def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
     """Rank ``src``'s numeric array on every rank (shape and dtype travel first); ``array`` in one process."""
+    import torch
+    import torch.distributed as dist
+
     if world_size() == 1:
         assert array is not None
         return array
@@ -181,6 +215,9 @@ def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
 
 def all_gather_array(array: np.ndarray) -> list[np.ndarray]:
     """Every rank's ``array`` (same shape and dtype on every rank), in rank order."""
+    import torch
+    import torch.distributed as dist
+
     if world_size() == 1:
         return [array]
     tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_comm_device())
@@ -201,6 +238,9 @@ def embed_strided(embed: Callable[[Any], np.ndarray], X: Any) -> np.ndarray:
            [4.],
            [6.]], dtype=float32)
     """
+    import torch
+    import torch.distributed as dist
+
     if world_size() == 1:
         return embed(X)
     w, r, n = world_size(), rank(), len(X)
