@@ -152,9 +152,10 @@ def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str
     torch.manual_seed(seed)
     encoder = SentenceEncoder(embedding_dim=None, freeze=False, max_length=max_length)
     options: dict[str, Any] = {"temperature": temperature, "distance": "cosine"}
-    if loss == "cache":
-        options.update(size=slots, warmup_steps=max(1, int(SETTINGS["cache_warmup"] * total_steps)))
-    objective = build_objective([(loss, 1.0)], encoder.out_features, num_classes, loss_options={loss: options})
+    terms = loss.split("+")  # "neighborhood+cache": both terms, weight 1 each (docs/text.md's pair example)
+    cache = dict(options, size=slots, warmup_steps=max(1, int(SETTINGS["cache_warmup"] * total_steps)))
+    objective = build_objective([(t, 1.0) for t in terms], encoder.out_features, num_classes,
+                                loss_options={t: cache if t == "cache" else options for t in terms})
     return Trainer(encoder, objective, "adamw", lr=LR, weight_decay=WEIGHT_DECAY, scheduler=linear_warmup,
                    batch_size=batch, samples_per_class=per_class, grad_clip=CLIP, amp=SETTINGS["amp"], seed=seed,
                    device="cpu", verbose=False, callbacks=[step_log()])
@@ -427,6 +428,8 @@ def run_pairs(args: argparse.Namespace) -> None:
 
             record("metriclearn neighborhood (pair ids)", batch, seed, ml("neighborhood"))
             record(f"metriclearn neighborhood + cache {args.slots}", batch, seed, ml("cache"))
+            record(f"metriclearn neighborhood and cache {args.slots} (two terms)", batch, seed,
+                   ml("neighborhood+cache"))
             record("ST MultipleNegativesRankingLoss", batch, seed, st("MultipleNegativesRankingLoss"))
             record("ST CachedMultipleNegativesRankingLoss", batch, seed, st("CachedMultipleNegativesRankingLoss"))
 
