@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from metriclearn._choices import BUILTIN_LOSSES, COMBINES
+from metriclearn._distributed import decide_on_main
 from metriclearn._progress import is_quiet, set_quiet
 from metriclearn.cli._inputs import examples, quiet_option
 from metriclearn.cli.evaluate import format_metrics
@@ -179,7 +180,8 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
     if overfit_batch:
         _overfit(config, verbose)
         return
-    run_dir = Path(out) if out else new_output_dir("runs")  # reserved: runs started in the same second differ
+    # reserved (runs started in the same second differ); under torchrun rank 0 names it for every rank
+    run_dir = Path(out) if out else Path(decide_on_main(lambda: str(new_output_dir("runs"))))
     try:
         metrics = train_run(config, run_dir, resume=resume_from or False, verbose=verbose, overwrite=overwrite)
     except BaseException:

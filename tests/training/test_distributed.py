@@ -380,3 +380,12 @@ def test_torchrun_on_gpus_with_nccl_and_amp(torchrun, tmp_path) -> None:
                     nproc=min(2, torch.cuda.device_count()))
     assert done.returncode == 0, done.stderr[-3000:]
     assert _metrics(tmp_path / "gpu")["knn_accuracy_k5"] > 0.9
+
+
+def test_torchrun_train_without_out_makes_one_run_folder(torchrun, tmp_path) -> None:
+    """The default runs/<timestamp> is named by rank 0 for every rank (each rank used to make its own)."""
+    done = torchrun("train", "--epochs", 1, "--device", "cpu", "--threads", 1, "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folders = list((tmp_path / "runs").iterdir())
+    assert len(folders) == 1 and (folders[0] / "model.pt").is_file(), folders
+    assert done.stdout.count(f"run: runs/{folders[0].name}") == 1
