@@ -263,6 +263,51 @@ def backbones(args: argparse.Namespace) -> None:
         save("backbones", result)
 
 
+def frozen_run(folder: Path, data: Any, remember: bool, epochs: int, batch: int) -> dict[str, Any]:
+    """``epochs`` epochs of a frozen backbone + head, with its features remembered (the default) or recomputed
+    every time (``cache_size=0``); wall seconds of each epoch and the final embedding of the data."""
+    from metriclearn.encoders import build_encoder
+    from metriclearn.training import Trainer, build_objective
+
+    torch.manual_seed(0)
+    model = build_encoder(f"hf-vision:{folder}", data.X.shape[1:], 64)
+    model.cache_size = model.cache_size if remember else 0
+    trainer = Trainer(model, build_objective(None, 64, data.num_classes), batch_size=batch, samples_per_class=8,
+                      device="cpu", verbose=False, amp=False)
+    seconds = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        trainer.fit(data, epochs=epoch)
+        seconds.append(time.perf_counter() - start)
+    return {"epoch_seconds": seconds, "embedding": trainer.embed(data)}
+
+
+def frozen(args: argparse.Namespace) -> None:
+    """Frozen ResNet-18-sized backbone: epoch time with the features remembered in memory vs recomputed."""
+    from metriclearn.data import load_data
+    from metriclearn.images import ImageOptions
+
+    torch.set_num_threads(args.threads)
+    data = load_data(str(datasets()["digits"][0]), images=ImageOptions(size=64, channels=3))
+    if args.limit:
+        data = data.subset(np.random.default_rng(0).permutation(len(data))[: args.limit])
+    folder = backbone_folders()["resnet18"]
+    runs: dict[str, list[dict[str, Any]]] = {"remembered": [], "recomputed": []}
+    for r in range(args.rounds):  # contenders interleaved, the order swapped each round
+        for key in (("remembered", "recomputed") if r % 2 == 0 else ("recomputed", "remembered")):
+            runs[key].append(frozen_run(folder, data, key == "remembered", args.epochs, args.batch))
+            print(key, [round(s, 2) for s in runs[key][-1]["epoch_seconds"]], flush=True)
+    same = float(np.abs(runs["remembered"][0]["embedding"] - runs["recomputed"][0]["embedding"]).max())
+    result: dict[str, Any] = {"images": len(data), "size": 64, "epochs": args.epochs, "rounds": args.rounds,
+                              "threads": args.threads, "max_abs_embedding_difference": same}
+    for key, rows in runs.items():
+        result[key] = {"first_epoch_s_median": statistics.median(r["epoch_seconds"][0] for r in rows),
+                       "later_epoch_s_median": statistics.median(s for r in rows for s in r["epoch_seconds"][1:])}
+    result["later_epoch_speedup"] = (result["recomputed"]["later_epoch_s_median"]
+                                     / result["remembered"]["later_epoch_s_median"])
+    save("frozen", result)
+
+
 # ---------------------------------------------------------------------------------------------- (d)
 def steps(args: argparse.Namespace) -> None:
     from metriclearn.data import load_data
@@ -325,6 +370,12 @@ def main() -> None:
     b.add_argument("--batch", type=int, default=64)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--limit", type=int, default=0, help="only this many images (0: all 1797)")
+    f = sub.add_parser("frozen")
+    f.add_argument("--rounds", type=int, default=2)
+    f.add_argument("--epochs", type=int, default=3)
+    f.add_argument("--batch", type=int, default=64)
+    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--limit", type=int, default=512, help="only this many images (0: all 1797)")
     s = sub.add_parser("steps")
     s.add_argument("--rounds", type=int, default=5)
     s.add_argument("--batch", type=int, default=64)
@@ -334,7 +385,7 @@ def main() -> None:
         args.epochs = {"digits": args.digits_epochs, "mnist": args.mnist_epochs}
     WORK.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore")
-    {"quality": quality, "loader": loader, "backbones": backbones, "steps": steps}[args.part](args)
+    {"quality": quality, "loader": loader, "backbones": backbones, "frozen": frozen, "steps": steps}[args.part](args)
 
 
 if __name__ == "__main__":
