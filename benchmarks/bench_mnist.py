@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--speed-rounds", type=int, default=9, help="interleaved 3-epoch timing rounds")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--no-bf16", action="store_true", help="leave out the CPU bf16 autocast rows")
+    parser.add_argument("--speed-only", action="store_true", help="only the interleaved throughput phase")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from metriclearn.training.trainer import cpu_has_bf16
@@ -158,10 +159,12 @@ def main() -> None:
         "metriclearn train --loss softmax": lambda s: run_metriclearn(Xtr, ytr, Xte, yte, s, ["softmax"]),
     }
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
-    for seed in args.seeds:  # contenders interleaved per seed, so machine load hits them alike
+    for seed in [] if args.speed_only else args.seeds:  # contenders interleaved per seed, so machine load hits them alike
         for name, fn in contenders.items():
             runs[name].append(fn(seed))
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, Any] = {}
+    if args.speed_only:
+        runs = {}
     print(f"| method | MAP@R | P@1 | train samples/s (median, best) |\n|---|---|---|---|")
     for name, rows in runs.items():
         col = {k: np.array([r[k] for r in rows]) for k in rows[0]}

@@ -30,7 +30,8 @@ strs); passing ``classes=`` (e.g. a trained run's ``classes.json``) encodes with
 Whole-number floats (``1.0``) become integers losslessly; other floats, complex numbers and out-of-range integers
 are refused.
 
-The batch sampler :class:`ClassBalancedSampler` lives in :mod:`metriclearn.sampler` and is re-exported here.
+The batch sampler :class:`ClassBalancedSampler` lives in :mod:`metriclearn.sampler` and is re-exported here
+(imported on first use: it needs torch, the rest of this module does not).
 
 Example
 -------
@@ -69,10 +70,11 @@ from metriclearn._checks import (
     describe,
 )
 from metriclearn._labels import label_value as _label_value
-from metriclearn.sampler import ClassBalancedSampler
+from metriclearn._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from metriclearn.images import ImageOptions
+    from metriclearn.sampler import ClassBalancedSampler
 
 __all__ = [
     "ClassBalancedSampler",
@@ -87,6 +89,8 @@ __all__ = [
     "stratified_subsample",
     "train_val_split",
 ]
+# the sampler is a torch Sampler: imported on first use, so reading .npy files does not import torch
+__getattr__, _ = lazy_exports(__name__, {"ClassBalancedSampler": "metriclearn.sampler"})
 
 SUFFIXES = (".npz", ".csv", ".jsonl")
 DIGITS = "digits"

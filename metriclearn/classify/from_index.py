@@ -71,10 +71,10 @@ class OptionClash(ValueError):
 def classifier_for(index: Any, method: str, k: int | None = None, theta: float | None = None,
                    weights: str | None = None, device: str = "auto") -> IndexClassifier:
     """The uncalibrated ``method`` classifier over ``index`` with these options (``None``: the defaults above)."""
-    from metriclearn.classify import CacheClassifier, KNNClassifier
-
     check_choice(method, METHODS, "method")
-    if method == "knn":
+    if method == "knn":  # numpy, faiss and scikit-learn: no torch (the cache model computes with torch)
+        from metriclearn.classify.knn import KNNClassifier
+
         k = k if k is not None else min(DEFAULT_K, len(index))
         return KNNClassifier.from_index(index, n_neighbors=k, weights=weights or "distance")
     theta = DEFAULT_THETA if theta is None else theta
@@ -84,6 +84,8 @@ def classifier_for(index: Any, method: str, k: int | None = None, theta: float |
         if k is not None:
             raise OptionClash("--k (top-k cache) needs an unsharded index; a sharded one runs the exact cache")
         return ShardedCache(index, theta=theta, device=device)
+    from metriclearn.classify.cache import CacheClassifier
+
     return CacheClassifier.from_index(index, theta=theta, top_k=k, device=device)
 
 

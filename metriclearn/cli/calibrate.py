@@ -109,7 +109,7 @@ def calibrate(
                                      random_state=seed).calibration_
     except ValueError as exc:
         raise ValueError(f"calibrating {str(index_dir)!r} on {vectors.origin}: {exc}") from None
-    from metriclearn.training.distributed import is_main_process
+    from metriclearn._distributed import is_main_process
 
     if not is_main_process():  # under torchrun every rank calibrated (a sharded index searches collectively);
         return  # rank 0 alone stores it and prints

@@ -137,10 +137,6 @@ def classify(
                                                         index_dir=index_dir)
     except OptionClash as exc:
         raise click.UsageError(str(exc)) from None
-    proba = classifier.predict_proba(q)  # collective on a sharded index under torchrun
-    if not _is_main_process():  # rank 0 writes and prints
-        return
-    rejected = None
     if reject:
         assert calibration is not None  # --reject is trusted: _usable_calibration refused a missing one
         if calibration["rejection"] is None:
@@ -148,9 +144,14 @@ def classify(
                 f"index {str(index_dir)!r} was calibrated for {method} without a target precision, so --reject "
                 "has no threshold: rerun `metriclearn calibrate` with --target-precision P"
             )
+    proba = classifier.predict_proba(q)  # collective on a sharded index under torchrun
+    rejected = None
+    if reject:  # every rank: the acceptance score's search is a collective on a sharded index too
         predictions, rejected = classifier.predict_with_rejection(q, proba=proba)  # no second probability pass
     else:
         predictions = classifier.classes_[np.argmax(proba, axis=1)]
+    if not _is_main_process():  # rank 0 writes and prints
+        return
     if sets_out is not None:
         save_npy(sets_out, classifier.predict_sets(q, proba=proba))
     _write_predictions(out, method, classifier.classes_, predictions, proba, rejected)
@@ -175,7 +176,7 @@ def classify(
 
 def _is_main_process() -> bool:
     """Rank 0 under torchrun (which writes and prints), or a plain single process."""
-    from metriclearn.training.distributed import is_main_process
+    from metriclearn._distributed import is_main_process
 
     return is_main_process()
 

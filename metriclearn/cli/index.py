@@ -183,7 +183,7 @@ def query(index_dir: Path, matrix: Path | None, model: Path | None, data: str | 
 
 def _is_main_process() -> bool:
     """Rank 0 under torchrun (which writes and prints), or a plain single process."""
-    from metriclearn.training.distributed import is_main_process
+    from metriclearn._distributed import is_main_process
 
     return is_main_process()
 

@@ -78,7 +78,7 @@ def _to_mode(image: object, mode: str) -> object:
         pixels = np.asarray(image, dtype=np.float64)
         low, high = float(pixels.min()), float(pixels.max())
         image = Image.fromarray(np.uint8(np.round(255 * (pixels - low) / max(high - low, 1e-12))))
-    return image.convert(mode)
+    return image if image.mode == mode else image.convert(mode)
 
 
 def _resize_center_crop(image: object, size: int) -> np.ndarray:

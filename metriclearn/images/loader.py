@@ -134,8 +134,8 @@ def _cache_file(items: Sequence[ImageItem], size: int, channels: int | None) -> 
     digest = hashlib.sha256(f"v{CACHE_VERSION} size={size} channels={channels}".encode())
     for item in items:
         try:
-            stat = item.path.stat()
-            digest.update(f"\n{item.path.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+            stat = os.stat(item.path)
+            digest.update(f"\n{os.path.abspath(item.path)}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
         except OSError:
             return None  # a missing file: decode, and report it
     return root / "images" / f"{digest.hexdigest()}.npy"

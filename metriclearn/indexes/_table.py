@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
-from metriclearn._checks import check_labels
+from metriclearn._checks import check_labels, is_tensor
 
 
 class IdTable:
@@ -144,7 +143,7 @@ class IdTable:
 
 def as_ids(ids: Any, name: str, ndim: int | None = 1) -> np.ndarray:
     """``ids`` as int64 (a ``TypeError`` for non-integers, a ``ValueError`` for the wrong rank)."""
-    arr = np.asarray(ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else ids)
+    arr = np.asarray(ids.detach().cpu().numpy() if is_tensor(ids) else ids)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:

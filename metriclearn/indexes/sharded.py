@@ -48,13 +48,13 @@ from typing import Any
 import faiss
 import numpy as np
 
+from metriclearn import _distributed
 from metriclearn._atomic import sha256
 from metriclearn._checks import check_matrix, check_positive_int
 from metriclearn.indexes import _storage
 from metriclearn.indexes._table import IdTable
 from metriclearn.indexes.exact import missing_distance
 from metriclearn.indexes.faiss_index import SHARDED_FORMAT, EmbeddingIndex
-from metriclearn.training import distributed
 
 FORMAT = SHARDED_FORMAT
 FORMAT_VERSION = 1
@@ -100,7 +100,7 @@ class ShardedIndex:
         self._table.restore(every, None if self._shard_labels is None else np.concatenate(self._shard_labels), None,
                             labels is not None, int(every.max()) + 1 if every.size else 0)
         # collective search when the shards are spread over the ranks of a process group
-        self.collective = distributed.world_size() > 1 and any(s is None for s in self.shards)
+        self.collective = _distributed.world_size() > 1 and any(s is None for s in self.shards)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -210,8 +210,10 @@ class ShardedIndex:
         """
         k = min(check_positive_int(k, "k"), len(self))
         xq = check_matrix(q, "queries", dim=self.dim)
-        if self.collective:
-            xq = distributed.broadcast_array(xq)
+        if self.collective:  # a process group exists (torch is imported): its numpy collectives
+            from metriclearn.training.distributed import all_gather_array, broadcast_array
+
+            xq = broadcast_array(xq)
         heap = faiss.ResultHeap(xq.shape[0], k, keep_max=self.metric != "l2")
         for shard in self.shards:
             if shard is not None:
@@ -220,7 +222,7 @@ class ShardedIndex:
         D, I = heap.D, heap.I
         if self.collective:  # every rank's partial top-k, merged the same way on every rank
             heap = faiss.ResultHeap(xq.shape[0], k, keep_max=self.metric != "l2")
-            for D_r, I_r in zip(distributed.all_gather_array(D), distributed.all_gather_array(I), strict=True):
+            for D_r, I_r in zip(all_gather_array(D), all_gather_array(I), strict=True):
                 heap.add_result(D_r, I_r)
             heap.finalize()
             D, I = heap.D, heap.I
@@ -264,7 +266,7 @@ class ShardedIndex:
         if not isinstance(entries, list) or not entries:
             raise ValueError(f"index directory {root} is damaged: its manifest lists no shards")
         if held is None:
-            held = range(distributed.rank(), len(entries), distributed.world_size())
+            held = range(_distributed.rank(), len(entries), _distributed.world_size())
         mine = set(held)
         shards: list[EmbeddingIndex | None] = []
         ids, labels = [], []

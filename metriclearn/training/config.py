@@ -23,7 +23,7 @@ Example
 >>> TrainConfig.from_dict({"epoch": 3})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
     ...
-ValueError: unknown config key 'epoch' (known keys: amp, batch_size, ...)
+ValueError: unknown config key 'epoch' (known keys: amp, augment, ...)
 """
 
 from __future__ import annotations

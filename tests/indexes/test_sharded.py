@@ -278,3 +278,22 @@ def test_sharded_search_on_gpus_equals_cpu() -> None:
     cpu = ShardedIndex.build(x, labels=y, num_shards=2, metric="l2", device="cpu")
     gpu = ShardedIndex.build(x, labels=y, num_shards=2, metric="l2", device="cuda")
     assert np.array_equal(cpu.search(q, 10)[1], gpu.search(q, 10)[1])
+
+
+def test_torchrun_classify_reject_on_a_calibrated_sharded_index(folders, torchrun, tmp_path) -> None:
+    """The acceptance score's search is a collective too: every rank computes the rejection (rank 0 alone hung)."""
+    x, y, _ = _data()
+    np.save(tmp_path / "cal.npy", x[::2] + np.random.default_rng(7).normal(0, 0.3, x[::2].shape).astype(np.float32))
+    np.save(tmp_path / "cal_y.npy", y[::2])
+    index = shutil.copytree(folders / "sharded", tmp_path / "sharded")
+    result = _invoke("calibrate", "--index", index, "--embeddings", tmp_path / "cal.npy", "--labels",
+                     tmp_path / "cal_y.npy", "--device", "cpu", "--method", "knn", "--target-precision", "0.9")
+    assert result.exit_code == 0, result.output
+    common = ("--index", index, "--queries", folders / "q.npy", "--method", "knn", "--device", "cpu", "--reject")
+    done = torchrun("classify", *common, "--out", tmp_path / "two.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("rejected as unknown") == 1
+    result = _invoke("classify", *common, "--out", tmp_path / "one.json")
+    assert result.exit_code == 0, result.output
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["predictions"] == two["predictions"] and one["rejected"] == two["rejected"]
