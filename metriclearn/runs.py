@@ -48,12 +48,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from metriclearn import _distributed as distributed
 from metriclearn._atomic import save_with
 from metriclearn._checks import check_positive_int, describe
 from metriclearn._device import resolve_device
 from metriclearn._embedding import embed_array
 from metriclearn.fingerprint import model_fingerprint
-from metriclearn.training import distributed
 
 if sys.version_info >= (3, 11):
     import tomllib

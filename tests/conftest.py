@@ -119,7 +119,7 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory):
     return path
 
 
-def _torchrun(*args: str, nproc: int = 2, timeout: float = 300):
+def _torchrun(*args: str, nproc: int = 2, timeout: float = 300, cwd=None):
     """``torchrun --standalone --nproc_per_node=nproc $(command -v metriclearn) ARGS`` (gloo, 1 thread each)."""
     import os
     import subprocess
@@ -130,7 +130,7 @@ def _torchrun(*args: str, nproc: int = 2, timeout: float = 300):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(script), *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture(scope="session")

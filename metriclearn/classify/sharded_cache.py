@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from metriclearn import _distributed as distributed
 from metriclearn._checks import check_matrix, check_positive_float, check_positive_int
 from metriclearn._device import resolve_device
 from metriclearn._scale import unit_rows_tensor
 from metriclearn.classify._validation import index_labels
 from metriclearn.classify.cache import _LOG2E, _cache_block_sums
 from metriclearn.classify.defaults import DEFAULT_THETA
-from metriclearn.training import distributed
 
 NO_CALIBRATION = ("a calibration of the cache classifier needs an unsharded index (build it without --shards, "
                   "or calibrate --method knn)")

@@ -62,10 +62,10 @@ COMMANDS = (
 
 def _torchrun_group() -> contextlib.AbstractContextManager[Any]:
     """Started by torchrun: the command runs in the process group, which every rank leaves together
-    (:func:`~metriclearn.training.distributed.process_group`; docs/SCALING.md). Else nothing (no torch import)."""
+    (:func:`~metriclearn._distributed.process_group`; docs/SCALING.md). Else nothing (no torch import)."""
     if "WORLD_SIZE" not in os.environ:
         return contextlib.nullcontext()
-    from metriclearn.training.distributed import process_group
+    from metriclearn._distributed import process_group
 
     return process_group()
 
@@ -115,7 +115,7 @@ class MetricLearnGroup(click.Group):
 @quiet_option
 def cli(debug: bool, quiet: bool) -> None:
     """metriclearn: learn embeddings where same-class points are neighbours, then use them."""
-    set_quiet(quiet or os.environ.get("RANK", "0") != "0")  # under torchrun one progress bar: rank 0's
+    set_quiet(quiet)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,9 +45,9 @@ def embed(model_dir: str, data: str, out: str, labels_out: str | None, positives
           layer: str, device: str, workers: int, skip_bad_images: bool, label_column: str, quiet: bool) -> None:
     """Embed DATA with a trained run and save the embeddings as .npy."""
     from metriclearn._atomic import save_npy
+    from metriclearn._distributed import is_main_process
     from metriclearn.data import load_data
     from metriclearn.runs import load_run
-    from metriclearn.training.distributed import is_main_process
 
     for flag, path in (("--out", out), ("--labels-out", labels_out), ("--positives-out", positives_out)):
         if path is not None and not path.endswith(".npy"):
@@ -85,8 +85,8 @@ def _embed_pairs(run: Any, pairs: Any, out: str, positives_out: str, labels_out:
     import numpy as np
 
     from metriclearn._atomic import save_npy
+    from metriclearn._distributed import is_main_process
     from metriclearn.data import LabeledData
-    from metriclearn.training.distributed import is_main_process
 
     if labels_out:
         raise click.UsageError("a pair file has no labels for --labels-out: row i of --out and --positives-out "

@@ -87,7 +87,7 @@ def report(
     else:
         assert matrix is not None
         config, source = None, matrix.name
-    from metriclearn.training.distributed import is_main_process
+    from metriclearn._distributed import is_main_process
 
     if not is_main_process():  # under torchrun every rank embedded its shard of --data; rank 0 alone writes
         return

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from metriclearn._choices import BUILTIN_LOSSES, COMBINES
+from metriclearn._distributed import decide_on_main
 from metriclearn._progress import is_quiet, set_quiet
 from metriclearn.cli._inputs import examples, quiet_option
 from metriclearn.cli.evaluate import format_metrics
@@ -163,24 +164,26 @@ def train(config_file: str | None, resume: bool, overwrite: bool, overfit_batch:
             raise click.UsageError("--resume and --overwrite exclude each other: continue the run, or replace it")
         requested = {**(read_toml(config_file) if config_file else {}), **given}
         check_output_dir(out, "run", resume=True)  # a user's folder is not a run, whatever its files
-        try:
-            config = resume_config(out, requested)
+        if run_state(out) == "finished":
+            click.echo(f"{out} is already finished (model.pt written); nothing to resume")
+            return
+        try:  # loads the checkpoint and checks the settings once; train_run continues from it
+            point = resume_config(out, requested)
         except DamagedCheckpoint:  # the file is bad, not the command: exit 1, one line
             raise
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        if run_state(out) == "finished":
-            click.echo(f"{out} is already finished (model.pt written); nothing to resume")
-            return
+        config, resume_from = point.config, point
     else:
-        config = _build_config(config_file, given)
+        config, resume_from = _build_config(config_file, given), None
     verbose = not (quiet or is_quiet())
     if overfit_batch:
         _overfit(config, verbose)
         return
-    run_dir = Path(out) if out else new_output_dir("runs")  # reserved: runs started in the same second differ
+    # reserved (runs started in the same second differ); under torchrun rank 0 names it for every rank
+    run_dir = Path(out) if out else Path(decide_on_main(lambda: str(new_output_dir("runs"))))
     try:
-        metrics = train_run(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
+        metrics = train_run(config, run_dir, resume=resume_from or False, verbose=verbose, overwrite=overwrite)
     except BaseException:
         if out is None:  # a refused default run leaves no empty runs/<timestamp> behind
             with contextlib.suppress(OSError):

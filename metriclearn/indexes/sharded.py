@@ -211,9 +211,7 @@ class ShardedIndex:
         k = min(check_positive_int(k, "k"), len(self))
         xq = check_matrix(q, "queries", dim=self.dim)
         if self.collective:  # a process group exists (torch is imported): its numpy collectives
-            from metriclearn.training.distributed import all_gather_array, broadcast_array
-
-            xq = broadcast_array(xq)
+            xq = _distributed.broadcast_array(xq)
         heap = faiss.ResultHeap(xq.shape[0], k, keep_max=self.metric != "l2")
         for shard in self.shards:
             if shard is not None:
@@ -222,7 +220,7 @@ class ShardedIndex:
         D, I = heap.D, heap.I
         if self.collective:  # every rank's partial top-k, merged the same way on every rank
             heap = faiss.ResultHeap(xq.shape[0], k, keep_max=self.metric != "l2")
-            for D_r, I_r in zip(all_gather_array(D), all_gather_array(I), strict=True):
+            for D_r, I_r in zip(_distributed.all_gather_array(D), _distributed.all_gather_array(I), strict=True):
                 heap.add_result(D_r, I_r)
             heap.finalize()
             D, I = heap.D, heap.I

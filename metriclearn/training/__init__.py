@@ -33,6 +33,7 @@ _EXPORTS = {
     "train_run": "metriclearn.training.run",
     "distributed": "metriclearn.training.distributed",
     "resume_config": "metriclearn.training.resume",
+    "ResumePoint": "metriclearn.training.resume",
     "run_state": "metriclearn.training.resume",
     "seed_everything": "metriclearn.training.rng",
     "Trainer": "metriclearn.training.trainer",

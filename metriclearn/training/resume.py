@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from metriclearn._atomic import sha256
 from metriclearn.training.config import TrainConfig
@@ -75,17 +75,28 @@ def differences(before: Mapping[str, Any], after: Mapping[str, Any], skip: Seque
     return [f"{k} ({before.get(k)!r} in the run, {after.get(k)!r} now)" for k in keys if before.get(k) != after.get(k)]
 
 
-def resume_config(run_dir: str | os.PathLike[str], requested: Mapping[str, Any] | None = None) -> TrainConfig:
-    """The configuration to continue ``run_dir`` with, given the settings the user passed again.
+class ResumePoint(NamedTuple):
+    """What :func:`resume_config` decided: the configuration to continue with and the checkpoint it continues
+    (``None``: the run was killed before its first checkpoint and starts over). Unpacks as ``config, checkpoint``."""
+
+    config: TrainConfig
+    checkpoint: dict[str, Any] | None
+
+
+def resume_config(run_dir: str | os.PathLike[str], requested: Mapping[str, Any] | None = None) -> ResumePoint:
+    """The configuration to continue ``run_dir`` with, given the settings the user passed again, and its checkpoint.
 
     ``requested`` holds the keys given on the command line or in ``--config`` (all optional). Values
     equal to the started run's are accepted; any difference outside :data:`RUNTIME_KEYS`, and any edit
     of ``config.toml`` since the run started, raises ``ValueError`` naming each key and both values.
+    The one place where a resume is checked: ``checkpoints/last.pt`` is loaded here, once, and handed on
+    (:func:`~metriclearn.training.run.train_run` takes the :class:`ResumePoint`).
     """
     run_dir = Path(run_dir)
-    started = started_config(run_dir)
+    checkpoint = load_checkpoint(checkpoint_path(run_dir)) if checkpoint_path(run_dir).exists() else None
+    started = started_config(run_dir, checkpoint)
     toml_path = run_dir / "config.toml"
-    if toml_path.exists() and checkpoint_path(run_dir).exists():
+    if toml_path.exists() and checkpoint is not None:
         edits = differences(started, TrainConfig.from_toml(toml_path).to_dict())
         if edits:
             raise ValueError(f"{toml_path} was edited since the run started: {'; '.join(edits)}; "
@@ -98,7 +109,7 @@ def resume_config(run_dir: str | os.PathLike[str], requested: Mapping[str, Any] 
     if changed:
         raise ValueError(f"--resume continues {run_dir} with the settings it started with, but these differ: "
                          f"{'; '.join(changed)}; drop them, or start a new run in another --out")
-    return config
+    return ResumePoint(config, checkpoint)
 
 
 def data_stamp(source: str, n: int, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:

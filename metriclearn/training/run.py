@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metriclearn import _distributed as distributed
 from metriclearn._atomic import write_json
 from metriclearn._outdir import check_output_dir, claim_output_dir, remove_recorded
 from metriclearn.runs import (  # noqa: F401  (re-exported: the old import paths keep working)
@@ -30,7 +31,6 @@ from metriclearn.runs import (  # noqa: F401  (re-exported: the old import paths
     load_run,
     save_model,
 )
-from metriclearn.training import distributed
 from metriclearn.training.callbacks import (
     Callback,
     CSVLogger,
@@ -42,15 +42,13 @@ from metriclearn.training.callbacks import (
 from metriclearn.training.config import TrainConfig
 from metriclearn.training.objectives import build_objective
 from metriclearn.training.resume import (
-    RUNTIME_KEYS,
+    ResumePoint,
     check_same_data,
-    checkpoint_path,
     clean_stale_temp_files,
     data_stamp,
-    differences,
     load_checkpoint,
+    resume_config,
     run_state,
-    started_config,
 )
 from metriclearn.training.rng import seed_everything
 from metriclearn.training.splits import split_for_validation
@@ -118,7 +116,7 @@ class OverfitResult:
 def train_run(
     config: TrainConfig,
     out: str | os.PathLike[str],
-    resume: bool = False,
+    resume: bool | ResumePoint = False,
     callbacks: Sequence[Callback] = (),
     verbose: bool = True,
     overwrite: bool = False,
@@ -126,24 +124,31 @@ def train_run(
     """Train the run ``config`` describes into ``out`` (or continue it with ``resume``); return metrics.json.
 
     ``out`` must be new, empty or a metriclearn run folder (:func:`~metriclearn._outdir.claim_output_dir`);
-    ``overwrite`` replaces a previous run there. ``resume`` continues ``out/checkpoints/last.pt`` exactly;
-    ``config`` must equal the configuration the run started with (see
-    :func:`~metriclearn.training.resume.resume_config`) apart from the runtime keys. Extra ``callbacks``
+    ``overwrite`` replaces a previous run there. ``resume`` continues ``out/checkpoints/last.pt`` exactly:
+    ``True`` checks ``config`` with :func:`~metriclearn.training.resume.resume_config` (it must equal the
+    configuration the run started with, apart from the runtime keys); a
+    :class:`~metriclearn.training.resume.ResumePoint` that ``resume_config`` returned is used as it is
+    (the CLI's ``--resume``: the checkpoint is loaded once). Extra ``callbacks``
     run before the built-in logging/checkpointing. Data and settings are checked before anything is
     written, and ``model.pt`` is written last: a run without it can always be resumed.
     """
-    out = Path(out)
-    if resume and overwrite:
+    out, resuming = Path(out), bool(resume)
+    if resuming and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
     # before reading, loading or training anything: a folder without metriclearn's marker is never taken for a
     # run (whatever its files), and one that holds a run needs --resume or --overwrite. Only the rank that
     # writes checks (check_output_dir reads torchrun's RANK; the process group is joined below).
     if distributed.is_main_process():
-        check_output_dir(out, "run", overwrite=overwrite, resume=resume, hint=_RUN_HINT)
-    checkpoint = _checkpoint_to_resume(out, config) if resume else None
+        check_output_dir(out, "run", overwrite=overwrite, resume=resuming, hint=_RUN_HINT)
+    checkpoint = None
+    if resuming:
+        if run_state(out) == "finished":
+            raise ValueError(f"{out} is a finished run (model.pt is written); nothing to resume")
+        # resume_config owns the resume: it loads the checkpoint and checks the settings, once
+        config, checkpoint = resume if isinstance(resume, ResumePoint) else resume_config(out, config.to_dict())
     # under torchrun: the CLI's group, else one made here; its maker makes every rank wait for rank 0's writes
     with distributed.process_group():
-        return _train(config, out, checkpoint, callbacks, verbose, overwrite, resume)
+        return _train(config, out, checkpoint, callbacks, verbose, overwrite, resuming)
 
 
 def _train(config: TrainConfig, out: Path, checkpoint: dict[str, Any] | None, callbacks: Sequence[Callback],
@@ -254,21 +259,6 @@ def _pair_run_metrics(trainer: Trainer, held_out: Any) -> dict[str, Any]:
     embeddings = trainer.embed(pairs)
     return {"pairs": pair_metrics(embeddings[pairs.pairs[:, 0]], embeddings[pairs.pairs[:, 1]]),
             "retrieval": retrieval_metrics(embeddings, pairs.y)}
-
-
-def _checkpoint_to_resume(out: Path, config: TrainConfig) -> dict[str, Any] | None:
-    """The checkpoint ``config`` continues (``None``: killed before the first one, start over); checked."""
-    state = run_state(out)
-    if state == "finished":
-        raise ValueError(f"{out} is a finished run (model.pt is written); nothing to resume")
-    if state == "new":
-        raise FileNotFoundError(2, "No such file or directory (no run to resume; start it without --resume)",
-                                str(out / "config.toml"))
-    checkpoint = load_checkpoint(checkpoint_path(out)) if state == "partial" else None
-    changed = differences(started_config(out, checkpoint), config.to_dict(), skip=RUNTIME_KEYS)
-    if changed:
-        raise ValueError(f"resume: the configuration differs from the one {out} started with: {'; '.join(changed)}")
-    return checkpoint
 
 
 def _run_callbacks(config: TrainConfig, out: Path, val: Any, extra: Sequence[Callback]) -> list[Callback]:

@@ -71,8 +71,14 @@ def test_resume_with_the_same_command(tmp_path, monkeypatch) -> None:
     result = _invoke(*command)
     assert result.exit_code != 0 and not (out / "model.pt").exists()
     restore()
+    loaded: list[str] = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: (loaded.append(str(getattr(f, "name", f))),
+                                                           real_load(f, *a, **k))[1])
     result = _invoke(*command, "--resume")  # up-arrow, add --resume
+    monkeypatch.setattr(torch, "load", real_load)
     assert result.exit_code == 0, result.output
+    assert len([p for p in loaded if p.endswith("last.pt")]) == 1  # resume has one owner: one load, one check
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
     straight = tmp_path / "straight"
     assert _invoke("train", "--config", str(tmp_path / "c.toml"), *FAST, "--seed", "4", "--out", str(straight)).exit_code == 0

@@ -53,10 +53,10 @@ def test_without_process_group() -> None:
     assert distributed.init_from_env() is False  # no torchrun variables
 
 
-def _group_worker(rank: int, port: int, out: str) -> None:
+def _group_worker(rank: int, port: int, port2: int, out: str) -> None:
     """Rank 0 writes a file slowly inside ``process_group()``; rank 1 has nothing to do and leaves at once."""
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    with distributed.process_group(backend="gloo") as joined:
+    with distributed.process_group(backend="gloo", timeout_s=120) as joined:
         assert joined and distributed.world_size() == 2
         with distributed.process_group(backend="gloo"):  # the group exists: the inner block neither makes nor leaves it
             pass
@@ -68,7 +68,8 @@ def _group_worker(rank: int, port: int, out: str) -> None:
             Path(out, "written").write_text("rank 0")
     # every rank waited at the barrier, so rank 1 sees rank 0's file; the group is gone on both
     Path(out, f"after.{rank}").write_text(f"{Path(out, 'written').exists()} {distributed.is_distributed()}")
-    with pytest.raises(KeyError), distributed.process_group(backend="gloo"):
+    os.environ["MASTER_PORT"] = str(port2)  # a new group, a new store: DDP keeps the first group's (and its port)
+    with pytest.raises(KeyError), distributed.process_group(backend="gloo", timeout_s=120):
         raise KeyError("no barrier after an error: the other ranks may never reach it")
     assert distributed.is_distributed()  # left to torchrun, which stops every rank of a failed command
     dist.destroy_process_group()
@@ -77,7 +78,7 @@ def _group_worker(rank: int, port: int, out: str) -> None:
 def test_process_group_ranks_leave_together_after_rank_0s_writes(tmp_path) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_group_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_group_worker, args=(_free_port(), _free_port(), str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"after.{r}").read_text() for r in range(2)] == ["True False", "True False"]
 
 
@@ -379,3 +380,12 @@ def test_torchrun_on_gpus_with_nccl_and_amp(torchrun, tmp_path) -> None:
                     nproc=min(2, torch.cuda.device_count()))
     assert done.returncode == 0, done.stderr[-3000:]
     assert _metrics(tmp_path / "gpu")["knn_accuracy_k5"] > 0.9
+
+
+def test_torchrun_train_without_out_makes_one_run_folder(torchrun, tmp_path) -> None:
+    """The default runs/<timestamp> is named by rank 0 for every rank (each rank used to make its own)."""
+    done = torchrun("train", "--epochs", 1, "--device", "cpu", "--threads", 1, "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folders = list((tmp_path / "runs").iterdir())
+    assert len(folders) == 1 and (folders[0] / "model.pt").is_file(), folders
+    assert done.stdout.count(f"run: runs/{folders[0].name}") == 1

@@ -136,14 +136,19 @@ def test_data_too_small_to_evaluate_is_refused_before_training(tmp_path) -> None
 
 def test_only_rank_0_claims_and_writes_the_run_folder(tmp_path, monkeypatch) -> None:
     """Under torchrun every rank runs train_run; the others neither lock nor write (rank 0 does both)."""
+    from metriclearn import _distributed
     from metriclearn.training import distributed
+
+    def fake_rank(r: int) -> None:  # the helpers' home and the trainer's import of them
+        for module in (_distributed, distributed):
+            monkeypatch.setattr(module, "rank", lambda: r)
 
     out = tmp_path / "shared"
     out.mkdir()
     (out / "notes.txt").write_text("rank 0 would refuse this folder")
-    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    fake_rank(1)
     metrics = train_run(TrainConfig(**{**SMALL, "epochs": 1}), out, verbose=False)
     assert metrics == {} and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    fake_rank(0)
     with pytest.raises(ValueError, match="is not empty and was not written by metriclearn"):
         train_run(TrainConfig(**{**SMALL, "epochs": 1}), out, verbose=False)
