@@ -434,6 +434,52 @@ def run_pairs(args: argparse.Namespace) -> None:
             record("ST CachedMultipleNegativesRankingLoss", batch, seed, st("CachedMultipleNegativesRankingLoss"))
 
 
+def run_pairs_check(args: argparse.Namespace) -> None:
+    """Two checks behind (b2), no training. False negatives: texts of the first ``--pairs`` training pairs that
+    repeat after lower-casing and dropping punctuation, or have a near twin (word-set Jaccard ≥ 0.8). Softmax mass
+    at ``--temperature`` for raw MiniLM, batch ``--batches[0]`` pairs, with and without ``--slots`` cached texts
+    (40 random draws): the positive's share, the cache's share of the negative mass, and the same-side share
+    (an anchor's negatives that are anchors, a positive's that are positives)."""
+    import re
+
+    import torch.nn.functional as F
+
+    from metriclearn.encoders import SentenceEncoder
+
+    rows = wordnet_pairs()["train"][: args.pairs]
+    report: dict[str, Any] = {"pairs": len(rows), "temperature": args.temperature, "slots": args.slots}
+    for column in ("anchor", "positive"):
+        words = [tuple(re.findall(r"[a-z0-9']+", r[column].lower())) for r in rows]
+        sets = [set(w) for w in words]
+        twins = sum(any(j != i and len(a & sets[j]) >= 0.8 * len(a | sets[j]) for j in range(len(sets)))
+                    for i, a in enumerate(sets))
+        report[column] = {"repeated": len(words) - len(set(words)), "near_twin": twins}
+    enc = SentenceEncoder(embedding_dim=None, max_length=args.max_length)
+    a = F.normalize(torch.from_numpy(ml_embed(enc, [r["anchor"] for r in rows])), dim=1)
+    p = F.normalize(torch.from_numpy(ml_embed(enc, [r["positive"] for r in rows])), dim=1)
+    b, rng = args.batches[0], np.random.default_rng(0)
+    for slots in (0, args.slots):
+        shares: dict[str, list[float]] = {"positive": [], "cache_of_negatives": [], "same_side_of_negatives": []}
+        for _ in range(40):
+            idx = rng.choice(len(rows), b + slots // 2, replace=False)
+            x = torch.cat([a[idx[:b]], p[idx[:b]]])  # (2b, D) the batch: anchors, then positives
+            z = torch.cat([x, a[idx[b:]], p[idx[b:]]])  # (2b + slots, D)
+            side = torch.cat([torch.zeros(b), torch.ones(b), torch.zeros(slots // 2), torch.ones(slots // 2)])
+            logits = x @ z.T / args.temperature
+            logits[:, : 2 * b].fill_diagonal_(-math.inf)
+            w = torch.softmax(logits, 1)  # (2b, 2b + slots)
+            partner = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
+            pos = w[torch.arange(2 * b), partner]
+            neg = w.clone()
+            neg[torch.arange(2 * b), partner] = 0.0
+            shares["positive"].append(float(pos.mean()))
+            shares["cache_of_negatives"].append(float((neg[:, 2 * b :].sum(1) / neg.sum(1)).mean()))
+            same = (neg * (side[None, :] == side[: 2 * b, None])).sum(1) / neg.sum(1)
+            shares["same_side_of_negatives"].append(float(same.mean()))
+        report[f"mass, {slots} cached"] = {k: round(statistics.mean(v), 4) for k, v in shares.items()}
+    print(json.dumps(report, indent=1))
+
+
 # ---------------------------------------------------------------------------- (c) speed
 def loss_cost(rounds: int = 30) -> dict[str, float]:
     """Median ms of one forward + backward of the neighbourhood loss and of CacheLoss(4096) at B = 32, D = 384."""
@@ -560,13 +606,15 @@ def pairs_table(path: Path) -> None:
     result = json.loads(path.read_text())
     runs, keys = result["runs"], ("recall_at_1", "recall_at_10", "mrr_at_10", "ndcg_at_10")
     print(f"\n{path.name}: {result['settings'].get('train_pairs')} training pairs\n\n"
-          "| contender | batch (pairs) | seeds | Recall@1 | Recall@10 | MRR@10 | NDCG@10 | texts/s (training) |\n"
-          "|---|---|---|---|---|---|---|---|")
+          "| contender | batch (pairs) | seeds | Recall@1 | Recall@10 | MRR@10 | NDCG@10 | mean cos | texts/s (training) |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for name, batch in dict.fromkeys((r["contender"], r["batch"]) for r in runs):
         rs = [r for r in runs if r["contender"] == name and r["batch"] == batch]
         rate = [r["samples_per_s"] for r in rs if "samples_per_s" in r]
+        spreads = [r["mean_cosine_other"] for r in rs if "mean_cosine_other" in r]
         print(f"| {name} | {batch or '–'} | {', '.join(str(r['seed']) for r in rs)} | "
               + " | ".join(mean_sd([r[k] for r in rs]) for k in keys)
+              + f" | {', '.join(f'{v:.3f}' for v in spreads)}"
               + (f" | {statistics.mean(rate):.1f} |" if rate else " | |"))
     plain = {(r["batch"], r["seed"]): r for r in runs if r["contender"] == "metriclearn neighborhood (pair ids)"}
     for r in runs:
@@ -625,7 +673,8 @@ def run_tables(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["classes", "pairs", "speed", "memory", "memory-child", "tables", "merge"])
+    parser.add_argument("part", choices=["classes", "pairs", "pairs-check", "speed", "memory", "memory-child", "tables",
+                                           "merge"])
     parser.add_argument("dirs", nargs="*", help="merge: the BENCH_OUT folders whose pair results to merge")
     parser.add_argument("--into", help="merge: the results file to write")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -653,12 +702,12 @@ def main() -> None:
 
     set_quiet(True)
     if args.temperature is None:
-        args.temperature = 0.05 if args.part == "pairs" else 0.15
+        args.temperature = 0.05 if args.part.startswith("pairs") else 0.15
     if args.part == "memory-child":
         memory_child(args.batch, args.slots, args.steps, args.max_length)
         return
     parts = {"classes": run_classes, "pairs": run_pairs, "speed": run_speed, "memory": run_memory,
-             "tables": run_tables, "merge": merge_results}
+             "tables": run_tables, "merge": merge_results, "pairs-check": run_pairs_check}
     parts[args.part](args)
 
 

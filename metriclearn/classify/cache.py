@@ -434,7 +434,8 @@ class CacheClassifier(CalibrationMixin, ClassifierMixin, BaseEstimator):
             index = getattr(self, "_neighbour_index", None)
         if index is None:
             index = self._neighbour_index = self._build_index(self.keys_, kind="flat")
-        _, ids = index.search(X, m)
+        # searched as unit rows, like the top-k probabilities' search, so one search can serve both (classify --reject)
+        _, ids = index.search(unit_rows_tensor(torch.from_numpy(X)).numpy(), m)
         distances = exact_distances(X, self.keys_, self._rows(ids), "cosine")
         return np.sort(distances, axis=1)
 

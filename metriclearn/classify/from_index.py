@@ -156,3 +156,25 @@ def classifier_from_index(index: Any, method: str, k: int | None = None, theta: 
 
 def _name(index_dir: str | os.PathLike[str] | None) -> str:
     return "the index" if index_dir is None else f"index {str(index_dir)!r}"
+
+
+def predict_with_index(classifier: IndexClassifier, queries: np.ndarray, reject: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(proba, predictions, rejected)`` of ``queries``, with one index search for all of it.
+
+    The vote's ``k`` nearest (kNN, top-k cache) and, with ``reject``, the acceptance score's
+    ``NEIGHBOURS_FOR_FEATURES`` nearest come from one search at the larger depth
+    (:func:`~metriclearn.classify._shared_search.shared_search`). ``rejected`` is ``None`` without ``reject``.
+    A collective on a sharded index under torchrun: call it on every rank.
+    """
+    from metriclearn.classify._shared_search import shared_search
+    from metriclearn.classify.calibration import NEIGHBOURS_FOR_FEATURES
+
+    depth = max(int(getattr(classifier, "n_neighbors", 0) or 0), int(getattr(classifier, "top_k", 0) or 0),
+                NEIGHBOURS_FOR_FEATURES if reject else 0)
+    with shared_search(classifier, depth):
+        proba = classifier.predict_proba(queries)  # (n, K)
+        if not reject:
+            return proba, classifier.classes_[np.argmax(proba, axis=1)], None
+        predictions, rejected = classifier.predict_with_rejection(queries, proba=proba)
+    return proba, predictions, rejected

@@ -132,7 +132,7 @@ def classify(
                            workers=workers, skip_bad=skip_bad_images)
     check_same_model(index, index_dir, vectors)
     q = check_dim(vectors, index, index_dir)
-    from metriclearn.classify.from_index import OptionClash, classifier_from_index
+    from metriclearn.classify.from_index import OptionClash, classifier_from_index, predict_with_index
 
     try:  # the stored calibration for the method, unless an option contradicts it (metriclearn.classify.from_index)
         classifier, calibration = classifier_from_index(index, method, k, theta, weights, device,
@@ -147,12 +147,9 @@ def classify(
                 f"index {str(index_dir)!r} was calibrated for {method} without a target precision, so --reject "
                 "has no threshold: rerun `metriclearn calibrate` with --target-precision P"
             )
-    proba = classifier.predict_proba(q)  # collective on a sharded index under torchrun
-    rejected = None
-    if reject:  # every rank: the acceptance score's search is a collective on a sharded index too
-        predictions, rejected = classifier.predict_with_rejection(q, proba=proba)  # no second probability pass
-    else:
-        predictions = classifier.classes_[np.argmax(proba, axis=1)]
+    # every rank: on a sharded index under torchrun the searches are collectives; one search serves the vote and
+    # the acceptance score
+    proba, predictions, rejected = predict_with_index(classifier, q, reject)
     if not _is_main_process():  # rank 0 writes and prints
         return
     if sets_out is not None:
