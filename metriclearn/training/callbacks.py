@@ -349,12 +349,14 @@ class HealthMonitor(Callback):
         """Compare each term's loss of the first step (in ``logs``) with its chance level."""
         from metriclearn.losses.registry import expected_initial_loss
 
-        batch_size = min(trainer.batch_size, trainer.num_samples or trainer.batch_size)
+        # pair data: a batch is pairs × texts per pair, each pair a "class" (Trainer.batch_layout)
+        layout = getattr(trainer, "batch_layout", (trainer.batch_size, trainer.samples_per_class))
+        batch_size = min(layout[0], trainer.num_samples or layout[0])
         for name in trainer.objective.names:
             if name not in logs:
                 continue
             observed = float(logs[name])
-            expected = expected_initial_loss(name, batch_size, trainer.samples_per_class, trainer.num_classes)
+            expected = expected_initial_loss(name, batch_size, layout[1], trainer.num_classes)
             self.initial[name] = (observed, expected)
             if expected is None or expected <= 0:
                 continue

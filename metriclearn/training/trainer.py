@@ -132,6 +132,8 @@ class Trainer:
         self.weight_decay = check_positive_float(weight_decay, "weight_decay", allow_zero=True)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.samples_per_class = check_positive_int(samples_per_class, "samples_per_class")
+        # (samples in a batch, samples per class in it): pair data makes it (pairs × texts per pair, texts per pair)
+        self.batch_layout = (self.batch_size, self.samples_per_class)
         self.grad_clip = check_positive_float(grad_clip, "grad_clip", allow_zero=True)
         self.embed_batch_size = check_positive_int(embed_batch_size, "embed_batch_size")
         self.seed = check_positive_int(seed, "seed", allow_zero=True)
@@ -226,12 +228,15 @@ class Trainer:
         pair_ids = getattr(train, "pair_ids", None)
         if pair_ids is not None:  # pair data: --batch-size pairs, each with all its texts (a "class" of 2 or 3)
             width = train.pairs.shape[1]
+            # a "class" is a pair's anchor and positive (a negative has an id of its own)
+            self.batch_layout = (self.batch_size * width, 2)
             base_sampler = ClassBalancedSampler(pair_ids, self.batch_size * width, width, seed=self.seed,
                                                 as_tensors=True)
             self._ids = torch.as_tensor(pair_ids, dtype=torch.long, device=self.device)
         else:  # a fine-tuned transformer's batches are bucketed by token count (see ClassBalancedSampler)
             lengths_of = getattr(self.model, "bucket_lengths", None)
             lengths = lengths_of(X) if callable(lengths_of) and not isinstance(X, (np.ndarray, Tensor)) else None
+            self.batch_layout = (self.batch_size, self.samples_per_class)
             base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed,
                                                 lengths=lengths, as_tensors=True)
             self._ids = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import csv
 import json
 import os
@@ -308,3 +309,25 @@ def test_torchrun_on_pairs_with_the_cache_equals_one_process(tmp_path, pair_file
     one_m, two_m = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
     assert two_m["n_train"] == one_m["n_train"] == 16 and two_m["n_eval"] == 7
     assert two_m["pairs"] == pytest.approx(one_m["pairs"], abs=1e-6)  # 7 queries: a rank moves by 1/7
+
+
+@pytest.mark.parametrize("negatives", [False, True])
+def test_first_batch_chance_level_counts_texts_per_pair(tmp_path, tiny_bert_dir, negatives) -> None:
+    """A batch of B pairs holds B·w texts and each anchor has one positive: chance is log(B·w − 1), whatever
+    --samples-per-class says (it said log((B − 1)/(s − 1)) before, as if the batch held B single texts)."""
+    from metriclearn.training import HealthMonitor, TrainConfig
+    from metriclearn.training.run import train_run
+
+    rows = [{"anchor": f"what is a {w}?", "positive": f"a {w} is a thing called {w}"}
+            | ({"negative": f"a {w} is never a {WORDS[i - 1]}"} if negatives else {}) for i, w in enumerate(WORDS)]
+    config = TrainConfig(data=_write(tmp_path / "pairs.jsonl", rows), encoder=f"sentence:{tiny_bert_dir}",
+                         loss="neighborhood", epochs=1, batch_size=6, samples_per_class=3, embedding_dim=8,
+                         val_fraction=0.0, device="cpu", threads=1, seed=0)
+    class ChanceProbe(HealthMonitor):  # a second monitor beside the run's own (state keys must differ)
+        pass
+
+    monitor = ChanceProbe()
+    train_run(config, tmp_path / "run", callbacks=[monitor], verbose=False)
+    width = 3 if negatives else 2
+    observed, expected = monitor.initial["neighborhood"]
+    assert expected == pytest.approx(math.log(6 * width - 1), rel=1e-12) and math.isfinite(observed)
