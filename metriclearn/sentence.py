@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metriclearn._checks import check_bool, check_choice, check_positive_int, describe
+from metriclearn._frozen_part import skip_when_frozen
 from metriclearn._hf import SAFE_LOAD, check_model_folder
 from metriclearn._progress import progress
 
@@ -257,8 +258,8 @@ class SentenceEncoder(nn.Module):
                 enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 self.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.register_state_dict_post_hook(_drop_frozen)
-        self.register_load_state_dict_pre_hook(_fill_frozen)
+        # a frozen transformer is not saved: it is rebuilt from its source
+        skip_when_frozen(self, "transformer", lambda m: m.freeze)
 
     @property
     def is_text(self) -> bool:
@@ -436,16 +437,3 @@ def _load_transformer(folder: Path) -> tuple[Any, Any]:  # a tokenizer and a tra
             logging.enable_progress_bar()
     return tokenizer, model
 
-
-def _drop_frozen(module: SentenceEncoder, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    """A frozen transformer is not saved: it is rebuilt from the model folder."""
-    if module.freeze:
-        for key in [k for k in state if k.startswith(prefix + "transformer.")]:
-            del state[key]
-
-
-def _fill_frozen(module: SentenceEncoder, state: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Loading a head-only state keeps the folder's transformer weights (only when frozen)."""
-    if module.freeze:
-        for key, value in module.transformer.state_dict().items():
-            state.setdefault(prefix + "transformer." + key, value)

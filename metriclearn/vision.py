@@ -35,13 +35,13 @@ torch.Size([3, 4])
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metriclearn._checks import check_bool, check_choice, check_positive_int, describe
+from metriclearn._frozen_part import skip_when_frozen
 from metriclearn.images.backbones import load_backbone
 from metriclearn.images.transforms import AUGMENTS, Normalize, augmentation, match_channels, resize_batch
 
@@ -115,8 +115,8 @@ class VisionEncoder(nn.Module):
                 block.requires_grad_(True)
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.register_state_dict_post_hook(_drop_frozen)
-        self.register_load_state_dict_pre_hook(_fill_frozen)
+        # a frozen backbone is not saved: it is rebuilt from its source
+        skip_when_frozen(self, "backbone", lambda m: m.freeze and m._backbone.from_file)
         self.train(True)
 
     @property
@@ -191,16 +191,3 @@ class VisionEncoder(nn.Module):
         return (f"spec={self.spec!r}, freeze={self.freeze}, augment={self.augment_preset!r}, "
                 f"image_size={self.image_size}")
 
-
-def _drop_frozen(module: VisionEncoder, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    """A frozen backbone whose weights come from a file is not saved: it is rebuilt from the spec."""
-    if module.freeze and module._backbone.from_file:
-        for key in [k for k in state if k.startswith(prefix + "backbone.")]:
-            del state[key]
-
-
-def _fill_frozen(module: VisionEncoder, state: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Loading a head-only state keeps the file's backbone weights (only when frozen)."""
-    if module.freeze and module._backbone.from_file:
-        for key, value in module.backbone.state_dict().items():
-            state.setdefault(prefix + "backbone." + key, value)
