@@ -144,7 +144,7 @@ def step_log(every: int = 32) -> Any:
 
 
 def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str, slots: int,
-               temperature: float, num_classes: int, total_steps: int) -> Any:
+               temperature: float, num_classes: int, total_steps: int, recenter: bool = True) -> Any:
     """metriclearn: SentenceEncoder(freeze=False) (no head: the pooled, normalised MiniLM) + Trainer."""
     from metriclearn.encoders import SentenceEncoder
     from metriclearn.training import Trainer, build_objective
@@ -153,7 +153,8 @@ def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str
     encoder = SentenceEncoder(embedding_dim=None, freeze=False, max_length=max_length)
     options: dict[str, Any] = {"temperature": temperature, "distance": "cosine"}
     terms = loss.split("+")  # "neighborhood+cache": both terms, weight 1 each (docs/text.md's pair example)
-    cache = dict(options, size=slots, warmup_steps=max(1, int(SETTINGS["cache_warmup"] * total_steps)))
+    cache = dict(options, size=slots, warmup_steps=max(1, int(SETTINGS["cache_warmup"] * total_steps)),
+                 recenter=recenter)
     objective = build_objective([(t, 1.0) for t in terms], encoder.out_features, num_classes,
                                 loss_options={t: cache if t == "cache" else options for t in terms})
     return Trainer(encoder, objective, "adamw", lr=LR, weight_decay=WEIGHT_DECAY, scheduler=linear_warmup,
@@ -403,10 +404,10 @@ def run_pairs(args: argparse.Namespace) -> None:
             schedule = [[int(i) for i in dict.fromkeys(y[b])]
                         for e in range(args.epochs) for b in class_batches(y, 2 * batch, 2, seed, lengths, e)]
 
-            def ml(loss: str) -> Callable[[], tuple[np.ndarray, np.ndarray, dict]]:
+            def ml(loss: str, recenter: bool = True) -> Callable[[], tuple[np.ndarray, np.ndarray, dict]]:
                 def go() -> tuple[np.ndarray, np.ndarray, dict]:
                     trainer = ml_trainer(2 * batch, 2, seed, args.max_length, loss, args.slots, args.temperature,
-                                         n, len(schedule))
+                                         n, len(schedule), recenter)
                     history = trainer.fit((texts, y), epochs=args.epochs)
                     return (ml_embed(trainer.model, test_a), ml_embed(trainer.model, test_p),
                             {"train_loss": [h["loss"] for h in history],
@@ -427,9 +428,11 @@ def run_pairs(args: argparse.Namespace) -> None:
                 return go
 
             record("metriclearn neighborhood (pair ids)", batch, seed, ml("neighborhood"))
-            record(f"metriclearn neighborhood + cache {args.slots}", batch, seed, ml("cache"))
+            # before recentring (CacheLoss(recenter=False)): the runs of (b) and (b2)
+            record(f"metriclearn neighborhood + cache {args.slots}", batch, seed, ml("cache", recenter=False))
+            record(f"metriclearn neighborhood + cache {args.slots}, recentred", batch, seed, ml("cache"))
             record(f"metriclearn neighborhood and cache {args.slots} (two terms)", batch, seed,
-                   ml("neighborhood+cache"))
+                   ml("neighborhood+cache", recenter=False))
             record("ST MultipleNegativesRankingLoss", batch, seed, st("MultipleNegativesRankingLoss"))
             record("ST CachedMultipleNegativesRankingLoss", batch, seed, st("CachedMultipleNegativesRankingLoss"))
 
