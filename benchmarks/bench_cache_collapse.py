@@ -70,16 +70,18 @@ def embedded_pairs(max_length: int = 32) -> dict[str, tuple[Tensor, Tensor]]:
 
 
 class Head(nn.Module):
-    """z = x + W2 relu(W1 x), starting at the identity (W2 = 0)."""
+    """z = x + W2 relu(W1 x), starting at the identity (W2 = 0); unit rows with ``normalize``."""
 
-    def __init__(self, dim: int = 384, hidden: int = 768) -> None:
+    def __init__(self, dim: int = 384, hidden: int = 768, normalize: bool = False) -> None:
         super().__init__()
+        self.normalize = normalize
         self.up, self.down = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
         nn.init.zeros_(self.down.weight)
         nn.init.zeros_(self.down.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, D) -> (N, D)
-        return x + self.down(torch.relu(self.up(x)))
+        z = x + self.down(torch.relu(self.up(x)))  # (N, D)
+        return F.normalize(z, dim=1) if self.normalize else z
 
 
 def extra_columns_loss(z: Tensor, labels: Tensor, refs: Tensor, ref_labels: Tensor, temperature: float) -> Tensor:
@@ -111,7 +113,7 @@ def train(contender: str, data: dict[str, tuple[Tensor, Tensor]], args: argparse
     steps = args.pairs // args.batch
     warmup = max(1, int(0.1 * steps))
     torch.manual_seed(seed)
-    head = Head()
+    head = Head(normalize=args.normalize)
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr)
     in_batch = NeighborhoodSoftmaxLoss(args.temperature, "cosine")
     recenter = contender.endswith("recentred")
@@ -160,6 +162,8 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--normalize", action="store_true",
+                        help="the head returns unit rows, as metriclearn's encoders do by default")
     parser.add_argument("--only", nargs="+", choices=CONTENDERS, help="run only these contenders")
     parser.add_argument("--out", default=str(HERE / "results_cache_collapse.json"))
     args = parser.parse_args()

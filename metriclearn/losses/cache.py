@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metriclearn._checks import check_choice, check_positive_float, check_positive_int
-from metriclearn.losses._recenter import recenter_gradient
+from metriclearn.losses._recenter import is_unit, recenter_gradient
 from metriclearn.losses._softmax_kernel import NeighborhoodSoftmaxFunction, label_codes, matching_slots
 from metriclearn.losses.base import MetricLoss
 from metriclearn.losses.neighborhood import DISTANCES
@@ -59,9 +59,10 @@ class CacheLoss(MetricLoss):
     batch it is a net force that moves every embedding one common way, and the embeddings bunch up
     (on pairs, where the cache holds no positive of the batch, fine-tuned MiniLM ended with a mean
     cosine of 0.9 between unrelated texts; BENCHMARKS.md, text fine-tuning (b2)). With ``recenter``
-    (the default) the gradient that reaches the embeddings while the cache is scored loses its mean
-    over the batch (:func:`~metriclearn.losses._recenter.recenter_gradient`): no net force, as in a
-    batch without cache. The loss value is unchanged; ``recenter=False`` gives the plain gradient.
+    (the default) the gradient that reaches the embeddings while the cache is scored loses its common
+    part over the batch (:func:`~metriclearn.losses._recenter.recenter_gradient`: its mean; for unit
+    rows, the common vector left after an encoder's normalisation): no net force, as in a batch
+    without cache. The loss value is unchanged; ``recenter=False`` gives the plain gradient.
 
     Parameters
     ----------
@@ -139,7 +140,8 @@ class CacheLoss(MetricLoss):
         """Per-anchor losses against the batch and the cache (slots holding an anchor's id excluded)."""
         filled = self.scored_slots()
         if self.recenter and filled and embeddings.requires_grad:
-            embeddings = recenter_gradient(embeddings)  # the constant cache may not move the batch as a whole
+            # the constant cache may not move the batch as a whole (unit rows: an encoder normalised them)
+            embeddings = recenter_gradient(embeddings, unit=is_unit(embeddings))
         return self._score(self._prepare(embeddings), labels, ids, filled)
 
     def scored_slots(self) -> int:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from metriclearn.losses import CacheLoss, NeighborhoodSoftmaxLoss
+from metriclearn.losses._recenter import is_unit
 from metriclearn.losses._softmax_kernel import matching_slots
 
 from ._neighborhood_reference import loop_loss
@@ -175,6 +176,30 @@ def test_recentred_gradient_is_the_plain_one_less_its_batch_mean(distance: str) 
     torch.testing.assert_close(g, g_plain - g_plain.mean(0), rtol=1e-12, atol=1e-14)
     assert g.sum(0).abs().max() < 1e-12 * g.abs().max()  # the rows' gradients sum to zero
     assert g_plain.sum(0).abs().max() > 1e-3 * g_plain.abs().max()  # they did not before
+
+
+def test_recentring_survives_an_encoders_normalisation() -> None:
+    """Unit rows (the encoder normalised z): no net force on z itself, though normalize's backward projects."""
+    plain = CacheLoss(DIM, size=32, temperature=0.4, recenter=False).double()
+    recentred = CacheLoss(DIM, size=32, temperature=0.4).double()
+    for _ in range(2):
+        x, labels = _batch(7)
+        plain(x, labels)
+        recentred(x, labels)
+    z = (3.0 * F.normalize(torch.randn(7, DIM, dtype=torch.float64), dim=1)).requires_grad_(True)  # equal norms
+    labels = torch.randint(0, 3, (7,))
+    value, reference = recentred(F.normalize(z, dim=1), labels), plain(F.normalize(z, dim=1), labels)
+    torch.testing.assert_close(value, reference, rtol=1e-13, atol=0)
+    g, g_plain = _grad(value, z), _grad(reference, z)
+    assert g.sum(0).abs().max() < 1e-8 * g.abs().max()  # no net force on z
+    assert g_plain.sum(0).abs().max() > 1e-3 * g_plain.abs().max()
+    assert (g - g_plain).norm() < g_plain.norm()  # a correction, not a different gradient
+
+
+def test_is_unit_tells_normalised_rows() -> None:
+    x = torch.randn(5, DIM)
+    assert not is_unit(x) and is_unit(F.normalize(x, dim=1))
+    assert is_unit(F.normalize(x, dim=1).bfloat16())
 
 
 def test_recentring_waits_for_the_cache() -> None:
