@@ -635,10 +635,13 @@ def merge_results(args: argparse.Namespace) -> None:
     from metriclearn._atomic import write_json
 
     parts = [json.loads((Path(d) / "results_text_finetune_pairs.json").read_text()) for d in args.dirs]
+    if Path(args.into).exists():  # add to an earlier merge
+        parts.insert(0, json.loads(Path(args.into).read_text()))
     settings = [{k: v for k, v in p["settings"].items() if k not in ("batches", "cache_slots")} for p in parts]
     if any(s != settings[0] for s in settings):
         raise SystemExit(f"the runs have different settings: {settings}")
-    merged = {"machines": [p["machine"] for p in parts], "settings": settings[0],
+    machines = [m for p in parts for m in p.get("machines", [p.get("machine")])]
+    merged = {"machines": machines, "settings": settings[0],
               "runs": sorted((r for p in parts for r in p["runs"]), key=lambda r: (r["batch"], r["seed"]))}
     write_json(Path(args.into), merged)
     print(f"{len(merged['runs'])} runs -> {args.into}")
