@@ -50,9 +50,9 @@ CONTENDERS = ("in-batch", "cache", "cache, recentred", "fresh detached", "fresh 
               "fresh with gradient")
 
 
-def embedded_pairs(max_length: int = 32) -> dict[str, tuple[Tensor, Tensor]]:
+def embedded_pairs(max_length: int = 32, path: Path | None = None) -> dict[str, tuple[Tensor, Tensor]]:
     """Raw MiniLM embeddings (unit) of the train and test pairs' anchors and positives, cached as .npz."""
-    path = cache_dir() / f"wordnet_pairs_minilm_{max_length}.npz"
+    path = path or cache_dir() / f"wordnet_pairs_minilm_{max_length}.npz"
     if not path.exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
@@ -164,11 +164,13 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.05)
     parser.add_argument("--normalize", action="store_true",
                         help="the head returns unit rows, as metriclearn's encoders do by default")
+    parser.add_argument("--embeddings", type=Path, help="an .npz of other pairs' embeddings: arrays "
+                        "{train,test}_{anchor,positive} (default: the WordNet example -> definition pairs)")
     parser.add_argument("--only", nargs="+", choices=CONTENDERS, help="run only these contenders")
     parser.add_argument("--out", default=str(HERE / "results_cache_collapse.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = embedded_pairs()
+    data = embedded_pairs(path=args.embeddings)
     results: dict[str, dict] = {"raw MiniLM": scores(nn.Identity(), data["test"])}
     print(f"raw MiniLM: {results['raw MiniLM']}")
     for contender in args.only or CONTENDERS:
@@ -188,7 +190,7 @@ def main() -> None:
             sd = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.4f}{sd}")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
     Path(args.out).write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
 
 
