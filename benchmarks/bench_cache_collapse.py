@@ -128,7 +128,8 @@ def scores(head: nn.Module, test: tuple[Tensor, Tensor]) -> dict[str, float]:
 
 def train(contender: str, data: dict[str, tuple[Tensor, Tensor]], args: argparse.Namespace, seed: int) -> dict:
     anchors, positives = (t[: args.pairs] for t in data["train"])
-    steps = args.pairs // args.batch
+    per_epoch = args.pairs // args.batch
+    steps = per_epoch * args.epochs
     warmup = max(1, int(0.1 * steps))
     torch.manual_seed(seed)
     head = Head(normalize=args.normalize)
@@ -136,7 +137,8 @@ def train(contender: str, data: dict[str, tuple[Tensor, Tensor]], args: argparse
     in_batch = NeighborhoodSoftmaxLoss(args.temperature, "cosine")
     recenter = contender.endswith("recentred")
     cache = CacheLoss(384, size=args.slots, temperature=args.temperature, warmup_steps=warmup, recenter=recenter)
-    order = torch.randperm(args.pairs, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(args.pairs, generator=generator) for _ in range(args.epochs)])
     history: list[Tensor] = []  # pair ids of earlier batches (fresh contenders)
     losses = []
     for step in range(steps):
@@ -190,6 +192,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="pairs per step")
     parser.add_argument("--slots", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--temperature", type=float, default=0.05)
     parser.add_argument("--normalize", action="store_true",
                         help="the head returns unit rows, as metriclearn's encoders do by default")
