@@ -305,7 +305,12 @@ def test_torchrun_on_pairs_with_the_cache_equals_one_process(tmp_path, pair_file
     moved = max(float((a[k] - start[k.removeprefix("transformer.")]).abs().max()) for k in a if k.startswith("tr"))
     assert moved > 1e-3 and a.keys() == b.keys()  # 12 AdamW steps moved the transformer (seen: 3.5e-3)
     for key in a:  # the gradients are summed in another order (seen: 1e-6 apart), far below what training moved
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=3e-5, msg=key)
+        gap = (b[key] - a[key]).abs()
+        # AdamW scales each weight's step by its own gradient's size, so a weight whose gradient is ~0 (a token
+        # seen once) can take a visibly different step from a last-bit difference (seen: 1 weight of 976 704
+        # 1.1e-4 apart once the cache's recentring solve is in the gradient); a wrong gradient moves them all
+        assert float((gap > 3e-5).float().mean()) <= 1e-4, key
+        assert float(gap.max()) <= 0.1 * moved, (key, float(gap.max()), moved)
     one_m, two_m = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
     assert two_m["n_train"] == one_m["n_train"] == 16 and two_m["n_eval"] == 7
     assert two_m["pairs"] == pytest.approx(one_m["pairs"], abs=1e-6)  # 7 queries: a rank moves by 1/7
