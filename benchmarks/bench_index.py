@@ -15,9 +15,8 @@ The neighbours are checked to be the same as raw faiss's before timing.
 right after a raw faiss call, so libgomp's threads may still be spinning), and blocks of 5 back-to-back
 calls each. "before" is EmbeddingIndex as it ran until issue 23: its tasks handed to worker threads only
 (the caller waiting) and the slices' merge at the caller's OpenMP threads (metriclearn/indexes/
-_work_sharing.py explains both); "helpers on busy CPUs too" is the new scheme without its spare-CPU
-check (threads - 1 helpers always). Each is paired with raw faiss on its own, pairs interleaved within
-each repeat; the order inside a pair flips every repeat.
+_work_sharing.py explains both). Each is paired with raw faiss on its own, pairs interleaved within each repeat; the
+order inside a pair flips every repeat.
 
 Usage: python benchmarks/bench_index.py [--n 100000] [--dim 128] [--repeats 7] [--sweep] [--threads N]
                                        [--interleaved] [--json OUT]
@@ -180,7 +179,6 @@ def interleaved(
             check_same(raw.search(xq, K), _before(ours, xq), "before")
             rivals = {
                 "EmbeddingIndex": lambda xq=xq: ours.search(xq, K),
-                "helpers on busy CPUs too": lambda xq=xq: _every_helper(ours, xq),
                 "before": lambda xq=xq: _before(ours, xq),
             }
             schedules = ("call by call", "blocks of 5")
@@ -220,16 +218,6 @@ def _before(index: EmbeddingIndex, xq: np.ndarray) -> Any:
         return index.search(xq, K)
     finally:
         _flat_search.run_shared, _flat_search.one_faiss_thread = saved
-
-
-def _every_helper(index: EmbeddingIndex, xq: np.ndarray) -> Any:
-    """EmbeddingIndex.search with threads − 1 helpers whether or not other processes keep the CPUs busy."""
-    saved = _flat_search.spare_cpus
-    _flat_search.spare_cpus = lambda: os.cpu_count() or 1
-    try:
-        return index.search(xq, K)
-    finally:
-        _flat_search.spare_cpus = saved
 
 
 def _forced_blas(index: faiss.Index, xq: np.ndarray) -> Any:

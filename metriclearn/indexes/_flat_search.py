@@ -37,7 +37,7 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
-from metriclearn.indexes._work_sharing import one_faiss_thread, run_shared, spare_cpus
+from metriclearn.indexes._work_sharing import one_faiss_thread, run_shared
 
 MIN_QUERIES = 4  # below this the plain scan is faster than SGEMM set-up
 TASKS_PER_THREAD = 4  # more tasks than threads: a thread slowed by another process takes fewer
@@ -64,12 +64,12 @@ def flat_search(
         if nq >= tasks * MIN_QUERY_CHUNK:  # many queries: each task takes a block of them, no merge
             chunks = np.array_split(np.arange(nq), tasks)
             blocks = [functools.partial(_knn, xb, xq[c[0] : c[-1] + 1], k, l2, xb_sq_norms, 0, n) for c in chunks]
-            D, I = zip(*run_shared(blocks, helpers=_helpers(threads)), strict=True)
+            D, I = zip(*run_shared(blocks, helpers=threads - 1), strict=True)
             return np.concatenate(D), np.concatenate(I)
         slices = max(1, min(tasks, n // MIN_SLICE))  # few queries: each task takes a slice of the vectors
         bounds = np.linspace(0, n, slices + 1).astype(int).tolist()
         parts = [functools.partial(_knn, xb, xq, k, l2, xb_sq_norms, *b) for b in itertools.pairwise(bounds)]
-        results = run_shared(parts, helpers=_helpers(threads) if slices > 1 else 0)
+        results = run_shared(parts, helpers=threads - 1)
     if len(results) == 1:
         return results[0]
     with one_faiss_thread():  # its heapify / reorder are OpenMP loops: not worth waking a team for
@@ -78,11 +78,6 @@ def flat_search(
             heap.add_result(D, I)
         heap.finalize()
     return heap.D, heap.I
-
-
-def _helpers(threads: int) -> int:
-    """Helper threads for a search at ``threads`` OpenMP threads: as many as there are spare CPUs."""
-    return 0 if threads <= 1 else min(threads - 1, spare_cpus())
 
 
 def _knn(

@@ -89,54 +89,6 @@ def one_faiss_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(saved)
 
 
-def spare_cpus() -> int:
-    """CPUs not taken right now by the caller or another process's runnable threads (at least 0).
-
-    ``usable − 1 − others``: ``usable`` = the CPUs this process may run on; ``others`` = the kernel's
-    count of runnable threads (4th field of ``/proc/loadavg``, this one included) less this process's
-    own runnable threads (``/proc/self/task/*/stat``: the caller, and OpenMP threads still spinning
-    after a parallel region, which yield within milliseconds). A helper placed on a CPU another
-    process is using gets a share of it and turns every hand-over into a wait for the scheduler, so
-    helpers are only worth starting on spare CPUs: the same idea as OpenMP's dynamic team size
-    (``OMP_DYNAMIC``; libgomp sizes the team as CPUs − load average), on an instantaneous count.
-    Without ``/proc`` (not Linux): ``usable − 1``. Costs about 0.1 ms.
-
-    >>> 0 <= spare_cpus() < (os.cpu_count() or 1)
-    True
-    """
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        with open("/proc/loadavg", "rb") as fh:
-            runnable = int(fh.read().split()[3].split(b"/")[0])
-        own = _own_runnable_threads() if runnable > 1 else 1  # only the caller runs: no need to look
-    except (OSError, ValueError, IndexError):
-        return usable - 1
-    return spare(usable, runnable, own)
-
-
-def spare(usable: int, runnable: int, own: int) -> int:
-    """``usable − 1 − (runnable − own)``, at least 0: CPUs left once the caller and other processes have one each.
-
-    >>> spare(usable=2, runnable=3, own=1)  # two other processes' threads keep both CPUs busy
-    0
-    >>> spare(usable=2, runnable=2, own=2)  # the caller and one of its own spinning OpenMP threads
-    1
-    """
-    return max(0, usable - 1 - max(0, runnable - max(own, 1)))
-
-
-def _own_runnable_threads() -> int:
-    """Threads of this process in state R (running or runnable), from ``/proc/self/task/*/stat``."""
-    own = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat", "rb") as fh:
-                own += fh.read().rpartition(b")")[2][1:2] == b"R"  # the state field follows "(comm) "
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-    return own
-
-
 def _workers() -> ThreadPoolExecutor:
     """The helper threads (one per CPU, OpenMP limited to 1 thread in each); re-made after a fork."""
     global _pool, _pool_pid

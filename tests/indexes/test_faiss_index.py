@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -137,28 +136,6 @@ def test_shared_tasks_equal_brute_force_with_k_above_a_slice(
     np.testing.assert_array_equal(I, ind)
     np.testing.assert_allclose(D, dist**2, rtol=1e-4, atol=1e-4)
     assert faiss.omp_get_max_threads() == 3
-
-
-@pytest.mark.parametrize("spare", [0, 2])
-def test_helpers_only_on_spare_cpus(x, q, spare: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No spare CPU (other processes busy): the caller runs every task itself; the neighbours are the same."""
-    monkeypatch.setattr(_flat_search, "MIN_SLICE", 100)
-    monkeypatch.setattr(_flat_search, "spare_cpus", lambda: spare)
-    ran_on, real_knn = [], _flat_search._knn
-
-    def spy(*args):
-        ran_on.append(threading.current_thread())
-        return real_knn(*args)
-
-    monkeypatch.setattr(_flat_search, "_knn", spy)
-    D_ref, I_ref = exact_search(q[:5], x, 7)
-    faiss.omp_set_num_threads(3)  # 12 tasks, 6 slices of 100 vectors; undone by _one_faiss_thread
-    D, I = _flat_search.flat_search(x, q[:5], 7, l2=True)
-    np.testing.assert_array_equal(I, I_ref)
-    np.testing.assert_allclose(D, D_ref, rtol=1e-5, atol=1e-4)
-    assert len(ran_on) == 6
-    if spare == 0:
-        assert set(ran_on) == {threading.current_thread()}
 
 
 def test_concurrent_searches_from_several_threads(x, rng: np.random.Generator) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 
 import faiss
 import pytest
 
-from metriclearn.indexes._work_sharing import run_shared, spare, spare_cpus
+from metriclearn.indexes._work_sharing import one_faiss_thread, run_shared
 
 
 @pytest.fixture(autouse=True)
@@ -67,21 +66,8 @@ def test_the_first_error_is_raised_after_the_other_tasks_ran() -> None:
     assert faiss.omp_get_max_threads() == 2
 
 
-@pytest.mark.parametrize(
-    ("usable", "runnable", "own", "expected"),
-    [
-        (2, 1, 1, 1),  # only the caller runs: one spare CPU
-        (2, 2, 1, 0),  # another process's thread holds the other CPU
-        (2, 4, 1, 0),  # more runnable threads than CPUs
-        (2, 2, 2, 1),  # the second runnable thread is our own (an OpenMP thread still spinning)
-        (8, 3, 1, 5),
-        (1, 1, 1, 0),
-        (4, 1, 0, 3),  # the caller was not seen as runnable: it still counts as one
-    ],
-)
-def test_spare_cpus_arithmetic(usable: int, runnable: int, own: int, expected: int) -> None:
-    assert spare(usable, runnable, own) == expected
-
-
-def test_spare_cpus_reads_this_machine() -> None:
-    assert 0 <= spare_cpus() < (os.cpu_count() or 1)
+def test_one_faiss_thread_restores_the_callers_setting_after_an_error() -> None:
+    with pytest.raises(RuntimeError), one_faiss_thread():
+        assert faiss.omp_get_max_threads() == 1
+        raise RuntimeError
+    assert faiss.omp_get_max_threads() == 2
