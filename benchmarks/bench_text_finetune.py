@@ -144,7 +144,7 @@ def step_log(every: int = 32) -> Any:
 
 
 def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str, slots: int,
-               temperature: float, num_classes: int, total_steps: int) -> Any:
+               temperature: float, num_classes: int, total_steps: int, recenter: bool = True) -> Any:
     """metriclearn: SentenceEncoder(freeze=False) (no head: the pooled, normalised MiniLM) + Trainer."""
     from metriclearn.encoders import SentenceEncoder
     from metriclearn.training import Trainer, build_objective
@@ -153,7 +153,8 @@ def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str
     encoder = SentenceEncoder(embedding_dim=None, freeze=False, max_length=max_length)
     options: dict[str, Any] = {"temperature": temperature, "distance": "cosine"}
     terms = loss.split("+")  # "neighborhood+cache": both terms, weight 1 each (docs/text.md's pair example)
-    cache = dict(options, size=slots, warmup_steps=max(1, int(SETTINGS["cache_warmup"] * total_steps)))
+    cache = dict(options, size=slots, warmup_steps=max(1, int(SETTINGS["cache_warmup"] * total_steps)),
+                 recenter=recenter)
     objective = build_objective([(t, 1.0) for t in terms], encoder.out_features, num_classes,
                                 loss_options={t: cache if t == "cache" else options for t in terms})
     return Trainer(encoder, objective, "adamw", lr=LR, weight_decay=WEIGHT_DECAY, scheduler=linear_warmup,
@@ -288,11 +289,12 @@ def run_classes(args: argparse.Namespace) -> None:
             trainer.fit((train_x, y_train), epochs=30)
             return ml_embed(enc, train_x), ml_embed(enc, test_x), {"head_epochs": 30}
 
-        def ml(loss: str, slots: int = 0) -> Callable[[], tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+        def ml(loss: str, slots: int = 0,
+               recenter: bool = True) -> Callable[[], tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
             def go() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
                 steps = args.epochs * len(class_batches(y_train, batch, per_class, seed))
                 trainer = ml_trainer(batch, per_class, seed, args.max_length, loss, slots, args.temperature,
-                                     len(classes), steps)
+                                     len(classes), steps, recenter)
                 history = trainer.fit((train_x, y_train), epochs=args.epochs)
                 return (ml_embed(trainer.model, train_x), ml_embed(trainer.model, test_x),
                         {"train_loss": [h["loss"] for h in history], "samples_per_s": history[-1]["samples_per_s"]})
@@ -325,10 +327,12 @@ def run_classes(args: argparse.Namespace) -> None:
         record("fine-tuned, neighborhood", seed, ml("neighborhood"))
         record("ST BatchAllTripletLoss", seed, st("BatchAllTripletLoss"))
         record("ST MultipleNegativesRankingLoss (pairs within a class)", seed, st("MultipleNegativesRankingLoss"))
-        record("fine-tuned, neighborhood + cache 1024", seed, ml("cache", 1024))
+        # the cache before recentring (CacheLoss(recenter=False)), as measured first, then recentred
+        record("fine-tuned, neighborhood + cache 1024", seed, ml("cache", 1024, recenter=False))
+        record("fine-tuned, neighborhood + cache 1024, recentred", seed, ml("cache", 1024))
         record("raw MiniLM", seed, raw)
         record("frozen MiniLM + head (neighborhood)", seed, frozen_head)
-        record("fine-tuned, neighborhood + cache 4096", seed, ml("cache", 4096))
+        record("fine-tuned, neighborhood + cache 4096", seed, ml("cache", 4096, recenter=False))
 
 
 # ---------------------------------------------------------------------------- (b) pairs
@@ -403,10 +407,10 @@ def run_pairs(args: argparse.Namespace) -> None:
             schedule = [[int(i) for i in dict.fromkeys(y[b])]
                         for e in range(args.epochs) for b in class_batches(y, 2 * batch, 2, seed, lengths, e)]
 
-            def ml(loss: str) -> Callable[[], tuple[np.ndarray, np.ndarray, dict]]:
+            def ml(loss: str, recenter: bool = True) -> Callable[[], tuple[np.ndarray, np.ndarray, dict]]:
                 def go() -> tuple[np.ndarray, np.ndarray, dict]:
                     trainer = ml_trainer(2 * batch, 2, seed, args.max_length, loss, args.slots, args.temperature,
-                                         n, len(schedule))
+                                         n, len(schedule), recenter)
                     history = trainer.fit((texts, y), epochs=args.epochs)
                     return (ml_embed(trainer.model, test_a), ml_embed(trainer.model, test_p),
                             {"train_loss": [h["loss"] for h in history],
@@ -427,9 +431,11 @@ def run_pairs(args: argparse.Namespace) -> None:
                 return go
 
             record("metriclearn neighborhood (pair ids)", batch, seed, ml("neighborhood"))
-            record(f"metriclearn neighborhood + cache {args.slots}", batch, seed, ml("cache"))
+            # before recentring (CacheLoss(recenter=False)): the runs of (b) and (b2)
+            record(f"metriclearn neighborhood + cache {args.slots}", batch, seed, ml("cache", recenter=False))
+            record(f"metriclearn neighborhood + cache {args.slots}, recentred", batch, seed, ml("cache"))
             record(f"metriclearn neighborhood and cache {args.slots} (two terms)", batch, seed,
-                   ml("neighborhood+cache"))
+                   ml("neighborhood+cache", recenter=False))
             record("ST MultipleNegativesRankingLoss", batch, seed, st("MultipleNegativesRankingLoss"))
             record("ST CachedMultipleNegativesRankingLoss", batch, seed, st("CachedMultipleNegativesRankingLoss"))
 
@@ -629,10 +635,13 @@ def merge_results(args: argparse.Namespace) -> None:
     from metriclearn._atomic import write_json
 
     parts = [json.loads((Path(d) / "results_text_finetune_pairs.json").read_text()) for d in args.dirs]
+    if Path(args.into).exists():  # add to an earlier merge
+        parts.insert(0, json.loads(Path(args.into).read_text()))
     settings = [{k: v for k, v in p["settings"].items() if k not in ("batches", "cache_slots")} for p in parts]
     if any(s != settings[0] for s in settings):
         raise SystemExit(f"the runs have different settings: {settings}")
-    merged = {"machines": [p["machine"] for p in parts], "settings": settings[0],
+    machines = [m for p in parts for m in p.get("machines", [p.get("machine")])]
+    merged = {"machines": machines, "settings": settings[0],
               "runs": sorted((r for p in parts for r in p["runs"]), key=lambda r: (r["batch"], r["seed"]))}
     write_json(Path(args.into), merged)
     print(f"{len(merged['runs'])} runs -> {args.into}")

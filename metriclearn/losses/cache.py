@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metriclearn._checks import check_choice, check_positive_float, check_positive_int
+from metriclearn.losses._recenter import is_unit, recenter_gradient
 from metriclearn.losses._softmax_kernel import NeighborhoodSoftmaxFunction, label_codes, matching_slots
 from metriclearn.losses.base import MetricLoss
 from metriclearn.losses.neighborhood import DISTANCES
@@ -54,6 +55,15 @@ class CacheLoss(MetricLoss):
     and step counter are registered buffers, so ``state_dict()`` / ``load_state_dict()`` resume a
     run exactly. Under ``distance="cosine"`` the cache holds the unit-normalised embeddings.
 
+    The cached neighbours are constants, so their push on the batch has no reaction: summed over the
+    batch it is a net force that moves every embedding one common way, and the embeddings bunch up
+    (on pairs, where the cache holds no positive of the batch, fine-tuned MiniLM ended with a mean
+    cosine of 0.9 between unrelated texts; BENCHMARKS.md, text fine-tuning (b2)). With ``recenter``
+    (the default) the gradient that reaches the embeddings while the cache is scored loses its common
+    part over the batch (:func:`~metriclearn.losses._recenter.recenter_gradient`: its mean; for unit
+    rows, the common vector left after an encoder's normalisation): no net force, as in a batch
+    without cache. The loss value is unchanged; ``recenter=False`` gives the plain gradient.
+
     Parameters
     ----------
     dim:
@@ -69,6 +79,8 @@ class CacheLoss(MetricLoss):
         Updating steps before the cache is scored against.
     distance:
         ``"cosine"`` (default) or ``"sqeuclidean"``.
+    recenter:
+        Remove the batch mean of the embeddings' gradient while the cache is scored (see above).
     reduction:
         ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -97,6 +109,7 @@ class CacheLoss(MetricLoss):
         temperature: float = 0.15,
         warmup_steps: int = 0,
         distance: str = "cosine",
+        recenter: bool = True,
         reduction: str = "mean",
     ) -> None:
         super().__init__(reduction=reduction)
@@ -105,6 +118,9 @@ class CacheLoss(MetricLoss):
         self.temperature = check_positive_float(temperature, "temperature")
         self.warmup_steps = check_positive_int(warmup_steps, "warmup_steps", allow_zero=True)
         self.distance = check_choice(distance, DISTANCES, "distance")
+        if not isinstance(recenter, bool):
+            raise TypeError(f"recenter must be True or False, got {recenter!r}")
+        self.recenter = recenter
         self.register_buffer("cache_embeddings", torch.zeros(self.size, self.dim))
         self.register_buffer("cache_labels", torch.full((self.size,), -1, dtype=torch.long))
         self.register_buffer("cache_ids", torch.full((self.size,), -1, dtype=torch.long))
@@ -122,7 +138,15 @@ class CacheLoss(MetricLoss):
 
     def compute(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-anchor losses against the batch and the cache (slots holding an anchor's id excluded)."""
-        return self._score(self._prepare(embeddings), labels, ids)
+        filled = self.scored_slots()
+        if self.recenter and filled and embeddings.requires_grad:
+            # the constant cache may not move the batch as a whole (unit rows: an encoder normalised them)
+            embeddings = recenter_gradient(embeddings, unit=is_unit(embeddings))
+        return self._score(self._prepare(embeddings), labels, ids, filled)
+
+    def scored_slots(self) -> int:
+        """How many cached embeddings the next batch is scored against (0 while warming up)."""
+        return int(self.filled) if int(self.step) >= self.warmup_steps else 0
 
     def update(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None) -> None:
         """In training mode with gradients enabled: write the batch over the oldest slots."""
@@ -155,8 +179,7 @@ class CacheLoss(MetricLoss):
     def _prepare(self, embeddings: Tensor) -> Tensor:
         return F.normalize(embeddings, dim=1) if self.distance == "cosine" else embeddings
 
-    def _score(self, x: Tensor, labels: Tensor, ids: Tensor | None) -> tuple[Tensor, Tensor]:
-        filled = int(self.filled) if int(self.step) >= self.warmup_steps else 0
+    def _score(self, x: Tensor, labels: Tensor, ids: Tensor | None, filled: int) -> tuple[Tensor, Tensor]:
         refs = self.cache_embeddings[:filled].to(x.dtype)  # (M, D)
         ref_labels = self.cache_labels[:filled]  # (M,)
         codes, counts = label_codes(labels, ref_labels, x.dtype)  # (B + M,), (B,)
@@ -191,5 +214,5 @@ class CacheLoss(MetricLoss):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, size={self.size}, temperature={self.temperature}, distance={self.distance!r}, "
-            f"warmup_steps={self.warmup_steps}, {super().extra_repr()}"
+            f"warmup_steps={self.warmup_steps}, recenter={self.recenter}, {super().extra_repr()}"
         )

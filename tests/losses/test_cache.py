@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from metriclearn.losses import CacheLoss, NeighborhoodSoftmaxLoss
+from metriclearn.losses._recenter import is_unit
 from metriclearn.losses._softmax_kernel import matching_slots
 
 from ._neighborhood_reference import loop_loss
@@ -40,7 +41,7 @@ def test_empty_cache_equals_neighborhood_softmax(distance: str) -> None:
 @pytest.mark.parametrize("distance", ["cosine", "sqeuclidean"])
 def test_scores_against_batch_and_earlier_batches_only(distance: str) -> None:
     """Step 3 sees steps 1-2 in the cache, never its own (just-enqueued) copies; gradient only via the batch."""
-    loss = CacheLoss(DIM, size=32, temperature=0.5, distance=distance).double()
+    loss = CacheLoss(DIM, size=32, temperature=0.5, distance=distance, recenter=False).double()
     history = [_batch() for _ in range(2)]
     for x, labels in history:
         loss(x, labels).backward()
@@ -56,7 +57,7 @@ def test_scores_against_batch_and_earlier_batches_only(distance: str) -> None:
 
 
 def test_ids_exclude_an_anchors_stale_copies() -> None:
-    loss = CacheLoss(DIM, size=32, temperature=0.5).double()
+    loss = CacheLoss(DIM, size=32, temperature=0.5, recenter=False).double()
     x, labels = _batch()
     ids = torch.arange(100, 106)
     loss(x, labels, ids=ids)  # the cache now holds this batch with its ids
@@ -151,12 +152,65 @@ def test_eval_and_no_grad_score_without_updating() -> None:
 
 @pytest.mark.parametrize("distance", ["cosine", "sqeuclidean"])
 def test_gradcheck_with_cache_and_excluded_slots(distance: str) -> None:
-    loss = CacheLoss(DIM, size=16, temperature=0.4, distance=distance, reduction="none").double()
+    loss = CacheLoss(DIM, size=16, temperature=0.4, distance=distance, reduction="none", recenter=False).double()
     x, labels = _batch()
     loss(x, labels, ids=torch.arange(6))
     loss.eval()  # gradcheck calls the loss many times: keep the cache fixed
     y = torch.randn(6, DIM, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z: loss(z, labels, ids=torch.arange(3, 9)), (y,))
+
+
+@pytest.mark.parametrize("distance", ["cosine", "sqeuclidean"])
+def test_recentred_gradient_is_the_plain_one_less_its_batch_mean(distance: str) -> None:
+    """Same value; the gradient minus its mean over the batch (no net force from the constant cache)."""
+    plain = CacheLoss(DIM, size=32, temperature=0.4, distance=distance, recenter=False).double()
+    recentred = CacheLoss(DIM, size=32, temperature=0.4, distance=distance).double()
+    for _ in range(2):  # the same history in both caches
+        x, labels = _batch(7)
+        plain(x, labels)
+        recentred(x, labels)
+    x, labels = _batch(7)
+    value, reference = recentred(x, labels), plain(x, labels)
+    torch.testing.assert_close(value, reference, rtol=1e-13, atol=0)
+    g, g_plain = _grad(value, x), _grad(reference, x)
+    torch.testing.assert_close(g, g_plain - g_plain.mean(0), rtol=1e-12, atol=1e-14)
+    assert g.sum(0).abs().max() < 1e-12 * g.abs().max()  # the rows' gradients sum to zero
+    assert g_plain.sum(0).abs().max() > 1e-3 * g_plain.abs().max()  # they did not before
+
+
+def test_recentring_survives_an_encoders_normalisation() -> None:
+    """Unit rows (the encoder normalised z): no net force on z itself, though normalize's backward projects."""
+    plain = CacheLoss(DIM, size=32, temperature=0.4, recenter=False).double()
+    recentred = CacheLoss(DIM, size=32, temperature=0.4).double()
+    for _ in range(2):
+        x, labels = _batch(7)
+        plain(x, labels)
+        recentred(x, labels)
+    z = (3.0 * F.normalize(torch.randn(7, DIM, dtype=torch.float64), dim=1)).requires_grad_(True)  # equal norms
+    labels = torch.randint(0, 3, (7,))
+    value, reference = recentred(F.normalize(z, dim=1), labels), plain(F.normalize(z, dim=1), labels)
+    torch.testing.assert_close(value, reference, rtol=1e-13, atol=0)
+    g, g_plain = _grad(value, z), _grad(reference, z)
+    assert g.sum(0).abs().max() < 1e-8 * g.abs().max()  # no net force on z
+    assert g_plain.sum(0).abs().max() > 1e-3 * g_plain.abs().max()
+    assert (g - g_plain).norm() < g_plain.norm()  # a correction, not a different gradient
+
+
+def test_is_unit_tells_normalised_rows() -> None:
+    x = torch.randn(5, DIM)
+    assert not is_unit(x) and is_unit(F.normalize(x, dim=1))
+    assert is_unit(F.normalize(x, dim=1).bfloat16())
+
+
+def test_recentring_waits_for_the_cache() -> None:
+    """Before the cache is scored (empty or warming up) the gradient is the plain neighbourhood one."""
+    loss = CacheLoss(DIM, size=32, temperature=0.4, warmup_steps=2).double()
+    for _ in range(2):  # step 0: empty cache; step 1: warming up
+        x, labels = _batch(7)
+        value = loss(x, labels)
+        ref = NeighborhoodSoftmaxLoss(0.4, "cosine")(x, labels)
+        torch.testing.assert_close(_grad(value, x), _grad(ref, x), rtol=1e-12, atol=1e-14)
+    assert loss.scored_slots() == 14
 
 
 def test_single_anchor_and_one_class() -> None:
@@ -201,6 +255,7 @@ def test_reset_empties_the_cache() -> None:
         ({"dim": 4, "warmup_steps": -1}, ValueError, "warmup_steps must be a non-negative integer, got -1"),
         ({"dim": 4, "temperature": -0.1}, ValueError, "temperature must be a finite positive number, got -0.1"),
         ({"dim": 4, "distance": "l1"}, ValueError, "distance must be one of 'sqeuclidean', 'cosine'; got 'l1'"),
+        ({"dim": 4, "recenter": "yes"}, TypeError, "recenter must be True or False, got 'yes'"),
     ],
 )
 def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
@@ -228,13 +283,14 @@ def test_bad_inputs(embeddings: torch.Tensor, ids: torch.Tensor | None, error: t
 
 def test_repr_names_the_settings() -> None:
     assert repr(CacheLoss(8, size=64, warmup_steps=3)) == (
-        "CacheLoss(dim=8, size=64, temperature=0.15, distance='cosine', warmup_steps=3, reduction='mean')"
+        "CacheLoss(dim=8, size=64, temperature=0.15, distance='cosine', warmup_steps=3, recenter=True, "
+        "reduction='mean')"
     )
 
 
 def test_underflowing_positives_with_excluded_slots_stay_exact() -> None:
     """Tiny temperature: the positives' mass underflows float32 and the log-domain path must keep the exclusions."""
-    loss = CacheLoss(2, size=8, temperature=0.01, distance="sqeuclidean", reduction="none")
+    loss = CacheLoss(2, size=8, temperature=0.01, distance="sqeuclidean", reduction="none", recenter=False)
     old = torch.tensor([[0.0, 0.0], [0.1, 0.0], [9.0, 0.0], [9.1, 0.0]])
     labels = torch.tensor([0, 1, 1, 0])
     loss(old, labels, ids=torch.arange(4))
