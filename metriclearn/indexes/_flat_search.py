@@ -83,7 +83,7 @@ def flat_search(
 def _knn(
     xb: np.ndarray, xq: np.ndarray, k: int, l2: bool, norms: np.ndarray | None, j0: int, j1: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """faiss's exhaustive k-NN of ``xq`` against rows j0:j1 of ``xb``, in the calling worker thread."""
+    """faiss's exhaustive k-NN of ``xq`` against rows j0:j1 of ``xb``, in the thread that runs the task."""
     nq, d = xq.shape
     D = np.empty((nq, k), dtype=np.float32)
     I = np.empty((nq, k), dtype=np.int64)
