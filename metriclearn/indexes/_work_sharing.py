@@ -9,7 +9,9 @@ itself, from the first instant, and the helpers pull from the same list once the
 that starts late finds the list empty and returns. The caller then waits only for tasks a helper
 has already taken; if no helper ever gets a core the caller has done everything, as fast as one
 thread can. Work sharing with the caller participating is how OpenMP's ``parallel for
-schedule(dynamic)`` runs too, minus its closing barrier over every thread of the team.
+schedule(dynamic)`` runs too, minus its closing barrier over every thread of the team. (When every
+CPU is busy with other processes a woken helper tends to share the caller's CPU and adds little, but
+costs little too; measured in BENCHMARKS.md, issue 23.)
 
 faiss's OpenMP is limited to one thread in the helpers (set once per worker) and in the caller
 while it runs tasks (``omp_set_num_threads`` is per thread; the caller's value is restored).
