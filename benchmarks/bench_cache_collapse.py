@@ -15,6 +15,11 @@ settings of (b2). Contenders (each from the same initial head, on the same batch
 * ``fresh detached, recentred``;
 * ``fresh with gradient``: the same texts re-embedded with gradient: an exact larger batch (what more negatives
   can give at most), scored as extra columns only (their own rows are not anchors).
+* ``in-batch + cache, recentred``: two terms, the in-batch loss plus ``CacheLoss`` (``--loss neighborhood --loss
+  cache``);
+* ``in-batch + constant keys, recentred``: two terms, the in-batch loss plus a term in which each row is scored
+  against *detached* keys only — the batch's other rows (its partner the positive) and the cache — as MoCo does
+  with a momentum encoder (here the current one): the positive is a fixed target like the negatives.
 
 Score: each of the 1000 held-out anchors against all 1000 held-out definitions: Recall@10, MRR@10, and the mean
 cosine between two different held-out texts (how bunched the embeddings are). Medians of per-seed numbers are
@@ -44,10 +49,11 @@ from _text_data import wordnet_pairs  # noqa: E402
 from _wordnet_minilm import cache_dir  # noqa: E402
 
 from metriclearn.losses import CacheLoss, NeighborhoodSoftmaxLoss  # noqa: E402
+from metriclearn.losses._recenter import is_unit, recenter_gradient  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("in-batch", "cache", "cache, recentred", "fresh detached", "fresh detached, recentred",
-              "fresh with gradient")
+              "fresh with gradient", "in-batch + cache, recentred", "in-batch + constant keys, recentred")
 
 
 def embedded_pairs(max_length: int = 32, path: Path | None = None) -> dict[str, tuple[Tensor, Tensor]]:
@@ -84,10 +90,22 @@ class Head(nn.Module):
         return F.normalize(z, dim=1) if self.normalize else z
 
 
-def extra_columns_loss(z: Tensor, labels: Tensor, refs: Tensor, ref_labels: Tensor, temperature: float) -> Tensor:
-    """The cache loss (cosine) with ``refs`` as extra columns that may carry gradient; rows of z are the anchors."""
+def extra_columns_loss(z: Tensor, labels: Tensor, refs: Tensor, ref_labels: Tensor, temperature: float,
+                       batch_columns: bool = True) -> Tensor:
+    """The cache loss (cosine) with ``refs`` as extra columns that may carry gradient; rows of z are the anchors.
+
+    Without ``batch_columns`` the rows are scored against ``refs`` alone, whose first B rows must then be the
+    batch's own keys (row i's own key at column i is left out)."""
     x, r = F.normalize(z, dim=1), F.normalize(refs, dim=1)  # (B, D), (M, D)
     b = x.shape[0]
+    if not batch_columns:
+        logits = x @ r.T / temperature  # (B, M)
+        own = torch.zeros(b, r.shape[0], dtype=torch.bool)
+        own[:, :b] = torch.eye(b, dtype=torch.bool)
+        positive = (labels[:, None] == ref_labels[None, :]) & ~own
+        logits = logits.masked_fill(own, float("-inf"))
+        return (torch.logsumexp(logits, 1)
+                - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), 1)).mean()
     logits = torch.cat([x @ x.T, x @ r.T], 1) / temperature  # (B, B + M)
     keys = torch.cat([labels, ref_labels])  # (B + M,)
     own = torch.cat([torch.eye(b, dtype=torch.bool), torch.zeros(b, r.shape[0], dtype=torch.bool)], 1)
@@ -110,7 +128,8 @@ def scores(head: nn.Module, test: tuple[Tensor, Tensor]) -> dict[str, float]:
 
 def train(contender: str, data: dict[str, tuple[Tensor, Tensor]], args: argparse.Namespace, seed: int) -> dict:
     anchors, positives = (t[: args.pairs] for t in data["train"])
-    steps = args.pairs // args.batch
+    per_epoch = args.pairs // args.batch
+    steps = per_epoch * args.epochs
     warmup = max(1, int(0.1 * steps))
     torch.manual_seed(seed)
     head = Head(normalize=args.normalize)
@@ -118,7 +137,8 @@ def train(contender: str, data: dict[str, tuple[Tensor, Tensor]], args: argparse
     in_batch = NeighborhoodSoftmaxLoss(args.temperature, "cosine")
     recenter = contender.endswith("recentred")
     cache = CacheLoss(384, size=args.slots, temperature=args.temperature, warmup_steps=warmup, recenter=recenter)
-    order = torch.randperm(args.pairs, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(args.pairs, generator=generator) for _ in range(args.epochs)])
     history: list[Tensor] = []  # pair ids of earlier batches (fresh contenders)
     losses = []
     for step in range(steps):
@@ -144,8 +164,19 @@ def train(contender: str, data: dict[str, tuple[Tensor, Tensor]], args: argparse
             with torch.enable_grad():
                 loss = cache(z, labels, ids=labels)
             cache.train()
-        else:  # fresh with gradient
+        elif contender == "fresh with gradient":
             loss = extra_columns_loss(z, labels, head(earlier_x), torch.cat([earlier, earlier]), args.temperature)
+        elif contender == "in-batch + cache, recentred":
+            loss = in_batch(z, labels) + cache(z, labels, ids=labels)
+        else:  # in-batch + constant keys: the query rows alone carry gradient in the second term
+            keys = F.normalize(z.detach(), dim=1)  # (2b, D)
+            cached = cache.scored_slots()
+            rows = recenter_gradient(z, unit=is_unit(z)) if cached else z
+            second = extra_columns_loss(rows, labels, torch.cat([keys, cache.cache_embeddings[:cached]]),
+                                        torch.cat([labels, cache.cache_labels[:cached]]), args.temperature,
+                                        batch_columns=False)
+            loss = in_batch(z, labels) + second
+            cache.update(z, labels, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -161,6 +192,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="pairs per step")
     parser.add_argument("--slots", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--temperature", type=float, default=0.05)
     parser.add_argument("--normalize", action="store_true",
                         help="the head returns unit rows, as metriclearn's encoders do by default")

@@ -436,6 +436,8 @@ def run_pairs(args: argparse.Namespace) -> None:
             record(f"metriclearn neighborhood + cache {args.slots}, recentred", batch, seed, ml("cache"))
             record(f"metriclearn neighborhood and cache {args.slots} (two terms)", batch, seed,
                    ml("neighborhood+cache", recenter=False))
+            record(f"metriclearn neighborhood and cache {args.slots} (two terms), recentred", batch, seed,
+                   ml("neighborhood+cache"))
             record("ST MultipleNegativesRankingLoss", batch, seed, st("MultipleNegativesRankingLoss"))
             record("ST CachedMultipleNegativesRankingLoss", batch, seed, st("CachedMultipleNegativesRankingLoss"))
 

@@ -26,7 +26,8 @@ sg a stop-gradient): the loss sees the batch's shape but cannot move its centroi
 
 solved as a :math:`D \times D` system, or when :math:`B \le D` as the :math:`B \times B` one of the
 Woodbury identity, :math:`A^{-1} = \frac{1}{B}\big(I + U^\top (B I - U U^\top)^{-1} U\big)`: no net
-force on ``z`` when its rows have equal norms (nearly so otherwise).
+force on ``z`` when its rows have equal norms (nearly so otherwise). A ridge of :math:`10^{-6} B` keeps the
+solve finite when the rows nearly coincide (then the net force is removed to that relative precision).
 
 Example
 -------
@@ -58,18 +59,19 @@ class _RecenterGradient(torch.autograd.Function):
         if not ctx.unit:
             return grad - grad.mean(dim=0, keepdim=True), None
         (u,) = ctx.saved_tensors
-        u, g = u.to(grad.dtype), grad  # (B, D) each
+        u32, u, g = u.to(grad.dtype), u.double(), grad.double()  # (B, D) each
         b, d = u.shape
+        # s and the solve in float64, so rows that nearly coincide (a near-singular A) leave m finite; the one
+        # O(B·D·min(B, D)) product stays in the input precision (its rounding is far below the ridge)
         s = g.sum(0) - u.T @ (u * g).sum(1)  # (D,) sum_i P_i g_i
-        if b <= d:  # the smaller system: (B, B) by Woodbury, solved in float64
-            gram = b * torch.eye(b, dtype=torch.float64, device=u.device) - (u @ u.T).double()  # (B, B) PSD
-            gram.diagonal().add_(1e-12 * b)  # singular only when every row is the same
-            m = (s + u.T @ torch.linalg.solve(gram, (u @ s).double()).to(u.dtype)) / b  # (D,) A^{-1} s
+        ridge = 1e-6 * b  # A is singular only along a direction every row shares (all rows alike, or B = 1)
+        if b <= d:  # the smaller system: (B, B) by Woodbury
+            gram = torch.eye(b, dtype=u.dtype, device=u.device) * (b + ridge) - (u32 @ u32.T).double()  # (B, B)
+            m = (s + u.T @ torch.linalg.solve(gram, u @ s)) / (b + ridge)  # (D,) (A + ridge I)^-1 s
         else:  # (D, D) directly
-            a = b * torch.eye(d, dtype=torch.float64, device=u.device) - (u.T @ u).double()  # (D, D) A
-            a.diagonal().add_(1e-12 * b)
-            m = torch.linalg.solve(a, s.double()).to(u.dtype)  # (D,)
-        return g - m, None
+            a = torch.eye(d, dtype=u.dtype, device=u.device) * (b + ridge) - (u32.T @ u32).double()  # (D, D)
+            m = torch.linalg.solve(a, s)  # (D,)
+        return (g - m).to(grad.dtype), None
 
 
 def recenter_gradient(x: Tensor, unit: bool = False) -> Tensor:
