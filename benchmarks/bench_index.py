@@ -3,20 +3,29 @@
 Targets (issue 4): at N=100k, d=128, k=10
   - Q=10k: EmbeddingIndex >= 0.95x raw faiss (IndexFlatL2 with its defaults);
   - Q=64:  EmbeddingIndex >= 4x raw faiss with its defaults (faiss scans without BLAS when
-           Q*d < faiss.cvar.distance_compute_blas_threshold = 128000; we use one SGEMM + torch.topk).
+           Q*d < faiss.cvar.distance_compute_blas_threshold = 128000; we force its SGEMM + heap path).
 raw faiss and EmbeddingIndex are timed in turn inside each repeat (interleaved, order rotated), so load
 on a shared machine hits both alike; for Q < 1000 each turn is 5 back-to-back timed calls (a steady
 query loop; see run_case). scikit-learn is timed after them (3 repeats). Tables report
 medians; ratios are between medians of the same run.
 The neighbours are checked to be the same as raw faiss's before timing.
 
+--interleaved (issue 23 item 5): the small-batch lead, Q < 1000, at the libraries' default threads and at
+1 thread, under two schedules: raw faiss and EmbeddingIndex alternating call by call (each call of ours
+right after a raw faiss call, so libgomp's threads may still be spinning), and blocks of 5 back-to-back
+calls each. "before" is EmbeddingIndex as it ran until issue 23: its tasks handed to worker threads only
+(the caller waiting) and the slices' merge at the caller's OpenMP threads (metriclearn/indexes/
+_work_sharing.py explains both). Each is paired with raw faiss on its own, pairs interleaved within each repeat; the
+order inside a pair flips every repeat.
+
 Usage: python benchmarks/bench_index.py [--n 100000] [--dim 128] [--repeats 7] [--sweep] [--threads N]
-                                       [--json OUT]
+                                       [--interleaved] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -30,7 +39,7 @@ import threadpoolctl
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from metriclearn.indexes import EmbeddingIndex
+from metriclearn.indexes import EmbeddingIndex, _flat_search, _work_sharing
 from metriclearn.indexes.exact import exact_topk
 
 K = 10
@@ -82,6 +91,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--sweep", action="store_true", help="also time Q = 1 .. 4096 (no scikit-learn)")
     parser.add_argument("--threads", type=int, help="faiss/torch/BLAS threads (default: the libraries' own)")
+    parser.add_argument(
+        "--interleaved", action="store_true", help="only the Q < 1000 lead: both schedules, default and 1 thread"
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     if args.threads:
@@ -103,6 +115,10 @@ def main() -> None:
     )
 
     results: dict[str, Any] = {"n": args.n, "dim": args.dim, "k": K, "cases": {}}
+    if args.interleaved:
+        queries = [nq for nq in args.queries if nq < 1000] or [64]
+        results["interleaved"] = interleaved(raw, ours, rng, queries, args.dim, args.repeats)
+        args.queries, args.sweep = [], False
     for nq in args.queries:
         xq = rng.standard_normal((nq, args.dim), dtype=np.float32)
         reference = raw.search(xq, K)
@@ -146,6 +162,62 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)
+
+
+def interleaved(
+    raw: faiss.Index, ours: EmbeddingIndex, rng: np.random.Generator, queries: list[int], dim: int, repeats: int
+) -> dict[str, Any]:
+    """Median ms of raw faiss vs EmbeddingIndex (and "before") per threads x schedule x Q; see the module doc."""
+    out: dict[str, Any] = {}
+    default_threads = faiss.omp_get_max_threads()
+    for threads in dict.fromkeys([default_threads, 1]):
+        faiss.omp_set_num_threads(threads)
+        torch.set_num_threads(threads)
+        for nq in queries:
+            xq = rng.standard_normal((nq, dim), dtype=np.float32)
+            check_same(raw.search(xq, K), ours.search(xq, K), "EmbeddingIndex")
+            check_same(raw.search(xq, K), _before(ours, xq), "before")
+            rivals = {
+                "EmbeddingIndex": lambda xq=xq: ours.search(xq, K),
+                "before": lambda xq=xq: _before(ours, xq),
+            }
+            schedules = ("call by call", "blocks of 5")
+            times: dict[tuple[str, str, str], list[float]] = {
+                (s, m, who): [] for s in schedules for m in rivals for who in ("raw", "ours")
+            }
+            for r in range(repeats):
+                for name, fn in rivals.items():
+                    pair = [("raw", lambda xq=xq: raw.search(xq, K)), ("ours", fn)][:: 1 if r % 2 == 0 else -1]
+                    for _ in range(5):  # call by call: raw, ours, raw, ours, ...
+                        for who, call in pair:
+                            times["call by call", name, who].append(timed(call))
+                    for who, call in pair:  # blocks: 5 raw calls, then 5 of ours (order flipped every repeat)
+                        times["blocks of 5", name, who].extend(timed(call) for _ in range(5))
+            print(f"\n### Interleaved, Q={nq}, {threads} thread(s), load average {os.getloadavg()[0]:.2f}\n")
+            print("| schedule | method | raw faiss | method | raw faiss / method |\n|---|---|---|---|---|")
+            for schedule in schedules:
+                for name in rivals:
+                    a = statistics.median(times[schedule, name, "raw"])
+                    b = statistics.median(times[schedule, name, "ours"])
+                    key = f"threads={threads} Q={nq} {schedule} {name}"
+                    runs = len(times[schedule, name, "raw"])
+                    out[key] = {"raw_ms": a * 1e3, "ms": b * 1e3, "ratio": a / b, "runs": runs}
+                    print(f"| {schedule} | {name} | {a * 1e3:.1f} ms | {b * 1e3:.1f} ms | **{a / b:.2f}x** |")
+    faiss.omp_set_num_threads(default_threads)
+    torch.set_num_threads(default_threads)
+    return out
+
+
+def _before(index: EmbeddingIndex, xq: np.ndarray) -> Any:
+    """EmbeddingIndex.search as it ran before issue 23: every task in the worker threads, the caller waiting,
+    and the slices' merge at the caller's OpenMP threads."""
+    saved = _flat_search.run_shared, _flat_search.one_faiss_thread
+    _flat_search.run_shared = lambda tasks, helpers: list(_work_sharing._workers().map(lambda task: task(), tasks))
+    _flat_search.one_faiss_thread = contextlib.nullcontext
+    try:
+        return index.search(xq, K)
+    finally:
+        _flat_search.run_shared, _flat_search.one_faiss_thread = saved
 
 
 def _forced_blas(index: faiss.Index, xq: np.ndarray) -> Any:

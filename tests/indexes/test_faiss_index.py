@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -118,6 +119,37 @@ def test_flat_search_splits_queries_or_vectors(x, q, monkeypatch: pytest.MonkeyP
         assert sorted(calls) == sorted(expected)
         np.testing.assert_array_equal(I, I_ref)
         np.testing.assert_allclose(D, D_ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("nq", [1, 3, 4, 5, 33, 64, 70])
+def test_shared_tasks_equal_brute_force_with_k_above_a_slice(
+    rng: np.random.Generator, nq: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uneven N = 257 in slices of about 21 rows (k = 30 spans two), or blocks of queries from Q = 24 on."""
+    monkeypatch.setattr(_flat_search, "MIN_SLICE", 20)
+    monkeypatch.setattr(_flat_search, "MIN_QUERY_CHUNK", 2)
+    x = rng.standard_normal((257, DIM), dtype=np.float32)
+    q = rng.standard_normal((nq, DIM), dtype=np.float32)
+    dist, ind = NearestNeighbors(n_neighbors=30, algorithm="brute").fit(x.astype(np.float64)).kneighbors(q)
+    faiss.omp_set_num_threads(3)  # 12 tasks (caller + 2 helpers); undone by _one_faiss_thread
+    D, I = _flat_search.flat_search(x, q, 30, l2=True)
+    np.testing.assert_array_equal(I, ind)
+    np.testing.assert_allclose(D, dist**2, rtol=1e-4, atol=1e-4)
+    assert faiss.omp_get_max_threads() == 3
+
+
+def test_concurrent_searches_from_several_threads(x, rng: np.random.Generator) -> None:
+    """Callers in several Python threads at once: each gets its own answer; the BLAS threshold comes back."""
+    index, limit = _flat("l2", x), faiss.cvar.distance_compute_blas_threshold
+    batches = [rng.standard_normal((nq, DIM), dtype=np.float32) for nq in (5, 30, 64, 7, 41, 12)]
+    expected = [index.search(b, 9) for b in batches]
+    faiss.omp_set_num_threads(2)
+    with ThreadPoolExecutor(max_workers=3) as callers:
+        got = list(callers.map(lambda b: index.search(b, 9), batches))
+    for (D, I), (D_ref, I_ref) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(I, I_ref)
+        np.testing.assert_allclose(D, D_ref, rtol=1e-5, atol=1e-5)
+    assert faiss.cvar.distance_compute_blas_threshold == limit
 
 
 @pytest.mark.parametrize("nq", [1, 2, 5])
