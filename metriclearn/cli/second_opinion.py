@@ -15,6 +15,7 @@ Two forms:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -77,7 +78,8 @@ _FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # 
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Model form: inputs per forward pass.")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Model form: decode image --cache / --data / --tune-data at N x N (default: the model's input "
-                   "size when it records one, else the first picture's shorter side, at most 224).")
+                   "size when it records one, else --data's first picture's shorter side, at most 224; the cache and tuning data "
+                   "follow --data).")
 @image_data_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Blended probabilities (n, K) .npy.")
@@ -174,6 +176,7 @@ def _from_model(out: Path, opts: dict[str, Any]) -> None:
     # every input is read (and refused) before the cache's features are computed
     images = _image_options(loaded, opts)
     x, y = read_inputs(opts["data"], loaded, "--data", labels="optional", images=images)
+    images = _pinned(images, x)  # the cache and the tuning data are decoded as --data was
     if opts["tune_data"] is not None:
         x_val, y_val = read_inputs(opts["tune_data"], loaded, "--tune-data", labels="required", images=images)
     if _saved_cache(opts["cache"]):
@@ -241,6 +244,15 @@ def _image_options(loaded: Any, opts: dict[str, Any]) -> Any:
     shape = tuple(loaded.input_shape or ())
     size = opts["image_size"] or (int(shape[-1]) if len(shape) == 3 and shape[0] in (1, 3) else None)
     return ImageOptions(size=size, workers=opts["workers"], skip_bad=opts["skip_bad_images"])
+
+
+def _pinned(images: Any, x: Any) -> Any:
+    """``images`` with the size and channels ``x`` (N, C, S, S) was decoded at, when they were left automatic:
+    every file of one command then reaches the model at one geometry (an automatic size follows each file's
+    first picture, so a cache of 32-pixel pictures and 28-pixel queries would meet the model at two sizes)."""
+    if images.size is not None or not isinstance(x, np.ndarray) or x.ndim != 4:
+        return images
+    return dataclasses.replace(images, size=int(x.shape[-1]), channels=images.channels or int(x.shape[1]))
 
 
 def read_inputs(path: Path, loaded: Any, flag: str, labels: str, images: Any = None) -> tuple[Any, list[Any] | None]:

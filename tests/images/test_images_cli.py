@@ -123,3 +123,18 @@ def test_second_opinion_on_a_torchscript_image_classifier(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     blend = np.load(tmp_path / "blend.npy")
     assert blend.shape == (5, 3) and np.allclose(blend.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_second_opinion_decodes_the_cache_as_the_data(tmp_path: Path) -> None:
+    """Without --image-size, the cache (20-pixel pictures) is decoded at the size --data (16 pixels) was, so a
+    model that takes one geometry gets it for both; each folder used to follow its own first picture."""
+    write_images(tmp_path / "cache", {"0": 6, "1": 5, "2": 4}, side=20)
+    write_images(tmp_path / "queries", {"0": 2, "1": 2, "2": 1}, seed=3)  # 16 x 20 pictures
+    torch.manual_seed(0)
+    fixed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 3))  # takes (N, 3, 16, 16) only
+    torch.jit.script(fixed).save(str(tmp_path / "clf.pt"))
+    result = invoke("second-opinion", "--model", tmp_path / "clf.pt", "--cache", tmp_path / "cache", "--data",
+                    tmp_path / "queries", "--out", tmp_path / "blend.npy", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "blend.npy").shape == (5, 3)
