@@ -78,8 +78,8 @@ _FLAGS = {"index_dir": "index", "layers": "layer", "features": "embeddings"}  # 
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Model form: inputs per forward pass.")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Model form: decode image --cache / --data / --tune-data at N x N (default: the model's input "
-                   "size when it records one, else --data's first picture's shorter side, at most 224; the cache and tuning data "
-                   "follow --data).")
+                   "size when it records one, else --data's first picture's shorter side, at most 224; the cache "
+                   "and tuning data follow --data).")
 @image_data_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Blended probabilities (n, K) .npy.")
