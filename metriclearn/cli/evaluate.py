@@ -16,6 +16,7 @@ it also measures each kind on its own (``retrieval_seen`` / ``retrieval_unseen``
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,13 @@ def evaluate(model_dir: str, data: str, reference: str | None, out: str | None, 
 
         check_built_by(describe(index_dir)["model_fingerprint"], index_dir, run)
     masks = None
+    if reference is not None:
+        for flag, source, part in (("--data", data, loaded[0]), ("--reference", reference, loaded[1])):
+            roles = part.roles
+            if roles is not None and any(c is not None for c in (roles.split, roles.is_query, roles.is_gallery)):
+                warnings.warn(f"{flag} {source}: its split / is_query / is_gallery columns are not used with "
+                              "--reference (every --data row is a query, every --reference row is searched); "
+                              "leave out --reference to evaluate by those columns", stacklevel=1)
     if reference is None and loaded[0].roles is not None:  # an image CSV's split / is_query / is_gallery
         rows = loaded[0].roles.evaluated()
         masks = loaded[0].roles.query_gallery(rows)

@@ -113,6 +113,21 @@ def test_evaluate_searches_the_gallery_with_the_queries(oml, tmp_path: Path) -> 
     assert metrics["retrieval"]["map_at_r"] == pytest.approx(map_r, rel=1e-6)
 
 
+def test_evaluate_with_reference_says_the_roles_go_unused(oml, tmp_path: Path) -> None:
+    """--reference searches every --reference row with every --data row; the CSV's role columns would be
+    silently ignored, so the command says so (one warning line per file that has them)."""
+    table, rows, run = oml
+    plain = _write_csv(tmp_path / "plain.csv", [{"path": str(table.parent / r["path"]), "label": r["label"]}
+                                                for r in rows])
+    result = invoke("evaluate", "--model", run, "--data", table, "--reference", plain, "--out", tmp_path / "m.json",
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "--data" in warned[0] and "are not used with --reference" in warned[0]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["data"]["reference"] == str(plain) and "protocol" not in metrics["data"]
+
+
 def test_query_gallery_of_every_row_is_leave_one_out() -> None:
     from metriclearn.metrics import query_gallery_metrics, retrieval_metrics
 
