@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metriclearn._checks import check_choice, check_positive_float, check_positive_int
+from metriclearn._checks import check_bool, check_choice, check_positive_float, check_positive_int
 from metriclearn.losses._recenter import is_unit, recenter_gradient
 from metriclearn.losses._softmax_kernel import NeighborhoodSoftmaxFunction, label_codes, matching_slots
 from metriclearn.losses.base import MetricLoss
@@ -80,7 +80,8 @@ class CacheLoss(MetricLoss):
     distance:
         ``"cosine"`` (default) or ``"sqeuclidean"``.
     recenter:
-        Remove the batch mean of the embeddings' gradient while the cache is scored (see above).
+        Remove the common part of the embeddings' gradient over the batch while the cache is scored
+        (see above).
     reduction:
         ``"mean"``, ``"sum"`` or ``"none"``.
 
@@ -118,9 +119,7 @@ class CacheLoss(MetricLoss):
         self.temperature = check_positive_float(temperature, "temperature")
         self.warmup_steps = check_positive_int(warmup_steps, "warmup_steps", allow_zero=True)
         self.distance = check_choice(distance, DISTANCES, "distance")
-        if not isinstance(recenter, bool):
-            raise TypeError(f"recenter must be True or False, got {recenter!r}")
-        self.recenter = recenter
+        self.recenter = bool(check_bool(recenter, "recenter"))
         self.register_buffer("cache_embeddings", torch.zeros(self.size, self.dim))
         self.register_buffer("cache_labels", torch.full((self.size,), -1, dtype=torch.long))
         self.register_buffer("cache_ids", torch.full((self.size,), -1, dtype=torch.long))

@@ -267,7 +267,7 @@ def test_reset_empties_the_cache() -> None:
         ({"dim": 4, "warmup_steps": -1}, ValueError, "warmup_steps must be a non-negative integer, got -1"),
         ({"dim": 4, "temperature": -0.1}, ValueError, "temperature must be a finite positive number, got -0.1"),
         ({"dim": 4, "distance": "l1"}, ValueError, "distance must be one of 'sqeuclidean', 'cosine'; got 'l1'"),
-        ({"dim": 4, "recenter": "yes"}, TypeError, "recenter must be True or False, got 'yes'"),
+        ({"dim": 4, "recenter": "yes"}, TypeError, "recenter must be true or false, got 'yes'"),
     ],
 )
 def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
