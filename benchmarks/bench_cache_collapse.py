@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _text_data import wordnet_pairs  # noqa: E402
+from _text_data import wordnet_pairs, wordnet_sense_pairs  # noqa: E402
 from _wordnet_minilm import cache_dir  # noqa: E402
 
 from metriclearn.losses import CacheLoss, NeighborhoodSoftmaxLoss  # noqa: E402
@@ -56,9 +56,14 @@ CONTENDERS = ("in-batch", "cache", "cache, recentred", "fresh detached", "fresh 
               "fresh with gradient", "in-batch + cache, recentred", "in-batch + constant keys, recentred")
 
 
-def embedded_pairs(max_length: int = 32, path: Path | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+DATA = {"examples": ("wordnet_pairs", wordnet_pairs), "senses": ("wordnet_senses", wordnet_sense_pairs)}
+
+
+def embedded_pairs(max_length: int = 32, path: Path | None = None,
+                   data: str = "examples") -> dict[str, tuple[Tensor, Tensor]]:
     """Raw MiniLM embeddings (unit) of the train and test pairs' anchors and positives, cached as .npz."""
-    path = path or cache_dir() / f"wordnet_pairs_minilm_{max_length}.npz"
+    name, load = DATA[data]
+    path = path or cache_dir() / f"{name}_minilm_{max_length}.npz"
     if not path.exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
@@ -68,7 +73,7 @@ def embedded_pairs(max_length: int = 32, path: Path | None = None) -> dict[str, 
         model = SentenceTransformer(str(default_model_path()), device="cpu")
         model.max_seq_length = max_length
         arrays = {f"{part}_{side}": model.encode([p[side] for p in pairs], batch_size=64)
-                  for part, pairs in wordnet_pairs().items() for side in ("anchor", "positive")}
+                  for part, pairs in load().items() for side in ("anchor", "positive")}
         np.savez(path, **arrays)
     data = np.load(path)
     return {part: (torch.tensor(data[f"{part}_anchor"]), torch.tensor(data[f"{part}_positive"]))
@@ -121,7 +126,7 @@ def scores(head: nn.Module, test: tuple[Tensor, Tensor]) -> dict[str, float]:
     rank = (sim > sim.diag()[:, None]).sum(1)  # (Q,) 0-based rank of the relevant definition
     both = torch.cat([a, p])  # (2Q, D)
     n = both.shape[0]
-    return {"recall_at_10": float((rank < 10).float().mean()),
+    return {"recall_at_1": float((rank == 0).float().mean()), "recall_at_10": float((rank < 10).float().mean()),
             "mrr_at_10": float(torch.where(rank < 10, 1.0 / (rank + 1), torch.zeros(())).mean()),
             "mean_cos": float((both.sum(0).square().sum() - n) / (n * (n - 1)))}
 
@@ -198,11 +203,14 @@ def main() -> None:
                         help="the head returns unit rows, as metriclearn's encoders do by default")
     parser.add_argument("--embeddings", type=Path, help="an .npz of other pairs' embeddings: arrays "
                         "{train,test}_{anchor,positive} (default: the WordNet example -> definition pairs)")
+    parser.add_argument("--data", choices=sorted(DATA), default="examples",
+                        help="examples: usage example -> definition (_text_data.wordnet_pairs); senses: usage "
+                             "example -> 'headword: definition', split by headword (_text_data.wordnet_sense_pairs)")
     parser.add_argument("--only", nargs="+", choices=CONTENDERS, help="run only these contenders")
     parser.add_argument("--out", default=str(HERE / "results_cache_collapse.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = embedded_pairs(path=args.embeddings)
+    data = embedded_pairs(path=args.embeddings, data=args.data)
     results: dict[str, dict] = {"raw MiniLM": scores(nn.Identity(), data["test"])}
     print(f"raw MiniLM: {results['raw MiniLM']}")
     for contender in args.only or CONTENDERS:
@@ -213,11 +221,11 @@ def main() -> None:
             print(f"{contender:28s} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in runs[seed].items())
                   + f" ({time.perf_counter() - start:.1f} s)", flush=True)
         results[contender] = runs
-    print("\n| contender | Recall@10 | MRR@10 | mean cos |\n|---|---|---|---|")
+    print("\n| contender | Recall@1 | Recall@10 | MRR@10 | mean cos |\n|---|---|---|---|---|")
     for name, runs in results.items():
         rows = [runs] if name == "raw MiniLM" else list(runs.values())
         cells = []
-        for key in ("recall_at_10", "mrr_at_10", "mean_cos"):
+        for key in ("recall_at_1", "recall_at_10", "mrr_at_10", "mean_cos"):
             values = [r[key] for r in rows]
             sd = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.4f}{sd}")

@@ -19,6 +19,13 @@ contender (a run cut short keeps what it measured):
   definitions: Recall@1/@10, MRR@10, NDCG@10 (``metriclearn.metrics.pair_metrics`` when it exists, else the same
   definitions — those of sentence-transformers' ``InformationRetrievalEvaluator`` with one relevant document —
   computed here).
+  ``--data senses`` trains and scores on the word-sense pairs instead (``_text_data.wordnet_sense_pairs``:
+  usage example → "headword: definition", at least 3 senses a headword, held-out headwords never trained on), where
+  a random batch's negatives are easy and the hard ones (the same word's other senses) mostly lie in earlier
+  batches — the case a cache of detached negatives exists for. Three more contenders run there: a ``negative``
+  column holding another sense of the pair's headword (hard negatives *with* gradient, the Trainer's pair path),
+  the same path without the column (a control), and two bench-local losses without same-side negatives (anchors
+  against the batch's positives only, MNRL's form; and that in both directions).
 * ``speed`` (c): samples (texts) per second of a fine-tuning epoch of ``--steps`` batches of 32 fortunes, metriclearn's
   ``Trainer`` (neighbourhood; neighbourhood + 4k cache) against the sentence-transformers loop (BatchAllTripletLoss,
   same batches; MNRL, 16 pairs), interleaved: round r runs every contender once, the order rotated each round;
@@ -69,7 +76,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _text_data import fortunes, wordnet_pairs  # noqa: E402
+from _text_data import fortunes, wordnet_pairs, wordnet_sense_pairs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LR, WEIGHT_DECAY, WARMUP, CLIP = 2e-5, 0.01, 0.1, 1.0
@@ -365,15 +372,18 @@ def spread(anchors: np.ndarray, positives: np.ndarray) -> dict[str, float]:
             "mean_cosine_pair": float((x[: len(anchors)] * x[len(anchors):]).sum(1).mean())}
 
 
+PAIR_DATA = {"examples": wordnet_pairs, "senses": wordnet_sense_pairs}
+
+
 def run_pairs(args: argparse.Namespace) -> None:
-    pairs = wordnet_pairs()
+    pairs = PAIR_DATA[args.data]()
     train, test = pairs["train"][: args.pairs], pairs["test"][: args.held_out]
     anchors, positives = [r["anchor"] for r in train], [r["positive"] for r in train]
     test_a, test_p = [r["anchor"] for r in test], [r["positive"] for r in test]
     n = len(train)
     texts, y = anchors + positives, np.concatenate([np.arange(n), np.arange(n)])  # pair id = label
     result: dict[str, Any] = {"machine": machine(), "settings": {
-        "train_pairs": n, "test_pairs": len(test), "batches": args.batches, "epochs": args.epochs,
+        "data": args.data, "train_pairs": n, "test_pairs": len(test), "batches": args.batches, "epochs": args.epochs,
         "max_length": args.max_length, "temperature": args.temperature, "cache_slots": args.slots,
         "cache_warmup": args.cache_warmup, "lr": LR},
         "runs": []}
@@ -418,6 +428,61 @@ def run_pairs(args: argparse.Namespace) -> None:
                              "steps": trainer.callbacks[0].rows})
                 return go
 
+            def ml_negatives(with_negatives: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+                """Hard negatives *with* gradient: each pair gets a ``negative`` column, the entry of another
+                sense of its headword (senses data), trained through the Trainer's pair path (B pairs = 3B texts
+                a step, the negatives' own classes) — what the cache's detached siblings would be, if they could
+                be pushed."""
+                from metriclearn.data import make_pairs
+
+                rng = np.random.default_rng(seed)
+                by_word: dict[str, list[int]] = {}
+                for i, r in enumerate(train):
+                    by_word.setdefault(r["headword"], []).append(i)
+                negatives = [positives[int(rng.choice([j for j in by_word[r["headword"]] if j != i]))]
+                             if len(by_word[r["headword"]]) > 1 else positives[(i + 1) % n]
+                             for i, r in enumerate(train)]
+                trainer = ml_trainer(batch, 2, seed, args.max_length, "neighborhood", args.slots,
+                                     args.temperature, 3 * n, args.epochs * math.ceil(n / batch))
+                data = make_pairs(anchors, positives, negatives if with_negatives else None)
+                history = trainer.fit(data, epochs=args.epochs)
+                return (ml_embed(trainer.model, test_a), ml_embed(trainer.model, test_p),
+                        {"train_loss": [h["loss"] for h in history], "samples_per_s": history[-1]["samples_per_s"],
+                         "steps": trainer.callbacks[0].rows})
+
+            def ml_cross(both: bool) -> Callable[[], tuple[np.ndarray, np.ndarray, dict]]:
+                """The in-batch loss without same-side negatives: anchors against the batch's positives only
+                (MNRL's form), and with ``both`` also positives against the anchors (rows < n are anchors)."""
+                def go() -> tuple[np.ndarray, np.ndarray, dict]:
+                    import torch.nn.functional as F
+
+                    from metriclearn.losses import MetricLoss
+                    from metriclearn.training import Objective
+
+                    class CrossSide(MetricLoss):
+                        uses_ids = True  # the Trainer's ids on (texts, y): row indices, so rows < n are anchors
+
+                        def compute(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                                    ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                            x = F.normalize(embeddings, dim=1)
+                            side = ids < n  # (B,) anchor rows
+                            a, p, la, lp = x[side], x[~side], labels[side], labels[~side]
+                            logits = a @ p.T / args.temperature  # (A, P)
+                            target = (la[:, None] == lp[None, :]).float().argmax(1)  # (A,)
+                            loss = F.cross_entropy(logits, target, reduction="none")
+                            if both:
+                                back = (lp[:, None] == la[None, :]).float().argmax(1)
+                                loss = torch.cat([loss, F.cross_entropy(logits.T, back, reduction="none")])
+                            return loss, torch.ones_like(loss, dtype=torch.bool)
+
+                    trainer = ml_trainer(2 * batch, 2, seed, args.max_length, "neighborhood", args.slots,
+                                         args.temperature, n, len(schedule))
+                    trainer.objective = Objective({"cross": CrossSide()})
+                    history = trainer.fit((texts, y), epochs=args.epochs)
+                    return (ml_embed(trainer.model, test_a), ml_embed(trainer.model, test_p),
+                            {"train_loss": [h["loss"] for h in history]})
+                return go
+
             def st(loss: str) -> Callable[[], tuple[np.ndarray, np.ndarray, dict]]:
                 def go() -> tuple[np.ndarray, np.ndarray, dict]:
                     loop = STLoop(loss, seed, args.max_length, len(schedule))
@@ -438,6 +503,12 @@ def run_pairs(args: argparse.Namespace) -> None:
                    ml("neighborhood+cache", recenter=False))
             record(f"metriclearn neighborhood and cache {args.slots} (two terms), recentred", batch, seed,
                    ml("neighborhood+cache"))
+            if args.data == "senses":
+                record("metriclearn neighborhood + sibling negatives (with gradient)", batch, seed, ml_negatives)
+                record("metriclearn neighborhood (the pair path, no negatives)", batch, seed,
+                       lambda: ml_negatives(with_negatives=False))
+            record("metriclearn, anchors against positives only (MNRL form)", batch, seed, ml_cross(False))
+            record("metriclearn, anchors and positives across only (both directions)", batch, seed, ml_cross(True))
             record("ST MultipleNegativesRankingLoss", batch, seed, st("MultipleNegativesRankingLoss"))
             record("ST CachedMultipleNegativesRankingLoss", batch, seed, st("CachedMultipleNegativesRankingLoss"))
 
@@ -639,7 +710,8 @@ def merge_results(args: argparse.Namespace) -> None:
     parts = [json.loads((Path(d) / "results_text_finetune_pairs.json").read_text()) for d in args.dirs]
     if Path(args.into).exists():  # add to an earlier merge
         parts.insert(0, json.loads(Path(args.into).read_text()))
-    settings = [{k: v for k, v in p["settings"].items() if k not in ("batches", "cache_slots")} for p in parts]
+    settings = [{"data": "examples", **{k: v for k, v in p["settings"].items() if k not in ("batches", "cache_slots")}}
+                for p in parts]  # files from before --data hold example pairs
     if any(s != settings[0] for s in settings):
         raise SystemExit(f"the runs have different settings: {settings}")
     machines = [m for p in parts for m in p.get("machines", [p.get("machine")])]
@@ -693,7 +765,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="classes / memory-child: texts per batch")
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 32], help="pairs: pairs per batch")
     parser.add_argument("--pairs", type=int, default=512, help="pairs: training pairs used (of 4096)")
-    parser.add_argument("--held-out", type=int, default=1000, help="pairs: held-out pairs scored (of 1000)")
+    parser.add_argument("--held-out", type=int, default=None, help="pairs: held-out pairs scored (default all)")
+    parser.add_argument("--data", choices=sorted(PAIR_DATA), default="examples",
+                        help="pairs: examples = usage example -> definition (_text_data.wordnet_pairs); senses = "
+                             "usage example -> 'headword: definition', split by headword (wordnet_sense_pairs)")
     parser.add_argument("--slots", type=int, default=1024, help="pairs: cache slots; memory-child: 0 = no cache")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=None)
