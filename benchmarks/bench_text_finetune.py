@@ -151,14 +151,16 @@ def step_log(every: int = 32) -> Any:
 
 
 def ml_trainer(batch: int, per_class: int, seed: int, max_length: int, loss: str, slots: int,
-               temperature: float, num_classes: int, total_steps: int, recenter: bool = True) -> Any:
+               temperature: float, num_classes: int, total_steps: int, recenter: bool = True,
+               same_side: bool = True) -> Any:
     """metriclearn: SentenceEncoder(freeze=False) (no head: the pooled, normalised MiniLM) + Trainer."""
     from metriclearn.encoders import SentenceEncoder
     from metriclearn.training import Trainer, build_objective
 
     torch.manual_seed(seed)
     encoder = SentenceEncoder(embedding_dim=None, freeze=False, max_length=max_length)
-    options: dict[str, Any] = {"temperature": temperature, "distance": "cosine"}
+    options: dict[str, Any] = {"temperature": temperature, "distance": "cosine",
+                               **({} if same_side else {"same_side": False})}
     terms = loss.split("+")  # "neighborhood+cache": both terms, weight 1 each (docs/text.md's pair example)
     cache = dict(options, size=slots, warmup_steps=max(1, int(SETTINGS["cache_warmup"] * total_steps)),
                  recenter=recenter)
@@ -428,23 +430,26 @@ def run_pairs(args: argparse.Namespace) -> None:
                              "steps": trainer.callbacks[0].rows})
                 return go
 
-            def ml_negatives(with_negatives: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
-                """Hard negatives *with* gradient: each pair gets a ``negative`` column, the entry of another
-                sense of its headword (senses data), trained through the Trainer's pair path (B pairs = 3B texts
-                a step, the negatives' own classes) — what the cache's detached siblings would be, if they could
-                be pushed."""
+            def ml_negatives(with_negatives: bool = True, same_side: bool = True
+                             ) -> tuple[np.ndarray, np.ndarray, dict]:
+                """The Trainer's pair path (``make_pairs``). ``with_negatives``: hard negatives *with* gradient,
+                each pair a ``negative`` column, the entry of another sense of its headword (senses data; B pairs
+                = 3B texts a step, the negatives' own classes) — what the cache's detached siblings would be, if
+                they could be pushed. ``same_side=False``: ``NeighborhoodSoftmaxLoss(same_side=False)``."""
                 from metriclearn.data import make_pairs
 
-                rng = np.random.default_rng(seed)
-                by_word: dict[str, list[int]] = {}
-                for i, r in enumerate(train):
-                    by_word.setdefault(r["headword"], []).append(i)
-                negatives = [positives[int(rng.choice([j for j in by_word[r["headword"]] if j != i]))]
-                             if len(by_word[r["headword"]]) > 1 else positives[(i + 1) % n]
-                             for i, r in enumerate(train)]
+                negatives = None
+                if with_negatives:
+                    rng = np.random.default_rng(seed)
+                    by_word: dict[str, list[int]] = {}
+                    for i, r in enumerate(train):
+                        by_word.setdefault(r["headword"], []).append(i)
+                    negatives = [positives[int(rng.choice([j for j in by_word[r["headword"]] if j != i]))]
+                                 if len(by_word[r["headword"]]) > 1 else positives[(i + 1) % n]
+                                 for i, r in enumerate(train)]
                 trainer = ml_trainer(batch, 2, seed, args.max_length, "neighborhood", args.slots,
-                                     args.temperature, 3 * n, args.epochs * math.ceil(n / batch))
-                data = make_pairs(anchors, positives, negatives if with_negatives else None)
+                                     args.temperature, 3 * n, args.epochs * math.ceil(n / batch), same_side=same_side)
+                data = make_pairs(anchors, positives, negatives)
                 history = trainer.fit(data, epochs=args.epochs)
                 return (ml_embed(trainer.model, test_a), ml_embed(trainer.model, test_p),
                         {"train_loss": [h["loss"] for h in history], "samples_per_s": history[-1]["samples_per_s"],
@@ -503,6 +508,9 @@ def run_pairs(args: argparse.Namespace) -> None:
                    ml("neighborhood+cache", recenter=False))
             record(f"metriclearn neighborhood and cache {args.slots} (two terms), recentred", batch, seed,
                    ml("neighborhood+cache"))
+            # NeighborhoodSoftmaxLoss(same_side=False): anchors against positives only, both directions (CLIP)
+            record("metriclearn neighborhood, same_side=False (pair path)", batch, seed,
+                   lambda: ml_negatives(with_negatives=False, same_side=False))
             if args.data == "senses":
                 record("metriclearn neighborhood + sibling negatives (with gradient)", batch, seed, ml_negatives)
                 record("metriclearn neighborhood (the pair path, no negatives)", batch, seed,

@@ -198,7 +198,7 @@ class MetricLearningModule(L.LightningModule):
 
     def _losses(self, x: Any, y: Tensor, ids: Tensor | None, names: Sequence[str]) -> tuple[dict[str, Tensor], float]:
         embeddings = self.encoder(x)  # (b, D): this rank's shard
-        embeddings, labels, ids = dist_utils.gather_batch(embeddings, y, ids)  # (B, D) global batch, gradients kept
+        embeddings, labels, ids, _ = dist_utils.gather_batch(embeddings, y, ids)  # (B, D) global batch, gradients kept
         losses = self.objective.term_losses(embeddings, labels, names, ids=ids)
         value = float(self.objective.total(losses).detach())
         if not math.isfinite(value):

@@ -53,9 +53,11 @@ def can_fuse(neighborhood: nn.Module, uniformity: nn.Module) -> bool:
     True
     >>> can_fuse(NeighborhoodSoftmaxLoss(), UniformityLoss())  # squared Euclidean: another Gram matrix
     False
+    >>> can_fuse(NeighborhoodSoftmaxLoss(distance="cosine", same_side=False), UniformityLoss())  # masks by side
+    False
     """
     return (type(neighborhood) is NeighborhoodSoftmaxLoss and neighborhood.distance == "cosine"
-            and type(uniformity) is UniformityLoss)
+            and neighborhood.same_side and type(uniformity) is UniformityLoss)
 
 
 def neighborhood_and_uniformity(

@@ -10,7 +10,8 @@ cancels in every softmax, so it is never computed and one GEMM with a bias row g
 (B, N) matrix. For cosine distance the inputs arrive unit-normalised and ``s_ij = x_i·z_j / T``
 (``-(1 - cos)/T`` up to the same row constant). In both cases ``s = alpha · x zᵀ - c |z|²`` with
 ``(alpha, c) = (2/T, 1/T)`` or ``(1/T, 0)``. An anchor's own column (and any excluded reference
-slot) is set to -inf, so ``exp`` gives an exact zero and never a ``log(0)``.
+slot, and with ``sides`` every batch column of the anchor's own side) is set to -inf, so ``exp`` gives an
+exact zero and never a ``log(0)``.
 
 Loss. With ``W = softmax(s)`` row-wise, ``p_i`` the mass on the positives (same label) and
 ``n_i`` the mass on the negatives, both summed directly,
@@ -105,12 +106,17 @@ def _exact_rows(logits: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _masked_logits(
-    x: Tensor, z: Tensor, rows: Tensor | None, exclude: Tensor | None, inv_t: float, sqeuclidean: bool
+    x: Tensor, z: Tensor, rows: Tensor | None, exclude: Tensor | None, inv_t: float, sqeuclidean: bool,
+    sides: Tensor | None = None,
 ) -> Tensor:
-    """Logits of the anchors ``x[rows]`` (all when None) with -inf on their own column and excluded slots."""
+    """Logits of the anchors ``x[rows]`` (all when None) with -inf on their own column and excluded slots,
+    and with ``sides`` (B,) on every batch column of the anchor's own side."""
     b = x.shape[0]
     anchors = x if rows is None else x[rows]  # (R, D)
     logits = pairwise_logits(anchors, z, inv_t, sqeuclidean)  # (R, N)
+    if sides is not None:
+        own = sides if rows is None else sides[rows]  # (R,)
+        logits[:, :b].masked_fill_(own[:, None] == sides[None, :], -math.inf)  # (R, B) the own column included
     if rows is None:
         logits[:, :b].diagonal().fill_(-math.inf)  # an anchor is not its own neighbour
         if exclude is not None:
@@ -126,13 +132,14 @@ def _masked_logits(
 
 
 def softmax_loss_grad_(logits: Tensor, x: Tensor, z: Tensor, codes: Tensor, counted: Tensor, exclude: Tensor | None,
-                       inv_t: float, sqeuclidean: bool) -> Tensor:
+                       inv_t: float, sqeuclidean: bool, sides: Tensor | None = None) -> Tensor:
     """Per-anchor loss ``-log p_i`` (B,) of masked ``logits`` (B, N), turned in place into ``G = ∂loss_i/∂s_ij``.
 
     ``G = W - [y_j = y_i] W / p_i`` with ``W = softmax(logits)`` (module docstring); rows whose positive mass
-    underflows are redone in the log domain from ``x``, ``z`` (so those must be the logits' inputs), rows
-    not ``counted`` get loss 0 and gradient 0. Shared by :class:`NeighborhoodSoftmaxFunction` and the fused
-    neighbourhood + uniformity kernel (:mod:`metriclearn.losses._neighborhood_uniformity`).
+    underflows are redone in the log domain from ``x``, ``z`` and ``sides`` (so those must be the logits'
+    inputs and masks), rows not ``counted`` get loss 0 and gradient 0. Shared by
+    :class:`NeighborhoodSoftmaxFunction` and the fused neighbourhood + uniformity kernel
+    (:mod:`metriclearn.losses._neighborhood_uniformity`).
 
     >>> logits = torch.tensor([[-math.inf, 0.0, 0.0], [0.0, -math.inf, 0.0], [0.0, 0.0, -math.inf]])
     >>> codes, counted = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([True, True, False])
@@ -160,7 +167,7 @@ def softmax_loss_grad_(logits: Tensor, x: Tensor, z: Tensor, codes: Tensor, coun
     if bool(weak.any()):
         rows = weak.nonzero().squeeze(1)  # (R,)
         pos = codes[rows, None] == codes[None, :]  # (R, N)
-        loss[rows], grad[rows] = _exact_rows(_masked_logits(x, z, rows, exclude, inv_t, sqeuclidean), pos)
+        loss[rows], grad[rows] = _exact_rows(_masked_logits(x, z, rows, exclude, inv_t, sqeuclidean, sides), pos)
     if not bool(counted.all()):
         loss.masked_fill_(~counted, 0.0)
         grad[~counted] = 0.0  # rows without a positive take no part (and may hold NaN)
@@ -170,12 +177,14 @@ def softmax_loss_grad_(logits: Tensor, x: Tensor, z: Tensor, codes: Tensor, coun
 class NeighborhoodSoftmaxFunction(torch.autograd.Function):
     """Per-anchor loss ``-log p_i`` (zero where ``counted`` is False); see the module docstring.
 
-    ``apply(x, refs, codes, counted, exclude, inv_t, sqeuclidean)``: x (B, D) the scored rows and
+    ``apply(x, refs, codes, counted, exclude, inv_t, sqeuclidean[, sides])``: x (B, D) the scored rows and
     first B columns; refs (M, D) detached extra columns; codes (N,) float label codes of
-    ``[x; refs]`` (:func:`label_codes`); counted (B,) bool, the anchors that have a positive;
-    exclude (2, K) long or None, (anchor, slot) pairs of reference slots that are not the anchor's
-    neighbour (a few per anchor, see :func:`matching_slots`); inv_t = 1/T;
-    sqeuclidean: the distance (else cosine on unit-normalised inputs).
+    ``[x; refs]`` (:func:`label_codes`); counted (B,) bool, the anchors that have a positive (among the
+    columns they are scored against); exclude (2, K) long or None, (anchor, slot) pairs of reference slots
+    that are not the anchor's neighbour (a few per anchor, see :func:`matching_slots`); inv_t = 1/T;
+    sqeuclidean: the distance (else cosine on unit-normalised inputs); sides (B,) long or None: a row is
+    not scored against the batch rows of its own side (pair data: anchors only against positives and
+    negatives, and these only against anchors).
     Double backward is not supported: a backward with ``create_graph=True`` raises ``RuntimeError``.
     """
 
@@ -189,10 +198,11 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         exclude: Tensor | None,
         inv_t: float,
         sqeuclidean: bool,
+        sides: Tensor | None = None,
     ) -> Tensor:
         z = torch.cat([x, refs]) if refs.shape[0] else x  # (N, D)
-        grad = _masked_logits(x, z, None, exclude, inv_t, sqeuclidean)  # (B, N) logits, G after the next line
-        loss = softmax_loss_grad_(grad, x, z, codes, counted, exclude, inv_t, sqeuclidean)  # (B,)
+        grad = _masked_logits(x, z, None, exclude, inv_t, sqeuclidean, sides)  # (B, N) logits, G after the next line
+        loss = softmax_loss_grad_(grad, x, z, codes, counted, exclude, inv_t, sqeuclidean, sides)  # (B,)
         ctx.save_for_backward(x, z, grad)  # z holds a snapshot of refs: the cache may change before backward
         ctx.alpha = (2.0 if sqeuclidean else 1.0) * inv_t
         ctx.col_coef = 2.0 * inv_t if sqeuclidean else 0.0
@@ -216,7 +226,7 @@ class NeighborhoodSoftmaxFunction(torch.autograd.Function):
         gx.mul_(ctx.alpha)
         if ctx.col_coef:
             gx.addcmul_(scaled.sum(0).unsqueeze(1), x, value=-ctx.col_coef)
-        return gx, None, None, None, None, None, None
+        return gx, None, None, None, None, None, None, None
 
 
 def label_codes(labels: Tensor, ref_labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

@@ -48,32 +48,40 @@ class MetricLoss(nn.Module, ABC):
     """
 
     uses_ids: ClassVar[bool] = False  # True: compute(embeddings, labels, ids) receives the sample ids
+    uses_sides: ClassVar[bool] = False  # True: compute(..., sides=) receives each row's side (pair data)
 
     def __init__(self, reduction: str = "mean", num_classes: int | None = None) -> None:
         super().__init__()
         self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
         self.num_classes = num_classes
 
-    def forward(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None) -> Tensor:
+    def forward(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None = None,
+                sides: Tensor | None = None) -> Tensor:
+        """``sides`` (B,): pair data's side of each row (0 anchor, 1 positive or negative); losses that do not
+        use them (``uses_sides``) ignore them."""
         embeddings, labels = self.validate(embeddings, labels)
         ids = self.validate_ids(ids, labels)
+        extra: dict[str, Tensor | None] = {}
         if self.uses_ids:
-            per_anchor, counts = self.compute(embeddings, labels, ids)  # (B,), (B,) bool
-        else:  # a loss whose compute takes (embeddings, labels) only keeps working
-            per_anchor, counts = self.compute(embeddings, labels)
+            extra["ids"] = ids
+        if self.uses_sides:
+            extra["sides"] = self.validate_ids(sides, labels, name="sides")
+        # a loss whose compute takes (embeddings, labels) only keeps working
+        per_anchor, counts = self.compute(embeddings, labels, **extra)  # (B,), (B,) bool
         loss = self.reduce(per_anchor, counts)
         self.update(embeddings, labels, ids)
         return loss
 
-    def validate_ids(self, ids: Tensor | None, labels: Tensor) -> Tensor | None:
-        """Check optional sample ids: (B,) non-negative integers on the labels' device."""
+    def validate_ids(self, ids: Tensor | None, labels: Tensor, name: str = "ids") -> Tensor | None:
+        """Check optional sample ids (or sides): (B,) non-negative integers on the labels' device."""
         if ids is None:
             return None
-        ids = check_labels_tensor(ids, labels.shape[0], name="ids")
+        ids = check_labels_tensor(ids, labels.shape[0], name=name)
         if ids.device != labels.device:
-            raise ValueError(f"ids are on {ids.device} but labels are on {labels.device}")
+            raise ValueError(f"{name} are on {ids.device} but labels are on {labels.device}")
         if bool((ids < 0).any()):
-            raise ValueError(f"ids must be non-negative sample ids, got {int(ids.min())}")
+            what = "sample ids" if name == "ids" else "numbers"
+            raise ValueError(f"{name} must be non-negative {what}, got {int(ids.min())}")
         return ids.long()
 
     def update(self, embeddings: Tensor, labels: Tensor, ids: Tensor | None) -> None:

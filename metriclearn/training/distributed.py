@@ -181,19 +181,22 @@ def all_reduce_mean(x: Tensor) -> Tensor:
 
 
 def gather_batch(
-    embeddings: Tensor, labels: Tensor, ids: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The global batch: embeddings (with gradients), labels and ids of every rank, in rank order.
+    embeddings: Tensor, labels: Tensor, ids: Tensor | None = None, sides: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The global batch: embeddings (with gradients), labels, ids and sides of every rank, in rank order.
 
     Shards may differ in size (the last batch of an epoch rarely divides by the world size); one
-    exchange of sizes serves the three gathers, and labels and ids travel in one message.
+    exchange of sizes serves the gathers, and labels, ids and sides travel in one message.
     """
     if world_size() == 1:
-        return embeddings, labels, ids
+        return embeddings, labels, ids, sides
     sizes = gathered_sizes(embeddings.shape[0])
-    tags = labels.reshape(-1, 1) if ids is None else torch.stack([labels, ids.to(labels.dtype)], dim=1)  # (b, 1|2)
-    tags = all_gather_tensor(tags, sizes)  # (B, 1|2)
-    return all_gather_with_grad(embeddings, sizes), tags[:, 0], None if ids is None else tags[:, 1]
+    extra = [t for t in (ids, sides) if t is not None]
+    tags = torch.stack([labels, *(t.to(labels.dtype) for t in extra)], dim=1)  # (b, 1..3)
+    tags = all_gather_tensor(tags, sizes)  # (B, 1..3)
+    ids = None if ids is None else tags[:, 1]
+    sides = None if sides is None else tags[:, -1]
+    return all_gather_with_grad(embeddings, sizes), tags[:, 0], ids, sides
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -118,12 +118,14 @@ class Objective(nn.Module):
         return self.combine == "pcgrad" and len(names) >= 2
 
     def term_losses(
-        self, embeddings: Tensor, labels: Tensor, names: Sequence[str] | None = None, ids: Tensor | None = None
+        self, embeddings: Tensor, labels: Tensor, names: Sequence[str] | None = None, ids: Tensor | None = None,
+        sides: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Unweighted loss of each term in ``names`` (default: all).
 
-        ``ids`` (B,) sample ids go to every :class:`~metriclearn.losses.MetricLoss` term (``CacheLoss``
-        uses them); other modules are called ``term(embeddings, labels)``.
+        ``ids`` (B,) sample ids and ``sides`` (B,) (pair data: 0 anchor, 1 positive or negative) go to every
+        :class:`~metriclearn.losses.MetricLoss` term (``CacheLoss`` uses the ids, ``NeighborhoodSoftmaxLoss(
+        same_side=False)`` the sides); other modules are called ``term(embeddings, labels)``.
         """
         names = list(names or self.names)
         pair = self.fused
@@ -140,7 +142,8 @@ class Objective(nn.Module):
             if both is not None and name in both:
                 out[name] = both[name]
             else:
-                out[name] = term(embeddings, labels, ids) if isinstance(term, MetricLoss) else term(embeddings, labels)
+                out[name] = (term(embeddings, labels, ids, **({} if sides is None else {"sides": sides}))
+                             if isinstance(term, MetricLoss) else term(embeddings, labels))
         return out
 
     @property

@@ -166,6 +166,7 @@ class Trainer:
         self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self._params: list[nn.Parameter] = []
         self._ids: Tensor | None = None  # pair data: the pair id of every row (the cache's ids)
+        self._sides: Tensor | None = None  # pair data: 0 for an anchor row, 1 for a positive or negative
         self._lone_last_batch = False
         # running sums of the current epoch (checkpointed, so a mid-epoch resume logs the whole epoch)
         self._progress: dict[str, Any] = {"sums": {}, "count": 0, "seen": 0, "seconds": 0.0, "lr": 0.0}
@@ -233,13 +234,22 @@ class Trainer:
             base_sampler = ClassBalancedSampler(pair_ids, self.batch_size * width, width, seed=self.seed,
                                                 as_tensors=True)
             self._ids = torch.as_tensor(pair_ids, dtype=torch.long, device=self.device)
+            sides = np.zeros(len(pair_ids), dtype=np.int64)  # (n,)
+            sides[np.asarray(train.pairs)[:, 1:]] = 1  # positives and negatives are the documents' side
+            self._sides = torch.as_tensor(sides, device=self.device)
         else:  # a fine-tuned transformer's batches are bucketed by token count (see ClassBalancedSampler)
             lengths_of = getattr(self.model, "bucket_lengths", None)
             lengths = lengths_of(X) if callable(lengths_of) and not isinstance(X, (np.ndarray, Tensor)) else None
             self.batch_layout = (self.batch_size, self.samples_per_class)
             base_sampler = ClassBalancedSampler(y, self.batch_size, self.samples_per_class, seed=self.seed,
                                                 lengths=lengths, as_tensors=True)
-            self._ids = None
+            self._ids = self._sides = None
+            one_sided = [name for name, term in self.objective.terms.items()
+                         if getattr(term, "same_side", True) is False]
+            if one_sided:
+                raise ValueError(f"loss {one_sided[0]!r} has same_side=False, which scores anchors against "
+                                 "positives: it needs pair data (anchor and positive columns), and this data has "
+                                 "classes")
         self.sampler = dist_utils.shard_batches(base_sampler)
         # an epoch of n = k·B + 1 samples ends with a batch of one: nothing to compare it with and a
         # BatchNorm error in training mode, so it is passed over (its sample comes back next epoch)
@@ -347,7 +357,8 @@ class Trainer:
                 continue
             idx = torch.as_tensor(indices, dtype=torch.long).to(self.device, non_blocking=True)  # (b,) no copy on CPU
             ids = idx if self._ids is None else self._ids.index_select(0, idx)
-            logs = self._train_step(_take(X, idx), y.index_select(0, idx), ids)
+            sides = None if self._sides is None else self._sides.index_select(0, idx)
+            logs = self._train_step(_take(X, idx), y.index_select(0, idx), ids, sides)
             self.global_step += 1
             self._pending.append((self.epoch + 1, self.global_step, logs))
             progress_["count"] += 1
@@ -381,7 +392,8 @@ class Trainer:
             cb.on_epoch_end(self, epoch, epoch_logs)
         self.should_stop = dist_utils.broadcast_object(self.should_stop)  # rank 0's early-stopping decision
 
-    def _train_step(self, x: Any, y: Tensor, ids: Tensor | None = None) -> dict[str, Any]:
+    def _train_step(self, x: Any, y: Tensor, ids: Tensor | None = None, sides: Tensor | None = None
+                    ) -> dict[str, Any]:
         """The optimiser step(s) of one batch (one per group of terms); its logs, left on the device.
 
         ``lr`` is a float; loss, term losses and gradient norm are 0-d tensors, read (and the loss checked for
@@ -389,7 +401,8 @@ class Trainer:
 
         ``ids`` are the batch's dataset indices (pair data: its pair ids): terms that take them (``CacheLoss``)
         never match an anchor with a cached copy of the same sample (any text of its own pair) from an
-        earlier step.
+        earlier step. ``sides`` (pair data: 0 anchor, 1 positive or negative) reach the terms that use them
+        (``NeighborhoodSoftmaxLoss(same_side=False)``).
         """
         logs: dict[str, Any] = {"lr": self.optimizer.param_groups[0]["lr"]}  # the rate this batch's step(s) use
         params = self._params or self.parameters()
@@ -404,8 +417,9 @@ class Trainer:
                 with self._autocast():
                     embeddings = model(x)  # (b, D)
                 # the global batch of all ranks (shards may differ in size); gradients return to own rows
-                embeddings, labels, batch_ids = dist_utils.gather_batch(embeddings, y, ids)  # (B, D), (B,), (B,)
-                losses = self.objective.term_losses(embeddings, labels, group, ids=batch_ids)
+                # (B, D), (B,), (B,), (B,)
+                embeddings, labels, batch_ids, batch_sides = dist_utils.gather_batch(embeddings, y, ids, sides)
+                losses = self.objective.term_losses(embeddings, labels, group, ids=batch_ids, sides=batch_sides)
                 total = self.objective.total(losses).detach()
                 scale: Any = self.scaler.scale(torch.ones((), device=self.device)) if self.scaler else 1.0
                 reduce = dist_utils.all_reduce_mean if surgery and self._ddp is not None else None

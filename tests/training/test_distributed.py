@@ -105,8 +105,8 @@ def test_gather_with_gradients_under_gloo(gloo) -> None:
     gathered.pow(2).sum().backward()
     assert torch.equal(gathered, x) and torch.allclose(x.grad, 2 * x)
     labels = torch.arange(4)
-    e, y, ids = distributed.gather_batch(x, labels)
-    assert torch.equal(y, labels) and e.shape == x.shape and ids is None
+    e, y, ids, sides = distributed.gather_batch(x, labels)
+    assert torch.equal(y, labels) and e.shape == x.shape and ids is None and sides is None
 
 
 def test_trainer_runs_inside_a_process_group(gloo) -> None:

@@ -97,6 +97,72 @@ def test_pair_loss_is_the_neighbourhood_loss_with_pair_ids_and_equals_symmetric_
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-12)
 
 
+def _naive_clip_infonce(anchors, positives, negatives, temperature):
+    """CLIP's symmetric InfoNCE by loops: an anchor's candidates are the positives and negatives (its partner the
+    one positive key), a positive's are the anchors; no text is scored against its own column."""
+    documents = torch.cat([positives] + ([negatives] if negatives is not None else []))
+    terms = []
+    for i in range(len(anchors)):  # anchor -> documents, then positive -> anchors
+        for query, keys in ((anchors[i], documents), (positives[i], anchors)):
+            sims = [F.cosine_similarity(query, key, dim=0) / temperature for key in keys]
+            terms.append(torch.logsumexp(torch.stack(sims), 0) - sims[i])
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("with_negatives", [False, True])
+@pytest.mark.parametrize("temperature", [0.05, 2e-3])  # 2e-3: positives underflow, rows redone in the log domain
+def test_same_side_false_is_clips_symmetric_infonce(with_negatives, temperature) -> None:
+    from metriclearn.data import make_pairs
+    from metriclearn.losses import NeighborhoodSoftmaxLoss
+
+    g = torch.Generator().manual_seed(5)
+    n, dim = 9, 6
+    a, p = torch.randn(n, dim, generator=g, dtype=torch.float64), torch.randn(n, dim, generator=g, dtype=torch.float64)
+    neg = torch.randn(n, dim, generator=g, dtype=torch.float64) if with_negatives else None
+    data = make_pairs(["a"] * n, ["p"] * n, ["n"] * n if with_negatives else None)
+    sides = torch.zeros(len(data.y), dtype=torch.long)
+    sides[torch.as_tensor(data.pairs[:, 1:]).reshape(-1)] = 1
+    order = torch.randperm(len(data.y), generator=g)  # the rows of a batch come in any order
+    x = torch.cat([a, p] + ([neg] if with_negatives else []))[order].requires_grad_(True)
+    loss = NeighborhoodSoftmaxLoss(temperature=temperature, distance="cosine", same_side=False)
+    ours = loss(x, torch.as_tensor(data.y)[order], sides=sides[order])
+    x_ref = x.detach().clone().requires_grad_(True)
+    rows = torch.argsort(order)  # row of text k of the original layout
+    ref = _naive_clip_infonce(x_ref[rows[:n]], x_ref[rows[n : 2 * n]], x_ref[rows[2 * n :]] if with_negatives else None,
+                              temperature)
+    per_row = NeighborhoodSoftmaxLoss(temperature, "cosine", reduction="none", same_side=False)(
+        x.detach(), torch.as_tensor(data.y)[order], sides=sides[order])
+    # at 2e-3 some rows' positive mass is below sqrt(tiny) = 1.5e-154 (a loss over 354): the log-domain path
+    assert temperature > 0.01 or float(per_row.max()) > 360
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=0)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-8, atol=1e-12 * float(x_ref.grad.abs().max()))
+    # the same batch with every text a candidate (the default) is another loss
+    default = NeighborhoodSoftmaxLoss(temperature=temperature, distance="cosine")
+    other = default(x.detach(), torch.as_tensor(data.y)[order], sides=sides[order])
+    assert float(other) != pytest.approx(float(ours.detach()))
+
+
+def test_same_side_false_matches_finite_differences_and_needs_sides() -> None:
+    from metriclearn.losses import NeighborhoodSoftmaxLoss
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    labels, sides = torch.tensor([0, 1, 2, 0, 1, 2, 3]), torch.tensor([0, 0, 0, 1, 1, 1, 1])  # row 6: a negative
+    for distance in ("cosine", "sqeuclidean"):
+        loss = NeighborhoodSoftmaxLoss(temperature=0.7, distance=distance, same_side=False)
+        assert torch.autograd.gradcheck(lambda t, loss=loss: loss(t, labels, sides=sides), (x,))
+    per_row = NeighborhoodSoftmaxLoss(0.7, "cosine", reduction="none", same_side=False)(x, labels, sides=sides)
+    assert float(per_row[6]) == 0.0 and bool((per_row[:6] > 0).all())  # a negative is a candidate, never a query
+    with pytest.raises(ValueError, match="same_side=False .* needs sides"):
+        NeighborhoodSoftmaxLoss(same_side=False)(x, labels)
+    with pytest.raises(TypeError, match="same_side"):
+        NeighborhoodSoftmaxLoss(same_side="no")
+    with pytest.raises(ValueError, match="sides must be non-negative numbers, got -1"):
+        NeighborhoodSoftmaxLoss(same_side=False)(x, labels, sides=-sides)
+
+
 def test_cache_never_scores_an_anchor_against_its_own_pair() -> None:
     """Pair data passes pair ids as the cache's ids: every cached text of an anchor's own pair (its old copy
     and its partner's) is left out; the other pairs' cached texts are extra negatives."""
@@ -218,6 +284,40 @@ def test_cache_on_pairs_receives_pair_ids_and_warms_up(tmp_path, pair_file, tiny
     assert [step for *_, step in seen[:4]] == [0, 1, 2, 3] and seen[3][2] == 24  # scored from step 3 on
 
 
+def test_same_side_false_from_the_config_gets_each_rows_side(tmp_path, tiny_bert_dir, monkeypatch) -> None:
+    """``[loss_options.neighborhood] same_side = false`` on triplets: every batch reaches the loss with the sides
+    of its rows (the anchor 0, its positive and negative 1), and class data is refused before training."""
+    from metriclearn.losses import NeighborhoodSoftmaxLoss
+
+    seen = []
+    original = NeighborhoodSoftmaxLoss.compute
+
+    def spy(self, embeddings, labels, ids=None, sides=None):
+        seen.append((labels.tolist(), None if sides is None else sides.tolist()))
+        return original(self, embeddings, labels, ids, sides)
+
+    monkeypatch.setattr(NeighborhoodSoftmaxLoss, "compute", spy)
+    rows = [{"anchor": f"what is a {w}?", "positive": f"a {w} is a thing called {w}",
+             "negative": f"a {w} is never a {WORDS[i - 1]}"} for i, w in enumerate(WORDS)]
+    config = tmp_path / "c.toml"
+    config.write_text('loss = ["neighborhood"]\n[loss_options.neighborhood]\nsame_side = false\n')
+    result = invoke("train", "--data", _write(tmp_path / "triplets.jsonl", rows), "--encoder",
+                    f"sentence:{tiny_bert_dir}", "--config", config, *FAST, "--val-fraction", "0", "--out",
+                    tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 2 * 6  # 23 triplets, 4 a batch (the last 3), 2 epochs
+    for labels, sides in seen:
+        side_of = {}
+        for label, side in zip(labels, sides, strict=True):
+            side_of.setdefault(label, []).append(side)
+        assert all(sorted(side_of[v]) == [0, 1] for v in side_of if v < 23)  # an anchor and its positive
+        assert all(side_of[v] == [1] for v in side_of if v >= 23)  # a negative: the documents' side
+    groups = _write(tmp_path / "groups.jsonl", [{"text": f"a {w} {k}", "group": w} for w in WORDS[:4] for k in range(4)])
+    refused = invoke("train", "--data", groups, "--encoder", f"sentence:{tiny_bert_dir}", "--config", config, *FAST,
+                     "--out", tmp_path / "classes")
+    assert_one_line_error(refused, 1, "has same_side=False, which scores anchors against positives: it needs pair data")
+
+
 def test_pair_training_resumes_exactly(tmp_path, pair_file, tiny_bert_dir, monkeypatch) -> None:
     command = ["train", "--data", pair_file, "--encoder", f"sentence:{tiny_bert_dir}", *FAST, "--loss", "cache",
                "--checkpoint-every", "1"]
@@ -278,11 +378,13 @@ def test_report_on_pairs_is_refused_before_training(tmp_path, pair_file, tiny_be
 
 
 # ----------------------------------------------------------------------------------------------- torchrun
-def test_torchrun_on_pairs_with_the_cache_equals_one_process(tmp_path, pair_file, tiny_bert_dir, torchrun) -> None:
-    """Pair fine-tuning with the cache on 2 processes (each a shard of every batch; pairs may straddle the ranks;
-    3 pairs a batch, so the last batch of 16 pairs is 1 pair, one text per rank) ends with one process's weights
-    and metrics: the gathered batch, the pair ids and the cache are the global ones. Dropout is off, so both runs
-    compute the same function; the tiny BERT's unused pooler no longer stops DistributedDataParallel."""
+@pytest.mark.parametrize("loss", ["cache", "same_side=false"])
+def test_torchrun_on_pairs_equals_one_process(tmp_path, pair_file, tiny_bert_dir, torchrun, loss) -> None:
+    """Pair fine-tuning with the cache (or with the neighbourhood loss scoring anchors against positives only) on 2
+    processes (each a shard of every batch; pairs may straddle the ranks; 3 pairs a batch, so the last batch of 16
+    pairs is 1 pair, one text per rank) ends with one process's weights and metrics: the gathered batch, the pair
+    ids, the rows' sides and the cache are the global ones. Dropout is off, so both runs compute the same function;
+    the tiny BERT's unused pooler no longer stops DistributedDataParallel."""
     model = tmp_path / "bert"
     model.mkdir()
     for path in tiny_bert_dir.iterdir():
@@ -290,8 +392,11 @@ def test_torchrun_on_pairs_with_the_cache_equals_one_process(tmp_path, pair_file
     config = json.loads((model / "config.json").read_text())
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (model / "config.json").write_text(json.dumps(config))
+    loss_config = tmp_path / "loss.toml"
+    loss_config.write_text('loss = ["cache"]\n' if loss == "cache"
+                      else 'loss = ["neighborhood"]\n[loss_options.neighborhood]\nsame_side = false\n')
     command = ["train", "--data", pair_file, "--encoder", f"sentence:{model}", *FAST, "--batch-size", "3",
-               "--samples-per-class", "1", "--loss", "cache", "--no-amp"]  # (pairs ignore --samples-per-class)
+               "--samples-per-class", "1", "--config", loss_config, "--no-amp"]  # (pairs ignore --samples-per-class)
     one = invoke(*command, "--out", tmp_path / "one")
     assert one.exit_code == 0, one.output
     done = torchrun(*command, "--out", tmp_path / "two")
