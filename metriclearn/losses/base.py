@@ -25,7 +25,8 @@ tensor(3.)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -61,13 +62,11 @@ class MetricLoss(nn.Module, ABC):
         use them (``uses_sides``) ignore them."""
         embeddings, labels = self.validate(embeddings, labels)
         ids = self.validate_ids(ids, labels)
-        extra: dict[str, Tensor | None] = {}
-        if self.uses_ids:
-            extra["ids"] = ids
-        if self.uses_sides:
-            extra["sides"] = self.validate_ids(sides, labels, name="sides")
         # a loss whose compute takes (embeddings, labels) only keeps working
-        per_anchor, counts = self.compute(embeddings, labels, **extra)  # (B,), (B,) bool
+        args = (embeddings, labels, ids) if self.uses_ids else (embeddings, labels)
+        extra = {"sides": self.validate_ids(sides, labels, name="sides")} if self.uses_sides else {}
+        compute = cast(Callable[..., tuple[Tensor, Tensor]], self.compute)  # `sides=` only where uses_sides
+        per_anchor, counts = compute(*args, **extra)  # (B,), (B,) bool
         loss = self.reduce(per_anchor, counts)
         self.update(embeddings, labels, ids)
         return loss

@@ -73,7 +73,8 @@ class NeighborhoodSoftmaxLoss(MetricLoss):
     >>> value.backward(); x.grad.shape
     torch.Size([3, 2])
 
-    Two pairs (anchors 0, 1; positives 2, 3), each anchor scored against the positives only:
+    Two pairs (anchors 0, 1; positives 2, 3), anchors scored against the positives only and positives
+    against the anchors:
 
     >>> pairs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
     >>> clip = NeighborhoodSoftmaxLoss(0.5, "cosine", same_side=False)
