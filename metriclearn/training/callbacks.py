@@ -357,6 +357,10 @@ class HealthMonitor(Callback):
                 continue
             observed = float(logs[name])
             expected = expected_initial_loss(name, batch_size, layout[1], trainer.num_classes)
+            if getattr(trainer.objective.terms[name], "same_side", True) is False:  # pairs, anchors vs documents
+                width = max(layout[0] // max(trainer.batch_size, 1), 2)  # texts per pair
+                pairs = batch_size // width  # an anchor meets pairs·(width − 1) documents, a positive `pairs` anchors
+                expected = (math.log(pairs * (width - 1)) + math.log(pairs)) / 2 if pairs >= 2 else None
             self.initial[name] = (observed, expected)
             if expected is None or expected <= 0:
                 continue

@@ -421,10 +421,12 @@ def test_torchrun_on_pairs_equals_one_process(tmp_path, pair_file, tiny_bert_dir
     assert two_m["pairs"] == pytest.approx(one_m["pairs"], abs=1e-6)  # 7 queries: a rank moves by 1/7
 
 
+@pytest.mark.parametrize("same_side", [True, False])
 @pytest.mark.parametrize("negatives", [False, True])
-def test_first_batch_chance_level_counts_texts_per_pair(tmp_path, tiny_bert_dir, negatives) -> None:
+def test_first_batch_chance_level_counts_texts_per_pair(tmp_path, tiny_bert_dir, negatives, same_side) -> None:
     """A batch of B pairs holds B·w texts and each anchor has one positive: chance is log(B·w − 1), whatever
-    --samples-per-class says (it said log((B − 1)/(s − 1)) before, as if the batch held B single texts)."""
+    --samples-per-class says (it said log((B − 1)/(s − 1)) before, as if the batch held B single texts). With
+    same_side=False an anchor meets the B·(w − 1) documents and a positive the B anchors: the mean of the logs."""
     from metriclearn.training import HealthMonitor, TrainConfig
     from metriclearn.training.run import train_run
 
@@ -432,6 +434,7 @@ def test_first_batch_chance_level_counts_texts_per_pair(tmp_path, tiny_bert_dir,
             | ({"negative": f"a {w} is never a {WORDS[i - 1]}"} if negatives else {}) for i, w in enumerate(WORDS)]
     config = TrainConfig(data=_write(tmp_path / "pairs.jsonl", rows), encoder=f"sentence:{tiny_bert_dir}",
                          loss="neighborhood", epochs=1, batch_size=6, samples_per_class=3, embedding_dim=8,
+                         loss_options={} if same_side else {"neighborhood": {"same_side": False}},
                          val_fraction=0.0, device="cpu", threads=1, seed=0)
     class ChanceProbe(HealthMonitor):  # a second monitor beside the run's own (state keys must differ)
         pass
@@ -440,4 +443,5 @@ def test_first_batch_chance_level_counts_texts_per_pair(tmp_path, tiny_bert_dir,
     train_run(config, tmp_path / "run", callbacks=[monitor], verbose=False)
     width = 3 if negatives else 2
     observed, expected = monitor.initial["neighborhood"]
-    assert expected == pytest.approx(math.log(6 * width - 1), rel=1e-12) and math.isfinite(observed)
+    chance = math.log(6 * width - 1) if same_side else (math.log(6 * (width - 1)) + math.log(6)) / 2
+    assert expected == pytest.approx(chance, rel=1e-12) and math.isfinite(observed)
