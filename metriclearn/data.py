@@ -446,7 +446,9 @@ def _jsonl_records(path: Path) -> Any:
                 raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
 
 
-def _is_pair_file(path: Path) -> bool:
+def is_pair_file(path: Path) -> bool:
+    """Whether the ``.jsonl`` at ``path`` holds pairs: its first record has an ``anchor`` (the rest is checked on
+    loading)."""
     first = next(iter(_jsonl_records(path)), (None, None, None))[2]
     return isinstance(first, dict) and "anchor" in first
 
@@ -613,7 +615,7 @@ def load_data(
         if columns not in (None, CsvColumns()) and suffix != ".csv":
             raise ValueError(f"{path}: --label-column, --id-column and --keep-columns apply to .csv files only")
         try:
-            if suffix == ".jsonl" and _is_pair_file(path):
+            if suffix == ".jsonl" and is_pair_file(path):
                 return _read_pairs(path)
             if suffix == ".npy":
                 X, y = _read_raw_npy(path)

@@ -167,6 +167,17 @@ class TrainConfig:
         self.validate()
 
     # ------------------------------------------------------------------ validation
+    def _pair_data(self) -> bool:
+        """Whether ``data`` is a pair ``.jsonl`` (its first record has an ``anchor``); unreadable: not known, False
+        (loading the data reports it)."""
+        from metriclearn.data import is_pair_file
+
+        path = Path(str(self.data))
+        try:
+            return path.suffix == ".jsonl" and path.is_file() and is_pair_file(path)
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+
     def validate(self) -> TrainConfig:
         """Check every field; raises ``ValueError``/``TypeError`` naming the key and the value."""
         if not isinstance(self.data, (str, os.PathLike)) or not str(self.data):
@@ -212,7 +223,11 @@ class TrainConfig:
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.samples_per_class, "samples_per_class")
-        if self.batch_size % self.samples_per_class or self.batch_size < 2 * self.samples_per_class:
+        if self._pair_data():  # batch_size counts whole pairs; samples_per_class does not apply
+            if self.batch_size < 2:
+                raise ValueError(f"batch_size ({self.batch_size}) must hold at least 2 pairs: each anchor's "
+                                 "negatives are the other pairs")
+        elif self.batch_size % self.samples_per_class or self.batch_size < 2 * self.samples_per_class:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of samples_per_class ({self.samples_per_class}) "
                 f"holding at least 2 classes"

@@ -318,6 +318,20 @@ def test_same_side_false_from_the_config_gets_each_rows_side(tmp_path, tiny_bert
     assert_one_line_error(refused, 1, "has same_side=False, which scores anchors against positives: it needs pair data")
 
 
+def test_pair_batches_ignore_samples_per_class(tmp_path, pair_file, tiny_bert_dir) -> None:
+    """--batch-size counts pairs: 5 pairs a batch trains though the default --samples-per-class (8) divides no
+    batch of 5; one pair a batch is refused as a usage error, before anything is written."""
+    fast = ["--epochs", "1", "--embedding-dim", "8", "--device", "cpu", "--quiet", "--threads", "1", "--finetune"]
+    result = invoke("train", "--data", pair_file, "--encoder", f"sentence:{tiny_bert_dir}", *fast, "--batch-size", "5",
+                    "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_train"] > 0
+    one = invoke("train", "--data", pair_file, "--encoder", f"sentence:{tiny_bert_dir}", *fast, "--batch-size", "1",
+                 "--out", tmp_path / "one")
+    assert_one_line_error(one, 2, "batch_size (1) must hold at least 2 pairs")  # a usage error, as for classes
+    assert not (tmp_path / "one").exists()
+
+
 def test_pair_training_resumes_exactly(tmp_path, pair_file, tiny_bert_dir, monkeypatch) -> None:
     command = ["train", "--data", pair_file, "--encoder", f"sentence:{tiny_bert_dir}", *FAST, "--loss", "cache",
                "--checkpoint-every", "1"]
