@@ -142,8 +142,8 @@ class Objective(nn.Module):
             if both is not None and name in both:
                 out[name] = both[name]
             else:
-                out[name] = (term(embeddings, labels, ids, **({} if sides is None else {"sides": sides}))
-                             if isinstance(term, MetricLoss) else term(embeddings, labels))
+                out[name] = (term(embeddings, labels, ids, sides=sides) if isinstance(term, MetricLoss)
+                             else term(embeddings, labels))
         return out
 
     @property
